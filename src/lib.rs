@@ -1,1 +1,20 @@
-#![no_std]
+//! revcall: a Storport virtual miniport whose job is the reverse-callback channel.
+//!
+//! Callers park `IOCTL_MINIPORT_PROCESS_SERVICE_IRP` requests with the adapter; the adapter
+//! completes them when events fire, when they are cancelled, or when it goes away.
+//!
+//! Layout: `ffi` holds the hand-written Storport/WDM bindings and `entry` the thin callback
+//! shims (the only `unsafe` in the driver, with `irp` and `sync`); `adapter`, `service_queue`,
+//! `event_ring` and `srb` are safe, portable Rust, unit-tested on the host.
+//!
+//! The crate is `no_std` when built for Windows (the driver); on other targets it builds
+//! against std so its portable core can be unit-tested, and nothing kernel-only is compiled.
+#![cfg_attr(target_os = "windows", no_std)]
+
+pub mod adapter;
+pub mod error;
+pub mod event_ring;
+pub mod service_queue;
+
+#[cfg(test)]
+mod testing;

@@ -21,6 +21,11 @@ pub struct EventRecord {
 
 const _: () = assert!(size_of::<EventRecord>() == 32);
 
+impl EventRecord {
+    /// An all-zero record (`seq` 0 is never a real event), for filling fixed arrays in `const`.
+    pub const EMPTY: Self = Self { seq: 0, kind: 0, reserved: 0, arg0: 0, arg1: 0 };
+}
+
 /// What happened.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

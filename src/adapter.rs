@@ -1,0 +1,452 @@
+//! One virtual adapter: its lifecycle and the reverse-callback channel's request handling.
+//!
+//! Everything here is safe, portable Rust; the Storport shims in `entry.rs` convert their
+//! arguments and call one method. The rules the shims rely on:
+//!
+//! * Every service IRP handed to [`Adapter::process`] is completed exactly once: at once
+//!   (errors, FIRE, DISCOVER, STATS, a WAIT with events already retained) or later (a parked
+//!   WAIT: by an event, its cancellation, or removal).
+//! * No IRP is completed while the adapter lock is held: completions are collected under the
+//!   lock and issued after it is released (SDV SpinLockSafe).
+//! * A WAIT reply is written under the lock, so the ring cannot move under it, and it never
+//!   reports a byte it did not write.
+
+use core::marker::PhantomData;
+
+use arrayvec::ArrayVec;
+use revcall_protocol::{
+    CURSOR_NOW, DiscoverReply, EventKind, FireReply, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request,
+    StatsReply, WaitFlags, WaitReplyWriter, decode_request, encode_discover_reply,
+    encode_fire_reply, encode_stats_reply, status,
+};
+
+use crate::error::Status;
+use crate::event_ring::{EventRing, RING_CAPACITY};
+use crate::service_queue::{PARK_CAP, Parkable, Refusal, ServiceQueue, Waiter};
+
+/// A lock around the adapter's state: a spin lock in the driver, a mutex in tests.
+pub trait Lock<T>: Sync {
+    /// Runs `f` with the state locked. `f` must not complete IRPs.
+    fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R;
+}
+
+/// A service IRP (`IOCTL_MINIPORT_PROCESS_SERVICE_IRP`) the adapter owns until it completes it.
+pub trait ServiceIrp: Parkable + Sized {
+    /// The current stack location's `IoControlCode`.
+    fn control_code(&self) -> u32;
+    /// The request bytes; `None` if the buffer is missing.
+    fn input(&self) -> Option<&[u8]>;
+    /// The reply buffer, `OutputBufferLength` bytes; `None` if missing.
+    fn output(&mut self) -> Option<&mut [u8]>;
+    /// Sets `IoStatus` and hands the IRP back to Storport (`StorPortCompleteServiceIrp`).
+    fn complete(self, status: Status, information: usize);
+}
+
+/// The adapter's one Storport timer, used by DISCOVER.
+pub trait Timer {
+    /// Fires [`Adapter::timer_fired`] once, `delay_us` from now.
+    fn arm(&self, delay_us: u32);
+    fn cancel(&self);
+}
+
+/// Where the adapter is in its PnP life.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lifecycle {
+    /// Not started yet (the zeroed device extension).
+    Down = 0,
+    Running = 1,
+    /// `ScsiStopAdapter`: parked requests stay parked.
+    Stopped = 2,
+    SurpriseRemoved = 3,
+    Removed = 4,
+}
+
+#[derive(Clone, Copy)]
+struct Discovery {
+    pending: bool,
+    id: u64,
+    /// DISCOVER requests the pending discovery answers.
+    joined: u64,
+    started: u64,
+    completed: u64,
+}
+
+#[derive(Clone, Copy)]
+struct Counters {
+    completed: u64,
+    cancelled: u64,
+    rejected: u64,
+    injected: u64,
+}
+
+/// Everything behind the adapter lock.
+///
+/// # Invariants
+///
+/// All-zero bytes are a valid, empty, [`Lifecycle::Down`] state: every field is an integer,
+/// a `bool`, a `repr(u8)` enum whose 0 is a variant, or a null-pointer-optimized `Option`.
+pub struct State<I> {
+    queue: ServiceQueue<I>,
+    ring: EventRing,
+    lifecycle: Lifecycle,
+    fire_enabled: bool,
+    discovery: Discovery,
+    counters: Counters,
+}
+
+/// Parked WAITs completed per lock hold when an event is delivered.
+const DELIVERY_BATCH: usize = 16;
+
+type Batch<I> = ArrayVec<(I, Status, usize), DELIVERY_BATCH>;
+
+impl<I: ServiceIrp> State<I> {
+    pub const fn new() -> Self {
+        Self {
+            queue: ServiceQueue::new(),
+            ring: EventRing::new(),
+            lifecycle: Lifecycle::Down,
+            fire_enabled: false,
+            discovery: Discovery { pending: false, id: 0, joined: 0, started: 0, completed: 0 },
+            counters: Counters { completed: 0, cancelled: 0, rejected: 0, injected: 0 },
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self.lifecycle, Lifecycle::SurpriseRemoved | Lifecycle::Removed)
+    }
+
+    /// Counts a completion that is about to be issued.
+    fn count(&mut self, status: Status) -> Status {
+        self.counters.completed += 1;
+        if status == Status::CANCELLED {
+            self.counters.cancelled += 1;
+        } else if status::is_error(status.0) {
+            self.counters.rejected += 1;
+        }
+        status
+    }
+
+    /// Writes the WAIT reply for `waiter` into the IRP's buffer; returns its size.
+    fn fill(&self, irp: &mut I, waiter: &Waiter) -> Option<usize> {
+        let mut writer = WaitReplyWriter::new(irp.output()?, waiter.max_events)?;
+        let delivery = self.ring.read_into(waiter.cursor, &mut writer);
+        let mut flags = if delivery.more { WaitFlags::MORE } else { 0 };
+        if self.is_closed() {
+            flags |= WaitFlags::FINAL;
+        }
+        Some(writer.finish(delivery.cursor, delivery.lost, flags))
+    }
+
+    /// Fills and counts the completion of a WAIT that has events to deliver.
+    fn answer(&mut self, irp: &mut I, waiter: &Waiter) -> (Status, usize) {
+        // The buffer was checked against the minimum reply on arrival, so this fails only if
+        // the IRP lied about its buffer since.
+        match self.fill(irp, waiter) {
+            Some(size) => (self.count(Status::SUCCESS), size),
+            None => (self.count(Status::BUFFER_TOO_SMALL), 0),
+        }
+    }
+
+    /// Publishes an event; the caller then delivers it to the parked waiters.
+    fn publish(&mut self, kind: EventKind, arg0: u64, arg1: u64) -> u64 {
+        self.ring.publish(kind, arg0, arg1)
+    }
+
+    fn stats(&self) -> StatsReply {
+        StatsReply {
+            parked_now: self.queue.len() as u64,
+            parked_peak: self.queue.peak() as u64,
+            parked_cap: PARK_CAP as u64,
+            ring_capacity: RING_CAPACITY as u64,
+            head_seq: self.ring.head(),
+            oldest_seq: self.ring.oldest(),
+            events_published: self.ring.head(),
+            events_injected: self.counters.injected,
+            ring_overwrites: self.ring.overwrites(),
+            completed: self.counters.completed,
+            cancelled: self.counters.cancelled,
+            rejected: self.counters.rejected,
+            discoveries_started: self.discovery.started,
+            discoveries_completed: self.discovery.completed,
+            closed: u64::from(self.is_closed()),
+        }
+    }
+}
+
+/// The adapter: its state behind a lock.
+pub struct Adapter<I, L> {
+    state: L,
+    _irp: PhantomData<fn(I) -> I>,
+}
+
+enum Outcome<I> {
+    Parked,
+    Complete(I, Status, usize),
+}
+
+impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
+    pub const fn new(state: L) -> Self {
+        Self { state, _irp: PhantomData }
+    }
+
+    /// HwFindAdapter: applies the registry configuration. Keeps the state of an adapter that
+    /// is started again after a PnP stop.
+    pub fn configure(&self, fire_enabled: bool) {
+        self.state.with(|s| s.fire_enabled = fire_enabled);
+    }
+
+    /// HwInitialize: the adapter is up.
+    pub fn start(&self) {
+        self.transition(Lifecycle::Running, EventKind::AdapterStarted);
+    }
+
+    /// `ScsiStopAdapter`: not a removal; parked requests stay parked.
+    pub fn stop(&self) {
+        self.transition(Lifecycle::Stopped, EventKind::AdapterStopped);
+    }
+
+    /// `ScsiRestartAdapter`.
+    pub fn restart(&self) {
+        self.transition(Lifecycle::Running, EventKind::AdapterRestarted);
+    }
+
+    fn transition(&self, to: Lifecycle, kind: EventKind) {
+        let changed = self.state.with(|s| {
+            if s.is_closed() {
+                return false;
+            }
+            s.lifecycle = to;
+            s.publish(kind, 0, 0);
+            true
+        });
+        if changed {
+            self.deliver();
+        }
+    }
+
+    /// `ScsiAdapterSurpriseRemoval`: Storport next waits for every service IRP, and will not
+    /// call `HwCompleteServiceIrp` first, so flush them all and refuse new ones here.
+    pub fn surprise_remove(&self, timer: &impl Timer) {
+        self.close(Lifecycle::SurpriseRemoved, EventKind::SurpriseRemoved, timer);
+    }
+
+    /// `HwCompleteServiceIrp`: the adapter is being removed; complete every parked IRP and
+    /// every later request at once.
+    pub fn remove(&self, timer: &impl Timer) {
+        self.close(Lifecycle::Removed, EventKind::AdapterRemoved, timer);
+    }
+
+    fn close(&self, to: Lifecycle, kind: EventKind, timer: &impl Timer) {
+        self.state.with(|s| {
+            if !s.is_closed() {
+                s.lifecycle = to;
+                s.publish(kind, 0, 0);
+            }
+            if s.discovery.pending {
+                s.discovery.pending = false;
+                timer.cancel();
+            }
+        });
+        // Every parked waiter's cursor is now behind the final event, so this empties the
+        // queue (but for IRPs whose cancel routine is already running: that routine completes them).
+        self.deliver();
+    }
+
+    /// HwProcessServiceRequest: completes the IRP now or parks it.
+    pub fn process(&self, mut irp: I, timer: &impl Timer) {
+        let request = match Self::decode(&mut irp) {
+            Ok(request) => request,
+            Err(status) => return self.refuse(irp, status),
+        };
+        match request {
+            Request::Wait { cursor, max_events } => self.wait(irp, cursor, max_events),
+            Request::Fire { code, value } => self.fire(irp, code, value),
+            Request::Discover { delay_ms } => self.discover(irp, delay_ms, timer),
+            Request::Stats => self.report(irp),
+        }
+    }
+
+    fn decode(irp: &mut I) -> Result<Request, Status> {
+        if irp.control_code() != IOCTL_MINIPORT_PROCESS_SERVICE_IRP {
+            return Err(Status::INVALID_DEVICE_REQUEST);
+        }
+        let request = decode_request(irp.input().unwrap_or(&[]))?;
+        let room = irp.output().map_or(0, |out| out.len());
+        if room < request.opcode().min_reply_size() {
+            return Err(Status::BUFFER_TOO_SMALL);
+        }
+        Ok(request)
+    }
+
+    fn refuse(&self, irp: I, status: Status) {
+        let status = self.state.with(|s| s.count(status));
+        irp.complete(status, 0);
+    }
+
+    fn wait(&self, irp: I, cursor: u64, max_events: u32) {
+        let outcome = self.state.with(|s| {
+            if s.is_closed() {
+                return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
+            }
+            let head = s.ring.head();
+            let cursor = match cursor {
+                CURSOR_NOW => head,
+                // A cursor from the future: another adapter's, or made up.
+                ahead if ahead > head => {
+                    return Outcome::Complete(irp, s.count(Status::INVALID_PARAMETER), 0);
+                }
+                cursor => cursor,
+            };
+            let waiter = Waiter { cursor, max_events };
+            if head > cursor {
+                let mut irp = irp;
+                let (status, size) = s.answer(&mut irp, &waiter);
+                return Outcome::Complete(irp, status, size);
+            }
+            match s.queue.park(irp, waiter) {
+                Ok(()) => Outcome::Parked,
+                Err(Refusal::Full(irp)) => Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0),
+                Err(Refusal::Cancelled(irp)) => Outcome::Complete(irp, s.count(Status::CANCELLED), 0),
+            }
+        });
+        if let Outcome::Complete(irp, status, size) = outcome {
+            irp.complete(status, size);
+        }
+    }
+
+    fn fire(&self, mut irp: I, code: u32, value: u64) {
+        let published = self.state.with(|s| {
+            if s.is_closed() {
+                return Err(s.count(Status::DEVICE_REMOVED));
+            }
+            if !s.fire_enabled {
+                return Err(s.count(Status::NOT_SUPPORTED));
+            }
+            s.counters.injected += 1;
+            s.count(Status::SUCCESS);
+            Ok(s.publish(EventKind::Injected, code.into(), value))
+        });
+        match published {
+            Ok(seq) => {
+                // Waiters first: when FIRE completes, everyone parked before it has its event.
+                self.deliver();
+                let size = irp.output().and_then(|out| encode_fire_reply(out, &FireReply { seq }));
+                irp.complete(Status::SUCCESS, size.unwrap_or(0));
+            }
+            Err(status) => irp.complete(status, 0),
+        }
+    }
+
+    fn discover(&self, mut irp: I, delay_ms: u32, timer: &impl Timer) {
+        let joined = self.state.with(|s| {
+            if s.is_closed() {
+                return Err(s.count(Status::DEVICE_REMOVED));
+            }
+            let d = &mut s.discovery;
+            let coalesced = d.pending;
+            if coalesced {
+                d.joined += 1;
+            } else {
+                d.started += 1;
+                *d = Discovery { pending: true, id: d.started, joined: 1, ..*d };
+                // Armed under the lock, so a concurrent removal's cancel cannot come first.
+                timer.arm(delay_ms.saturating_mul(1000));
+            }
+            let id = d.id;
+            s.count(Status::SUCCESS);
+            Ok(DiscoverReply { id, coalesced: u32::from(coalesced), reserved: 0 })
+        });
+        match joined {
+            Ok(reply) => {
+                let size = irp.output().and_then(|out| encode_discover_reply(out, &reply));
+                irp.complete(Status::SUCCESS, size.unwrap_or(0));
+            }
+            Err(status) => irp.complete(status, 0),
+        }
+    }
+
+    fn report(&self, mut irp: I) {
+        let stats = self.state.with(|s| {
+            let stats = s.stats();
+            s.count(Status::SUCCESS);
+            stats
+        });
+        let size = irp.output().and_then(|out| encode_stats_reply(out, &stats));
+        irp.complete(Status::SUCCESS, size.unwrap_or(0));
+    }
+
+    /// The Storport timer fired: the pending discovery completes.
+    pub fn timer_fired(&self) {
+        let published = self.state.with(|s| {
+            if !s.discovery.pending || s.is_closed() {
+                return false;
+            }
+            s.discovery.pending = false;
+            s.discovery.completed += 1;
+            let (id, joined) = (s.discovery.id, s.discovery.joined);
+            s.publish(EventKind::DiscoveryComplete, id, joined);
+            true
+        });
+        if published {
+            self.deliver();
+        }
+    }
+
+    /// The cancel routine of the IRP `id`, armed with `slot`: completes it as cancelled.
+    /// Returns false if the slot does not hold that IRP (nothing is completed then).
+    pub fn cancel(&self, slot: u16, id: usize) -> bool {
+        let taken = self.state.with(|s| {
+            let irp = s.queue.take_cancelled(slot, id)?;
+            s.count(Status::CANCELLED);
+            Some(irp)
+        });
+        match taken {
+            Some(irp) => {
+                irp.complete(Status::CANCELLED, 0);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Completes every parked WAIT that has an event it has not seen, in batches so the lock
+    /// is never held across a completion.
+    fn deliver(&self) {
+        loop {
+            let batch: Batch<I> = self.state.with(|s| {
+                let head = s.ring.head();
+                let mut batch = Batch::new();
+                while !batch.is_full() {
+                    // Waiters park with cursor == head, so the FIFO is sorted by cursor and the
+                    // first one that is up to date ends the scan.
+                    let Some((mut irp, waiter)) = s.queue.pop_front_if(|w| w.cursor < head)
+                    else {
+                        break;
+                    };
+                    let (status, size) = s.answer(&mut irp, &waiter);
+                    batch.push((irp, status, size));
+                }
+                batch
+            });
+            if batch.is_empty() {
+                return;
+            }
+            for (irp, status, size) in batch {
+                irp.complete(status, size);
+            }
+        }
+    }
+
+    /// The channel's counters (what STATS replies).
+    pub fn stats(&self) -> StatsReply {
+        self.state.with(|s| s.stats())
+    }
+
+    pub fn lifecycle(&self) -> Lifecycle {
+        self.state.with(|s| s.lifecycle)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,419 @@
+//! Parked service IRPs: a fixed slot table with a FIFO through it, cancel-safe.
+//!
+//! The cancel protocol is the driver-supplied-spin-lock pattern of the WDK docs ("Using a
+//! driver-supplied spin lock"), adapted to slots; the caller holds the queue lock around every
+//! method here:
+//!
+//! * park: store the IRP in a slot, *then* arm its cancel routine, *then* look at
+//!   `Irp->Cancel`. If cancellation already started and we can still disarm, the IRP is handed
+//!   back to be completed as cancelled; if we cannot, the cancel routine owns its completion.
+//! * dequeue: unlink, then disarm. If disarming fails, the cancel routine is running or about
+//!   to: the IRP stays in its slot as an orphan for that routine to take.
+//! * cancel routine: takes the IRP from its slot, found through the slot index the IRP carries.
+//!
+//! Exactly one side wins `IoSetCancelRoutine`'s exchange, and only the winner takes the IRP out
+//! of its slot, so every IRP leaves the queue exactly once.
+//!
+//! Why slots rather than `LIST_ENTRY`s through the IRPs: the table is plain safe Rust, a cancel
+//! finds its slot in O(1) with no list walk, a stale or foreign IRP pointer reaching the cancel
+//! path is detected (the slot holds another IRP) instead of corrupting a list, and the parked
+//! cap is the table's size. The cost is 24 bytes of device extension per slot.
+
+/// Parked WAITs per adapter. Beyond it a WAIT fails with STATUS_QUOTA_EXCEEDED.
+pub const PARK_CAP: usize = 1024;
+
+const _: () = assert!(PARK_CAP < u16::MAX as usize);
+
+/// What the queue needs from an IRP to park it cancel-safely.
+pub trait Parkable {
+    /// Identifies the IRP (its address) so a cancel can be matched to its slot.
+    fn id(&self) -> usize;
+    /// Records `slot` where the cancel routine will read it, then sets the cancel routine.
+    fn arm_cancel(&mut self, slot: u16);
+    /// Clears the cancel routine; false if it was already taken (cancellation has started).
+    fn disarm_cancel(&mut self) -> bool;
+    /// `Irp->Cancel`.
+    fn cancel_requested(&self) -> bool;
+}
+
+/// What a parked WAIT asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Waiter {
+    /// The last `seq` this waiter has seen.
+    pub cursor: u64,
+    pub max_events: u32,
+}
+
+/// Why [`ServiceQueue::park`] handed the IRP back.
+#[derive(Debug)]
+pub enum Refusal<I> {
+    /// Every slot is taken.
+    Full(I),
+    /// Cancellation had already started and this side won the exchange: complete as cancelled.
+    Cancelled(I),
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SlotState {
+    Free = 0,
+    /// Linked in the FIFO.
+    Parked = 1,
+    /// Unlinked; its cancel routine is running and will take it.
+    Orphaned = 2,
+}
+
+#[derive(Clone, Copy)]
+struct Link {
+    /// Slot index + 1 of the neighbours; 0 is "none".
+    prev: u16,
+    next: u16,
+    state: SlotState,
+}
+
+/// # Invariants
+///
+/// * `irps[i].is_some()` ⇔ `links[i].state != Free`.
+/// * The FIFO from `head` through `next` visits exactly the `Parked` slots; `parked` counts them.
+/// * Slots `0..high_water` not in use are on the `free` stack; slots `high_water..` were never used.
+/// * All-zero bytes are the empty queue (`Option<I>` is null-pointer optimized for the driver's
+///   IRP handle), which is how the Windows device extension starts.
+pub struct ServiceQueue<I> {
+    irps: [Option<I>; PARK_CAP],
+    waiters: [Waiter; PARK_CAP],
+    links: [Link; PARK_CAP],
+    free: [u16; PARK_CAP],
+    free_len: u16,
+    high_water: u16,
+    head: u16,
+    tail: u16,
+    parked: u16,
+    peak: u16,
+}
+
+impl<I: Parkable> ServiceQueue<I> {
+    pub const fn new() -> Self {
+        const FREE: Link = Link { prev: 0, next: 0, state: SlotState::Free };
+        Self {
+            irps: [const { None }; PARK_CAP],
+            waiters: [Waiter { cursor: 0, max_events: 0 }; PARK_CAP],
+            links: [FREE; PARK_CAP],
+            free: [0; PARK_CAP],
+            free_len: 0,
+            high_water: 0,
+            head: 0,
+            tail: 0,
+            parked: 0,
+            peak: 0,
+        }
+    }
+
+    /// IRPs linked in the FIFO now.
+    pub fn len(&self) -> usize {
+        self.parked.into()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.parked == 0
+    }
+
+    /// The most IRPs ever parked at once.
+    pub fn peak(&self) -> usize {
+        self.peak.into()
+    }
+
+    /// Parks `irp` at the tail, cancel-safely.
+    ///
+    /// # Errors
+    ///
+    /// Hands the IRP back when every slot is taken, or when it was cancelled before it could
+    /// be armed and this side must complete it.
+    pub fn park(&mut self, mut irp: I, waiter: Waiter) -> Result<(), Refusal<I>> {
+        let Some(slot) = self.allocate() else {
+            return Err(Refusal::Full(irp));
+        };
+        irp.arm_cancel(slot as u16);
+        if irp.cancel_requested() {
+            if irp.disarm_cancel() {
+                self.release(slot);
+                return Err(Refusal::Cancelled(irp));
+            }
+            // IoCancelIrp took the routine: it is waiting for this lock to take the IRP.
+            self.irps[slot] = Some(irp);
+            self.links[slot].state = SlotState::Orphaned;
+            return Ok(());
+        }
+        self.irps[slot] = Some(irp);
+        self.waiters[slot] = waiter;
+        self.link_tail(slot);
+        Ok(())
+    }
+
+    /// The waiter at the head of the FIFO.
+    pub fn front(&self) -> Option<&Waiter> {
+        let slot = usize::from(self.head.checked_sub(1)?);
+        Some(&self.waiters[slot])
+    }
+
+    /// Takes the head IRP if `ready` accepts its waiter, skipping (orphaning) IRPs whose
+    /// cancellation has started.
+    pub fn pop_front_if(&mut self, ready: impl Fn(&Waiter) -> bool) -> Option<(I, Waiter)> {
+        loop {
+            let slot = usize::from(self.head.checked_sub(1)?);
+            if !ready(&self.waiters[slot]) {
+                return None;
+            }
+            self.unlink(slot);
+            let irp = self.irps[slot].as_mut()?;
+            if irp.disarm_cancel() {
+                let irp = self.irps[slot].take()?;
+                let waiter = self.waiters[slot];
+                self.release(slot);
+                return Some((irp, waiter));
+            }
+            self.links[slot].state = SlotState::Orphaned;
+        }
+    }
+
+    /// Takes the IRP whose cancel routine is running, given the slot it was armed with.
+    ///
+    /// Returns `None` if that slot does not hold the IRP `id`: a stale or foreign pointer,
+    /// which the caller must not complete.
+    pub fn take_cancelled(&mut self, slot: u16, id: usize) -> Option<I> {
+        let slot = usize::from(slot);
+        if self.irps.get(slot)?.as_ref()?.id() != id {
+            return None;
+        }
+        if self.links[slot].state == SlotState::Parked {
+            self.unlink(slot);
+        }
+        let irp = self.irps[slot].take();
+        self.release(slot);
+        irp
+    }
+
+    fn allocate(&mut self) -> Option<usize> {
+        if let Some(top) = self.free_len.checked_sub(1) {
+            self.free_len = top;
+            return Some(self.free[usize::from(top)].into());
+        }
+        if usize::from(self.high_water) < PARK_CAP {
+            self.high_water += 1;
+            return Some(usize::from(self.high_water) - 1);
+        }
+        None
+    }
+
+    fn release(&mut self, slot: usize) {
+        self.links[slot].state = SlotState::Free;
+        self.free[usize::from(self.free_len)] = slot as u16;
+        self.free_len += 1;
+    }
+
+    fn link_tail(&mut self, slot: usize) {
+        let me = slot as u16 + 1;
+        self.links[slot] = Link { prev: self.tail, next: 0, state: SlotState::Parked };
+        match self.tail.checked_sub(1) {
+            Some(tail) => self.links[usize::from(tail)].next = me,
+            None => self.head = me,
+        }
+        self.tail = me;
+        self.parked += 1;
+        self.peak = self.peak.max(self.parked);
+    }
+
+    fn unlink(&mut self, slot: usize) {
+        let Link { prev, next, .. } = self.links[slot];
+        match prev.checked_sub(1) {
+            Some(p) => self.links[usize::from(p)].next = next,
+            None => self.head = next,
+        }
+        match next.checked_sub(1) {
+            Some(n) => self.links[usize::from(n)].prev = prev,
+            None => self.tail = prev,
+        }
+        self.links[slot] = Link { prev: 0, next: 0, state: SlotState::Orphaned };
+        self.parked -= 1;
+    }
+
+    /// Checks every invariant; for tests.
+    #[cfg(test)]
+    pub fn assert_valid(&self) {
+        let mut seen = 0;
+        let mut prev = 0u16;
+        let mut at = self.head;
+        while let Some(slot) = at.checked_sub(1) {
+            let link = self.links[usize::from(slot)];
+            assert_eq!(link.state, SlotState::Parked);
+            assert_eq!(link.prev, prev);
+            assert!(self.irps[usize::from(slot)].is_some());
+            seen += 1;
+            assert!(seen <= PARK_CAP, "FIFO cycle");
+            prev = at;
+            at = link.next;
+        }
+        assert_eq!(self.tail, prev);
+        assert_eq!(seen, self.len());
+        let in_use = (0..usize::from(self.high_water))
+            .filter(|&s| self.links[s].state != SlotState::Free)
+            .count();
+        assert_eq!(in_use + usize::from(self.free_len), usize::from(self.high_water));
+        for slot in 0..PARK_CAP {
+            assert_eq!(self.irps[slot].is_some(), self.links[slot].state != SlotState::Free);
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    extern crate std;
+    use super::*;
+    use std::vec::Vec;
+
+    /// An IRP reduced to what the queue looks at; `armed` and `cancel` model
+    /// `Irp->CancelRoutine` and `Irp->Cancel`.
+    #[derive(Debug, PartialEq, Eq)]
+    pub(crate) struct Mock {
+        pub id: usize,
+        pub armed: bool,
+        pub cancel: bool,
+        pub slot: u16,
+    }
+
+    impl Mock {
+        pub fn new(id: usize) -> Self {
+            Self { id, armed: false, cancel: false, slot: u16::MAX }
+        }
+    }
+
+    impl Parkable for Mock {
+        fn id(&self) -> usize {
+            self.id
+        }
+        fn arm_cancel(&mut self, slot: u16) {
+            self.slot = slot;
+            // IoCancelIrp may have run before: then it found no routine and only set Cancel.
+            self.armed = true;
+        }
+        fn disarm_cancel(&mut self) -> bool {
+            core::mem::replace(&mut self.armed, false)
+        }
+        fn cancel_requested(&self) -> bool {
+            self.cancel
+        }
+    }
+
+    fn waiter(cursor: u64) -> Waiter {
+        Waiter { cursor, max_events: 1 }
+    }
+
+    fn drain(q: &mut ServiceQueue<Mock>) -> Vec<usize> {
+        core::iter::from_fn(|| q.pop_front_if(|_| true)).map(|(irp, _)| irp.id).collect()
+    }
+
+    #[test]
+    fn fifo_order_and_counts() {
+        let mut q = ServiceQueue::new();
+        for id in 1..=5 {
+            q.park(Mock::new(id), waiter(id as u64)).unwrap();
+        }
+        q.assert_valid();
+        assert_eq!((q.len(), q.peak()), (5, 5));
+        assert_eq!(q.front(), Some(&waiter(1)));
+        let (irp, w) = q.pop_front_if(|w| w.cursor < 3).unwrap();
+        assert_eq!((irp.id, w.cursor, irp.armed), (1, 1, false));
+        assert!(q.pop_front_if(|w| w.cursor < 3).is_some());
+        assert!(q.pop_front_if(|w| w.cursor < 3).is_none());
+        assert_eq!(drain(&mut q), [3, 4, 5]);
+        q.assert_valid();
+        assert_eq!((q.len(), q.peak()), (0, 5));
+    }
+
+    #[test]
+    fn the_cap_refuses_and_hands_the_irp_back() {
+        let mut q = ServiceQueue::new();
+        for id in 0..PARK_CAP {
+            q.park(Mock::new(id), waiter(0)).unwrap();
+        }
+        match q.park(Mock::new(9999), waiter(0)) {
+            Err(Refusal::Full(irp)) => assert!(!irp.armed && irp.id == 9999),
+            other => panic!("expected Full, got {other:?}"),
+        }
+        // Freed slots are reused.
+        assert_eq!(q.pop_front_if(|_| true).unwrap().0.id, 0);
+        q.park(Mock::new(7777), waiter(0)).unwrap();
+        q.assert_valid();
+        assert_eq!(q.len(), PARK_CAP);
+    }
+
+    #[test]
+    fn cancel_before_park_is_completed_by_the_parker() {
+        let mut q = ServiceQueue::new();
+        let mut irp = Mock::new(1);
+        irp.cancel = true; // IoCancelIrp ran first and found no cancel routine
+        match q.park(irp, waiter(0)) {
+            Err(Refusal::Cancelled(irp)) => assert!(!irp.armed),
+            other => panic!("expected Cancelled, got {other:?}"),
+        }
+        q.assert_valid();
+        assert!(q.is_empty());
+    }
+
+    #[test]
+    fn cancel_routine_takes_a_parked_irp_by_slot() {
+        let mut q = ServiceQueue::new();
+        for id in 1..=3 {
+            q.park(Mock::new(id), waiter(0)).unwrap();
+        }
+        // The slot of IRP 2 is 1 (allocation is in order on a fresh queue).
+        assert!(q.take_cancelled(1, 99).is_none(), "foreign pointer must not match");
+        assert!(q.take_cancelled(5000, 2).is_none(), "out-of-range slot must not match");
+        let irp = q.take_cancelled(1, 2).unwrap();
+        assert_eq!(irp.id, 2);
+        q.assert_valid();
+        assert_eq!(drain(&mut q), [1, 3]);
+    }
+
+    #[test]
+    fn dequeue_that_loses_to_cancel_leaves_an_orphan_for_the_routine() {
+        let mut q = ServiceQueue::new();
+        q.park(Mock::new(1), waiter(0)).unwrap();
+        q.park(Mock::new(2), waiter(0)).unwrap();
+        // IoCancelIrp on IRP 1 exchanged the routine away but its routine has not run yet.
+        q.irps[0].as_mut().unwrap().armed = false;
+        assert_eq!(drain(&mut q), [2]);
+        q.assert_valid();
+        assert!(q.is_empty());
+        // The routine now runs and finds its IRP.
+        assert_eq!(q.take_cancelled(0, 1).unwrap().id, 1);
+        assert!(q.take_cancelled(0, 1).is_none(), "taken exactly once");
+        q.assert_valid();
+    }
+
+    #[test]
+    fn cancel_racing_park_leaves_an_orphan() {
+        // The routine was exchanged away after arming: model with an IRP whose disarm fails.
+        #[derive(Debug)]
+        struct Racing(Mock);
+        impl Parkable for Racing {
+            fn id(&self) -> usize {
+                self.0.id
+            }
+            fn arm_cancel(&mut self, slot: u16) {
+                self.0.slot = slot;
+                self.0.cancel = true; // IoCancelIrp ran right here and took the routine
+            }
+            fn disarm_cancel(&mut self) -> bool {
+                false
+            }
+            fn cancel_requested(&self) -> bool {
+                self.0.cancel
+            }
+        }
+        let mut rq = ServiceQueue::new();
+        rq.park(Racing(Mock::new(4)), waiter(0)).unwrap();
+        assert!(rq.is_empty());
+        assert_eq!(rq.take_cancelled(0, 4).map(|r| r.0.id), Some(4));
+        assert!(rq.take_cancelled(0, 4).is_none());
+    }
+}
