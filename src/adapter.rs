@@ -448,5 +448,6 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     }
 }
 
-#[cfg(test)]
+// The tests use std's primitives; under `--cfg loom` the fakes use loom's (see `model.rs`).
+#[cfg(all(test, not(loom)))]
 mod tests;

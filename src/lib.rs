@@ -4,8 +4,8 @@
 //! completes them when events fire, when they are cancelled, or when it goes away.
 //!
 //! Layout: `ffi` holds the hand-written Storport/WDM bindings and `entry` the thin callback
-//! shims (the only `unsafe` in the driver, with `irp` and `sync`); `adapter`, `service_queue`,
-//! `event_ring` and `srb` are safe, portable Rust, unit-tested on the host.
+//! shims; with `irp` and `sync` they are the only `unsafe` code. `adapter`, `service_queue`,
+//! `event_ring` and `port` are safe, portable Rust, unit-tested on the host.
 //!
 //! The crate is `no_std` when built for Windows (the driver); on other targets it builds
 //! against std so its portable core can be unit-tested, and nothing kernel-only is compiled.
@@ -14,7 +14,22 @@
 pub mod adapter;
 pub mod error;
 pub mod event_ring;
+pub mod ffi;
+pub mod port;
 pub mod service_queue;
+
+#[cfg(target_os = "windows")]
+mod entry;
+#[cfg(target_os = "windows")]
+mod irp;
+#[cfg(target_os = "windows")]
+mod log;
+#[cfg(target_os = "windows")]
+mod sync;
+#[cfg(all(target_os = "windows", feature = "wdk"))]
+mod wdk_check;
 
 #[cfg(test)]
 mod testing;
+#[cfg(all(test, loom))]
+mod model;

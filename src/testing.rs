@@ -117,6 +117,7 @@ impl FakeIrp {
         Self::raw(id, Some(input), Some(output_len))
     }
 
+    #[cfg_attr(loom, allow(dead_code))]
     pub fn with_control_code(mut self, code: u32) -> Self {
         self.control_code = code;
         self

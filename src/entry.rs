@@ -1,0 +1,324 @@
+//! DriverEntry and the Storport callback shims.
+//!
+//! Each shim converts what Storport passes, calls one safe method, and converts back. The
+//! `# Safety` section of each lists what Storport promises when it calls it.
+
+use core::mem::size_of;
+
+use crate::adapter::{Adapter, State, Timer};
+use crate::ffi::inline::{StorPortRequestComplete, StorPortRequestTimerCall};
+use crate::ffi::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
+use crate::ffi::storport::{
+    StorPortAllocateRegistryBuffer, StorPortFreeRegistryBuffer, StorPortInitialize,
+    StorPortRegistryRead,
+};
+use crate::ffi::{
+    BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, HW_INITIALIZATION_DATA, INTERFACE_TYPE_INTERNAL, IRP,
+    MINIPORT_REG_DWORD, NTSTATUS, PORT_CONFIGURATION_INFORMATION, PVOID, SCSI_ADAPTER_CONTROL_SUCCESS,
+    SCSI_ADAPTER_CONTROL_UNSUCCESSFUL, SCSI_ADAPTER_SURPRISE_REMOVAL, SCSI_QUERY_SUPPORTED_CONTROL_TYPES,
+    SCSI_REQUEST_BLOCK, SCSI_RESTART_ADAPTER, SCSI_STOP_ADAPTER, SCSI_SUPPORTED_CONTROL_TYPE_LIST,
+    SP_RETURN_FOUND, STOR_FEATURE_VIRTUAL_MINIPORT, STOR_MAP_NON_READ_WRITE_BUFFERS, TRUE,
+    UNICODE_STRING,
+};
+use crate::irp::{Irp, cancel_context};
+use crate::log::{ERROR, TRACE, WARNING, log};
+use crate::port;
+use crate::sync::SpinLock;
+
+/// The HwDeviceExtension: the whole adapter lives in the memory Storport allocates for it.
+type WinAdapter = Adapter<Irp, SpinLock<State<Irp>>>;
+
+const _: () = assert!(size_of::<WinAdapter>() < u32::MAX as usize);
+
+/// revcall's bug-check code ('RVCL'): a panic in the driver stops the machine with it.
+pub const REVCALL_BUGCHECK: u32 = 0x5256_434C;
+
+/// The registry value (REG_DWORD under `Services\revcall\Parameters\Device`) that allows FIRE.
+const ENABLE_FIRE_INJECTION: &core::ffi::CStr = c"EnableFireInjection";
+
+/// The adapter in a HwDeviceExtension.
+///
+/// # Safety
+///
+/// `ext` is a HwDeviceExtension Storport allocated for this driver: `size_of::<WinAdapter>()`
+/// bytes (DeviceExtensionSize below), 16-aligned, zeroed when first allocated and kept, never
+/// moved, until the adapter is removed. All-zero bytes are a valid `WinAdapter` (the
+/// invariants of `State` and `SpinLock`), and it has no `Drop`, so it needs no other setup.
+unsafe fn adapter<'a>(ext: PVOID) -> &'a WinAdapter {
+    debug_assert!(ext.cast::<WinAdapter>().is_aligned());
+    // SAFETY: the caller's contract; every mutable part is behind the adapter's lock.
+    unsafe { &*ext.cast::<WinAdapter>() }
+}
+
+/// The adapter's Storport timer (`RequestTimerCall`).
+struct PortTimer(PVOID);
+
+impl Timer for PortTimer {
+    fn arm(&self, delay_us: u32) {
+        // SAFETY: `self.0` is the HwDeviceExtension of the adapter whose callback made this.
+        unsafe { StorPortRequestTimerCall(self.0, hw_timer, delay_us) };
+    }
+
+    fn cancel(&self) {
+        // SAFETY: as in `arm`; a zero interval cancels the pending call.
+        unsafe { StorPortRequestTimerCall(self.0, hw_timer, 0) };
+    }
+}
+
+/// The driver's entry point.
+///
+/// # Safety
+///
+/// Called once by the I/O manager at PASSIVE_LEVEL with its driver object and registry path.
+#[unsafe(export_name = "DriverEntry")]
+pub unsafe extern "system" fn driver_entry(
+    driver: *mut DRIVER_OBJECT,
+    registry_path: *mut UNICODE_STRING,
+) -> NTSTATUS {
+    // HW_INITIALIZATION_DATA with STOR_FEATURE_VIRTUAL_MINIPORT rather than the older
+    // VIRTUAL_HW_INITIALIZATION_DATA: the DDI recommends it for Windows 8 and later, which the
+    // service-IRP channel requires anyway, and it keeps the Win8+ fields at their real offsets.
+    let mut init = HW_INITIALIZATION_DATA::zeroed();
+    init.HwInitializationDataSize = size_of::<HW_INITIALIZATION_DATA>() as u32;
+    init.AdapterInterfaceType = INTERFACE_TYPE_INTERNAL;
+    init.FeatureSupport = STOR_FEATURE_VIRTUAL_MINIPORT;
+    init.DeviceExtensionSize = size_of::<WinAdapter>() as u32;
+    init.MapBuffers = STOR_MAP_NON_READ_WRITE_BUFFERS;
+    init.TaggedQueuing = TRUE;
+    init.AutoRequestSense = TRUE;
+    init.MultipleRequestPerLu = TRUE;
+    init.HwFindAdapter = Some(hw_find_adapter);
+    init.HwInitialize = Some(hw_initialize);
+    init.HwStartIo = Some(hw_start_io);
+    init.HwResetBus = Some(hw_reset_bus);
+    init.HwAdapterControl = Some(hw_adapter_control);
+    init.HwFreeAdapterResources = Some(hw_free_adapter_resources);
+    init.HwProcessServiceRequest = Some(hw_process_service_request);
+    init.HwCompleteServiceIrp = Some(hw_complete_service_irp);
+    // SAFETY: the arguments are the ones the I/O manager gave DriverEntry; Storport copies
+    // `init` and does not keep the pointer.
+    let status = unsafe { StorPortInitialize(driver, registry_path, &mut init, core::ptr::null_mut()) };
+    if status != 0 {
+        log!(ERROR, "StorPortInitialize failed: 0x%x", status);
+    }
+    status as NTSTATUS
+}
+
+/// Reads `EnableFireInjection`; FIRE stays allowed when the value is absent.
+///
+/// # Safety
+///
+/// PASSIVE_LEVEL, `ext` the adapter's HwDeviceExtension (HwFindAdapter's context).
+unsafe fn fire_injection_enabled(ext: PVOID) -> bool {
+    let mut capacity = size_of::<u32>() as u32;
+    // SAFETY: the caller's contract is the DDI's.
+    let buffer = unsafe { StorPortAllocateRegistryBuffer(ext, &mut capacity) };
+    if buffer.is_null() || (capacity as usize) < size_of::<u32>() {
+        log!(WARNING, "no registry buffer; FIRE stays enabled");
+        return true;
+    }
+    let mut length = capacity;
+    // SAFETY: `buffer` has `capacity` bytes from StorPortAllocateRegistryBuffer; the name is
+    // NUL-terminated; Global = 1 reads Parameters\Device.
+    let found = unsafe {
+        StorPortRegistryRead(ext, ENABLE_FIRE_INJECTION.as_ptr().cast(), 1, MINIPORT_REG_DWORD, buffer, &mut length)
+    };
+    let value = if found != 0 && length as usize == size_of::<u32>() {
+        // SAFETY: Storport wrote `length` == 4 bytes into the buffer.
+        unsafe { buffer.cast::<u32>().read_unaligned() }
+    } else {
+        1
+    };
+    // SAFETY: the buffer came from StorPortAllocateRegistryBuffer and is freed once.
+    unsafe { StorPortFreeRegistryBuffer(ext, buffer) };
+    value != 0
+}
+
+/// HwStorFindAdapter (virtual prototype).
+///
+/// # Safety
+///
+/// Storport calls it at PASSIVE_LEVEL with this adapter's HwDeviceExtension and a writable
+/// PORT_CONFIGURATION_INFORMATION.
+unsafe extern "system" fn hw_find_adapter(
+    ext: PVOID,
+    _hw_context: PVOID,
+    _bus_information: PVOID,
+    _lower_device: PVOID,
+    _argument_string: *mut i8,
+    config: *mut PORT_CONFIGURATION_INFORMATION,
+    _again: *mut BOOLEAN,
+) -> u32 {
+    // SAFETY: Storport passes a valid, exclusive configuration for the call's duration.
+    port::configure(unsafe { &mut *config });
+    // SAFETY: PASSIVE_LEVEL and this adapter's extension, per this function's contract.
+    let fire = unsafe { fire_injection_enabled(ext) };
+    // SAFETY: this adapter's HwDeviceExtension.
+    unsafe { adapter(ext) }.configure(fire);
+    log!(TRACE, "adapter found, FIRE %s", if fire { c"enabled".as_ptr() } else { c"disabled".as_ptr() });
+    SP_RETURN_FOUND
+}
+
+/// HwStorInitialize.
+///
+/// # Safety
+///
+/// Storport calls it once per start with this adapter's HwDeviceExtension.
+unsafe extern "system" fn hw_initialize(ext: PVOID) -> BOOLEAN {
+    // SAFETY: this adapter's HwDeviceExtension.
+    unsafe { adapter(ext) }.start();
+    TRUE
+}
+
+/// HwStorStartIo: every SRB is answered at once.
+///
+/// # Safety
+///
+/// Storport passes this adapter's extension and an SRB it owns until we complete it.
+unsafe extern "system" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -> BOOLEAN {
+    // SAFETY: a valid SRB, ours until the RequestComplete below.
+    let request = unsafe { &mut *srb };
+    request.SrbStatus = port::start_io_status(request.Function, request.PathId, request.TargetId, request.Lun);
+    // SAFETY: completes the SRB Storport gave this call; it is not touched afterwards.
+    unsafe { StorPortRequestComplete(ext, srb) };
+    TRUE
+}
+
+/// HwStorResetBus: nothing is ever outstanding on the bus.
+///
+/// # Safety
+///
+/// None beyond the call itself.
+unsafe extern "system" fn hw_reset_bus(_ext: PVOID, _path_id: u32) -> BOOLEAN {
+    TRUE
+}
+
+/// HwStorAdapterControl.
+///
+/// # Safety
+///
+/// Storport passes this adapter's extension and the `Parameters` the control type defines
+/// (a SCSI_SUPPORTED_CONTROL_TYPE_LIST for ScsiQuerySupportedControlTypes); it calls only the
+/// types reported supported, ScsiAdapterSurpriseRemoval below DISPATCH_LEVEL.
+unsafe extern "system" fn hw_adapter_control(ext: PVOID, control_type: u32, parameters: PVOID) -> u32 {
+    // SAFETY: this adapter's HwDeviceExtension.
+    let adapter = unsafe { adapter(ext) };
+    match control_type {
+        SCSI_QUERY_SUPPORTED_CONTROL_TYPES => {
+            let list = parameters.cast::<SCSI_SUPPORTED_CONTROL_TYPE_LIST>();
+            // SAFETY: Storport passes a list with MaxControlType entries after the header.
+            let entries = unsafe {
+                let max = (*list).MaxControlType as usize;
+                core::slice::from_raw_parts_mut((&raw mut (*list).SupportedTypeList).cast::<u8>(), max)
+            };
+            port::report_supported(entries);
+        }
+        SCSI_STOP_ADAPTER => adapter.stop(),
+        SCSI_RESTART_ADAPTER => adapter.restart(),
+        SCSI_ADAPTER_SURPRISE_REMOVAL => {
+            log!(TRACE, "surprise removal: flushing parked requests");
+            adapter.surprise_remove(&PortTimer(ext));
+        }
+        _ => return SCSI_ADAPTER_CONTROL_UNSUCCESSFUL,
+    }
+    SCSI_ADAPTER_CONTROL_SUCCESS
+}
+
+/// HwStorFreeAdapterResources: the adapter's last callback. Nothing is allocated outside
+/// the extension, which Storport frees.
+///
+/// # Safety
+///
+/// PASSIVE_LEVEL, this adapter's extension, after the removal rundown completed.
+unsafe extern "system" fn hw_free_adapter_resources(ext: PVOID) {
+    // SAFETY: this adapter's HwDeviceExtension, still valid during this last call.
+    let stats = unsafe { adapter(ext) }.stats();
+    if stats.parked_now != 0 {
+        log!(ERROR, "freed with %I64u requests parked", stats.parked_now);
+    }
+}
+
+/// HwStorProcessServiceRequest: a caller's IOCTL_MINIPORT_PROCESS_SERVICE_IRP.
+///
+/// # Safety
+///
+/// Storport calls it at PASSIVE_LEVEL in the requester's thread with this adapter's extension
+/// and an IRP it has marked pending and hands over: it must be completed exactly once, with
+/// StorPortCompleteServiceIrp.
+unsafe extern "system" fn hw_process_service_request(ext: PVOID, irp: PVOID) {
+    // SAFETY: Storport hands us this adapter's service IRP (this function's contract).
+    let Some(irp) = (unsafe { Irp::from_service_request(irp.cast::<IRP>(), ext) }) else {
+        log!(ERROR, "HwProcessServiceRequest without an IRP");
+        return;
+    };
+    // SAFETY: this adapter's HwDeviceExtension.
+    unsafe { adapter(ext) }.process(irp, &PortTimer(ext));
+}
+
+/// HwStorCompleteServiceIrp: the adapter is being removed.
+///
+/// # Safety
+///
+/// Storport calls it at PASSIVE_LEVEL, holding no spin lock, with this adapter's extension.
+unsafe extern "system" fn hw_complete_service_irp(ext: PVOID) {
+    log!(TRACE, "removal: completing parked requests");
+    // SAFETY: this adapter's HwDeviceExtension.
+    unsafe { adapter(ext) }.remove(&PortTimer(ext));
+}
+
+/// HwStorTimer (RequestTimerCall): a DISCOVER completes.
+///
+/// # Safety
+///
+/// Storport calls it at DISPATCH_LEVEL with this adapter's extension.
+unsafe extern "system" fn hw_timer(ext: PVOID) {
+    // SAFETY: this adapter's HwDeviceExtension.
+    unsafe { adapter(ext) }.timer_fired();
+}
+
+/// The cancel routine of a parked service IRP.
+///
+/// # Safety
+///
+/// IoCancelIrp calls it at DISPATCH_LEVEL holding the cancel spin lock, for an IRP whose
+/// routine revcall armed (so its DriverContext names the adapter and slot). `device` is
+/// Storport's FDO, not ours, and is not used.
+pub unsafe extern "system" fn hw_cancel_service_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) {
+    // SAFETY: the IRP is live until completed, which only this routine can do now.
+    let cancel_irql = unsafe { (*irp).CancelIrql };
+    // SAFETY: IoCancelIrp holds the cancel spin lock for us; release it first, as documented.
+    unsafe { IoReleaseCancelSpinLock(cancel_irql) };
+    // SAFETY: our routine is running for this IRP, so arm_cancel wrote its context.
+    let (ext, slot) = unsafe { cancel_context(irp) };
+    // SAFETY: the context names the HwDeviceExtension of the IRP's adapter, which stays
+    // valid: the IRP holds Storport's removal rundown until it is completed.
+    if !unsafe { adapter(ext) }.cancel(slot, irp as usize) {
+        log!(ERROR, "cancel routine found no parked IRP %p in slot %u", irp, u32::from(slot));
+    }
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    let (file, line, column) =
+        info.location().map_or(("", 0, 0), |l| (l.file(), l.line(), l.column()));
+    log!(ERROR, "panic at %.*s:%u", file.len() as u32, file.as_ptr(), line);
+    // SAFETY: KeBugCheckEx takes plain values and does not return. P1/P2 locate the file name
+    // in the driver image for the debugger; P3/P4 are line and column.
+    unsafe { KeBugCheckEx(REVCALL_BUGCHECK, file.as_ptr() as usize, file.len(), line as usize, column as usize) }
+}
+
+// The precompiled core for this target references `_fltused` and `__CxxFrameHandler3`.
+// Defined here in assembly rather than as Rust items so they stay out of the export table
+// (every `#[no_mangle]` item of a cdylib is exported); the handler is never reached with
+// panic=abort, and traps if it ever is.
+core::arch::global_asm!(
+    ".section .rdata,\"dr\"",
+    ".globl _fltused",
+    "_fltused:",
+    ".long 0",
+    ".text",
+    ".globl __CxxFrameHandler3",
+    "__CxxFrameHandler3:",
+    "ud2",
+);
