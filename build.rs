@@ -18,7 +18,9 @@ mod wdk {
             return;
         }
         if let Err(error) = wdk_build::configure_wdk_binary_build() {
-            panic!("the wdk feature needs the WDK: wdk-build could not configure the build: {error}");
+            panic!(
+                "the wdk feature needs the WDK: wdk-build could not configure the build: {error}"
+            );
         }
         println!("cargo::rustc-cdylib-link-arg=storport.lib");
     }

@@ -107,13 +107,27 @@ impl<I: ServiceIrp> State<I> {
             ring: EventRing::new(),
             lifecycle: Lifecycle::Down,
             fire_enabled: false,
-            discovery: Discovery { pending: false, id: 0, joined: 0, started: 0, completed: 0 },
-            counters: Counters { completed: 0, cancelled: 0, rejected: 0, injected: 0 },
+            discovery: Discovery {
+                pending: false,
+                id: 0,
+                joined: 0,
+                started: 0,
+                completed: 0,
+            },
+            counters: Counters {
+                completed: 0,
+                cancelled: 0,
+                rejected: 0,
+                injected: 0,
+            },
         }
     }
 
     fn is_closed(&self) -> bool {
-        matches!(self.lifecycle, Lifecycle::SurpriseRemoved | Lifecycle::Removed)
+        matches!(
+            self.lifecycle,
+            Lifecycle::SurpriseRemoved | Lifecycle::Removed
+        )
     }
 
     /// Counts a completion that is about to be issued.
@@ -174,6 +188,12 @@ impl<I: ServiceIrp> State<I> {
     }
 }
 
+impl<I: ServiceIrp> Default for State<I> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// The adapter: its state behind a lock.
 pub struct Adapter<I, L> {
     state: L,
@@ -187,7 +207,10 @@ enum Outcome<I> {
 
 impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     pub const fn new(state: L) -> Self {
-        Self { state, _irp: PhantomData }
+        Self {
+            state,
+            _irp: PhantomData,
+        }
     }
 
     /// HwFindAdapter: applies the registry configuration. Keeps the state of an adapter that
@@ -228,7 +251,11 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     /// `ScsiAdapterSurpriseRemoval`: Storport next waits for every service IRP, and will not
     /// call `HwCompleteServiceIrp` first, so flush them all and refuse new ones here.
     pub fn surprise_remove(&self, timer: &impl Timer) {
-        self.close(Lifecycle::SurpriseRemoved, EventKind::SurpriseRemoved, timer);
+        self.close(
+            Lifecycle::SurpriseRemoved,
+            EventKind::SurpriseRemoved,
+            timer,
+        );
     }
 
     /// `HwCompleteServiceIrp`: the adapter is being removed; complete every parked IRP and
@@ -306,8 +333,12 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             }
             match s.queue.park(irp, waiter) {
                 Ok(()) => Outcome::Parked,
-                Err(Refusal::Full(irp)) => Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0),
-                Err(Refusal::Cancelled(irp)) => Outcome::Complete(irp, s.count(Status::CANCELLED), 0),
+                Err(Refusal::Full(irp)) => {
+                    Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0)
+                }
+                Err(Refusal::Cancelled(irp)) => {
+                    Outcome::Complete(irp, s.count(Status::CANCELLED), 0)
+                }
             }
         });
         if let Outcome::Complete(irp, status, size) = outcome {
@@ -331,7 +362,9 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             Ok(seq) => {
                 // Waiters first: when FIRE completes, everyone parked before it has its event.
                 self.deliver();
-                let size = irp.output().and_then(|out| encode_fire_reply(out, &FireReply { seq }));
+                let size = irp
+                    .output()
+                    .and_then(|out| encode_fire_reply(out, &FireReply { seq }));
                 irp.complete(Status::SUCCESS, size.unwrap_or(0));
             }
             Err(status) => irp.complete(status, 0),
@@ -349,17 +382,28 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
                 d.joined += 1;
             } else {
                 d.started += 1;
-                *d = Discovery { pending: true, id: d.started, joined: 1, ..*d };
+                *d = Discovery {
+                    pending: true,
+                    id: d.started,
+                    joined: 1,
+                    ..*d
+                };
                 // Armed under the lock, so a concurrent removal's cancel cannot come first.
                 timer.arm(delay_ms.saturating_mul(1000));
             }
             let id = d.id;
             s.count(Status::SUCCESS);
-            Ok(DiscoverReply { id, coalesced: u32::from(coalesced), reserved: 0 })
+            Ok(DiscoverReply {
+                id,
+                coalesced: u32::from(coalesced),
+                reserved: 0,
+            })
         });
         match joined {
             Ok(reply) => {
-                let size = irp.output().and_then(|out| encode_discover_reply(out, &reply));
+                let size = irp
+                    .output()
+                    .and_then(|out| encode_discover_reply(out, &reply));
                 irp.complete(Status::SUCCESS, size.unwrap_or(0));
             }
             Err(status) => irp.complete(status, 0),
@@ -420,8 +464,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
                 while !batch.is_full() {
                     // Waiters park with cursor == head, so the FIFO is sorted by cursor and the
                     // first one that is up to date ends the scan.
-                    let Some((mut irp, waiter)) = s.queue.pop_front_if(|w| w.cursor < head)
-                    else {
+                    let Some((mut irp, waiter)) = s.queue.pop_front_if(|w| w.cursor < head) else {
                         break;
                     };
                     let (status, size) = s.answer(&mut irp, &waiter);

@@ -14,11 +14,11 @@ use crate::ffi::storport::{
 };
 use crate::ffi::{
     BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, HW_INITIALIZATION_DATA, INTERFACE_TYPE_INTERNAL, IRP,
-    MINIPORT_REG_DWORD, NTSTATUS, PORT_CONFIGURATION_INFORMATION, PVOID, SCSI_ADAPTER_CONTROL_SUCCESS,
-    SCSI_ADAPTER_CONTROL_UNSUCCESSFUL, SCSI_ADAPTER_SURPRISE_REMOVAL, SCSI_QUERY_SUPPORTED_CONTROL_TYPES,
-    SCSI_REQUEST_BLOCK, SCSI_RESTART_ADAPTER, SCSI_STOP_ADAPTER, SCSI_SUPPORTED_CONTROL_TYPE_LIST,
-    SP_RETURN_FOUND, STOR_FEATURE_VIRTUAL_MINIPORT, STOR_MAP_NON_READ_WRITE_BUFFERS, TRUE,
-    UNICODE_STRING,
+    MINIPORT_REG_DWORD, NTSTATUS, PORT_CONFIGURATION_INFORMATION, PVOID,
+    SCSI_ADAPTER_CONTROL_SUCCESS, SCSI_ADAPTER_CONTROL_UNSUCCESSFUL, SCSI_ADAPTER_SURPRISE_REMOVAL,
+    SCSI_QUERY_SUPPORTED_CONTROL_TYPES, SCSI_REQUEST_BLOCK, SCSI_RESTART_ADAPTER,
+    SCSI_STOP_ADAPTER, SCSI_SUPPORTED_CONTROL_TYPE_LIST, SP_RETURN_FOUND,
+    STOR_FEATURE_VIRTUAL_MINIPORT, STOR_MAP_NON_READ_WRITE_BUFFERS, TRUE, UNICODE_STRING,
 };
 use crate::irp::{Irp, cancel_context};
 use crate::log::{ERROR, TRACE, WARNING, log};
@@ -97,7 +97,8 @@ pub unsafe extern "system" fn driver_entry(
     init.HwCompleteServiceIrp = Some(hw_complete_service_irp);
     // SAFETY: the arguments are the ones the I/O manager gave DriverEntry; Storport copies
     // `init` and does not keep the pointer.
-    let status = unsafe { StorPortInitialize(driver, registry_path, &mut init, core::ptr::null_mut()) };
+    let status =
+        unsafe { StorPortInitialize(driver, registry_path, &mut init, core::ptr::null_mut()) };
     if status != 0 {
         log!(ERROR, "StorPortInitialize failed: 0x%x", status);
     }
@@ -121,7 +122,14 @@ unsafe fn fire_injection_enabled(ext: PVOID) -> bool {
     // SAFETY: `buffer` has `capacity` bytes from StorPortAllocateRegistryBuffer; the name is
     // NUL-terminated; Global = 1 reads Parameters\Device.
     let found = unsafe {
-        StorPortRegistryRead(ext, ENABLE_FIRE_INJECTION.as_ptr().cast(), 1, MINIPORT_REG_DWORD, buffer, &mut length)
+        StorPortRegistryRead(
+            ext,
+            ENABLE_FIRE_INJECTION.as_ptr().cast(),
+            1,
+            MINIPORT_REG_DWORD,
+            buffer,
+            &mut length,
+        )
     };
     let value = if found != 0 && length as usize == size_of::<u32>() {
         // SAFETY: Storport wrote `length` == 4 bytes into the buffer.
@@ -155,7 +163,15 @@ unsafe extern "system" fn hw_find_adapter(
     let fire = unsafe { fire_injection_enabled(ext) };
     // SAFETY: this adapter's HwDeviceExtension.
     unsafe { adapter(ext) }.configure(fire);
-    log!(TRACE, "adapter found, FIRE %s", if fire { c"enabled".as_ptr() } else { c"disabled".as_ptr() });
+    log!(
+        TRACE,
+        "adapter found, FIRE %s",
+        if fire {
+            c"enabled".as_ptr()
+        } else {
+            c"disabled".as_ptr()
+        }
+    );
     SP_RETURN_FOUND
 }
 
@@ -178,7 +194,12 @@ unsafe extern "system" fn hw_initialize(ext: PVOID) -> BOOLEAN {
 unsafe extern "system" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -> BOOLEAN {
     // SAFETY: a valid SRB, ours until the RequestComplete below.
     let request = unsafe { &mut *srb };
-    request.SrbStatus = port::start_io_status(request.Function, request.PathId, request.TargetId, request.Lun);
+    request.SrbStatus = port::start_io_status(
+        request.Function,
+        request.PathId,
+        request.TargetId,
+        request.Lun,
+    );
     // SAFETY: completes the SRB Storport gave this call; it is not touched afterwards.
     unsafe { StorPortRequestComplete(ext, srb) };
     TRUE
@@ -200,17 +221,23 @@ unsafe extern "system" fn hw_reset_bus(_ext: PVOID, _path_id: u32) -> BOOLEAN {
 /// Storport passes this adapter's extension and the `Parameters` the control type defines
 /// (a SCSI_SUPPORTED_CONTROL_TYPE_LIST for ScsiQuerySupportedControlTypes); it calls only the
 /// types reported supported, ScsiAdapterSurpriseRemoval below DISPATCH_LEVEL.
-unsafe extern "system" fn hw_adapter_control(ext: PVOID, control_type: u32, parameters: PVOID) -> u32 {
+unsafe extern "system" fn hw_adapter_control(
+    ext: PVOID,
+    control_type: u32,
+    parameters: PVOID,
+) -> u32 {
     // SAFETY: this adapter's HwDeviceExtension.
     let adapter = unsafe { adapter(ext) };
     match control_type {
         SCSI_QUERY_SUPPORTED_CONTROL_TYPES => {
             let list = parameters.cast::<SCSI_SUPPORTED_CONTROL_TYPE_LIST>();
-            // SAFETY: Storport passes a list with MaxControlType entries after the header.
-            let entries = unsafe {
-                let max = (*list).MaxControlType as usize;
-                core::slice::from_raw_parts_mut((&raw mut (*list).SupportedTypeList).cast::<u8>(), max)
-            };
+            // SAFETY: for this control type `Parameters` is a valid list header.
+            let max = unsafe { (*list).MaxControlType } as usize;
+            // SAFETY: as above; this only forms the address of the entries.
+            let first = unsafe { &raw mut (*list).SupportedTypeList }.cast::<u8>();
+            // SAFETY: Storport allocates MaxControlType entries after the header, ours to
+            // write for the duration of this call.
+            let entries = unsafe { core::slice::from_raw_parts_mut(first, max) };
             port::report_supported(entries);
         }
         SCSI_STOP_ADAPTER => adapter.stop(),
@@ -293,19 +320,39 @@ pub unsafe extern "system" fn hw_cancel_service_irp(_device: *mut DEVICE_OBJECT,
     // SAFETY: the context names the HwDeviceExtension of the IRP's adapter, which stays
     // valid: the IRP holds Storport's removal rundown until it is completed.
     if !unsafe { adapter(ext) }.cancel(slot, irp as usize) {
-        log!(ERROR, "cancel routine found no parked IRP %p in slot %u", irp, u32::from(slot));
+        log!(
+            ERROR,
+            "cancel routine found no parked IRP %p in slot %u",
+            irp,
+            u32::from(slot)
+        );
     }
 }
 
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let (file, line, column) =
-        info.location().map_or(("", 0, 0), |l| (l.file(), l.line(), l.column()));
-    log!(ERROR, "panic at %.*s:%u", file.len() as u32, file.as_ptr(), line);
+    let (file, line, column) = info
+        .location()
+        .map_or(("", 0, 0), |l| (l.file(), l.line(), l.column()));
+    log!(
+        ERROR,
+        "panic at %.*s:%u",
+        file.len() as u32,
+        file.as_ptr(),
+        line
+    );
     // SAFETY: KeBugCheckEx takes plain values and does not return. P1/P2 locate the file name
     // in the driver image for the debugger; P3/P4 are line and column.
-    unsafe { KeBugCheckEx(REVCALL_BUGCHECK, file.as_ptr() as usize, file.len(), line as usize, column as usize) }
+    unsafe {
+        KeBugCheckEx(
+            REVCALL_BUGCHECK,
+            file.as_ptr() as usize,
+            file.len(),
+            line as usize,
+            column as usize,
+        )
+    }
 }
 
 // The precompiled core for this target references `_fltused` and `__CxxFrameHandler3`.

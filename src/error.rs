@@ -45,7 +45,10 @@ mod tests {
 
     #[test]
     fn decode_errors_map_to_documented_statuses() {
-        assert_eq!(Status::from(DecodeError::Truncated { len: 0 }), Status::INVALID_PARAMETER);
+        assert_eq!(
+            Status::from(DecodeError::Truncated { len: 0 }),
+            Status::INVALID_PARAMETER
+        );
         assert_eq!(
             Status::from(DecodeError::UnsupportedVersion { version: 9 }),
             Status::REVISION_MISMATCH
@@ -55,7 +58,9 @@ mod tests {
             Status::INVALID_DEVICE_REQUEST
         );
         assert_eq!(
-            Status::from(DecodeError::ReservedNotZero { opcode: Opcode::Fire }),
+            Status::from(DecodeError::ReservedNotZero {
+                opcode: Opcode::Fire
+            }),
             Status::INVALID_PARAMETER
         );
         assert!(revcall_protocol::status::is_error(Status::QUOTA_EXCEEDED.0));

@@ -31,7 +31,11 @@ pub struct Delivery {
 
 impl EventRing {
     pub const fn new() -> Self {
-        Self { records: [EventRecord::EMPTY; RING_CAPACITY], head: 0, overwrites: 0 }
+        Self {
+            records: [EventRecord::EMPTY; RING_CAPACITY],
+            head: 0,
+            overwrites: 0,
+        }
     }
 
     /// The newest `seq`; 0 before the first event.
@@ -58,7 +62,13 @@ impl EventRing {
         }
         self.head += 1;
         let seq = self.head;
-        self.records[index(seq)] = EventRecord { seq, kind: kind as u32, reserved: 0, arg0, arg1 };
+        self.records[index(seq)] = EventRecord {
+            seq,
+            kind: kind as u32,
+            reserved: 0,
+            arg0,
+            arg1,
+        };
         seq
     }
 
@@ -67,7 +77,11 @@ impl EventRing {
     /// `cursor` must not be ahead of [`head`](Self::head); with nothing newer the reply is
     /// empty and the cursor unchanged.
     pub fn read_into(&self, cursor: u64, writer: &mut WaitReplyWriter<'_>) -> Delivery {
-        debug_assert!(cursor <= self.head, "cursor {cursor} ahead of head {}", self.head);
+        debug_assert!(
+            cursor <= self.head,
+            "cursor {cursor} ahead of head {}",
+            self.head
+        );
         let wanted = cursor + 1;
         let first = wanted.max(self.oldest());
         let lost = first - wanted;
@@ -79,7 +93,17 @@ impl EventRing {
             last = seq;
         }
         // A cursor that fell out of the ring advances past the gap even if nothing fits.
-        Delivery { cursor: last.max(first - 1), lost, more: last < self.head }
+        Delivery {
+            cursor: last.max(first - 1),
+            lost,
+            more: last < self.head,
+        }
+    }
+}
+
+impl Default for EventRing {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -108,7 +132,9 @@ mod tests {
         let mut writer = WaitReplyWriter::new(&mut buf, u32::MAX).unwrap();
         let delivery = ring.read_into(cursor, &mut writer);
         let n = writer.finish(delivery.cursor, delivery.lost, 0);
-        let Ok(Reply::Wait { events, .. }) = decode_reply(&buf[..n]) else { panic!() };
+        let Ok(Reply::Wait { events, .. }) = decode_reply(&buf[..n]) else {
+            panic!()
+        };
         (delivery, events.map(|e| e.seq).collect())
     }
 
@@ -123,10 +149,24 @@ mod tests {
         let ring = ring_with(5);
         let (d, seqs) = read(&ring, 1, 3);
         assert_eq!(seqs, [2, 3, 4]);
-        assert_eq!(d, Delivery { cursor: 4, lost: 0, more: true });
+        assert_eq!(
+            d,
+            Delivery {
+                cursor: 4,
+                lost: 0,
+                more: true
+            }
+        );
         let (d, seqs) = read(&ring, 4, 3);
         assert_eq!(seqs, [5]);
-        assert_eq!(d, Delivery { cursor: 5, lost: 0, more: false });
+        assert_eq!(
+            d,
+            Delivery {
+                cursor: 5,
+                lost: 0,
+                more: false
+            }
+        );
     }
 
     #[test]
@@ -137,7 +177,14 @@ mod tests {
         assert_eq!(ring.overwrites(), 10);
         let (d, seqs) = read(&ring, 3, 2);
         // Events 4..=10 are gone: 7 lost; delivery resumes at the oldest retained.
-        assert_eq!(d, Delivery { cursor: 12, lost: 7, more: true });
+        assert_eq!(
+            d,
+            Delivery {
+                cursor: 12,
+                lost: 7,
+                more: true
+            }
+        );
         assert_eq!(seqs, [11, 12]);
         let (d, _) = read(&ring, 0, 1);
         assert_eq!(d.lost, 10);

@@ -42,9 +42,11 @@ impl Irp {
     }
 
     fn stack(&self) -> &IO_STACK_LOCATION {
-        // SAFETY: by the type invariant the IRP is live and ours; Storport dispatched it, so
-        // its current stack location is valid and not written by anyone while we own the IRP.
-        unsafe { &*IoGetCurrentIrpStackLocation(self.0.as_ptr()) }
+        // SAFETY: by the type invariant the IRP is live and ours.
+        let stack = unsafe { IoGetCurrentIrpStackLocation(self.0.as_ptr()) };
+        // SAFETY: Storport dispatched the IRP, so its current stack location is valid, and no
+        // one writes it while we own the IRP; the borrow of `self` bounds the reference.
+        unsafe { &*stack }
     }
 
     fn system_buffer(&self) -> PVOID {
@@ -64,7 +66,10 @@ pub unsafe fn cancel_context(irp: *mut IRP) -> (PVOID, u16) {
     // SAFETY: the caller guarantees the IRP is live; the fields were written before the
     // exchange IoCancelIrp observed, so they are visible here.
     let context = unsafe { (*irp).DriverContext };
-    (context[CONTEXT_EXTENSION], context[CONTEXT_SLOT] as usize as u16)
+    (
+        context[CONTEXT_EXTENSION],
+        context[CONTEXT_SLOT] as usize as u16,
+    )
 }
 
 impl Parkable for Irp {
@@ -99,35 +104,39 @@ impl ServiceIrp for Irp {
     fn input(&self) -> Option<&[u8]> {
         let len = self.stack().InputBufferLength as usize;
         let buffer = self.system_buffer();
-        match (len, buffer.is_null()) {
-            (0, _) => Some(&[]),
-            (_, true) => None,
-            // SAFETY: METHOD_BUFFERED: SystemBuffer holds max(InputBufferLength,
-            // OutputBufferLength) bytes of kernel pool owned by the IRP, live while we own it;
-            // the borrow of `self` keeps `output()` from aliasing it.
-            (_, false) => Some(unsafe { core::slice::from_raw_parts(buffer.cast::<u8>(), len) }),
+        if len == 0 {
+            return Some(&[]);
         }
+        if buffer.is_null() {
+            return None;
+        }
+        // SAFETY: METHOD_BUFFERED: SystemBuffer holds max(InputBufferLength,
+        // OutputBufferLength) bytes of kernel pool owned by the IRP, live while we own it; the
+        // shared borrow of `self` keeps `output()` from aliasing it.
+        Some(unsafe { core::slice::from_raw_parts(buffer.cast::<u8>(), len) })
     }
 
     fn output(&mut self) -> Option<&mut [u8]> {
         let len = self.stack().OutputBufferLength as usize;
         let buffer = self.system_buffer();
-        match (len, buffer.is_null()) {
-            (0, _) => Some(&mut []),
-            (_, true) => None,
-            // SAFETY: as in `input`; the exclusive borrow of `self` makes this the only view.
-            (_, false) => Some(unsafe { core::slice::from_raw_parts_mut(buffer.cast::<u8>(), len) }),
+        if len == 0 {
+            return Some(&mut []);
         }
+        if buffer.is_null() {
+            return None;
+        }
+        // SAFETY: as in `input`; the exclusive borrow of `self` makes this the only view.
+        Some(unsafe { core::slice::from_raw_parts_mut(buffer.cast::<u8>(), len) })
     }
 
     fn complete(self, status: Status, information: usize) {
         let irp = self.0.as_ptr();
         // SAFETY: a live IRP we own (type invariant); IoStatus is the owner's to set.
-        let ext = unsafe {
-            (*irp).IoStatus.Status = status.to_ntstatus();
-            (*irp).IoStatus.Information = information;
-            (*irp).DriverContext[CONTEXT_EXTENSION]
-        };
+        unsafe { (*irp).IoStatus.Status = status.to_ntstatus() };
+        // SAFETY: as above.
+        unsafe { (*irp).IoStatus.Information = information };
+        // SAFETY: as above; from_service_request stored the extension here.
+        let ext = unsafe { (*irp).DriverContext[CONTEXT_EXTENSION] };
         // SAFETY: `ext` is this IRP's adapter (invariant) and we give up the IRP here: `self`
         // is consumed, so it cannot be touched or completed again.
         unsafe { StorPortCompleteServiceIrp(ext, irp) };

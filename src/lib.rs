@@ -29,7 +29,7 @@ mod sync;
 #[cfg(all(target_os = "windows", feature = "wdk"))]
 mod wdk_check;
 
-#[cfg(test)]
-mod testing;
 #[cfg(all(test, loom))]
 mod model;
+#[cfg(test)]
+mod testing;

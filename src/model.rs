@@ -25,13 +25,23 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
         let f = f.clone();
         // The adapter state (~40 KiB) is built on the stack before it is boxed: give the
         // scenario a thread with room for it.
-        let scenario = thread::Builder::new().stack_size(4 << 20).spawn(move || f()).unwrap();
+        let scenario = thread::Builder::new()
+            .stack_size(4 << 20)
+            .spawn(move || f())
+            .unwrap();
         scenario.join().unwrap();
     });
 }
 
 fn wait_irp(id: usize) -> (FakeIrp, Arc<IrpCell>) {
-    FakeIrp::new(id, Request::Wait { cursor: CURSOR_NOW, max_events: 4 }, 64 + 32 * 3)
+    FakeIrp::new(
+        id,
+        Request::Wait {
+            cursor: CURSOR_NOW,
+            max_events: 4,
+        },
+        64 + 32 * 3,
+    )
 }
 
 fn fire(a: &TestAdapter, t: &FakeTimer, id: usize) {
@@ -41,7 +51,13 @@ fn fire(a: &TestAdapter, t: &FakeTimer, id: usize) {
 }
 
 fn status(cell: &IrpCell) -> Status {
-    assert_eq!(cell.completions(), 1, "IRP {} completed {} times", cell.id, cell.completions());
+    assert_eq!(
+        cell.completions(),
+        1,
+        "IRP {} completed {} times",
+        cell.id,
+        cell.completions()
+    );
     cell.completion().unwrap().status
 }
 
@@ -64,7 +80,10 @@ fn park_races_cancel_and_fire() {
         canceller.join().unwrap();
         // Whichever came first, the WAIT ended: with the event, or cancelled.
         let status = status(&cell);
-        assert!(status == Status::SUCCESS || status == Status::CANCELLED, "{status:?}");
+        assert!(
+            status == Status::SUCCESS || status == Status::CANCELLED,
+            "{status:?}"
+        );
         assert_eq!(a.stats().parked_now, 0);
     });
 }
@@ -94,7 +113,10 @@ fn park_races_fire_and_removal() {
         // Parked before removal: completed with events (the last one AdapterRemoved);
         // arrived after: refused.
         let status = status(&cell);
-        assert!(status == Status::SUCCESS || status == Status::DEVICE_REMOVED, "{status:?}");
+        assert!(
+            status == Status::SUCCESS || status == Status::DEVICE_REMOVED,
+            "{status:?}"
+        );
         assert_eq!(a.stats().parked_now, 0, "removal left a parked IRP");
     });
 }
@@ -120,10 +142,16 @@ fn cancel_races_removal_and_delivery() {
         parker.join().unwrap();
         canceller.join().unwrap();
         let first = status(&first_cell);
-        assert!(first == Status::SUCCESS || first == Status::CANCELLED, "{first:?}");
+        assert!(
+            first == Status::SUCCESS || first == Status::CANCELLED,
+            "{first:?}"
+        );
         let second = status(&second_cell);
         // Parked before removal: delivered; arrived after: refused. Never lost.
-        assert!(second == Status::SUCCESS || second == Status::DEVICE_REMOVED, "{second:?}");
+        assert!(
+            second == Status::SUCCESS || second == Status::DEVICE_REMOVED,
+            "{second:?}"
+        );
         assert_eq!(a.stats().parked_now, 0);
     });
 }

@@ -108,7 +108,14 @@ mod tests {
         assert_ne!(config.MaximumTransferLength, SP_UNINITIALIZED_VALUE);
         assert_ne!(config.NumberOfPhysicalBreaks, SP_UNINITIALIZED_VALUE);
         assert_eq!(config.SynchronizationModel, STOR_SYNCHRONIZE_FULL_DUPLEX);
-        assert_eq!((config.NumberOfBuses, config.MaximumNumberOfTargets, config.MaximumNumberOfLogicalUnits), (1, 1, 1));
+        assert_eq!(
+            (
+                config.NumberOfBuses,
+                config.MaximumNumberOfTargets,
+                config.MaximumNumberOfLogicalUnits
+            ),
+            (1, 1, 1)
+        );
     }
 
     #[test]
@@ -119,7 +126,11 @@ mod tests {
         assert_eq!(reported, [0, 1, 2, 16]);
         let mut short = [0u8; 16];
         report_supported(&mut short);
-        assert_eq!(short.iter().filter(|&&b| b == TRUE).count(), 3, "16 is beyond MaxControlType");
+        assert_eq!(
+            short.iter().filter(|&&b| b == TRUE).count(),
+            3,
+            "16 is beyond MaxControlType"
+        );
     }
 
     #[test]
@@ -128,12 +139,33 @@ mod tests {
             let status = start_io_status(function, 0, 0, 0);
             assert_ne!(status, srb_status::PENDING, "function {function:#x}");
         }
-        assert_eq!(start_io_status(srb_function::EXECUTE_SCSI, 0, 0, 0), srb_status::NO_DEVICE);
-        assert_eq!(start_io_status(srb_function::EXECUTE_SCSI, 1, 0, 0), srb_status::INVALID_PATH_ID);
-        assert_eq!(start_io_status(srb_function::EXECUTE_SCSI, 0, 3, 0), srb_status::INVALID_TARGET_ID);
-        assert_eq!(start_io_status(srb_function::EXECUTE_SCSI, 0, 0, 7), srb_status::INVALID_LUN);
-        assert_eq!(start_io_status(srb_function::RESET_BUS, 0, 0, 0), srb_status::SUCCESS);
-        assert_eq!(start_io_status(srb_function::IO_CONTROL, 0, 0, 0), srb_status::INVALID_REQUEST);
-        assert_eq!(start_io_status(srb_function::STORAGE_REQUEST_BLOCK, 0, 0, 0), srb_status::INVALID_REQUEST);
+        assert_eq!(
+            start_io_status(srb_function::EXECUTE_SCSI, 0, 0, 0),
+            srb_status::NO_DEVICE
+        );
+        assert_eq!(
+            start_io_status(srb_function::EXECUTE_SCSI, 1, 0, 0),
+            srb_status::INVALID_PATH_ID
+        );
+        assert_eq!(
+            start_io_status(srb_function::EXECUTE_SCSI, 0, 3, 0),
+            srb_status::INVALID_TARGET_ID
+        );
+        assert_eq!(
+            start_io_status(srb_function::EXECUTE_SCSI, 0, 0, 7),
+            srb_status::INVALID_LUN
+        );
+        assert_eq!(
+            start_io_status(srb_function::RESET_BUS, 0, 0, 0),
+            srb_status::SUCCESS
+        );
+        assert_eq!(
+            start_io_status(srb_function::IO_CONTROL, 0, 0, 0),
+            srb_status::INVALID_REQUEST
+        );
+        assert_eq!(
+            start_io_status(srb_function::STORAGE_REQUEST_BLOCK, 0, 0, 0),
+            srb_status::INVALID_REQUEST
+        );
     }
 }

@@ -93,10 +93,17 @@ pub struct ServiceQueue<I> {
 
 impl<I: Parkable> ServiceQueue<I> {
     pub const fn new() -> Self {
-        const FREE: Link = Link { prev: 0, next: 0, state: SlotState::Free };
+        const FREE: Link = Link {
+            prev: 0,
+            next: 0,
+            state: SlotState::Free,
+        };
         Self {
             irps: [const { None }; PARK_CAP],
-            waiters: [Waiter { cursor: 0, max_events: 0 }; PARK_CAP],
+            waiters: [Waiter {
+                cursor: 0,
+                max_events: 0,
+            }; PARK_CAP],
             links: [FREE; PARK_CAP],
             free: [0; PARK_CAP],
             free_len: 0,
@@ -212,7 +219,11 @@ impl<I: Parkable> ServiceQueue<I> {
 
     fn link_tail(&mut self, slot: usize) {
         let me = slot as u16 + 1;
-        self.links[slot] = Link { prev: self.tail, next: 0, state: SlotState::Parked };
+        self.links[slot] = Link {
+            prev: self.tail,
+            next: 0,
+            state: SlotState::Parked,
+        };
         match self.tail.checked_sub(1) {
             Some(tail) => self.links[usize::from(tail)].next = me,
             None => self.head = me,
@@ -232,7 +243,11 @@ impl<I: Parkable> ServiceQueue<I> {
             Some(n) => self.links[usize::from(n)].prev = prev,
             None => self.tail = prev,
         }
-        self.links[slot] = Link { prev: 0, next: 0, state: SlotState::Orphaned };
+        self.links[slot] = Link {
+            prev: 0,
+            next: 0,
+            state: SlotState::Orphaned,
+        };
         self.parked -= 1;
     }
 
@@ -257,10 +272,22 @@ impl<I: Parkable> ServiceQueue<I> {
         let in_use = (0..usize::from(self.high_water))
             .filter(|&s| self.links[s].state != SlotState::Free)
             .count();
-        assert_eq!(in_use + usize::from(self.free_len), usize::from(self.high_water));
+        assert_eq!(
+            in_use + usize::from(self.free_len),
+            usize::from(self.high_water)
+        );
         for slot in 0..PARK_CAP {
-            assert_eq!(self.irps[slot].is_some(), self.links[slot].state != SlotState::Free);
+            assert_eq!(
+                self.irps[slot].is_some(),
+                self.links[slot].state != SlotState::Free
+            );
         }
+    }
+}
+
+impl<I: Parkable> Default for ServiceQueue<I> {
+    fn default() -> Self {
+        Self::new()
     }
 }
 
@@ -282,7 +309,12 @@ pub(crate) mod tests {
 
     impl Mock {
         pub fn new(id: usize) -> Self {
-            Self { id, armed: false, cancel: false, slot: u16::MAX }
+            Self {
+                id,
+                armed: false,
+                cancel: false,
+                slot: u16::MAX,
+            }
         }
     }
 
@@ -304,11 +336,16 @@ pub(crate) mod tests {
     }
 
     fn waiter(cursor: u64) -> Waiter {
-        Waiter { cursor, max_events: 1 }
+        Waiter {
+            cursor,
+            max_events: 1,
+        }
     }
 
     fn drain(q: &mut ServiceQueue<Mock>) -> Vec<usize> {
-        core::iter::from_fn(|| q.pop_front_if(|_| true)).map(|(irp, _)| irp.id).collect()
+        core::iter::from_fn(|| q.pop_front_if(|_| true))
+            .map(|(irp, _)| irp.id)
+            .collect()
     }
 
     #[test]
@@ -366,8 +403,14 @@ pub(crate) mod tests {
             q.park(Mock::new(id), waiter(0)).unwrap();
         }
         // The slot of IRP 2 is 1 (allocation is in order on a fresh queue).
-        assert!(q.take_cancelled(1, 99).is_none(), "foreign pointer must not match");
-        assert!(q.take_cancelled(5000, 2).is_none(), "out-of-range slot must not match");
+        assert!(
+            q.take_cancelled(1, 99).is_none(),
+            "foreign pointer must not match"
+        );
+        assert!(
+            q.take_cancelled(5000, 2).is_none(),
+            "out-of-range slot must not match"
+        );
         let irp = q.take_cancelled(1, 2).unwrap();
         assert_eq!(irp.id, 2);
         q.assert_valid();

@@ -79,7 +79,11 @@ impl IrpCell {
         self.cancel.store(true, SeqCst);
         if self.armed.swap(false, SeqCst) {
             let slot = self.slot.load(SeqCst) as u16;
-            assert!(adapter.cancel(slot, self.id), "cancel routine did not find IRP {}", self.id);
+            assert!(
+                adapter.cancel(slot, self.id),
+                "cancel routine did not find IRP {}",
+                self.id
+            );
         }
     }
 }
@@ -94,7 +98,11 @@ pub struct FakeIrp {
 
 impl FakeIrp {
     /// An IRP with raw buffers; `None` models a NULL SystemBuffer.
-    pub fn raw(id: usize, input: Option<Vec<u8>>, output_len: Option<usize>) -> (Self, Arc<IrpCell>) {
+    pub fn raw(
+        id: usize,
+        input: Option<Vec<u8>>,
+        output_len: Option<usize>,
+    ) -> (Self, Arc<IrpCell>) {
         let cell = Arc::new(IrpCell {
             id,
             armed: AtomicBool::new(false),
@@ -105,7 +113,12 @@ impl FakeIrp {
         });
         // Poison the output so bytes the driver did not write are recognisable.
         let output = output_len.map(|n| std::vec![0xCC; n]);
-        let irp = Self { cell: cell.clone(), control_code: IOCTL_MINIPORT_PROCESS_SERVICE_IRP, input, output };
+        let irp = Self {
+            cell: cell.clone(),
+            control_code: IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+            input,
+            output,
+        };
         (irp, cell)
     }
 
@@ -158,10 +171,23 @@ impl ServiceIrp for FakeIrp {
     }
 
     fn complete(self, status: Status, information: usize) {
-        assert!(!self.cell.armed.load(SeqCst), "IRP {} completed with its cancel routine set (0xC9/0x07)", self.cell.id);
-        assert_eq!(self.cell.completions.fetch_add(1, SeqCst), 0, "IRP {} completed twice (0x44)", self.cell.id);
+        assert!(
+            !self.cell.armed.load(SeqCst),
+            "IRP {} completed with its cancel routine set (0xC9/0x07)",
+            self.cell.id
+        );
+        assert_eq!(
+            self.cell.completions.fetch_add(1, SeqCst),
+            0,
+            "IRP {} completed twice (0x44)",
+            self.cell.id
+        );
         let out = self.output.unwrap_or_default();
-        assert!(information <= out.len(), "Information {information} > output {} (0xC9/0x312)", out.len());
+        assert!(
+            information <= out.len(),
+            "Information {information} > output {} (0xC9/0x312)",
+            out.len()
+        );
         let bytes = out[..information].to_vec();
         *self.cell.result.lock().unwrap() = Some(Completion { status, bytes });
     }
@@ -176,7 +202,11 @@ pub struct FakeTimer {
 
 impl FakeTimer {
     pub fn new() -> Self {
-        Self { armed: Mutex::new(None), arms: AtomicUsize::new(0), cancels: AtomicUsize::new(0) }
+        Self {
+            armed: Mutex::new(None),
+            arms: AtomicUsize::new(0),
+            cancels: AtomicUsize::new(0),
+        }
     }
 }
 

@@ -7,7 +7,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 /// `seq` numbers every event an adapter publishes, from 1 without gaps, so a waiter can tell
 /// exactly which events it saw and which it missed.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct EventRecord {
     pub seq: u64,
     /// An [`EventKind`] value.
@@ -23,7 +25,13 @@ const _: () = assert!(size_of::<EventRecord>() == 32);
 
 impl EventRecord {
     /// An all-zero record (`seq` 0 is never a real event), for filling fixed arrays in `const`.
-    pub const EMPTY: Self = Self { seq: 0, kind: 0, reserved: 0, arg0: 0, arg1: 0 };
+    pub const EMPTY: Self = Self {
+        seq: 0,
+        kind: 0,
+        reserved: 0,
+        arg0: 0,
+        arg1: 0,
+    };
 }
 
 /// What happened.

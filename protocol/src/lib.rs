@@ -26,12 +26,12 @@ pub use event::{EventKind, EventRecord};
 pub use ioctl::{IOCTL_MINIPORT_PROCESS_SERVICE_IRP, ctl_code};
 pub use reply::{
     DiscoverReply, FireReply, Reply, ReplyError, ReplyEvents, ReplyHeader, StatsReply, WaitFlags,
-    WaitReply, WaitReplyWriter, encode_discover_reply, encode_fire_reply, encode_stats_reply,
-    decode_reply,
+    WaitReply, WaitReplyWriter, decode_reply, encode_discover_reply, encode_fire_reply,
+    encode_stats_reply,
 };
 pub use request::{
-    CURSOR_NOW, DISCOVER_DELAY_MS_MAX, DecodeError, DiscoverRequest, FireRequest, Header,
-    Opcode, Request, WaitRequest, decode_request, encode_request,
+    CURSOR_NOW, DISCOVER_DELAY_MS_MAX, DecodeError, DiscoverRequest, FireRequest, Header, Opcode,
+    Request, WaitRequest, decode_request, encode_request,
 };
 
 /// The protocol version this crate speaks. A request with another version is refused with

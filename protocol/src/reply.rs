@@ -13,7 +13,9 @@ pub type ReplyHeader = Header;
 
 /// WAIT reply body, followed by `count` [`EventRecord`]s.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct WaitReply {
     /// The cursor to send with the next WAIT: the `seq` of the last event delivered.
     pub cursor: u64,
@@ -37,7 +39,9 @@ impl WaitFlags {
 
 /// FIRE reply body.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct FireReply {
     /// The sequence number the injected event received.
     pub seq: u64,
@@ -45,7 +49,9 @@ pub struct FireReply {
 
 /// DISCOVER reply body.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct DiscoverReply {
     /// The discovery this request joined; its DiscoveryComplete event carries the same id.
     pub id: u64,
@@ -56,7 +62,9 @@ pub struct DiscoverReply {
 
 /// STATS reply body: the channel's counters since the adapter was first started.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct StatsReply {
     pub parked_now: u64,
     pub parked_peak: u64,
@@ -112,7 +120,11 @@ impl<'a> WaitReplyWriter<'a> {
         }
         let room = (out.len() - WAIT_PREFIX) / size_of::<EventRecord>();
         let capacity = room.min(usize::try_from(max_events).unwrap_or(usize::MAX));
-        Some(Self { out, capacity, count: 0 })
+        Some(Self {
+            out,
+            capacity,
+            count: 0,
+        })
     }
 
     /// How many events this reply can carry (at least 1).
@@ -138,14 +150,23 @@ impl<'a> WaitReplyWriter<'a> {
     /// Writes the header and body; returns the reply's size in bytes.
     pub fn finish(self, cursor: u64, lost: u64, flags: u32) -> usize {
         let size = WAIT_PREFIX + self.count * size_of::<EventRecord>();
-        let body = WaitReply { cursor, lost, count: self.count as u32, flags };
+        let body = WaitReply {
+            cursor,
+            lost,
+            count: self.count as u32,
+            flags,
+        };
         write_prefix(self.out, Opcode::Wait, size, body.as_bytes());
         size
     }
 }
 
 fn write_prefix(out: &mut [u8], opcode: Opcode, size: usize, body: &[u8]) {
-    let header = ReplyHeader { size: size as u32, version: VERSION, opcode: opcode as u16 };
+    let header = ReplyHeader {
+        size: size as u32,
+        version: VERSION,
+        opcode: opcode as u16,
+    };
     let (head, rest) = out.split_at_mut(size_of::<ReplyHeader>());
     head.copy_from_slice(header.as_bytes());
     rest[..body.len()].copy_from_slice(body);
@@ -176,7 +197,10 @@ pub fn encode_stats_reply(out: &mut [u8], reply: &StatsReply) -> Option<usize> {
 /// A decoded reply (client side).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
-    Wait { reply: WaitReply, events: ReplyEvents<'a> },
+    Wait {
+        reply: WaitReply,
+        events: ReplyEvents<'a>,
+    },
     Fire(FireReply),
     Discover(DiscoverReply),
     Stats(StatsReply),
@@ -225,27 +249,42 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply<'_>, ReplyError> {
         return Err(ReplyError::Truncated { len: bytes.len() });
     };
     if header.version != VERSION {
-        return Err(ReplyError::UnsupportedVersion { version: header.version });
+        return Err(ReplyError::UnsupportedVersion {
+            version: header.version,
+        });
     }
     if usize::try_from(header.size) != Ok(bytes.len()) {
-        return Err(ReplyError::SizeMismatch { declared: header.size, actual: bytes.len() });
+        return Err(ReplyError::SizeMismatch {
+            declared: header.size,
+            actual: bytes.len(),
+        });
     }
     let opcode =
         Opcode::try_from(header.opcode).map_err(|opcode| ReplyError::UnknownOpcode { opcode })?;
-    let bad_length = ReplyError::BadLength { opcode, actual: bytes.len() };
+    let bad_length = ReplyError::BadLength {
+        opcode,
+        actual: bytes.len(),
+    };
     match opcode {
         Opcode::Wait => {
             let (reply, events) = WaitReply::read_from_prefix(body).map_err(|_| bad_length)?;
             if events.len() != reply.count as usize * size_of::<EventRecord>() {
                 return Err(bad_length);
             }
-            Ok(Reply::Wait { reply, events: ReplyEvents { bytes: events } })
+            Ok(Reply::Wait {
+                reply,
+                events: ReplyEvents { bytes: events },
+            })
         }
-        Opcode::Fire => FireReply::read_from_bytes(body).map(Reply::Fire).map_err(|_| bad_length),
-        Opcode::Discover => {
-            DiscoverReply::read_from_bytes(body).map(Reply::Discover).map_err(|_| bad_length)
-        }
-        Opcode::Stats => StatsReply::read_from_bytes(body).map(Reply::Stats).map_err(|_| bad_length),
+        Opcode::Fire => FireReply::read_from_bytes(body)
+            .map(Reply::Fire)
+            .map_err(|_| bad_length),
+        Opcode::Discover => DiscoverReply::read_from_bytes(body)
+            .map(Reply::Discover)
+            .map_err(|_| bad_length),
+        Opcode::Stats => StatsReply::read_from_bytes(body)
+            .map(Reply::Stats)
+            .map_err(|_| bad_length),
     }
 }
 
@@ -256,7 +295,13 @@ mod tests {
     use std::vec::Vec;
 
     fn event(seq: u64) -> EventRecord {
-        EventRecord { seq, kind: 1, reserved: 0, arg0: seq * 10, arg1: seq * 100 }
+        EventRecord {
+            seq,
+            kind: 1,
+            reserved: 0,
+            arg0: seq * 10,
+            arg1: seq * 100,
+        }
     }
 
     #[test]
@@ -290,7 +335,15 @@ mod tests {
         let Ok(Reply::Wait { reply, events }) = decode_reply(&buf[..size]) else {
             panic!("not a wait reply")
         };
-        assert_eq!(reply, WaitReply { cursor: 6, lost: 4, count: 2, flags: WaitFlags::MORE });
+        assert_eq!(
+            reply,
+            WaitReply {
+                cursor: 6,
+                lost: 4,
+                count: 2,
+                flags: WaitFlags::MORE
+            }
+        );
         assert_eq!(events.collect::<Vec<_>>(), [event(5), event(6)]);
     }
 
@@ -298,11 +351,22 @@ mod tests {
     fn fixed_replies_round_trip() {
         let mut buf = [0u8; 128];
         let n = encode_fire_reply(&mut buf, &FireReply { seq: 7 }).unwrap();
-        assert_eq!(decode_reply(&buf[..n]), Ok(Reply::Fire(FireReply { seq: 7 })));
-        let d = DiscoverReply { id: 3, coalesced: 1, reserved: 0 };
+        assert_eq!(
+            decode_reply(&buf[..n]),
+            Ok(Reply::Fire(FireReply { seq: 7 }))
+        );
+        let d = DiscoverReply {
+            id: 3,
+            coalesced: 1,
+            reserved: 0,
+        };
         let n = encode_discover_reply(&mut buf, &d).unwrap();
         assert_eq!(decode_reply(&buf[..n]), Ok(Reply::Discover(d)));
-        let s = StatsReply { parked_now: 2, closed: 1, ..Default::default() };
+        let s = StatsReply {
+            parked_now: 2,
+            closed: 1,
+            ..Default::default()
+        };
         let n = encode_stats_reply(&mut buf, &s).unwrap();
         assert_eq!(n, 128);
         assert_eq!(decode_reply(&buf[..n]), Ok(Reply::Stats(s)));
@@ -316,7 +380,10 @@ mod tests {
         encode_fire_reply(&mut buf, &FireReply { seq: 1 }).unwrap();
         assert_eq!(
             decode_reply(&buf[..12]),
-            Err(ReplyError::SizeMismatch { declared: 16, actual: 12 })
+            Err(ReplyError::SizeMismatch {
+                declared: 16,
+                actual: 12
+            })
         );
         let mut wait = [0u8; 64];
         let w = WaitReplyWriter::new(&mut wait, 1).unwrap();
@@ -324,7 +391,10 @@ mod tests {
         wait[24] = 1; // claims one event, carries none
         assert_eq!(
             decode_reply(&wait[..n]),
-            Err(ReplyError::BadLength { opcode: Opcode::Wait, actual: 32 })
+            Err(ReplyError::BadLength {
+                opcode: Opcode::Wait,
+                actual: 32
+            })
         );
     }
 

@@ -6,7 +6,9 @@ use crate::VERSION;
 
 /// The first 8 bytes of every request and every reply.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct Header {
     /// Total bytes of the record, header included. A request's must equal the input length.
     pub size: u32,
@@ -51,7 +53,9 @@ pub const DISCOVER_DELAY_MS_MAX: u32 = 60_000;
 
 /// WAIT body: deliver events with `seq > cursor`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct WaitRequest {
     /// The last sequence number the caller has seen: 0 for "everything retained", or [`CURSOR_NOW`].
     pub cursor: u64,
@@ -62,7 +66,9 @@ pub struct WaitRequest {
 
 /// FIRE body: the event's two arguments.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct FireRequest {
     pub code: u32,
     pub reserved: u32,
@@ -71,7 +77,9 @@ pub struct FireRequest {
 
 /// DISCOVER body.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable,
+)]
 pub struct DiscoverRequest {
     /// When the discovery completes, 1..=[`DISCOVER_DELAY_MS_MAX`] ms from now.
     pub delay_ms: u32,
@@ -115,18 +123,36 @@ impl Opcode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DecodeError {
     /// Shorter than a [`Header`] (this includes a missing buffer).
-    Truncated { len: usize },
+    Truncated {
+        len: usize,
+    },
     /// `version` is not [`VERSION`].
-    UnsupportedVersion { version: u16 },
+    UnsupportedVersion {
+        version: u16,
+    },
     /// `size` disagrees with the number of bytes sent.
-    SizeMismatch { declared: u32, actual: usize },
-    UnknownOpcode { opcode: u16 },
+    SizeMismatch {
+        declared: u32,
+        actual: usize,
+    },
+    UnknownOpcode {
+        opcode: u16,
+    },
     /// The record is not the size its opcode requires.
-    BadLength { opcode: Opcode, expected: usize, actual: usize },
+    BadLength {
+        opcode: Opcode,
+        expected: usize,
+        actual: usize,
+    },
     /// A `reserved` field is not zero.
-    ReservedNotZero { opcode: Opcode },
+    ReservedNotZero {
+        opcode: Opcode,
+    },
     /// A field is out of its documented range.
-    InvalidArgument { opcode: Opcode, field: &'static str },
+    InvalidArgument {
+        opcode: Opcode,
+        field: &'static str,
+    },
 }
 
 /// Decodes one request, rejecting anything not exactly as documented.
@@ -141,16 +167,25 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
         return Err(DecodeError::Truncated { len: bytes.len() });
     };
     if header.version != VERSION {
-        return Err(DecodeError::UnsupportedVersion { version: header.version });
+        return Err(DecodeError::UnsupportedVersion {
+            version: header.version,
+        });
     }
     if usize::try_from(header.size) != Ok(bytes.len()) {
-        return Err(DecodeError::SizeMismatch { declared: header.size, actual: bytes.len() });
+        return Err(DecodeError::SizeMismatch {
+            declared: header.size,
+            actual: bytes.len(),
+        });
     }
-    let opcode = Opcode::try_from(header.opcode)
-        .map_err(|opcode| DecodeError::UnknownOpcode { opcode })?;
+    let opcode =
+        Opcode::try_from(header.opcode).map_err(|opcode| DecodeError::UnknownOpcode { opcode })?;
     let expected = opcode.request_size();
     if bytes.len() != expected {
-        return Err(DecodeError::BadLength { opcode, expected, actual: bytes.len() });
+        return Err(DecodeError::BadLength {
+            opcode,
+            expected,
+            actual: bytes.len(),
+        });
     }
     let reserved = DecodeError::ReservedNotZero { opcode };
     let invalid = |field| DecodeError::InvalidArgument { opcode, field };
@@ -163,14 +198,20 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
             if body.max_events == 0 {
                 return Err(invalid("max_events"));
             }
-            Ok(Request::Wait { cursor: body.cursor, max_events: body.max_events })
+            Ok(Request::Wait {
+                cursor: body.cursor,
+                max_events: body.max_events,
+            })
         }
         Opcode::Fire => {
             let body = read_body::<FireRequest>(body);
             if body.reserved != 0 {
                 return Err(reserved);
             }
-            Ok(Request::Fire { code: body.code, value: body.value })
+            Ok(Request::Fire {
+                code: body.code,
+                value: body.value,
+            })
         }
         Opcode::Discover => {
             let body = read_body::<DiscoverRequest>(body);
@@ -180,7 +221,9 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
             if !(1..=DISCOVER_DELAY_MS_MAX).contains(&body.delay_ms) {
                 return Err(invalid("delay_ms"));
             }
-            Ok(Request::Discover { delay_ms: body.delay_ms })
+            Ok(Request::Discover {
+                delay_ms: body.delay_ms,
+            })
         }
         Opcode::Stats => Ok(Request::Stats),
     }
@@ -201,18 +244,42 @@ pub fn encode_request(request: &Request, out: &mut [u8]) -> Option<usize> {
     let opcode = request.opcode();
     let size = opcode.request_size();
     let out = out.get_mut(..size)?;
-    let header = Header { size: size as u32, version: VERSION, opcode: opcode as u16 };
+    let header = Header {
+        size: size as u32,
+        version: VERSION,
+        opcode: opcode as u16,
+    };
     let (head, body) = out.split_at_mut(size_of::<Header>());
     head.copy_from_slice(header.as_bytes());
     match *request {
         Request::Wait { cursor, max_events } => {
-            body.copy_from_slice(WaitRequest { cursor, max_events, reserved: 0 }.as_bytes());
+            body.copy_from_slice(
+                WaitRequest {
+                    cursor,
+                    max_events,
+                    reserved: 0,
+                }
+                .as_bytes(),
+            );
         }
         Request::Fire { code, value } => {
-            body.copy_from_slice(FireRequest { code, reserved: 0, value }.as_bytes());
+            body.copy_from_slice(
+                FireRequest {
+                    code,
+                    reserved: 0,
+                    value,
+                }
+                .as_bytes(),
+            );
         }
         Request::Discover { delay_ms } => {
-            body.copy_from_slice(DiscoverRequest { delay_ms, reserved: 0 }.as_bytes());
+            body.copy_from_slice(
+                DiscoverRequest {
+                    delay_ms,
+                    reserved: 0,
+                }
+                .as_bytes(),
+            );
         }
         Request::Stats => {}
     }
@@ -242,7 +309,10 @@ mod tests {
 
     #[test]
     fn wait_wire_bytes_are_little_endian_and_exact() {
-        let bytes = encoded(Request::Wait { cursor: 0x0102_0304_0506_0708, max_events: 9 });
+        let bytes = encoded(Request::Wait {
+            cursor: 0x0102_0304_0506_0708,
+            max_events: 9,
+        });
         assert_eq!(
             bytes,
             [
@@ -256,41 +326,74 @@ mod tests {
     #[test]
     fn each_error_is_specific() {
         assert_eq!(decode_request(&[]), Err(DecodeError::Truncated { len: 0 }));
-        assert_eq!(decode_request(&[8, 0, 0, 0, 1, 0, 4]), Err(DecodeError::Truncated { len: 7 }));
+        assert_eq!(
+            decode_request(&[8, 0, 0, 0, 1, 0, 4]),
+            Err(DecodeError::Truncated { len: 7 })
+        );
 
         let mut bytes = encoded(Request::Stats);
         bytes[4] = 2;
-        assert_eq!(decode_request(&bytes), Err(DecodeError::UnsupportedVersion { version: 2 }));
+        assert_eq!(
+            decode_request(&bytes),
+            Err(DecodeError::UnsupportedVersion { version: 2 })
+        );
 
         let mut bytes = encoded(Request::Stats);
         bytes.push(0);
-        assert_eq!(decode_request(&bytes), Err(DecodeError::SizeMismatch { declared: 8, actual: 9 }));
+        assert_eq!(
+            decode_request(&bytes),
+            Err(DecodeError::SizeMismatch {
+                declared: 8,
+                actual: 9
+            })
+        );
 
         let mut bytes = encoded(Request::Stats);
         bytes[6] = 99;
-        assert_eq!(decode_request(&bytes), Err(DecodeError::UnknownOpcode { opcode: 99 }));
+        assert_eq!(
+            decode_request(&bytes),
+            Err(DecodeError::UnknownOpcode { opcode: 99 })
+        );
 
         // A well-formed header announcing a WAIT with a STATS-sized record.
         let bytes = [8, 0, 0, 0, 1, 0, 1, 0];
         assert_eq!(
             decode_request(&bytes),
-            Err(DecodeError::BadLength { opcode: Opcode::Wait, expected: 24, actual: 8 })
+            Err(DecodeError::BadLength {
+                opcode: Opcode::Wait,
+                expected: 24,
+                actual: 8
+            })
         );
 
         let mut bytes = encoded(Request::Fire { code: 1, value: 2 });
         bytes[12] = 1;
-        assert_eq!(decode_request(&bytes), Err(DecodeError::ReservedNotZero { opcode: Opcode::Fire }));
-
-        let bytes = encoded(Request::Wait { cursor: 0, max_events: 0 });
         assert_eq!(
             decode_request(&bytes),
-            Err(DecodeError::InvalidArgument { opcode: Opcode::Wait, field: "max_events" })
+            Err(DecodeError::ReservedNotZero {
+                opcode: Opcode::Fire
+            })
+        );
+
+        let bytes = encoded(Request::Wait {
+            cursor: 0,
+            max_events: 0,
+        });
+        assert_eq!(
+            decode_request(&bytes),
+            Err(DecodeError::InvalidArgument {
+                opcode: Opcode::Wait,
+                field: "max_events"
+            })
         );
         for delay_ms in [0, DISCOVER_DELAY_MS_MAX + 1] {
             let bytes = encoded(Request::Discover { delay_ms });
             assert_eq!(
                 decode_request(&bytes),
-                Err(DecodeError::InvalidArgument { opcode: Opcode::Discover, field: "delay_ms" })
+                Err(DecodeError::InvalidArgument {
+                    opcode: Opcode::Discover,
+                    field: "delay_ms"
+                })
             );
         }
     }
@@ -298,7 +401,16 @@ mod tests {
     #[test]
     fn encode_refuses_a_short_buffer() {
         let mut buf = [0u8; 23];
-        assert_eq!(encode_request(&Request::Wait { cursor: 1, max_events: 1 }, &mut buf), None);
+        assert_eq!(
+            encode_request(
+                &Request::Wait {
+                    cursor: 1,
+                    max_events: 1
+                },
+                &mut buf
+            ),
+            None
+        );
         assert_eq!(encode_request(&Request::Stats, &mut buf), Some(8));
     }
 

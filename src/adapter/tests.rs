@@ -25,11 +25,29 @@ fn send(a: &TestAdapter, t: &FakeTimer, id: usize, request: Request, out: usize)
 }
 
 fn wait(a: &TestAdapter, t: &FakeTimer, id: usize, cursor: u64) -> Arc<IrpCell> {
-    send(a, t, id, Request::Wait { cursor, max_events: 16 }, OUT)
+    send(
+        a,
+        t,
+        id,
+        Request::Wait {
+            cursor,
+            max_events: 16,
+        },
+        OUT,
+    )
 }
 
 fn fire(a: &TestAdapter, t: &FakeTimer, code: u32) -> u64 {
-    let cell = send(a, t, 9000 + code as usize, Request::Fire { code, value: u64::from(code) * 2 }, 16);
+    let cell = send(
+        a,
+        t,
+        9000 + code as usize,
+        Request::Fire {
+            code,
+            value: u64::from(code) * 2,
+        },
+        16,
+    );
     let done = cell.completion().expect("FIRE completes at once");
     assert_eq!(done.status, Status::SUCCESS);
     match decode_reply(&done.bytes) {
@@ -70,7 +88,10 @@ fn started_adapter_has_published_its_start() {
     let (reply, events) = events_of(&cell);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].kind, EventKind::AdapterStarted as u32);
-    assert_eq!((reply.cursor, reply.lost, reply.count, reply.flags), (1, 0, 1, 0));
+    assert_eq!(
+        (reply.cursor, reply.lost, reply.count, reply.flags),
+        (1, 0, 1, 0)
+    );
 }
 
 #[test]
@@ -82,10 +103,24 @@ fn park_then_fire_completes_the_waiter_with_that_event() {
     let seq = fire(&a, &t, 5);
     assert_eq!(seq, 2);
     let (reply, events) = events_of(&cell);
-    assert_eq!(reply, WaitReply { cursor: 2, lost: 0, count: 1, flags: 0 });
+    assert_eq!(
+        reply,
+        WaitReply {
+            cursor: 2,
+            lost: 0,
+            count: 1,
+            flags: 0
+        }
+    );
     assert_eq!(
         events,
-        [EventRecord { seq: 2, kind: EventKind::Injected as u32, reserved: 0, arg0: 5, arg1: 10 }]
+        [EventRecord {
+            seq: 2,
+            kind: EventKind::Injected as u32,
+            reserved: 0,
+            arg0: 5,
+            arg1: 10
+        }]
     );
     assert_eq!(stats(&a, &t).parked_now, 0);
 }
@@ -108,12 +143,33 @@ fn a_late_waiter_gets_a_batch_limited_by_max_events_and_buffer() {
         fire(&a, &t, code);
     }
     // 11 events retained (start + 10). max_events 4.
-    let cell = send(&a, &t, 1, Request::Wait { cursor: 0, max_events: 4 }, OUT);
+    let cell = send(
+        &a,
+        &t,
+        1,
+        Request::Wait {
+            cursor: 0,
+            max_events: 4,
+        },
+        OUT,
+    );
     let (reply, events) = events_of(&cell);
-    assert_eq!(events.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3, 4]
+    );
     assert_eq!((reply.cursor, reply.flags), (4, WaitFlags::MORE));
     // A buffer with room for 2 events.
-    let cell = send(&a, &t, 2, Request::Wait { cursor: 4, max_events: 100 }, 64 + 32);
+    let cell = send(
+        &a,
+        &t,
+        2,
+        Request::Wait {
+            cursor: 4,
+            max_events: 100,
+        },
+        64 + 32,
+    );
     let (reply, events) = events_of(&cell);
     assert_eq!(events.len(), 2);
     assert_eq!(reply.cursor, 6);
@@ -150,14 +206,23 @@ fn cursor_ahead_of_head_is_invalid_and_cursor_now_parks() {
 #[test]
 fn the_park_cap_refuses_with_quota_exceeded() {
     let (a, t) = (adapter(true), FakeTimer::new());
-    let cells: Vec<_> = (0..PARK_CAP).map(|id| wait(&a, &t, id, CURSOR_NOW)).collect();
+    let cells: Vec<_> = (0..PARK_CAP)
+        .map(|id| wait(&a, &t, id, CURSOR_NOW))
+        .collect();
     let over = wait(&a, &t, PARK_CAP, CURSOR_NOW);
     assert_eq!(status_of(&over), Status::QUOTA_EXCEEDED);
     let s = stats(&a, &t);
-    assert_eq!((s.parked_now, s.parked_peak, s.parked_cap), (PARK_CAP as u64, PARK_CAP as u64, PARK_CAP as u64));
+    assert_eq!(
+        (s.parked_now, s.parked_peak, s.parked_cap),
+        (PARK_CAP as u64, PARK_CAP as u64, PARK_CAP as u64)
+    );
     // One event completes all of them, in batches, each exactly once.
     fire(&a, &t, 1);
-    assert!(cells.iter().all(|c| c.completions() == 1 && events_of(c).0.cursor == 2));
+    assert!(
+        cells
+            .iter()
+            .all(|c| c.completions() == 1 && events_of(c).0.cursor == 2)
+    );
     assert_eq!(stats(&a, &t).parked_now, 0);
 }
 
@@ -197,10 +262,16 @@ fn removal_completes_every_parked_wait_with_the_final_event() {
     for cell in &cells {
         let (reply, events) = events_of(cell);
         assert_eq!(reply.flags, WaitFlags::FINAL);
-        assert_eq!(events.last().unwrap().kind, EventKind::AdapterRemoved as u32);
+        assert_eq!(
+            events.last().unwrap().kind,
+            EventKind::AdapterRemoved as u32
+        );
     }
     // Requests after removal are refused at once.
-    assert_eq!(status_of(&wait(&a, &t, 100, CURSOR_NOW)), Status::DEVICE_REMOVED);
+    assert_eq!(
+        status_of(&wait(&a, &t, 100, CURSOR_NOW)),
+        Status::DEVICE_REMOVED
+    );
     assert_eq!(status_of(&wait(&a, &t, 101, 0)), Status::DEVICE_REMOVED);
     let fire = send(&a, &t, 102, Request::Fire { code: 1, value: 1 }, 16);
     assert_eq!(status_of(&fire), Status::DEVICE_REMOVED);
@@ -218,7 +289,11 @@ fn surprise_removal_flushes_and_a_later_remove_adds_nothing() {
     assert_eq!(events[0].kind, EventKind::SurpriseRemoved as u32);
     a.remove(&t);
     assert_eq!(a.lifecycle(), Lifecycle::SurpriseRemoved);
-    assert_eq!(stats(&a, &t).head_seq, 2, "no AdapterRemoved after SurpriseRemoved");
+    assert_eq!(
+        stats(&a, &t).head_seq,
+        2,
+        "no AdapterRemoved after SurpriseRemoved"
+    );
 }
 
 #[test]
@@ -227,10 +302,16 @@ fn stop_and_restart_keep_parked_waits_and_publish_events() {
     let first = wait(&a, &t, 1, CURSOR_NOW);
     a.stop();
     assert_eq!(a.lifecycle(), Lifecycle::Stopped);
-    assert_eq!(events_of(&first).1[0].kind, EventKind::AdapterStopped as u32);
+    assert_eq!(
+        events_of(&first).1[0].kind,
+        EventKind::AdapterStopped as u32
+    );
     let second = wait(&a, &t, 2, CURSOR_NOW);
     a.restart();
-    assert_eq!(events_of(&second).1[0].kind, EventKind::AdapterRestarted as u32);
+    assert_eq!(
+        events_of(&second).1[0].kind,
+        EventKind::AdapterRestarted as u32
+    );
     assert_eq!(a.lifecycle(), Lifecycle::Running);
 }
 
@@ -244,10 +325,28 @@ fn discover_completes_later_through_the_timer_and_coalesces() {
         Ok(Reply::Discover(r)) => r,
         other => panic!("{other:?}"),
     };
-    assert_eq!(reply(&d1), DiscoverReply { id: 1, coalesced: 0, reserved: 0 });
-    assert_eq!(reply(&d2), DiscoverReply { id: 1, coalesced: 1, reserved: 0 });
+    assert_eq!(
+        reply(&d1),
+        DiscoverReply {
+            id: 1,
+            coalesced: 0,
+            reserved: 0
+        }
+    );
+    assert_eq!(
+        reply(&d2),
+        DiscoverReply {
+            id: 1,
+            coalesced: 1,
+            reserved: 0
+        }
+    );
     assert_eq!(*t.armed.lock().unwrap(), Some(250_000));
-    assert_eq!(waiter.completions(), 0, "nothing yet: the timer has not fired");
+    assert_eq!(
+        waiter.completions(),
+        0,
+        "nothing yet: the timer has not fired"
+    );
     a.timer_fired();
     let (_, events) = events_of(&waiter);
     assert_eq!(
@@ -257,7 +356,10 @@ fn discover_completes_later_through_the_timer_and_coalesces() {
     // A stray timer call with nothing pending publishes nothing.
     a.timer_fired();
     let s = stats(&a, &t);
-    assert_eq!((s.discoveries_started, s.discoveries_completed, s.head_seq), (1, 1, 2));
+    assert_eq!(
+        (s.discoveries_started, s.discoveries_completed, s.head_seq),
+        (1, 1, 2)
+    );
 }
 
 #[test]
@@ -285,18 +387,57 @@ fn fire_can_be_disabled_by_configuration() {
 fn malformed_requests_get_their_documented_status_and_no_bytes() {
     let (a, t) = (adapter(true), FakeTimer::new());
     let mut wait_bytes = [0u8; 24];
-    let n = revcall_protocol::encode_request(&Request::Wait { cursor: 0, max_events: 1 }, &mut wait_bytes).unwrap();
+    let n = revcall_protocol::encode_request(
+        &Request::Wait {
+            cursor: 0,
+            max_events: 1,
+        },
+        &mut wait_bytes,
+    )
+    .unwrap();
     assert_eq!(n, 24);
     let cases: Vec<(Option<Vec<u8>>, Option<usize>, Status)> = std::vec![
         (None, None, Status::INVALID_PARAMETER),
         (Some(Vec::new()), Some(64), Status::INVALID_PARAMETER),
-        (Some(wait_bytes[..23].to_vec()), Some(64), Status::INVALID_PARAMETER),
-        (Some(wait_bytes.to_vec()), Some(63), Status::BUFFER_TOO_SMALL),
+        (
+            Some(wait_bytes[..23].to_vec()),
+            Some(64),
+            Status::INVALID_PARAMETER
+        ),
+        (
+            Some(wait_bytes.to_vec()),
+            Some(63),
+            Status::BUFFER_TOO_SMALL
+        ),
         (Some(wait_bytes.to_vec()), Some(0), Status::BUFFER_TOO_SMALL),
         (Some(wait_bytes.to_vec()), None, Status::BUFFER_TOO_SMALL),
-        ({ let mut b = wait_bytes.to_vec(); b[4] = 7; Some(b) }, Some(64), Status::REVISION_MISMATCH),
-        ({ let mut b = wait_bytes.to_vec(); b[6] = 42; Some(b) }, Some(64), Status::INVALID_DEVICE_REQUEST),
-        ({ let mut b = wait_bytes.to_vec(); b[20] = 1; Some(b) }, Some(64), Status::INVALID_PARAMETER),
+        (
+            {
+                let mut b = wait_bytes.to_vec();
+                b[4] = 7;
+                Some(b)
+            },
+            Some(64),
+            Status::REVISION_MISMATCH
+        ),
+        (
+            {
+                let mut b = wait_bytes.to_vec();
+                b[6] = 42;
+                Some(b)
+            },
+            Some(64),
+            Status::INVALID_DEVICE_REQUEST
+        ),
+        (
+            {
+                let mut b = wait_bytes.to_vec();
+                b[20] = 1;
+                Some(b)
+            },
+            Some(64),
+            Status::INVALID_PARAMETER
+        ),
     ];
     for (i, (input, out, expected)) in cases.into_iter().enumerate() {
         let (irp, cell) = FakeIrp::raw(i, input, out);
@@ -315,7 +456,10 @@ fn malformed_requests_get_their_documented_status_and_no_bytes() {
 fn every_request_size_around_each_record_is_answered() {
     let (a, t) = (adapter(true), FakeTimer::new());
     for request in [
-        Request::Wait { cursor: 0, max_events: 1 },
+        Request::Wait {
+            cursor: 0,
+            max_events: 1,
+        },
         Request::Fire { code: 1, value: 2 },
         Request::Discover { delay_ms: 1 },
         Request::Stats,
@@ -331,7 +475,11 @@ fn every_request_size_around_each_record_is_answered() {
                 a.process(irp, &t);
                 let done = cell.completion().expect("answered at once");
                 let ok = len == n && out >= min_out;
-                assert_eq!(done.status == Status::SUCCESS, ok, "{request:?} len {len} out {out}: {done:?}");
+                assert_eq!(
+                    done.status == Status::SUCCESS,
+                    ok,
+                    "{request:?} len {len} out {out}: {done:?}"
+                );
                 if ok {
                     assert!(decode_reply(&done.bytes).is_ok());
                 }
@@ -352,6 +500,9 @@ fn stats_count_every_completion_path() {
     let s = stats(&a, &t);
     assert_eq!(parked.completions(), 1);
     // parked (1) + cancelled (1) + fire (1); this STATS not yet counted.
-    assert_eq!((s.completed, s.cancelled, s.rejected, s.events_injected), (3, 1, 0, 1));
+    assert_eq!(
+        (s.completed, s.cancelled, s.rejected, s.events_injected),
+        (3, 1, 0, 1)
+    );
     assert_eq!((s.head_seq, s.oldest_seq, s.events_published), (2, 1, 2));
 }

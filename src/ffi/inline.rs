@@ -24,11 +24,16 @@ pub unsafe fn IoGetCurrentIrpStackLocation(irp: *mut IRP) -> *mut IO_STACK_LOCAT
 /// # Safety
 ///
 /// `irp` points to a live IRP the caller owns (not yet completed).
-pub unsafe fn IoSetCancelRoutine(irp: *mut IRP, routine: Option<DRIVER_CANCEL>) -> Option<DRIVER_CANCEL> {
+pub unsafe fn IoSetCancelRoutine(
+    irp: *mut IRP,
+    routine: Option<DRIVER_CANCEL>,
+) -> Option<DRIVER_CANCEL> {
     let new = routine.map_or(core::ptr::null_mut(), |f| f as *mut ());
+    // SAFETY: the caller guarantees `irp` is live; this only forms the field's address.
+    let field = unsafe { &raw mut (*irp).CancelRoutine }.cast::<*mut ()>();
     // SAFETY: the field is pointer-sized and 8-aligned (IRP+0x68, asserted in types.rs), live
     // while the IRP is, and every access to it (ours and IoCancelIrp's) is interlocked.
-    let field = unsafe { AtomicPtr::from_ptr((&raw mut (*irp).CancelRoutine).cast::<*mut ()>()) };
+    let field = unsafe { AtomicPtr::from_ptr(field) };
     let old = field.swap(new, Ordering::SeqCst);
     if old.is_null() {
         None
@@ -44,9 +49,11 @@ pub unsafe fn IoSetCancelRoutine(irp: *mut IRP, routine: Option<DRIVER_CANCEL>) 
 ///
 /// `irp` points to a live IRP the caller owns.
 pub unsafe fn IrpCancelRequested(irp: *mut IRP) -> bool {
+    // SAFETY: the caller guarantees `irp` is live; this only forms the field's address.
+    let cancel = unsafe { &raw mut (*irp).Cancel };
     // SAFETY: a live IRP's `Cancel` byte; IoCancelIrp writes it before its interlocked exchange
     // of CancelRoutine, so reading it after our own exchange observes it (x64 ordering).
-    let cancel = unsafe { AtomicU8::from_ptr(&raw mut (*irp).Cancel) };
+    let cancel = unsafe { AtomicU8::from_ptr(cancel) };
     cancel.load(Ordering::SeqCst) != 0
 }
 

@@ -291,7 +291,17 @@ pub struct KLOCK_QUEUE_HANDLE {
 
 impl KLOCK_QUEUE_HANDLE {
     pub const fn new() -> Self {
-        Self { Next: core::ptr::null_mut(), Lock: core::ptr::null_mut(), OldIrql: 0 }
+        Self {
+            Next: core::ptr::null_mut(),
+            Lock: core::ptr::null_mut(),
+            OldIrql: 0,
+        }
+    }
+}
+
+impl Default for KLOCK_QUEUE_HANDLE {
+    fn default() -> Self {
+        Self::new()
     }
 }
 

@@ -1,0 +1,181 @@
+//! Opens the built revcall.sys and proves it is a real kernel driver image, as the Windows
+//! loader and Driver Verifier would see it.
+//!
+//! The image comes from `REVCALL_SYS` (set by `cargo xtask test`) or the default output path
+//! of `cargo xtask build`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use object::LittleEndian as LE;
+use object::pe::{
+    IMAGE_DLLCHARACTERISTICS_WDM_DRIVER, IMAGE_FILE_MACHINE_AMD64, IMAGE_NT_OPTIONAL_HDR64_MAGIC,
+    IMAGE_SCN_MEM_DISCARDABLE, IMAGE_SCN_MEM_EXECUTE, IMAGE_SCN_MEM_NOT_PAGED, IMAGE_SCN_MEM_WRITE,
+    IMAGE_SUBSYSTEM_NATIVE,
+};
+use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, PeFile64};
+
+fn image() -> Vec<u8> {
+    let path = std::env::var_os("REVCALL_SYS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/x86_64-pc-windows-msvc/release/revcall.sys")
+        });
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read {} ({e}): build it with `cargo xtask build`",
+            path.display()
+        )
+    })
+}
+
+struct Driver {
+    bytes: Vec<u8>,
+}
+
+impl Driver {
+    fn pe(&self) -> PeFile64<'_> {
+        PeFile64::parse(&*self.bytes).expect("revcall.sys is not a PE32+ image")
+    }
+
+    /// Imported functions by DLL name (lower case).
+    fn imports(&self) -> BTreeMap<String, Vec<String>> {
+        let pe = self.pe();
+        let table = pe.import_table().unwrap().expect("an import table");
+        let mut imports = BTreeMap::new();
+        let mut descriptors = table.descriptors().unwrap();
+        while let Some(descriptor) = descriptors.next().unwrap() {
+            let dll = String::from_utf8_lossy(table.name(descriptor.name.get(LE)).unwrap())
+                .to_lowercase();
+            let mut names = Vec::new();
+            let mut thunks = table
+                .thunks(descriptor.original_first_thunk.get(LE))
+                .unwrap();
+            while let Some(thunk) = thunks.next::<object::pe::ImageNtHeaders64>().unwrap() {
+                let import = table.import::<object::pe::ImageNtHeaders64>(thunk).unwrap();
+                match import {
+                    object::read::pe::Import::Name(_, name) => {
+                        names.push(String::from_utf8_lossy(name).into_owned())
+                    }
+                    other => panic!("{dll}: import by ordinal {other:?}"),
+                }
+            }
+            imports.insert(dll, names);
+        }
+        imports
+    }
+}
+
+fn driver() -> Driver {
+    Driver { bytes: image() }
+}
+
+#[test]
+fn is_a_pe32_plus_native_wdm_driver_for_amd64() {
+    let driver = driver();
+    let pe = driver.pe();
+    let nt = pe.nt_headers();
+    let optional = nt.optional_header();
+    assert_eq!(nt.file_header().machine.get(LE), IMAGE_FILE_MACHINE_AMD64);
+    assert_eq!(optional.magic(), IMAGE_NT_OPTIONAL_HDR64_MAGIC, "PE32+");
+    assert_eq!(
+        optional.subsystem(),
+        IMAGE_SUBSYSTEM_NATIVE,
+        "subsystem NATIVE"
+    );
+    assert_ne!(
+        optional.dll_characteristics() & IMAGE_DLLCHARACTERISTICS_WDM_DRIVER,
+        0,
+        "IMAGE_DLLCHARACTERISTICS_WDM_DRIVER (/DRIVER:WDM)"
+    );
+    assert_eq!(
+        optional.section_alignment(),
+        0x1000,
+        "4 KiB section alignment"
+    );
+}
+
+#[test]
+fn entry_point_is_driver_entry_and_the_only_export() {
+    let driver = driver();
+    let pe = driver.pe();
+    let exports = pe.export_table().unwrap().expect("an export table");
+    let exported: Vec<(String, u32)> = exports
+        .exports()
+        .unwrap()
+        .into_iter()
+        .map(|e| {
+            let name = String::from_utf8_lossy(e.name.expect("named export")).into_owned();
+            let rva = match e.target {
+                object::read::pe::ExportTarget::Address(rva) => rva,
+                other => panic!("forwarded export {other:?}"),
+            };
+            (name, rva)
+        })
+        .collect();
+    let entry = pe.nt_headers().optional_header().address_of_entry_point();
+    assert_eq!(
+        exported,
+        [("DriverEntry".to_string(), entry)],
+        "AddressOfEntryPoint is DriverEntry"
+    );
+}
+
+#[test]
+fn imports_only_from_storport_and_the_kernel() {
+    let imports = driver().imports();
+    for dll in imports.keys() {
+        assert!(
+            ["storport.sys", "ntoskrnl.exe", "hal.dll"].contains(&dll.as_str()),
+            "unexpected import DLL {dll}: {imports:?}"
+        );
+    }
+    let storport = &imports["storport.sys"];
+    for needed in [
+        "StorPortInitialize",
+        "StorPortExtendedFunction",
+        "StorPortNotification",
+    ] {
+        assert!(
+            storport.iter().any(|f| f == needed),
+            "{needed} not imported: {storport:?}"
+        );
+    }
+    assert!(
+        imports["ntoskrnl.exe"]
+            .iter()
+            .any(|f| f == "IoReleaseCancelSpinLock")
+    );
+}
+
+#[test]
+fn no_section_is_writable_and_executable_and_code_is_not_paged() {
+    let driver = driver();
+    let pe = driver.pe();
+    let mut names = Vec::new();
+    for section in pe.section_table().iter() {
+        let name = String::from_utf8_lossy(section.raw_name())
+            .trim_end_matches('\0')
+            .to_string();
+        let flags = section.characteristics.get(LE);
+        assert!(
+            flags & IMAGE_SCN_MEM_WRITE == 0 || flags & IMAGE_SCN_MEM_EXECUTE == 0,
+            "section {name} is writable and executable ({flags:#x})"
+        );
+        // Callbacks run at DISPATCH_LEVEL, where a page fault is a bug check.
+        if flags & IMAGE_SCN_MEM_DISCARDABLE == 0 {
+            assert_ne!(
+                flags & IMAGE_SCN_MEM_NOT_PAGED,
+                0,
+                "section {name} is pageable ({flags:#x})"
+            );
+        }
+        names.push(name);
+    }
+    assert!(names.iter().any(|n| n == ".text"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n == ".reloc"),
+        "relocatable: {names:?}"
+    );
+}
