@@ -19,9 +19,12 @@ use crate::testing::{FakeIrp, FakeTimer, IrpCell, TestAdapter, adapter};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
-    builder.preemption_bound = Some(3);
+    builder.preemption_bound = Some(5);
     let f = std::sync::Arc::new(f);
+    let runs = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = runs.clone();
     builder.check(move || {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let f = f.clone();
         // The adapter state (~40 KiB) is built on the stack before it is boxed: give the
         // scenario a thread with room for it.
@@ -31,6 +34,9 @@ fn model(f: impl Fn() + Sync + Send + 'static) {
             .unwrap();
         scenario.join().unwrap();
     });
+    let runs = runs.load(std::sync::atomic::Ordering::Relaxed);
+    std::eprintln!("loom explored {runs} interleavings");
+    assert!(runs > 1, "the model explored no interleaving");
 }
 
 fn wait_irp(id: usize) -> (FakeIrp, Arc<IrpCell>) {
@@ -61,21 +67,42 @@ fn status(cell: &IrpCell) -> Status {
     cell.completion().unwrap().status
 }
 
+/// The adapter and its timer, shared by the model's threads.
+#[derive(Clone)]
+struct Shared {
+    adapter: Arc<std::boxed::Box<TestAdapter>>,
+    timer: Arc<FakeTimer>,
+}
+
+impl Shared {
+    fn new() -> Self {
+        Self {
+            adapter: Arc::new(adapter(true)),
+            timer: Arc::new(FakeTimer::new()),
+        }
+    }
+
+    /// HwProcessServiceRequest of `irp` on another CPU.
+    fn spawn_process(&self, irp: FakeIrp) -> thread::JoinHandle<()> {
+        let shared = self.clone();
+        thread::spawn(move || shared.adapter.process(irp, &*shared.timer))
+    }
+
+    /// IoCancelIrp of `cell`'s IRP on another CPU.
+    fn spawn_cancel(&self, cell: &Arc<IrpCell>) -> thread::JoinHandle<()> {
+        let (shared, cell) = (self.clone(), cell.clone());
+        thread::spawn(move || cell.io_cancel_irp(&**shared.adapter))
+    }
+}
+
 #[test]
 fn park_races_cancel_and_fire() {
     model(|| {
-        let a = Arc::new(adapter(true));
-        let t = Arc::new(FakeTimer::new());
+        let s = Shared::new();
         let (irp, cell) = wait_irp(1);
-        let parker = {
-            let (a, t) = (a.clone(), t.clone());
-            thread::spawn(move || a.process(irp, &*t))
-        };
-        let canceller = {
-            let (a, cell) = (a.clone(), cell.clone());
-            thread::spawn(move || cell.io_cancel_irp(&**a))
-        };
-        fire(&a, &t, 2);
+        let parker = s.spawn_process(irp);
+        let canceller = s.spawn_cancel(&cell);
+        fire(&s.adapter, &s.timer, 2);
         parker.join().unwrap();
         canceller.join().unwrap();
         // Whichever came first, the WAIT ended: with the event, or cancelled.
@@ -84,32 +111,23 @@ fn park_races_cancel_and_fire() {
             status == Status::SUCCESS || status == Status::CANCELLED,
             "{status:?}"
         );
-        assert_eq!(a.stats().parked_now, 0);
+        assert_eq!(s.adapter.stats().parked_now, 0);
     });
 }
 
 #[test]
 fn park_races_fire_and_removal() {
     model(|| {
-        let a = Arc::new(adapter(true));
-        let t = Arc::new(FakeTimer::new());
+        let s = Shared::new();
         let (irp, cell) = wait_irp(1);
-        let parker = {
-            let (a, t) = (a.clone(), t.clone());
-            thread::spawn(move || a.process(irp, &*t))
-        };
-        let firer = {
-            let (a, t) = (a.clone(), t.clone());
-            thread::spawn(move || {
-                let (irp, fired) = FakeIrp::new(2, Request::Fire { code: 1, value: 2 }, 16);
-                a.process(irp, &*t);
-                let s = fired.completion().unwrap().status;
-                assert!(s == Status::SUCCESS || s == Status::DEVICE_REMOVED, "{s:?}");
-            })
-        };
-        a.remove(&*t);
+        let parker = s.spawn_process(irp);
+        let (fire_irp, fired) = FakeIrp::new(2, Request::Fire { code: 1, value: 2 }, 16);
+        let firer = s.spawn_process(fire_irp);
+        s.adapter.remove(&*s.timer);
         parker.join().unwrap();
         firer.join().unwrap();
+        let fire_status = status(&fired);
+        assert!(fire_status == Status::SUCCESS || fire_status == Status::DEVICE_REMOVED);
         // Parked before removal: completed with events (the last one AdapterRemoved);
         // arrived after: refused.
         let status = status(&cell);
@@ -117,28 +135,21 @@ fn park_races_fire_and_removal() {
             status == Status::SUCCESS || status == Status::DEVICE_REMOVED,
             "{status:?}"
         );
-        assert_eq!(a.stats().parked_now, 0, "removal left a parked IRP");
+        assert_eq!(s.adapter.stats().parked_now, 0, "removal left a parked IRP");
     });
 }
 
 #[test]
 fn cancel_races_removal_and_delivery() {
     model(|| {
-        let a = Arc::new(adapter(true));
-        let t = Arc::new(FakeTimer::new());
+        let s = Shared::new();
         let (first, first_cell) = wait_irp(1);
-        a.process(first, &*t);
+        s.adapter.process(first, &*s.timer);
         let (second, second_cell) = wait_irp(2);
-        let parker = {
-            let (a, t) = (a.clone(), t.clone());
-            thread::spawn(move || a.process(second, &*t))
-        };
-        let canceller = {
-            let (a, cell) = (a.clone(), first_cell.clone());
-            thread::spawn(move || cell.io_cancel_irp(&**a))
-        };
-        fire(&a, &t, 3);
-        a.remove(&*t);
+        let parker = s.spawn_process(second);
+        let canceller = s.spawn_cancel(&first_cell);
+        fire(&s.adapter, &s.timer, 3);
+        s.adapter.remove(&*s.timer);
         parker.join().unwrap();
         canceller.join().unwrap();
         let first = status(&first_cell);
@@ -146,12 +157,12 @@ fn cancel_races_removal_and_delivery() {
             first == Status::SUCCESS || first == Status::CANCELLED,
             "{first:?}"
         );
-        let second = status(&second_cell);
         // Parked before removal: delivered; arrived after: refused. Never lost.
+        let second = status(&second_cell);
         assert!(
             second == Status::SUCCESS || second == Status::DEVICE_REMOVED,
             "{second:?}"
         );
-        assert_eq!(a.stats().parked_now, 0);
+        assert_eq!(s.adapter.stats().parked_now, 0);
     });
 }
