@@ -482,4 +482,14 @@ mod tests {
             prop_assert_eq!(decode_request(&encoded(request)), Ok(request));
         }
     }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(1_000))]
+
+        /// Long inputs (up to a page) are refused by their size, never read past or accepted.
+        #[test]
+        fn long_inputs_are_refused(bytes in proptest::collection::vec(any::<u8>(), 64..4096)) {
+            prop_assert!(decode_request(&bytes).is_err());
+        }
+    }
 }
