@@ -65,6 +65,8 @@ pub enum Lifecycle {
 #[derive(Clone, Copy)]
 struct Discovery {
     pending: bool,
+    /// The pending discovery's timer interval, to re-arm it after a PnP stop.
+    delay_us: u32,
     id: u64,
     /// DISCOVER requests the pending discovery answers.
     joined: u64,
@@ -109,6 +111,7 @@ impl<I: ServiceIrp> State<I> {
             fire_enabled: false,
             discovery: Discovery {
                 pending: false,
+                delay_us: 0,
                 id: 0,
                 joined: 0,
                 started: 0,
@@ -219,28 +222,33 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         self.state.with(|s| s.fire_enabled = fire_enabled);
     }
 
-    /// HwInitialize: the adapter is up.
-    pub fn start(&self) {
-        self.transition(Lifecycle::Running, EventKind::AdapterStarted);
+    /// HwInitialize: the adapter is up (first start, or again after a PnP stop).
+    pub fn start(&self, timer: &impl Timer) {
+        self.transition(Lifecycle::Running, EventKind::AdapterStarted, Some(timer));
     }
 
     /// `ScsiStopAdapter`: not a removal; parked requests stay parked.
     pub fn stop(&self) {
-        self.transition(Lifecycle::Stopped, EventKind::AdapterStopped);
+        self.transition(Lifecycle::Stopped, EventKind::AdapterStopped, None);
     }
 
     /// `ScsiRestartAdapter`.
-    pub fn restart(&self) {
-        self.transition(Lifecycle::Running, EventKind::AdapterRestarted);
+    pub fn restart(&self, timer: &impl Timer) {
+        self.transition(Lifecycle::Running, EventKind::AdapterRestarted, Some(timer));
     }
 
-    fn transition(&self, to: Lifecycle, kind: EventKind) {
+    /// Coming up, `timer` re-arms a pending discovery: a PnP stop cancels Storport's timer
+    /// (RaidAdapterStopDeviceIrp), and re-arming one still pending only delays it.
+    fn transition(&self, to: Lifecycle, kind: EventKind, timer: Option<&dyn Timer>) {
         let changed = self.state.with(|s| {
             if s.is_closed() {
                 return false;
             }
             s.lifecycle = to;
             s.publish(kind, 0, 0);
+            if let (Some(timer), true) = (timer, s.discovery.pending) {
+                timer.arm(s.discovery.delay_us);
+            }
             true
         });
         if changed {
@@ -313,9 +321,6 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
 
     fn wait(&self, irp: I, cursor: u64, max_events: u32) {
         let outcome = self.state.with(|s| {
-            if s.is_closed() {
-                return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
-            }
             let head = s.ring.head();
             let cursor = match cursor {
                 CURSOR_NOW => head,
@@ -326,10 +331,15 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
                 cursor => cursor,
             };
             let waiter = Waiter { cursor, max_events };
+            // Once closed, events still retained are delivered (flagged FINAL) and only an
+            // up-to-date cursor is refused: the last events are never lost silently.
             if head > cursor {
                 let mut irp = irp;
                 let (status, size) = s.answer(&mut irp, &waiter);
                 return Outcome::Complete(irp, status, size);
+            }
+            if s.is_closed() {
+                return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
             }
             match s.queue.park(irp, waiter) {
                 Ok(()) => Outcome::Parked,
@@ -384,12 +394,13 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
                 d.started += 1;
                 *d = Discovery {
                     pending: true,
+                    delay_us: delay_ms.saturating_mul(1000),
                     id: d.started,
                     joined: 1,
                     ..*d
                 };
                 // Armed under the lock, so a concurrent removal's cancel cannot come first.
-                timer.arm(delay_ms.saturating_mul(1000));
+                timer.arm(d.delay_us);
             }
             let id = d.id;
             s.count(Status::SUCCESS);
@@ -420,9 +431,12 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         irp.complete(Status::SUCCESS, size.unwrap_or(0));
     }
 
-    /// The Storport timer fired: the pending discovery completes.
-    pub fn timer_fired(&self) {
-        let published = self.state.with(|s| {
+    /// The Storport timer fired: the pending discovery completes. Only publishes: HwStorTimer
+    /// runs with Storport's StartIo lock held, so no IRP may be completed here. Returns
+    /// whether an event awaits [`deliver`](Self::deliver), which the caller must then run
+    /// where no spin lock is held (the driver: a StorPort DPC).
+    pub fn timer_fired(&self) -> bool {
+        self.state.with(|s| {
             if !s.discovery.pending || s.is_closed() {
                 return false;
             }
@@ -431,10 +445,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             let (id, joined) = (s.discovery.id, s.discovery.joined);
             s.publish(EventKind::DiscoveryComplete, id, joined);
             true
-        });
-        if published {
-            self.deliver();
-        }
+        })
     }
 
     /// The cancel routine of the IRP `id`, armed with `slot`: completes it as cancelled.
@@ -455,8 +466,8 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     }
 
     /// Completes every parked WAIT that has an event it has not seen, in batches so the lock
-    /// is never held across a completion.
-    fn deliver(&self) {
+    /// is never held across a completion. Callers hold no spin lock.
+    pub fn deliver(&self) {
         loop {
             let batch: Batch<I> = self.state.with(|s| {
                 let head = s.ring.head();

@@ -3,10 +3,13 @@
 //! Each shim converts what Storport passes, calls one safe method, and converts back. The
 //! `# Safety` section of each lists what Storport promises when it calls it.
 
+use core::cell::UnsafeCell;
 use core::mem::size_of;
 
 use crate::adapter::{Adapter, State, Timer};
-use crate::ffi::inline::{StorPortRequestComplete, StorPortRequestTimerCall};
+use crate::ffi::inline::{
+    StorPortInitializeDpc, StorPortIssueDpc, StorPortRequestComplete, StorPortRequestTimerCall,
+};
 use crate::ffi::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
 use crate::ffi::storport::{
     StorPortAllocateRegistryBuffer, StorPortFreeRegistryBuffer, StorPortInitialize,
@@ -17,7 +20,7 @@ use crate::ffi::{
     MINIPORT_REG_DWORD, NTSTATUS, PORT_CONFIGURATION_INFORMATION, PVOID,
     SCSI_ADAPTER_CONTROL_SUCCESS, SCSI_ADAPTER_CONTROL_UNSUCCESSFUL, SCSI_ADAPTER_SURPRISE_REMOVAL,
     SCSI_QUERY_SUPPORTED_CONTROL_TYPES, SCSI_REQUEST_BLOCK, SCSI_RESTART_ADAPTER,
-    SCSI_STOP_ADAPTER, SCSI_SUPPORTED_CONTROL_TYPE_LIST, SP_RETURN_FOUND,
+    SCSI_STOP_ADAPTER, SCSI_SUPPORTED_CONTROL_TYPE_LIST, SP_RETURN_FOUND, STOR_DPC,
     STOR_FEATURE_VIRTUAL_MINIPORT, STOR_MAP_NON_READ_WRITE_BUFFERS, TRUE, UNICODE_STRING,
 };
 use crate::irp::{Irp, cancel_context};
@@ -25,10 +28,17 @@ use crate::log::{ERROR, TRACE, WARNING, log};
 use crate::port;
 use crate::sync::SpinLock;
 
-/// The HwDeviceExtension: the whole adapter lives in the memory Storport allocates for it.
 type WinAdapter = Adapter<Irp, SpinLock<State<Irp>>>;
 
-const _: () = assert!(size_of::<WinAdapter>() < u32::MAX as usize);
+/// The HwDeviceExtension: the whole adapter lives in the memory Storport allocates for it.
+#[repr(C)]
+struct Extension {
+    adapter: WinAdapter,
+    /// Delivers a DiscoveryComplete outside the StartIo lock HwStorTimer runs under.
+    delivery_dpc: UnsafeCell<STOR_DPC>,
+}
+
+const _: () = assert!(size_of::<Extension>() < u32::MAX as usize);
 
 /// revcall's bug-check code ('RVCL'): a panic in the driver stops the machine with it.
 pub const REVCALL_BUGCHECK: u32 = 0x5256_434C;
@@ -36,18 +46,30 @@ pub const REVCALL_BUGCHECK: u32 = 0x5256_434C;
 /// The registry value (REG_DWORD under `Services\revcall\Parameters\Device`) that allows FIRE.
 const ENABLE_FIRE_INJECTION: &core::ffi::CStr = c"EnableFireInjection";
 
+/// The extension behind a HwDeviceExtension pointer.
+///
+/// # Safety
+///
+/// `ext` is a HwDeviceExtension Storport allocated for this driver: `size_of::<Extension>()`
+/// bytes (DeviceExtensionSize below), 16-aligned, zeroed when first allocated and kept, never
+/// moved, until the adapter is removed. All-zero bytes are a valid `Extension` (the
+/// invariants of `State` and `SpinLock`; `STOR_DPC` is opaque bytes), and it has no `Drop`,
+/// so it needs no other setup.
+unsafe fn extension<'a>(ext: PVOID) -> &'a Extension {
+    debug_assert!(ext.cast::<Extension>().is_aligned());
+    // SAFETY: the caller's contract; the adapter's mutable parts are behind its lock and the
+    // DPC is only ever handed to Storport by pointer.
+    unsafe { &*ext.cast::<Extension>() }
+}
+
 /// The adapter in a HwDeviceExtension.
 ///
 /// # Safety
 ///
-/// `ext` is a HwDeviceExtension Storport allocated for this driver: `size_of::<WinAdapter>()`
-/// bytes (DeviceExtensionSize below), 16-aligned, zeroed when first allocated and kept, never
-/// moved, until the adapter is removed. All-zero bytes are a valid `WinAdapter` (the
-/// invariants of `State` and `SpinLock`), and it has no `Drop`, so it needs no other setup.
+/// As for [`extension`].
 unsafe fn adapter<'a>(ext: PVOID) -> &'a WinAdapter {
-    debug_assert!(ext.cast::<WinAdapter>().is_aligned());
-    // SAFETY: the caller's contract; every mutable part is behind the adapter's lock.
-    unsafe { &*ext.cast::<WinAdapter>() }
+    // SAFETY: the caller's contract is `extension`'s.
+    &unsafe { extension(ext) }.adapter
 }
 
 /// The adapter's Storport timer (`RequestTimerCall`).
@@ -82,7 +104,7 @@ pub unsafe extern "system" fn driver_entry(
     init.HwInitializationDataSize = size_of::<HW_INITIALIZATION_DATA>() as u32;
     init.AdapterInterfaceType = INTERFACE_TYPE_INTERNAL;
     init.FeatureSupport = STOR_FEATURE_VIRTUAL_MINIPORT;
-    init.DeviceExtensionSize = size_of::<WinAdapter>() as u32;
+    init.DeviceExtensionSize = size_of::<Extension>() as u32;
     init.MapBuffers = STOR_MAP_NON_READ_WRITE_BUFFERS;
     init.TaggedQueuing = TRUE;
     init.AutoRequestSense = TRUE;
@@ -162,7 +184,11 @@ unsafe extern "system" fn hw_find_adapter(
     // SAFETY: PASSIVE_LEVEL and this adapter's extension, per this function's contract.
     let fire = unsafe { fire_injection_enabled(ext) };
     // SAFETY: this adapter's HwDeviceExtension.
-    unsafe { adapter(ext) }.configure(fire);
+    let extension = unsafe { extension(ext) };
+    extension.adapter.configure(fire);
+    // SAFETY: the DPC lives in this adapter's extension; it is not queued: none is before the
+    // first start, and a PnP stop flushes Storport's DPCs before the next HwFindAdapter.
+    unsafe { StorPortInitializeDpc(ext, extension.delivery_dpc.get(), hw_delivery_dpc) };
     log!(
         TRACE,
         "adapter found, FIRE %s",
@@ -182,7 +208,7 @@ unsafe extern "system" fn hw_find_adapter(
 /// Storport calls it once per start with this adapter's HwDeviceExtension.
 unsafe extern "system" fn hw_initialize(ext: PVOID) -> BOOLEAN {
     // SAFETY: this adapter's HwDeviceExtension.
-    unsafe { adapter(ext) }.start();
+    unsafe { adapter(ext) }.start(&PortTimer(ext));
     TRUE
 }
 
@@ -241,7 +267,7 @@ unsafe extern "system" fn hw_adapter_control(
             port::report_supported(entries);
         }
         SCSI_STOP_ADAPTER => adapter.stop(),
-        SCSI_RESTART_ADAPTER => adapter.restart(),
+        SCSI_RESTART_ADAPTER => adapter.restart(&PortTimer(ext)),
         SCSI_ADAPTER_SURPRISE_REMOVAL => {
             log!(TRACE, "surprise removal: flushing parked requests");
             adapter.surprise_remove(&PortTimer(ext));
@@ -293,14 +319,35 @@ unsafe extern "system" fn hw_complete_service_irp(ext: PVOID) {
     unsafe { adapter(ext) }.remove(&PortTimer(ext));
 }
 
-/// HwStorTimer (RequestTimerCall): a DISCOVER completes.
+/// HwStorTimer (RequestTimerCall): a DISCOVER completes. Storport holds its StartIo spin lock
+/// around this call, so the event is only published here and delivered by a DPC.
 ///
 /// # Safety
 ///
 /// Storport calls it at DISPATCH_LEVEL with this adapter's extension.
 unsafe extern "system" fn hw_timer(ext: PVOID) {
     // SAFETY: this adapter's HwDeviceExtension.
-    unsafe { adapter(ext) }.timer_fired();
+    let extension = unsafe { extension(ext) };
+    if extension.adapter.timer_fired() {
+        // SAFETY: HwFindAdapter initialized this DPC for this adapter. Already queued is
+        // fine: one run delivers to every waiter.
+        unsafe { StorPortIssueDpc(ext, extension.delivery_dpc.get()) };
+    }
+}
+
+/// HwStorDpcRoutine: delivers published events with no Storport lock held.
+///
+/// # Safety
+///
+/// Storport runs it at DISPATCH_LEVEL, holding none of its locks, with this adapter's extension.
+unsafe extern "system" fn hw_delivery_dpc(
+    _dpc: *mut STOR_DPC,
+    ext: PVOID,
+    _argument1: PVOID,
+    _argument2: PVOID,
+) {
+    // SAFETY: this adapter's HwDeviceExtension.
+    unsafe { adapter(ext) }.deliver();
 }
 
 /// The cancel routine of a parked service IRP.

@@ -35,10 +35,29 @@ impl Irp {
     /// `irp` is the IRP Storport passed to HwProcessServiceRequest of the adapter whose
     /// HwDeviceExtension is `ext`, and the caller does not use it afterwards.
     pub unsafe fn from_service_request(irp: *mut IRP, ext: PVOID) -> Option<Self> {
-        let irp = NonNull::new(irp)?;
+        let irp = Self(NonNull::new(irp)?);
         // SAFETY: a live IRP we now own; its DriverContext belongs to its current owner.
-        unsafe { (*irp.as_ptr()).DriverContext[CONTEXT_EXTENSION] = ext };
-        Some(Self(irp))
+        unsafe { (*irp.0.as_ptr()).DriverContext[CONTEXT_EXTENSION] = ext };
+        irp.zero_output_tail();
+        Some(irp)
+    }
+
+    /// Zeroes the part of SystemBuffer the I/O manager did not fill with input, so the output
+    /// slice covers initialized bytes only and nothing stale could ever leave the kernel.
+    fn zero_output_tail(&self) {
+        let stack = self.stack();
+        let (input, output) = (
+            stack.InputBufferLength as usize,
+            stack.OutputBufferLength as usize,
+        );
+        let buffer = self.system_buffer();
+        if output > input && !buffer.is_null() {
+            // SAFETY: METHOD_BUFFERED: SystemBuffer holds max(input, output) bytes owned by
+            // the IRP, which we own, so `input` is within it.
+            let tail = unsafe { buffer.cast::<u8>().add(input) };
+            // SAFETY: as above: bytes input..output of that buffer.
+            unsafe { core::ptr::write_bytes(tail, 0, output - input) };
+        }
     }
 
     fn stack(&self) -> &IO_STACK_LOCATION {
@@ -125,7 +144,8 @@ impl ServiceIrp for Irp {
         if buffer.is_null() {
             return None;
         }
-        // SAFETY: as in `input`; the exclusive borrow of `self` makes this the only view.
+        // SAFETY: as in `input` (and every byte is initialized: input, or zeroed on arrival);
+        // the exclusive borrow of `self` makes this the only view.
         Some(unsafe { core::slice::from_raw_parts_mut(buffer.cast::<u8>(), len) })
     }
 

@@ -40,7 +40,7 @@ pub type TestAdapter = Adapter<FakeIrp, MutexLock<State<FakeIrp>>>;
 pub fn adapter(fire_enabled: bool) -> std::boxed::Box<TestAdapter> {
     let adapter = std::boxed::Box::new(Adapter::new(MutexLock(Mutex::new(State::new()))));
     adapter.configure(fire_enabled);
-    adapter.start();
+    adapter.start(&FakeTimer::new());
     adapter
 }
 

@@ -69,6 +69,7 @@ const _: () = {
     assert!(offset_of!(ffi::IRP, DriverContext) == offset_of!(wdk::IRP, Tail));
     assert!(size_of::<ffi::IO_STACK_LOCATION>() == size_of::<wdk::IO_STACK_LOCATION>());
     assert!(size_of::<ffi::KLOCK_QUEUE_HANDLE>() == size_of::<wdk::KLOCK_QUEUE_HANDLE>());
+    assert!(size_of::<ffi::STOR_DPC>() == size_of::<wdk::STOR_DPC>());
 
     assert!(
         ffi::SCSI_ADAPTER_SURPRISE_REMOVAL

@@ -33,7 +33,8 @@ pub struct WaitFlags;
 impl WaitFlags {
     /// More retained events follow the last delivered one: re-arm at once.
     pub const MORE: u32 = 1;
-    /// The adapter is gone; any further request fails with STATUS_DEVICE_REMOVED.
+    /// The adapter is gone. With MORE, re-arm to drain the events still retained; once the
+    /// cursor is up to date, further requests fail with STATUS_DEVICE_REMOVED.
     pub const FINAL: u32 = 2;
 }
 
@@ -268,7 +269,9 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply<'_>, ReplyError> {
     match opcode {
         Opcode::Wait => {
             let (reply, events) = WaitReply::read_from_prefix(body).map_err(|_| bad_length)?;
-            if events.len() != reply.count as usize * size_of::<EventRecord>() {
+            // Compared by division: `count * 32` could overflow a 32-bit usize.
+            let record = size_of::<EventRecord>();
+            if events.len() % record != 0 || events.len() / record != reply.count as usize {
                 return Err(bad_length);
             }
             Ok(Reply::Wait {

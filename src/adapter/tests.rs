@@ -267,12 +267,18 @@ fn removal_completes_every_parked_wait_with_the_final_event() {
             EventKind::AdapterRemoved as u32
         );
     }
-    // Requests after removal are refused at once.
+    // Requests after removal: retained events are still delivered, flagged FINAL; an
+    // up-to-date cursor is refused at once.
     assert_eq!(
         status_of(&wait(&a, &t, 100, CURSOR_NOW)),
         Status::DEVICE_REMOVED
     );
-    assert_eq!(status_of(&wait(&a, &t, 101, 0)), Status::DEVICE_REMOVED);
+    assert_eq!(status_of(&wait(&a, &t, 101, 2)), Status::DEVICE_REMOVED);
+    let (reply, events) = events_of(&wait(&a, &t, 102, 0));
+    assert_eq!(
+        (reply.flags, reply.cursor, events.len()),
+        (WaitFlags::FINAL, 2, 2)
+    );
     let fire = send(&a, &t, 102, Request::Fire { code: 1, value: 1 }, 16);
     assert_eq!(status_of(&fire), Status::DEVICE_REMOVED);
     let s = stats(&a, &t);
@@ -307,7 +313,7 @@ fn stop_and_restart_keep_parked_waits_and_publish_events() {
         EventKind::AdapterStopped as u32
     );
     let second = wait(&a, &t, 2, CURSOR_NOW);
-    a.restart();
+    a.restart(&t);
     assert_eq!(
         events_of(&second).1[0].kind,
         EventKind::AdapterRestarted as u32
@@ -347,14 +353,20 @@ fn discover_completes_later_through_the_timer_and_coalesces() {
         0,
         "nothing yet: the timer has not fired"
     );
-    a.timer_fired();
+    assert!(a.timer_fired());
+    assert_eq!(
+        waiter.completions(),
+        0,
+        "the timer only publishes; the DPC delivers"
+    );
+    a.deliver();
     let (_, events) = events_of(&waiter);
     assert_eq!(
         (events[0].kind, events[0].arg0, events[0].arg1),
         (EventKind::DiscoveryComplete as u32, 1, 2)
     );
     // A stray timer call with nothing pending publishes nothing.
-    a.timer_fired();
+    assert!(!a.timer_fired());
     let s = stats(&a, &t);
     assert_eq!(
         (s.discoveries_started, s.discoveries_completed, s.head_seq),
@@ -368,7 +380,7 @@ fn removal_cancels_a_pending_discovery() {
     send(&a, &t, 1, Request::Discover { delay_ms: 5 }, 24);
     a.remove(&t);
     assert_eq!(*t.armed.lock().unwrap(), None);
-    a.timer_fired();
+    assert!(!a.timer_fired());
     assert_eq!(stats(&a, &t).discoveries_completed, 0);
     let late = send(&a, &t, 2, Request::Discover { delay_ms: 5 }, 24);
     assert_eq!(status_of(&late), Status::DEVICE_REMOVED);
@@ -505,4 +517,67 @@ fn stats_count_every_completion_path() {
         (3, 1, 0, 1)
     );
     assert_eq!((s.head_seq, s.oldest_seq, s.events_published), (2, 1, 2));
+}
+
+#[test]
+fn a_pnp_stop_does_not_wedge_a_pending_discovery() {
+    let (a, t) = (adapter(true), FakeTimer::new());
+    send(&a, &t, 1, Request::Discover { delay_ms: 60_000 }, 24);
+    // Storport cancels its timer on a PnP stop; HwInitialize on the next start re-arms it.
+    a.stop();
+    *t.armed.lock().unwrap() = None;
+    a.start(&t);
+    assert_eq!(*t.armed.lock().unwrap(), Some(60_000_000));
+    assert!(a.timer_fired());
+    let s = stats(&a, &t);
+    assert_eq!((s.discoveries_started, s.discoveries_completed), (1, 1));
+    // A new DISCOVER starts a new discovery rather than joining a dead one.
+    let d = send(&a, &t, 2, Request::Discover { delay_ms: 1 }, 24);
+    assert!(matches!(
+        decode_reply(&d.completion().unwrap().bytes),
+        Ok(Reply::Discover(DiscoverReply {
+            id: 2,
+            coalesced: 0,
+            ..
+        }))
+    ));
+}
+
+#[test]
+fn a_closed_adapter_still_delivers_its_retained_tail() {
+    let (a, t) = (adapter(true), FakeTimer::new());
+    // A waiter that takes one event at a time falls behind at removal.
+    let cell = send(
+        &a,
+        &t,
+        1,
+        Request::Wait {
+            cursor: 1,
+            max_events: 1,
+        },
+        OUT,
+    );
+    fire(&a, &t, 7);
+    assert_eq!(events_of(&cell).0.cursor, 2);
+    a.remove(&t);
+    // Re-armed with its cursor, it gets the final event, then the refusal.
+    let tail = send(
+        &a,
+        &t,
+        2,
+        Request::Wait {
+            cursor: 2,
+            max_events: 1,
+        },
+        OUT,
+    );
+    let (reply, events) = events_of(&tail);
+    assert_eq!(
+        (reply.flags, events[0].kind),
+        (WaitFlags::FINAL, EventKind::AdapterRemoved as u32)
+    );
+    assert_eq!(
+        status_of(&wait(&a, &t, 3, reply.cursor)),
+        Status::DEVICE_REMOVED
+    );
 }

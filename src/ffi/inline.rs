@@ -5,8 +5,9 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use super::storport::{StorPortExtendedFunction, StorPortNotification};
 use super::{
-    DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP, HW_TIMER, IO_STACK_LOCATION, IRP, PVOID,
-    REQUEST_COMPLETE, REQUEST_TIMER_CALL, SCSI_REQUEST_BLOCK,
+    BOOLEAN, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP, HW_DPC_ROUTINE, HW_TIMER,
+    INITIALIZE_DPC, IO_STACK_LOCATION, IRP, ISSUE_DPC, PVOID, REQUEST_COMPLETE, REQUEST_TIMER_CALL,
+    SCSI_REQUEST_BLOCK, STOR_DPC,
 };
 
 /// `IoGetCurrentIrpStackLocation`.
@@ -87,4 +88,30 @@ pub unsafe fn StorPortRequestComplete(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) 
 pub unsafe fn StorPortRequestTimerCall(ext: PVOID, timer: HW_TIMER, delay_us: u32) {
     // SAFETY: the caller's contract is the DDI's; RequestTimerCall takes a PHW_TIMER and a ULONG.
     unsafe { StorPortNotification(REQUEST_TIMER_CALL, ext, timer, delay_us) }
+}
+
+/// `StorPortInitializeDpc` = `StorPortNotification(InitializeDpc, ext, Dpc, HwDpcRoutine)`.
+///
+/// # Safety
+///
+/// `ext` is the adapter's HwDeviceExtension and `dpc` lives in it, not queued.
+pub unsafe fn StorPortInitializeDpc(ext: PVOID, dpc: *mut STOR_DPC, routine: HW_DPC_ROUTINE) {
+    // SAFETY: the caller's contract is the DDI's; InitializeDpc takes a PSTOR_DPC and a
+    // PHW_DPC_ROUTINE.
+    unsafe { StorPortNotification(INITIALIZE_DPC, ext, dpc, routine) }
+}
+
+/// `StorPortIssueDpc` = `StorPortNotification(IssueDpc, ext, Dpc, Arg1, Arg2, &Succ)`;
+/// false if the DPC was already queued (it will run once, which is all revcall needs).
+///
+/// # Safety
+///
+/// `dpc` was initialized with [`StorPortInitializeDpc`] for the adapter `ext`.
+pub unsafe fn StorPortIssueDpc(ext: PVOID, dpc: *mut STOR_DPC) -> bool {
+    let mut queued: BOOLEAN = 0;
+    let none = core::ptr::null_mut::<core::ffi::c_void>();
+    // SAFETY: the caller's contract is the DDI's; IssueDpc takes the DPC, two system
+    // arguments and a PBOOLEAN it writes before returning.
+    unsafe { StorPortNotification(ISSUE_DPC, ext, dpc, none, none, &raw mut queued) };
+    queued != 0
 }

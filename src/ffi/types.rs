@@ -53,6 +53,12 @@ pub type HW_FREE_ADAPTER_RESOURCES = unsafe extern "system" fn(DeviceExtension: 
 pub type HW_PROCESS_SERVICE_REQUEST = unsafe extern "system" fn(DeviceExtension: PVOID, Irp: PVOID);
 pub type HW_COMPLETE_SERVICE_IRP = unsafe extern "system" fn(DeviceExtension: PVOID);
 pub type HW_TIMER = unsafe extern "system" fn(DeviceExtension: PVOID);
+pub type HW_DPC_ROUTINE = unsafe extern "system" fn(
+    Dpc: *mut STOR_DPC,
+    HwDeviceExtension: PVOID,
+    SystemArgument1: PVOID,
+    SystemArgument2: PVOID,
+);
 pub type DRIVER_CANCEL = unsafe extern "system" fn(DeviceObject: *mut DEVICE_OBJECT, Irp: *mut IRP);
 
 /// `HW_INITIALIZATION_DATA` (Win8+, 0xD0 bytes). revcall uses it with
@@ -305,6 +311,13 @@ impl Default for KLOCK_QUEUE_HANDLE {
     }
 }
 
+/// `STOR_DPC` = `{ DPC_BUFFER Dpc; ULONG_PTR Lock; }`: opaque, written only by Storport.
+/// `DPC_BUFFER` mirrors the 0x40-byte `KDPC` [INFERRED from wdm.h; checked by `wdk_check`].
+#[repr(C, align(8))]
+pub struct STOR_DPC {
+    _opaque: [u8; 0x48],
+}
+
 /// `SCSI_SUPPORTED_CONTROL_TYPE_LIST`: `SupportedTypeList[MaxControlType]` follows at offset 4.
 #[repr(C)]
 pub struct SCSI_SUPPORTED_CONTROL_TYPE_LIST {
@@ -338,6 +351,8 @@ pub const SCSI_ADAPTER_CONTROL_UNSUCCESSFUL: u32 = 1;
 /// `SCSI_NOTIFICATION_TYPE`.
 pub const REQUEST_COMPLETE: u32 = 0;
 pub const REQUEST_TIMER_CALL: u32 = 6;
+pub const INITIALIZE_DPC: u32 = 0x1001;
+pub const ISSUE_DPC: u32 = 0x1002;
 /// `STORPORT_FUNCTION_CODE`: `ExtFunctionCompleteServiceIrp`.
 pub const EXT_FUNCTION_COMPLETE_SERVICE_IRP: u32 = 7;
 
@@ -491,4 +506,5 @@ const _: () = {
     assert!(offset_of!(KLOCK_QUEUE_HANDLE, OldIrql) == 0x10);
     assert!(offset_of!(SCSI_SUPPORTED_CONTROL_TYPE_LIST, SupportedTypeList) == 4);
     assert!(size_of::<KSPIN_LOCK>() == 8);
+    assert!(size_of::<STOR_DPC>() == 0x48);
 };
