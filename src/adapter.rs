@@ -356,7 +356,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         }
     }
 
-    fn fire(&self, mut irp: I, code: u32, value: u64) {
+    fn fire(&self, irp: I, code: u32, value: u64) {
         let published = self.state.with(|s| {
             if s.is_closed() {
                 return Err(s.count(Status::DEVICE_REMOVED));
@@ -372,16 +372,13 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             Ok(seq) => {
                 // Waiters first: when FIRE completes, everyone parked before it has its event.
                 self.deliver();
-                let size = irp
-                    .output()
-                    .and_then(|out| encode_fire_reply(out, &FireReply { seq }));
-                irp.complete(Status::SUCCESS, size.unwrap_or(0));
+                Self::succeed(irp, |out| encode_fire_reply(out, &FireReply { seq }));
             }
             Err(status) => irp.complete(status, 0),
         }
     }
 
-    fn discover(&self, mut irp: I, delay_ms: u32, timer: &impl Timer) {
+    fn discover(&self, irp: I, delay_ms: u32, timer: &impl Timer) {
         let joined = self.state.with(|s| {
             if s.is_closed() {
                 return Err(s.count(Status::DEVICE_REMOVED));
@@ -411,23 +408,24 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             })
         });
         match joined {
-            Ok(reply) => {
-                let size = irp
-                    .output()
-                    .and_then(|out| encode_discover_reply(out, &reply));
-                irp.complete(Status::SUCCESS, size.unwrap_or(0));
-            }
+            Ok(reply) => Self::succeed(irp, |out| encode_discover_reply(out, &reply)),
             Err(status) => irp.complete(status, 0),
         }
     }
 
-    fn report(&self, mut irp: I) {
+    fn report(&self, irp: I) {
         let stats = self.state.with(|s| {
             let stats = s.stats();
             s.count(Status::SUCCESS);
             stats
         });
-        let size = irp.output().and_then(|out| encode_stats_reply(out, &stats));
+        Self::succeed(irp, |out| encode_stats_reply(out, &stats));
+    }
+
+    /// Completes a fixed-size reply. The output was checked against the reply's size on
+    /// arrival, so `encode` cannot run out of room.
+    fn succeed(mut irp: I, encode: impl FnOnce(&mut [u8]) -> Option<usize>) {
+        let size = irp.output().and_then(encode);
         irp.complete(Status::SUCCESS, size.unwrap_or(0));
     }
 
