@@ -67,9 +67,9 @@ struct Discovery {
     pending: bool,
     /// The pending discovery's timer interval, to re-arm it after a PnP stop.
     delay_us: u32,
-    id: u64,
     /// DISCOVER requests the pending discovery answers.
     joined: u64,
+    /// Discoveries started; the newest one's id is this count.
     started: u64,
     completed: u64,
 }
@@ -112,7 +112,6 @@ impl<I: ServiceIrp> State<I> {
             discovery: Discovery {
                 pending: false,
                 delay_us: 0,
-                id: 0,
                 joined: 0,
                 started: 0,
                 completed: 0,
@@ -163,11 +162,6 @@ impl<I: ServiceIrp> State<I> {
             Some(size) => (self.count(Status::SUCCESS), size),
             None => (self.count(Status::BUFFER_TOO_SMALL), 0),
         }
-    }
-
-    /// Publishes an event; the caller then delivers it to the parked waiters.
-    fn publish(&mut self, kind: EventKind, arg0: u64, arg1: u64) -> u64 {
-        self.ring.publish(kind, arg0, arg1)
     }
 
     fn stats(&self) -> StatsReply {
@@ -245,7 +239,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
                 return false;
             }
             s.lifecycle = to;
-            s.publish(kind, 0, 0);
+            s.ring.publish(kind, 0, 0);
             if let (Some(timer), true) = (timer, s.discovery.pending) {
                 timer.arm(s.discovery.delay_us);
             }
@@ -276,7 +270,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         self.state.with(|s| {
             if !s.is_closed() {
                 s.lifecycle = to;
-                s.publish(kind, 0, 0);
+                s.ring.publish(kind, 0, 0);
             }
             if s.discovery.pending {
                 s.discovery.pending = false;
@@ -366,7 +360,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             }
             s.counters.injected += 1;
             s.count(Status::SUCCESS);
-            Ok(s.publish(EventKind::Injected, code.into(), value))
+            Ok(s.ring.publish(EventKind::Injected, code.into(), value))
         });
         match published {
             Ok(seq) => {
@@ -388,18 +382,17 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             if coalesced {
                 d.joined += 1;
             } else {
-                d.started += 1;
                 *d = Discovery {
                     pending: true,
                     delay_us: delay_ms.saturating_mul(1000),
-                    id: d.started,
                     joined: 1,
+                    started: d.started + 1,
                     ..*d
                 };
                 // Armed under the lock, so a concurrent removal's cancel cannot come first.
                 timer.arm(d.delay_us);
             }
-            let id = d.id;
+            let id = d.started;
             s.count(Status::SUCCESS);
             Ok(DiscoverReply {
                 id,
@@ -440,8 +433,8 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             }
             s.discovery.pending = false;
             s.discovery.completed += 1;
-            let (id, joined) = (s.discovery.id, s.discovery.joined);
-            s.publish(EventKind::DiscoveryComplete, id, joined);
+            let (id, joined) = (s.discovery.started, s.discovery.joined);
+            s.ring.publish(EventKind::DiscoveryComplete, id, joined);
             true
         })
     }

@@ -156,12 +156,6 @@ impl<I: Parkable> ServiceQueue<I> {
         Ok(())
     }
 
-    /// The waiter at the head of the FIFO.
-    pub fn front(&self) -> Option<&Waiter> {
-        let slot = usize::from(self.head.checked_sub(1)?);
-        Some(&self.waiters[slot])
-    }
-
     /// Takes the head IRP if `ready` accepts its waiter, skipping (orphaning) IRPs whose
     /// cancellation has started.
     pub fn pop_front_if(&mut self, ready: impl Fn(&Waiter) -> bool) -> Option<(I, Waiter)> {
@@ -356,7 +350,6 @@ pub(crate) mod tests {
         }
         q.assert_valid();
         assert_eq!((q.len(), q.peak()), (5, 5));
-        assert_eq!(q.front(), Some(&waiter(1)));
         let (irp, w) = q.pop_front_if(|w| w.cursor < 3).unwrap();
         assert_eq!((irp.id, w.cursor, irp.armed), (1, 1, false));
         assert!(q.pop_front_if(|w| w.cursor < 3).is_some());
