@@ -170,7 +170,7 @@ unsafe fn fire_injection_enabled(ext: PVOID) -> bool {
 ///
 /// Storport calls it at PASSIVE_LEVEL with this adapter's HwDeviceExtension and a writable
 /// PORT_CONFIGURATION_INFORMATION.
-unsafe extern "system" fn hw_find_adapter(
+unsafe extern "win64" fn hw_find_adapter(
     ext: PVOID,
     _hw_context: PVOID,
     _bus_information: PVOID,
@@ -206,7 +206,7 @@ unsafe extern "system" fn hw_find_adapter(
 /// # Safety
 ///
 /// Storport calls it once per start with this adapter's HwDeviceExtension.
-unsafe extern "system" fn hw_initialize(ext: PVOID) -> BOOLEAN {
+unsafe extern "win64" fn hw_initialize(ext: PVOID) -> BOOLEAN {
     // SAFETY: this adapter's HwDeviceExtension.
     unsafe { adapter(ext) }.start(&PortTimer(ext));
     TRUE
@@ -217,7 +217,7 @@ unsafe extern "system" fn hw_initialize(ext: PVOID) -> BOOLEAN {
 /// # Safety
 ///
 /// Storport passes this adapter's extension and an SRB it owns until we complete it.
-unsafe extern "system" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -> BOOLEAN {
+unsafe extern "win64" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -> BOOLEAN {
     // SAFETY: a valid SRB, ours until the RequestComplete below.
     let request = unsafe { &mut *srb };
     request.SrbStatus = port::start_io_status(
@@ -236,7 +236,7 @@ unsafe extern "system" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) 
 /// # Safety
 ///
 /// None beyond the call itself.
-unsafe extern "system" fn hw_reset_bus(_ext: PVOID, _path_id: u32) -> BOOLEAN {
+unsafe extern "win64" fn hw_reset_bus(_ext: PVOID, _path_id: u32) -> BOOLEAN {
     TRUE
 }
 
@@ -247,7 +247,7 @@ unsafe extern "system" fn hw_reset_bus(_ext: PVOID, _path_id: u32) -> BOOLEAN {
 /// Storport passes this adapter's extension and the `Parameters` the control type defines
 /// (a SCSI_SUPPORTED_CONTROL_TYPE_LIST for ScsiQuerySupportedControlTypes); it calls only the
 /// types reported supported, ScsiAdapterSurpriseRemoval below DISPATCH_LEVEL.
-unsafe extern "system" fn hw_adapter_control(
+unsafe extern "win64" fn hw_adapter_control(
     ext: PVOID,
     control_type: u32,
     parameters: PVOID,
@@ -283,7 +283,7 @@ unsafe extern "system" fn hw_adapter_control(
 /// # Safety
 ///
 /// PASSIVE_LEVEL, this adapter's extension, after the removal rundown completed.
-unsafe extern "system" fn hw_free_adapter_resources(ext: PVOID) {
+unsafe extern "win64" fn hw_free_adapter_resources(ext: PVOID) {
     // SAFETY: this adapter's HwDeviceExtension, still valid during this last call.
     let stats = unsafe { adapter(ext) }.stats();
     if stats.parked_now != 0 {
@@ -298,7 +298,7 @@ unsafe extern "system" fn hw_free_adapter_resources(ext: PVOID) {
 /// Storport calls it at PASSIVE_LEVEL in the requester's thread with this adapter's extension
 /// and an IRP it has marked pending and hands over: it must be completed exactly once, with
 /// StorPortCompleteServiceIrp.
-unsafe extern "system" fn hw_process_service_request(ext: PVOID, irp: PVOID) {
+unsafe extern "win64" fn hw_process_service_request(ext: PVOID, irp: PVOID) {
     // SAFETY: Storport hands us this adapter's service IRP (this function's contract).
     let Some(irp) = (unsafe { Irp::from_service_request(irp.cast::<IRP>(), ext) }) else {
         log!(ERROR, "HwProcessServiceRequest without an IRP");
@@ -313,7 +313,7 @@ unsafe extern "system" fn hw_process_service_request(ext: PVOID, irp: PVOID) {
 /// # Safety
 ///
 /// Storport calls it at PASSIVE_LEVEL, holding no spin lock, with this adapter's extension.
-unsafe extern "system" fn hw_complete_service_irp(ext: PVOID) {
+unsafe extern "win64" fn hw_complete_service_irp(ext: PVOID) {
     log!(TRACE, "removal: completing parked requests");
     // SAFETY: this adapter's HwDeviceExtension.
     unsafe { adapter(ext) }.remove(&PortTimer(ext));
@@ -325,7 +325,7 @@ unsafe extern "system" fn hw_complete_service_irp(ext: PVOID) {
 /// # Safety
 ///
 /// Storport calls it at DISPATCH_LEVEL with this adapter's extension.
-unsafe extern "system" fn hw_timer(ext: PVOID) {
+unsafe extern "win64" fn hw_timer(ext: PVOID) {
     // SAFETY: this adapter's HwDeviceExtension.
     let extension = unsafe { extension(ext) };
     if extension.adapter.timer_fired() {
@@ -340,7 +340,7 @@ unsafe extern "system" fn hw_timer(ext: PVOID) {
 /// # Safety
 ///
 /// Storport runs it at DISPATCH_LEVEL, holding none of its locks, with this adapter's extension.
-unsafe extern "system" fn hw_delivery_dpc(
+unsafe extern "win64" fn hw_delivery_dpc(
     _dpc: *mut STOR_DPC,
     ext: PVOID,
     _argument1: PVOID,
@@ -357,7 +357,7 @@ unsafe extern "system" fn hw_delivery_dpc(
 /// IoCancelIrp calls it at DISPATCH_LEVEL holding the cancel spin lock, for an IRP whose
 /// routine revcall armed (so its DriverContext names the adapter and slot). `device` is
 /// Storport's FDO, not ours, and is not used.
-pub unsafe extern "system" fn hw_cancel_service_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) {
+pub unsafe extern "win64" fn hw_cancel_service_irp(_device: *mut DEVICE_OBJECT, irp: *mut IRP) {
     // SAFETY: the IRP is live until completed, which only this routine can do now.
     let cancel_irql = unsafe { (*irp).CancelIrql };
     // SAFETY: IoCancelIrp holds the cancel spin lock for us; release it first, as documented.

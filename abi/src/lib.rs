@@ -1,9 +1,15 @@
-//! The WDK structures and constants revcall touches, x64 layouts, hand-written.
+//! The WDK structures and constants of the Storport service-IRP path, x64 layouts, hand-written.
+//!
+//! Shared by the driver (built for `x86_64-pc-windows-msvc`) and storsim (a Linux host that
+//! calls into the same driver), so every function-pointer type is `extern "win64"`: on the
+//! Windows x64 target that is the one "system" convention, on Linux it is what the driver's code
+//! actually expects.
 //!
 //! Sources: storport.h / srb.h / wdm.h as tabulated in `shared/reference/STORPORT.md` §1 and §4
 //! (DDI: <https://learn.microsoft.com/windows-hardware/drivers/ddi/storport/>). Every size and
 //! every offset the driver reads or writes is asserted below; the `wdk` feature additionally
 //! checks them against wdk-sys on a Windows host (`wdk_check.rs`).
+#![no_std]
 #![allow(non_camel_case_types, non_snake_case, clippy::upper_case_acronyms)]
 
 use core::ffi::c_void;
@@ -32,12 +38,12 @@ pub struct UNICODE_STRING {
     _opaque: [u8; 0],
 }
 
-// ---- Storport callbacks (storport.h); "system" is the one x64 Windows calling convention.
+// ---- Storport callbacks (storport.h).
 
-pub type HW_INITIALIZE = unsafe extern "system" fn(DeviceExtension: PVOID) -> BOOLEAN;
+pub type HW_INITIALIZE = unsafe extern "win64" fn(DeviceExtension: PVOID) -> BOOLEAN;
 pub type HW_STARTIO =
-    unsafe extern "system" fn(DeviceExtension: PVOID, Srb: *mut SCSI_REQUEST_BLOCK) -> BOOLEAN;
-pub type VIRTUAL_HW_FIND_ADAPTER = unsafe extern "system" fn(
+    unsafe extern "win64" fn(DeviceExtension: PVOID, Srb: *mut SCSI_REQUEST_BLOCK) -> BOOLEAN;
+pub type VIRTUAL_HW_FIND_ADAPTER = unsafe extern "win64" fn(
     DeviceExtension: PVOID,
     HwContext: PVOID,
     BusInformation: PVOID,
@@ -46,20 +52,20 @@ pub type VIRTUAL_HW_FIND_ADAPTER = unsafe extern "system" fn(
     ConfigInfo: *mut PORT_CONFIGURATION_INFORMATION,
     Again: *mut BOOLEAN,
 ) -> u32;
-pub type HW_RESET_BUS = unsafe extern "system" fn(DeviceExtension: PVOID, PathId: u32) -> BOOLEAN;
+pub type HW_RESET_BUS = unsafe extern "win64" fn(DeviceExtension: PVOID, PathId: u32) -> BOOLEAN;
 pub type HW_ADAPTER_CONTROL =
-    unsafe extern "system" fn(DeviceExtension: PVOID, ControlType: u32, Parameters: PVOID) -> u32;
-pub type HW_FREE_ADAPTER_RESOURCES = unsafe extern "system" fn(DeviceExtension: PVOID);
-pub type HW_PROCESS_SERVICE_REQUEST = unsafe extern "system" fn(DeviceExtension: PVOID, Irp: PVOID);
-pub type HW_COMPLETE_SERVICE_IRP = unsafe extern "system" fn(DeviceExtension: PVOID);
-pub type HW_TIMER = unsafe extern "system" fn(DeviceExtension: PVOID);
-pub type HW_DPC_ROUTINE = unsafe extern "system" fn(
+    unsafe extern "win64" fn(DeviceExtension: PVOID, ControlType: u32, Parameters: PVOID) -> u32;
+pub type HW_FREE_ADAPTER_RESOURCES = unsafe extern "win64" fn(DeviceExtension: PVOID);
+pub type HW_PROCESS_SERVICE_REQUEST = unsafe extern "win64" fn(DeviceExtension: PVOID, Irp: PVOID);
+pub type HW_COMPLETE_SERVICE_IRP = unsafe extern "win64" fn(DeviceExtension: PVOID);
+pub type HW_TIMER = unsafe extern "win64" fn(DeviceExtension: PVOID);
+pub type HW_DPC_ROUTINE = unsafe extern "win64" fn(
     Dpc: *mut STOR_DPC,
     HwDeviceExtension: PVOID,
     SystemArgument1: PVOID,
     SystemArgument2: PVOID,
 );
-pub type DRIVER_CANCEL = unsafe extern "system" fn(DeviceObject: *mut DEVICE_OBJECT, Irp: *mut IRP);
+pub type DRIVER_CANCEL = unsafe extern "win64" fn(DeviceObject: *mut DEVICE_OBJECT, Irp: *mut IRP);
 
 /// `HW_INITIALIZATION_DATA` (Win8+, 0xD0 bytes). revcall uses it with
 /// `STOR_FEATURE_VIRTUAL_MINIPORT` rather than the 0xB0-byte `VIRTUAL_HW_INITIALIZATION_DATA`,
