@@ -365,6 +365,22 @@ pub const EXT_FUNCTION_COMPLETE_SERVICE_IRP: u32 = 7;
 /// `MINIPORT_REG_DWORD` (StorPortRegistryRead's `Type`).
 pub const MINIPORT_REG_DWORD: u32 = 4;
 
+/// `NTSTATUS` values a service IRP completes with ([MS-ERREF] 2.3.1; STORPORT.md §4.5).
+pub const STATUS_SUCCESS: NTSTATUS = 0x0000_0000;
+pub const STATUS_PENDING: NTSTATUS = 0x0000_0103;
+pub const STATUS_INVALID_PARAMETER: NTSTATUS = 0xC000_000D_u32 as NTSTATUS;
+pub const STATUS_QUOTA_EXCEEDED: NTSTATUS = 0xC000_0044_u32 as NTSTATUS;
+pub const STATUS_CANCELLED: NTSTATUS = 0xC000_0120_u32 as NTSTATUS;
+pub const STATUS_DEVICE_REMOVED: NTSTATUS = 0xC000_02B6_u32 as NTSTATUS;
+
+/// IRQLs (x64) and `IO_NO_INCREMENT` (STORPORT.md §4.6).
+pub const DISPATCH_LEVEL: KIRQL = 2;
+pub const HIGH_LEVEL: KIRQL = 15;
+pub const IO_NO_INCREMENT: i8 = 0;
+
+/// `POOL_FLAG_NON_PAGED` (ExAllocatePool2's `Flags`, wdm.h).
+pub const POOL_FLAG_NON_PAGED: u64 = 0x40;
+
 /// `SRB_FUNCTION_*`.
 pub mod srb_function {
     pub const EXECUTE_SCSI: u8 = 0x00;

@@ -1,1 +1,5 @@
-fn main() {}
+use clap::Parser;
+
+fn main() {
+    std::process::exit(storsim::cli::run(storsim::cli::Cli::parse()));
+}

@@ -1,0 +1,155 @@
+//! Loading a driver into the running kernel: map it (loader), bind it to the emulated exports,
+//! run DriverEntry; and the fault path that turns a crash in driver code into a bug check.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::cpu::{self, Fault, PASSIVE_LEVEL};
+use crate::exports;
+use crate::kernel::Kernel;
+use crate::loader::{Image, LoadError};
+use crate::pool::FaultClass;
+use crate::verifier::{self, BugCheck};
+
+/// Why a driver did not get as far as a started adapter.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Windows would refuse to load {name}: {source}")]
+    Load { name: String, source: LoadError },
+    #[error("DriverEntry of {name} failed with {status:#010x}")]
+    DriverEntry { name: String, status: u32 },
+    #[error("PnP start failed: {0}")]
+    Start(#[from] crate::port::StartError),
+}
+
+/// A loaded driver image.
+pub struct Driver {
+    image: Image,
+}
+
+impl Driver {
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+}
+
+// Where the driver lives, for the fault path (which cannot take locks).
+static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
+static IMAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
+static IMAGE_NAME: Mutex<String> = Mutex::new(String::new());
+
+impl Kernel {
+    /// Loads the `.sys` at `path` and runs its DriverEntry at PASSIVE_LEVEL.
+    pub fn load_driver(self: &Arc<Self>, path: &std::path::Path) -> Result<Driver, RunError> {
+        let name = path
+            .file_name()
+            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let bytes = std::fs::read(path).map_err(|source| RunError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        let image = Image::load(&bytes, &name, &exports::resolve).map_err(|source| RunError::Load {
+            name: name.clone(),
+            source,
+        })?;
+        IMAGE_BASE.store(image.base(), Ordering::Release);
+        IMAGE_SIZE.store(image.size(), Ordering::Release);
+        *IMAGE_NAME.lock().unwrap_or_else(|p| p.into_inner()) = name.clone();
+        cpu::set_fatal_hook(on_fault);
+        self.note(format!(
+            "loaded {name} at {:#x} ({} bytes, {} imports bound, relocated from its ImageBase)",
+            image.base(),
+            image.size(),
+            image.imports().len()
+        ));
+        let entry = image.entry();
+        // SAFETY: the loader mapped, relocated and bound the image; its entry point is
+        // DriverEntry(PDRIVER_OBJECT, PUNICODE_STRING) -> NTSTATUS in the win64 convention.
+        let driver_entry: unsafe extern "win64" fn(*mut std::ffi::c_void, *mut std::ffi::c_void) -> i32 =
+            unsafe { std::mem::transmute(entry) };
+        let driver_object = self.port.objects.driver();
+        let registry = self.port.objects.registry_path();
+        let status = self.call_driver("DriverEntry", PASSIVE_LEVEL, || {
+            // SAFETY: DriverEntry's contract: the driver object and registry path, PASSIVE_LEVEL.
+            unsafe { driver_entry(driver_object.cast(), registry.cast()) }
+        }) as u32;
+        self.note(format!("DriverEntry → {status:#010x}"));
+        if status != 0 {
+            return Err(RunError::DriverEntry { name, status });
+        }
+        Ok(Driver { image })
+    }
+}
+
+/// `revcall.sys+0x1234` for an address inside the driver.
+fn describe(address: usize) -> String {
+    let base = IMAGE_BASE.load(Ordering::Acquire);
+    let size = IMAGE_SIZE.load(Ordering::Acquire);
+    if (base..base + size).contains(&address) {
+        let name = IMAGE_NAME.try_lock().map_or_else(|_| "driver".to_owned(), |n| n.clone());
+        format!("{name}+{:#x}", address - base)
+    } else {
+        format!("{address:#x} (outside the driver)")
+    }
+}
+
+/// The fatal hook: a fault in driver code is a bug check. Explains the address with the pool
+/// (guard page → overrun, quarantine → use after free/completion) and ends the run.
+fn on_fault(fault: &Fault) -> ! {
+    let Some(kernel) = crate::kernel::current() else {
+        eprintln!("storsim: fault at {:#x} outside a session", fault.rip);
+        std::process::exit(70);
+    };
+    let at = describe(fault.rip);
+    let access = match fault.write {
+        Some(true) => "write",
+        Some(false) => "read",
+        None => "access",
+    };
+    let bug = match kernel.pool.classify(fault.addr) {
+        Some(FaultClass::Overrun { block, offset }) => BugCheck::new(
+            0xCD,
+            [fault.addr as u64, u64::from(fault.write == Some(true)), fault.rip as u64, 0],
+            "PAGE_FAULT_BEYOND_END_OF_ALLOCATION",
+            format!("{access} at {at}: {offset} bytes past the end of a {}-byte {:?} block (special pool guard page)", block.size, block.owner),
+        ),
+        Some(FaultClass::Underrun { block, offset }) => BugCheck::new(
+            0xC1,
+            [fault.addr as u64, block.size as u64, offset as u64, 0x21],
+            "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
+            format!("{access} at {at}: {} bytes before a {:?} block", -offset, block.owner),
+        ),
+        Some(FaultClass::AfterFree { block, offset }) => BugCheck::new(
+            0xCC,
+            [fault.addr as u64, u64::from(fault.write == Some(true)), fault.rip as u64, 0],
+            "PAGE_FAULT_IN_FREED_SPECIAL_POOL",
+            format!(
+                "{access} at {at}: byte {offset} of a {:?} block already {} (poisoned)",
+                block.owner,
+                if block.owner == crate::pool::Owner::Driver { "freed" } else { "completed and freed" }
+            ),
+        ),
+        None if fault.signal == libc::SIGILL => BugCheck::new(
+            0x1E,
+            [0xC000_001D, fault.rip as u64, 0, 0],
+            "KMODE_EXCEPTION_NOT_HANDLED",
+            format!("illegal instruction at {at}"),
+        ),
+        None => BugCheck::new(
+            0x50,
+            [fault.addr as u64, u64::from(fault.write == Some(true)), fault.rip as u64, 0],
+            "PAGE_FAULT_IN_NONPAGED_AREA",
+            format!("{access} of {:#x} at {at} (IRQL {})", fault.addr, cpu::irql()),
+        ),
+    };
+    let bug = BugCheck {
+        call: format!("{} [cpu {}]", verifier::current_call(), fault.cpu),
+        ..bug
+    };
+    kernel.stop(bug)
+}

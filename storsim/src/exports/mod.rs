@@ -1,0 +1,41 @@
+//! The emulated exports of ntoskrnl.exe and storport.sys, bound into the driver's import
+//! table by the loader. Every routine is `extern "win64"` (the driver's calling convention);
+//! each enters the verifier's call context and the delay injector first.
+
+mod dbgprint;
+mod ntoskrnl;
+mod storport;
+
+use std::sync::Arc;
+
+use crate::kernel::{Kernel, kernel};
+use crate::verifier::{self, CallGuard};
+
+/// One export: its name and the address the driver's IAT slot receives.
+pub type Export = (&'static str, usize);
+
+/// The address of `dll!name`, or `None` if storsim does not provide it (the load then fails
+/// naming it, as Windows refuses a driver with an unresolved import).
+pub fn resolve(dll: &str, name: &str) -> Option<usize> {
+    let table = match dll.to_ascii_lowercase().as_str() {
+        "ntoskrnl.exe" => ntoskrnl::exports(),
+        "storport.sys" => storport::exports(),
+        _ => return None,
+    };
+    table.into_iter().find(|(export, _)| *export == name).map(|(_, address)| address)
+}
+
+/// Every routine storsim provides, as `dll!name`.
+pub fn provided() -> Vec<String> {
+    let ntoskrnl = ntoskrnl::exports().into_iter().map(|(n, _)| format!("ntoskrnl.exe!{n}"));
+    let storport = storport::exports().into_iter().map(|(n, _)| format!("storport.sys!{n}"));
+    ntoskrnl.chain(storport).collect()
+}
+
+/// What every emulated routine does first: find the kernel, say who is running, maybe delay.
+fn enter(routine: &'static str) -> (Arc<Kernel>, CallGuard) {
+    let kernel = kernel();
+    let guard = verifier::enter(routine);
+    kernel.maybe_delay();
+    (kernel, guard)
+}

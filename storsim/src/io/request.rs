@@ -1,0 +1,55 @@
+//! An overlapped request as its sender sees it: pending until the IRP completes.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+/// What the sender learns when its IRP completes (the IOSB plus the copied-back output).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// `IoStatus.Status` (raw NTSTATUS, as in `OVERLAPPED.Internal`).
+    pub status: u32,
+    /// `IoStatus.Information` (bytes returned, as in `OVERLAPPED.InternalHigh`).
+    pub information: usize,
+    /// The bytes copied back to the caller's output buffer.
+    pub output: Vec<u8>,
+}
+
+/// The sender's side of one IRP (an OVERLAPPED with its event).
+pub struct Request {
+    pub id: u64,
+    outcome: Mutex<Option<Outcome>>,
+    done: Condvar,
+}
+
+impl Request {
+    pub(crate) fn new(id: u64) -> Arc<Self> {
+        Arc::new(Self {
+            id,
+            outcome: Mutex::new(None),
+            done: Condvar::new(),
+        })
+    }
+
+    pub(crate) fn finish(&self, outcome: Outcome) {
+        *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        self.done.notify_all();
+    }
+
+    /// The outcome if the IRP has completed.
+    pub fn outcome(&self) -> Option<Outcome> {
+        self.outcome
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// GetOverlappedResult with a time limit: `None` if still pending after `limit`.
+    pub fn wait(&self, limit: Duration) -> Option<Outcome> {
+        let guard = self.outcome.lock().unwrap_or_else(|p| p.into_inner());
+        let (guard, _) = self
+            .done
+            .wait_timeout_while(guard, limit, |outcome| outcome.is_none())
+            .unwrap_or_else(|p| p.into_inner());
+        guard.clone()
+    }
+}

@@ -1,0 +1,194 @@
+//! The pool's bookkeeping: every mapped block (live, being freed, quarantined) and the spare
+//! mappings kept for reuse. Plain data behind the pool's mutex; no syscalls, no `unsafe`.
+//!
+//! # Ownership of mappings
+//!
+//! A [`Region`] is owned by this table from the moment it is inserted (as a live block) until it
+//! leaves it: evicted from the quarantine or from the spare list, or taken for reuse by
+//! [`Table::take_spare`]. Only the thread that removed a region may unmap or reuse it, and slots
+//! in the `Freeing` state or with `pins > 0` are never removed, which is what lets `free` and
+//! `check` read a block's pattern bytes after dropping the lock.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use super::BlockInfo;
+use super::region::Region;
+
+/// Spare mappings (evicted from the quarantine, all `PROT_NONE`) kept for reuse, at most.
+pub const SPARE_BLOCKS: usize = 64;
+
+/// Only mappings with at most this many bytes of data pages are kept as spares: the common
+/// sizes (IRPs, small buffers, driver structures) are recycled, big buffers are returned.
+pub(super) const SPARE_MAX_DATA: usize = 4 * 4096;
+
+/// How much freed memory the quarantine holds before the oldest blocks are released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Freed blocks kept no-access, at most. Each costs one or two VMAs.
+    pub quarantine_blocks: usize,
+    /// Bytes of data pages kept no-access, at most (the physical pages stay allocated).
+    pub quarantine_bytes: usize,
+}
+
+impl Default for Limits {
+    /// 4096 blocks (≤ 8192 VMAs, an eighth of the default `vm.max_map_count` of 65530) and
+    /// 64 MiB: a use after free is caught if the block was among the last 4096 freed.
+    fn default() -> Limits {
+        Limits {
+            quarantine_blocks: 4096,
+            quarantine_bytes: 64 << 20,
+        }
+    }
+}
+
+/// Where a block is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    /// Allocated and handed out.
+    Live,
+    /// `free` is checking its patterns and revoking access; a second free is a double free.
+    Freeing,
+    /// No-access, in the quarantine.
+    Freed,
+}
+
+/// One mapped block.
+#[derive(Clone, Debug)]
+pub(super) struct Slot {
+    pub(super) info: BlockInfo,
+    pub(super) region: Region,
+    pub(super) state: State,
+    /// Running `check` calls reading this block's patterns; `free` waits for them.
+    pub(super) pins: u32,
+}
+
+/// Every mapping the pool owns.
+#[derive(Debug)]
+pub(super) struct Table {
+    /// Blocks keyed by their mapping's base address, so a containing block is one range query.
+    blocks: BTreeMap<usize, Slot>,
+    /// Bases of `Freed` blocks, oldest first.
+    quarantine: VecDeque<usize>,
+    /// Sum of the quarantined blocks' data bytes.
+    quarantine_bytes: usize,
+    /// Evicted mappings, all no-access, oldest first.
+    spares: VecDeque<Region>,
+    limits: Limits,
+}
+
+impl Table {
+    pub(super) fn new(limits: Limits) -> Table {
+        Table {
+            blocks: BTreeMap::new(),
+            // Pre-sized so quarantining never allocates (bounded, the cap stays small for
+            // tests that use tiny limits).
+            quarantine: VecDeque::with_capacity(limits.quarantine_blocks.min(1 << 16) + 1),
+            quarantine_bytes: 0,
+            spares: VecDeque::with_capacity(SPARE_BLOCKS + 1),
+            limits,
+        }
+    }
+
+    /// The block whose mapping (guard page included) contains `addr`.
+    pub(super) fn containing(&self, addr: usize) -> Option<&Slot> {
+        let (_, slot) = self.blocks.range(..=addr).next_back()?;
+        slot.region.span().contains(&addr).then_some(slot)
+    }
+
+    /// The block whose mapping starts right above `addr`, within `distance` bytes.
+    pub(super) fn above(&self, addr: usize, distance: usize) -> Option<&Slot> {
+        let (&base, slot) = self.blocks.range(addr.checked_add(1)?..).next()?;
+        (base - addr <= distance).then_some(slot)
+    }
+
+    /// The block that starts exactly at `addr` (its data, not its mapping).
+    pub(super) fn starting_at(&mut self, addr: usize) -> Option<&mut Slot> {
+        let (_, slot) = self.blocks.range_mut(..=addr).next_back()?;
+        (slot.info.addr == addr).then_some(slot)
+    }
+
+    pub(super) fn insert(&mut self, slot: Slot) {
+        let previous = self.blocks.insert(slot.region.base(), slot);
+        debug_assert!(previous.is_none(), "two pool blocks share a mapping");
+    }
+
+    /// Forgets the block whose mapping starts at `base`.
+    pub(super) fn remove(&mut self, base: usize) {
+        self.blocks.remove(&base);
+    }
+
+    /// Live blocks, in address order.
+    pub(super) fn live(&self) -> impl Iterator<Item = &Slot> {
+        self.blocks
+            .values()
+            .filter(|slot| slot.state == State::Live)
+    }
+
+    /// Puts the `Freeing` block at `base` into the quarantine.
+    pub(super) fn quarantine(&mut self, base: usize) {
+        let Some(slot) = self.blocks.get_mut(&base) else {
+            debug_assert!(false, "quarantining an unknown block");
+            return;
+        };
+        debug_assert_eq!(slot.state, State::Freeing);
+        slot.state = State::Freed;
+        self.quarantine_bytes += slot.region.data_len();
+        self.quarantine.push_back(base);
+    }
+
+    /// Number of quarantined blocks.
+    #[cfg(test)]
+    pub(super) fn quarantined(&self) -> usize {
+        self.quarantine.len()
+    }
+
+    /// Number of spare mappings.
+    #[cfg(test)]
+    pub(super) fn spares(&self) -> usize {
+        self.spares.len()
+    }
+
+    /// Releases quarantined blocks beyond the limits, oldest first: small ones become spares,
+    /// the rest (and spares beyond [`SPARE_BLOCKS`]) come back for the caller to unmap, one per
+    /// call; `None` once within the limits.
+    pub(super) fn evict(&mut self) -> Option<Region> {
+        while self.quarantine.len() > self.limits.quarantine_blocks
+            || self.quarantine_bytes > self.limits.quarantine_bytes
+        {
+            let base = self.quarantine.pop_front()?;
+            let Some(slot) = self.blocks.remove(&base) else {
+                debug_assert!(false, "quarantined block missing from the table");
+                continue;
+            };
+            self.quarantine_bytes -= slot.region.data_len();
+            if slot.region.data_len() > SPARE_MAX_DATA {
+                return Some(slot.region);
+            }
+            self.spares.push_back(slot.region);
+            if self.spares.len() > SPARE_BLOCKS {
+                return self.spares.pop_front();
+            }
+        }
+        None
+    }
+
+    /// A spare mapping with exactly `data_len` bytes of data pages, newest first.
+    pub(super) fn take_spare(&mut self, data_len: usize) -> Option<Region> {
+        let index = self
+            .spares
+            .iter()
+            .rposition(|region| region.data_len() == data_len)?;
+        self.spares.remove(index)
+    }
+
+    /// Empties the table, handing back every mapping it owned.
+    pub(super) fn drain(&mut self) -> impl Iterator<Item = Region> + use<> {
+        self.quarantine.clear();
+        self.quarantine_bytes = 0;
+        let blocks = std::mem::take(&mut self.blocks)
+            .into_values()
+            .map(|slot| slot.region);
+        let spares = std::mem::take(&mut self.spares);
+        blocks.chain(spares)
+    }
+}

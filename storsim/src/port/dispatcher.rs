@@ -1,0 +1,189 @@
+//! Storport's timer (StorPortNotification RequestTimerCall) and the miniport's DPCs
+//! (InitializeDpc / IssueDpc), run on an emulated CPU of their own at DISPATCH_LEVEL.
+//!
+//! HwTimer runs holding the StartIo lock, as RaidpAdapterTimerDpcRoutine does; DPC routines
+//! run with no Storport lock. A timer request replaces the previous one; 0 cancels it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::ffi::c_void;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use storport_abi::{HW_DPC_ROUTINE, HW_TIMER};
+
+use crate::cpu::{self, DISPATCH_LEVEL};
+use crate::kernel::Kernel;
+use crate::verifier::locks::{LockApi, STARTIO_LOCK};
+
+#[derive(Default)]
+struct State {
+    timer: Option<(Instant, HW_TIMER)>,
+    dpcs: VecDeque<(usize, usize, usize)>,
+    queued: HashSet<usize>,
+    routines: HashMap<usize, HW_DPC_ROUTINE>,
+    running: bool,
+    stop: bool,
+}
+
+#[derive(Default)]
+pub struct Dispatcher {
+    state: Mutex<State>,
+    wake: Condvar,
+    idle: Condvar,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Dispatcher {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn ensure_thread(&self, kernel: &Arc<Kernel>) {
+        let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
+        if thread.is_none() {
+            let weak = Arc::downgrade(kernel);
+            self.state().stop = false;
+            *thread = Some(
+                std::thread::Builder::new()
+                    .name("storsim-dpc".into())
+                    .stack_size(8 << 20)
+                    .spawn(move || run(weak))
+                    .expect("spawning the DPC CPU"),
+            );
+        }
+    }
+
+    /// RequestTimerCall: `micros` = 0 cancels.
+    pub fn request_timer(&self, kernel: &Arc<Kernel>, routine: Option<HW_TIMER>, micros: u64) {
+        self.ensure_thread(kernel);
+        let mut state = self.state();
+        state.timer = match (routine, micros) {
+            (Some(routine), 1..) => Some((Instant::now() + Duration::from_micros(micros), routine)),
+            _ => None,
+        };
+        self.wake.notify_all();
+    }
+
+    pub fn cancel_timer(&self) {
+        self.state().timer = None;
+    }
+
+    /// InitializeDpc.
+    pub fn init_dpc(&self, dpc: usize, routine: HW_DPC_ROUTINE) {
+        self.state().routines.insert(dpc, routine);
+    }
+
+    /// IssueDpc: `false` if the DPC was already queued (or never initialized).
+    pub fn issue_dpc(&self, kernel: &Arc<Kernel>, dpc: usize, arg1: usize, arg2: usize) -> bool {
+        self.ensure_thread(kernel);
+        let mut state = self.state();
+        if !state.routines.contains_key(&dpc) || !state.queued.insert(dpc) {
+            return false;
+        }
+        state.dpcs.push_back((dpc, arg1, arg2));
+        self.wake.notify_all();
+        true
+    }
+
+    /// Waits until no DPC is queued or running (removal flushes DPCs before freeing).
+    pub fn drain(&self) {
+        let state = self.state();
+        let _state = self
+            .idle
+            .wait_while(state, |s| !s.dpcs.is_empty() || s.running)
+            .unwrap_or_else(|p| p.into_inner());
+    }
+
+    /// A timer or DPC still queued.
+    pub fn pending(&self) -> bool {
+        let state = self.state();
+        state.timer.is_some() || !state.dpcs.is_empty()
+    }
+
+    /// Stops the DPC CPU after it has run what is queued.
+    pub fn stop(&self) {
+        self.state().stop = true;
+        self.wake.notify_all();
+        let thread = self.thread.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(thread) = thread {
+            let _ = thread.join();
+        }
+    }
+}
+
+enum Work {
+    Dpc(usize, HW_DPC_ROUTINE, usize, usize),
+    Timer(HW_TIMER),
+}
+
+fn run(kernel: Weak<Kernel>) {
+    cpu::enter_thread();
+    loop {
+        let Some(kernel) = kernel.upgrade() else {
+            return;
+        };
+        let dispatcher = &kernel.port.dispatcher;
+        let work = {
+            let mut state = dispatcher.state();
+            loop {
+                if let Some((dpc, arg1, arg2)) = state.dpcs.pop_front() {
+                    state.queued.remove(&dpc);
+                    let routine = state.routines[&dpc];
+                    state.running = true;
+                    break Some(Work::Dpc(dpc, routine, arg1, arg2));
+                }
+                let now = Instant::now();
+                match state.timer {
+                    Some((due, routine)) if due <= now => {
+                        state.timer = None;
+                        state.running = true;
+                        break Some(Work::Timer(routine));
+                    }
+                    _ if state.stop => break None,
+                    Some((due, _)) => {
+                        state = dispatcher
+                            .wake
+                            .wait_timeout(state, due - now)
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                    None => {
+                        state = dispatcher
+                            .wake
+                            .wait_timeout(state, Duration::from_millis(50))
+                            .unwrap_or_else(|p| p.into_inner())
+                            .0;
+                    }
+                }
+            }
+        };
+        let Some(work) = work else {
+            return;
+        };
+        let extension = kernel.port.extension() as *mut c_void;
+        match work {
+            Work::Dpc(dpc, routine, arg1, arg2) => {
+                kernel.port.counters.dpcs.fetch_add(1, Ordering::Relaxed);
+                kernel.call_driver("HwDpcRoutine", DISPATCH_LEVEL, || {
+                    // SAFETY: HW_DPC_ROUTINE contract: the STOR_DPC the miniport initialized,
+                    // its extension and the IssueDpc arguments, at DISPATCH_LEVEL.
+                    unsafe { routine(dpc as *mut _, extension, arg1 as *mut c_void, arg2 as *mut c_void) }
+                });
+            }
+            Work::Timer(routine) => {
+                kernel.port.counters.timer_calls.fetch_add(1, Ordering::Relaxed);
+                let old = kernel.acquire_spin_lock(&kernel.port.startio_lock, STARTIO_LOCK, LockApi::Storport, "Storport's StartIo lock");
+                kernel.call_driver("HwTimer", DISPATCH_LEVEL, || {
+                    // SAFETY: HW_TIMER contract: the extension, DISPATCH_LEVEL, StartIo lock held.
+                    unsafe { routine(extension) }
+                });
+                kernel.release_spin_lock(&kernel.port.startio_lock, STARTIO_LOCK, "Storport's StartIo lock", old);
+            }
+        }
+        let mut state = dispatcher.state();
+        state.running = false;
+        dispatcher.idle.notify_all();
+    }
+}

@@ -1,0 +1,150 @@
+//! The run's summary: a readable timeline and verifier verdict, or one JSON object.
+
+use std::sync::atomic::Ordering;
+
+use serde::Serialize;
+
+use crate::kernel::{Kernel, Moment};
+use crate::pool::Owner;
+use crate::verifier::BugCheck;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Irps {
+    pub issued: u64,
+    pub completed: u64,
+    pub cancelled: u64,
+    pub outstanding: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Events {
+    pub fired: u64,
+    pub delivered: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PortWork {
+    pub service_requests: u64,
+    pub srbs: u64,
+    pub timer_calls: u64,
+    pub dpcs: u64,
+}
+
+/// Everything a run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub driver: String,
+    pub scenario: String,
+    pub seed: u64,
+    pub cpus: usize,
+    /// No violation, no scenario failure, no error.
+    pub passed: bool,
+    /// Why the run could not go on (load refused, DriverEntry failed, a bug check).
+    pub error: Option<String>,
+    pub violations: Vec<BugCheck>,
+    /// Expected outcomes the scenario did not see.
+    pub failures: Vec<String>,
+    pub irps: Irps,
+    pub events: Events,
+    pub port: PortWork,
+    /// Driver pool blocks still allocated at the end.
+    pub pool_outstanding: usize,
+    pub delays_injected: u64,
+    pub timeline: Vec<Moment>,
+}
+
+impl Summary {
+    pub fn collect(kernel: &Kernel, error: Option<String>, failures: Vec<String>) -> Self {
+        let label = kernel.label();
+        let violations = kernel.verifier.violations();
+        let counters = &kernel.io.counters;
+        Self {
+            driver: label.driver,
+            scenario: label.scenario,
+            seed: kernel.config.seed,
+            cpus: label.cpus,
+            passed: error.is_none() && violations.is_empty() && failures.is_empty(),
+            error,
+            violations,
+            failures,
+            irps: Irps {
+                issued: counters.issued.load(Ordering::Relaxed),
+                completed: counters.completed.load(Ordering::Relaxed),
+                cancelled: counters.cancelled.load(Ordering::Relaxed),
+                outstanding: kernel.io.outstanding() as u64,
+            },
+            events: Events {
+                fired: kernel.events.fired.load(Ordering::Relaxed),
+                delivered: kernel.events.delivered.load(Ordering::Relaxed),
+            },
+            port: PortWork {
+                service_requests: kernel.port.counters.service_requests.load(Ordering::Relaxed),
+                srbs: kernel.port.counters.srbs.load(Ordering::Relaxed),
+                timer_calls: kernel.port.counters.timer_calls.load(Ordering::Relaxed),
+                dpcs: kernel.port.counters.dpcs.load(Ordering::Relaxed),
+            },
+            pool_outstanding: kernel.pool.outstanding(Owner::Driver).len(),
+            delays_injected: kernel.delays_injected(),
+            timeline: kernel.timeline(),
+        }
+    }
+
+    /// The readable form: timeline, then the verdict.
+    pub fn text(&self, with_timeline: bool) -> String {
+        let mut out = String::new();
+        if with_timeline {
+            for moment in &self.timeline {
+                out += &format!("{:>9.3} ms  cpu{:<2} {}\n", moment.ms, moment.cpu, moment.what);
+            }
+            out += "\n";
+        }
+        out += &format!(
+            "storsim: {} under scenario {} (seed {}, {} CPUs)\n",
+            self.driver, self.scenario, self.seed, self.cpus
+        );
+        if let Some(error) = &self.error {
+            out += &format!("error: {error}\n");
+        }
+        out += &format!(
+            "IRPs: {} issued, {} completed ({} cancelled), {} outstanding\n",
+            self.irps.issued, self.irps.completed, self.irps.cancelled, self.irps.outstanding
+        );
+        out += &format!(
+            "events: {} fired, {} delivered; port: {} service requests, {} SRBs, {} timer calls, {} DPCs; {} delays injected\n",
+            self.events.fired,
+            self.events.delivered,
+            self.port.service_requests,
+            self.port.srbs,
+            self.port.timer_calls,
+            self.port.dpcs,
+            self.delays_injected
+        );
+        for failure in &self.failures {
+            out += &format!("scenario: expected {failure}\n");
+        }
+        if self.violations.is_empty() {
+            out += "verifier: no violations\n";
+        } else {
+            out += &format!("verifier: {} violation(s)\n", self.violations.len());
+            for bug in &self.violations {
+                out += &format!("{bug}\n");
+            }
+        }
+        out += if self.passed { "PASS\n" } else { "FAIL\n" };
+        out
+    }
+
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a summary is plain data")
+    }
+}
+
+/// Called when a bug check ends the run: print what is known, in the requested form.
+pub fn emit_fatal(kernel: &Kernel) {
+    let summary = Summary::collect(kernel, Some("the run ended with a bug check".into()), Vec::new());
+    if kernel.label().json {
+        println!("{}", summary.json());
+    } else {
+        print!("{}", summary.text(!kernel.config.live));
+    }
+}

@@ -1,0 +1,223 @@
+//! Spin locks as the driver sees them, with Deadlock-Detection-style bookkeeping.
+//!
+//! A `KSPIN_LOCK` is a pointer-sized word in driver memory; storsim spins on it for real so
+//! several emulated CPUs contend exactly as they would. Each thread keeps the locks it holds
+//! (outermost first) and a process-wide graph of "held A while taking B" edges finds order
+//! cycles before they deadlock (0xC4/0x1001), as Driver Verifier's deadlock detection does.
+
+use std::cell::RefCell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use super::BugCheck;
+
+/// A lock's identity: the address of its word (driver locks) or a fixed id (kernel locks).
+pub type LockId = usize;
+
+/// The global cancel spin lock's identity (IoAcquireCancelSpinLock, IoCancelIrp).
+pub const CANCEL_SPIN_LOCK: LockId = 1;
+/// Storport's StartIo lock (held around HwTimer).
+pub const STARTIO_LOCK: LockId = 2;
+
+/// Which API family took a lock (0xC4/0x1008 if one lock is used through both).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LockApi {
+    InStackQueued,
+    Classic,
+    Cancel,
+    Storport,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Held {
+    lock: LockId,
+    name: &'static str,
+}
+
+thread_local! {
+    static HELD: RefCell<Vec<Held>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Locks held by this thread right now.
+pub fn held_count() -> usize {
+    HELD.with(|held| held.borrow().len())
+}
+
+/// True if this thread holds any spin lock (for SpinLockSafe at completion).
+pub fn any_held() -> Option<(LockId, &'static str)> {
+    HELD.with(|held| held.borrow().last().map(|h| (h.lock, h.name)))
+}
+
+/// How long a CPU spins on a lock before storsim calls it a deadlock.
+pub const SPIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// The process-wide lock-order graph and the lock words of kernel-owned locks.
+#[derive(Default)]
+pub struct LockOrder {
+    after: Mutex<HashMap<LockId, HashSet<LockId>>>,
+    apis: Mutex<HashMap<LockId, LockApi>>,
+}
+
+/// Why an acquisition was refused: the caller reports it and must not take the lock.
+pub enum Refused {
+    Recursive(BugCheck),
+    Deadlock(BugCheck),
+}
+
+impl LockOrder {
+    /// Checks taking `lock` on this thread against the locks it holds; records order edges.
+    /// Returns a violation to report (the lock may still be taken) or a refusal.
+    pub fn before_acquire(
+        &self,
+        lock: LockId,
+        api: LockApi,
+        name: &'static str,
+    ) -> Result<Option<BugCheck>, Refused> {
+        let held: Vec<Held> = HELD.with(|held| held.borrow().clone());
+        if held.iter().any(|h| h.lock == lock) {
+            return Err(Refused::Recursive(BugCheck::new(
+                0xC4,
+                [0x1000, lock as u64, 0, 0],
+                "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                format!("{name} {lock:#x} acquired recursively by the thread that holds it (self-deadlock)"),
+            )));
+        }
+        let mut report = None;
+        {
+            let mut apis = self.apis.lock().unwrap_or_else(|p| p.into_inner());
+            let known = *apis.entry(lock).or_insert(api);
+            if known != api {
+                report = Some(BugCheck::new(
+                    0xC4,
+                    [0x1008, lock as u64, 0, 0],
+                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                    format!("spin lock {lock:#x} used through {known:?} and {api:?} APIs"),
+                ));
+            }
+        }
+        let mut after = self.after.lock().unwrap_or_else(|p| p.into_inner());
+        for outer in &held {
+            if reachable(&after, lock, outer.lock) && report.is_none() {
+                report = Some(BugCheck::new(
+                    0xC4,
+                    [0x1001, lock as u64, outer.lock as u64, 0],
+                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                    format!(
+                        "lock hierarchy violation: {name} {lock:#x} taken while holding {} {:#x}, \
+                         but elsewhere {:#x} was held while taking {:#x} (a deadlock waiting to happen)",
+                        outer.name, outer.lock, lock, outer.lock
+                    ),
+                ));
+            }
+            after.entry(outer.lock).or_default().insert(lock);
+        }
+        Ok(report)
+    }
+
+    /// Forgets the locks that lived in freed memory, so a reused address starts clean.
+    pub fn forget_range(&self, start: usize, len: usize) {
+        let gone = |lock: &LockId| (start..start + len).contains(lock);
+        self.apis.lock().unwrap_or_else(|p| p.into_inner()).retain(|lock, _| !gone(lock));
+        let mut after = self.after.lock().unwrap_or_else(|p| p.into_inner());
+        after.retain(|lock, _| !gone(lock));
+        for set in after.values_mut() {
+            set.retain(|lock| !gone(lock));
+        }
+    }
+}
+
+fn reachable(graph: &HashMap<LockId, HashSet<LockId>>, from: LockId, to: LockId) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack = vec![from];
+    while let Some(node) = stack.pop() {
+        if node == to {
+            return true;
+        }
+        if seen.insert(node)
+            && let Some(next) = graph.get(&node)
+        {
+            stack.extend(next.iter().copied());
+        }
+    }
+    false
+}
+
+/// Records that this thread now holds `lock`.
+pub fn push_held(lock: LockId, name: &'static str) {
+    HELD.with(|held| held.borrow_mut().push(Held { lock, name }));
+}
+
+/// Removes `lock` from this thread's held set. `Err` carries the out-of-order report
+/// (0xC4/0x1003) when an inner lock is still held; the lock is released either way.
+pub fn pop_held(lock: LockId) -> Result<(), Option<BugCheck>> {
+    HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        let Some(at) = held.iter().rposition(|h| h.lock == lock) else {
+            return Err(None);
+        };
+        let inner = held.get(at + 1).map(|h| h.lock);
+        held.remove(at);
+        match inner {
+            Some(inner) => Err(Some(BugCheck::new(
+                0xC4,
+                [0x1003, lock as u64, inner as u64, 0],
+                "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                format!("spin lock {lock:#x} released while {inner:#x}, taken after it, is still held"),
+            ))),
+            None => Ok(()),
+        }
+    })
+}
+
+/// True if this thread holds `lock`.
+pub fn holds(lock: LockId) -> bool {
+    HELD.with(|held| held.borrow().iter().any(|h| h.lock == lock))
+}
+
+/// Drops every lock this thread took after the first `keep`, returning them (outermost first);
+/// used after a callback returned holding locks, so the run can go on.
+pub fn take_held_beyond(keep: usize) -> Vec<(LockId, &'static str)> {
+    HELD.with(|held| {
+        let mut held = held.borrow_mut();
+        let keep = keep.min(held.len());
+        let extra = held.split_off(keep);
+        extra.into_iter().map(|h| (h.lock, h.name)).collect()
+    })
+}
+
+/// A spin-lock word: 0 free, otherwise the owner's tag.
+///
+/// Spins like a real CPU (pause, then yield, since emulated CPUs share 2 host cores); gives
+/// up after [`SPIN_LIMIT`] and returns `false`, which the caller reports as a deadlock.
+pub fn spin_acquire(word: &AtomicUsize, owner: usize) -> bool {
+    let start = Instant::now();
+    let mut spins = 0u32;
+    loop {
+        if word
+            .compare_exchange_weak(0, owner, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            return true;
+        }
+        spins += 1;
+        if spins < 64 {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+            if spins % 1024 == 0 && start.elapsed() > SPIN_LIMIT {
+                return false;
+            }
+        }
+    }
+}
+
+/// This thread's owner tag for lock words (never 0).
+pub fn owner_tag() -> usize {
+    static NEXT: AtomicUsize = AtomicUsize::new(1);
+    thread_local! {
+        static TAG: usize = NEXT.fetch_add(1, Ordering::Relaxed);
+    }
+    TAG.with(|tag| *tag)
+}
