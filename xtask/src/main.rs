@@ -22,8 +22,9 @@ struct Cli {
 enum Task {
     /// Build target/x86_64-pc-windows-msvc/release/revcall.sys.
     Build,
-    /// Build revcall.sys, then run the whole test suite: unit, property, model (loom) and
-    /// PE-image tests, clippy for the host and the driver target, rustfmt.
+    /// Build revcall.sys and storsim's fixture drivers (target/fixtures), then run the whole
+    /// test suite: unit, property, model (loom) and PE-image tests, clippy for the host and the
+    /// driver target, rustfmt.
     Test,
 }
 
@@ -86,8 +87,59 @@ fn build_driver() -> Result<PathBuf> {
     Ok(sys)
 }
 
+/// Builds storsim's fixture drivers (crate `storsim-fixtures`, one example each) and installs
+/// each as `target/fixtures/<name>.sys`; returns that directory.
+fn build_fixtures() -> Result<PathBuf> {
+    run(
+        "build the storsim fixture drivers",
+        cargo().args([
+            "build",
+            "--package",
+            "storsim-fixtures",
+            "--release",
+            "--target",
+            DRIVER_TARGET,
+            "--examples",
+        ]),
+    )?;
+    let built = workspace_root()
+        .join("target")
+        .join(DRIVER_TARGET)
+        .join("release")
+        .join("examples");
+    let fixtures = workspace_root().join("target").join("fixtures");
+    // Start empty, so a removed fixture cannot linger.
+    if fixtures.exists() {
+        std::fs::remove_dir_all(&fixtures)
+            .with_context(|| format!("removing {}", fixtures.display()))?;
+    }
+    std::fs::create_dir_all(&fixtures)
+        .with_context(|| format!("creating {}", fixtures.display()))?;
+    let entries =
+        std::fs::read_dir(&built).with_context(|| format!("listing {}", built.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        // `<name>.dll` is the example's final artifact; `<name>-<hash>.dll` its deps copy.
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".dll"))
+        else {
+            continue;
+        };
+        if name.contains('-') {
+            continue;
+        }
+        let sys = fixtures.join(format!("{name}.sys"));
+        std::fs::copy(&path, &sys)
+            .with_context(|| format!("copying {} to {}", path.display(), sys.display()))?;
+    }
+    Ok(fixtures)
+}
+
 fn test() -> Result<()> {
     let sys = build_driver()?;
+    let fixtures = build_fixtures()?;
     run(
         "clippy: the driver for its target",
         cargo().args([
@@ -97,6 +149,21 @@ fn test() -> Result<()> {
             "--release",
             "--target",
             DRIVER_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "clippy: the storsim fixtures for the driver target",
+        cargo().args([
+            "clippy",
+            "--package",
+            "storsim-fixtures",
+            "--release",
+            "--target",
+            DRIVER_TARGET,
+            "--examples",
             "--",
             "-D",
             "warnings",
@@ -134,7 +201,8 @@ fn test() -> Result<()> {
         // xtask has no tests of its own; --all-targets skips doctests (there are none).
         cargo()
             .args(["test", "--workspace", "--exclude", "xtask", "--all-targets"])
-            .env("REVCALL_SYS", &sys),
+            .env("REVCALL_SYS", &sys)
+            .env("STORSIM_FIXTURES", &fixtures),
     )?;
     Ok(())
 }
