@@ -56,13 +56,13 @@ unsafe extern "win64" fn dbg_print_args(args: *const u64) -> u32 {
 
 unsafe extern "win64" fn dbg_print_ex_args(args: *const u64) -> u32 {
     // SAFETY: argument 2 is the format string (ComponentId, Level, Format, …).
-    let format = unsafe { args.add(2).read() } as *const u8;
+    let format = unsafe { args.wrapping_add(2).read() } as *const u8;
     emit("DbgPrintEx", format, args.wrapping_add(3))
 }
 
 unsafe extern "win64" fn stor_port_debug_print_args(args: *const u64) -> u32 {
     // SAFETY: argument 1 is the format string (DebugPrintLevel, DebugMessage, …).
-    let format = unsafe { args.add(1).read() } as *const u8;
+    let format = unsafe { args.wrapping_add(1).read() } as *const u8;
     emit("StorPortDebugPrint", format, args.wrapping_add(2))
 }
 
@@ -82,7 +82,7 @@ fn c_string(pointer: *const u8) -> String {
     let mut bytes = Vec::new();
     while bytes.len() < MAX_STRING {
         // SAFETY: the driver passed a NUL-terminated string; reading stops at the NUL.
-        let byte = unsafe { pointer.add(bytes.len()).read() };
+        let byte = unsafe { pointer.wrapping_add(bytes.len()).read() };
         if byte == 0 {
             break;
         }
@@ -98,7 +98,7 @@ fn wide_string(pointer: *const u16, length: Option<usize>) -> String {
     let mut units = Vec::new();
     while units.len() < length.unwrap_or(MAX_STRING).min(MAX_STRING) {
         // SAFETY: the driver passed a NUL-terminated (or counted) UTF-16 string.
-        let unit = unsafe { pointer.add(units.len()).read_unaligned() };
+        let unit = unsafe { pointer.wrapping_add(units.len()).read_unaligned() };
         if length.is_none() && unit == 0 {
             break;
         }
@@ -115,14 +115,14 @@ fn counted(pointer: *const u8, wide: bool) -> String {
     // SAFETY: the driver passed a STRING structure: Length at 0, Buffer at 8.
     let length = unsafe { pointer.cast::<u16>().read_unaligned() } as usize;
     // SAFETY: as above.
-    let buffer = unsafe { pointer.add(8).cast::<usize>().read_unaligned() };
+    let buffer = unsafe { pointer.wrapping_add(8).cast::<usize>().read_unaligned() };
     if wide {
         wide_string(buffer as *const u16, Some(length / 2))
     } else {
         let mut bytes = Vec::with_capacity(length);
         for i in 0..length.min(MAX_STRING) {
             // SAFETY: Length bytes are readable at Buffer.
-            bytes.push(unsafe { (buffer as *const u8).add(i).read() });
+            bytes.push(unsafe { (buffer as *const u8).wrapping_add(i).read() });
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }

@@ -245,8 +245,10 @@ unsafe extern "win64" fn memset(dest: *mut u8, c: i32, n: usize) -> *mut u8 {
 }
 
 unsafe extern "win64" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
-    // SAFETY: the C contract: `n` readable bytes at each.
-    let (a, b) = unsafe { (std::slice::from_raw_parts(a, n), std::slice::from_raw_parts(b, n)) };
+    // SAFETY: the C contract: `n` readable bytes at `a`.
+    let a = unsafe { std::slice::from_raw_parts(a, n) };
+    // SAFETY: and at `b`.
+    let b = unsafe { std::slice::from_raw_parts(b, n) };
     a.iter().zip(b).find(|(x, y)| x != y).map_or(0, |(x, y)| i32::from(*x) - i32::from(*y))
 }
 

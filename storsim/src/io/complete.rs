@@ -75,16 +75,14 @@ impl Kernel {
         };
         let irp = IrpPtr(addr as *mut _);
         self.check_completion(irp, &record, via);
-        if record.service {
-            if via == Via::IofCompleteRequest {
-                self.report(BugCheck::new(
-                    0xC4,
-                    [RULE_SERVICE_IRP_BYPASSED_STORPORT, addr as u64, 0, 0],
-                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
-                    "service IRP completed with IoCompleteRequest instead of StorPortCompleteServiceIrp: \
-                     Storport's rundown reference leaks and removal will hang",
-                ));
-            }
+        if record.service && via == Via::IofCompleteRequest {
+            self.report(BugCheck::new(
+                0xC4,
+                [RULE_SERVICE_IRP_BYPASSED_STORPORT, addr as u64, 0, 0],
+                "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                "service IRP completed with IoCompleteRequest instead of StorPortCompleteServiceIrp: \
+                 Storport's rundown reference leaks and removal will hang",
+            ));
         }
         // SAFETY: this thread owns the completion of the live IRP.
         let status = unsafe { irp.header() }.IoStatus.Status as u32;

@@ -3,7 +3,6 @@
 
 use std::ffi::c_void;
 use std::mem::{offset_of, size_of};
-use std::ptr::addr_of_mut;
 use std::sync::atomic::{AtomicPtr, AtomicU8};
 
 use storport_abi::{IO_STACK_LOCATION, IRP};
@@ -126,13 +125,13 @@ impl IrpPtr {
         // SAFETY: type invariant; the field is pointer-aligned (offset 0x68 of a 16-aligned
         // block) and only ever accessed atomically by storsim and by the driver's
         // InterlockedExchangePointer.
-        unsafe { &*addr_of_mut!((*self.0).CancelRoutine).cast::<AtomicPtr<c_void>>() }
+        unsafe { &*self.0.cast::<u8>().wrapping_add(offset_of!(IRP, CancelRoutine)).cast::<AtomicPtr<c_void>>() }
     }
 
     /// `Irp->Cancel`, which IoCancelIrp sets while the driver may be reading it.
     pub fn cancel_flag(self) -> &'static AtomicU8 {
         // SAFETY: type invariant; a byte field, accessed atomically by storsim.
-        unsafe { &*addr_of_mut!((*self.0).Cancel).cast::<AtomicU8>() }
+        unsafe { &*self.0.cast::<u8>().wrapping_add(offset_of!(IRP, Cancel)).cast::<AtomicU8>() }
     }
 }
 

@@ -360,7 +360,7 @@ impl Kernel {
             let pattern = self.io.pattern.to_le_bytes();
             for at in input.len()..input.len().max(out_len as usize) {
                 // SAFETY: `at` < max(input, out_len), inside the buffer.
-                unsafe { buffer.add(at).write(pattern[at % 8]) };
+                unsafe { buffer.wrapping_add(at).write(pattern[at % 8]) };
             }
         }
         {

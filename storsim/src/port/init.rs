@@ -116,14 +116,14 @@ impl DriverObjects {
         let base = self.driver.as_ptr() as *const u8;
         // SAFETY: offset < 0x150 and 8-aligned: inside the driver object box; read volatile
         // because the driver may have written it through its own pointer.
-        unsafe { base.add(offset).cast::<usize>().read_volatile() }
+        unsafe { base.wrapping_add(offset).cast::<usize>().read_volatile() }
     }
 
     fn set_word(&self, offset: usize, value: usize) {
         let base = self.driver.as_ptr() as *mut u8;
         // SAFETY: as in `word`; storsim writes only while the driver is inside
         // StorPortInitialize (single-threaded DriverEntry).
-        unsafe { base.add(offset).cast::<usize>().write_volatile(value) };
+        unsafe { base.wrapping_add(offset).cast::<usize>().write_volatile(value) };
     }
 }
 
@@ -134,7 +134,7 @@ fn field<T: Copy>(init: *const HW_INITIALIZATION_DATA, size: usize, offset: usiz
     }
     // SAFETY: `init` points to at least `size` readable bytes (the driver's structure, whose
     // declared size we trust only up to the real struct size: the caller caps it).
-    Some(unsafe { init.cast::<u8>().add(offset).cast::<T>().read_unaligned() })
+    Some(unsafe { init.cast::<u8>().wrapping_add(offset).cast::<T>().read_unaligned() })
 }
 
 impl Kernel {
@@ -195,19 +195,21 @@ impl Kernel {
             // SAFETY: see above.
             reset_bus: unsafe { std::mem::transmute::<usize, HW_RESET_BUS>(pointer(offset_of!(HW_INITIALIZATION_DATA, HwResetBus))) },
             // SAFETY: `optional` yields None or the driver's function of this prototype.
-            adapter_control: unsafe { std::mem::transmute(optional(offset_of!(HW_INITIALIZATION_DATA, HwAdapterControl))) },
+            adapter_control: unsafe { std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_ADAPTER_CONTROL>>(optional(offset_of!(HW_INITIALIZATION_DATA, HwAdapterControl))) },
             // SAFETY: as above.
-            free_adapter_resources: unsafe { std::mem::transmute(optional(offset_of!(HW_INITIALIZATION_DATA, HwFreeAdapterResources))) },
+            free_adapter_resources: unsafe { std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_FREE_ADAPTER_RESOURCES>>(optional(offset_of!(HW_INITIALIZATION_DATA, HwFreeAdapterResources))) },
             // SAFETY: as above.
-            process_service_request: unsafe { std::mem::transmute(optional(offset_of!(HW_INITIALIZATION_DATA, HwProcessServiceRequest))) },
+            process_service_request: unsafe { std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_PROCESS_SERVICE_REQUEST>>(optional(offset_of!(HW_INITIALIZATION_DATA, HwProcessServiceRequest))) },
             // SAFETY: as above.
-            complete_service_irp: unsafe { std::mem::transmute(optional(offset_of!(HW_INITIALIZATION_DATA, HwCompleteServiceIrp))) },
+            complete_service_irp: unsafe { std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_COMPLETE_SERVICE_IRP>>(optional(offset_of!(HW_INITIALIZATION_DATA, HwCompleteServiceIrp))) },
             extension_size: field::<u32>(init, size, offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize)).unwrap_or(0),
         };
         // Storport marks the caller's copy (PortVersionFlags |= 0x10) [DECOMP].
         let flags = init.cast::<u8>().wrapping_add(offset_of!(HW_INITIALIZATION_DATA, PortVersionFlags)).cast::<u16>();
         // SAFETY: inside the driver's structure (all sizes ≥ 0x88 > 0x6A).
-        unsafe { flags.write_unaligned(flags.read_unaligned() | 0x10) };
+        let old = unsafe { flags.read_unaligned() };
+        // SAFETY: as above.
+        unsafe { flags.write_unaligned(old | 0x10) };
         *self.port.callbacks.lock().unwrap_or_else(|p| p.into_inner()) = Some(callbacks);
         let objects = &self.port.objects;
         for major in [0x00, 0x02, 0x03, 0x04, 0x09, 0x0E, 0x0F, 0x10, 0x16, 0x17, 0x1B] {

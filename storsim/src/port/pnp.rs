@@ -243,7 +243,7 @@ impl Kernel {
     }
 
     /// StorPortNotification(RequestComplete, ext, Srb).
-    pub fn srb_complete(&self, srb: *mut SCSI_REQUEST_BLOCK) {
+    pub(crate) fn srb_complete(&self, srb: *mut SCSI_REQUEST_BLOCK) {
         if !self.port.srbs_outstanding().remove(&(srb as usize)) {
             return self.report(BugCheck::new(
                 0xF1,

@@ -90,3 +90,37 @@ pub fn run(options: &Options) -> Summary {
 
 /// Shared by scripts: the kernel handle they pass around.
 pub type KernelRef = Arc<Kernel>;
+
+/// A driver loaded and its adapter started, for tests and tools that script their own steps.
+pub struct Harness {
+    pub kernel: Arc<Kernel>,
+    session: Option<crate::kernel::Session>,
+    _driver: crate::driver::Driver,
+}
+
+impl Harness {
+    /// Boots a kernel, loads `driver` and starts its adapter.
+    pub fn start(driver: &std::path::Path, config: Config) -> Result<Self, crate::driver::RunError> {
+        let session = Kernel::boot(config);
+        let kernel = session.kernel().clone();
+        let loaded = kernel.load_driver(driver)?;
+        kernel.start_adapter()?;
+        Ok(Self {
+            kernel,
+            session: Some(session),
+            _driver: loaded,
+        })
+    }
+
+    /// Removes the adapter if the script has not, unloads, and summarises the run.
+    pub fn finish(mut self) -> Summary {
+        if self.kernel.port.adapter().state != crate::port::PnpState::Removed {
+            self.kernel.remove_adapter(|| {});
+        }
+        self.kernel.unload();
+        let summary = Summary::collect(&self.kernel, None, Vec::new());
+        self.kernel.shutdown();
+        self.session.take();
+        summary
+    }
+}

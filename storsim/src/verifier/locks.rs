@@ -206,7 +206,7 @@ pub fn spin_acquire(word: &AtomicUsize, owner: usize) -> bool {
             std::hint::spin_loop();
         } else {
             std::thread::yield_now();
-            if spins % 1024 == 0 && start.elapsed() > SPIN_LIMIT {
+            if spins.is_multiple_of(1024) && start.elapsed() > SPIN_LIMIT {
                 return false;
             }
         }
