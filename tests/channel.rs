@@ -14,15 +14,29 @@ use storsim::scenarios::client::{Channel, Delivery, PROMPT};
 
 fn revcall_sys() -> PathBuf {
     let path = std::env::var_os("REVCALL_SYS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-pc-windows-msvc/release/revcall.sys"),
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/x86_64-pc-windows-msvc/release/revcall.sys")
+        },
         PathBuf::from,
     );
-    assert!(path.exists(), "{} missing: run `cargo xtask test`", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo xtask test`",
+        path.display()
+    );
     path
 }
 
 fn start_with(config: Config) -> Harness {
-    Harness::start(&revcall_sys(), Config { timeline: false, ..config }).expect("revcall.sys loads and starts")
+    Harness::start(
+        &revcall_sys(),
+        Config {
+            timeline: false,
+            ..config
+        },
+    )
+    .expect("revcall.sys loads and starts")
 }
 
 fn start() -> Harness {
@@ -42,7 +56,9 @@ fn finish(harness: Harness) {
 
 fn delivery(channel: &Channel, outcome: Option<Outcome>) -> Delivery {
     let outcome = outcome.expect("the WAIT completes");
-    channel.delivery(&outcome).unwrap_or_else(|status| panic!("WAIT failed with {status:#x}"))
+    channel
+        .delivery(&outcome)
+        .unwrap_or_else(|status| panic!("WAIT failed with {status:#x}"))
 }
 
 fn settle() {
@@ -70,13 +86,18 @@ fn a_parked_wait_completes_when_an_event_fires() {
 #[test]
 fn every_handle_sees_every_event() {
     let harness = start();
-    let channels: Vec<_> = (0..5).map(|i| Channel::open(&harness.kernel, 10 + i)).collect();
+    let channels: Vec<_> = (0..5)
+        .map(|i| Channel::open(&harness.kernel, 10 + i))
+        .collect();
     let waits: Vec<_> = channels.iter().map(|c| c.wait(CURSOR_NOW, 4)).collect();
     settle();
     let seq = channels[0].fire(1, 1).expect("FIRE");
     for (channel, wait) in channels.iter().zip(&waits) {
         let got = delivery(channel, wait.wait(PROMPT));
-        assert_eq!(got.events.iter().map(|e| e.seq).collect::<Vec<_>>(), vec![seq]);
+        assert_eq!(
+            got.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            vec![seq]
+        );
     }
     finish(harness);
 }
@@ -89,8 +110,15 @@ fn a_backlog_arrives_in_batches_with_more_set() {
     let first = fired[0];
     let cursor = first - 1;
     let got = delivery(&channel, channel.wait(cursor, 4).wait(PROMPT));
-    assert_eq!(got.events.iter().map(|e| e.seq).collect::<Vec<_>>(), (first..first + 4).collect::<Vec<_>>());
-    assert_ne!(got.reply.flags & WaitFlags::MORE, 0, "more retained events follow");
+    assert_eq!(
+        got.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (first..first + 4).collect::<Vec<_>>()
+    );
+    assert_ne!(
+        got.reply.flags & WaitFlags::MORE,
+        0,
+        "more retained events follow"
+    );
     let rest = delivery(&channel, channel.wait(got.reply.cursor, 16).wait(PROMPT));
     assert_eq!(rest.events.len(), 6);
     assert_eq!(rest.reply.flags & WaitFlags::MORE, 0);
@@ -113,7 +141,11 @@ fn a_cursor_behind_the_ring_learns_exactly_how_many_it_lost() {
     let got = delivery(&channel, channel.wait(before, 8).wait(PROMPT));
     let first = got.events[0].seq;
     assert_eq!(first, head - 255, "the ring keeps the newest 256 events");
-    assert_eq!(got.reply.lost, first - before - 1, "every missed event is counted");
+    assert_eq!(
+        got.reply.lost,
+        first - before - 1,
+        "every missed event is counted"
+    );
     finish(harness);
 }
 
@@ -125,7 +157,10 @@ fn the_parked_request_cap_is_enforced_with_quota_exceeded() {
     });
     let channel = Channel::open(&harness.kernel, 1);
     let parked: Vec<_> = (0..1024).map(|_| channel.wait(CURSOR_NOW, 1)).collect();
-    let over = channel.wait(CURSOR_NOW, 1).wait(PROMPT).expect("refused at once");
+    let over = channel
+        .wait(CURSOR_NOW, 1)
+        .wait(PROMPT)
+        .expect("refused at once");
     assert_eq!(over.status, STATUS_QUOTA_EXCEEDED);
     assert!(parked.iter().all(|p| p.outcome().is_none()));
     channel.fire(1, 1).expect("FIRE");
@@ -143,7 +178,10 @@ fn cancel_completes_one_parked_wait_with_status_cancelled() {
     let doomed = channel.wait(CURSOR_NOW, 1);
     settle();
     assert_eq!(channel.cancel(&doomed), 1);
-    assert_eq!(doomed.wait(PROMPT).expect("cancelled").status, STATUS_CANCELLED);
+    assert_eq!(
+        doomed.wait(PROMPT).expect("cancelled").status,
+        STATUS_CANCELLED
+    );
     assert_eq!(keep.outcome(), None, "the other waiter stays parked");
     channel.fire(1, 1).expect("FIRE");
     assert_eq!(keep.wait(PROMPT).expect("delivered").status, STATUS_SUCCESS);
@@ -159,9 +197,16 @@ fn closing_a_handle_leaves_its_parked_waits_to_complete_later() {
     settle();
     channel.close();
     settle();
-    assert_eq!(waiting.outcome(), None, "no cleanup reaches a Storport miniport");
+    assert_eq!(
+        waiting.outcome(),
+        None,
+        "no cleanup reaches a Storport miniport"
+    );
     Channel::open(&kernel, 2).fire(1, 1).expect("FIRE");
-    assert_eq!(waiting.wait(PROMPT).expect("delivered").status, STATUS_SUCCESS);
+    assert_eq!(
+        waiting.wait(PROMPT).expect("delivered").status,
+        STATUS_SUCCESS
+    );
     finish(harness);
 }
 
@@ -176,7 +221,12 @@ fn process_exit_cancels_every_parked_wait_of_that_process() {
     settle();
     kernel.exit_process(7);
     for wait in &doomed {
-        assert_eq!(wait.outcome().expect("completed before exit returns").status, STATUS_CANCELLED);
+        assert_eq!(
+            wait.outcome()
+                .expect("completed before exit returns")
+                .status,
+            STATUS_CANCELLED
+        );
     }
     assert_eq!(survivor.outcome(), None);
     assert_eq!(kernel.io.open_handles(), 1);
@@ -193,14 +243,28 @@ fn removal_completes_parked_waits_and_refuses_later_requests() {
     let late = std::cell::RefCell::new(None);
     kernel.remove_adapter(|| *late.borrow_mut() = Some(channel.wait(CURSOR_NOW, 4)));
     for wait in &parked {
-        let outcome = wait.wait(PROMPT).expect("completed by HwCompleteServiceIrp");
+        let outcome = wait
+            .wait(PROMPT)
+            .expect("completed by HwCompleteServiceIrp");
         let finished = outcome.status == STATUS_DEVICE_REMOVED
-            || channel.delivery(&outcome).is_ok_and(|d| d.reply.flags & WaitFlags::FINAL != 0);
+            || channel
+                .delivery(&outcome)
+                .is_ok_and(|d| d.reply.flags & WaitFlags::FINAL != 0);
         assert!(finished, "{outcome:?}");
     }
-    let late = late.into_inner().expect("sent").wait(PROMPT).expect("answered at once");
-    assert!(late.status == STATUS_DEVICE_REMOVED || late.status == STATUS_SUCCESS, "{late:?}");
-    let after = channel.wait(CURSOR_NOW, 4).wait(PROMPT).expect("answered by Storport");
+    let late = late
+        .into_inner()
+        .expect("sent")
+        .wait(PROMPT)
+        .expect("answered at once");
+    assert!(
+        late.status == STATUS_DEVICE_REMOVED || late.status == STATUS_SUCCESS,
+        "{late:?}"
+    );
+    let after = channel
+        .wait(CURSOR_NOW, 4)
+        .wait(PROMPT)
+        .expect("answered by Storport");
     assert_eq!(after.status, STATUS_DELETE_PENDING);
     finish(harness);
 }
@@ -214,7 +278,10 @@ fn surprise_removal_flushes_parked_waits() {
     settle();
     kernel.surprise_remove_adapter();
     for wait in &parked {
-        assert!(wait.outcome().is_some(), "completed before the rundown wait returned");
+        assert!(
+            wait.outcome().is_some(),
+            "completed before the rundown wait returned"
+        );
     }
     kernel.remove_adapter(|| {});
     finish(harness);
@@ -228,7 +295,11 @@ fn discover_completes_later_through_the_timer() {
     settle();
     let reply = channel.discover(10).expect("DISCOVER accepted");
     let got = delivery(&channel, waiting.wait(PROMPT));
-    assert!(got.events.iter().any(|e| e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == reply.id));
+    assert!(
+        got.events
+            .iter()
+            .any(|e| e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == reply.id)
+    );
     assert!(harness.kernel.port.timer_calls() >= 1);
     finish(harness);
 }
@@ -248,8 +319,19 @@ fn fire_can_be_disabled_by_the_registry() {
 fn a_handle_without_write_access_is_refused_before_the_driver() {
     let harness = start();
     let kernel = harness.kernel.clone();
-    let handle = kernel.open(1, Access { read: true, write: false });
-    let result = kernel.device_io_control(handle, revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP, &[0; 32], 64);
+    let handle = kernel.open(
+        1,
+        Access {
+            read: true,
+            write: false,
+        },
+    );
+    let result = kernel.device_io_control(
+        handle,
+        revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+        &[0; 32],
+        64,
+    );
     assert_eq!(result.err(), Some(0xC000_0022));
     finish(harness);
 }
@@ -261,10 +343,22 @@ fn a_kernel_mode_caller_reuses_its_irp() {
     let user = Channel::open(&kernel, 1);
     let caller = storsim::io::KernelCaller::new(&kernel, 1024).expect("IRP");
     let mut wait = [0u8; 64];
-    let len = revcall_protocol::encode_request(&revcall_protocol::Request::Wait { cursor: CURSOR_NOW, max_events: 4 }, &mut wait).expect("fits");
+    let len = revcall_protocol::encode_request(
+        &revcall_protocol::Request::Wait {
+            cursor: CURSOR_NOW,
+            max_events: 4,
+        },
+        &mut wait,
+    )
+    .expect("fits");
     for round in 0..5 {
         let request = caller
-            .send(&kernel, revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP, &wait[..len], 256)
+            .send(
+                &kernel,
+                revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+                &wait[..len],
+                256,
+            )
             .expect("the IRP is back with its owner");
         settle();
         let seq = user.fire(2, round).expect("FIRE");

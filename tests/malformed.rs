@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use revcall_protocol::status::*;
 use revcall_protocol::{
-    DecodeError, Header, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, VERSION,
-    decode_request, encode_request,
+    DecodeError, Header, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, VERSION, decode_request,
+    encode_request,
 };
 use storsim::io::{Access, Handle};
 use storsim::kernel::{Config, Kernel};
@@ -16,10 +16,17 @@ use storsim::scenarios::client::PROMPT;
 
 fn revcall_sys() -> PathBuf {
     let path = std::env::var_os("REVCALL_SYS").map_or_else(
-        || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/x86_64-pc-windows-msvc/release/revcall.sys"),
+        || {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("target/x86_64-pc-windows-msvc/release/revcall.sys")
+        },
         PathBuf::from,
     );
-    assert!(path.exists(), "{} missing: run `cargo xtask test`", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo xtask test`",
+        path.display()
+    );
     path
 }
 
@@ -36,18 +43,30 @@ fn send(kernel: &Kernel, handle: Handle, input: &[u8], out_len: u32) -> (u32, us
     let request = kernel
         .device_io_control(handle, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, input, out_len)
         .expect("the handle has read/write access");
-    let outcome = request.wait(PROMPT).expect("a malformed request completes at once");
+    let outcome = request
+        .wait(PROMPT)
+        .expect("a malformed request completes at once");
     (outcome.status, outcome.information)
 }
 
 #[test]
 fn every_length_of_every_request_gets_its_documented_status() {
-    let harness = Harness::start(&revcall_sys(), Config { timeline: false, delay_probability: 0.0, ..Config::default() })
-        .expect("starts");
+    let harness = Harness::start(
+        &revcall_sys(),
+        Config {
+            timeline: false,
+            delay_probability: 0.0,
+            ..Config::default()
+        },
+    )
+    .expect("starts");
     let kernel = harness.kernel.clone();
     let handle = kernel.open(1, Access::READ_WRITE);
     let requests = [
-        Request::Wait { cursor: 0, max_events: 4 },
+        Request::Wait {
+            cursor: 0,
+            max_events: 4,
+        },
         Request::Fire { code: 1, value: 2 },
         Request::Discover { delay_ms: 1 },
         Request::Stats,
@@ -55,7 +74,10 @@ fn every_length_of_every_request_gets_its_documented_status() {
     // One event retained, so a valid WAIT from cursor 0 completes at once.
     let mut fire = [0u8; 64];
     let fire_len = encode_request(&Request::Fire { code: 0, value: 0 }, &mut fire).expect("fits");
-    assert_eq!(send(&kernel, handle, &fire[..fire_len], 64).0, STATUS_SUCCESS);
+    assert_eq!(
+        send(&kernel, handle, &fire[..fire_len], 64).0,
+        STATUS_SUCCESS
+    );
     let mut checked = 0;
     for request in requests {
         let mut valid = vec![0u8; 4096];
@@ -71,7 +93,12 @@ fn every_length_of_every_request_gets_its_documented_status() {
                     Err(error) => documented(error),
                 };
                 let (status, information) = send(&kernel, handle, &input, 256);
-                assert_eq!(status, expected, "{:?}, {len} bytes (exact {exact}), honest size field {honest_size}", request.opcode());
+                assert_eq!(
+                    status,
+                    expected,
+                    "{:?}, {len} bytes (exact {exact}), honest size field {honest_size}",
+                    request.opcode()
+                );
                 if status != STATUS_SUCCESS {
                     assert_eq!(information, 0, "errors carry no bytes");
                 }
@@ -88,31 +115,70 @@ fn every_length_of_every_request_gets_its_documented_status() {
 
 #[test]
 fn null_buffers_versions_opcodes_and_short_output_are_refused() {
-    let harness = Harness::start(&revcall_sys(), Config { timeline: false, ..Config::default() }).expect("starts");
+    let harness = Harness::start(
+        &revcall_sys(),
+        Config {
+            timeline: false,
+            ..Config::default()
+        },
+    )
+    .expect("starts");
     let kernel = harness.kernel.clone();
     let handle = kernel.open(1, Access::READ_WRITE);
-    assert_eq!(send(&kernel, handle, &[], 0), (STATUS_INVALID_PARAMETER, 0), "NULL SystemBuffer");
-    assert_eq!(send(&kernel, handle, &[], 64).0, STATUS_INVALID_PARAMETER, "no input");
+    assert_eq!(
+        send(&kernel, handle, &[], 0),
+        (STATUS_INVALID_PARAMETER, 0),
+        "NULL SystemBuffer"
+    );
+    assert_eq!(
+        send(&kernel, handle, &[], 64).0,
+        STATUS_INVALID_PARAMETER,
+        "no input"
+    );
 
     let mut stats = [0u8; 64];
     let len = encode_request(&Request::Stats, &mut stats).expect("fits");
     let mut wrong_version = stats[..len].to_vec();
     wrong_version[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
-    assert_eq!(send(&kernel, handle, &wrong_version, 256).0, STATUS_REVISION_MISMATCH);
+    assert_eq!(
+        send(&kernel, handle, &wrong_version, 256).0,
+        STATUS_REVISION_MISMATCH
+    );
     let mut wrong_opcode = stats[..len].to_vec();
     wrong_opcode[6..8].copy_from_slice(&0x77u16.to_le_bytes());
-    assert_eq!(send(&kernel, handle, &wrong_opcode, 256).0, STATUS_INVALID_DEVICE_REQUEST);
+    assert_eq!(
+        send(&kernel, handle, &wrong_opcode, 256).0,
+        STATUS_INVALID_DEVICE_REQUEST
+    );
 
-    for request in [Request::Wait { cursor: 0, max_events: 1 }, Request::Fire { code: 0, value: 0 }, Request::Discover { delay_ms: 1 }, Request::Stats] {
+    for request in [
+        Request::Wait {
+            cursor: 0,
+            max_events: 1,
+        },
+        Request::Fire { code: 0, value: 0 },
+        Request::Discover { delay_ms: 1 },
+        Request::Stats,
+    ] {
         let mut bytes = [0u8; 64];
         let len = encode_request(&request, &mut bytes).expect("fits");
         let needed = request.opcode().min_reply_size() as u32;
         for out in [0, 1, needed - 1] {
-            assert_eq!(send(&kernel, handle, &bytes[..len], out), (STATUS_BUFFER_TOO_SMALL, 0), "{:?} with {out} output bytes", request.opcode());
+            assert_eq!(
+                send(&kernel, handle, &bytes[..len], out),
+                (STATUS_BUFFER_TOO_SMALL, 0),
+                "{:?} with {out} output bytes",
+                request.opcode()
+            );
         }
     }
-    let other_ioctl = kernel.device_io_control(handle, 0x0004_D008, &stats[..len], 64).expect("sent");
-    assert_eq!(other_ioctl.wait(PROMPT).expect("answered").status, STATUS_INVALID_DEVICE_REQUEST);
+    let other_ioctl = kernel
+        .device_io_control(handle, 0x0004_D008, &stats[..len], 64)
+        .expect("sent");
+    assert_eq!(
+        other_ioctl.wait(PROMPT).expect("answered").status,
+        STATUS_INVALID_DEVICE_REQUEST
+    );
     kernel.close(handle);
     let summary = harness.finish();
     assert!(summary.violations.is_empty(), "{}", summary.text(false));

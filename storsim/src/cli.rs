@@ -10,7 +10,10 @@ use crate::kernel::Config;
 use crate::scenarios::{self, Options, Scenario};
 
 #[derive(Parser)]
-#[command(name = "storsim", about = "Run a Storport miniport .sys on Linux under an emulated Storport, ntoskrnl and I/O manager, with Driver-Verifier-style checks")]
+#[command(
+    name = "storsim",
+    about = "Run a Storport miniport .sys on Linux under an emulated Storport, ntoskrnl and I/O manager, with Driver-Verifier-style checks"
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,

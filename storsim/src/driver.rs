@@ -46,17 +46,19 @@ static IMAGE_NAME: Mutex<String> = Mutex::new(String::new());
 impl Kernel {
     /// Loads the `.sys` at `path` and runs its DriverEntry at PASSIVE_LEVEL.
     pub fn load_driver(self: &Arc<Self>, path: &std::path::Path) -> Result<Driver, RunError> {
-        let name = path
-            .file_name()
-            .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into_owned());
+        let name = path.file_name().map_or_else(
+            || path.display().to_string(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         let bytes = std::fs::read(path).map_err(|source| RunError::Read {
             path: path.display().to_string(),
             source,
         })?;
-        let image = Image::load(&bytes, &name, &exports::resolve).map_err(|source| RunError::Load {
-            name: name.clone(),
-            source,
-        })?;
+        let image =
+            Image::load(&bytes, &name, &exports::resolve).map_err(|source| RunError::Load {
+                name: name.clone(),
+                source,
+            })?;
         IMAGE_BASE.store(image.base(), Ordering::Release);
         IMAGE_SIZE.store(image.size(), Ordering::Release);
         *IMAGE_NAME.lock().unwrap_or_else(|p| p.into_inner()) = name.clone();
@@ -70,8 +72,10 @@ impl Kernel {
         let entry = image.entry();
         // SAFETY: the loader mapped, relocated and bound the image; its entry point is
         // DriverEntry(PDRIVER_OBJECT, PUNICODE_STRING) -> NTSTATUS in the win64 convention.
-        let driver_entry: unsafe extern "win64" fn(*mut std::ffi::c_void, *mut std::ffi::c_void) -> i32 =
-            unsafe { std::mem::transmute(entry) };
+        let driver_entry: unsafe extern "win64" fn(
+            *mut std::ffi::c_void,
+            *mut std::ffi::c_void,
+        ) -> i32 = unsafe { std::mem::transmute(entry) };
         let driver_object = self.port.objects.driver();
         let registry = self.port.objects.registry_path();
         let status = self.call_driver("DriverEntry", PASSIVE_LEVEL, || {
@@ -91,7 +95,9 @@ fn describe(address: usize) -> String {
     let base = IMAGE_BASE.load(Ordering::Acquire);
     let size = IMAGE_SIZE.load(Ordering::Acquire);
     if (base..base + size).contains(&address) {
-        let name = IMAGE_NAME.try_lock().map_or_else(|_| "driver".to_owned(), |n| n.clone());
+        let name = IMAGE_NAME
+            .try_lock()
+            .map_or_else(|_| "driver".to_owned(), |n| n.clone());
         format!("{name}+{:#x}", address - base)
     } else {
         format!("{address:#x} (outside the driver)")
@@ -114,24 +120,44 @@ fn on_fault(fault: &Fault) -> ! {
     let bug = match kernel.pool.classify(fault.addr) {
         Some(FaultClass::Overrun { block, offset }) => BugCheck::new(
             0xCD,
-            [fault.addr as u64, u64::from(fault.write == Some(true)), fault.rip as u64, 0],
+            [
+                fault.addr as u64,
+                u64::from(fault.write == Some(true)),
+                fault.rip as u64,
+                0,
+            ],
             "PAGE_FAULT_BEYOND_END_OF_ALLOCATION",
-            format!("{access} at {at}: {offset} bytes past the end of a {}-byte {:?} block (special pool guard page)", block.size, block.owner),
+            format!(
+                "{access} at {at}: byte {offset} of a {}-byte {:?} block, past its end (special pool guard page)",
+                block.size, block.owner
+            ),
         ),
         Some(FaultClass::Underrun { block, offset }) => BugCheck::new(
             0xC1,
             [fault.addr as u64, block.size as u64, offset as u64, 0x21],
             "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
-            format!("{access} at {at}: {} bytes before a {:?} block", -offset, block.owner),
+            format!(
+                "{access} at {at}: {} bytes before a {:?} block",
+                -offset, block.owner
+            ),
         ),
         Some(FaultClass::AfterFree { block, offset }) => BugCheck::new(
             0xCC,
-            [fault.addr as u64, u64::from(fault.write == Some(true)), fault.rip as u64, 0],
+            [
+                fault.addr as u64,
+                u64::from(fault.write == Some(true)),
+                fault.rip as u64,
+                0,
+            ],
             "PAGE_FAULT_IN_FREED_SPECIAL_POOL",
             format!(
                 "{access} at {at}: byte {offset} of a {:?} block already {} (poisoned)",
                 block.owner,
-                if block.owner == crate::pool::Owner::Driver { "freed" } else { "completed and freed" }
+                if block.owner == crate::pool::Owner::Driver {
+                    "freed"
+                } else {
+                    "completed and freed"
+                }
             ),
         ),
         None if fault.signal == libc::SIGILL => BugCheck::new(
@@ -142,9 +168,18 @@ fn on_fault(fault: &Fault) -> ! {
         ),
         None => BugCheck::new(
             0x50,
-            [fault.addr as u64, u64::from(fault.write == Some(true)), fault.rip as u64, 0],
+            [
+                fault.addr as u64,
+                u64::from(fault.write == Some(true)),
+                fault.rip as u64,
+                0,
+            ],
             "PAGE_FAULT_IN_NONPAGED_AREA",
-            format!("{access} of {:#x} at {at} (IRQL {})", fault.addr, cpu::irql()),
+            format!(
+                "{access} of {:#x} at {at} (IRQL {})",
+                fault.addr,
+                cpu::irql()
+            ),
         ),
     };
     let bug = BugCheck {

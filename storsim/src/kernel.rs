@@ -176,7 +176,10 @@ impl Kernel {
 
     /// Records a violation; the run fails but goes on.
     pub fn report(&self, bug: BugCheck) {
-        self.note(format!("VIOLATION 0x{:X}/{:#x}: {}", bug.code, bug.params[0], bug.what));
+        self.note(format!(
+            "VIOLATION 0x{:X}/{:#x}: {}",
+            bug.code, bug.params[0], bug.what
+        ));
         self.verifier.report(bug);
     }
 

@@ -78,7 +78,11 @@ impl Summary {
                 delivered: kernel.events.delivered.load(Ordering::Relaxed),
             },
             port: PortWork {
-                service_requests: kernel.port.counters.service_requests.load(Ordering::Relaxed),
+                service_requests: kernel
+                    .port
+                    .counters
+                    .service_requests
+                    .load(Ordering::Relaxed),
                 srbs: kernel.port.counters.srbs.load(Ordering::Relaxed),
                 timer_calls: kernel.port.counters.timer_calls.load(Ordering::Relaxed),
                 dpcs: kernel.port.counters.dpcs.load(Ordering::Relaxed),
@@ -94,7 +98,10 @@ impl Summary {
         let mut out = String::new();
         if with_timeline {
             for moment in &self.timeline {
-                out += &format!("{:>9.3} ms  cpu{:<2} {}\n", moment.ms, moment.cpu, moment.what);
+                out += &format!(
+                    "{:>9.3} ms  cpu{:<2} {}\n",
+                    moment.ms, moment.cpu, moment.what
+                );
             }
             out += "\n";
         }
@@ -141,7 +148,11 @@ impl Summary {
 
 /// Called when a bug check ends the run: print what is known, in the requested form.
 pub fn emit_fatal(kernel: &Kernel) {
-    let summary = Summary::collect(kernel, Some("the run ended with a bug check".into()), Vec::new());
+    let summary = Summary::collect(
+        kernel,
+        Some("the run ended with a bug check".into()),
+        Vec::new(),
+    );
     if kernel.label().json {
         println!("{}", summary.json());
     } else {

@@ -25,14 +25,25 @@ fn run(fixture: &str) -> (i32, Value) {
     let output = Command::new(env!("CARGO_BIN_EXE_storsim"))
         .arg("run")
         .arg(fixtures().join(format!("{fixture}.sys")))
-        .args(["--scenario", "fixture", "--json", "--rundown-limit-ms", "300"])
+        .args([
+            "--scenario",
+            "fixture",
+            "--json",
+            "--rundown-limit-ms",
+            "300",
+        ])
         .output()
         .expect("storsim runs");
     let stdout = String::from_utf8_lossy(&output.stdout);
     let json = stdout
         .find('{')
         .and_then(|start| serde_json::from_str(stdout[start..].trim()).ok())
-        .unwrap_or_else(|| panic!("{fixture}: no JSON report in {stdout}\nstderr: {}", String::from_utf8_lossy(&output.stderr)));
+        .unwrap_or_else(|| {
+            panic!(
+                "{fixture}: no JSON report in {stdout}\nstderr: {}",
+                String::from_utf8_lossy(&output.stderr)
+            )
+        });
     (output.status.code().unwrap_or(-1), json)
 }
 

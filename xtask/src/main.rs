@@ -22,6 +22,12 @@ struct Cli {
 enum Task {
     /// Build target/x86_64-pc-windows-msvc/release/revcall.sys.
     Build,
+    /// The main job: build revcall.sys and run it in storsim (`storsim run … --scenario demo`);
+    /// arguments after `--` go to storsim (e.g. `-- --json`, `-- --cpus 4`).
+    Run {
+        #[arg(last = true)]
+        storsim_args: Vec<String>,
+    },
     /// Build revcall.sys and storsim's fixture drivers (target/fixtures), then run the whole
     /// test suite: unit, property, model (loom) and PE-image tests, clippy for the host and the
     /// driver target, rustfmt.
@@ -33,6 +39,25 @@ fn main() -> Result<()> {
         Task::Build => {
             let sys = build_driver()?;
             println!("revcall.sys: {}", sys.display());
+        }
+        Task::Run { storsim_args } => {
+            let sys = build_driver()?;
+            run(
+                "storsim: revcall.sys, demo scenario",
+                cargo()
+                    .args([
+                        "run",
+                        "--quiet",
+                        "--release",
+                        "--package",
+                        "storsim",
+                        "--",
+                        "run",
+                    ])
+                    .arg(&sys)
+                    .args(["--scenario", "demo"])
+                    .args(storsim_args),
+            )?;
         }
         Task::Test => test()?,
     }
@@ -204,5 +229,48 @@ fn test() -> Result<()> {
             .env("REVCALL_SYS", &sys)
             .env("STORSIM_FIXTURES", &fixtures),
     )?;
+    demo_is_clean(&sys)
+}
+
+/// The main job's scenario, as a test: `storsim run revcall.sys --scenario demo --json` on
+/// 4 emulated CPUs must report no violation and leave no IRP outstanding.
+fn demo_is_clean(sys: &Path) -> Result<()> {
+    eprintln!("==> storsim: revcall.sys, demo scenario, 4 CPUs, --json");
+    let output = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "storsim",
+            "--",
+            "run",
+        ])
+        .arg(sys)
+        .args(["--scenario", "demo", "--cpus", "4", "--json"])
+        .output()
+        .context("running storsim")?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "storsim printed no JSON report: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let violations = report["violations"].as_array().map_or(usize::MAX, Vec::len);
+    let outstanding = report["irps"]["outstanding"].as_u64();
+    eprintln!(
+        "    violations: {violations}, IRPs issued {} / completed {} / outstanding {:?}, events fired {} / delivered {}",
+        report["irps"]["issued"],
+        report["irps"]["completed"],
+        outstanding,
+        report["events"]["fired"],
+        report["events"]["delivered"]
+    );
+    if !output.status.success() || violations != 0 || outstanding != Some(0) {
+        bail!(
+            "the demo scenario is not clean:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
     Ok(())
 }

@@ -34,7 +34,11 @@ pub(super) struct Cr8Move {
 /// instruction into a possibly unmapped page.
 pub(super) fn decode_cr8_move(mut fetch: impl FnMut(usize) -> u8) -> Option<Cr8Move> {
     let first = fetch(0);
-    let (rex, opcode_at) = if first & 0xF0 == 0x40 { (first, 1) } else { (0, 0) };
+    let (rex, opcode_at) = if first & 0xF0 == 0x40 {
+        (first, 1)
+    } else {
+        (0, 0)
+    };
     if fetch(opcode_at) != 0x0F {
         return None;
     }
@@ -101,26 +105,46 @@ mod tests {
         // 44 0F 20 C0 = mov rax, cr8; 44 0F 22 C1 = mov cr8, rcx (EMULATION.md §4.2).
         assert_eq!(
             decode(&[0x44, 0x0F, 0x20, 0xC0]),
-            Some(Cr8Move { direction: Direction::Read, gpr: 0, len: 4 })
+            Some(Cr8Move {
+                direction: Direction::Read,
+                gpr: 0,
+                len: 4
+            })
         );
         assert_eq!(
             decode(&[0x44, 0x0F, 0x22, 0xC1]),
-            Some(Cr8Move { direction: Direction::Write, gpr: 1, len: 4 })
+            Some(Cr8Move {
+                direction: Direction::Write,
+                gpr: 1,
+                len: 4
+            })
         );
         // REX.WRB (4D): mov r15, cr8 — REX.B extends rm, REX.W is ignored.
         assert_eq!(
             decode(&[0x4D, 0x0F, 0x20, 0xC7]),
-            Some(Cr8Move { direction: Direction::Read, gpr: 15, len: 4 })
+            Some(Cr8Move {
+                direction: Direction::Read,
+                gpr: 15,
+                len: 4
+            })
         );
         // 45 0F 22 C0 = mov cr8, r8.
         assert_eq!(
             decode(&[0x45, 0x0F, 0x22, 0xC0]),
-            Some(Cr8Move { direction: Direction::Write, gpr: 8, len: 4 })
+            Some(Cr8Move {
+                direction: Direction::Write,
+                gpr: 8,
+                len: 4
+            })
         );
-        // 44 0F 20 E4 = mov rsp, cr8: rm 4 is a plain register here, not a SIB escape.
+        // 44 0F 20 C4 = mov rsp, cr8: rm 4 is a plain register here, not a SIB escape.
         assert_eq!(
-            decode(&[0x44, 0x0F, 0x20, 0xE4]),
-            Some(Cr8Move { direction: Direction::Read, gpr: 4, len: 4 })
+            decode(&[0x44, 0x0F, 0x20, 0xC4]),
+            Some(Cr8Move {
+                direction: Direction::Read,
+                gpr: 4,
+                len: 4
+            })
         );
     }
 
@@ -145,6 +169,9 @@ mod tests {
     fn greg_slots_follow_glibc_order() {
         // EMULATION.md §4.2: rax rcx rdx rbx rsp rbp rsi rdi r8–r15 → 13 14 12 11 15 10 9 8 0–7.
         let slots: Vec<usize> = (0..16).map(greg_slot).collect();
-        assert_eq!(slots, [13, 14, 12, 11, 15, 10, 9, 8, 0, 1, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(
+            slots,
+            [13, 14, 12, 11, 15, 10, 9, 8, 0, 1, 2, 3, 4, 5, 6, 7]
+        );
     }
 }

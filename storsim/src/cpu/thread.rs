@@ -202,11 +202,17 @@ impl CpuBlock {
             kpcr[offset..offset + bytes.len()].copy_from_slice(bytes);
         };
         put(KPCR_SELF, &kpcr_addr.to_le_bytes());
-        put(KPCR_CURRENT_PRCB, &(kpcr_addr + KPCR_PRCB as u64).to_le_bytes());
+        put(
+            KPCR_CURRENT_PRCB,
+            &(kpcr_addr + KPCR_PRCB as u64).to_le_bytes(),
+        );
         put(KPCR_PRCB + KPRCB_MXCSR, &0x1F80u32.to_le_bytes());
         // The legacy field is a byte; CPU numbers past 255 wrap there as they would not on Windows.
         put(KPCR_PRCB + KPRCB_LEGACY_NUMBER, &[cpu as u8]);
-        put(KPCR_PRCB + KPRCB_CURRENT_THREAD, &kthread_addr.to_le_bytes());
+        put(
+            KPCR_PRCB + KPRCB_CURRENT_THREAD,
+            &kthread_addr.to_le_bytes(),
+        );
         put(KPCR_PRCB + KPRCB_NUMBER, &cpu.to_le_bytes());
     }
 }

@@ -128,8 +128,25 @@ fn counted(pointer: *const u8, wide: bool) -> String {
     }
 }
 
+/// At most `length` bytes of a string, stopping early at a NUL (`%.*s`).
+fn counted_bytes(pointer: *const u8, length: usize) -> String {
+    if pointer.is_null() {
+        return "(null)".into();
+    }
+    let mut bytes = Vec::new();
+    while bytes.len() < length.min(MAX_STRING) {
+        // SAFETY: the driver promises `length` readable bytes or a NUL before them.
+        let byte = unsafe { pointer.wrapping_add(bytes.len()).read() };
+        if byte == 0 {
+            break;
+        }
+        bytes.push(byte);
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
 /// The DbgPrint format subset: `%s %S %ws %Z %wZ %p %x %X %d %i %u %c %%` with flags `-0`,
-/// a width, and the size prefixes `h l ll I64 w`.
+/// a width, a precision (`.N`, `.*`) for strings, and the size prefixes `h l ll I64 w`.
 fn format_message(format: *const u8, mut args: Args) -> String {
     let format = c_string(format);
     let mut out = String::new();
@@ -154,6 +171,21 @@ fn format_message(format: *const u8, mut args: Args) -> String {
         while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
             width = width * 10 + digit as usize;
             chars.next();
+        }
+        let mut precision = None;
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            if chars.peek() == Some(&'*') {
+                chars.next();
+                precision = Some(args.take() as u32 as usize);
+            } else {
+                let mut digits = 0usize;
+                while let Some(digit) = chars.peek().and_then(|d| d.to_digit(10)) {
+                    digits = digits * 10 + digit as usize;
+                    chars.next();
+                }
+                precision = Some(digits);
+            }
         }
         let mut long = false;
         let mut wide = false;
@@ -186,9 +218,12 @@ fn format_message(format: *const u8, mut args: Args) -> String {
         }
         let field = match chars.next() {
             Some('%') => "%".to_owned(),
-            Some('s') if wide => wide_string(args.take() as *const u16, None),
-            Some('s') => c_string(args.take() as *const u8),
-            Some('S') => wide_string(args.take() as *const u16, None),
+            Some('s') if wide => wide_string(args.take() as *const u16, precision),
+            Some('s') => match precision {
+                Some(length) => counted_bytes(args.take() as *const u8, length),
+                None => c_string(args.take() as *const u8),
+            },
+            Some('S') => wide_string(args.take() as *const u16, precision),
             Some('Z') => counted(args.take() as *const u8, wide),
             Some('c') => char::from(args.take() as u8).to_string(),
             Some('p') => format!("{:016X}", args.take()),
@@ -229,19 +264,49 @@ mod tests {
 
     fn format(text: &str, args: &[u64]) -> String {
         let text = format!("{text}\0");
-        format_message(text.as_ptr(), Args { next: args.as_ptr() })
+        format_message(
+            text.as_ptr(),
+            Args {
+                next: args.as_ptr(),
+            },
+        )
     }
 
     #[test]
     fn formats_the_dbgprint_subset() {
         let name = b"revcall\0";
         let wide: Vec<u16> = "wide\0".encode_utf16().collect();
-        assert_eq!(format("%s: %u %x %X %d", &[name.as_ptr() as u64, 7, 255, 255, u64::from(-3i32 as u32)]), "revcall: 7 ff FF -3");
-        assert_eq!(format("%I64u %llx %lu", &[u64::MAX, 0x1_0000_0000, 5]), "18446744073709551615 100000000 5");
-        assert_eq!(format("[%08x] [%-4d] %%", &[0xbeef, 12]), "[0000beef] [12  ] %");
-        assert_eq!(format("%ws %S %c", &[wide.as_ptr() as u64, wide.as_ptr() as u64, u64::from(b'!')]), "wide wide !");
+        assert_eq!(
+            format(
+                "%s: %u %x %X %d",
+                &[name.as_ptr() as u64, 7, 255, 255, u64::from(-3i32 as u32)]
+            ),
+            "revcall: 7 ff FF -3"
+        );
+        assert_eq!(
+            format("%I64u %llx %lu", &[u64::MAX, 0x1_0000_0000, 5]),
+            "18446744073709551615 100000000 5"
+        );
+        assert_eq!(
+            format("[%08x] [%-4d] %%", &[0xbeef, 12]),
+            "[0000beef] [12  ] %"
+        );
+        assert_eq!(
+            format(
+                "%ws %S %c",
+                &[wide.as_ptr() as u64, wide.as_ptr() as u64, u64::from(b'!')]
+            ),
+            "wide wide !"
+        );
         let record: [u64; 2] = [8 | (8 << 16), wide.as_ptr() as u64];
         assert_eq!(format("%wZ", &[record.as_ptr() as u64]), "wide");
         assert_eq!(format("%s", &[0]), "(null)");
+        assert_eq!(
+            format(
+                "[%.*s] [%.3s]",
+                &[4, name.as_ptr() as u64, name.as_ptr() as u64]
+            ),
+            "[revc] [rev]"
+        );
     }
 }

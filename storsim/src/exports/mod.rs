@@ -22,13 +22,20 @@ pub fn resolve(dll: &str, name: &str) -> Option<usize> {
         "storport.sys" => storport::exports(),
         _ => return None,
     };
-    table.into_iter().find(|(export, _)| *export == name).map(|(_, address)| address)
+    table
+        .into_iter()
+        .find(|(export, _)| *export == name)
+        .map(|(_, address)| address)
 }
 
 /// Every routine storsim provides, as `dll!name`.
 pub fn provided() -> Vec<String> {
-    let ntoskrnl = ntoskrnl::exports().into_iter().map(|(n, _)| format!("ntoskrnl.exe!{n}"));
-    let storport = storport::exports().into_iter().map(|(n, _)| format!("storport.sys!{n}"));
+    let ntoskrnl = ntoskrnl::exports()
+        .into_iter()
+        .map(|(n, _)| format!("ntoskrnl.exe!{n}"));
+    let storport = storport::exports()
+        .into_iter()
+        .map(|(n, _)| format!("storport.sys!{n}"));
     ntoskrnl.chain(storport).collect()
 }
 

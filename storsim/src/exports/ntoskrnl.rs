@@ -12,7 +12,8 @@ use storport_abi::KLOCK_QUEUE_HANDLE;
 
 use super::{Export, enter};
 use crate::cpu::{self, APC_LEVEL, DISPATCH_LEVEL};
-use crate::io::Via;
+use crate::io::csq::{self, IoCsq, IoCsqIrpContext};
+use crate::io::{IrpPtr, Via};
 use crate::pool::{Owner, PoolError};
 use crate::verifier::BugCheck;
 use crate::verifier::locks::LockApi;
@@ -40,12 +41,25 @@ fn lock_word<'a>(lock: *mut usize) -> &'a AtomicUsize {
     unsafe { &*lock.cast::<AtomicUsize>() }
 }
 
-unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(lock: *mut usize, handle: *mut KLOCK_QUEUE_HANDLE) {
+unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(
+    lock: *mut usize,
+    handle: *mut KLOCK_QUEUE_HANDLE,
+) {
     let (kernel, _call) = enter("KeAcquireInStackQueuedSpinLock");
     if lock.is_null() || handle.is_null() {
-        return kernel.report(BugCheck::new(0xC4, [0x1002, lock as u64, handle as u64, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "KeAcquireInStackQueuedSpinLock with a NULL lock or handle"));
+        return kernel.report(BugCheck::new(
+            0xC4,
+            [0x1002, lock as u64, handle as u64, 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            "KeAcquireInStackQueuedSpinLock with a NULL lock or handle",
+        ));
     }
-    let old = kernel.acquire_spin_lock(lock_word(lock), lock as usize, LockApi::InStackQueued, "in-stack queued spin lock");
+    let old = kernel.acquire_spin_lock(
+        lock_word(lock),
+        lock as usize,
+        LockApi::InStackQueued,
+        "in-stack queued spin lock",
+    );
     // SAFETY: the driver's handle, valid until the matching release.
     let handle = unsafe { &mut *handle };
     handle.Lock = lock.cast();
@@ -55,29 +69,67 @@ unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(lock: *mut usize, 
 unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut KLOCK_QUEUE_HANDLE) {
     let (kernel, _call) = enter("KeReleaseInStackQueuedSpinLock");
     if handle.is_null() {
-        return kernel.report(BugCheck::new(0xC4, [0x1007, 0, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "KeReleaseInStackQueuedSpinLock with a NULL handle"));
+        return kernel.report(BugCheck::new(
+            0xC4,
+            [0x1007, 0, 0, 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            "KeReleaseInStackQueuedSpinLock with a NULL handle",
+        ));
     }
     // SAFETY: the driver's handle.
     let handle = unsafe { &mut *handle };
     let lock = handle.Lock.cast::<usize>();
     if cpu::irql() != DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(0xC4, [RULE_IRQL_KE_RELEASE_SPIN_LOCK, u64::from(cpu::irql()), lock as u64, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", format!("in-stack queued spin lock released at IRQL {}, not DISPATCH_LEVEL", cpu::irql())));
+        kernel.report(BugCheck::new(
+            0xC4,
+            [
+                RULE_IRQL_KE_RELEASE_SPIN_LOCK,
+                u64::from(cpu::irql()),
+                lock as u64,
+                0,
+            ],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            format!(
+                "in-stack queued spin lock released at IRQL {}, not DISPATCH_LEVEL",
+                cpu::irql()
+            ),
+        ));
     }
     if lock.is_null() {
-        return kernel.report(BugCheck::new(0xC4, [0x1007, 0, handle as *mut _ as u64, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "KeReleaseInStackQueuedSpinLock with a handle that was never acquired"));
+        return kernel.report(BugCheck::new(
+            0xC4,
+            [0x1007, 0, handle as *mut _ as u64, 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            "KeReleaseInStackQueuedSpinLock with a handle that was never acquired",
+        ));
     }
-    kernel.release_spin_lock(lock_word(lock), lock as usize, "in-stack queued spin lock", handle.OldIrql);
+    kernel.release_spin_lock(
+        lock_word(lock),
+        lock as usize,
+        "in-stack queued spin lock",
+        handle.OldIrql,
+    );
 }
 
 unsafe extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut usize) -> u8 {
     let (kernel, _call) = enter("KeAcquireSpinLockRaiseToDpc");
-    kernel.acquire_spin_lock(lock_word(lock), lock as usize, LockApi::Classic, "spin lock")
+    kernel.acquire_spin_lock(
+        lock_word(lock),
+        lock as usize,
+        LockApi::Classic,
+        "spin lock",
+    )
 }
 
 unsafe extern "win64" fn ke_release_spin_lock(lock: *mut usize, irql: u8) {
     let (kernel, _call) = enter("KeReleaseSpinLock");
     if cpu::irql() != DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(0xC4, [0x32, lock as u64, u64::from(cpu::irql()), 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "KeReleaseSpinLock not at DISPATCH_LEVEL"));
+        kernel.report(BugCheck::new(
+            0xC4,
+            [0x32, lock as u64, u64::from(cpu::irql()), 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            "KeReleaseSpinLock not at DISPATCH_LEVEL",
+        ));
     }
     kernel.release_spin_lock(lock_word(lock), lock as usize, "spin lock", irql);
 }
@@ -85,9 +137,19 @@ unsafe extern "win64" fn ke_release_spin_lock(lock: *mut usize, irql: u8) {
 unsafe extern "win64" fn ke_acquire_spin_lock_at_dpc_level(lock: *mut usize) {
     let (kernel, _call) = enter("KeAcquireSpinLockAtDpcLevel");
     if cpu::irql() < DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(0xC4, [0x40, lock as u64, u64::from(cpu::irql()), 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "KeAcquireSpinLockAtDpcLevel below DISPATCH_LEVEL"));
+        kernel.report(BugCheck::new(
+            0xC4,
+            [0x40, lock as u64, u64::from(cpu::irql()), 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            "KeAcquireSpinLockAtDpcLevel below DISPATCH_LEVEL",
+        ));
     }
-    kernel.acquire_spin_lock(lock_word(lock), lock as usize, LockApi::Classic, "spin lock");
+    kernel.acquire_spin_lock(
+        lock_word(lock),
+        lock as usize,
+        LockApi::Classic,
+        "spin lock",
+    );
 }
 
 unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut usize) {
@@ -117,7 +179,12 @@ unsafe extern "win64" fn kf_raise_irql(new: u8) -> u8 {
     let (kernel, _call) = enter("KfRaiseIrql");
     let old = cpu::irql();
     if new < old {
-        kernel.report(BugCheck::new(0xC4, [0x30, u64::from(old), u64::from(new), 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", format!("KeRaiseIrql used to lower IRQL from {old} to {new}")));
+        kernel.report(BugCheck::new(
+            0xC4,
+            [0x30, u64::from(old), u64::from(new), 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            format!("KeRaiseIrql used to lower IRQL from {old} to {new}"),
+        ));
     }
     cpu::set_irql(new);
     old
@@ -127,7 +194,12 @@ unsafe extern "win64" fn ke_lower_irql(new: u8) {
     let (kernel, _call) = enter("KeLowerIrql");
     let old = cpu::irql();
     if new > old {
-        kernel.report(BugCheck::new(0xC4, [0x31, u64::from(old), u64::from(new), 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", format!("KeLowerIrql used to raise IRQL from {old} to {new}")));
+        kernel.report(BugCheck::new(
+            0xC4,
+            [0x31, u64::from(old), u64::from(new), 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            format!("KeLowerIrql used to raise IRQL from {old} to {new}"),
+        ));
     }
     cpu::set_irql(new);
 }
@@ -143,15 +215,99 @@ unsafe extern "win64" fn io_cancel_irp(irp: *mut c_void) -> u8 {
     u8::from(kernel.cancel_irp(irp as usize))
 }
 
+unsafe extern "win64" fn io_csq_initialize(
+    csq: *mut IoCsq,
+    insert: usize,
+    remove: usize,
+    peek: usize,
+    acquire: usize,
+    release: usize,
+    complete: usize,
+) -> i32 {
+    let (_kernel, _call) = enter("IoCsqInitialize");
+    // SAFETY: the driver's IO_CSQ and callbacks, as the DDI requires.
+    unsafe {
+        csq::initialize(
+            csq,
+            false,
+            [insert, remove, peek, acquire, release, complete],
+        )
+    }
+}
+
+unsafe extern "win64" fn io_csq_initialize_ex(
+    csq: *mut IoCsq,
+    insert: usize,
+    remove: usize,
+    peek: usize,
+    acquire: usize,
+    release: usize,
+    complete: usize,
+) -> i32 {
+    let (_kernel, _call) = enter("IoCsqInitializeEx");
+    // SAFETY: the driver's IO_CSQ and callbacks, as the DDI requires.
+    unsafe {
+        csq::initialize(
+            csq,
+            true,
+            [insert, remove, peek, acquire, release, complete],
+        )
+    }
+}
+
+unsafe extern "win64" fn io_csq_insert_irp(
+    csq: *mut IoCsq,
+    irp: *mut c_void,
+    context: *mut IoCsqIrpContext,
+) {
+    let (kernel, _call) = enter("IoCsqInsertIrp");
+    kernel.csq_insert(csq, IrpPtr(irp.cast()), context, std::ptr::null_mut());
+}
+
+unsafe extern "win64" fn io_csq_insert_irp_ex(
+    csq: *mut IoCsq,
+    irp: *mut c_void,
+    context: *mut IoCsqIrpContext,
+    insert_context: *mut c_void,
+) -> i32 {
+    let (kernel, _call) = enter("IoCsqInsertIrpEx");
+    kernel.csq_insert(csq, IrpPtr(irp.cast()), context, insert_context)
+}
+
+unsafe extern "win64" fn io_csq_remove_irp(
+    csq: *mut IoCsq,
+    context: *mut IoCsqIrpContext,
+) -> *mut c_void {
+    let (kernel, _call) = enter("IoCsqRemoveIrp");
+    kernel.csq_remove(csq, context).cast()
+}
+
+unsafe extern "win64" fn io_csq_remove_next_irp(
+    csq: *mut IoCsq,
+    peek_context: *mut c_void,
+) -> *mut c_void {
+    let (kernel, _call) = enter("IoCsqRemoveNextIrp");
+    kernel.csq_remove_next(csq, peek_context).cast()
+}
+
 const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
 const POOL_FLAG_PAGED: u64 = 0x100;
 
 unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
     let (kernel, _call) = enter("ExAllocatePool2");
-    let max = if flags & POOL_FLAG_PAGED != 0 { APC_LEVEL } else { DISPATCH_LEVEL };
+    let max = if flags & POOL_FLAG_PAGED != 0 {
+        APC_LEVEL
+    } else {
+        DISPATCH_LEVEL
+    };
     require_irql_at_most("ExAllocatePool2", max, RULE_IRQL_EX_ALLOCATE_POOL);
     if size == 0 {
-        kernel.report(BugCheck::new(0xC4, [0x00, 0, u64::from(tag), 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "ExAllocatePool2 of zero bytes"));
+        kernel.report(BugCheck::new(
+            0xC4,
+            [0x00, 0, u64::from(tag), 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            "ExAllocatePool2 of zero bytes",
+        ));
         return std::ptr::null_mut();
     }
     let block = if flags & POOL_FLAG_UNINITIALIZED != 0 {
@@ -162,10 +318,20 @@ unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) ->
     block.map_or(std::ptr::null_mut(), |p| p.cast())
 }
 
-unsafe extern "win64" fn ex_allocate_pool_with_tag(pool_type: u32, size: usize, tag: u32) -> *mut c_void {
+unsafe extern "win64" fn ex_allocate_pool_with_tag(
+    pool_type: u32,
+    size: usize,
+    tag: u32,
+) -> *mut c_void {
     let paged = pool_type & 1 != 0;
     // SAFETY: forwards the same contract (ExAllocatePoolWithTag does not zero; DV fills).
-    unsafe { ex_allocate_pool2(if paged { POOL_FLAG_PAGED } else { 0x40 } | POOL_FLAG_UNINITIALIZED, size, tag) }
+    unsafe {
+        ex_allocate_pool2(
+            if paged { POOL_FLAG_PAGED } else { 0x40 } | POOL_FLAG_UNINITIALIZED,
+            size,
+            tag,
+        )
+    }
 }
 
 fn free_pool(routine: &'static str, pointer: *mut c_void, tag: Option<u32>) {
@@ -176,12 +342,46 @@ fn free_pool(routine: &'static str, pointer: *mut c_void, tag: Option<u32>) {
             kernel.locks.forget_range(block.addr, block.size);
             return;
         }
-        Err(PoolError::DoubleFree { addr }) => BugCheck::new(0xC4, [0x13, addr as u64, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", format!("{routine}: pool block {addr:#x} freed twice")),
-        Err(PoolError::NotAllocated { addr }) => BugCheck::new(0xC4, [0x10, addr as u64, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", format!("{routine}: {addr:#x} was never allocated")),
-        Err(PoolError::TagMismatch { addr, expected, actual }) => BugCheck::new(0xC2, [0x0A, addr as u64, u64::from(expected), u64::from(actual)], "BAD_POOL_CALLER", format!("{routine}: tag {expected:#x} does not match the block's {actual:#x}")),
-        Err(PoolError::Underrun { block, offset }) => BugCheck::new(0xC1, [block.addr as u64, block.size as u64, offset as u64, 0x21], "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION", format!("{routine}: pool underrun at byte {offset}")),
-        Err(PoolError::Overrun { block, offset }) => BugCheck::new(0xC1, [block.addr as u64, block.size as u64, offset as u64, 0x20], "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION", format!("{routine}: pool overrun at byte {offset}")),
-        Err(other) => BugCheck::new(0xC4, [0x10, pointer as u64, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", format!("{routine}: {other}")),
+        Err(PoolError::DoubleFree { addr }) => BugCheck::new(
+            0xC4,
+            [0x13, addr as u64, 0, 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            format!("{routine}: pool block {addr:#x} freed twice"),
+        ),
+        Err(PoolError::NotAllocated { addr }) => BugCheck::new(
+            0xC4,
+            [0x10, addr as u64, 0, 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            format!("{routine}: {addr:#x} was never allocated"),
+        ),
+        Err(PoolError::TagMismatch {
+            addr,
+            expected,
+            actual,
+        }) => BugCheck::new(
+            0xC2,
+            [0x0A, addr as u64, u64::from(expected), u64::from(actual)],
+            "BAD_POOL_CALLER",
+            format!("{routine}: tag {expected:#x} does not match the block's {actual:#x}"),
+        ),
+        Err(PoolError::Underrun { block, offset }) => BugCheck::new(
+            0xC1,
+            [block.addr as u64, block.size as u64, offset as u64, 0x21],
+            "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
+            format!("{routine}: pool underrun at byte {offset}"),
+        ),
+        Err(PoolError::Overrun { block, offset }) => BugCheck::new(
+            0xC1,
+            [block.addr as u64, block.size as u64, offset as u64, 0x20],
+            "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
+            format!("{routine}: pool overrun at byte {offset}"),
+        ),
+        Err(other) => BugCheck::new(
+            0xC4,
+            [0x10, pointer as u64, 0, 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            format!("{routine}: {other}"),
+        ),
     };
     kernel.report(bug);
 }
@@ -196,7 +396,12 @@ unsafe extern "win64" fn ex_free_pool(pointer: *mut c_void) {
 
 unsafe extern "win64" fn ke_bug_check_ex(code: u32, p1: u64, p2: u64, p3: u64, p4: u64) -> ! {
     let (kernel, _call) = enter("KeBugCheckEx");
-    kernel.stop(BugCheck::new(code, [p1, p2, p3, p4], "driver-initiated bug check", format!("the driver called KeBugCheckEx({code:#x})")))
+    kernel.stop(BugCheck::new(
+        code,
+        [p1, p2, p3, p4],
+        "driver-initiated bug check",
+        format!("the driver called KeBugCheckEx({code:#x})"),
+    ))
 }
 
 /// 100 ns units, like the kernel's clocks.
@@ -214,7 +419,9 @@ unsafe extern "win64" fn ke_query_performance_counter(frequency: *mut i64) -> i6
 
 unsafe extern "win64" fn ke_query_system_time_precise(time: *mut i64) {
     // Windows epoch 1601-01-01 is 11644473600 s before the Unix epoch.
-    let since_unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let since_unix = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     // SAFETY: the driver's LARGE_INTEGER.
     unsafe { time.write(ticks(since_unix) + 116_444_736_000_000_000) };
 }
@@ -249,7 +456,10 @@ unsafe extern "win64" fn memcmp(a: *const u8, b: *const u8, n: usize) -> i32 {
     let a = unsafe { std::slice::from_raw_parts(a, n) };
     // SAFETY: and at `b`.
     let b = unsafe { std::slice::from_raw_parts(b, n) };
-    a.iter().zip(b).find(|(x, y)| x != y).map_or(0, |(x, y)| i32::from(*x) - i32::from(*y))
+    a.iter()
+        .zip(b)
+        .find(|(x, y)| x != y)
+        .map_or(0, |(x, y)| i32::from(*x) - i32::from(*y))
 }
 
 /// `__chkstk`: RAX = frame size; probe each page below RSP so a large frame touches the guard
@@ -274,30 +484,99 @@ unsafe extern "win64" fn chkstk() {
 /// The table the loader binds `ntoskrnl.exe!…` imports against.
 pub fn exports() -> Vec<Export> {
     vec![
-        ("KeAcquireInStackQueuedSpinLock", ke_acquire_in_stack_queued_spin_lock as *const () as usize),
-        ("KeReleaseInStackQueuedSpinLock", ke_release_in_stack_queued_spin_lock as *const () as usize),
-        ("KeAcquireSpinLockRaiseToDpc", ke_acquire_spin_lock_raise_to_dpc as *const () as usize),
-        ("KeReleaseSpinLock", ke_release_spin_lock as *const () as usize),
-        ("KeAcquireSpinLockAtDpcLevel", ke_acquire_spin_lock_at_dpc_level as *const () as usize),
-        ("KeReleaseSpinLockFromDpcLevel", ke_release_spin_lock_from_dpc_level as *const () as usize),
-        ("IoAcquireCancelSpinLock", io_acquire_cancel_spin_lock as *const () as usize),
-        ("IoReleaseCancelSpinLock", io_release_cancel_spin_lock as *const () as usize),
-        ("KeGetCurrentIrql", ke_get_current_irql as *const () as usize),
+        (
+            "KeAcquireInStackQueuedSpinLock",
+            ke_acquire_in_stack_queued_spin_lock as *const () as usize,
+        ),
+        (
+            "KeReleaseInStackQueuedSpinLock",
+            ke_release_in_stack_queued_spin_lock as *const () as usize,
+        ),
+        (
+            "KeAcquireSpinLockRaiseToDpc",
+            ke_acquire_spin_lock_raise_to_dpc as *const () as usize,
+        ),
+        (
+            "KeReleaseSpinLock",
+            ke_release_spin_lock as *const () as usize,
+        ),
+        (
+            "KeAcquireSpinLockAtDpcLevel",
+            ke_acquire_spin_lock_at_dpc_level as *const () as usize,
+        ),
+        (
+            "KeReleaseSpinLockFromDpcLevel",
+            ke_release_spin_lock_from_dpc_level as *const () as usize,
+        ),
+        (
+            "IoAcquireCancelSpinLock",
+            io_acquire_cancel_spin_lock as *const () as usize,
+        ),
+        (
+            "IoReleaseCancelSpinLock",
+            io_release_cancel_spin_lock as *const () as usize,
+        ),
+        (
+            "KeGetCurrentIrql",
+            ke_get_current_irql as *const () as usize,
+        ),
         ("KfRaiseIrql", kf_raise_irql as *const () as usize),
         ("KeLowerIrql", ke_lower_irql as *const () as usize),
-        ("IofCompleteRequest", iof_complete_request as *const () as usize),
+        (
+            "IofCompleteRequest",
+            iof_complete_request as *const () as usize,
+        ),
         ("IoCancelIrp", io_cancel_irp as *const () as usize),
+        ("IoCsqInitialize", io_csq_initialize as *const () as usize),
+        (
+            "IoCsqInitializeEx",
+            io_csq_initialize_ex as *const () as usize,
+        ),
+        ("IoCsqInsertIrp", io_csq_insert_irp as *const () as usize),
+        (
+            "IoCsqInsertIrpEx",
+            io_csq_insert_irp_ex as *const () as usize,
+        ),
+        ("IoCsqRemoveIrp", io_csq_remove_irp as *const () as usize),
+        (
+            "IoCsqRemoveNextIrp",
+            io_csq_remove_next_irp as *const () as usize,
+        ),
         ("ExAllocatePool2", ex_allocate_pool2 as *const () as usize),
-        ("ExAllocatePoolWithTag", ex_allocate_pool_with_tag as *const () as usize),
-        ("ExFreePoolWithTag", ex_free_pool_with_tag as *const () as usize),
+        (
+            "ExAllocatePoolWithTag",
+            ex_allocate_pool_with_tag as *const () as usize,
+        ),
+        (
+            "ExFreePoolWithTag",
+            ex_free_pool_with_tag as *const () as usize,
+        ),
         ("ExFreePool", ex_free_pool as *const () as usize),
         ("KeBugCheckEx", ke_bug_check_ex as *const () as usize),
-        ("KeQueryPerformanceCounter", ke_query_performance_counter as *const () as usize),
-        ("KeQuerySystemTimePrecise", ke_query_system_time_precise as *const () as usize),
-        ("KeQueryInterruptTimePrecise", ke_query_interrupt_time_precise as *const () as usize),
-        ("KeStallExecutionProcessor", ke_stall_execution_processor as *const () as usize),
-        ("DbgPrint", super::dbgprint::address(super::dbgprint::dbg_print)),
-        ("DbgPrintEx", super::dbgprint::address(super::dbgprint::dbg_print_ex)),
+        (
+            "KeQueryPerformanceCounter",
+            ke_query_performance_counter as *const () as usize,
+        ),
+        (
+            "KeQuerySystemTimePrecise",
+            ke_query_system_time_precise as *const () as usize,
+        ),
+        (
+            "KeQueryInterruptTimePrecise",
+            ke_query_interrupt_time_precise as *const () as usize,
+        ),
+        (
+            "KeStallExecutionProcessor",
+            ke_stall_execution_processor as *const () as usize,
+        ),
+        (
+            "DbgPrint",
+            super::dbgprint::address(super::dbgprint::dbg_print),
+        ),
+        (
+            "DbgPrintEx",
+            super::dbgprint::address(super::dbgprint::dbg_print_ex),
+        ),
         ("memcpy", memcpy as *const () as usize),
         ("memmove", memcpy as *const () as usize),
         ("memset", memset as *const () as usize),

@@ -124,7 +124,9 @@ unsafe extern "win64" fn stor_port_extended_function(
             if a2 == 0 {
                 return STOR_STATUS_INVALID_PARAMETER;
             }
-            let block = kernel.pool.allocate_zeroed(a0 as u32 as usize, a1 as u32, Owner::Driver);
+            let block = kernel
+                .pool
+                .allocate_zeroed(a0 as u32 as usize, a1 as u32, Owner::Driver);
             let (status, pointer) = match block {
                 Ok(pointer) => (STOR_STATUS_SUCCESS, pointer as *const () as usize),
                 Err(_) => (STOR_STATUS_INSUFFICIENT_RESOURCES, 0),
@@ -137,7 +139,12 @@ unsafe extern "win64" fn stor_port_extended_function(
         1 => match kernel.pool.free(a0 as *mut u8, None) {
             Ok(_) => STOR_STATUS_SUCCESS,
             Err(error) => {
-                kernel.report(BugCheck::new(0xC4, [0x10, a0 as u64, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", format!("StorPortFreePool: {error}")));
+                kernel.report(BugCheck::new(
+                    0xC4,
+                    [0x10, a0 as u64, 0, 0],
+                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                    format!("StorPortFreePool: {error}"),
+                ));
                 STOR_STATUS_INVALID_PARAMETER
             }
         },
@@ -156,13 +163,18 @@ unsafe extern "win64" fn stor_port_extended_function(
             STOR_STATUS_SUCCESS
         }
         other => {
-            kernel.note(format!("StorPortExtendedFunction({other}) is not emulated → STOR_STATUS_NOT_IMPLEMENTED"));
+            kernel.note(format!(
+                "StorPortExtendedFunction({other}) is not emulated → STOR_STATUS_NOT_IMPLEMENTED"
+            ));
             STOR_STATUS_NOT_IMPLEMENTED
         }
     }
 }
 
-unsafe extern "win64" fn stor_port_allocate_registry_buffer(_extension: *mut c_void, length: *mut u32) -> *mut u8 {
+unsafe extern "win64" fn stor_port_allocate_registry_buffer(
+    _extension: *mut c_void,
+    length: *mut u32,
+) -> *mut u8 {
     let (kernel, _call) = enter("StorPortAllocateRegistryBuffer");
     storport_irql_at_most("StorPortAllocateRegistryBuffer", PASSIVE_LEVEL);
     if length.is_null() {
@@ -179,7 +191,12 @@ unsafe extern "win64" fn stor_port_allocate_registry_buffer(_extension: *mut c_v
 unsafe extern "win64" fn stor_port_free_registry_buffer(_extension: *mut c_void, buffer: *mut u8) {
     let (kernel, _call) = enter("StorPortFreeRegistryBuffer");
     if let Err(error) = kernel.pool.free(buffer, Some(REGISTRY_BUFFER_TAG)) {
-        kernel.report(BugCheck::new(0xC4, [0x10, buffer as u64, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", format!("StorPortFreeRegistryBuffer: {error}")));
+        kernel.report(BugCheck::new(
+            0xC4,
+            [0x10, buffer as u64, 0, 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            format!("StorPortFreeRegistryBuffer: {error}"),
+        ));
     }
 }
 
@@ -198,12 +215,23 @@ unsafe extern "win64" fn stor_port_registry_read(
     if name.is_null() || buffer.is_null() || length.is_null() {
         return 0;
     }
-    if kernel.pool.block(buffer as usize).is_none_or(|b| b.tag != REGISTRY_BUFFER_TAG || b.addr != buffer as usize) {
-        kernel.report(BugCheck::new(0xC4, [RULE_UNEMULATED, buffer as u64, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "StorPortRegistryRead with a buffer not from StorPortAllocateRegistryBuffer"));
+    if kernel
+        .pool
+        .block(buffer as usize)
+        .is_none_or(|b| b.tag != REGISTRY_BUFFER_TAG || b.addr != buffer as usize)
+    {
+        kernel.report(BugCheck::new(
+            0xC4,
+            [RULE_UNEMULATED, buffer as u64, 0, 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            "StorPortRegistryRead with a buffer not from StorPortAllocateRegistryBuffer",
+        ));
         return 0;
     }
     // SAFETY: NUL-terminated ANSI value name (the DDI's PUCHAR).
-    let name = unsafe { std::ffi::CStr::from_ptr(name.cast()) }.to_string_lossy().into_owned();
+    let name = unsafe { std::ffi::CStr::from_ptr(name.cast()) }
+        .to_string_lossy()
+        .into_owned();
     const MINIPORT_REG_DWORD: u32 = 4;
     let value = kernel.config.registry.get(&name).copied();
     // SAFETY: the driver's in/out length.
@@ -220,7 +248,9 @@ unsafe extern "win64" fn stor_port_registry_read(
     };
     kernel.note(format!(
         "StorPortRegistryRead({name}) → {}",
-        value.filter(|_| found).map_or("not found".to_owned(), |v| format!("REG_DWORD {v}"))
+        value
+            .filter(|_| found)
+            .map_or("not found".to_owned(), |v| format!("REG_DWORD {v}"))
     ));
     u8::from(found)
 }
@@ -228,7 +258,12 @@ unsafe extern "win64" fn stor_port_registry_read(
 unsafe extern "win64" fn stor_port_stall_execution(micros: u32) {
     let (kernel, _call) = enter("StorPortStallExecution");
     if micros > 100_000 {
-        kernel.report(BugCheck::new(0xF1, [0x2001, u64::from(micros), 0, 0], "SCSI_VERIFIER_DETECTED_VIOLATION", format!("StorPortStallExecution({micros} µs) exceeds 0.1 s")));
+        kernel.report(BugCheck::new(
+            0xF1,
+            [0x2001, u64::from(micros), 0, 0],
+            "SCSI_VERIFIER_DETECTED_VIOLATION",
+            format!("StorPortStallExecution({micros} µs) exceeds 0.1 s"),
+        ));
     }
     std::thread::sleep(Duration::from_micros(u64::from(micros.min(100_000))));
 }
@@ -236,13 +271,37 @@ unsafe extern "win64" fn stor_port_stall_execution(micros: u32) {
 /// The table the loader binds `storport.sys!…` imports against.
 pub fn exports() -> Vec<Export> {
     vec![
-        ("StorPortInitialize", stor_port_initialize as *const () as usize),
-        ("StorPortNotification", stor_port_notification as *const () as usize),
-        ("StorPortExtendedFunction", stor_port_extended_function as *const () as usize),
-        ("StorPortAllocateRegistryBuffer", stor_port_allocate_registry_buffer as *const () as usize),
-        ("StorPortFreeRegistryBuffer", stor_port_free_registry_buffer as *const () as usize),
-        ("StorPortRegistryRead", stor_port_registry_read as *const () as usize),
-        ("StorPortStallExecution", stor_port_stall_execution as *const () as usize),
-        ("StorPortDebugPrint", super::dbgprint::address(super::dbgprint::stor_port_debug_print)),
+        (
+            "StorPortInitialize",
+            stor_port_initialize as *const () as usize,
+        ),
+        (
+            "StorPortNotification",
+            stor_port_notification as *const () as usize,
+        ),
+        (
+            "StorPortExtendedFunction",
+            stor_port_extended_function as *const () as usize,
+        ),
+        (
+            "StorPortAllocateRegistryBuffer",
+            stor_port_allocate_registry_buffer as *const () as usize,
+        ),
+        (
+            "StorPortFreeRegistryBuffer",
+            stor_port_free_registry_buffer as *const () as usize,
+        ),
+        (
+            "StorPortRegistryRead",
+            stor_port_registry_read as *const () as usize,
+        ),
+        (
+            "StorPortStallExecution",
+            stor_port_stall_execution as *const () as usize,
+        ),
+        (
+            "StorPortDebugPrint",
+            super::dbgprint::address(super::dbgprint::stor_port_debug_print),
+        ),
     ]
 }

@@ -15,17 +15,28 @@ use crate::verifier::locks::{self, CANCEL_SPIN_LOCK, LockApi};
 use crate::verifier::{self, BugCheck};
 
 /// A DRIVER_CANCEL routine.
-type CancelRoutine = unsafe extern "win64" fn(device: *mut std::ffi::c_void, irp: *mut storport_abi::IRP);
+type CancelRoutine =
+    unsafe extern "win64" fn(device: *mut std::ffi::c_void, irp: *mut storport_abi::IRP);
 
 impl Kernel {
     /// IoAcquireCancelSpinLock: returns the previous IRQL.
     pub fn acquire_cancel_lock(&self) -> u8 {
-        self.acquire_spin_lock(&self.cancel_lock, CANCEL_SPIN_LOCK, LockApi::Cancel, "the cancel spin lock")
+        self.acquire_spin_lock(
+            &self.cancel_lock,
+            CANCEL_SPIN_LOCK,
+            LockApi::Cancel,
+            "the cancel spin lock",
+        )
     }
 
     /// IoReleaseCancelSpinLock(irql).
     pub fn release_cancel_lock(&self, irql: u8) {
-        self.release_spin_lock(&self.cancel_lock, CANCEL_SPIN_LOCK, "the cancel spin lock", irql);
+        self.release_spin_lock(
+            &self.cancel_lock,
+            CANCEL_SPIN_LOCK,
+            "the cancel spin lock",
+            irql,
+        );
     }
 
     /// IoCancelIrp. `true` if a cancel routine was called.
@@ -41,12 +52,16 @@ impl Kernel {
                     // written only here, under the cancel spin lock.
                     unsafe { irp.header() }.CancelIrql = old_irql;
                     irp.cancel_flag().store(1, Ordering::SeqCst);
-                    irp.cancel_routine().swap(std::ptr::null_mut(), Ordering::AcqRel)
+                    irp.cancel_routine()
+                        .swap(std::ptr::null_mut(), Ordering::AcqRel)
                 }
                 _ => std::ptr::null_mut(),
             }
         };
-        self.io.counters.cancel_requests.fetch_add(1, Ordering::Relaxed);
+        self.io
+            .counters
+            .cancel_requests
+            .fetch_add(1, Ordering::Relaxed);
         if routine.is_null() {
             self.release_cancel_lock(old_irql);
             return false;
@@ -115,7 +130,10 @@ impl Kernel {
             })
             .map(|(addr, _)| *addr)
             .collect();
-        self.note(format!("process {process} exits with {} requests in flight", targets.len()));
+        self.note(format!(
+            "process {process} exits with {} requests in flight",
+            targets.len()
+        ));
         for &irp in &targets {
             self.cancel_irp(irp);
         }
@@ -141,7 +159,12 @@ impl Kernel {
             for (addr, id, age) in &late {
                 self.report(BugCheck::new(
                     0xC4,
-                    [0x135, *addr as u64, self.config.cancel_limit.as_millis() as u64, 0],
+                    [
+                        0x135,
+                        *addr as u64,
+                        self.config.cancel_limit.as_millis() as u64,
+                        0,
+                    ],
                     "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     format!(
                         "IRP #{id} was cancelled {} ms ago and is still not completed: the driver \

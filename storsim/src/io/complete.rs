@@ -7,7 +7,9 @@ use super::irp::{
     CompletionRoutine, IrpPtr, SL_ERROR_RETURNED, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR,
     SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED,
 };
-use super::{IrpState, Origin, Outcome, STATUS_CANCELLED, STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING};
+use super::{
+    IrpState, Origin, Outcome, STATUS_CANCELLED, STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING,
+};
 use crate::cpu::{self, DISPATCH_LEVEL};
 use crate::kernel::Kernel;
 use crate::pool::PoolError;
@@ -114,7 +116,9 @@ impl Kernel {
                 format!("IRP completed with IoStatus.Status = {status:#x}"),
             );
         }
-        let routine = irp.cancel_routine().swap(std::ptr::null_mut(), Ordering::AcqRel);
+        let routine = irp
+            .cancel_routine()
+            .swap(std::ptr::null_mut(), Ordering::AcqRel);
         if !routine.is_null() {
             self.irp_violation(
                 0xC9,
@@ -278,7 +282,11 @@ impl Kernel {
         let mut output = vec![0u8; copied];
         // SAFETY: `copied` ≤ out_len ≤ the SystemBuffer's length, and it is live.
         unsafe {
-            std::ptr::copy_nonoverlapping(record.system_buffer as *const u8, output.as_mut_ptr(), copied)
+            std::ptr::copy_nonoverlapping(
+                record.system_buffer as *const u8,
+                output.as_mut_ptr(),
+                copied,
+            )
         };
         let outcome = Outcome {
             status,

@@ -125,13 +125,25 @@ impl IrpPtr {
         // SAFETY: type invariant; the field is pointer-aligned (offset 0x68 of a 16-aligned
         // block) and only ever accessed atomically by storsim and by the driver's
         // InterlockedExchangePointer.
-        unsafe { &*self.0.cast::<u8>().wrapping_add(offset_of!(IRP, CancelRoutine)).cast::<AtomicPtr<c_void>>() }
+        unsafe {
+            &*self
+                .0
+                .cast::<u8>()
+                .wrapping_add(offset_of!(IRP, CancelRoutine))
+                .cast::<AtomicPtr<c_void>>()
+        }
     }
 
     /// `Irp->Cancel`, which IoCancelIrp sets while the driver may be reading it.
     pub fn cancel_flag(self) -> &'static AtomicU8 {
         // SAFETY: type invariant; a byte field, accessed atomically by storsim.
-        unsafe { &*self.0.cast::<u8>().wrapping_add(offset_of!(IRP, Cancel)).cast::<AtomicU8>() }
+        unsafe {
+            &*self
+                .0
+                .cast::<u8>()
+                .wrapping_add(offset_of!(IRP, Cancel))
+                .cast::<AtomicU8>()
+        }
     }
 }
 

@@ -25,11 +25,19 @@ impl KernelCaller {
     pub fn new(kernel: &Kernel, capacity: usize) -> Option<Self> {
         let irp = kernel
             .pool
-            .allocate_zeroed(super::irp::irp_size(STACK_COUNT), u32::from_le_bytes(*b"KIrp"), Owner::Irp)
+            .allocate_zeroed(
+                super::irp::irp_size(STACK_COUNT),
+                u32::from_le_bytes(*b"KIrp"),
+                Owner::Irp,
+            )
             .ok()?;
         let buffer = kernel
             .pool
-            .allocate(capacity.max(1), u32::from_le_bytes(*b"KBuf"), Owner::SystemBuffer)
+            .allocate(
+                capacity.max(1),
+                u32::from_le_bytes(*b"KBuf"),
+                Owner::SystemBuffer,
+            )
             .ok()?;
         Some(Self {
             irp: IrpPtr(irp.cast()),
@@ -40,7 +48,13 @@ impl KernelCaller {
 
     /// Sends one IOCTL: IoReuseIrp, fill the next location, IoSetCompletionRoutine(all three
     /// outcomes), IoCallDriver. `None` if the IRP is still out or the request is too large.
-    pub fn send(&self, kernel: &Kernel, code: u32, input: &[u8], out_len: u32) -> Option<Arc<Request>> {
+    pub fn send(
+        &self,
+        kernel: &Kernel,
+        code: u32,
+        input: &[u8],
+        out_len: u32,
+    ) -> Option<Arc<Request>> {
         if input.len().max(out_len as usize) > self.capacity {
             return None;
         }
@@ -111,7 +125,13 @@ unsafe extern "win64" fn on_complete(
     };
     let mut output = vec![0u8; copied];
     // SAFETY: `copied` ≤ out_len ≤ the caller's buffer capacity.
-    unsafe { std::ptr::copy_nonoverlapping(header.SystemBuffer.cast::<u8>(), output.as_mut_ptr(), copied) };
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            header.SystemBuffer.cast::<u8>(),
+            output.as_mut_ptr(),
+            copied,
+        )
+    };
     // SAFETY: `context` is the Request `send` registered; the record in the I/O registry holds
     // an Arc to it until the IRP is reused or freed, so it is alive here.
     let request = unsafe { &*context.cast::<Request>() };

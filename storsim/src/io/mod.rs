@@ -4,6 +4,7 @@
 
 mod cancel;
 mod complete;
+pub mod csq;
 pub mod irp;
 mod kernel_caller;
 mod request;
@@ -139,7 +140,8 @@ pub struct Io {
 impl Io {
     pub fn new(seed: u64) -> Self {
         // Never zero bytes: a driver that zeroes its output must not look like it wrote nothing.
-        let pattern = (fastrand::Rng::with_seed(seed).u64(..) | 0x0101_0101_0101_0101) ^ 0x8080_8080_8080_8080;
+        let pattern = (fastrand::Rng::with_seed(seed).u64(..) | 0x0101_0101_0101_0101)
+            ^ 0x8080_8080_8080_8080;
         Self {
             irps: Mutex::new(HashMap::new()),
             recent: Mutex::new((VecDeque::new(), HashSet::new())),
@@ -227,7 +229,9 @@ impl Kernel {
                     file_object,
                 },
             );
-        self.note(format!("process {process} opens handle {handle:#x} ({access:?})"));
+        self.note(format!(
+            "process {process} opens handle {handle:#x} ({access:?})"
+        ));
         handle
     }
 
@@ -246,9 +250,14 @@ impl Kernel {
                 .io
                 .irps()
                 .values()
-                .filter(|r| matches!(r.origin, Origin::User { handle: h, .. } if h == handle) && r.state == IrpState::WithDriver)
+                .filter(|r| {
+                    matches!(r.origin, Origin::User { handle: h, .. } if h == handle)
+                        && r.state == IrpState::WithDriver
+                })
                 .count();
-            self.note(format!("handle {handle:#x} closed with {parked} requests in flight"));
+            self.note(format!(
+                "handle {handle:#x} closed with {parked} requests in flight"
+            ));
         }
         closed
     }
@@ -301,17 +310,22 @@ impl Kernel {
         let buffer_len = input.len().max(out_len as usize);
         let irp = IrpPtr(
             self.pool
-                .allocate_zeroed(irp::irp_size(stack_count), u32::from_le_bytes(*b"Irp "), Owner::Irp)
+                .allocate_zeroed(
+                    irp::irp_size(stack_count),
+                    u32::from_le_bytes(*b"Irp "),
+                    Owner::Irp,
+                )
                 .ok()?
                 .cast(),
         );
         let system_buffer = if buffer_len == 0 {
             0
         } else {
-            let Ok(buffer) = self
-                .pool
-                .allocate(buffer_len, u32::from_le_bytes(*b"SysB"), Owner::SystemBuffer)
-            else {
+            let Ok(buffer) = self.pool.allocate(
+                buffer_len,
+                u32::from_le_bytes(*b"SysB"),
+                Owner::SystemBuffer,
+            ) else {
                 // The IRP never went anywhere; give it back.
                 let _ = self.pool.free(irp.0.cast(), None);
                 return None;
@@ -368,7 +382,11 @@ impl Kernel {
             let header = unsafe { irp.header() };
             header.SystemBuffer = system_buffer as *mut _;
             header.Flags = IRP_BUFFERED_IO
-                | if system_buffer != 0 { IRP_DEALLOCATE_BUFFER } else { 0 }
+                | if system_buffer != 0 {
+                    IRP_DEALLOCATE_BUFFER
+                } else {
+                    0
+                }
                 | if out_len > 0 { IRP_INPUT_OPERATION } else { 0 };
             header.RequestorMode = match origin {
                 Origin::User { .. } => irp::USER_MODE,

@@ -45,7 +45,9 @@ pub enum LoadError {
         what: &'static str,
     },
     /// A section is both writable and executable.
-    #[error("section {section} is both writable and executable (refused, as Windows does under HVCI)")]
+    #[error(
+        "section {section} is both writable and executable (refused, as Windows does under HVCI)"
+    )]
     WritableExecutable { section: String },
     /// AddressOfEntryPoint is not inside an executable section.
     #[error("entry point RVA {rva:#x} is not inside an executable section")]

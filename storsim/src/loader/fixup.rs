@@ -12,7 +12,10 @@ use super::{Import, LoadError, Section};
 /// The eight bytes at `rva`, if they lie entirely in the first `limit` bytes of `image`.
 fn qword_mut(image: &mut [u8], limit: usize, rva: u64) -> Option<&mut [u8; 8]> {
     let start = usize::try_from(rva).ok()?;
-    image.get_mut(..limit)?.get_mut(start..)?.first_chunk_mut::<8>()
+    image
+        .get_mut(..limit)?
+        .get_mut(start..)?
+        .first_chunk_mut::<8>()
 }
 
 /// Adds `delta` (load address − ImageBase, modulo 2⁶⁴) to every DIR64 target of data directory 5.

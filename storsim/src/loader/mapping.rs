@@ -70,7 +70,7 @@ unsafe impl Sync for Mapping {}
 impl Mapping {
     /// Maps `len` bytes (a non-zero multiple of [`PAGE`]) read-write, anywhere.
     fn new(len: usize) -> io::Result<Self> {
-        if len == 0 || len % PAGE != 0 {
+        if len == 0 || !len.is_multiple_of(PAGE) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         // SAFETY: a fresh private anonymous mapping at an address of the kernel's choosing
@@ -102,13 +102,17 @@ impl Mapping {
     /// page-aligned (both checked: a stray `mprotect` could change some other mapping).
     fn protect(&self, offset: usize, len: usize, prot: libc::c_int) -> io::Result<()> {
         let end = offset.checked_add(len);
-        if offset % PAGE != 0 || end.is_none_or(|end| end > self.len) {
+        if !offset.is_multiple_of(PAGE) || end.is_none_or(|end| end > self.len) {
             return Err(io::Error::from(io::ErrorKind::InvalidInput));
         }
         if len == 0 {
             return Ok(());
         }
-        let start = self.ptr.as_ptr().wrapping_add(offset).cast::<libc::c_void>();
+        let start = self
+            .ptr
+            .as_ptr()
+            .wrapping_add(offset)
+            .cast::<libc::c_void>();
         // SAFETY: `start..start + len` lies inside this mapping (checked above, type invariant)
         // and `start` is page-aligned; no Rust reference into the mapping exists while `&self`
         // can be had (`Staging` hands out `&mut [u8]` only through `&mut self`).

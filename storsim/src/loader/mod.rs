@@ -117,7 +117,7 @@ impl Image {
                 limit: MAX_IMAGE_SIZE,
             })?;
         let alignment = optional.section_alignment();
-        if alignment == 0 || alignment as usize % PAGE != 0 {
+        if alignment == 0 || !(alignment as usize).is_multiple_of(PAGE) {
             return Err(LoadError::SectionAlignment { alignment });
         }
         let header_bytes = usize::try_from(optional.size_of_headers())
@@ -134,7 +134,9 @@ impl Image {
 
         let entry_rva = optional.address_of_entry_point();
         let entry_in_code = sections.iter().any(|s| {
-            s.execute && entry_rva >= s.rva && u64::from(entry_rva) < u64::from(s.rva) + u64::from(s.size)
+            s.execute
+                && entry_rva >= s.rva
+                && u64::from(entry_rva) < u64::from(s.rva) + u64::from(s.size)
         });
         if !entry_in_code {
             return Err(LoadError::EntryPoint { rva: entry_rva });
@@ -143,8 +145,11 @@ impl Image {
 
         let image_base = optional.image_base();
         let len = page_align(size).unwrap_or(usize::MAX);
-        let mut staging = Staging::new(len, image_base as usize)
-            .map_err(|source| LoadError::Memory { what: "map", source })?;
+        let mut staging =
+            Staging::new(len, image_base as usize).map_err(|source| LoadError::Memory {
+                what: "map",
+                source,
+            })?;
         let base = staging.addr();
         let image = staging.bytes_mut();
         // In bounds: the headers fit SizeOfImage and each section was checked by `layout`.
@@ -173,12 +178,10 @@ impl Image {
             len: page_align(section.size as usize).unwrap_or(0),
             protection: section.protection(),
         }));
-        let mapping = staging
-            .seal(&regions)
-            .map_err(|source| LoadError::Memory {
-                what: "protect",
-                source,
-            })?;
+        let mapping = staging.seal(&regions).map_err(|source| LoadError::Memory {
+            what: "protect",
+            source,
+        })?;
 
         Ok(Image {
             name: name.to_owned(),
@@ -303,14 +306,18 @@ fn layout<'data>(
         let raw_size = header.size_of_raw_data.get(LE);
         let virtual_size = header.virtual_size.get(LE);
         // As the Windows loader does: a zero VirtualSize means "as large as the raw data".
-        let size = if virtual_size == 0 { raw_size } else { virtual_size };
+        let size = if virtual_size == 0 {
+            raw_size
+        } else {
+            virtual_size
+        };
         let refuse = |what| LoadError::SectionLayout {
             section: name.clone(),
             rva,
             size,
             what,
         };
-        if rva % alignment != 0 {
+        if !rva.is_multiple_of(alignment) {
             return Err(refuse("not aligned to SectionAlignment"));
         }
         if (rva as usize) < next_free {
@@ -354,10 +361,29 @@ fn layout<'data>(
 }
 
 /// Named exports that point into the image (forwarders cannot be called, so they are left out).
+///
+/// Windows reads the export directory wherever it lies, aligned or not (lld's
+/// `/MERGE:.edata=.rdata` packs it at any byte offset), so it is copied to an aligned buffer
+/// before `object` parses it.
 fn exports(file: &PeFile64<'_>, size_of_image: usize) -> Result<Vec<(String, u32)>, LoadError> {
-    let Some(table) = file.export_table().map_err(LoadError::Exports)? else {
+    let directories = file.data_directories();
+    let Some(directory) = directories.get(object::pe::IMAGE_DIRECTORY_ENTRY_EXPORT) else {
         return Ok(Vec::new());
     };
+    if directory.virtual_address.get(object::LittleEndian) == 0 {
+        return Ok(Vec::new());
+    }
+    let bytes = directory
+        .data(file.data(), &file.section_table())
+        .map_err(LoadError::Exports)?;
+    let mut aligned = vec![0u64; bytes.len().div_ceil(8)];
+    let copy = &mut zerocopy::IntoBytes::as_mut_bytes(aligned.as_mut_slice())[..bytes.len()];
+    copy.copy_from_slice(bytes);
+    let table = object::read::pe::ExportTable::parse(
+        copy,
+        directory.virtual_address.get(object::LittleEndian),
+    )
+    .map_err(LoadError::Exports)?;
     let mut named = Vec::new();
     for export in table.exports().map_err(LoadError::Exports)? {
         let (Some(name), ExportTarget::Address(rva)) = (export.name, export.target) else {

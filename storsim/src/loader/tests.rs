@@ -144,14 +144,20 @@ fn loads_revcall_and_binds_every_iat_slot() {
 
     let expected = file_imports(&bytes);
     assert!(!expected.is_empty());
-    let addresses: BTreeSet<usize> = expected.iter().map(|(d, n, _)| fake_address(d, n)).collect();
+    let addresses: BTreeSet<usize> = expected
+        .iter()
+        .map(|(d, n, _)| fake_address(d, n))
+        .collect();
     assert_eq!(addresses.len(), expected.len(), "fake addresses collide");
     let listed: Vec<(String, String)> = image
         .imports()
         .iter()
         .map(|i| (i.dll.clone(), i.name.clone()))
         .collect();
-    let wanted: Vec<(String, String)> = expected.iter().map(|(d, n, _)| (d.clone(), n.clone())).collect();
+    let wanted: Vec<(String, String)> = expected
+        .iter()
+        .map(|(d, n, _)| (d.clone(), n.clone()))
+        .collect();
     assert_eq!(listed, wanted);
     for (dll, name, slot) in &expected {
         assert_eq!(
@@ -167,7 +173,8 @@ fn dir64_targets_move_by_load_delta() {
     let bytes = revcall();
     let file = pe(&bytes);
     let image = load(&bytes).unwrap();
-    let delta = (image.base() as u64).wrapping_sub(file.nt_headers().optional_header().image_base());
+    let delta =
+        (image.base() as u64).wrapping_sub(file.nt_headers().optional_header().image_base());
     let sections = file.section_table();
     let mut blocks = file
         .data_directories()
@@ -210,11 +217,18 @@ fn sections_get_the_protection_their_characteristics_ask_for() {
         assert_eq!(section.size, header.virtual_size.get(LE));
         assert_eq!(section.read, characteristics & IMAGE_SCN_MEM_READ != 0);
         assert_eq!(section.write, characteristics & IMAGE_SCN_MEM_WRITE != 0);
-        assert_eq!(section.execute, characteristics & IMAGE_SCN_MEM_EXECUTE != 0);
+        assert_eq!(
+            section.execute,
+            characteristics & IMAGE_SCN_MEM_EXECUTE != 0
+        );
     }
     let text = image.sections().iter().find(|s| s.name == ".text").unwrap();
     assert!(text.read && text.execute && !text.write);
-    let rdata = image.sections().iter().find(|s| s.name == ".rdata").unwrap();
+    let rdata = image
+        .sections()
+        .iter()
+        .find(|s| s.name == ".rdata")
+        .unwrap();
     assert!(rdata.read && !rdata.write && !rdata.execute);
 
     // Every page of the image, as the kernel sees it.
@@ -242,7 +256,49 @@ fn sections_get_the_protection_their_characteristics_ask_for() {
             "page at RVA {offset:#x}"
         );
     }
-    assert_eq!(page_permissions(&maps, image.base() + text.rva as usize), "r-x");
+    assert_eq!(
+        page_permissions(&maps, image.base() + text.rva as usize),
+        "r-x"
+    );
+}
+
+#[test]
+fn pages_past_every_section_are_inaccessible_and_data_is_read_write() {
+    let mut bytes = revcall();
+    let (size_at, pdata_at) = {
+        let file = pe(&bytes);
+        let optional = &file.nt_headers().optional_header;
+        let pdata = file
+            .section_table()
+            .iter()
+            .find(|s| s.raw_name() == b".pdata")
+            .expect("a .pdata section");
+        (
+            offset_of(&bytes, &optional.size_of_image),
+            offset_of(&bytes, &pdata.characteristics),
+        )
+    };
+    // Two spare pages at the end, and .pdata turned into a writable data section.
+    let size = u32::from_le_bytes(bytes[size_at..size_at + 4].try_into().unwrap());
+    bytes[size_at..size_at + 4].copy_from_slice(&(size + 0x2000).to_le_bytes());
+    let flags = u32::from_le_bytes(bytes[pdata_at..pdata_at + 4].try_into().unwrap());
+    bytes[pdata_at..pdata_at + 4].copy_from_slice(&(flags | IMAGE_SCN_MEM_WRITE).to_le_bytes());
+
+    let image = load(&bytes).unwrap();
+    let pdata = image
+        .sections()
+        .iter()
+        .find(|s| s.name == ".pdata")
+        .unwrap();
+    assert!(pdata.write && !pdata.execute);
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    assert_eq!(
+        page_permissions(&maps, image.base() + pdata.rva as usize),
+        "rw-"
+    );
+    let spare = image.base() + size as usize;
+    assert_eq!(page_permissions(&maps, spare), "---");
+    assert_eq!(page_permissions(&maps, spare + 0x1000), "---");
 }
 
 #[test]
@@ -256,7 +312,11 @@ fn unknown_imports_are_all_listed_in_one_error() {
         .into_iter()
         .map(|(dll, name, _)| format!("{dll}!{name}"))
         .collect();
-    assert_eq!(missing.len(), expected.len(), "each missing import listed once");
+    assert_eq!(
+        missing.len(),
+        expected.len(),
+        "each missing import listed once"
+    );
     assert_eq!(missing.iter().cloned().collect::<BTreeSet<_>>(), expected);
     assert_eq!(
         err.to_string(),
@@ -291,7 +351,11 @@ fn writable_text_is_refused() {
             .expect("a .text section");
         offset_of(&bytes, &text.characteristics)
     };
-    let value = u32::from_le_bytes(bytes[characteristics..characteristics + 4].try_into().unwrap());
+    let value = u32::from_le_bytes(
+        bytes[characteristics..characteristics + 4]
+            .try_into()
+            .unwrap(),
+    );
     bytes[characteristics..characteristics + 4]
         .copy_from_slice(&(value | IMAGE_SCN_MEM_WRITE).to_le_bytes());
     let err = expect_err(&bytes);
@@ -316,7 +380,10 @@ fn truncated_files_are_refused() {
         .max()
         .unwrap();
     for len in 0..needed {
-        assert!(load(&bytes[..len]).is_err(), "loaded when truncated to {len} bytes");
+        assert!(
+            load(&bytes[..len]).is_err(),
+            "loaded when truncated to {len} bytes"
+        );
     }
     for len in needed..=bytes.len() {
         load(&bytes[..len]).unwrap_or_else(|e| panic!("truncated to {len} bytes: {e}"));
@@ -325,7 +392,7 @@ fn truncated_files_are_refused() {
 
 #[test]
 fn garbage_is_refused() {
-    let mut rng = fastrand::Rng::with_seed(0x5ea1_ed);
+    let mut rng = fastrand::Rng::with_seed(0x005e_a1ed);
     let mut inputs: Vec<Vec<u8>> = vec![Vec::new(), b"MZ".to_vec(), vec![0; 4096]];
     let mut mz = vec![0u8; 4096];
     mz[..2].copy_from_slice(b"MZ");
@@ -335,7 +402,11 @@ fn garbage_is_refused() {
     }
     for input in &inputs {
         let err = expect_err(input);
-        assert!(matches!(err, LoadError::Malformed(_)), "{} bytes: {err:?}", input.len());
+        assert!(
+            matches!(err, LoadError::Malformed(_)),
+            "{} bytes: {err:?}",
+            input.len()
+        );
     }
 }
 
@@ -350,7 +421,10 @@ fn loads_from_a_misaligned_slice() {
 
 #[test]
 fn wrong_machine_is_refused() {
-    for (machine, named) in [(IMAGE_FILE_MACHINE_I386, "i386"), (IMAGE_FILE_MACHINE_ARM64, "ARM64")] {
+    for (machine, named) in [
+        (IMAGE_FILE_MACHINE_I386, "i386"),
+        (IMAGE_FILE_MACHINE_ARM64, "ARM64"),
+    ] {
         let mut bytes = revcall();
         let at = nt_offset(&bytes) + 4;
         bytes[at..at + 2].copy_from_slice(&machine.to_le_bytes());
@@ -369,7 +443,10 @@ fn pe32_is_refused() {
     let at = nt_offset(&bytes) + 24;
     bytes[at..at + 2].copy_from_slice(&0x10bu16.to_le_bytes());
     let err = expect_err(&bytes);
-    assert!(matches!(err, LoadError::NotPe32Plus { magic: 0x10b }), "{err:?}");
+    assert!(
+        matches!(err, LoadError::NotPe32Plus { magic: 0x10b }),
+        "{err:?}"
+    );
 }
 
 #[test]
@@ -382,7 +459,12 @@ fn non_native_subsystem_is_named() {
     bytes[at..at + 2].copy_from_slice(&IMAGE_SUBSYSTEM_WINDOWS_CUI.to_le_bytes());
     let err = expect_err(&bytes);
     assert!(
-        matches!(err, LoadError::NotNative { subsystem: IMAGE_SUBSYSTEM_WINDOWS_CUI }),
+        matches!(
+            err,
+            LoadError::NotNative {
+                subsystem: IMAGE_SUBSYSTEM_WINDOWS_CUI
+            }
+        ),
         "{err:?}"
     );
     assert!(err.to_string().contains("WINDOWS_CUI"), "{err}");
@@ -391,12 +473,18 @@ fn non_native_subsystem_is_named() {
 /// File offset of the first DIR64 entry of the relocation table, and the RVA it patches.
 fn first_dir64(bytes: &[u8]) -> (usize, u32) {
     let file = pe(bytes);
-    let dir = file.data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_BASERELOC).unwrap();
+    let dir = file
+        .data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_BASERELOC)
+        .unwrap();
     let (start, size) = dir.file_range(&file.section_table()).unwrap();
     let table = &bytes[start as usize..(start + size) as usize];
     let page = u32::from_le_bytes(table[..4].try_into().unwrap());
     let entry = u16::from_le_bytes(table[8..10].try_into().unwrap());
-    assert_eq!(entry >> 12, IMAGE_REL_BASED_DIR64, "first entry of the first block");
+    assert_eq!(
+        entry >> 12,
+        IMAGE_REL_BASED_DIR64,
+        "first entry of the first block"
+    );
     (start as usize + 8, page + u32::from(entry & 0xfff))
 }
 
@@ -452,11 +540,18 @@ fn ordinal_import_is_refused() {
 fn entry_point_is_driver_entry_export() {
     let bytes = revcall();
     let image = load(&bytes).unwrap();
-    let driver_entry = image.export("DriverEntry").expect("DriverEntry is exported");
+    let driver_entry = image
+        .export("DriverEntry")
+        .expect("DriverEntry is exported");
     assert_eq!(image.entry(), driver_entry);
     assert_eq!(
         image.rva(image.entry()),
-        Some(pe(&bytes).nt_headers().optional_header().address_of_entry_point())
+        Some(
+            pe(&bytes)
+                .nt_headers()
+                .optional_header()
+                .address_of_entry_point()
+        )
     );
     assert_eq!(image.export("NoSuchRoutine"), None);
 }
@@ -484,7 +579,11 @@ fn single_byte_corruptions_never_crash() {
     // Bias towards the headers and tables, where a flipped byte changes what the loader does.
     for _ in 0..4000 {
         let mut corrupt = bytes.clone();
-        let at = if rng.bool() { rng.usize(..0x400) } else { rng.usize(..bytes.len()) };
+        let at = if rng.bool() {
+            rng.usize(..0x400)
+        } else {
+            rng.usize(..bytes.len())
+        };
         corrupt[at] = rng.u8(..);
         // Either outcome is fine; a panic or a fault is not.
         drop(load(&corrupt));

@@ -169,17 +169,38 @@ fn run(kernel: Weak<Kernel>) {
                 kernel.call_driver("HwDpcRoutine", DISPATCH_LEVEL, || {
                     // SAFETY: HW_DPC_ROUTINE contract: the STOR_DPC the miniport initialized,
                     // its extension and the IssueDpc arguments, at DISPATCH_LEVEL.
-                    unsafe { routine(dpc as *mut _, extension, arg1 as *mut c_void, arg2 as *mut c_void) }
+                    unsafe {
+                        routine(
+                            dpc as *mut _,
+                            extension,
+                            arg1 as *mut c_void,
+                            arg2 as *mut c_void,
+                        )
+                    }
                 });
             }
             Work::Timer(routine) => {
-                kernel.port.counters.timer_calls.fetch_add(1, Ordering::Relaxed);
-                let old = kernel.acquire_spin_lock(&kernel.port.startio_lock, STARTIO_LOCK, LockApi::Storport, "Storport's StartIo lock");
+                kernel
+                    .port
+                    .counters
+                    .timer_calls
+                    .fetch_add(1, Ordering::Relaxed);
+                let old = kernel.acquire_spin_lock(
+                    &kernel.port.startio_lock,
+                    STARTIO_LOCK,
+                    LockApi::Storport,
+                    "Storport's StartIo lock",
+                );
                 kernel.call_driver("HwTimer", DISPATCH_LEVEL, || {
                     // SAFETY: HW_TIMER contract: the extension, DISPATCH_LEVEL, StartIo lock held.
                     unsafe { routine(extension) }
                 });
-                kernel.release_spin_lock(&kernel.port.startio_lock, STARTIO_LOCK, "Storport's StartIo lock", old);
+                kernel.release_spin_lock(
+                    &kernel.port.startio_lock,
+                    STARTIO_LOCK,
+                    "Storport's StartIo lock",
+                    old,
+                );
             }
         }
         let mut state = dispatcher.state();

@@ -123,7 +123,11 @@ impl DriverObjects {
         let base = self.driver.as_ptr() as *mut u8;
         // SAFETY: as in `word`; storsim writes only while the driver is inside
         // StorPortInitialize (single-threaded DriverEntry).
-        unsafe { base.wrapping_add(offset).cast::<usize>().write_volatile(value) };
+        unsafe {
+            base.wrapping_add(offset)
+                .cast::<usize>()
+                .write_volatile(value)
+        };
     }
 }
 
@@ -134,7 +138,12 @@ fn field<T: Copy>(init: *const HW_INITIALIZATION_DATA, size: usize, offset: usiz
     }
     // SAFETY: `init` points to at least `size` readable bytes (the driver's structure, whose
     // declared size we trust only up to the real struct size: the caller caps it).
-    Some(unsafe { init.cast::<u8>().wrapping_add(offset).cast::<T>().read_unaligned() })
+    Some(unsafe {
+        init.cast::<u8>()
+            .wrapping_add(offset)
+            .cast::<T>()
+            .read_unaligned()
+    })
 }
 
 impl Kernel {
@@ -157,24 +166,42 @@ impl Kernel {
         // SAFETY: the driver passes its HW_INITIALIZATION_DATA; the size field comes first.
         let size = unsafe { init.cast::<u32>().read_unaligned() } as usize;
         if ![0x88, 0xB0, 0xD0].contains(&size) {
-            self.note(format!("StorPortInitialize: HwInitializationDataSize {size:#x} → STATUS_REVISION_MISMATCH"));
+            self.note(format!(
+                "StorPortInitialize: HwInitializationDataSize {size:#x} → STATUS_REVISION_MISMATCH"
+            ));
             return STATUS_REVISION_MISMATCH;
         }
         let pointer = |offset| field::<usize>(init, size, offset).unwrap_or(0);
-        let feature_support = field::<u32>(init, size, offset_of!(HW_INITIALIZATION_DATA, FeatureSupport)).unwrap_or(0);
-        let is_virtual = size == 0xB0 || (size == 0xD0 && feature_support & STOR_FEATURE_VIRTUAL_MINIPORT != 0);
+        let feature_support = field::<u32>(
+            init,
+            size,
+            offset_of!(HW_INITIALIZATION_DATA, FeatureSupport),
+        )
+        .unwrap_or(0);
+        let is_virtual =
+            size == 0xB0 || (size == 0xD0 && feature_support & STOR_FEATURE_VIRTUAL_MINIPORT != 0);
         let required = [
-            ("HwInitialize", offset_of!(HW_INITIALIZATION_DATA, HwInitialize)),
+            (
+                "HwInitialize",
+                offset_of!(HW_INITIALIZATION_DATA, HwInitialize),
+            ),
             ("HwStartIo", offset_of!(HW_INITIALIZATION_DATA, HwStartIo)),
-            ("HwFindAdapter", offset_of!(HW_INITIALIZATION_DATA, HwFindAdapter)),
+            (
+                "HwFindAdapter",
+                offset_of!(HW_INITIALIZATION_DATA, HwFindAdapter),
+            ),
             ("HwResetBus", offset_of!(HW_INITIALIZATION_DATA, HwResetBus)),
         ];
         if let Some((name, _)) = required.iter().find(|(_, offset)| pointer(*offset) == 0) {
-            self.note(format!("StorPortInitialize: {name} is NULL → STATUS_INVALID_PARAMETER"));
+            self.note(format!(
+                "StorPortInitialize: {name} is NULL → STATUS_INVALID_PARAMETER"
+            ));
             return STATUS_INVALID_PARAMETER;
         }
         if !is_virtual {
-            self.note("StorPortInitialize: not a virtual miniport; storsim emulates no HBA hardware");
+            self.note(
+                "StorPortInitialize: not a virtual miniport; storsim emulates no HBA hardware",
+            );
             return STATUS_NOT_SUPPORTED;
         }
         let optional = |offset| {
@@ -187,38 +214,107 @@ impl Kernel {
         // storport.h; the transmutes only retype the same function address.
         let callbacks = Callbacks {
             // SAFETY: see above.
-            find_adapter: unsafe { std::mem::transmute::<usize, VIRTUAL_HW_FIND_ADAPTER>(pointer(offset_of!(HW_INITIALIZATION_DATA, HwFindAdapter))) },
+            find_adapter: unsafe {
+                std::mem::transmute::<usize, VIRTUAL_HW_FIND_ADAPTER>(pointer(offset_of!(
+                    HW_INITIALIZATION_DATA,
+                    HwFindAdapter
+                )))
+            },
             // SAFETY: see above.
-            initialize: unsafe { std::mem::transmute::<usize, HW_INITIALIZE>(pointer(offset_of!(HW_INITIALIZATION_DATA, HwInitialize))) },
+            initialize: unsafe {
+                std::mem::transmute::<usize, HW_INITIALIZE>(pointer(offset_of!(
+                    HW_INITIALIZATION_DATA,
+                    HwInitialize
+                )))
+            },
             // SAFETY: see above.
-            start_io: unsafe { std::mem::transmute::<usize, HW_STARTIO>(pointer(offset_of!(HW_INITIALIZATION_DATA, HwStartIo))) },
+            start_io: unsafe {
+                std::mem::transmute::<usize, HW_STARTIO>(pointer(offset_of!(
+                    HW_INITIALIZATION_DATA,
+                    HwStartIo
+                )))
+            },
             // SAFETY: see above.
-            reset_bus: unsafe { std::mem::transmute::<usize, HW_RESET_BUS>(pointer(offset_of!(HW_INITIALIZATION_DATA, HwResetBus))) },
+            reset_bus: unsafe {
+                std::mem::transmute::<usize, HW_RESET_BUS>(pointer(offset_of!(
+                    HW_INITIALIZATION_DATA,
+                    HwResetBus
+                )))
+            },
             // SAFETY: `optional` yields None or the driver's function of this prototype.
-            adapter_control: unsafe { std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_ADAPTER_CONTROL>>(optional(offset_of!(HW_INITIALIZATION_DATA, HwAdapterControl))) },
+            adapter_control: unsafe {
+                std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_ADAPTER_CONTROL>>(
+                    optional(offset_of!(HW_INITIALIZATION_DATA, HwAdapterControl)),
+                )
+            },
             // SAFETY: as above.
-            free_adapter_resources: unsafe { std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_FREE_ADAPTER_RESOURCES>>(optional(offset_of!(HW_INITIALIZATION_DATA, HwFreeAdapterResources))) },
+            free_adapter_resources: unsafe {
+                std::mem::transmute::<
+                    Option<unsafe extern "win64" fn()>,
+                    Option<HW_FREE_ADAPTER_RESOURCES>,
+                >(optional(offset_of!(
+                    HW_INITIALIZATION_DATA,
+                    HwFreeAdapterResources
+                )))
+            },
             // SAFETY: as above.
-            process_service_request: unsafe { std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_PROCESS_SERVICE_REQUEST>>(optional(offset_of!(HW_INITIALIZATION_DATA, HwProcessServiceRequest))) },
+            process_service_request: unsafe {
+                std::mem::transmute::<
+                    Option<unsafe extern "win64" fn()>,
+                    Option<HW_PROCESS_SERVICE_REQUEST>,
+                >(optional(offset_of!(
+                    HW_INITIALIZATION_DATA,
+                    HwProcessServiceRequest
+                )))
+            },
             // SAFETY: as above.
-            complete_service_irp: unsafe { std::mem::transmute::<Option<unsafe extern "win64" fn()>, Option<HW_COMPLETE_SERVICE_IRP>>(optional(offset_of!(HW_INITIALIZATION_DATA, HwCompleteServiceIrp))) },
-            extension_size: field::<u32>(init, size, offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize)).unwrap_or(0),
+            complete_service_irp: unsafe {
+                std::mem::transmute::<
+                    Option<unsafe extern "win64" fn()>,
+                    Option<HW_COMPLETE_SERVICE_IRP>,
+                >(optional(offset_of!(
+                    HW_INITIALIZATION_DATA,
+                    HwCompleteServiceIrp
+                )))
+            },
+            extension_size: field::<u32>(
+                init,
+                size,
+                offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize),
+            )
+            .unwrap_or(0),
         };
         // Storport marks the caller's copy (PortVersionFlags |= 0x10) [DECOMP].
-        let flags = init.cast::<u8>().wrapping_add(offset_of!(HW_INITIALIZATION_DATA, PortVersionFlags)).cast::<u16>();
+        let flags = init
+            .cast::<u8>()
+            .wrapping_add(offset_of!(HW_INITIALIZATION_DATA, PortVersionFlags))
+            .cast::<u16>();
         // SAFETY: inside the driver's structure (all sizes ≥ 0x88 > 0x6A).
         let old = unsafe { flags.read_unaligned() };
         // SAFETY: as above.
         unsafe { flags.write_unaligned(old | 0x10) };
-        *self.port.callbacks.lock().unwrap_or_else(|p| p.into_inner()) = Some(callbacks);
+        *self
+            .port
+            .callbacks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(callbacks);
         let objects = &self.port.objects;
-        for major in [0x00, 0x02, 0x03, 0x04, 0x09, 0x0E, 0x0F, 0x10, 0x16, 0x17, 0x1B] {
+        for major in [
+            0x00, 0x02, 0x03, 0x04, 0x09, 0x0E, 0x0F, 0x10, 0x16, 0x17, 0x1B,
+        ] {
             debug_assert!(major <= IRP_MJ_MAXIMUM_FUNCTION);
-            objects.set_word(MAJOR_FUNCTION + major * 8, super::service::storport_dispatch as *const () as usize);
+            objects.set_word(
+                MAJOR_FUNCTION + major * 8,
+                super::service::storport_dispatch as *const () as usize,
+            );
         }
-        objects.set_word(DRIVER_UNLOAD, super::service::storport_unload as *const () as usize);
+        objects.set_word(
+            DRIVER_UNLOAD,
+            super::service::storport_unload as *const () as usize,
+        );
         // SAFETY: the extension box is 5 words; AddDevice is word 1.
-        let add_device = unsafe { (objects.driver[DRIVER_EXTENSION / 8] as *mut u64).add(ADD_DEVICE / 8) };
+        let add_device =
+            unsafe { (objects.driver[DRIVER_EXTENSION / 8] as *mut u64).add(ADD_DEVICE / 8) };
         // SAFETY: in bounds (above); nothing else writes it during DriverEntry.
         unsafe { add_device.write(super::service::storport_add_device as *const () as u64) };
         self.note(format!(

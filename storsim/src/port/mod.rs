@@ -14,8 +14,8 @@ use std::sync::{Mutex, MutexGuard};
 pub use dispatcher::Dispatcher;
 pub use init::{Callbacks, DriverObjects};
 pub use pnp::PnpState;
-pub use rundown::Rundown;
 pub use pnp::StartError;
+pub use rundown::Rundown;
 pub use service::IOCTL_MINIPORT_PROCESS_SERVICE_IRP as IOCTL;
 
 use storport_abi::DEVICE_OBJECT;

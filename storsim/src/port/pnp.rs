@@ -57,14 +57,20 @@ impl Kernel {
         let callbacks = self.port.callbacks().ok_or(StartError::NotInitialized)?;
         let (extension, first) = {
             let mut adapter = self.port.adapter();
-            if !matches!(adapter.state, super::PnpState::Added | super::PnpState::Stopped) {
+            if !matches!(
+                adapter.state,
+                super::PnpState::Added | super::PnpState::Stopped
+            ) {
                 return Err(StartError::WrongState(adapter.state));
             }
             let first = adapter.extension == 0;
             if first {
                 // Zeroed at first allocation only, kept across stop/start [DECOMP].
-                let layout = Layout::from_size_align(EXTENSION_HEADER + callbacks.extension_size.max(1) as usize, 16)
-                    .expect("extension sizes are small");
+                let layout = Layout::from_size_align(
+                    EXTENSION_HEADER + callbacks.extension_size.max(1) as usize,
+                    16,
+                )
+                .expect("extension sizes are small");
                 // SAFETY: non-zero size.
                 let block = unsafe { std::alloc::alloc_zeroed(layout) };
                 adapter.extension = block as usize + EXTENSION_HEADER;
@@ -75,7 +81,11 @@ impl Kernel {
         self.note(format!(
             "PnP START_DEVICE: extension {extension:#x} ({} bytes{})",
             callbacks.extension_size,
-            if first { ", zeroed" } else { ", kept from the last start" }
+            if first {
+                ", zeroed"
+            } else {
+                ", kept from the last start"
+            }
         ));
         self.port.rundown.reopen();
         let mut config: PORT_CONFIGURATION_INFORMATION = PORT_CONFIGURATION_INFORMATION::zeroed();
@@ -157,17 +167,21 @@ impl Kernel {
         };
         let mut list = [0u8; 4 + SCSI_ADAPTER_CONTROL_MAX as usize];
         list[..4].copy_from_slice(&SCSI_ADAPTER_CONTROL_MAX.to_le_bytes());
-        self.call_driver("HwAdapterControl(ScsiQuerySupportedControlTypes)", PASSIVE_LEVEL, || {
-            // SAFETY: HwAdapterControl contract: a SCSI_SUPPORTED_CONTROL_TYPE_LIST with
-            // MaxControlType entries after the count.
-            unsafe {
-                control(
-                    extension as *mut c_void,
-                    SCSI_QUERY_SUPPORTED_CONTROL_TYPES,
-                    list.as_mut_ptr().cast(),
-                )
-            }
-        });
+        self.call_driver(
+            "HwAdapterControl(ScsiQuerySupportedControlTypes)",
+            PASSIVE_LEVEL,
+            || {
+                // SAFETY: HwAdapterControl contract: a SCSI_SUPPORTED_CONTROL_TYPE_LIST with
+                // MaxControlType entries after the count.
+                unsafe {
+                    control(
+                        extension as *mut c_void,
+                        SCSI_QUERY_SUPPORTED_CONTROL_TYPES,
+                        list.as_mut_ptr().cast(),
+                    )
+                }
+            },
+        );
         let mut adapter = self.port.adapter();
         for (slot, &flag) in adapter.supported.iter_mut().zip(&list[4..]) {
             *slot = flag != 0;
@@ -180,7 +194,10 @@ impl Kernel {
             .map(|(i, _)| i.to_string())
             .collect();
         drop(adapter);
-        self.note(format!("HwAdapterControl: supported control types [{}]", names.join(", ")));
+        self.note(format!(
+            "HwAdapterControl: supported control types [{}]",
+            names.join(", ")
+        ));
     }
 
     /// Calls HwAdapterControl(`control`) if the miniport reported it supported.
@@ -210,7 +227,10 @@ impl Kernel {
         };
         let mut answered = Vec::new();
         for target in 0..targets {
-            let Ok(data) = self.pool.allocate_zeroed(36, u32::from_le_bytes(*b"Inq "), Owner::SystemBuffer) else {
+            let Ok(data) =
+                self.pool
+                    .allocate_zeroed(36, u32::from_le_bytes(*b"Inq "), Owner::SystemBuffer)
+            else {
                 return;
             };
             // SAFETY: all-zero is a valid SCSI_REQUEST_BLOCK (integers and null pointers).
@@ -234,12 +254,20 @@ impl Kernel {
             });
             let still_out = self.port.srbs_outstanding().remove(&(srb_ptr as usize));
             if still_out {
-                self.note(format!("HwStartIo: INQUIRY to target {target} not completed by return"));
+                self.note(format!(
+                    "HwStartIo: INQUIRY to target {target} not completed by return"
+                ));
             }
-            answered.push(format!("target {target}: SRB_STATUS {:#04x}", srb.SrbStatus));
+            answered.push(format!(
+                "target {target}: SRB_STATUS {:#04x}",
+                srb.SrbStatus
+            ));
             let _ = self.pool.free(data, None);
         }
-        self.note(format!("bus scan: INQUIRY via HwStartIo → {}", answered.join(", ")));
+        self.note(format!(
+            "bus scan: INQUIRY via HwStartIo → {}",
+            answered.join(", ")
+        ));
     }
 
     /// StorPortNotification(RequestComplete, ext, Srb).
@@ -296,7 +324,9 @@ impl Kernel {
         self.port.adapter().state = PnpState::SurpriseRemoved;
         self.note("PnP SURPRISE_REMOVAL");
         if !self.adapter_control(SCSI_ADAPTER_SURPRISE_REMOVAL, "ScsiAdapterSurpriseRemoval") {
-            self.note("ScsiAdapterSurpriseRemoval not supported: Storport just waits for the rundown");
+            self.note(
+                "ScsiAdapterSurpriseRemoval not supported: Storport just waits for the rundown",
+            );
         }
         self.wait_rundown("SURPRISE_REMOVAL");
         self.port.dispatcher.cancel_timer();
@@ -311,7 +341,9 @@ impl Kernel {
                 unsafe { routine(extension as *mut c_void) }
             });
             let left = self.service_irps_with_miniport();
-            self.note(format!("HwCompleteServiceIrp returned; {left} service IRPs still with the miniport"));
+            self.note(format!(
+                "HwCompleteServiceIrp returned; {left} service IRPs still with the miniport"
+            ));
         }
     }
 
@@ -326,7 +358,10 @@ impl Kernel {
     /// RaidReleaseAdapterRemoveLockAndWait, with a limit: a hang becomes a report.
     fn wait_rundown(&self, during: &str) {
         match self.port.rundown.close_and_wait(self.config.rundown_limit) {
-            Ok(waited) => self.note(format!("{during}: rundown drained after {:.1} ms", waited.as_secs_f64() * 1e3)),
+            Ok(waited) => self.note(format!(
+                "{during}: rundown drained after {:.1} ms",
+                waited.as_secs_f64() * 1e3
+            )),
             Err(held) => {
                 let parked = self.service_irps_with_miniport();
                 self.report(BugCheck::new(
@@ -357,7 +392,9 @@ impl Kernel {
                 0xC4,
                 [RULE_IRPS_LEFT_AFTER_FLUSH, left as u64, 0, 0],
                 "DRIVER_VERIFIER_DETECTED_VIOLATION",
-                format!("{left} service IRPs still owned by the miniport after HwFreeAdapterResources"),
+                format!(
+                    "{left} service IRPs still owned by the miniport after HwFreeAdapterResources"
+                ),
             ));
         }
         self.note("HwFreeAdapterResources: adapter gone");
@@ -378,7 +415,11 @@ impl Kernel {
                 0xC4,
                 [0x62, 0, bytes as u64, leaks.len() as u64],
                 "DRIVER_VERIFIER_DETECTED_VIOLATION",
-                format!("driver unloaded with {} pool allocations outstanding: {}", leaks.len(), tags.join(", ")),
+                format!(
+                    "driver unloaded with {} pool allocations outstanding: {}",
+                    leaks.len(),
+                    tags.join(", ")
+                ),
             ));
         }
         if self.port.dispatcher.pending() {
@@ -396,6 +437,12 @@ impl Kernel {
 fn tag_text(tag: u32) -> String {
     tag.to_le_bytes()
         .iter()
-        .map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '.' })
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '.'
+            }
+        })
         .collect()
 }

@@ -17,7 +17,10 @@ const STATUS_INVALID_DEVICE_REQUEST: u32 = 0xC000_0010;
 const STATUS_NOT_SUPPORTED: u32 = 0xC000_00BB;
 
 /// Storport's dispatch routine for every major function it registers.
-pub unsafe extern "win64" fn storport_dispatch(_device: *mut c_void, irp: *mut storport_abi::IRP) -> i32 {
+pub unsafe extern "win64" fn storport_dispatch(
+    _device: *mut c_void,
+    irp: *mut storport_abi::IRP,
+) -> i32 {
     kernel().device_control(IrpPtr(irp)) as i32
 }
 
@@ -60,7 +63,10 @@ impl Kernel {
             let adapter = self.port.adapter();
             (adapter.extension, adapter.state)
         };
-        let process = self.port.callbacks().and_then(|c| c.process_service_request);
+        let process = self
+            .port
+            .callbacks()
+            .and_then(|c| c.process_service_request);
         let Some(process) = process.filter(|_| extension != 0 && state != PnpState::Removed) else {
             let status = self.port_complete(irp, STATUS_NOT_SUPPORTED);
             self.port.rundown.release();
@@ -72,7 +78,10 @@ impl Kernel {
         // IoMarkIrpPending, then the miniport owns it; every path ends in STATUS_PENDING.
         // SAFETY: still Storport's until the callback.
         unsafe { irp.current() }.Control |= SL_PENDING_RETURNED;
-        self.port.counters.service_requests.fetch_add(1, Ordering::Relaxed);
+        self.port
+            .counters
+            .service_requests
+            .fetch_add(1, Ordering::Relaxed);
         self.call_driver("HwProcessServiceRequest", PASSIVE_LEVEL, || {
             // SAFETY: the callback's contract: its extension and a service IRP at PASSIVE_LEVEL.
             unsafe { process(extension as *mut c_void, irp.0.cast()) }

@@ -41,8 +41,12 @@ impl Channel {
 
     /// Sends raw bytes as the service IOCTL.
     pub fn send_raw(&self, input: &[u8], out_len: u32) -> Result<Arc<Request>, u32> {
-        self.kernel
-            .device_io_control(self.handle, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, input, out_len)
+        self.kernel.device_io_control(
+            self.handle,
+            IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+            input,
+            out_len,
+        )
     }
 
     pub fn send(&self, request: &Wire, out_len: u32) -> Arc<Request> {

@@ -35,7 +35,10 @@ impl Tracker {
         let mut expected = self.last.map(|last| last + 1 + delivery.reply.lost);
         for event in &delivery.events {
             failures.expect(expected.is_none_or(|e| event.seq == e), || {
-                format!("{}: event seq {} right after {:?} (lost {})", self.name, event.seq, self.last, delivery.reply.lost)
+                format!(
+                    "{}: event seq {} right after {:?} (lost {})",
+                    self.name, event.seq, self.last, delivery.reply.lost
+                )
             });
             expected = Some(event.seq + 1);
             self.last = Some(event.seq);
@@ -45,7 +48,12 @@ impl Tracker {
     }
 }
 
-fn delivered(channel: &Channel, outcome: Option<Outcome>, tracker: &mut Tracker, failures: &Failures) -> Option<Delivery> {
+fn delivered(
+    channel: &Channel,
+    outcome: Option<Outcome>,
+    tracker: &mut Tracker,
+    failures: &Failures,
+) -> Option<Delivery> {
     let Some(outcome) = outcome else {
         failures.expect(false, || format!("{}: a WAIT to complete", tracker.name));
         return None;
@@ -56,7 +64,9 @@ fn delivered(channel: &Channel, outcome: Option<Outcome>, tracker: &mut Tracker,
             Some(delivery)
         }
         Err(status) => {
-            failures.expect(false, || format!("{}: WAIT to succeed, got {status:#x}", tracker.name));
+            failures.expect(false, || {
+                format!("{}: WAIT to succeed, got {status:#x}", tracker.name)
+            });
             None
         }
     }
@@ -68,15 +78,23 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
     let a2 = Channel::open(kernel, 100);
     let b = Channel::open(kernel, 200);
     let channels = [&a1, &a2, &b];
-    let mut trackers = [Tracker::new("waiter A1"), Tracker::new("waiter A2"), Tracker::new("waiter B")];
+    let mut trackers = [
+        Tracker::new("waiter A1"),
+        Tracker::new("waiter A2"),
+        Tracker::new("waiter B"),
+    ];
 
     kernel.note("-- three waiters park (WAIT, cursor NOW)");
     let parked: Vec<_> = channels.iter().map(|c| c.wait(CURSOR_NOW, 4)).collect();
     std::thread::sleep(Duration::from_millis(5));
-    failures.expect(parked.iter().all(|p| p.outcome().is_none()), || "every first WAIT to park".into());
+    failures.expect(parked.iter().all(|p| p.outcome().is_none()), || {
+        "every first WAIT to park".into()
+    });
 
     let per_cpu = 4;
-    kernel.note(format!("-- {cpus} CPUs inject {per_cpu} events each (FIRE)"));
+    kernel.note(format!(
+        "-- {cpus} CPUs inject {per_cpu} events each (FIRE)"
+    ));
     std::thread::scope(|scope| {
         for cpu_index in 0..cpus {
             let channel = &a1;
@@ -98,14 +116,29 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
     kernel.note("-- waiters re-arm with their cursors: the backlog arrives batched");
     for (channel, tracker) in channels.iter().zip(&mut trackers) {
         while tracker.seen.len() < fired as usize {
-            let Some(delivery) = delivered(channel, channel.wait(tracker.cursor, 16).wait(PROMPT), tracker, failures) else {
+            let Some(delivery) = delivered(
+                channel,
+                channel.wait(tracker.cursor, 16).wait(PROMPT),
+                tracker,
+                failures,
+            ) else {
                 break;
             };
             if delivery.events.len() > 1 {
-                kernel.note(format!("{}: {} events in one completion", tracker.name, delivery.events.len()));
+                kernel.note(format!(
+                    "{}: {} events in one completion",
+                    tracker.name,
+                    delivery.events.len()
+                ));
             }
         }
-        failures.expect(tracker.seen.len() == fired as usize, || format!("{} to see all {fired} events (broadcast), saw {}", tracker.name, tracker.seen.len()));
+        failures.expect(tracker.seen.len() == fired as usize, || {
+            format!(
+                "{} to see all {fired} events (broadcast), saw {}",
+                tracker.name,
+                tracker.seen.len()
+            )
+        });
     }
 
     kernel.note("-- DISCOVER completes later, through Storport's timer and a DPC");
@@ -114,20 +147,32 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
         Ok(reply) => {
             let outcome = waiting.wait(PROMPT);
             if let Some(delivery) = delivered(&a2, outcome, &mut trackers[1], failures) {
-                let done = delivery.events.iter().any(|e| e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == reply.id);
-                failures.expect(done, || format!("a DiscoveryComplete event for discovery {}", reply.id));
+                let done = delivery
+                    .events
+                    .iter()
+                    .any(|e| e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == reply.id);
+                failures.expect(done, || {
+                    format!("a DiscoveryComplete event for discovery {}", reply.id)
+                });
             }
         }
         Err(status) => failures.expect(false, || format!("DISCOVER to succeed, got {status:#x}")),
     }
-    failures.expect(kernel.port.timer_calls() >= 1, || "the discovery to run through HwTimer".into());
+    failures.expect(kernel.port.timer_calls() >= 1, || {
+        "the discovery to run through HwTimer".into()
+    });
 
     kernel.note("-- a parked WAIT is cancelled (CancelIoEx)");
     let doomed = b.wait(CURSOR_NOW, 4);
     std::thread::sleep(Duration::from_millis(2));
     b.cancel(&doomed);
     let outcome = doomed.wait(PROMPT);
-    failures.expect(outcome.as_ref().is_some_and(|o| o.status == STATUS_CANCELLED), || format!("the cancelled WAIT to end STATUS_CANCELLED, got {outcome:?}"));
+    failures.expect(
+        outcome
+            .as_ref()
+            .is_some_and(|o| o.status == STATUS_CANCELLED),
+        || format!("the cancelled WAIT to end STATUS_CANCELLED, got {outcome:?}"),
+    );
 
     kernel.note("-- a kernel-mode caller reuses one IRP with its own completion routine");
     kernel_caller(kernel, &a1, failures);
@@ -140,20 +185,32 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
     kernel.note("-- removal with waiters parked; a late request arrives in the window");
     let at_removal: Vec<_> = channels.iter().map(|c| c.wait(CURSOR_NOW, 4)).collect();
     std::thread::sleep(Duration::from_millis(5));
-    failures.expect(at_removal.iter().all(|r| r.outcome().is_none()), || "WAITs with cursor NOW to park before removal".into());
+    failures.expect(at_removal.iter().all(|r| r.outcome().is_none()), || {
+        "WAITs with cursor NOW to park before removal".into()
+    });
     let late = std::cell::RefCell::new(None);
     kernel.remove_adapter(|| *late.borrow_mut() = Some(b.wait(CURSOR_NOW, 4)));
     for (channel, request) in channels.iter().zip(&at_removal) {
         let outcome = request.wait(PROMPT);
-        let removed = outcome.as_ref().is_some_and(|o| o.status == STATUS_DEVICE_REMOVED);
+        let removed = outcome
+            .as_ref()
+            .is_some_and(|o| o.status == STATUS_DEVICE_REMOVED);
         let last_word = outcome.as_ref().map(|o| channel.delivery(o));
-        let final_event = matches!(&last_word, Some(Ok(d)) if d.reply.flags & WaitFlags::FINAL != 0);
+        let final_event =
+            matches!(&last_word, Some(Ok(d)) if d.reply.flags & WaitFlags::FINAL != 0);
         failures.expect(removed || final_event, || format!("removal to complete a parked WAIT with a FINAL reply or STATUS_DEVICE_REMOVED, got {outcome:?}"));
     }
     let late = late.into_inner().and_then(|r| r.wait(PROMPT));
-    failures.expect(late.is_some(), || "the request sent between HwCompleteServiceIrp and the rundown wait to complete".into());
+    failures.expect(late.is_some(), || {
+        "the request sent between HwCompleteServiceIrp and the rundown wait to complete".into()
+    });
     let after = b.wait(CURSOR_NOW, 4).wait(PROMPT);
-    failures.expect(after.as_ref().is_some_and(|o| o.status == STATUS_DELETE_PENDING), || format!("a request after removal to fail STATUS_DELETE_PENDING, got {after:?}"));
+    failures.expect(
+        after
+            .as_ref()
+            .is_some_and(|o| o.status == STATUS_DELETE_PENDING),
+        || format!("a request after removal to fail STATUS_DELETE_PENDING, got {after:?}"),
+    );
     for channel in [a1, a2, b] {
         channel.close();
     }
@@ -167,16 +224,29 @@ fn kernel_caller(kernel: &KernelRef, user: &Channel, failures: &Failures) {
         return failures.expect(false, || "an IRP for the kernel-mode caller".into());
     };
     let mut wait = [0u8; 64];
-    let len = revcall_protocol::encode_request(&revcall_protocol::Request::Wait { cursor: CURSOR_NOW, max_events: 4 }, &mut wait)
-        .expect("fits");
+    let len = revcall_protocol::encode_request(
+        &revcall_protocol::Request::Wait {
+            cursor: CURSOR_NOW,
+            max_events: 4,
+        },
+        &mut wait,
+    )
+    .expect("fits");
     for round in 0..3 {
         let Some(request) = caller.send(kernel, crate::port::IOCTL, &wait[..len], 256) else {
-            return failures.expect(false, || format!("round {round}: the reused IRP to be free"));
+            return failures.expect(false, || {
+                format!("round {round}: the reused IRP to be free")
+            });
         };
         std::thread::sleep(Duration::from_millis(2));
         let _ = user.fire(0x200, round);
         let outcome = request.wait(PROMPT);
-        failures.expect(outcome.as_ref().is_some_and(|o| o.status == 0 && o.information > 0), || format!("round {round}: the kernel caller's WAIT to complete, got {outcome:?}"));
+        failures.expect(
+            outcome
+                .as_ref()
+                .is_some_and(|o| o.status == 0 && o.information > 0),
+            || format!("round {round}: the kernel caller's WAIT to complete, got {outcome:?}"),
+        );
     }
     caller.free(kernel);
 }
@@ -189,7 +259,9 @@ pub fn surprise_removal(kernel: &KernelRef, failures: &Failures) -> Result<(), R
     kernel.surprise_remove_adapter();
     for request in &parked {
         let outcome = request.wait(PROMPT);
-        failures.expect(outcome.is_some(), || "surprise removal to complete every parked WAIT".into());
+        failures.expect(outcome.is_some(), || {
+            "surprise removal to complete every parked WAIT".into()
+        });
     }
     kernel.remove_adapter(|| {});
     channel.close();

@@ -26,16 +26,30 @@ pub fn run(kernel: &KernelRef, failures: &Failures) -> Result<(), RunError> {
     };
     let parked = [send(PARK, 8), send(PARK, 8)];
     std::thread::sleep(Duration::from_millis(5));
-    failures.expect(parked.iter().all(|p| p.outcome().is_none()), || "PARK requests to stay pending".into());
+    failures.expect(parked.iter().all(|p| p.outcome().is_none()), || {
+        "PARK requests to stay pending".into()
+    });
 
     let echo = send(ECHO, 64).wait(PROMPT);
-    failures.expect(echo.as_ref().is_some_and(|o| o.status == 0), || format!("ECHO to succeed, got {echo:?}"));
+    failures.expect(echo.as_ref().is_some_and(|o| o.status == 0), || {
+        format!("ECHO to succeed, got {echo:?}")
+    });
 
     let flush = send(FLUSH, 8).wait(PROMPT);
-    failures.expect(flush.as_ref().is_some_and(|o| o.status == 0 && o.information == 8), || format!("FLUSH to succeed with 8 bytes, got {flush:?}"));
+    failures.expect(
+        flush
+            .as_ref()
+            .is_some_and(|o| o.status == 0 && o.information == 8),
+        || format!("FLUSH to succeed with 8 bytes, got {flush:?}"),
+    );
     for request in &parked {
         let outcome = request.wait(PROMPT);
-        failures.expect(outcome.as_ref().is_some_and(|o| o.status == 0 && o.information == 8), || format!("FLUSH to complete each parked request, got {outcome:?}"));
+        failures.expect(
+            outcome
+                .as_ref()
+                .is_some_and(|o| o.status == 0 && o.information == 8),
+            || format!("FLUSH to complete each parked request, got {outcome:?}"),
+        );
     }
 
     let cancelled = send(PARK, 8);
@@ -43,14 +57,36 @@ pub fn run(kernel: &KernelRef, failures: &Failures) -> Result<(), RunError> {
     kernel.cancel_io(handle, Some(cancelled.id));
     kernel.await_cancellations();
     let outcome = cancelled.outcome();
-    failures.expect(outcome.as_ref().is_some_and(|o| o.status == STATUS_CANCELLED), || format!("CancelIoEx to complete a parked request with STATUS_CANCELLED, got {outcome:?}"));
+    failures.expect(
+        outcome
+            .as_ref()
+            .is_some_and(|o| o.status == STATUS_CANCELLED),
+        || {
+            format!(
+                "CancelIoEx to complete a parked request with STATUS_CANCELLED, got {outcome:?}"
+            )
+        },
+    );
 
     let at_removal = send(PARK, 8);
     kernel.remove_adapter(|| {});
     let outcome = at_removal.wait(Duration::from_millis(100));
-    failures.expect(outcome.as_ref().is_some_and(|o| o.status == STATUS_DEVICE_REMOVED), || format!("removal to complete the parked request with STATUS_DEVICE_REMOVED, got {outcome:?}"));
+    failures.expect(
+        outcome
+            .as_ref()
+            .is_some_and(|o| o.status == STATUS_DEVICE_REMOVED),
+        || {
+            format!(
+                "removal to complete the parked request with STATUS_DEVICE_REMOVED, got {outcome:?}"
+            )
+        },
+    );
     let late = send(ECHO, 8).wait(PROMPT);
-    failures.expect(late.as_ref().is_some_and(|o| o.status == STATUS_DELETE_PENDING), || format!("a request after removal to fail with STATUS_DELETE_PENDING, got {late:?}"));
+    failures.expect(
+        late.as_ref()
+            .is_some_and(|o| o.status == STATUS_DELETE_PENDING),
+        || format!("a request after removal to fail with STATUS_DELETE_PENDING, got {late:?}"),
+    );
     kernel.close(handle);
     Ok(())
 }

@@ -100,7 +100,10 @@ pub struct Harness {
 
 impl Harness {
     /// Boots a kernel, loads `driver` and starts its adapter.
-    pub fn start(driver: &std::path::Path, config: Config) -> Result<Self, crate::driver::RunError> {
+    pub fn start(
+        driver: &std::path::Path,
+        config: Config,
+    ) -> Result<Self, crate::driver::RunError> {
         let session = Kernel::boot(config);
         let kernel = session.kernel().clone();
         let loaded = kernel.load_driver(driver)?;

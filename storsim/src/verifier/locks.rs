@@ -81,7 +81,9 @@ impl LockOrder {
                 0xC4,
                 [0x1000, lock as u64, 0, 0],
                 "DRIVER_VERIFIER_DETECTED_VIOLATION",
-                format!("{name} {lock:#x} acquired recursively by the thread that holds it (self-deadlock)"),
+                format!(
+                    "{name} {lock:#x} acquired recursively by the thread that holds it (self-deadlock)"
+                ),
             )));
         }
         let mut report = None;
@@ -119,7 +121,10 @@ impl LockOrder {
     /// Forgets the locks that lived in freed memory, so a reused address starts clean.
     pub fn forget_range(&self, start: usize, len: usize) {
         let gone = |lock: &LockId| (start..start + len).contains(lock);
-        self.apis.lock().unwrap_or_else(|p| p.into_inner()).retain(|lock, _| !gone(lock));
+        self.apis
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|lock, _| !gone(lock));
         let mut after = self.after.lock().unwrap_or_else(|p| p.into_inner());
         after.retain(|lock, _| !gone(lock));
         for set in after.values_mut() {
@@ -164,7 +169,9 @@ pub fn pop_held(lock: LockId) -> Result<(), Option<BugCheck>> {
                 0xC4,
                 [0x1003, lock as u64, inner as u64, 0],
                 "DRIVER_VERIFIER_DETECTED_VIOLATION",
-                format!("spin lock {lock:#x} released while {inner:#x}, taken after it, is still held"),
+                format!(
+                    "spin lock {lock:#x} released while {inner:#x}, taken after it, is still held"
+                ),
             ))),
             None => Ok(()),
         }
