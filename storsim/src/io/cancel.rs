@@ -14,6 +14,9 @@ use crate::kernel::Kernel;
 use crate::verifier::locks::{self, CANCEL_SPIN_LOCK, LockApi};
 use crate::verifier::{self, BugCheck};
 
+/// The storsim rule: a cancel routine returned holding the cancel spin lock.
+pub const RULE_CANCEL_SPIN_LOCK_KEPT: u64 = 0x5700_000A;
+
 /// A DRIVER_CANCEL routine.
 type CancelRoutine =
     unsafe extern "win64" fn(device: *mut std::ffi::c_void, irp: *mut storport_abi::IRP);
@@ -78,9 +81,9 @@ impl Kernel {
         if locks::holds(CANCEL_SPIN_LOCK) {
             self.report(BugCheck::new(
                 0xC4,
-                [0x1003, CANCEL_SPIN_LOCK as u64, addr as u64, 0],
+                [RULE_CANCEL_SPIN_LOCK_KEPT, CANCEL_SPIN_LOCK as u64, addr as u64, 0],
                 "DRIVER_VERIFIER_DETECTED_VIOLATION",
-                "cancel routine returned without releasing the cancel spin lock (CancelSpinLock rule)",
+                "cancel routine returned without releasing the cancel spin lock (SDV CancelSpinLock)",
             ));
             self.release_cancel_lock(old_irql);
         }

@@ -102,6 +102,14 @@ impl Dispatcher {
         state.timer.is_some() || !state.dpcs.is_empty()
     }
 
+    /// Drops every queued DPC and the timer (the driver is going away).
+    pub fn discard(&self) {
+        let mut state = self.state();
+        state.timer = None;
+        state.dpcs.clear();
+        state.queued.clear();
+    }
+
     /// Stops the DPC CPU after it has run what is queued.
     pub fn stop(&self) {
         self.state().stop = true;

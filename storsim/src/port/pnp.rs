@@ -402,6 +402,16 @@ impl Kernel {
 
     /// Driver unload: what Driver Verifier checks when the image goes away.
     pub fn unload(&self) {
+        if self.port.dispatcher.pending() {
+            self.report(BugCheck::new(
+                0xC7,
+                [1, 0, 0, 0],
+                "TIMER_OR_DPC_INVALID",
+                "driver unloaded with a timer or DPC still queued: it would run in freed code",
+            ));
+        }
+        // Nothing queued by the driver may run once its image is gone.
+        self.port.dispatcher.discard();
         self.port.dispatcher.stop();
         let leaks = self.pool.outstanding(Owner::Driver);
         if !leaks.is_empty() {
@@ -420,14 +430,6 @@ impl Kernel {
                     leaks.len(),
                     tags.join(", ")
                 ),
-            ));
-        }
-        if self.port.dispatcher.pending() {
-            self.report(BugCheck::new(
-                0xC7,
-                [1, 0, 0, 0],
-                "TIMER_OR_DPC_INVALID",
-                "driver unloaded with a timer or DPC still queued",
             ));
         }
         self.note("driver unloaded");

@@ -10,6 +10,11 @@ use crate::cpu::{
     current_kthread, enter_thread, irql, set_irql,
 };
 
+// The emulated IRQL lives in thread-local memory that the handler reads and writes, so these asm
+// blocks must not claim `nomem`: the optimizer would otherwise move `set_irql`/`irql()` across
+// them (a release build did). Driver code needs no such care: it reaches storsim's IRQL only
+// through calls.
+
 /// `mov <reg>, cr8` with the register preloaded with all ones, so the result also proves the
 /// handler zero-extends. Needs [`setup`] on the calling thread.
 macro_rules! read_cr8_via {
@@ -21,7 +26,7 @@ macro_rules! read_cr8_via {
             asm!(
                 concat!("mov ", $reg, ", cr8"),
                 inout($reg) u64::MAX => value,
-                options(nomem, nostack, preserves_flags),
+                options(readonly, nostack, preserves_flags),
             )
         };
         value
@@ -38,7 +43,7 @@ macro_rules! write_cr8_via {
             asm!(
                 concat!("mov cr8, ", $reg),
                 in($reg) value,
-                options(nomem, nostack, preserves_flags),
+                options(nostack, preserves_flags),
             )
         };
     }};
@@ -59,7 +64,7 @@ macro_rules! read_cr8_via_reserved {
                 concat!("mov ", $reg, ", {save}"),
                 save = out(reg) _,
                 value = out(reg) value,
-                options(nomem, nostack, preserves_flags),
+                options(readonly, nostack, preserves_flags),
             )
         };
         value
