@@ -369,3 +369,71 @@ fn a_kernel_mode_caller_reuses_its_irp() {
     caller.free(&kernel);
     finish(harness);
 }
+
+/// Follows one waiter (re-arming with its cursor) until `done` holds for an event it received.
+fn follow(
+    channel: &Channel,
+    first: std::sync::Arc<storsim::io::Request>,
+    done: impl Fn(&revcall_protocol::EventRecord) -> bool,
+) -> Vec<revcall_protocol::EventRecord> {
+    let mut seen = Vec::new();
+    let mut request = first;
+    loop {
+        let got = delivery(channel, request.wait(PROMPT));
+        assert_eq!(got.reply.lost, 0);
+        seen.extend(got.events.iter().copied());
+        if seen.iter().any(&done) {
+            return seen;
+        }
+        request = channel.wait(got.reply.cursor, 8);
+    }
+}
+
+#[test]
+fn parked_waits_survive_a_pnp_stop_and_start() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    let channel = Channel::open(&kernel, 1);
+    let parked: Vec<_> = (0..3).map(|_| channel.wait(CURSOR_NOW, 8)).collect();
+    settle();
+    kernel.stop_adapter();
+    kernel
+        .start_adapter()
+        .expect("restarts with the kept extension");
+    settle();
+    let seq = channel.fire(5, 5).expect("FIRE after restart");
+    for wait in parked {
+        // Not flushed with an error: the waiters hear the lifecycle, then the new event.
+        let seen = follow(&channel, wait, |e| e.seq == seq);
+        assert!(
+            seen.iter()
+                .any(|e| e.kind == EventKind::AdapterStopped as u32),
+            "{seen:?}"
+        );
+        assert!(
+            seen.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+            "no gaps: {seen:?}"
+        );
+    }
+    finish(harness);
+}
+
+#[test]
+fn a_discovery_pending_across_a_power_cycle_still_completes() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    let channel = Channel::open(&kernel, 1);
+    let waiting = channel.wait(CURSOR_NOW, 8);
+    settle();
+    let reply = channel.discover(30).expect("DISCOVER");
+    kernel.power_cycle_adapter();
+    let seen = follow(&channel, waiting, |e| {
+        e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == reply.id
+    });
+    assert!(
+        seen.iter()
+            .any(|e| e.kind == EventKind::AdapterRestarted as u32),
+        "{seen:?}"
+    );
+    finish(harness);
+}

@@ -153,9 +153,6 @@ impl Kernel {
         }
         self.note("HwInitialize → TRUE");
         self.query_supported_controls(extension);
-        if !first {
-            self.adapter_control(SCSI_RESTART_ADAPTER, "ScsiRestartAdapter");
-        }
         self.port.adapter().state = PnpState::Started;
         self.scan_bus(extension, config.MaximumNumberOfTargets.clamp(1, 8));
         Ok(())
@@ -299,6 +296,15 @@ impl Kernel {
         self.port.dispatcher.cancel_timer();
         self.note("PnP STOP_DEVICE");
         self.adapter_control(SCSI_STOP_ADAPTER, "ScsiStopAdapter");
+    }
+
+    /// A device power cycle (D0 → D3 → D0, RaidAdapterDevicePowerstopAdapter): ScsiStopAdapter
+    /// then ScsiRestartAdapter; PnP state, parked IRPs and the rundown are untouched.
+    pub fn power_cycle_adapter(&self) {
+        self.note("power: D3 then D0");
+        self.port.dispatcher.cancel_timer();
+        self.adapter_control(SCSI_STOP_ADAPTER, "ScsiStopAdapter");
+        self.adapter_control(SCSI_RESTART_ADAPTER, "ScsiRestartAdapter");
     }
 
     /// IRP_MN_REMOVE_DEVICE. `between` runs after HwCompleteServiceIrp returns and before the
