@@ -124,6 +124,7 @@ impl Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        self.kernel.port.dispatcher.stop();
         *CURRENT.write().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
@@ -167,11 +168,6 @@ impl Kernel {
 
     pub fn label(&self) -> Label {
         self.label.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    }
-
-    /// Stops the emulated CPUs the kernel runs itself (the DPC CPU).
-    pub fn shutdown(&self) {
-        self.port.dispatcher.stop();
     }
 
     /// Records a violation; the run fails but goes on.
@@ -295,9 +291,14 @@ impl Kernel {
 
     /// Ends the run the way a bug check ends Windows: report, print the summary, exit.
     pub fn stop(&self, bug: BugCheck) -> ! {
+        use std::io::Write;
         self.report(bug);
         crate::report::emit_fatal(self);
-        std::process::exit(1)
+        let _ = std::io::stdout().flush();
+        let _ = std::io::stderr().flush();
+        // Possibly inside the fault handler: end without atexit handlers or destructors.
+        // SAFETY: _exit is async-signal-safe and takes no pointers.
+        unsafe { libc::_exit(1) }
     }
 }
 

@@ -46,7 +46,9 @@ impl Kernel {
     pub fn cancel_irp(&self, addr: usize) -> bool {
         let old_irql = self.acquire_cancel_lock();
         let irp = IrpPtr(addr as *mut _);
-        let routine = {
+        // Everything read from the IRP is read while the registry says it is live; once the
+        // routine is swapped out, its owner must leave the IRP to the cancel routine.
+        let (routine, device) = {
             let mut irps = self.io.irps();
             match irps.get_mut(&addr) {
                 Some(record) if record.state == IrpState::WithDriver => {
@@ -55,10 +57,14 @@ impl Kernel {
                     // written only here, under the cancel spin lock.
                     unsafe { irp.header() }.CancelIrql = old_irql;
                     irp.cancel_flag().store(1, Ordering::SeqCst);
-                    irp.cancel_routine()
-                        .swap(std::ptr::null_mut(), Ordering::AcqRel)
+                    // SAFETY: live (above); the current location is the port driver's.
+                    let device = unsafe { irp.current() }.DeviceObject.cast();
+                    let routine = irp
+                        .cancel_routine()
+                        .swap(std::ptr::null_mut(), Ordering::AcqRel);
+                    (routine, device)
                 }
-                _ => std::ptr::null_mut(),
+                _ => (std::ptr::null_mut(), std::ptr::null_mut()),
             }
         };
         self.io
@@ -69,8 +75,6 @@ impl Kernel {
             self.release_cancel_lock(old_irql);
             return false;
         }
-        // SAFETY: live IRP (its cancel routine was still set, so its owner has not completed it).
-        let device = unsafe { irp.current() }.DeviceObject.cast();
         // SAFETY: the driver stored a DRIVER_CANCEL in Irp->CancelRoutine.
         let routine: CancelRoutine = unsafe { std::mem::transmute(routine) };
         let _call = verifier::enter("cancel routine");

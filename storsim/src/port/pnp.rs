@@ -36,7 +36,7 @@ pub const RULE_FIND_ADAPTER_CONFIG: u64 = 0x5700_0007;
 pub const RULE_IRPS_LEFT_AFTER_FLUSH: u64 = 0x5700_0008;
 
 /// Storport's header in front of the HwDeviceExtension (maps extension → adapter).
-const EXTENSION_HEADER: usize = 16;
+pub(crate) const EXTENSION_HEADER: usize = 16;
 
 /// Why a start failed.
 #[derive(Debug, thiserror::Error)]
@@ -73,7 +73,11 @@ impl Kernel {
                 .expect("extension sizes are small");
                 // SAFETY: non-zero size.
                 let block = unsafe { std::alloc::alloc_zeroed(layout) };
+                if block.is_null() {
+                    std::alloc::handle_alloc_error(layout);
+                }
                 adapter.extension = block as usize + EXTENSION_HEADER;
+                adapter.extension_layout = Some(layout);
             }
             adapter.starts += 1;
             (adapter.extension, first)

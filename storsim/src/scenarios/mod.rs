@@ -83,7 +83,6 @@ pub fn run(options: &Options) -> Summary {
         }
     };
     let summary = Summary::collect(&kernel, error, failures.list());
-    kernel.shutdown();
     drop(session);
     summary
 }
@@ -122,7 +121,6 @@ impl Harness {
         }
         self.kernel.unload();
         let summary = Summary::collect(&self.kernel, None, Vec::new());
-        self.kernel.shutdown();
         self.session.take();
         summary
     }
