@@ -437,3 +437,52 @@ fn a_discovery_pending_across_a_power_cycle_still_completes() {
     );
     finish(harness);
 }
+
+#[test]
+fn four_cpus_wait_fire_and_cancel_at_once_without_losing_anything() {
+    let harness = start_with(Config {
+        delay_probability: 0.1,
+        seed: 7,
+        ..Config::default()
+    });
+    let kernel = harness.kernel.clone();
+    std::thread::scope(|scope| {
+        for cpu in 0..4u32 {
+            let kernel = kernel.clone();
+            scope.spawn(move || {
+                storsim::cpu::enter_thread();
+                let channel = Channel::open(&kernel, 100 + cpu);
+                let mut cursor = CURSOR_NOW;
+                let mut last: Option<u64> = None;
+                for round in 0..150u64 {
+                    let waiting = channel.wait(cursor, 8);
+                    channel.fire(cpu, round).expect("FIRE");
+                    let got = delivery(&channel, waiting.wait(PROMPT));
+                    let mut expected = last.map(|l| l + 1 + got.reply.lost);
+                    for event in &got.events {
+                        assert!(
+                            expected.is_none_or(|e| event.seq == e),
+                            "cpu {cpu}: seq {} after {last:?}",
+                            event.seq
+                        );
+                        expected = Some(event.seq + 1);
+                        last = Some(event.seq);
+                    }
+                    cursor = got.reply.cursor;
+                    if round % 10 == 0 {
+                        let doomed = channel.wait(CURSOR_NOW, 1);
+                        channel.cancel(&doomed);
+                        let status = doomed.wait(PROMPT).expect("completed").status;
+                        // Cancelled, or an event beat the cancel to it.
+                        assert!(
+                            status == STATUS_CANCELLED || status == STATUS_SUCCESS,
+                            "{status:#x}"
+                        );
+                    }
+                }
+                channel.close();
+            });
+        }
+    });
+    finish(harness);
+}
