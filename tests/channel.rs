@@ -50,7 +50,7 @@ fn start() -> Harness {
 fn finish(harness: Harness) {
     let summary = harness.finish();
     assert!(summary.violations.is_empty(), "{}", summary.text(false));
-    assert_eq!(summary.irps.outstanding, 0);
+    assert_eq!(summary.irps.outstanding, Some(0));
     assert_eq!(summary.pool_outstanding, 0);
 }
 

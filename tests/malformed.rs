@@ -110,7 +110,7 @@ fn every_length_of_every_request_gets_its_documented_status() {
     kernel.close(handle);
     let summary = harness.finish();
     assert!(summary.violations.is_empty(), "{}", summary.text(false));
-    assert_eq!(summary.irps.outstanding, 0);
+    assert_eq!(summary.irps.outstanding, Some(0));
 }
 
 #[test]

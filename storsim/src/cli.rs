@@ -50,6 +50,21 @@ enum Command {
     Exports,
 }
 
+/// A panic in storsim (a bug of ours, or a scenario step that cannot go on) still ends with the
+/// run's report, then exit status 2.
+fn report_panics() {
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("storsim: {info}");
+        if let Some(kernel) = crate::kernel::current() {
+            crate::report::emit_internal_error(&kernel, &info.to_string());
+        }
+        use std::io::Write;
+        let _ = std::io::stdout().flush();
+        // SAFETY: _exit takes no pointers; nothing after a panic is worth unwinding for.
+        unsafe { libc::_exit(2) }
+    }));
+}
+
 fn parse_param(text: &str) -> Result<(String, u32), String> {
     let (name, value) = text.split_once('=').ok_or("expected NAME=VALUE")?;
     let value = match value.strip_prefix("0x") {
@@ -79,6 +94,7 @@ pub fn run(cli: Cli) -> i32 {
             rundown_limit_ms,
             json,
         } => {
+            report_panics();
             let config = Config {
                 seed,
                 delay_probability: delay,

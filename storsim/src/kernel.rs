@@ -88,6 +88,8 @@ pub struct Kernel {
     label: Mutex<Label>,
     /// The word of the global cancel spin lock.
     pub cancel_lock: AtomicUsize,
+    /// Distinguishes sessions, so per-thread state (the delay RNG) restarts with each one.
+    session: u64,
     booted: Instant,
     timeline: Mutex<Vec<Moment>>,
     delays: AtomicU64,
@@ -95,6 +97,7 @@ pub struct Kernel {
 
 static CURRENT: RwLock<Option<Arc<Kernel>>> = RwLock::new(None);
 static SESSION: Mutex<()> = Mutex::new(());
+static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// The running kernel. Exports call this; outside a session it is a storsim bug.
 pub fn kernel() -> Arc<Kernel> {
@@ -145,6 +148,7 @@ impl Kernel {
             events: EventCounters::default(),
             label: Mutex::new(Label::default()),
             cancel_lock: AtomicUsize::new(0),
+            session: NEXT_SESSION.fetch_add(1, Ordering::Relaxed),
             booted: Instant::now(),
             timeline: Mutex::new(Vec::new()),
             delays: AtomicU64::new(0),
@@ -224,9 +228,14 @@ impl Kernel {
         }
         let roll = RNG.with(|rng| {
             let mut rng = rng.borrow_mut();
-            let rng = rng.get_or_insert_with(|| {
-                fastrand::Rng::with_seed(self.config.seed ^ (u64::from(cpu::current_cpu()) << 32))
-            });
+            if rng
+                .as_ref()
+                .is_none_or(|(session, _)| *session != self.session)
+            {
+                let seed = self.config.seed ^ (u64::from(cpu::current_cpu()) << 32);
+                *rng = Some((self.session, fastrand::Rng::with_seed(seed)));
+            }
+            let (_, rng) = rng.as_mut().expect("seeded just above");
             (rng.f64(), rng.u32(0..4))
         });
         if roll.0 < self.config.delay_probability {
@@ -292,6 +301,14 @@ impl Kernel {
     /// Ends the run the way a bug check ends Windows: report, print the summary, exit.
     pub fn stop(&self, bug: BugCheck) -> ! {
         use std::io::Write;
+        static STOPPING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if STOPPING.swap(true, Ordering::AcqRel) {
+            // Another CPU is already reporting a bug check; this one stops here, as a halted
+            // machine's other processors do.
+            loop {
+                std::thread::park();
+            }
+        }
         self.report(bug);
         crate::report::emit_fatal(self);
         let _ = std::io::stdout().flush();
@@ -303,5 +320,5 @@ impl Kernel {
 }
 
 thread_local! {
-    static RNG: RefCell<Option<fastrand::Rng>> = const { RefCell::new(None) };
+    static RNG: RefCell<Option<(u64, fastrand::Rng)>> = const { RefCell::new(None) };
 }

@@ -13,7 +13,8 @@ pub struct Irps {
     pub issued: u64,
     pub completed: u64,
     pub cancelled: u64,
-    pub outstanding: u64,
+    /// `null` only when a bug check stopped the run while the I/O registry was busy.
+    pub outstanding: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -71,7 +72,7 @@ impl Summary {
                 issued: counters.issued.load(Ordering::Relaxed),
                 completed: counters.completed.load(Ordering::Relaxed),
                 cancelled: counters.cancelled.load(Ordering::Relaxed),
-                outstanding: kernel.io.outstanding() as u64,
+                outstanding: kernel.io.try_outstanding().map(|n| n as u64),
             },
             events: Events {
                 fired: kernel.events.fired.load(Ordering::Relaxed),
@@ -114,7 +115,12 @@ impl Summary {
         }
         out += &format!(
             "IRPs: {} issued, {} completed ({} cancelled), {} outstanding\n",
-            self.irps.issued, self.irps.completed, self.irps.cancelled, self.irps.outstanding
+            self.irps.issued,
+            self.irps.completed,
+            self.irps.cancelled,
+            self.irps
+                .outstanding
+                .map_or("unknown".to_owned(), |n| n.to_string())
         );
         out += &format!(
             "events: {} fired, {} delivered; port: {} service requests, {} SRBs, {} timer calls, {} DPCs; {} delays injected\n",
@@ -143,6 +149,21 @@ impl Summary {
 
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a summary is plain data")
+    }
+}
+
+/// Called when storsim itself fails (a panic) during a run: the report still comes out, with
+/// the error, and the exit status says the run did not pass.
+pub fn emit_internal_error(kernel: &Kernel, what: &str) {
+    let summary = Summary::collect(
+        kernel,
+        Some(format!("storsim internal error: {what}")),
+        Vec::new(),
+    );
+    if kernel.label().json {
+        println!("{}", summary.json());
+    } else {
+        print!("{}", summary.text(false));
     }
 }
 

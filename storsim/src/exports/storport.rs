@@ -136,8 +136,12 @@ unsafe extern "win64" fn stor_port_extended_function(
             status
         }
         // FreePool(BufferPointer)
+        1 if !storport_irql_at_most("StorPortFreePool", DISPATCH_LEVEL) => STOR_STATUS_INVALID_IRQL,
         1 => match kernel.pool.free(a0 as *mut u8, None) {
-            Ok(_) => STOR_STATUS_SUCCESS,
+            Ok(block) => {
+                kernel.locks.forget_range(block.addr, block.size);
+                STOR_STATUS_SUCCESS
+            }
             Err(error) => {
                 kernel.report(BugCheck::new(
                     0xC4,

@@ -44,6 +44,7 @@ impl Kernel {
 
     /// IoCancelIrp. `true` if a cancel routine was called.
     pub fn cancel_irp(&self, addr: usize) -> bool {
+        let held = locks::held_count();
         let old_irql = self.acquire_cancel_lock();
         let irp = IrpPtr(addr as *mut _);
         // Everything read from the IRP is read while the registry says it is live; once the
@@ -57,8 +58,15 @@ impl Kernel {
                     // written only here, under the cancel spin lock.
                     unsafe { irp.header() }.CancelIrql = old_irql;
                     irp.cancel_flag().store(1, Ordering::SeqCst);
-                    // SAFETY: live (above); the current location is the port driver's.
-                    let device = unsafe { irp.current() }.DeviceObject.cast();
+                    // SAFETY: live (above); the location is read only if it lies inside the IRP
+                    // (a driver may have skipped past its own location).
+                    let header = unsafe { irp.header() };
+                    let device = if (1..=header.StackCount).contains(&header.CurrentLocation) {
+                        // SAFETY: 1 ≤ CurrentLocation ≤ StackCount: inside the block.
+                        unsafe { irp.current() }.DeviceObject.cast()
+                    } else {
+                        std::ptr::null_mut()
+                    };
                     let routine = irp
                         .cancel_routine()
                         .swap(std::ptr::null_mut(), Ordering::AcqRel);
@@ -82,14 +90,23 @@ impl Kernel {
         // SAFETY: the cancel routine's contract: Storport's FDO, the IRP, the cancel lock held
         // at DISPATCH_LEVEL.
         unsafe { routine(device, irp.0) };
-        if locks::holds(CANCEL_SPIN_LOCK) {
-            self.report(BugCheck::new(
-                0xC4,
-                [RULE_CANCEL_SPIN_LOCK_KEPT, CANCEL_SPIN_LOCK as u64, addr as u64, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
-                "cancel routine returned without releasing the cancel spin lock (SDV CancelSpinLock)",
-            ));
-            self.release_cancel_lock(old_irql);
+        for (lock, name) in locks::take_held_beyond(held) {
+            if lock == CANCEL_SPIN_LOCK {
+                self.report(BugCheck::new(
+                    0xC4,
+                    [RULE_CANCEL_SPIN_LOCK_KEPT, CANCEL_SPIN_LOCK as u64, addr as u64, 0],
+                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                    "cancel routine returned without releasing the cancel spin lock (SDV CancelSpinLock)",
+                ));
+            } else {
+                self.report(BugCheck::new(
+                    0xC4,
+                    [0x0004_0006, lock as u64, addr as u64, 0],
+                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                    format!("cancel routine returned still holding {name} {lock:#x} (QueuedSpinLock / SpinLock rule)"),
+                ));
+            }
+            self.force_unlock(lock);
         }
         let after = cpu::irql();
         if after != old_irql {
@@ -214,7 +231,7 @@ impl Kernel {
                     self.report(report);
                 }
             }
-            Err(locks::Refused::Recursive(report) | locks::Refused::Deadlock(report)) => {
+            Err(locks::Refused::Recursive(report)) => {
                 self.report(report);
                 return old;
             }

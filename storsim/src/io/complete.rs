@@ -32,6 +32,8 @@ pub const RULE_SERVICE_IRP_BYPASSED_STORPORT: u64 = 0x5700_0002;
 pub const RULE_SPIN_LOCK_SAFE: u64 = 0x5700_0001;
 /// The storsim rule: output bytes within Information that the driver never wrote.
 pub const RULE_UNWRITTEN_OUTPUT: u64 = 0x5700_0004;
+/// Consecutive never-written output bytes that make a disclosure (chance: 2^-32 per place).
+const UNWRITTEN_RUN: usize = 4;
 
 impl Kernel {
     /// IofCompleteRequest as the driver (or Storport) calls it.
@@ -190,29 +192,43 @@ impl Kernel {
     }
 
     /// Output bytes the I/O manager will copy back but the driver never wrote.
+    ///
+    /// Every output byte past the input started as the I/O manager's marker (byte `i` holds
+    /// byte `i % 8` of the pattern). A run of [`UNWRITTEN_RUN`] or more marker bytes inside
+    /// Information was never written — struct padding included. Shorter runs are not reported:
+    /// a written byte matches the marker by chance one time in 256.
     fn check_disclosure(&self, record: &super::IrpRecord, information: usize) {
-        let start = (record.in_len as usize).next_multiple_of(8);
-        let end = information.min(record.out_len as usize) & !7;
-        let pattern = self.io.pattern;
-        let mut at = start;
-        while at < end {
-            // SAFETY: `at + 8 ≤ end ≤ out_len ≤ buffer length`; the buffer is live (the IRP is
-            // not freed yet) and 16-aligned, so this u64 read is aligned and in bounds.
-            let word = unsafe { ((record.system_buffer + at) as *const u64).read() };
-            if word == pattern {
+        let start = record.in_len as usize;
+        let end = information.min(record.out_len as usize);
+        if end <= start {
+            return;
+        }
+        let pattern = self.io.pattern.to_le_bytes();
+        // SAFETY: [start, end) lies inside the live SystemBuffer (end ≤ out_len ≤ its length).
+        let bytes = unsafe {
+            std::slice::from_raw_parts((record.system_buffer + start) as *const u8, end - start)
+        };
+        let mut run = 0;
+        for (offset, &byte) in bytes.iter().enumerate() {
+            let at = start + offset;
+            run = if byte == pattern[at % 8] { run + 1 } else { 0 };
+            if run == UNWRITTEN_RUN {
+                let first = at + 1 - UNWRITTEN_RUN;
+                let last = (first..end)
+                    .take_while(|&i| bytes[i - start] == pattern[i % 8])
+                    .last()
+                    .unwrap_or(at);
                 self.report(BugCheck::new(
                     0xC4,
-                    [RULE_UNWRITTEN_OUTPUT, record.system_buffer as u64, at as u64, information as u64],
+                    [RULE_UNWRITTEN_OUTPUT, record.system_buffer as u64, first as u64, information as u64],
                     "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     format!(
-                        "output bytes {at}..{} are reported in Information ({information}) but were \
-                         never written: kernel memory would be disclosed to the caller",
-                        at + 8
+                        "output bytes {first}..={last} are reported in Information ({information}) but were \
+                         never written: kernel memory would be disclosed to the caller"
                     ),
                 ));
                 return;
             }
-            at += 8;
         }
     }
 
@@ -229,13 +245,16 @@ impl Kernel {
             // SAFETY: 1 ≤ CurrentLocation ≤ StackCount: inside the IRP block.
             let location = unsafe { &mut *location_ptr };
             header.PendingReturned = u8::from(location.Control & SL_PENDING_RETURNED != 0);
-            let status = header.IoStatus.Status as u32;
-            let wants = if header.Cancel != 0 {
-                SL_INVOKE_ON_CANCEL
-            } else if crate::io::is_error(status) {
-                SL_INVOKE_ON_ERROR
-            } else {
+            // NT_SUCCESS picks success or error (a warning is not success); Cancel adds its own.
+            let succeeded = header.IoStatus.Status >= 0;
+            let wants = if succeeded {
                 SL_INVOKE_ON_SUCCESS
+            } else {
+                SL_INVOKE_ON_ERROR
+            } | if header.Cancel != 0 {
+                SL_INVOKE_ON_CANCEL
+            } else {
+                0
             };
             let routine = location.CompletionRoutine;
             let context = location.Context;

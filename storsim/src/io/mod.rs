@@ -117,6 +117,12 @@ struct Parameters<'a> {
 /// Completed IRPs remembered to recognise a second completion without touching the memory.
 const RECENT_COMPLETIONS: usize = 1 << 16;
 
+fn count_outstanding(irps: &HashMap<usize, IrpRecord>) -> usize {
+    irps.values()
+        .filter(|r| r.state == IrpState::WithDriver)
+        .count()
+}
+
 /// Counters for the run summary.
 #[derive(Default)]
 pub struct Counters {
@@ -131,6 +137,13 @@ pub struct Io {
     irps: Mutex<HashMap<usize, IrpRecord>>,
     recent: Mutex<(VecDeque<usize>, HashSet<usize>)>,
     handles: Mutex<HashMap<Handle, HandleEntry>>,
+    /// FILE_OBJECTs of closed handles: IRPs still in flight point at them (on Windows their
+    /// references keep the object alive), so they live until the session ends.
+    #[expect(
+        clippy::vec_box,
+        reason = "each FILE_OBJECT keeps its address: IRPs point at it"
+    )]
+    closed_files: Mutex<Vec<Box<[u64; 0x1B]>>>,
     next_id: AtomicU64,
     pub counters: Counters,
     /// Fill for output bytes the driver has not written (disclosure check).
@@ -146,6 +159,7 @@ impl Io {
             irps: Mutex::new(HashMap::new()),
             recent: Mutex::new((VecDeque::new(), HashSet::new())),
             handles: Mutex::new(HashMap::new()),
+            closed_files: Mutex::new(Vec::new()),
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
             pattern: pattern | 0x0101_0101_0101_0101,
@@ -188,10 +202,22 @@ impl Io {
 
     /// IRPs not yet completed.
     pub fn outstanding(&self) -> usize {
-        self.irps()
-            .values()
-            .filter(|r| r.state == IrpState::WithDriver)
-            .count()
+        count_outstanding(&self.irps())
+    }
+
+    /// [`Io::outstanding`] without blocking (a bug check may have stopped the thread that
+    /// holds the registry): `None` if the registry stays busy.
+    pub fn try_outstanding(&self) -> Option<usize> {
+        for _ in 0..1000 {
+            match self.irps.try_lock() {
+                Ok(irps) => return Some(count_outstanding(&irps)),
+                Err(std::sync::TryLockError::Poisoned(irps)) => {
+                    return Some(count_outstanding(&irps.into_inner()));
+                }
+                Err(std::sync::TryLockError::WouldBlock) => std::thread::yield_now(),
+            }
+        }
+        None
     }
 
     fn handles_of(&self, process: ProcessId) -> Vec<Handle> {
@@ -238,14 +264,19 @@ impl Kernel {
     /// CloseHandle. Like Windows, closing does not cancel IRPs in flight and no cleanup
     /// request reaches a Storport miniport (STORPORT.md §6.9); their outcomes still arrive.
     pub fn close(&self, handle: Handle) -> bool {
-        let closed = self
+        let entry = self
             .io
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&handle)
-            .is_some();
-        if closed {
+            .remove(&handle);
+        let closed = entry.is_some();
+        if let Some(entry) = entry {
+            self.io
+                .closed_files
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(entry.file_object);
             let parked = self
                 .io
                 .irps()

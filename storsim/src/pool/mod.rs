@@ -67,6 +67,8 @@ pub enum Owner {
     Irp,
     /// A METHOD_BUFFERED SystemBuffer.
     SystemBuffer,
+    /// Storport's memory the miniport writes: the device extension, SRBs and their buffers.
+    Port,
 }
 
 /// A block as its allocator saw it.

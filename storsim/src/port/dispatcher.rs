@@ -87,13 +87,15 @@ impl Dispatcher {
         true
     }
 
-    /// Waits until no DPC is queued or running (removal flushes DPCs before freeing).
-    pub fn drain(&self) {
+    /// Waits until no DPC is queued or running (removal flushes DPCs before freeing);
+    /// `false` if that did not happen within `limit` (a DPC that keeps re-queuing itself).
+    pub fn drain(&self, limit: Duration) -> bool {
         let state = self.state();
-        let _state = self
+        let (_state, timeout) = self
             .idle
-            .wait_while(state, |s| !s.dpcs.is_empty() || s.running)
+            .wait_timeout_while(state, limit, |s| !s.dpcs.is_empty() || s.running)
             .unwrap_or_else(|p| p.into_inner());
+        !timeout.timed_out()
     }
 
     /// A timer or DPC still queued.

@@ -30,6 +30,7 @@ pub struct Callbacks {
     pub process_service_request: Option<HW_PROCESS_SERVICE_REQUEST>,
     pub complete_service_irp: Option<HW_COMPLETE_SERVICE_IRP>,
     pub extension_size: u32,
+    pub srb_extension_size: u32,
 }
 
 const DRIVER_OBJECT_SIZE: usize = 0x150;
@@ -277,6 +278,12 @@ impl Kernel {
                     HwCompleteServiceIrp
                 )))
             },
+            srb_extension_size: field::<u32>(
+                init,
+                size,
+                offset_of!(HW_INITIALIZATION_DATA, SrbExtensionSize),
+            )
+            .unwrap_or(0),
             extension_size: field::<u32>(
                 init,
                 size,

@@ -35,8 +35,6 @@ pub struct Adapter {
     pub extension: usize,
     pub supported: [bool; SCSI_ADAPTER_CONTROL_MAX as usize],
     pub starts: u32,
-    /// How the extension block (header included) was allocated, to free it with the port.
-    pub(crate) extension_layout: Option<std::alloc::Layout>,
 }
 
 impl Default for Adapter {
@@ -46,7 +44,6 @@ impl Default for Adapter {
             extension: 0,
             supported: [false; SCSI_ADAPTER_CONTROL_MAX as usize],
             starts: 0,
-            extension_layout: None,
         }
     }
 }
@@ -104,17 +101,5 @@ impl Port {
     /// Timer calls made so far.
     pub fn timer_calls(&self) -> u64 {
         self.counters.timer_calls.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for Port {
-    fn drop(&mut self) {
-        let adapter = self.adapter.get_mut().unwrap_or_else(|p| p.into_inner());
-        if let Some(layout) = adapter.extension_layout.take() {
-            let block = (adapter.extension - pnp::EXTENSION_HEADER) as *mut u8;
-            // SAFETY: `block` came from `alloc_zeroed(layout)` in the first start and the
-            // driver is gone (the port outlives every call into it).
-            unsafe { std::alloc::dealloc(block, layout) };
-        }
     }
 }

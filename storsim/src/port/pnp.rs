@@ -3,7 +3,6 @@
 //! REMOVE (HwCompleteServiceIrp first, then the rundown wait), SURPRISE_REMOVAL
 //! (ScsiAdapterSurpriseRemoval if supported, then the wait) and unload.
 
-use std::alloc::Layout;
 use std::ffi::c_void;
 use std::sync::atomic::Ordering;
 
@@ -34,9 +33,62 @@ pub const RULE_REMOVAL_HANG: u64 = 0x5700_0003;
 pub const RULE_SRB_STATUS_PENDING: u64 = 0x5700_0006;
 pub const RULE_FIND_ADAPTER_CONFIG: u64 = 0x5700_0007;
 pub const RULE_IRPS_LEFT_AFTER_FLUSH: u64 = 0x5700_0008;
+pub const RULE_SRB_NEVER_COMPLETED: u64 = 0x5700_000B;
+
+/// An SRB Storport builds, in pool memory like the real one's, with its data buffer and
+/// SrbExtension.
+struct Srb {
+    srb: *mut SCSI_REQUEST_BLOCK,
+    data: *mut u8,
+    extension: *mut u8,
+}
+
+impl Srb {
+    /// An INQUIRY (36 bytes of data in) to LUN 0 of `target`.
+    fn inquiry(kernel: &Kernel, target: u8, extension_size: u32) -> Option<Self> {
+        let tag = u32::from_le_bytes(*b"Srb ");
+        let srb = kernel
+            .pool
+            .allocate_zeroed(size_of::<SCSI_REQUEST_BLOCK>(), tag, Owner::Port)
+            .ok()?;
+        let data = kernel.pool.allocate_zeroed(36, tag, Owner::Port).ok()?;
+        let extension = match extension_size {
+            0 => std::ptr::null_mut(),
+            size => kernel
+                .pool
+                .allocate_zeroed(size as usize, tag, Owner::Port)
+                .ok()?,
+        };
+        // SAFETY: a fresh, zeroed, 16-aligned block of SRB size; all-zero is a valid SRB.
+        let block = unsafe { &mut *srb.cast::<SCSI_REQUEST_BLOCK>() };
+        block.Length = size_of::<SCSI_REQUEST_BLOCK>() as u16;
+        block.Function = storport_abi::srb_function::EXECUTE_SCSI;
+        block.TargetId = target;
+        block.CdbLength = 6;
+        block.Cdb[0] = 0x12; // INQUIRY
+        block.Cdb[4] = 36;
+        block.DataTransferLength = 36;
+        block.DataBuffer = data.cast();
+        block.SrbExtension = extension.cast();
+        block.SrbFlags = 0x40; // SRB_FLAGS_DATA_IN
+        Some(Self {
+            srb: srb.cast(),
+            data,
+            extension,
+        })
+    }
+
+    fn free(self, kernel: &Kernel) {
+        for block in [self.srb.cast::<u8>(), self.data, self.extension] {
+            if !block.is_null() {
+                let _ = kernel.pool.free(block, None);
+            }
+        }
+    }
+}
 
 /// Storport's header in front of the HwDeviceExtension (maps extension → adapter).
-pub(crate) const EXTENSION_HEADER: usize = 16;
+const EXTENSION_HEADER: usize = 16;
 
 /// Why a start failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +99,8 @@ pub enum StartError {
     NotFound(u32),
     #[error("HwInitialize returned FALSE")]
     InitializeFailed,
+    #[error("no memory for the device extension")]
+    NoMemory,
     #[error("the adapter is {0:?}")]
     WrongState(PnpState),
 }
@@ -65,19 +119,17 @@ impl Kernel {
             }
             let first = adapter.extension == 0;
             if first {
-                // Zeroed at first allocation only, kept across stop/start [DECOMP].
-                let layout = Layout::from_size_align(
-                    EXTENSION_HEADER + callbacks.extension_size.max(1) as usize,
-                    16,
-                )
-                .expect("extension sizes are small");
-                // SAFETY: non-zero size.
-                let block = unsafe { std::alloc::alloc_zeroed(layout) };
-                if block.is_null() {
-                    std::alloc::handle_alloc_error(layout);
-                }
+                // Zeroed at first allocation only, kept across stop/start [DECOMP]; special
+                // pool, so writing past DeviceExtensionSize hits the guard page.
+                let block = self
+                    .pool
+                    .allocate_zeroed(
+                        EXTENSION_HEADER + callbacks.extension_size as usize,
+                        u32::from_le_bytes(*b"RaDx"),
+                        Owner::Port,
+                    )
+                    .map_err(|_| StartError::NoMemory)?;
                 adapter.extension = block as usize + EXTENSION_HEADER;
-                adapter.extension_layout = Some(layout);
             }
             adapter.starts += 1;
             (adapter.extension, first)
@@ -228,42 +280,41 @@ impl Kernel {
         };
         let mut answered = Vec::new();
         for target in 0..targets {
-            let Ok(data) =
-                self.pool
-                    .allocate_zeroed(36, u32::from_le_bytes(*b"Inq "), Owner::SystemBuffer)
-            else {
-                return;
+            let Some(srb) = Srb::inquiry(self, target, callbacks.srb_extension_size) else {
+                return self.note("bus scan: no pool for an SRB");
             };
-            // SAFETY: all-zero is a valid SCSI_REQUEST_BLOCK (integers and null pointers).
-            let mut srb: Box<SCSI_REQUEST_BLOCK> = Box::new(unsafe { std::mem::zeroed() });
-            srb.Length = size_of::<SCSI_REQUEST_BLOCK>() as u16;
-            srb.Function = storport_abi::srb_function::EXECUTE_SCSI;
-            srb.TargetId = target;
-            srb.CdbLength = 6;
-            srb.Cdb[0] = 0x12; // INQUIRY
-            srb.Cdb[4] = 36;
-            srb.DataTransferLength = 36;
-            srb.DataBuffer = data.cast();
-            srb.SrbFlags = 0x40; // SRB_FLAGS_DATA_IN
-            let srb_ptr: *mut SCSI_REQUEST_BLOCK = &mut *srb;
-            self.port.srbs_outstanding().insert(srb_ptr as usize);
+            self.port.srbs_outstanding().insert(srb.srb as usize);
             self.port.counters.srbs.fetch_add(1, Ordering::Relaxed);
             self.call_driver("HwStartIo", DISPATCH_LEVEL, || {
                 // SAFETY: HwStartIo contract: the extension and an SRB Storport owns until
                 // the miniport completes it.
-                unsafe { (callbacks.start_io)(extension as *mut c_void, srb_ptr) }
+                unsafe { (callbacks.start_io)(extension as *mut c_void, srb.srb) }
             });
-            let still_out = self.port.srbs_outstanding().remove(&(srb_ptr as usize));
-            if still_out {
-                self.note(format!(
-                    "HwStartIo: INQUIRY to target {target} not completed by return"
-                ));
+            // A miniport may complete later (from a DPC or timer): wait for it, boundedly.
+            let deadline = std::time::Instant::now() + self.config.rundown_limit;
+            while self.port.srbs_outstanding().contains(&(srb.srb as usize)) {
+                if std::time::Instant::now() > deadline {
+                    self.report(BugCheck::new(
+                        0xC4,
+                        [
+                            RULE_SRB_NEVER_COMPLETED,
+                            srb.srb as u64,
+                            u64::from(target),
+                            0,
+                        ],
+                        "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                        format!("the INQUIRY SRB to target {target} was never completed"),
+                    ));
+                    // Still the miniport's: its blocks stay allocated (not `free`d under it).
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
-            answered.push(format!(
-                "target {target}: SRB_STATUS {:#04x}",
-                srb.SrbStatus
-            ));
-            let _ = self.pool.free(data, None);
+            // SAFETY: completed, so Storport owns the SRB again.
+            answered.push(format!("target {target}: SRB_STATUS {:#04x}", unsafe {
+                (*srb.srb).SrbStatus
+            }));
+            srb.free(self);
         }
         self.note(format!(
             "bus scan: INQUIRY via HwStartIo → {}",
@@ -325,7 +376,19 @@ impl Kernel {
             self.adapter_control(SCSI_STOP_ADAPTER, "ScsiStopAdapter");
         }
         self.port.adapter().state = PnpState::Removed;
-        self.port.dispatcher.drain();
+        if !self.port.dispatcher.drain(self.config.rundown_limit) {
+            self.report(BugCheck::new(
+                0xC4,
+                [
+                    RULE_REMOVAL_HANG,
+                    0,
+                    0,
+                    self.config.rundown_limit.as_millis() as u64,
+                ],
+                "DRIVER_VERIFIER_DETECTED_VIOLATION",
+                "removal cannot flush the miniport's DPCs: one keeps running or re-queuing itself",
+            ));
+        }
         self.free_adapter_resources();
     }
 

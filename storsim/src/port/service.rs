@@ -5,7 +5,6 @@
 use std::ffi::c_void;
 use std::sync::atomic::Ordering;
 
-use super::pnp::PnpState;
 use crate::cpu::PASSIVE_LEVEL;
 use crate::io::irp::{IrpPtr, SL_PENDING_RETURNED};
 use crate::io::{STATUS_PENDING, Via};
@@ -59,15 +58,13 @@ impl Kernel {
             self.port.rundown.release();
             return status;
         }
-        let (extension, state) = {
-            let adapter = self.port.adapter();
-            (adapter.extension, adapter.state)
-        };
+        let extension = self.port.extension();
         let process = self
             .port
             .callbacks()
             .and_then(|c| c.process_service_request);
-        let Some(process) = process.filter(|_| extension != 0 && state != PnpState::Removed) else {
+        // Storport has no adapter-state gate here, only the rundown (STORPORT.md §6.2).
+        let Some(process) = process.filter(|_| extension != 0) else {
             let status = self.port_complete(irp, STATUS_NOT_SUPPORTED);
             self.port.rundown.release();
             return status;

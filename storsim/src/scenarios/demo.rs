@@ -166,6 +166,7 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
     let doomed = b.wait(CURSOR_NOW, 4);
     std::thread::sleep(Duration::from_millis(2));
     b.cancel(&doomed);
+    kernel.await_cancellations();
     let outcome = doomed.wait(PROMPT);
     failures.expect(
         outcome
@@ -173,6 +174,21 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
             .is_some_and(|o| o.status == STATUS_CANCELLED),
         || format!("the cancelled WAIT to end STATUS_CANCELLED, got {outcome:?}"),
     );
+
+    kernel.note("-- a process exits with WAITs parked: the I/O manager cancels them all");
+    let leaving = Channel::open(kernel, 300);
+    let orphans: Vec<_> = (0..3).map(|_| leaving.wait(CURSOR_NOW, 4)).collect();
+    std::thread::sleep(Duration::from_millis(2));
+    kernel.exit_process(300);
+    for orphan in &orphans {
+        let outcome = orphan.outcome();
+        failures.expect(
+            outcome
+                .as_ref()
+                .is_some_and(|o| o.status == STATUS_CANCELLED),
+            || format!("process exit to cancel a parked WAIT, got {outcome:?}"),
+        );
+    }
 
     kernel.note("-- a kernel-mode caller reuses one IRP with its own completion routine");
     kernel_caller(kernel, &a1, failures);

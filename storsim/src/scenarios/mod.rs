@@ -16,7 +16,8 @@ use crate::report::Summary;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// revcall's channel end to end: waiters park, FIRE from several CPUs, batching, a
-    /// DISCOVER through the timer, a cancel, a kernel-mode caller, removal completing the rest.
+    /// DISCOVER through the timer, a cancel, a process exit, a kernel-mode caller, removal
+    /// completing the rest and a request in the removal window.
     Demo,
     /// revcall with parked waiters and a surprise removal, then the removal.
     SurpriseRemoval,

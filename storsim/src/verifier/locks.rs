@@ -62,8 +62,8 @@ pub struct LockOrder {
 
 /// Why an acquisition was refused: the caller reports it and must not take the lock.
 pub enum Refused {
+    /// The thread already holds it: taking it again would spin forever.
     Recursive(BugCheck),
-    Deadlock(BugCheck),
 }
 
 impl LockOrder {
