@@ -49,17 +49,28 @@ fn run(fixture: &str) -> (i32, Value) {
 
 /// Asserts the run failed with a violation `code` whose P1 is `p1` (when given).
 fn trips(fixture: &str, code: u64, p1: Option<u64>) {
+    trips_all(fixture, &[(code, p1, None)]);
+}
+
+/// Asserts the run failed with, for each `(code, P1, P2)` (P1 and P2 checked when given), a
+/// violation that matches it.
+fn trips_all(fixture: &str, expected: &[(u64, Option<u64>, Option<u64>)]) {
     let (exit, report) = run(fixture);
     assert_ne!(exit, 0, "{fixture}: a violation must fail the run");
     let violations = report["violations"].as_array().expect("violations array");
-    let found = violations.iter().any(|v| {
-        v["code"].as_u64() == Some(code) && p1.is_none_or(|p1| v["params"][0].as_u64() == Some(p1))
-    });
-    assert!(
-        found,
-        "{fixture}: expected bug check {code:#x}/{p1:x?}, got {}",
-        serde_json::to_string_pretty(violations).unwrap_or_default()
-    );
+    let param = |v: &Value, i: usize, want: Option<u64>| {
+        want.is_none_or(|want| v["params"][i].as_u64() == Some(want))
+    };
+    for &(code, p1, p2) in expected {
+        let found = violations
+            .iter()
+            .any(|v| v["code"].as_u64() == Some(code) && param(v, 0, p1) && param(v, 1, p2));
+        assert!(
+            found,
+            "{fixture}: expected bug check {code:#x}/{p1:x?}/{p2:x?}, got {}",
+            serde_json::to_string_pretty(violations).unwrap_or_default()
+        );
+    }
 }
 
 #[test]
@@ -123,7 +134,15 @@ fn double_free_is_0xc4_13() {
 
 #[test]
 fn removal_that_cannot_finish_is_reported() {
-    trips("removal_leaks_irp", 0xC4, Some(0x5700_0003));
+    trips_all(
+        "removal_leaks_irp",
+        &[
+            // The removal rundown never drains: Windows would hang the PnP thread.
+            (0xC4, Some(0x5700_0003), None),
+            // The parked IRPs are still the miniport's after HwFreeAdapterResources.
+            (0xC4, Some(0x5700_0008), None),
+        ],
+    );
 }
 
 #[test]
@@ -178,7 +197,91 @@ fn srb_completed_pending() {
 
 #[test]
 fn find_adapter_without_virtual_device() {
-    trips("not_virtual", 0xC4, Some(0x5700_0007));
+    // P2: the offset of VirtualDevice in PORT_CONFIGURATION_INFORMATION.
+    trips_all("not_virtual", &[(0xC4, Some(0x5700_0007), Some(0xC4))]);
+}
+
+#[test]
+fn raising_irql_to_lower_it_is_0xc4_30() {
+    trips("raise_to_lower", 0xC4, Some(0x30));
+}
+
+#[test]
+fn lowering_irql_to_raise_it_is_0xc4_31() {
+    trips("lower_to_raise", 0xC4, Some(0x31));
+}
+
+#[test]
+fn paged_pool_at_dispatch_breaks_irqlexallocatepool() {
+    trips("paged_pool_at_dispatch", 0xC4, Some(0x0002_0004));
+}
+
+#[test]
+fn zero_byte_allocation_is_0xc4_0() {
+    trips("zero_size_allocation", 0xC4, Some(0x00));
+}
+
+#[test]
+fn free_with_the_wrong_tag_is_bad_pool_caller_0xa() {
+    trips("tag_mismatch", 0xC2, Some(0x0A));
+}
+
+#[test]
+fn releasing_locks_out_of_order_is_0xc4_1003() {
+    trips("out_of_order_release", 0xC4, Some(0x1003));
+}
+
+#[test]
+fn one_lock_through_two_apis_is_0xc4_1008() {
+    trips("mixed_lock_apis", 0xC4, Some(0x1008));
+}
+
+#[test]
+fn spin_lock_released_below_dispatch_is_0xc4_32() {
+    trips("release_below_dispatch", 0xC4, Some(0x32));
+}
+
+#[test]
+fn cancel_routine_keeping_the_cancel_lock() {
+    trips("cancel_lock_kept", 0xC4, Some(0x5700_000A));
+}
+
+#[test]
+fn srb_completed_twice_is_0xf1_2004() {
+    trips("srb_completed_twice", 0xF1, Some(0x2004));
+}
+
+#[test]
+fn stall_beyond_a_tenth_of_a_second_is_0xf1_2001() {
+    trips("stall_too_long", 0xF1, Some(0x2001));
+}
+
+#[test]
+fn find_adapter_leaving_transfer_limits_uninitialized() {
+    // P2: the offset of MaximumTransferLength in PORT_CONFIGURATION_INFORMATION.
+    trips_all(
+        "limits_uninitialized",
+        &[(0xC4, Some(0x5700_0007), Some(0x18))],
+    );
+}
+
+#[test]
+fn find_adapter_returning_no_sp_return_value() {
+    // P2: what HwFindAdapter returned.
+    trips_all(
+        "bad_find_adapter_return",
+        &[(0xC4, Some(0x5700_0007), Some(7))],
+    );
+}
+
+#[test]
+fn dpc_still_queued_at_unload_is_0xc7_1() {
+    trips("dpc_left_at_unload", 0xC7, Some(1));
+}
+
+#[test]
+fn undocumented_notification_type() {
+    trips("undocumented_notification", 0xC4, Some(0x5700_0009));
 }
 
 #[test]

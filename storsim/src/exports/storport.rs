@@ -21,6 +21,8 @@ const STOR_STATUS_INVALID_IRQL: u32 = 0xC100_0008;
 
 /// The storsim rule for calls storsim does not emulate (the run fails rather than pretend).
 const RULE_UNEMULATED: u64 = 0x5700_0009;
+/// The storsim rule for an argument a Storport routine cannot take (P2: the argument, or the notification type).
+const RULE_BAD_ARGUMENT: u64 = 0x5700_000C;
 /// StorPortIrql: a Storport routine called above its documented IRQL.
 const RULE_STORPORT_IRQL: u64 = 0x0002_0003;
 
@@ -76,7 +78,7 @@ unsafe extern "win64" fn stor_port_notification(
         }
         // InitializeDpc(Dpc, HwDpcRoutine)
         0x1001 => match a1 {
-            0 => kernel.report(BugCheck::new(0xC4, [RULE_UNEMULATED, 0x1001, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "StorPortInitializeDpc with a NULL routine")),
+            0 => kernel.report(BugCheck::new(0xC4, [RULE_BAD_ARGUMENT, 0x1001, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "StorPortInitializeDpc with a NULL routine")),
             routine => {
                 // SAFETY: non-null; the miniport passes its HW_DPC_ROUTINE.
                 let routine: HW_DPC_ROUTINE = unsafe { std::mem::transmute(routine) };
@@ -226,7 +228,7 @@ unsafe extern "win64" fn stor_port_registry_read(
     {
         kernel.report(BugCheck::new(
             0xC4,
-            [RULE_UNEMULATED, buffer as u64, 0, 0],
+            [RULE_BAD_ARGUMENT, buffer as u64, 0, 0],
             "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "StorPortRegistryRead with a buffer not from StorPortAllocateRegistryBuffer",
         ));

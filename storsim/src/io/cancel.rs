@@ -98,6 +98,8 @@ impl Kernel {
                     "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     "cancel routine returned without releasing the cancel spin lock (SDV CancelSpinLock)",
                 ));
+                // What IoReleaseCancelSpinLock would have restored.
+                cpu::set_irql(old_irql);
             } else {
                 self.report(BugCheck::new(
                     0xC4,

@@ -24,6 +24,9 @@ struct State {
     queued: HashSet<usize>,
     routines: HashMap<usize, HW_DPC_ROUTINE>,
     running: bool,
+    /// The adapter is gone: queued work waits for unload (and is reported there) instead of
+    /// running against freed state.
+    held: bool,
     stop: bool,
 }
 
@@ -104,6 +107,11 @@ impl Dispatcher {
         state.timer.is_some() || !state.dpcs.is_empty()
     }
 
+    /// From now on nothing queued runs (the adapter's resources are being freed).
+    pub fn hold(&self) {
+        self.state().held = true;
+    }
+
     /// Drops every queued DPC and the timer (the driver is going away).
     pub fn discard(&self) {
         let mut state = self.state();
@@ -138,6 +146,17 @@ fn run(kernel: Weak<Kernel>) {
         let work = {
             let mut state = dispatcher.state();
             loop {
+                if state.held {
+                    if state.stop {
+                        break None;
+                    }
+                    state = dispatcher
+                        .wake
+                        .wait_timeout(state, Duration::from_millis(50))
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0;
+                    continue;
+                }
                 if let Some((dpc, arg1, arg2)) = state.dpcs.pop_front() {
                     state.queued.remove(&dpc);
                     let routine = state.routines[&dpc];

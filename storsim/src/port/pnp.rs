@@ -389,6 +389,7 @@ impl Kernel {
                 "removal cannot flush the miniport's DPCs: one keeps running or re-queuing itself",
             ));
         }
+        self.port.dispatcher.hold();
         self.free_adapter_resources();
     }
 
