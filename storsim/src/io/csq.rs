@@ -46,10 +46,12 @@ const _: () = {
 type InsertIrp = unsafe extern "win64" fn(*mut IoCsq, *mut IRP);
 type InsertIrpEx = unsafe extern "win64" fn(*mut IoCsq, *mut IRP, *mut c_void) -> i32;
 
-/// `Irp->Tail.Overlay.DriverContext[3]`, where IoCsq keeps its context or queue.
-fn driver_context3(irp: IrpPtr) -> &'static mut *mut c_void {
-    // SAFETY: the IRP is live while it is queued or being queued (its owner is the queue).
-    &mut unsafe { irp.header() }.DriverContext[3]
+/// `Irp->Tail.Overlay.DriverContext[3]` (IRP+0x90), where IoCsq keeps its context or queue.
+fn driver_context3(irp: IrpPtr) -> *mut *mut c_void {
+    irp.0
+        .cast::<u8>()
+        .wrapping_add(std::mem::offset_of!(IRP, DriverContext) + 3 * size_of::<usize>())
+        .cast()
 }
 
 impl Kernel {
@@ -82,7 +84,7 @@ impl Kernel {
         if status >= 0 {
             // SAFETY: the IRP's current location is the driver's (it is being queued).
             unsafe { irp.current() }.Control |= SL_PENDING_RETURNED;
-            *driver_context3(irp) = if context.is_null() {
+            let owner = if context.is_null() {
                 csq.cast()
             } else {
                 // SAFETY: the caller's IO_CSQ_IRP_CONTEXT, live while the IRP is queued.
@@ -92,6 +94,8 @@ impl Kernel {
                 context_ref.csq = csq;
                 context.cast()
             };
+            // SAFETY: the IRP is live and being queued: this slot is the queue's now.
+            unsafe { driver_context3(irp).write(owner) };
             irp.cancel_routine()
                 .store(csq_cancel_routine as *mut c_void, Ordering::Release);
             if irp.cancel_flag().load(Ordering::Acquire) != 0
@@ -118,7 +122,8 @@ impl Kernel {
 
     fn csq_unlink(&self, irp: IrpPtr) {
         let slot = driver_context3(irp);
-        let context = *slot;
+        // SAFETY: the IRP is live and leaving the queue, which owns this slot.
+        let context = unsafe { slot.read() };
         if !context.is_null() {
             // SAFETY: DriverContext[3] holds either the IO_CSQ or an IO_CSQ_IRP_CONTEXT, both
             // starting with their u32 type.
@@ -127,7 +132,8 @@ impl Kernel {
                 unsafe { (*context.cast::<IoCsqIrpContext>()).irp = std::ptr::null_mut() };
             }
         }
-        *slot = std::ptr::null_mut();
+        // SAFETY: as above.
+        unsafe { slot.write(std::ptr::null_mut()) };
     }
 
     /// IoCsqRemoveIrp: the IRP of `context` if it is still queued and not being cancelled.
@@ -245,7 +251,8 @@ unsafe extern "win64" fn csq_cancel_routine(_device: *mut c_void, irp: *mut IRP)
     // SAFETY: IoCancelIrp called us with the live IRP and set CancelIrql.
     let cancel_irql = unsafe { irp.header() }.CancelIrql;
     kernel.release_cancel_lock(cancel_irql);
-    let context = *driver_context3(irp);
+    // SAFETY: IoCancelIrp passed a live IRP that IoCsqInsertIrp queued.
+    let context = unsafe { driver_context3(irp).read() };
     // SAFETY: DriverContext[3] holds the IO_CSQ or an IO_CSQ_IRP_CONTEXT (type first).
     let csq = if unsafe { context.cast::<u32>().read() } == IO_TYPE_CSQ_IRP_CONTEXT {
         // SAFETY: an IO_CSQ_IRP_CONTEXT.
