@@ -215,6 +215,13 @@ unsafe extern "win64" fn io_cancel_irp(irp: *mut c_void) -> u8 {
     u8::from(kernel.cancel_irp(irp as usize))
 }
 
+/// IoCsqInitialize and IoCsqInitializeEx differ only in the insert routine's prototype.
+fn csq_initialize(routine: &'static str, csq: *mut IoCsq, ex: bool, routines: [usize; 6]) -> i32 {
+    let (_kernel, _call) = enter(routine);
+    // SAFETY: the driver's IO_CSQ and callbacks, as the DDI requires.
+    unsafe { csq::initialize(csq, ex, routines) }
+}
+
 unsafe extern "win64" fn io_csq_initialize(
     csq: *mut IoCsq,
     insert: usize,
@@ -224,15 +231,12 @@ unsafe extern "win64" fn io_csq_initialize(
     release: usize,
     complete: usize,
 ) -> i32 {
-    let (_kernel, _call) = enter("IoCsqInitialize");
-    // SAFETY: the driver's IO_CSQ and callbacks, as the DDI requires.
-    unsafe {
-        csq::initialize(
-            csq,
-            false,
-            [insert, remove, peek, acquire, release, complete],
-        )
-    }
+    csq_initialize(
+        "IoCsqInitialize",
+        csq,
+        false,
+        [insert, remove, peek, acquire, release, complete],
+    )
 }
 
 unsafe extern "win64" fn io_csq_initialize_ex(
@@ -244,15 +248,12 @@ unsafe extern "win64" fn io_csq_initialize_ex(
     release: usize,
     complete: usize,
 ) -> i32 {
-    let (_kernel, _call) = enter("IoCsqInitializeEx");
-    // SAFETY: the driver's IO_CSQ and callbacks, as the DDI requires.
-    unsafe {
-        csq::initialize(
-            csq,
-            true,
-            [insert, remove, peek, acquire, release, complete],
-        )
-    }
+    csq_initialize(
+        "IoCsqInitializeEx",
+        csq,
+        true,
+        [insert, remove, peek, acquire, release, complete],
+    )
 }
 
 unsafe extern "win64" fn io_csq_insert_irp(

@@ -126,17 +126,10 @@ impl Kernel {
     /// CancelIoEx(handle, NULL) or, with `only`, CancelIoEx(handle, &overlapped).
     /// Returns how many IRPs were cancel-requested.
     pub fn cancel_io(&self, handle: Handle, only: Option<u64>) -> usize {
-        let targets: Vec<usize> = self
-            .io
-            .irps()
-            .iter()
-            .filter(|(_, r)| {
-                r.state == IrpState::WithDriver
-                    && matches!(&r.origin, Origin::User { handle: h, request, .. }
-                        if *h == handle && only.is_none_or(|id| request.id == id))
-            })
-            .map(|(addr, _)| *addr)
-            .collect();
+        let targets = self.in_flight(|origin| {
+            matches!(origin, Origin::User { handle: h, request, .. }
+                if *h == handle && only.is_none_or(|id| request.id == id))
+        });
         for &irp in &targets {
             self.cancel_irp(irp);
         }
@@ -146,16 +139,8 @@ impl Kernel {
     /// Process exit: cancel every IRP the process has in flight (IoCancelThreadIo), close its
     /// handles, and wait up to the cancel limit for the IRPs to finish (0xC4/0x135 if not).
     pub fn exit_process(&self, process: ProcessId) {
-        let targets: Vec<usize> = self
-            .io
-            .irps()
-            .iter()
-            .filter(|(_, r)| {
-                r.state == IrpState::WithDriver
-                    && matches!(r.origin, Origin::User { process: p, .. } if p == process)
-            })
-            .map(|(addr, _)| *addr)
-            .collect();
+        let targets = self
+            .in_flight(|origin| matches!(origin, Origin::User { process: p, .. } if *p == process));
         self.note(format!(
             "process {process} exits with {} requests in flight",
             targets.len()
@@ -168,6 +153,16 @@ impl Kernel {
             self.close(handle);
         }
         self.await_cancellations();
+    }
+
+    /// IRPs still with the driver whose sender matches.
+    fn in_flight(&self, sent_by: impl Fn(&Origin) -> bool) -> Vec<usize> {
+        self.io
+            .irps()
+            .iter()
+            .filter(|(_, r)| r.state == IrpState::WithDriver && sent_by(&r.origin))
+            .map(|(addr, _)| *addr)
+            .collect()
     }
 
     /// Waits until every cancel-requested IRP is completed, up to the cancel limit after its
