@@ -10,7 +10,7 @@ const LIMITS: &[(&str, usize, usize, usize)] = &[
     ("protocol/src", 0, 0, 0),
     ("abi/src", 13, 0, 0),
     ("storsim/src", 303, 23, 0),
-    ("fixtures/src", 160, 2, 0),
+    ("fixtures/src", 159, 2, 0),
 ];
 
 fn count(dir: &Path, counts: &mut [usize; 3]) {

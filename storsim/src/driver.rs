@@ -117,7 +117,11 @@ fn on_fault(fault: &Fault) -> ! {
         Some(false) => "read",
         None => "access",
     };
-    let bug = match kernel.pool.classify(fault.addr) {
+    // For SIGILL si_addr is the instruction, not data: nothing for the pool to explain.
+    let class = (fault.signal != libc::SIGILL)
+        .then(|| kernel.pool.classify(fault.addr))
+        .flatten();
+    let bug = match class {
         Some(FaultClass::Overrun { block, offset }) => BugCheck::new(
             0xCD,
             [

@@ -53,8 +53,8 @@ fn trips(fixture: &str, code: u64, p1: Option<u64>) {
 }
 
 /// Asserts the run failed with, for each `(code, P1, P2)` (P1 and P2 checked when given), a
-/// violation that matches it.
-fn trips_all(fixture: &str, expected: &[(u64, Option<u64>, Option<u64>)]) {
+/// violation that matches it; returns the report.
+fn trips_all(fixture: &str, expected: &[(u64, Option<u64>, Option<u64>)]) -> Value {
     let (exit, report) = run(fixture);
     assert_ne!(exit, 0, "{fixture}: a violation must fail the run");
     let violations = report["violations"].as_array().expect("violations array");
@@ -71,15 +71,35 @@ fn trips_all(fixture: &str, expected: &[(u64, Option<u64>, Option<u64>)]) {
             serde_json::to_string_pretty(violations).unwrap_or_default()
         );
     }
+    report
 }
 
-#[test]
-fn clean_fixture_passes_every_check() {
-    let (exit, report) = run("clean");
+/// Asserts the run of a correct fixture passed: no violation, no failure, nothing left.
+fn passes(fixture: &str) {
+    let (exit, report) = run(fixture);
     assert_eq!(report["violations"], serde_json::json!([]), "{report:#}");
     assert_eq!(report["failures"], serde_json::json!([]), "{report:#}");
     assert_eq!(report["irps"]["outstanding"], 0);
     assert_eq!(exit, 0);
+}
+
+/// Asserts the run ended with a bug check whose code is `code` and P1 `p1` (when given).
+fn bug_checks(fixture: &str, code: u64, p1: Option<u64>) {
+    let report = trips_all(fixture, &[(code, p1, None)]);
+    assert_eq!(
+        report["error"], "the run ended with a bug check",
+        "{report:#}"
+    );
+}
+
+#[test]
+fn clean_fixture_passes_every_check() {
+    passes("clean");
+}
+
+#[test]
+fn cancel_safe_queue_passes_every_check() {
+    passes("clean_csq");
 }
 
 #[test]
@@ -287,6 +307,64 @@ fn undocumented_notification_type() {
 #[test]
 fn driver_bug_check_ends_the_run() {
     trips("bug_check", 0xDEAD, Some(1));
+}
+
+#[test]
+fn srb_never_completed_is_0xc4_5700000b() {
+    trips("srb_never_completed", 0xC4, Some(0x5700_000B));
+}
+
+#[test]
+fn acquire_at_dpc_level_below_dispatch_is_0xc4_40() {
+    trips("acquire_at_dpc_level_below_dispatch", 0xC4, Some(0x40));
+}
+
+#[test]
+fn spin_lock_acquired_above_dispatch_is_0xc4_42() {
+    trips("acquire_above_dispatch", 0xC4, Some(0x42));
+}
+
+#[test]
+fn freeing_what_pool_never_allocated_is_0xc4_10() {
+    trips("free_unallocated", 0xC4, Some(0x10));
+}
+
+#[test]
+fn illegal_instruction_is_0x1e_c000001d() {
+    bug_checks("illegal_instruction", 0x1E, Some(0xC000_001D));
+}
+
+#[test]
+fn null_dereference_is_0x50() {
+    bug_checks("null_dereference", 0x50, None);
+}
+
+#[test]
+fn dpc_that_keeps_requeuing_hangs_removal() {
+    // P2 0: no rundown reference is held, the DPCs alone keep removal from finishing.
+    trips_all("dpc_storm", &[(0xC4, Some(0x5700_0003), Some(0))]);
+}
+
+#[test]
+fn cancel_routine_keeping_a_spin_lock() {
+    trips("cancel_keeps_queue_lock", 0xC4, Some(0x0004_0006));
+}
+
+#[test]
+fn registry_read_into_a_buffer_not_from_storport() {
+    trips("registry_bad_buffer", 0xC4, Some(0x5700_000C));
+}
+
+#[test]
+fn timer_requested_above_dispatch_breaks_storportirql() {
+    trips("timer_at_high_irql", 0xC4, Some(0x0002_0003));
+}
+
+#[test]
+fn null_argument_to_storport_initialize_fails_driver_entry() {
+    let report = trips_all("initialize_null_argument", &[(0xF1, Some(0x1000), None)]);
+    let error = report["error"].as_str().unwrap_or_default();
+    assert!(error.contains("0xc000000d"), "{report:#}");
 }
 
 #[test]

@@ -144,17 +144,29 @@ unsafe extern "win64" fn ke_acquire_spin_lock_at_dpc_level(lock: *mut usize) {
             "KeAcquireSpinLockAtDpcLevel below DISPATCH_LEVEL",
         ));
     }
+    // The AtDpcLevel pair takes the lock without touching IRQL.
+    let irql = cpu::irql();
     kernel.acquire_spin_lock(
         lock_word(lock),
         lock as usize,
         LockApi::Classic,
         "spin lock",
     );
+    cpu::set_irql(irql);
 }
 
 unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut usize) {
     let (kernel, _call) = enter("KeReleaseSpinLockFromDpcLevel");
-    kernel.release_spin_lock(lock_word(lock), lock as usize, "spin lock", DISPATCH_LEVEL);
+    let irql = cpu::irql();
+    if irql < DISPATCH_LEVEL {
+        kernel.report(BugCheck::new(
+            0xC4,
+            [0x32, lock as u64, u64::from(irql), 0],
+            "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            "KeReleaseSpinLockFromDpcLevel below DISPATCH_LEVEL",
+        ));
+    }
+    kernel.release_spin_lock(lock_word(lock), lock as usize, "spin lock", irql);
 }
 
 unsafe extern "win64" fn io_acquire_cancel_spin_lock(irql: *mut u8) {
@@ -262,6 +274,7 @@ unsafe extern "win64" fn io_csq_insert_irp(
     context: *mut IoCsqIrpContext,
 ) {
     let (kernel, _call) = enter("IoCsqInsertIrp");
+    require_irql_at_most("IoCsqInsertIrp", DISPATCH_LEVEL, RULE_IRQL_KE_DISPATCH_LTE);
     kernel.csq_insert(csq, IrpPtr(irp.cast()), context, std::ptr::null_mut());
 }
 
@@ -272,6 +285,11 @@ unsafe extern "win64" fn io_csq_insert_irp_ex(
     insert_context: *mut c_void,
 ) -> i32 {
     let (kernel, _call) = enter("IoCsqInsertIrpEx");
+    require_irql_at_most(
+        "IoCsqInsertIrpEx",
+        DISPATCH_LEVEL,
+        RULE_IRQL_KE_DISPATCH_LTE,
+    );
     kernel.csq_insert(csq, IrpPtr(irp.cast()), context, insert_context)
 }
 
@@ -280,6 +298,7 @@ unsafe extern "win64" fn io_csq_remove_irp(
     context: *mut IoCsqIrpContext,
 ) -> *mut c_void {
     let (kernel, _call) = enter("IoCsqRemoveIrp");
+    require_irql_at_most("IoCsqRemoveIrp", DISPATCH_LEVEL, RULE_IRQL_KE_DISPATCH_LTE);
     kernel.csq_remove(csq, context).cast()
 }
 
@@ -288,6 +307,11 @@ unsafe extern "win64" fn io_csq_remove_next_irp(
     peek_context: *mut c_void,
 ) -> *mut c_void {
     let (kernel, _call) = enter("IoCsqRemoveNextIrp");
+    require_irql_at_most(
+        "IoCsqRemoveNextIrp",
+        DISPATCH_LEVEL,
+        RULE_IRQL_KE_DISPATCH_LTE,
+    );
     kernel.csq_remove_next(csq, peek_context).cast()
 }
 
