@@ -9,8 +9,8 @@ const LIMITS: &[(&str, usize, usize, usize)] = &[
     ("src", 95, 1, 0),
     ("protocol/src", 0, 0, 0),
     ("abi/src", 13, 0, 0),
-    ("storsim/src", 303, 23, 0),
-    ("fixtures/src", 159, 2, 0),
+    ("storsim/src", 302, 23, 0),
+    ("fixtures/src", 159, 1, 0),
 ];
 
 fn count(dir: &Path, counts: &mut [usize; 3]) {
