@@ -225,8 +225,23 @@ fn test() -> Result<()> {
         "unit, property and PE-image tests",
         // xtask has no tests of its own; --all-targets skips doctests (there are none).
         cargo()
-            .args(["test", "--workspace", "--exclude", "xtask", "--all-targets"])
+            // The fixture examples are drivers, not tests: only the fixtures' tests/ run.
+            .args([
+                "test",
+                "--workspace",
+                "--exclude",
+                "xtask",
+                "--exclude",
+                "storsim-fixtures",
+                "--all-targets",
+            ])
             .env("REVCALL_SYS", &sys)
+            .env("STORSIM_FIXTURES", &fixtures),
+    )?;
+    run(
+        "fixture image tests",
+        cargo()
+            .args(["test", "--package", "storsim-fixtures", "--tests"])
             .env("STORSIM_FIXTURES", &fixtures),
     )?;
     demo_is_clean(&sys)
