@@ -56,7 +56,7 @@ fn report_panics() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("storsim: {info}");
         if let Some(kernel) = crate::kernel::current() {
-            crate::report::emit_internal_error(&kernel, &info.to_string());
+            crate::report::emit_ending(&kernel, format!("storsim internal error: {info}"));
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();

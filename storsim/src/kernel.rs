@@ -310,7 +310,7 @@ impl Kernel {
             }
         }
         self.report(bug);
-        crate::report::emit_fatal(self);
+        crate::report::emit_ending(self, "the run ended with a bug check".into());
         let _ = std::io::stdout().flush();
         let _ = std::io::stderr().flush();
         // Possibly inside the fault handler: end without atexit handlers or destructors.

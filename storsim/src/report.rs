@@ -152,28 +152,10 @@ impl Summary {
     }
 }
 
-/// Called when storsim itself fails (a panic) during a run: the report still comes out, with
-/// the error, and the exit status says the run did not pass.
-pub fn emit_internal_error(kernel: &Kernel, what: &str) {
-    let summary = Summary::collect(
-        kernel,
-        Some(format!("storsim internal error: {what}")),
-        Vec::new(),
-    );
-    if kernel.label().json {
-        println!("{}", summary.json());
-    } else {
-        print!("{}", summary.text(false));
-    }
-}
-
-/// Called when a bug check ends the run: print what is known, in the requested form.
-pub fn emit_fatal(kernel: &Kernel) {
-    let summary = Summary::collect(
-        kernel,
-        Some("the run ended with a bug check".into()),
-        Vec::new(),
-    );
+/// Prints the report of a run that cannot go on (a bug check, or storsim itself failing),
+/// in the run's form, with `error` saying why it ended.
+pub fn emit_ending(kernel: &Kernel, error: String) {
+    let summary = Summary::collect(kernel, Some(error), Vec::new());
     if kernel.label().json {
         println!("{}", summary.json());
     } else {
