@@ -3,7 +3,28 @@
 //! its own storsim process, like a bug check would end its machine.
 
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// However broken the driver, storsim must finish a fixture run: a hang is a storsim bug.
+const LIMIT: Duration = Duration::from_secs(60);
+
+/// Waits for `child` at most `limit`, killing it (and failing the test) if it hangs.
+fn within(limit: Duration, child: Child, fixture: &str) -> Output {
+    let pid = child.id();
+    let (done, finished) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match finished.recv_timeout(limit) {
+        Ok(output) => output.expect("storsim's output"),
+        Err(_) => {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            panic!("{fixture}: storsim did not finish within {limit:?}");
+        }
+    }
+}
 
 use serde_json::Value;
 
@@ -22,7 +43,7 @@ fn fixtures() -> PathBuf {
 
 /// Runs `storsim run <fixture>.sys --scenario fixture --json`; returns (exit code, report).
 fn run(fixture: &str) -> (i32, Value) {
-    let output = Command::new(env!("CARGO_BIN_EXE_storsim"))
+    let child = Command::new(env!("CARGO_BIN_EXE_storsim"))
         .arg("run")
         .arg(fixtures().join(format!("{fixture}.sys")))
         .args([
@@ -32,8 +53,11 @@ fn run(fixture: &str) -> (i32, Value) {
             "--rundown-limit-ms",
             "300",
         ])
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("storsim runs");
+    let output = within(LIMIT, child, fixture);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let json = stdout
         .find('{')

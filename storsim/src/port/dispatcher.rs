@@ -45,9 +45,10 @@ impl Dispatcher {
 
     fn ensure_thread(&self, kernel: &Arc<Kernel>) {
         let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
-        if thread.is_none() {
+        // Once stopped, the DPC CPU stays down: work queued later (a DPC re-issuing itself
+        // while the driver unloads) waits for the unload check instead of reviving it.
+        if thread.is_none() && !self.state().stop {
             let weak = Arc::downgrade(kernel);
-            self.state().stop = false;
             *thread = Some(
                 std::thread::Builder::new()
                     .name("storsim-dpc".into())
