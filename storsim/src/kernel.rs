@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::cpu;
@@ -96,7 +96,9 @@ pub struct Kernel {
 }
 
 static CURRENT: RwLock<Option<Arc<Kernel>>> = RwLock::new(None);
-static SESSION: Mutex<()> = Mutex::new(());
+/// Whether a session is running; one at a time per process.
+static SESSION: Mutex<bool> = Mutex::new(false);
+static SESSION_ENDED: std::sync::Condvar = std::sync::Condvar::new();
 static NEXT_SESSION: AtomicU64 = AtomicU64::new(1);
 
 /// The running kernel. Exports call this; outside a session it is a storsim bug.
@@ -116,7 +118,6 @@ pub fn current() -> Option<Arc<Kernel>> {
 /// Owns the process-wide session: one kernel at a time; dropping it ends the session.
 pub struct Session {
     kernel: Arc<Kernel>,
-    _exclusive: MutexGuard<'static, ()>,
 }
 
 impl Session {
@@ -129,13 +130,21 @@ impl Drop for Session {
     fn drop(&mut self) {
         self.kernel.port.dispatcher.stop();
         *CURRENT.write().unwrap_or_else(|p| p.into_inner()) = None;
+        *SESSION.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        SESSION_ENDED.notify_one();
     }
 }
 
 impl Kernel {
     /// Boots a fresh kernel and makes it current; waits for any other session to end.
     pub fn boot(config: Config) -> Session {
-        let exclusive = SESSION.lock().unwrap_or_else(|p| p.into_inner());
+        {
+            let running = SESSION.lock().unwrap_or_else(|p| p.into_inner());
+            let mut running = SESSION_ENDED
+                .wait_while(running, |running| *running)
+                .unwrap_or_else(|p| p.into_inner());
+            *running = true;
+        }
         cpu::install_fault_handler();
         cpu::enter_thread();
         let kernel = Arc::new(Kernel {
@@ -154,10 +163,7 @@ impl Kernel {
             delays: AtomicU64::new(0),
         });
         *CURRENT.write().unwrap_or_else(|p| p.into_inner()) = Some(kernel.clone());
-        Session {
-            kernel,
-            _exclusive: exclusive,
-        }
+        Session { kernel }
     }
 
     /// Names the run for its report.

@@ -1,0 +1,267 @@
+//! The client side of revcall's channel over any [`Transport`]: requests and their replies,
+//! and a [`Watcher`] that keeps K WAITs outstanding, follows its cursor and counts what it lost.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use revcall_protocol::status::STATUS_SUCCESS;
+use revcall_protocol::{
+    CURSOR_NOW, DiscoverReply, EventRecord, Reply, Request, StatsReply, WaitReply, decode_reply,
+    encode_request,
+};
+
+use crate::transport::{Completion, Transport, TransportError};
+
+/// How long a request that should complete promptly may take.
+pub const PROMPT: Duration = Duration::from_secs(5);
+
+/// What went wrong with a request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("the driver answered {0:#010x}{desc}", desc = describe(*.0))]
+    Status(u32),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the reply does not decode: {0}")]
+    BadReply(String),
+}
+
+/// A word on the statuses a user meets most.
+pub fn describe(status: u32) -> &'static str {
+    use revcall_protocol::status::*;
+    match status {
+        STATUS_REVISION_MISMATCH => {
+            " (STATUS_REVISION_MISMATCH: the driver speaks another protocol version)"
+        }
+        STATUS_NOT_SUPPORTED => " (STATUS_NOT_SUPPORTED: FIRE is disabled by EnableFireInjection)",
+        STATUS_DEVICE_REMOVED => " (STATUS_DEVICE_REMOVED)",
+        STATUS_DELETE_PENDING => " (STATUS_DELETE_PENDING: the adapter is being removed)",
+        STATUS_CANCELLED => " (STATUS_CANCELLED)",
+        STATUS_QUOTA_EXCEEDED => " (STATUS_QUOTA_EXCEEDED: too many requests parked)",
+        STATUS_INVALID_PARAMETER => " (STATUS_INVALID_PARAMETER)",
+        STATUS_BUFFER_TOO_SMALL => " (STATUS_BUFFER_TOO_SMALL)",
+        STATUS_INVALID_DEVICE_REQUEST => " (STATUS_INVALID_DEVICE_REQUEST)",
+        0xC000_0022 => " (STATUS_ACCESS_DENIED)",
+        _ => "",
+    }
+}
+
+/// Room for a WAIT reply with `max_events` events.
+pub fn wait_reply_size(max_events: u32) -> u32 {
+    64 + 32 * max_events.max(1)
+}
+
+/// Encodes a request (they are all small).
+pub fn encode(request: &Request) -> Vec<u8> {
+    let mut bytes = [0u8; 64];
+    let len = encode_request(request, &mut bytes).expect("every request fits 64 bytes");
+    bytes[..len].to_vec()
+}
+
+/// An open handle to an adapter.
+pub struct Adapter<'t, T: Transport> {
+    pub transport: &'t T,
+    pub handle: T::Handle,
+}
+
+impl<'t, T: Transport> Adapter<'t, T> {
+    pub fn open(transport: &'t T, process: u32) -> Result<Self, TransportError> {
+        Ok(Self {
+            transport,
+            handle: transport.open(process)?,
+        })
+    }
+
+    /// Sends raw bytes; the completion, or the status refused before the driver.
+    pub fn raw(
+        &self,
+        input: &[u8],
+        out_len: u32,
+        limit: Duration,
+    ) -> Result<Completion, RequestError> {
+        let pending = self
+            .transport
+            .submit(self.handle, input, out_len)
+            .map_err(RequestError::Status)?;
+        self.transport
+            .wait(&pending, limit)
+            .ok_or(RequestError::Timeout(limit))
+    }
+
+    /// Sends a request and decodes a successful reply.
+    pub fn call(&self, request: &Request, out_len: u32) -> Result<Vec<u8>, RequestError> {
+        let completion = self.raw(&encode(request), out_len, PROMPT)?;
+        if completion.status != STATUS_SUCCESS {
+            return Err(RequestError::Status(completion.status));
+        }
+        Ok(completion.output)
+    }
+
+    /// FIRE: the new event's sequence number.
+    pub fn fire(&self, code: u32, value: u64) -> Result<u64, RequestError> {
+        match decode(&self.call(&Request::Fire { code, value }, 64)?)? {
+            Reply::Fire(reply) => Ok(reply.seq),
+            other => Err(RequestError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    pub fn discover(&self, delay_ms: u32) -> Result<DiscoverReply, RequestError> {
+        match decode(&self.call(&Request::Discover { delay_ms }, 64)?)? {
+            Reply::Discover(reply) => Ok(reply),
+            other => Err(RequestError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    pub fn stats(&self) -> Result<StatsReply, RequestError> {
+        match decode(&self.call(&Request::Stats, 256)?)? {
+            Reply::Stats(reply) => Ok(reply),
+            other => Err(RequestError::BadReply(format!("{other:?}"))),
+        }
+    }
+
+    /// Posts a WAIT without waiting for it.
+    pub fn post_wait(&self, cursor: u64, max_events: u32) -> Result<T::Pending, RequestError> {
+        self.transport
+            .submit(
+                self.handle,
+                &encode(&Request::Wait { cursor, max_events }),
+                wait_reply_size(max_events),
+            )
+            .map_err(RequestError::Status)
+    }
+
+    pub fn close(self) {
+        self.transport.close(self.handle);
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<Reply<'_>, RequestError> {
+    decode_reply(bytes).map_err(|e| RequestError::BadReply(format!("{e:?}")))
+}
+
+/// A WAIT's reply, decoded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub reply: WaitReply,
+    pub events: Vec<EventRecord>,
+}
+
+/// Decodes a completed WAIT.
+pub fn delivery(completion: &Completion) -> Result<Delivery, RequestError> {
+    if completion.status != STATUS_SUCCESS {
+        return Err(RequestError::Status(completion.status));
+    }
+    match decode(&completion.output)? {
+        Reply::Wait { reply, events } => Ok(Delivery {
+            reply,
+            events: events.collect(),
+        }),
+        other => Err(RequestError::BadReply(format!("{other:?}"))),
+    }
+}
+
+/// New events for a watcher, and how many it provably missed before them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Batch {
+    pub events: Vec<EventRecord>,
+    pub lost: u64,
+    /// The adapter said this is its last word (FINAL).
+    pub last: bool,
+}
+
+/// Keeps `depth` WAITs outstanding on one handle (the inverted-call pattern: an event that
+/// fires between a completion and the re-send still finds a WAIT), re-arms each with the
+/// newest cursor, drops events already seen, and counts gaps in the sequence as lost.
+pub struct Watcher<'a, 't, T: Transport> {
+    adapter: &'a Adapter<'t, T>,
+    outstanding: VecDeque<T::Pending>,
+    cursor: u64,
+    last_seq: Option<u64>,
+    max_events: u32,
+    pub delivered: u64,
+    pub lost: u64,
+}
+
+impl<'a, 't, T: Transport> Watcher<'a, 't, T> {
+    /// Starts at `cursor` (0: everything retained, [`CURSOR_NOW`]: only new events).
+    pub fn start(
+        adapter: &'a Adapter<'t, T>,
+        depth: usize,
+        cursor: u64,
+        max_events: u32,
+    ) -> Result<Self, RequestError> {
+        let mut watcher = Self {
+            adapter,
+            outstanding: VecDeque::new(),
+            cursor,
+            last_seq: None,
+            max_events,
+            delivered: 0,
+            lost: 0,
+        };
+        for _ in 0..depth.max(1) {
+            watcher
+                .outstanding
+                .push_back(adapter.post_wait(cursor, max_events)?);
+        }
+        Ok(watcher)
+    }
+
+    /// WAITs in flight.
+    pub fn depth(&self) -> usize {
+        self.outstanding.len()
+    }
+
+    /// Waits up to `limit` for the oldest WAIT; `Ok(None)` if nothing arrived.
+    pub fn next(&mut self, limit: Duration) -> Result<Option<Batch>, RequestError> {
+        let deadline = Instant::now() + limit;
+        let Some(front) = self.outstanding.front() else {
+            return Ok(None);
+        };
+        let Some(completion) = self
+            .adapter
+            .transport
+            .wait(front, deadline.saturating_duration_since(Instant::now()))
+        else {
+            return Ok(None);
+        };
+        self.outstanding.pop_front();
+        let delivery = delivery(&completion)?;
+        let mut batch = Batch {
+            last: delivery.reply.flags & revcall_protocol::WaitFlags::FINAL != 0,
+            ..Batch::default()
+        };
+        for event in delivery.events {
+            if self.last_seq.is_some_and(|last| event.seq <= last) {
+                continue;
+            }
+            let expected = self
+                .last_seq
+                .map_or(event.seq - delivery.reply.lost, |last| last + 1);
+            batch.lost += event.seq - expected;
+            self.last_seq = Some(event.seq);
+            batch.events.push(event);
+        }
+        if self.cursor == CURSOR_NOW || delivery.reply.cursor > self.cursor {
+            self.cursor = delivery.reply.cursor;
+        }
+        self.delivered += batch.events.len() as u64;
+        self.lost += batch.lost;
+        if !batch.last {
+            self.outstanding
+                .push_back(self.adapter.post_wait(self.cursor, self.max_events)?);
+        }
+        Ok(Some(batch))
+    }
+
+    /// Cancels every WAIT still out and collects their completions, so nothing is left behind.
+    pub fn stop(mut self) -> Vec<Completion> {
+        for pending in &self.outstanding {
+            self.adapter.transport.cancel(self.adapter.handle, pending);
+        }
+        self.outstanding
+            .drain(..)
+            .filter_map(|p| self.adapter.transport.wait(&p, PROMPT))
+            .collect()
+    }
+}

@@ -1,0 +1,875 @@
+//! `selftest`: one scenario suite, the same code on Windows and on storsim. Every case asserts
+//! exact outcomes (statuses, counts, sequence numbers); cases that need powers only an emulated
+//! machine has (process exit, removal) run on storsim and are reported skipped on Windows.
+
+use std::time::{Duration, Instant};
+
+use revcall_protocol::status::*;
+use revcall_protocol::{
+    CURSOR_NOW, EventKind, Opcode, Request, VERSION, WaitFlags, decode_request,
+};
+use serde::Serialize;
+
+use crate::client::{Adapter, PROMPT, Watcher, delivery, encode, wait_reply_size};
+use crate::transport::{Lab, Transport};
+
+/// A case's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaseResult {
+    pub name: &'static str,
+    /// "passed", "failed" or "skipped".
+    pub outcome: &'static str,
+    pub detail: String,
+    pub ms: f64,
+}
+
+/// The whole run.
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub backend: &'static str,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+    pub cases: Vec<CaseResult>,
+}
+
+type Outcome = Result<String, String>;
+
+macro_rules! check {
+    ($cond:expr, $($what:tt)+) => {
+        if !$cond {
+            return Err(format!($($what)+));
+        }
+    };
+}
+
+/// A short pause in which a parked request would have completed if it were not parked.
+const SETTLE: Duration = Duration::from_millis(20);
+
+struct Ctx<'t, T: Transport> {
+    transport: &'t T,
+}
+
+impl<'t, T: Transport> Ctx<'t, T> {
+    fn open(&self, process: u32) -> Result<Adapter<'t, T>, String> {
+        Adapter::open(self.transport, process).map_err(|e| e.to_string())
+    }
+
+    fn lab(&self) -> &dyn Lab {
+        self.transport
+            .lab()
+            .expect("lab cases run only where a lab exists")
+    }
+
+    /// The newest sequence number now.
+    fn head(&self, adapter: &Adapter<'t, T>) -> Result<u64, String> {
+        adapter
+            .stats()
+            .map(|s| s.head_seq)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Waits until no discovery is running, so a case never sees another case's
+    /// DiscoveryComplete event.
+    fn quiesce(&self) {
+        let Ok(adapter) = self.open(1) else {
+            return;
+        };
+        let deadline = Instant::now() + PROMPT;
+        while let Ok(stats) = adapter.stats() {
+            if stats.discoveries_completed >= stats.discoveries_started || Instant::now() > deadline
+            {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        adapter.close();
+    }
+
+    fn pending(&self, pending: &T::Pending) -> bool {
+        self.transport.wait(pending, SETTLE).is_none()
+    }
+}
+
+/// A request record with an honest size field and any body (valid or not).
+fn record(opcode: u16, body: &[u8]) -> Vec<u8> {
+    let size = 8 + body.len() as u32;
+    let mut bytes = size.to_le_bytes().to_vec();
+    bytes.extend_from_slice(&VERSION.to_le_bytes());
+    bytes.extend_from_slice(&opcode.to_le_bytes());
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+fn expect_status<T: Transport>(
+    adapter: &Adapter<'_, T>,
+    input: &[u8],
+    out_len: u32,
+    want: u32,
+) -> Outcome {
+    let got = adapter
+        .raw(input, out_len, PROMPT)
+        .map_err(|e| e.to_string())?;
+    check!(
+        got.status == want,
+        "{} bytes in, {out_len} out: status {:#x}, expected {want:#x}",
+        input.len(),
+        got.status
+    );
+    check!(
+        got.output.is_empty() || want == STATUS_SUCCESS,
+        "an error carried {} bytes",
+        got.output.len()
+    );
+    Ok(format!("{:#x}", got.status))
+}
+
+fn park_then_fire<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let waiting = a.post_wait(CURSOR_NOW, 4).map_err(|e| e.to_string())?;
+    check!(
+        ctx.pending(&waiting),
+        "a WAIT with cursor NOW completed before any event"
+    );
+    let seq = a.fire(7, 42).map_err(|e| e.to_string())?;
+    let got = delivery(
+        &ctx.transport
+            .wait(&waiting, PROMPT)
+            .ok_or("the WAIT never completed")?,
+    )
+    .map_err(|e| e.to_string())?;
+    check!(
+        got.events.len() == 1 && got.events[0].seq == seq,
+        "expected exactly event {seq}, got {:?}",
+        got.events
+    );
+    check!(
+        got.events[0].kind == EventKind::Injected as u32
+            && got.events[0].arg0 == 7
+            && got.events[0].arg1 == 42,
+        "event fields {:?}",
+        got.events[0]
+    );
+    check!(
+        got.reply.cursor == seq && got.reply.lost == 0,
+        "cursor {} lost {}",
+        got.reply.cursor,
+        got.reply.lost
+    );
+    a.close();
+    Ok(format!("event {seq} delivered to the parked WAIT"))
+}
+
+fn k_outstanding<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let waits: Vec<_> = (0..4)
+        .map(|_| a.post_wait(CURSOR_NOW, 4))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    check!(
+        waits.iter().all(|w| ctx.pending(w)),
+        "a WAIT completed early"
+    );
+    let seq = a.fire(1, 1).map_err(|e| e.to_string())?;
+    for wait in &waits {
+        let got = delivery(
+            &ctx.transport
+                .wait(wait, PROMPT)
+                .ok_or("a WAIT never completed")?,
+        )
+        .map_err(|e| e.to_string())?;
+        check!(
+            got.events.iter().map(|e| e.seq).collect::<Vec<_>>() == vec![seq],
+            "got {:?}",
+            got.events
+        );
+    }
+    a.close();
+    Ok("4 outstanding WAITs on one handle each delivered the event".into())
+}
+
+fn broadcast<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let handles: Vec<_> = (0..3).map(|i| ctx.open(10 + i)).collect::<Result<_, _>>()?;
+    let waits: Vec<_> = handles
+        .iter()
+        .map(|h| h.post_wait(CURSOR_NOW, 4))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let seq = handles[0].fire(2, 2).map_err(|e| e.to_string())?;
+    for wait in &waits {
+        let got = delivery(
+            &ctx.transport
+                .wait(wait, PROMPT)
+                .ok_or("a WAIT never completed")?,
+        )
+        .map_err(|e| e.to_string())?;
+        check!(
+            got.events.last().map(|e| e.seq) == Some(seq),
+            "got {:?}",
+            got.events
+        );
+    }
+    handles.into_iter().for_each(Adapter::close);
+    Ok("3 handles saw the same event".into())
+}
+
+fn batching<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let head = ctx.head(&a)?;
+    for i in 0..6 {
+        a.fire(3, i).map_err(|e| e.to_string())?;
+    }
+    let got = delivery(
+        &a.raw(
+            &encode(&Request::Wait {
+                cursor: head,
+                max_events: 16,
+            }),
+            wait_reply_size(16),
+            PROMPT,
+        )
+        .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    let seqs: Vec<u64> = got.events.iter().map(|e| e.seq).collect();
+    check!(
+        seqs == (head + 1..=head + 6).collect::<Vec<_>>(),
+        "one completion should carry {}..={}, got {seqs:?}",
+        head + 1,
+        head + 6
+    );
+    check!(
+        got.reply.flags & WaitFlags::MORE == 0,
+        "MORE set with nothing left"
+    );
+    a.close();
+    Ok("6 events in one completion".into())
+}
+
+fn more_flag_and_cursor<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let head = ctx.head(&a)?;
+    for i in 0..5 {
+        a.fire(4, i).map_err(|e| e.to_string())?;
+    }
+    let first = delivery(
+        &a.raw(
+            &encode(&Request::Wait {
+                cursor: head,
+                max_events: 2,
+            }),
+            wait_reply_size(2),
+            PROMPT,
+        )
+        .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    check!(
+        first.events.len() == 2 && first.reply.flags & WaitFlags::MORE != 0,
+        "expected 2 events and MORE, got {} flags {:#x}",
+        first.events.len(),
+        first.reply.flags
+    );
+    let rest = delivery(
+        &a.raw(
+            &encode(&Request::Wait {
+                cursor: first.reply.cursor,
+                max_events: 16,
+            }),
+            wait_reply_size(16),
+            PROMPT,
+        )
+        .map_err(|e| e.to_string())?,
+    )
+    .map_err(|e| e.to_string())?;
+    check!(
+        rest.events.first().map(|e| e.seq) == Some(head + 3) && rest.events.len() == 3,
+        "resumed at {:?}",
+        rest.events.first()
+    );
+    let parked = a
+        .post_wait(rest.reply.cursor, 4)
+        .map_err(|e| e.to_string())?;
+    check!(ctx.pending(&parked), "an up-to-date cursor must park");
+    let seq = a.fire(4, 9).map_err(|e| e.to_string())?;
+    let last = delivery(
+        &ctx.transport
+            .wait(&parked, PROMPT)
+            .ok_or("never completed")?,
+    )
+    .map_err(|e| e.to_string())?;
+    check!(
+        last.events.iter().map(|e| e.seq).collect::<Vec<_>>() == vec![seq],
+        "got {:?}",
+        last.events
+    );
+    a.close();
+    Ok("MORE, then resume exactly at the cursor, then park".into())
+}
+
+fn loss_detection<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let stats = a.stats().map_err(|e| e.to_string())?;
+    let head = stats.head_seq;
+    let fired = stats.ring_capacity + 44;
+    for i in 0..fired {
+        a.fire(5, i).map_err(|e| e.to_string())?;
+    }
+    let mut watcher = Watcher::start(&a, 1, head, 16).map_err(|e| e.to_string())?;
+    let batch = watcher
+        .next(PROMPT)
+        .map_err(|e| e.to_string())?
+        .ok_or("no delivery")?;
+    check!(
+        batch.lost == 44,
+        "lost {} events, expected exactly 44 (ring {})",
+        batch.lost,
+        stats.ring_capacity
+    );
+    check!(
+        batch.events.first().map(|e| e.seq) == Some(head + 45),
+        "first delivered {:?}",
+        batch.events.first().map(|e| e.seq)
+    );
+    watcher.stop();
+    a.close();
+    Ok(format!(
+        "overflowed a {}-event ring by 44: lost = 44",
+        stats.ring_capacity
+    ))
+}
+
+fn watcher_misses_nothing<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let mut watcher = Watcher::start(&a, 3, CURSOR_NOW, 8).map_err(|e| e.to_string())?;
+    let mut seen = Vec::new();
+    for i in 0..50 {
+        a.fire(6, i).map_err(|e| e.to_string())?;
+        if i % 7 == 0 {
+            while let Some(batch) = watcher
+                .next(Duration::from_millis(1))
+                .map_err(|e| e.to_string())?
+            {
+                seen.extend(batch.events.iter().map(|e| e.seq));
+            }
+        }
+    }
+    let deadline = Instant::now() + PROMPT;
+    while seen.len() < 50 && Instant::now() < deadline {
+        if let Some(batch) = watcher
+            .next(Duration::from_millis(50))
+            .map_err(|e| e.to_string())?
+        {
+            seen.extend(batch.events.iter().map(|e| e.seq));
+        }
+    }
+    check!(
+        seen.len() == 50 && watcher.lost == 0,
+        "saw {} of 50, lost {}",
+        seen.len(),
+        watcher.lost
+    );
+    check!(
+        seen.windows(2).all(|w| w[1] == w[0] + 1),
+        "out of order: {seen:?}"
+    );
+    watcher.stop();
+    a.close();
+    Ok("3 outstanding WAITs, 50 events, none missed or repeated".into())
+}
+
+/// Follows `a` from `cursor` until an event satisfies `done`.
+fn until<T: Transport>(
+    ctx: &Ctx<'_, T>,
+    a: &Adapter<'_, T>,
+    first: T::Pending,
+    done: impl Fn(&revcall_protocol::EventRecord) -> bool,
+) -> Outcome {
+    let mut pending = first;
+    let deadline = Instant::now() + PROMPT;
+    while Instant::now() < deadline {
+        let got = delivery(
+            &ctx.transport
+                .wait(&pending, PROMPT)
+                .ok_or("a WAIT never completed")?,
+        )
+        .map_err(|e| e.to_string())?;
+        if got.events.iter().any(&done) {
+            return Ok(format!("at seq {}", got.reply.cursor));
+        }
+        pending = a
+            .post_wait(got.reply.cursor, 8)
+            .map_err(|e| e.to_string())?;
+    }
+    Err("the expected event never arrived".into())
+}
+
+fn discover_completes_later<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let waiting = a.post_wait(CURSOR_NOW, 8).map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let reply = a.discover(25).map_err(|e| e.to_string())?;
+    check!(reply.coalesced == 0, "a fresh DISCOVER joined another");
+    until(ctx, &a, waiting, |e| {
+        e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == reply.id
+    })?;
+    let took = started.elapsed();
+    check!(
+        took >= Duration::from_millis(20),
+        "completed after {took:?}, asked for 25 ms"
+    );
+    a.close();
+    Ok(format!(
+        "discovery {} completed after {:.1} ms",
+        reply.id,
+        took.as_secs_f64() * 1e3
+    ))
+}
+
+fn discover_coalesces<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let waiting = a.post_wait(CURSOR_NOW, 8).map_err(|e| e.to_string())?;
+    let first = a.discover(50).map_err(|e| e.to_string())?;
+    let second = a.discover(50).map_err(|e| e.to_string())?;
+    check!(
+        second.id == first.id && second.coalesced == 1,
+        "second DISCOVER: {second:?}, first {first:?}"
+    );
+    until(ctx, &a, waiting, |e| {
+        e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == first.id
+    })?;
+    a.close();
+    Ok(format!("two DISCOVERs, one discovery ({})", first.id))
+}
+
+fn stats_count<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let before = a.stats().map_err(|e| e.to_string())?;
+    a.fire(8, 8).map_err(|e| e.to_string())?;
+    let after = a.stats().map_err(|e| e.to_string())?;
+    check!(
+        after.head_seq == before.head_seq + 1
+            && after.events_injected == before.events_injected + 1,
+        "{before:?} → {after:?}"
+    );
+    check!(
+        after.parked_cap >= 1 && after.ring_capacity >= 1,
+        "{after:?}"
+    );
+    a.close();
+    Ok(format!("head {} → {}", before.head_seq, after.head_seq))
+}
+
+fn cancel_one<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let keep = a.post_wait(CURSOR_NOW, 1).map_err(|e| e.to_string())?;
+    let doomed = a.post_wait(CURSOR_NOW, 1).map_err(|e| e.to_string())?;
+    check!(ctx.pending(&doomed), "completed early");
+    ctx.transport.cancel(a.handle, &doomed);
+    let cancelled = ctx
+        .transport
+        .wait(&doomed, PROMPT)
+        .ok_or("the cancelled WAIT never completed")?;
+    check!(
+        cancelled.status == STATUS_CANCELLED,
+        "status {:#x}",
+        cancelled.status
+    );
+    check!(
+        ctx.pending(&keep),
+        "cancelling one WAIT completed the other"
+    );
+    a.fire(9, 9).map_err(|e| e.to_string())?;
+    check!(
+        ctx.transport
+            .wait(&keep, PROMPT)
+            .is_some_and(|c| c.status == STATUS_SUCCESS),
+        "the kept WAIT did not deliver"
+    );
+    a.close();
+    Ok("one cancelled, the other delivered".into())
+}
+
+fn cancel_all<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let waits: Vec<_> = (0..5)
+        .map(|_| a.post_wait(CURSOR_NOW, 1))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    ctx.transport.cancel_all(a.handle);
+    for wait in &waits {
+        let got = ctx
+            .transport
+            .wait(wait, PROMPT)
+            .ok_or("a WAIT survived CancelIoEx(handle, NULL)")?;
+        check!(got.status == STATUS_CANCELLED, "status {:#x}", got.status);
+    }
+    a.close();
+    Ok("5 WAITs cancelled with STATUS_CANCELLED".into())
+}
+
+fn parked_cap<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let stats = a.stats().map_err(|e| e.to_string())?;
+    let room = stats.parked_cap - stats.parked_now;
+    let waits: Vec<_> = (0..room)
+        .map(|_| a.post_wait(CURSOR_NOW, 1))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    let over = a
+        .raw(
+            &encode(&Request::Wait {
+                cursor: CURSOR_NOW,
+                max_events: 1,
+            }),
+            96,
+            PROMPT,
+        )
+        .map_err(|e| e.to_string())?;
+    check!(
+        over.status == STATUS_QUOTA_EXCEEDED,
+        "request {} past the cap: status {:#x}",
+        room + 1,
+        over.status
+    );
+    ctx.transport.cancel_all(a.handle);
+    for wait in &waits {
+        check!(
+            ctx.transport
+                .wait(wait, PROMPT)
+                .is_some_and(|c| c.status == STATUS_CANCELLED),
+            "a parked WAIT was not cancelled"
+        );
+    }
+    a.close();
+    Ok(format!(
+        "cap {}: request {} refused with STATUS_QUOTA_EXCEEDED",
+        stats.parked_cap,
+        room + 1
+    ))
+}
+
+fn null_buffer<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    expect_status(&a, &[], 0, STATUS_INVALID_PARAMETER)?;
+    expect_status(&a, &[], 64, STATUS_INVALID_PARAMETER)
+}
+
+fn truncated_header<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    expect_status(
+        &a,
+        &record(Opcode::Stats as u16, &[])[..7],
+        256,
+        STATUS_INVALID_PARAMETER,
+    )
+}
+
+fn size_field_mismatch<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let mut stats = record(Opcode::Stats as u16, &[]);
+    stats[0] += 1;
+    expect_status(&a, &stats, 256, STATUS_INVALID_PARAMETER)
+}
+
+fn wrong_version<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let mut stats = record(Opcode::Stats as u16, &[]);
+    stats[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    expect_status(&a, &stats, 256, STATUS_REVISION_MISMATCH)
+}
+
+fn unknown_opcode<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    expect_status(&a, &record(0x77, &[]), 256, STATUS_INVALID_DEVICE_REQUEST)
+}
+
+fn reserved_not_zero<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let mut body = [0u8; 16];
+    body[..8].copy_from_slice(&CURSOR_NOW.to_le_bytes());
+    body[8..12].copy_from_slice(&1u32.to_le_bytes());
+    body[12] = 1;
+    expect_status(
+        &a,
+        &record(Opcode::Wait as u16, &body),
+        96,
+        STATUS_INVALID_PARAMETER,
+    )
+}
+
+fn invalid_arguments<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let mut wait = [0u8; 16];
+    wait[..8].copy_from_slice(&CURSOR_NOW.to_le_bytes());
+    expect_status(
+        &a,
+        &record(Opcode::Wait as u16, &wait),
+        96,
+        STATUS_INVALID_PARAMETER,
+    )?;
+    for delay in [0u32, revcall_protocol::DISCOVER_DELAY_MS_MAX + 1] {
+        let mut body = [0u8; 8];
+        body[..4].copy_from_slice(&delay.to_le_bytes());
+        expect_status(
+            &a,
+            &record(Opcode::Discover as u16, &body),
+            64,
+            STATUS_INVALID_PARAMETER,
+        )?;
+    }
+    Ok("max_events 0, delay 0 and delay above the maximum refused".into())
+}
+
+fn output_too_small<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    for request in [
+        Request::Wait {
+            cursor: 0,
+            max_events: 1,
+        },
+        Request::Fire { code: 0, value: 0 },
+        Request::Discover { delay_ms: 1 },
+        Request::Stats,
+    ] {
+        let needed = request.opcode().min_reply_size() as u32;
+        for out in [0, needed - 1] {
+            expect_status(&a, &encode(&request), out, STATUS_BUFFER_TOO_SMALL)?;
+        }
+    }
+    Ok("every opcode refuses an output buffer one byte short".into())
+}
+
+fn huge_input<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    expect_status(
+        &a,
+        &record(Opcode::Stats as u16, &vec![0; 65536 - 8]),
+        256,
+        STATUS_INVALID_PARAMETER,
+    )
+}
+
+fn lengths_around_records<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let mut checked = 0;
+    for request in [
+        Request::Wait {
+            cursor: 0,
+            max_events: 1,
+        },
+        Request::Fire { code: 0, value: 0 },
+        Request::Discover { delay_ms: 1 },
+        Request::Stats,
+    ] {
+        let exact = encode(&request);
+        for len in exact.len().saturating_sub(2)..=exact.len() + 2 {
+            let mut input = exact.clone();
+            input.resize(len, 0);
+            if len >= 4 {
+                input[..4].copy_from_slice(&(len as u32).to_le_bytes());
+            }
+            let want = match decode_request(&input) {
+                Ok(_) => STATUS_SUCCESS,
+                Err(revcall_protocol::DecodeError::UnsupportedVersion { .. }) => {
+                    STATUS_REVISION_MISMATCH
+                }
+                Err(revcall_protocol::DecodeError::UnknownOpcode { .. }) => {
+                    STATUS_INVALID_DEVICE_REQUEST
+                }
+                Err(_) => STATUS_INVALID_PARAMETER,
+            };
+            expect_status(&a, &input, 256, want)?;
+            checked += 1;
+        }
+    }
+    Ok(format!("{checked} lengths around the four record sizes"))
+}
+
+fn handle_close_keeps_parked<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let other = ctx.open(2)?;
+    let waiting = a.post_wait(CURSOR_NOW, 1).map_err(|e| e.to_string())?;
+    a.close();
+    if let Some(early) = ctx.transport.wait(&waiting, SETTLE) {
+        return Err(format!(
+            "closing the handle completed its WAIT (no cleanup reaches a Storport miniport): {early:?}"
+        ));
+    }
+    let seq = other.fire(10, 10).map_err(|e| e.to_string())?;
+    let got = delivery(
+        &ctx.transport
+            .wait(&waiting, PROMPT)
+            .ok_or("never completed")?,
+    )
+    .map_err(|e| e.to_string())?;
+    check!(
+        got.events.last().map(|e| e.seq) == Some(seq),
+        "got {:?}",
+        got.events
+    );
+    other.close();
+    Ok("a WAIT outlives CloseHandle and still delivers".into())
+}
+
+fn process_exit_cancels<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(77)?;
+    let waits: Vec<_> = (0..3)
+        .map(|_| a.post_wait(CURSOR_NOW, 1))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    ctx.lab().exit_process(77);
+    for wait in &waits {
+        let got = ctx
+            .transport
+            .wait(wait, Duration::ZERO)
+            .ok_or("still pending after process exit")?;
+        check!(got.status == STATUS_CANCELLED, "status {:#x}", got.status);
+    }
+    Ok("3 WAITs cancelled by process exit".into())
+}
+
+fn removal<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let waits: Vec<_> = (0..3)
+        .map(|_| a.post_wait(CURSOR_NOW, 4))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    check!(waits.iter().all(|w| ctx.pending(w)), "completed early");
+    ctx.lab().remove();
+    for wait in &waits {
+        let got = ctx
+            .transport
+            .wait(wait, Duration::ZERO)
+            .ok_or("a parked WAIT survived removal")?;
+        let final_reply = delivery(&got).is_ok_and(|d| d.reply.flags & WaitFlags::FINAL != 0);
+        check!(
+            got.status == STATUS_DEVICE_REMOVED || final_reply,
+            "status {:#x}, not FINAL",
+            got.status
+        );
+    }
+    let late = a
+        .raw(&encode(&Request::Stats), 256, PROMPT)
+        .map_err(|e| e.to_string())?;
+    check!(
+        late.status == STATUS_DELETE_PENDING,
+        "a request after removal: {:#x}",
+        late.status
+    );
+    a.close();
+    ctx.lab().restart().map_err(|e| e.to_string())?;
+    Ok("removal completed 3 parked WAITs; later requests get STATUS_DELETE_PENDING".into())
+}
+
+fn surprise_removal<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let waits: Vec<_> = (0..3)
+        .map(|_| a.post_wait(CURSOR_NOW, 4))
+        .collect::<Result<_, _>>()
+        .map_err(|e| e.to_string())?;
+    ctx.lab().surprise_remove();
+    for wait in &waits {
+        check!(
+            ctx.transport.wait(wait, Duration::ZERO).is_some(),
+            "a parked WAIT survived surprise removal"
+        );
+    }
+    ctx.lab().remove();
+    a.close();
+    ctx.lab().restart().map_err(|e| e.to_string())?;
+    Ok("surprise removal completed 3 parked WAITs".into())
+}
+
+fn verifier_clean<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let violations = ctx.lab().violations();
+    check!(violations.is_empty(), "verifier: {violations:#?}");
+    Ok("no verifier violation so far".into())
+}
+
+/// Every case: name, needs the lab, body.
+type Case<T> = (&'static str, bool, fn(&Ctx<'_, T>) -> Outcome);
+
+fn cases<T: Transport>() -> Vec<Case<T>> {
+    vec![
+        ("park_then_fire", false, park_then_fire),
+        ("k_outstanding_on_one_handle", false, k_outstanding),
+        ("broadcast_to_several_handles", false, broadcast),
+        ("batching", false, batching),
+        ("more_flag_and_cursor_resume", false, more_flag_and_cursor),
+        ("loss_detection_by_ring_overflow", false, loss_detection),
+        ("watcher_misses_nothing", false, watcher_misses_nothing),
+        ("discover_completes_later", false, discover_completes_later),
+        ("discover_coalesces", false, discover_coalesces),
+        ("stats_count_events", false, stats_count),
+        ("cancel_one", false, cancel_one),
+        ("cancel_all", false, cancel_all),
+        ("parked_request_cap", false, parked_cap),
+        ("null_buffer", false, null_buffer),
+        ("truncated_header", false, truncated_header),
+        ("size_field_mismatch", false, size_field_mismatch),
+        ("wrong_version", false, wrong_version),
+        ("unknown_opcode", false, unknown_opcode),
+        ("reserved_not_zero", false, reserved_not_zero),
+        ("invalid_arguments", false, invalid_arguments),
+        ("output_too_small", false, output_too_small),
+        ("huge_input", false, huge_input),
+        ("lengths_around_each_record", false, lengths_around_records),
+        (
+            "handle_close_keeps_parked_waits",
+            true,
+            handle_close_keeps_parked,
+        ),
+        (
+            "process_exit_cancels_parked_waits",
+            true,
+            process_exit_cancels,
+        ),
+        ("removal_with_parked_waits", true, removal),
+        ("surprise_removal_with_parked_waits", true, surprise_removal),
+        ("verifier_clean", true, verifier_clean),
+    ]
+}
+
+/// Runs every case in order; `progress` hears each result as it comes.
+pub fn run<T: Transport>(transport: &T, mut progress: impl FnMut(&CaseResult)) -> Report {
+    let ctx = Ctx { transport };
+    let mut results = Vec::new();
+    for (name, needs_lab, body) in cases::<T>() {
+        let started = Instant::now();
+        let (outcome, detail) = if needs_lab && transport.lab().is_none() {
+            (
+                "skipped",
+                "needs storsim (process exit, removal)".to_owned(),
+            )
+        } else {
+            ctx.quiesce();
+            match body(&ctx) {
+                Ok(detail) => ("passed", detail),
+                Err(detail) => ("failed", detail),
+            }
+        };
+        let result = CaseResult {
+            name,
+            outcome,
+            detail,
+            ms: started.elapsed().as_secs_f64() * 1e3,
+        };
+        progress(&result);
+        results.push(result);
+    }
+    Report::from(transport.name(), results)
+}
+
+impl Report {
+    pub fn from(backend: &'static str, cases: Vec<CaseResult>) -> Self {
+        let count = |what| cases.iter().filter(|c| c.outcome == what).count();
+        Self {
+            backend,
+            passed: count("passed"),
+            failed: count("failed"),
+            skipped: count("skipped"),
+            cases,
+        }
+    }
+}
