@@ -244,7 +244,59 @@ fn test() -> Result<()> {
             .args(["test", "--package", "storsim-fixtures", "--tests"])
             .env("STORSIM_FIXTURES", &fixtures),
     )?;
-    demo_is_clean(&sys)
+    run(
+        "clippy: revcall-tester's Windows backend for x86_64-pc-windows-msvc",
+        cargo().args([
+            "clippy",
+            "--package",
+            "revcall-tester",
+            "--target",
+            DRIVER_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    demo_is_clean(&sys)?;
+    selftest_passes(&sys)
+}
+
+/// The tester's suite against storsim, as users run it: zero failed, at least 25 passed.
+fn selftest_passes(sys: &Path) -> Result<()> {
+    eprintln!("==> revcall-tester --sim revcall.sys selftest --json");
+    let output = cargo()
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "revcall-tester",
+            "--",
+            "--sim",
+        ])
+        .arg(sys)
+        .args(["selftest", "--json"])
+        .output()
+        .context("running revcall-tester")?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "revcall-tester printed no JSON report: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let (passed, failed) = (report["passed"].as_u64(), report["failed"].as_u64());
+    eprintln!(
+        "    backend {}, passed {passed:?}, failed {failed:?}, skipped {}",
+        report["backend"], report["skipped"]
+    );
+    if !output.status.success() || failed != Some(0) || passed.is_none_or(|p| p < 25) {
+        bail!(
+            "the self-test did not pass:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
 }
 
 /// The main job's scenario, as a test: `storsim run revcall.sys --scenario demo --json` on
