@@ -265,3 +265,135 @@ impl<'a, 't, T: Transport> Watcher<'a, 't, T> {
             .collect()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::sync::Mutex;
+
+    use revcall_protocol::{EventKind, WaitFlags, WaitReplyWriter};
+
+    use super::*;
+
+    /// Answers each WAIT, in order, with the next scripted reply; nothing is ever pending.
+    struct Scripted {
+        replies: Mutex<VecDeque<Completion>>,
+        cancelled: Mutex<usize>,
+    }
+
+    impl Scripted {
+        fn new(replies: Vec<Completion>) -> Self {
+            Self {
+                replies: Mutex::new(replies.into()),
+                cancelled: Mutex::new(0),
+            }
+        }
+    }
+
+    /// A WAIT reply carrying `seqs`.
+    fn reply(seqs: &[u64], lost: u64, flags: u32) -> Completion {
+        let mut out = vec![0u8; 64 + 32 * seqs.len().max(1)];
+        let mut writer = WaitReplyWriter::new(&mut out, 16).expect("room for one event");
+        for &seq in seqs {
+            let event = EventRecord {
+                seq,
+                kind: EventKind::Injected as u32,
+                ..EventRecord::EMPTY
+            };
+            assert!(writer.push(&event));
+        }
+        let len = writer.finish(seqs.last().copied().unwrap_or(0), lost, flags);
+        out.truncate(len);
+        Completion {
+            status: 0,
+            output: out,
+        }
+    }
+
+    impl Transport for Scripted {
+        type Handle = u32;
+        type Pending = Option<Completion>;
+
+        fn name(&self) -> &'static str {
+            "scripted"
+        }
+        fn open(&self, _: u32) -> Result<u32, TransportError> {
+            Ok(1)
+        }
+        fn submit(&self, _: u32, _: &[u8], _: u32) -> Result<Option<Completion>, u32> {
+            Ok(self.replies.lock().unwrap().pop_front())
+        }
+        fn wait(&self, pending: &Option<Completion>, _: Duration) -> Option<Completion> {
+            pending.clone()
+        }
+        fn cancel(&self, _: u32, _: &Option<Completion>) {
+            *self.cancelled.lock().unwrap() += 1;
+        }
+        fn cancel_all(&self, _: u32) {}
+        fn close(&self, _: u32) {}
+    }
+
+    fn seqs(batch: &Batch) -> Vec<u64> {
+        batch.events.iter().map(|e| e.seq).collect()
+    }
+
+    #[test]
+    fn outstanding_waits_repeating_an_event_deliver_it_once() {
+        let transport = Scripted::new(vec![
+            reply(&[5], 0, 0),
+            reply(&[5], 0, 0),
+            reply(&[6], 0, 0),
+        ]);
+        let adapter = Adapter::open(&transport, 0).unwrap();
+        let mut watcher = Watcher::start(&adapter, 2, CURSOR_NOW, 4).unwrap();
+        assert_eq!(seqs(&watcher.next(PROMPT).unwrap().unwrap()), vec![5]);
+        assert_eq!(
+            seqs(&watcher.next(PROMPT).unwrap().unwrap()),
+            Vec::<u64>::new()
+        );
+        assert_eq!(seqs(&watcher.next(PROMPT).unwrap().unwrap()), vec![6]);
+        assert_eq!((watcher.delivered, watcher.lost), (2, 0));
+    }
+
+    #[test]
+    fn gaps_in_the_sequence_are_counted_as_lost() {
+        let transport = Scripted::new(vec![reply(&[10, 11], 3, 0), reply(&[14], 0, 0)]);
+        let adapter = Adapter::open(&transport, 0).unwrap();
+        let mut watcher = Watcher::start(&adapter, 1, 6, 4).unwrap();
+        let first = watcher.next(PROMPT).unwrap().unwrap();
+        assert_eq!(
+            (seqs(&first), first.lost),
+            (vec![10, 11], 3),
+            "the driver's own lost count for the first reply"
+        );
+        let second = watcher.next(PROMPT).unwrap().unwrap();
+        assert_eq!(
+            (seqs(&second), second.lost),
+            (vec![14], 2),
+            "12 and 13 never arrived"
+        );
+        assert_eq!(watcher.lost, 5);
+    }
+
+    #[test]
+    fn a_final_reply_is_not_re_armed_and_stop_cancels_the_rest() {
+        let transport = Scripted::new(vec![reply(&[1], 0, WaitFlags::FINAL), reply(&[1], 0, 0)]);
+        let adapter = Adapter::open(&transport, 0).unwrap();
+        let mut watcher = Watcher::start(&adapter, 2, CURSOR_NOW, 4).unwrap();
+        let batch = watcher.next(PROMPT).unwrap().unwrap();
+        assert!(batch.last);
+        assert_eq!(watcher.depth(), 1, "the FINAL WAIT was not re-armed");
+        assert_eq!(watcher.stop().len(), 1);
+        assert_eq!(*transport.cancelled.lock().unwrap(), 1);
+    }
+
+    #[test]
+    fn errors_name_the_status() {
+        assert!(
+            RequestError::Status(0xC000_0059)
+                .to_string()
+                .contains("protocol version")
+        );
+        assert_eq!(wait_reply_size(0), 96);
+    }
+}
