@@ -22,6 +22,8 @@ struct Cli {
 enum Task {
     /// Build target/x86_64-pc-windows-msvc/release/revcall.sys.
     Build,
+    /// Link revcall-tester.exe for Windows (x86_64-pc-windows-gnu, Debian's mingw-w64 linker).
+    TesterExe,
     /// The main job: build revcall.sys and run it in storsim (`storsim run … --scenario demo`);
     /// arguments after `--` go to storsim (e.g. `-- --json`, `-- --cpus 4`).
     Run {
@@ -58,6 +60,10 @@ fn main() -> Result<()> {
                     .args(["--scenario", "demo"])
                     .args(storsim_args),
             )?;
+        }
+        Task::TesterExe => {
+            let exe = build_tester_exe()?;
+            println!("revcall-tester.exe: {}", exe.display());
         }
         Task::Test => test()?,
     }
@@ -258,7 +264,62 @@ fn test() -> Result<()> {
         ]),
     )?;
     demo_is_clean(&sys)?;
-    selftest_passes(&sys)
+    selftest_passes(&sys)?;
+    if have_mingw() || std::env::var_os("CI").is_some() {
+        build_tester_exe()?;
+    } else {
+        eprintln!(
+            "==> skipped: revcall-tester.exe (install mingw-w64: apt-get install gcc-mingw-w64-x86-64; CI requires it)"
+        );
+    }
+    Ok(())
+}
+
+const TESTER_EXE_TARGET: &str = "x86_64-pc-windows-gnu";
+const MINGW_LINKER: &str = "x86_64-w64-mingw32-gcc";
+
+/// Links revcall-tester.exe with mingw-w64 and checks it is a Windows console program.
+fn build_tester_exe() -> Result<PathBuf> {
+    run(
+        "link revcall-tester.exe (x86_64-pc-windows-gnu)",
+        cargo()
+            .args([
+                "build",
+                "--package",
+                "revcall-tester",
+                "--release",
+                "--target",
+                TESTER_EXE_TARGET,
+            ])
+            // Scoped to this build: the gnu target is used for nothing else.
+            .env("CARGO_TARGET_X86_64_PC_WINDOWS_GNU_LINKER", MINGW_LINKER),
+    )?;
+    let exe = workspace_root()
+        .join("target")
+        .join(TESTER_EXE_TARGET)
+        .join("release")
+        .join("revcall-tester.exe");
+    let image = std::fs::read(&exe).with_context(|| format!("reading {}", exe.display()))?;
+    // PE32+ with the console subsystem (3): the optional header's Subsystem at offset 68.
+    let pe = image
+        .get(0x3C..0x40)
+        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize)
+        .context("no DOS header")?;
+    let subsystem = image
+        .get(pe + 24 + 68..pe + 24 + 70)
+        .map(|b| u16::from_le_bytes([b[0], b[1]]));
+    if image.get(pe..pe + 4) != Some(b"PE\0\0") || subsystem != Some(3) {
+        bail!("{} is not a Windows console executable", exe.display());
+    }
+    Ok(exe)
+}
+
+/// Whether the mingw-w64 linker is installed (.ci/run installs it; CI requires it).
+fn have_mingw() -> bool {
+    Command::new(MINGW_LINKER)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success())
 }
 
 /// The tester's suite against storsim, as users run it: zero failed, at least 25 passed.
