@@ -405,7 +405,9 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
 // The precompiled core for this target references `_fltused` and `__CxxFrameHandler3`.
 // Defined here in assembly rather than as Rust items so they stay out of the export table
 // (every `#[no_mangle]` item of a cdylib is exported); the handler is never reached with
-// panic=abort, and traps if it ever is.
+// panic=abort, and traps if it ever is. With the `wdk` feature wdk-sys defines both (as
+// exported `#[no_mangle]` items), and a second definition would not link.
+#[cfg(not(feature = "wdk"))]
 core::arch::global_asm!(
     ".section .rdata,\"dr\"",
     ".globl _fltused",

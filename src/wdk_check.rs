@@ -1,86 +1,542 @@
-//! Feature `wdk` (Windows hosts with the WDK): proves at compile time that the hand-written
-//! bindings in `ffi` match wdk-sys's bindgen output of the real WDK headers.
+//! Feature `wdk` (Windows hosts with the WDK): proves at compile time that every hand-written
+//! binding the driver uses matches wdk-sys's bindgen output of the real WDK headers (wdk-sys
+//! feature `storage`, which adds storport.h).
 //!
-//! Nothing here runs; a mismatch is a compile error. It cannot be compiled on Linux (wdk-sys
-//! needs the WDK), so it stays small: sizes, the offsets the driver touches, and the values.
+//! Nothing here runs or lands in the image; a mismatch is a compile error naming the item. What
+//! is compared with the WDK:
+//!
+//! * every structure of `storport-abi` the driver passes to or gets from Windows: size,
+//!   alignment, and the offset of every field (with the field's size and alignment wherever the
+//!   WDK reaches it without going through a union);
+//! * the scalar typedefs: the same Rust type, or the same size and alignment;
+//! * every constant: its value;
+//! * every function pointer type and every import: its *ABI shape* (number of parameters, the
+//!   size and alignment of each parameter and of the result, variadic or not). The pointee of a
+//!   pointer parameter is one of the structures above. The ABI string itself differs on purpose:
+//!   `storport-abi` declares callbacks `extern "win64"` so that storsim can call the very same
+//!   pointers on Linux, and `ffi` imports `extern "system"`, where bindgen writes `extern "C"`;
+//!   on x86_64-pc-windows-msvc all three are the one Microsoft x64 convention.
+//!
+//! This cannot be compiled on Linux (wdk-sys generates its bindings from the installed WDK).
+//! The wdk-sys names follow bindgen's conventions as wdk-sys 0.5 configures them (type aliases
+//! `NAME` for `struct _NAME`, `__bindgen_anon_N` for anonymous members, enums as modules
+//! `_TAG::Variant`, functions in `wdk_sys::ntddk` and `wdk_sys::storage`); docs/WINDOWS.md lists
+//! which names were confirmed against public code using wdk-sys and which were not.
 
-use core::mem::{offset_of, size_of};
+use core::mem::{align_of, offset_of, size_of};
 
 use crate::ffi;
+use revcall_protocol::status;
 use wdk_sys as wdk;
 
+/// The size and alignment of a type: all the Microsoft x64 convention looks at when a value of
+/// that type is passed or returned.
+#[derive(Clone, Copy)]
+struct Layout {
+    size: usize,
+    align: usize,
+}
+
+impl Layout {
+    const fn of<T>() -> Self {
+        Self {
+            size: size_of::<T>(),
+            align: align_of::<T>(),
+        }
+    }
+
+    const fn matches(self, other: Self) -> bool {
+        self.size == other.size && self.align == other.align
+    }
+}
+
+/// What the calling convention sees of a function pointer type.
+struct Shape {
+    result: Layout,
+    params: &'static [Layout],
+    variadic: bool,
+}
+
+impl Shape {
+    const fn matches(&self, other: &Self) -> bool {
+        if !self.result.matches(other.result)
+            || self.variadic != other.variadic
+            || self.params.len() != other.params.len()
+        {
+            return false;
+        }
+        let mut i = 0;
+        while i < self.params.len() {
+            if !self.params[i].matches(other.params[i]) {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+}
+
+/// Function pointer types (and `Option`s of them, as callbacks are stored) with their shape.
+trait Abi {
+    const SHAPE: Shape;
+}
+
+impl<F: Abi> Abi for Option<F> {
+    const SHAPE: Shape = F::SHAPE;
+}
+
+/// Implements [`Abi`] for `unsafe extern $abi fn` of 0 to 7 parameters.
+macro_rules! abi_impls {
+    ($($abi:literal),*) => {
+        $( abi_impls!(@arities $abi; ; A0 A1 A2 A3 A4 A5 A6); )*
+    };
+    (@arities $abi:literal; $($param:ident)*; $next:ident $($rest:ident)*) => {
+        abi_impls!(@one $abi; $($param)*);
+        abi_impls!(@arities $abi; $($param)* $next; $($rest)*);
+    };
+    (@arities $abi:literal; $($param:ident)*; ) => {
+        abi_impls!(@one $abi; $($param)*);
+    };
+    (@one $abi:literal; $($param:ident)*) => {
+        impl<R, $($param),*> Abi for unsafe extern $abi fn($($param),*) -> R {
+            const SHAPE: Shape = Shape {
+                result: Layout::of::<R>(),
+                params: &[$(Layout::of::<$param>()),*],
+                variadic: false,
+            };
+        }
+    };
+}
+
+abi_impls!("C", "system", "win64");
+
+/// The variadic imports: StorPortNotification and StorPortExtendedFunction (2 fixed
+/// parameters), DbgPrintEx (3).
+impl<R, A0, A1> Abi for unsafe extern "C" fn(A0, A1, ...) -> R {
+    const SHAPE: Shape = Shape {
+        result: Layout::of::<R>(),
+        params: &[Layout::of::<A0>(), Layout::of::<A1>()],
+        variadic: true,
+    };
+}
+
+impl<R, A0, A1, A2> Abi for unsafe extern "C" fn(A0, A1, A2, ...) -> R {
+    const SHAPE: Shape = Shape {
+        result: Layout::of::<R>(),
+        params: &[Layout::of::<A0>(), Layout::of::<A1>(), Layout::of::<A2>()],
+        variadic: true,
+    };
+}
+
+/// The shape of a function (item cast to its pointer type, e.g. `f as unsafe extern "C" fn(_, _)`).
+const fn shape_of<F: Abi + Copy>(_: F) -> &'static Shape {
+    &F::SHAPE
+}
+
+/// The shape of the function pointer type of the field `select` picks, e.g.
+/// `field_shape(&|d: &wdk::IRP| &d.CancelRoutine)`.
+const fn field_shape<S, F: Abi>(_select: &impl Fn(&S) -> &F) -> &'static Shape {
+    &F::SHAPE
+}
+
+/// The layout of the type of the field `select` picks.
+const fn field_layout<S, F>(_select: &impl Fn(&S) -> &F) -> Layout {
+    Layout::of::<F>()
+}
+
+/// Asserts equal size and alignment of two types.
+macro_rules! same_layout {
+    ($ours:ty, $theirs:ty) => {
+        assert!(
+            Layout::of::<$ours>().matches(Layout::of::<$theirs>()),
+            concat!(
+                stringify!($ours),
+                ": size or alignment differs from the WDK"
+            )
+        );
+    };
+}
+
+/// Asserts, for fields of the same name, the same offset and the same field size and alignment.
+macro_rules! same_fields {
+    ($ours:ty, $theirs:ty: $($field:ident),+ $(,)?) => {$(
+        assert!(
+            offset_of!($ours, $field) == offset_of!($theirs, $field),
+            concat!(stringify!($ours), ".", stringify!($field), ": offset differs from the WDK")
+        );
+        assert!(
+            field_layout(&|s: &$ours| &s.$field)
+                .matches(field_layout(&|s: &$theirs| &s.$field)),
+            concat!(stringify!($ours), ".", stringify!($field), ": size or alignment differs")
+        );
+    )+};
+}
+
+/// Asserts the offsets of fields the WDK reaches through a union or an anonymous member,
+/// written `our_field => wdk.path`.
+macro_rules! same_offsets {
+    ($ours:ty, $theirs:ty: $($field:ident => $($path:ident).+),+ $(,)?) => {$(
+        assert!(
+            offset_of!($ours, $field) == offset_of!($theirs, $($path).+),
+            concat!(stringify!($ours), ".", stringify!($field), ": offset differs from the WDK")
+        );
+    )+};
+}
+
+/// Asserts equal ABI shapes.
+macro_rules! same_shape {
+    ($what:literal, $ours:expr, $theirs:expr) => {
+        assert!(
+            $ours.matches($theirs),
+            concat!($what, ": signature differs from the WDK")
+        );
+    };
+}
+
+/// Asserts that same-named function-pointer fields of two structures have the same shape.
+macro_rules! same_callbacks {
+    ($ours:ty, $theirs:ty: $($field:ident),+ $(,)?) => {$(
+        assert!(
+            field_shape(&|s: &$ours| &s.$field).matches(field_shape(&|s: &$theirs| &s.$field)),
+            concat!(stringify!($ours), ".", stringify!($field), ": signature differs from the WDK")
+        );
+    )+};
+}
+
+/// Asserts that imports declared `extern $abi` in module `$ours` have the shape of wdk-sys's
+/// declarations (`extern "C"`) in module `$theirs`; `(_, _, ...)` spells each parameter list.
+macro_rules! same_imports {
+    ($abi:literal, $ours:ident => $theirs:ident: $($name:ident($($params:tt)*)),+ $(,)?) => {$(
+        assert!(
+            shape_of($ours::$name as unsafe extern $abi fn($($params)*) -> _)
+                .matches(shape_of($theirs::$name as unsafe extern "C" fn($($params)*) -> _)),
+            concat!(stringify!($name), ": signature differs from the WDK")
+        );
+    )+};
+}
+
+/// Asserts equal integer values (constants of any integer type, enum constants included).
+macro_rules! same_value {
+    ($($ours:expr => $theirs:expr),+ $(,)?) => {$(
+        assert!(
+            $ours as i128 == $theirs as i128,
+            concat!(stringify!($ours), " differs from ", stringify!($theirs))
+        );
+    )+};
+}
+
+// ---- Scalar typedefs.
+
 const _: () = {
-    assert!(size_of::<ffi::HW_INITIALIZATION_DATA>() == size_of::<wdk::HW_INITIALIZATION_DATA>());
-    assert!(
-        offset_of!(ffi::HW_INITIALIZATION_DATA, HwFindAdapter)
-            == offset_of!(wdk::HW_INITIALIZATION_DATA, HwFindAdapter)
+    // The very same Rust types as wdk-sys's.
+    let _: fn(ffi::PVOID) -> wdk::PVOID = |x| x;
+    let _: fn(ffi::BOOLEAN) -> wdk::BOOLEAN = |x| x;
+    let _: fn(ffi::KIRQL) -> wdk::KIRQL = |x| x;
+    let _: fn(ffi::NTSTATUS) -> wdk::NTSTATUS = |x| x;
+    // usize here, ULONG_PTR (u64) there.
+    same_layout!(ffi::KSPIN_LOCK, wdk::KSPIN_LOCK);
+};
+
+// ---- Structures.
+
+const _: () = {
+    same_layout!(ffi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA);
+    same_fields!(ffi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
+        HwInitializationDataSize, AdapterInterfaceType, HwInitialize, HwStartIo, HwInterrupt,
+        HwFindAdapter, HwResetBus, HwDmaStarted, HwAdapterState, DeviceExtensionSize,
+        SpecificLuExtensionSize, SrbExtensionSize, NumberOfAccessRanges, Reserved, MapBuffers,
+        NeedPhysicalAddresses, TaggedQueuing, AutoRequestSense, MultipleRequestPerLu,
+        ReceiveEvent, VendorIdLength, VendorId, DeviceIdLength, DeviceId, HwAdapterControl,
+        HwBuildIo, HwFreeAdapterResources, HwProcessServiceRequest, HwCompleteServiceIrp,
+        HwInitializeTracing, HwCleanupTracing, HwTracingEnabled, FeatureSupport, SrbTypeFlags,
+        AddressTypeFlags, Reserved1, HwUnitControl,
     );
-    assert!(
-        offset_of!(ffi::HW_INITIALIZATION_DATA, DeviceExtensionSize)
-            == offset_of!(wdk::HW_INITIALIZATION_DATA, DeviceExtensionSize)
-    );
-    assert!(
-        offset_of!(ffi::HW_INITIALIZATION_DATA, HwAdapterControl)
-            == offset_of!(wdk::HW_INITIALIZATION_DATA, HwAdapterControl)
-    );
-    assert!(
-        offset_of!(ffi::HW_INITIALIZATION_DATA, HwProcessServiceRequest)
-            == offset_of!(wdk::HW_INITIALIZATION_DATA, HwProcessServiceRequest)
-    );
-    assert!(
-        offset_of!(ffi::HW_INITIALIZATION_DATA, HwCompleteServiceIrp)
-            == offset_of!(wdk::HW_INITIALIZATION_DATA, HwCompleteServiceIrp)
-    );
-    assert!(
-        offset_of!(ffi::HW_INITIALIZATION_DATA, FeatureSupport)
-            == offset_of!(wdk::HW_INITIALIZATION_DATA, FeatureSupport)
+    same_offsets!(ffi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
+        // `union { USHORT ReservedUshort; USHORT PortVersionFlags; }`
+        PortVersionFlags => __bindgen_anon_1.PortVersionFlags,
     );
 
-    assert!(
-        size_of::<ffi::PORT_CONFIGURATION_INFORMATION>()
-            == size_of::<wdk::PORT_CONFIGURATION_INFORMATION>()
+    same_layout!(
+        ffi::PORT_CONFIGURATION_INFORMATION,
+        wdk::PORT_CONFIGURATION_INFORMATION
     );
-    assert!(
-        offset_of!(ffi::PORT_CONFIGURATION_INFORMATION, MaximumTransferLength)
-            == offset_of!(wdk::PORT_CONFIGURATION_INFORMATION, MaximumTransferLength)
-    );
-    assert!(
-        offset_of!(ffi::PORT_CONFIGURATION_INFORMATION, SynchronizationModel)
-            == offset_of!(wdk::PORT_CONFIGURATION_INFORMATION, SynchronizationModel)
-    );
-    assert!(
-        offset_of!(ffi::PORT_CONFIGURATION_INFORMATION, VirtualDevice)
-            == offset_of!(wdk::PORT_CONFIGURATION_INFORMATION, VirtualDevice)
+    // All but DmaAddressWidth, which only WDKs for NTDDI_WIN10_VB and later declare (in what was
+    // padding) and which revcall never touches; the size check above covers it.
+    same_fields!(ffi::PORT_CONFIGURATION_INFORMATION, wdk::PORT_CONFIGURATION_INFORMATION:
+        Length, SystemIoBusNumber, AdapterInterfaceType, BusInterruptLevel, BusInterruptVector,
+        InterruptMode, MaximumTransferLength, NumberOfPhysicalBreaks, DmaChannel, DmaPort,
+        DmaWidth, DmaSpeed, AlignmentMask, NumberOfAccessRanges, AccessRanges, MiniportDumpData,
+        NumberOfBuses, InitiatorBusId, ScatterGather, Master, CachesData, AdapterScansDown,
+        AtdiskPrimaryClaimed, AtdiskSecondaryClaimed, Dma32BitAddresses, DemandMode, MapBuffers,
+        NeedPhysicalAddresses, TaggedQueuing, AutoRequestSense, MultipleRequestPerLu,
+        ReceiveEvent, RealModeInitialized, BufferAccessScsiPortControlled,
+        MaximumNumberOfTargets, SrbType, AddressType, SlotNumber, BusInterruptLevel2,
+        BusInterruptVector2, InterruptMode2, DmaChannel2, DmaPort2, DmaWidth2, DmaSpeed2,
+        DeviceExtensionSize, SpecificLuExtensionSize, SrbExtensionSize, Dma64BitAddresses,
+        ResetTargetSupported, MaximumNumberOfLogicalUnits, WmiDataProvider, SynchronizationModel,
+        HwMSInterruptRoutine, InterruptSynchronizationMode, DumpRegion, RequestedDumpBufferSize,
+        VirtualDevice, DumpMode, ExtendedFlags1, MaxNumberOfIO, MaxIOsPerLun,
+        InitialLunQueueDepth, BusResetHoldTime, FeatureSupport,
     );
 
-    assert!(size_of::<ffi::SCSI_REQUEST_BLOCK>() == size_of::<wdk::SCSI_REQUEST_BLOCK>());
-    assert!(
-        offset_of!(ffi::SCSI_REQUEST_BLOCK, SrbStatus)
-            == offset_of!(wdk::SCSI_REQUEST_BLOCK, SrbStatus)
+    same_layout!(ffi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK);
+    same_fields!(ffi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK:
+        Length, Function, SrbStatus, ScsiStatus, PathId, TargetId, Lun, QueueTag, QueueAction,
+        CdbLength, SenseInfoBufferLength, SrbFlags, DataTransferLength, TimeOutValue, DataBuffer,
+        SenseInfoBuffer, NextSrb, OriginalRequest, SrbExtension, Reserved, Cdb,
     );
-    assert!(offset_of!(ffi::SCSI_REQUEST_BLOCK, Lun) == offset_of!(wdk::SCSI_REQUEST_BLOCK, Lun));
+    same_offsets!(ffi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK:
+        // `union { ULONG InternalStatus; ULONG QueueSortKey; ULONG LinkTimeoutValue; }`
+        InternalStatus => __bindgen_anon_1.InternalStatus,
+    );
 
-    assert!(size_of::<ffi::IRP>() == size_of::<wdk::IRP>());
-    assert!(offset_of!(ffi::IRP, SystemBuffer) == offset_of!(wdk::IRP, AssociatedIrp));
-    assert!(offset_of!(ffi::IRP, IoStatus) == offset_of!(wdk::IRP, IoStatus));
-    assert!(offset_of!(ffi::IRP, Cancel) == offset_of!(wdk::IRP, Cancel));
-    assert!(offset_of!(ffi::IRP, CancelIrql) == offset_of!(wdk::IRP, CancelIrql));
-    assert!(offset_of!(ffi::IRP, CancelRoutine) == offset_of!(wdk::IRP, CancelRoutine));
-    assert!(offset_of!(ffi::IRP, DriverContext) == offset_of!(wdk::IRP, Tail));
-    assert!(size_of::<ffi::IO_STACK_LOCATION>() == size_of::<wdk::IO_STACK_LOCATION>());
-    assert!(size_of::<ffi::KLOCK_QUEUE_HANDLE>() == size_of::<wdk::KLOCK_QUEUE_HANDLE>());
-    assert!(size_of::<ffi::STOR_DPC>() == size_of::<wdk::STOR_DPC>());
+    same_layout!(ffi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK);
+    same_fields!(ffi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK: Information);
+    same_offsets!(ffi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK:
+        // `union { NTSTATUS Status; PVOID Pointer; }`
+        Status => __bindgen_anon_1.Status,
+    );
 
-    assert!(
-        ffi::SCSI_ADAPTER_SURPRISE_REMOVAL
-            == wdk::_SCSI_ADAPTER_CONTROL_TYPE::ScsiAdapterSurpriseRemoval as u32
+    // The IRP fields revcall reads or writes, and the I/O manager's bookkeeping around them.
+    // Not checked by name: AllocationProcessorNumber/Reserved (newer WDKs only; padding
+    // before), ApcEnvironment through UserEvent and Overlay (newer WDKs wrap UserIosb in a
+    // union); the size check covers them.
+    same_layout!(ffi::IRP, wdk::IRP);
+    same_fields!(ffi::IRP, wdk::IRP:
+        Type, Size, MdlAddress, Flags, IoStatus, RequestorMode, PendingReturned, StackCount,
+        CurrentLocation, Cancel, CancelIrql, CancelRoutine, UserBuffer,
     );
-    assert!(ffi::REQUEST_TIMER_CALL == wdk::_SCSI_NOTIFICATION_TYPE::RequestTimerCall as u32);
-    assert!(
-        ffi::EXT_FUNCTION_COMPLETE_SERVICE_IRP
-            == wdk::_STORPORT_FUNCTION_CODE::ExtFunctionCompleteServiceIrp as u32
+    same_offsets!(ffi::IRP, wdk::IRP:
+        SystemBuffer => AssociatedIrp.SystemBuffer,
+        DriverContext => Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext,
+        Thread => Tail.Overlay.Thread,
+        AuxiliaryBuffer => Tail.Overlay.AuxiliaryBuffer,
+        ListEntry => Tail.Overlay.__bindgen_anon_2.ListEntry,
+        CurrentStackLocation => Tail.Overlay.__bindgen_anon_2.__bindgen_anon_1.CurrentStackLocation,
+        OriginalFileObject => Tail.Overlay.OriginalFileObject,
     );
-    assert!(ffi::STOR_FEATURE_VIRTUAL_MINIPORT == wdk::STOR_FEATURE_VIRTUAL_MINIPORT);
-    assert!(ffi::srb_status::NO_DEVICE as u32 == wdk::SRB_STATUS_NO_DEVICE);
-    assert!(ffi::MINIPORT_REG_DWORD == wdk::MINIPORT_REG_DWORD);
+
+    same_layout!(ffi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION);
+    same_fields!(ffi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION:
+        MajorFunction, MinorFunction, Flags, Control, DeviceObject, FileObject, CompletionRoutine,
+        Context,
+    );
+    same_offsets!(ffi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION:
+        OutputBufferLength => Parameters.DeviceIoControl.OutputBufferLength,
+        InputBufferLength => Parameters.DeviceIoControl.InputBufferLength,
+        IoControlCode => Parameters.DeviceIoControl.IoControlCode,
+        Type3InputBuffer => Parameters.DeviceIoControl.Type3InputBuffer,
+    );
+
+    same_layout!(ffi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE);
+    same_fields!(ffi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE: OldIrql);
+    same_offsets!(ffi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE:
+        Next => LockQueue.Next,
+        Lock => LockQueue.Lock,
+    );
+
+    // Opaque to the miniport: only its size and alignment matter (it lives in the extension).
+    same_layout!(ffi::STOR_DPC, wdk::STOR_DPC);
+
+    same_layout!(
+        ffi::SCSI_SUPPORTED_CONTROL_TYPE_LIST,
+        wdk::SCSI_SUPPORTED_CONTROL_TYPE_LIST
+    );
+    same_offsets!(ffi::SCSI_SUPPORTED_CONTROL_TYPE_LIST, wdk::SCSI_SUPPORTED_CONTROL_TYPE_LIST:
+        MaxControlType => MaxControlType,
+        SupportedTypeList => SupportedTypeList,
+    );
+
+    // DRIVER_OBJECT, DEVICE_OBJECT and UNICODE_STRING are opaque here: revcall only passes
+    // pointers to them through, so they have no layout to compare.
+};
+
+// ---- Callback types: the driver's functions are stored in or passed as these.
+
+const _: () = {
+    same_callbacks!(ffi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
+        HwInitialize, HwStartIo, HwResetBus, HwAdapterControl, HwFreeAdapterResources,
+        HwProcessServiceRequest, HwCompleteServiceIrp,
+    );
+    // DRIVER_CANCEL.
+    same_callbacks!(ffi::IRP, wdk::IRP: CancelRoutine);
+    // HW_INITIALIZATION_DATA types HwFindAdapter as PVOID; the virtual prototype is the field
+    // type of VIRTUAL_HW_INITIALIZATION_DATA.
+    same_shape!(
+        "VIRTUAL_HW_FIND_ADAPTER",
+        field_shape(&|d: &ffi::HW_INITIALIZATION_DATA| &d.HwFindAdapter),
+        field_shape(&|d: &wdk::VIRTUAL_HW_INITIALIZATION_DATA| &d.HwFindAdapter)
+    );
+    same_shape!(
+        "HW_TIMER",
+        &<ffi::HW_TIMER as Abi>::SHAPE,
+        &<wdk::PHW_TIMER as Abi>::SHAPE
+    );
+    same_shape!(
+        "HW_DPC_ROUTINE",
+        &<ffi::HW_DPC_ROUTINE as Abi>::SHAPE,
+        &<wdk::PHW_DPC_ROUTINE as Abi>::SHAPE
+    );
+    same_shape!(
+        "DriverEntry (DRIVER_INITIALIZE)",
+        shape_of(crate::entry::driver_entry as unsafe extern "system" fn(_, _) -> _),
+        field_shape(&|d: &wdk::DRIVER_OBJECT| &d.DriverInit)
+    );
+};
+
+// ---- Imports (`ffi::storport`, `ffi::ntoskrnl`). `__chkstk` is declared by no header (the
+// compiler emits calls to it), so it has nothing to compare with.
+
+const _: () = {
+    use crate::ffi::{ntoskrnl, storport};
+    use wdk::{ntddk, storage};
+
+    same_imports!("system", storport => storage:
+        StorPortInitialize(_, _, _, _),
+        StorPortRegistryRead(_, _, _, _, _, _),
+        StorPortAllocateRegistryBuffer(_, _),
+        StorPortFreeRegistryBuffer(_, _),
+    );
+    same_imports!("C", storport => storage:
+        StorPortNotification(_, _, ...),
+        StorPortExtendedFunction(_, _, ...),
+    );
+    same_imports!("system", ntoskrnl => ntddk:
+        KeBugCheckEx(_, _, _, _, _),
+        KeAcquireInStackQueuedSpinLock(_, _),
+        KeReleaseInStackQueuedSpinLock(_),
+        IoReleaseCancelSpinLock(_),
+    );
+    same_imports!("C", ntoskrnl => ntddk:
+        DbgPrintEx(_, _, _, ...),
+        memcpy(_, _, _),
+        memmove(_, _, _),
+        memset(_, _, _),
+        memcmp(_, _, _),
+    );
+};
+
+// ---- Constants.
+
+const _: () = {
+    use revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP;
+    use wdk::{
+        _DPFLTR_TYPE, _INTERFACE_TYPE, _SCSI_ADAPTER_CONTROL_STATUS as ControlStatus,
+        _SCSI_ADAPTER_CONTROL_TYPE as Control, _SCSI_NOTIFICATION_TYPE as Notification,
+        _STOR_SYNCHRONIZATION_MODEL, _STORPORT_FUNCTION_CODE,
+    };
+
+    same_value!(
+        ffi::TRUE => wdk::TRUE,
+        ffi::FALSE => wdk::FALSE,
+        ffi::INTERFACE_TYPE_INTERNAL => _INTERFACE_TYPE::Internal,
+        ffi::STOR_FEATURE_VIRTUAL_MINIPORT => wdk::STOR_FEATURE_VIRTUAL_MINIPORT,
+        ffi::STOR_MAP_NON_READ_WRITE_BUFFERS => wdk::STOR_MAP_NON_READ_WRITE_BUFFERS,
+        ffi::STOR_SYNCHRONIZE_FULL_DUPLEX => _STOR_SYNCHRONIZATION_MODEL::StorSynchronizeFullDuplex,
+        ffi::SCSI_DMA64_MINIPORT_SUPPORTED => wdk::SCSI_DMA64_MINIPORT_SUPPORTED,
+        ffi::SP_RETURN_NOT_FOUND => wdk::SP_RETURN_NOT_FOUND,
+        ffi::SP_RETURN_FOUND => wdk::SP_RETURN_FOUND,
+        ffi::SP_RETURN_ERROR => wdk::SP_RETURN_ERROR,
+        ffi::SP_RETURN_BAD_CONFIG => wdk::SP_RETURN_BAD_CONFIG,
+        ffi::SCSI_QUERY_SUPPORTED_CONTROL_TYPES => Control::ScsiQuerySupportedControlTypes,
+        ffi::SCSI_STOP_ADAPTER => Control::ScsiStopAdapter,
+        ffi::SCSI_RESTART_ADAPTER => Control::ScsiRestartAdapter,
+        ffi::SCSI_ADAPTER_SURPRISE_REMOVAL => Control::ScsiAdapterSurpriseRemoval,
+        ffi::SCSI_ADAPTER_CONTROL_SUCCESS => ControlStatus::ScsiAdapterControlSuccess,
+        ffi::SCSI_ADAPTER_CONTROL_UNSUCCESSFUL => ControlStatus::ScsiAdapterControlUnsuccessful,
+        ffi::REQUEST_COMPLETE => Notification::RequestComplete,
+        ffi::REQUEST_TIMER_CALL => Notification::RequestTimerCall,
+        ffi::INITIALIZE_DPC => Notification::InitializeDpc,
+        ffi::ISSUE_DPC => Notification::IssueDpc,
+        ffi::EXT_FUNCTION_COMPLETE_SERVICE_IRP =>
+            _STORPORT_FUNCTION_CODE::ExtFunctionCompleteServiceIrp,
+        ffi::MINIPORT_REG_DWORD => wdk::MINIPORT_REG_DWORD,
+        ffi::DISPATCH_LEVEL => wdk::DISPATCH_LEVEL,
+        ffi::HIGH_LEVEL => wdk::HIGH_LEVEL,
+        ffi::IO_NO_INCREMENT => wdk::IO_NO_INCREMENT,
+        ffi::POOL_FLAG_NON_PAGED => wdk::POOL_FLAG_NON_PAGED,
+    );
+
+    // NTSTATUS values: abi's, and the wire protocol's the driver completes requests with.
+    same_value!(
+        ffi::STATUS_SUCCESS => wdk::STATUS_SUCCESS,
+        ffi::STATUS_PENDING => wdk::STATUS_PENDING,
+        ffi::STATUS_INVALID_PARAMETER => wdk::STATUS_INVALID_PARAMETER,
+        ffi::STATUS_QUOTA_EXCEEDED => wdk::STATUS_QUOTA_EXCEEDED,
+        ffi::STATUS_CANCELLED => wdk::STATUS_CANCELLED,
+        ffi::STATUS_DEVICE_REMOVED => wdk::STATUS_DEVICE_REMOVED,
+        status::STATUS_SUCCESS as i32 => wdk::STATUS_SUCCESS,
+        status::STATUS_PENDING as i32 => wdk::STATUS_PENDING,
+        status::STATUS_INVALID_PARAMETER as i32 => wdk::STATUS_INVALID_PARAMETER,
+        status::STATUS_INVALID_DEVICE_REQUEST as i32 => wdk::STATUS_INVALID_DEVICE_REQUEST,
+        status::STATUS_BUFFER_TOO_SMALL as i32 => wdk::STATUS_BUFFER_TOO_SMALL,
+        status::STATUS_QUOTA_EXCEEDED as i32 => wdk::STATUS_QUOTA_EXCEEDED,
+        status::STATUS_REVISION_MISMATCH as i32 => wdk::STATUS_REVISION_MISMATCH,
+        status::STATUS_NOT_SUPPORTED as i32 => wdk::STATUS_NOT_SUPPORTED,
+        status::STATUS_CANCELLED as i32 => wdk::STATUS_CANCELLED,
+        status::STATUS_DEVICE_REMOVED as i32 => wdk::STATUS_DEVICE_REMOVED,
+    );
+
+    same_value!(
+        ffi::srb_function::EXECUTE_SCSI => wdk::SRB_FUNCTION_EXECUTE_SCSI,
+        ffi::srb_function::CLAIM_DEVICE => wdk::SRB_FUNCTION_CLAIM_DEVICE,
+        ffi::srb_function::IO_CONTROL => wdk::SRB_FUNCTION_IO_CONTROL,
+        ffi::srb_function::RECEIVE_EVENT => wdk::SRB_FUNCTION_RECEIVE_EVENT,
+        ffi::srb_function::RELEASE_QUEUE => wdk::SRB_FUNCTION_RELEASE_QUEUE,
+        ffi::srb_function::ATTACH_DEVICE => wdk::SRB_FUNCTION_ATTACH_DEVICE,
+        ffi::srb_function::RELEASE_DEVICE => wdk::SRB_FUNCTION_RELEASE_DEVICE,
+        ffi::srb_function::SHUTDOWN => wdk::SRB_FUNCTION_SHUTDOWN,
+        ffi::srb_function::FLUSH => wdk::SRB_FUNCTION_FLUSH,
+        ffi::srb_function::ABORT_COMMAND => wdk::SRB_FUNCTION_ABORT_COMMAND,
+        ffi::srb_function::RELEASE_RECOVERY => wdk::SRB_FUNCTION_RELEASE_RECOVERY,
+        ffi::srb_function::RESET_BUS => wdk::SRB_FUNCTION_RESET_BUS,
+        ffi::srb_function::RESET_DEVICE => wdk::SRB_FUNCTION_RESET_DEVICE,
+        ffi::srb_function::TERMINATE_IO => wdk::SRB_FUNCTION_TERMINATE_IO,
+        ffi::srb_function::FLUSH_QUEUE => wdk::SRB_FUNCTION_FLUSH_QUEUE,
+        ffi::srb_function::REMOVE_DEVICE => wdk::SRB_FUNCTION_REMOVE_DEVICE,
+        ffi::srb_function::WMI => wdk::SRB_FUNCTION_WMI,
+        ffi::srb_function::LOCK_QUEUE => wdk::SRB_FUNCTION_LOCK_QUEUE,
+        ffi::srb_function::UNLOCK_QUEUE => wdk::SRB_FUNCTION_UNLOCK_QUEUE,
+        ffi::srb_function::QUIESCE_DEVICE => wdk::SRB_FUNCTION_QUIESCE_DEVICE,
+        ffi::srb_function::RESET_LOGICAL_UNIT => wdk::SRB_FUNCTION_RESET_LOGICAL_UNIT,
+        ffi::srb_function::SET_LINK_TIMEOUT => wdk::SRB_FUNCTION_SET_LINK_TIMEOUT,
+        ffi::srb_function::LINK_TIMEOUT_OCCURRED => wdk::SRB_FUNCTION_LINK_TIMEOUT_OCCURRED,
+        ffi::srb_function::LINK_TIMEOUT_COMPLETE => wdk::SRB_FUNCTION_LINK_TIMEOUT_COMPLETE,
+        ffi::srb_function::POWER => wdk::SRB_FUNCTION_POWER,
+        ffi::srb_function::PNP => wdk::SRB_FUNCTION_PNP,
+        ffi::srb_function::DUMP_POINTERS => wdk::SRB_FUNCTION_DUMP_POINTERS,
+        ffi::srb_function::FREE_DUMP_POINTERS => wdk::SRB_FUNCTION_FREE_DUMP_POINTERS,
+        ffi::srb_function::STORAGE_REQUEST_BLOCK => wdk::SRB_FUNCTION_STORAGE_REQUEST_BLOCK,
+        ffi::srb_function::CRYPTO_OPERATION => wdk::SRB_FUNCTION_CRYPTO_OPERATION,
+        ffi::srb_status::PENDING => wdk::SRB_STATUS_PENDING,
+        ffi::srb_status::SUCCESS => wdk::SRB_STATUS_SUCCESS,
+        ffi::srb_status::INVALID_REQUEST => wdk::SRB_STATUS_INVALID_REQUEST,
+        ffi::srb_status::INVALID_PATH_ID => wdk::SRB_STATUS_INVALID_PATH_ID,
+        ffi::srb_status::NO_DEVICE => wdk::SRB_STATUS_NO_DEVICE,
+        ffi::srb_status::INVALID_LUN => wdk::SRB_STATUS_INVALID_LUN,
+        ffi::srb_status::INVALID_TARGET_ID => wdk::SRB_STATUS_INVALID_TARGET_ID,
+    );
+
+    // log.rs: DbgPrintEx's component and levels.
+    same_value!(
+        crate::log::DPFLTR_IHVDRIVER_ID => _DPFLTR_TYPE::DPFLTR_IHVDRIVER_ID,
+        crate::log::ERROR => wdk::DPFLTR_ERROR_LEVEL,
+        crate::log::WARNING => wdk::DPFLTR_WARNING_LEVEL,
+        crate::log::TRACE => wdk::DPFLTR_TRACE_LEVEL,
+    );
+
+    // IOCTL_MINIPORT_PROCESS_SERVICE_IRP is a CTL_CODE(IOCTL_SCSI_BASE, 0x040E, ...) invocation,
+    // which bindgen does not evaluate; its parts are plain constants (IOCTL_SCSI_BASE is
+    // FILE_DEVICE_CONTROLLER; the function number 0x040E has no constant of its own).
+    const fn ctl_code(device_type: i128, function: i128, method: i128, access: i128) -> i128 {
+        (device_type << 16) | (access << 14) | (function << 2) | method
+    }
+    same_value!(
+        IOCTL_MINIPORT_PROCESS_SERVICE_IRP => ctl_code(
+            wdk::FILE_DEVICE_CONTROLLER as i128,
+            0x040E,
+            wdk::METHOD_BUFFERED as i128,
+            wdk::FILE_READ_ACCESS as i128 | wdk::FILE_WRITE_ACCESS as i128,
+        ),
+    );
 };

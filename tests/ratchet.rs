@@ -8,9 +8,9 @@ use std::path::Path;
 const LIMITS: &[(&str, usize, usize, usize)] = &[
     ("src", 95, 1, 0),
     ("protocol/src", 0, 0, 0),
-    ("abi/src", 13, 0, 0),
-    ("storsim/src", 302, 23, 0),
-    ("fixtures/src", 159, 1, 0),
+    ("abi/src", 2, 0, 0),
+    ("storsim/src", 280, 23, 0),
+    ("fixtures/src", 153, 1, 0),
 ];
 
 fn count(dir: &Path, counts: &mut [usize; 3]) {
@@ -25,10 +25,7 @@ fn count(dir: &Path, counts: &mut [usize; 3]) {
                 .map(str::trim_start)
                 .filter(|l| !l.starts_with("//"))
             {
-                counts[0] += ["unsafe {", "unsafe fn", "unsafe extern", "unsafe impl"]
-                    .iter()
-                    .map(|site| line.matches(site).count())
-                    .sum::<usize>();
+                counts[0] += unsafe_sites(line);
                 counts[1] += line.matches("transmute").count();
                 counts[2] += usize::from(
                     line.starts_with("static mut") || line.starts_with("pub static mut"),
@@ -36,6 +33,22 @@ fn count(dir: &Path, counts: &mut [usize; 3]) {
             }
         }
     }
+}
+
+/// `unsafe` blocks, functions, extern blocks and impls on a line; function-pointer *types*
+/// (`unsafe extern "C" fn(…)`, `unsafe fn(…)`) are not unsafe code and do not count.
+fn unsafe_sites(line: &str) -> usize {
+    line.match_indices("unsafe ")
+        .filter(|(at, _)| {
+            let rest = &line[at + "unsafe ".len()..];
+            let rest = rest.strip_prefix("extern ").map_or(rest, |abi| {
+                abi.trim_start_matches(|c| c != ' ').trim_start()
+            });
+            ["{", "fn ", "extern", "impl"]
+                .iter()
+                .any(|p| rest.starts_with(p))
+        })
+        .count()
 }
 
 #[test]
