@@ -10,7 +10,7 @@ use revcall_protocol::{
 };
 use serde::Serialize;
 
-use crate::client::{Adapter, PROMPT, Watcher, delivery, encode, wait_reply_size};
+use crate::client::{Adapter, Delivery, PROMPT, Watcher, delivery, encode, wait_reply_size};
 use crate::transport::{Lab, Transport};
 
 /// A case's result.
@@ -86,6 +86,34 @@ impl<'t, T: Transport> Ctx<'t, T> {
         adapter.close();
     }
 
+    /// A WAIT that must complete at once (events newer than `cursor` are retained), decoded.
+    fn wait_now(
+        &self,
+        adapter: &Adapter<'t, T>,
+        cursor: u64,
+        max_events: u32,
+    ) -> Result<Delivery, String> {
+        let request = encode(&Request::Wait { cursor, max_events });
+        let completion = adapter
+            .raw(&request, wait_reply_size(max_events), PROMPT)
+            .map_err(|e| e.to_string())?;
+        delivery(&completion).map_err(|e| e.to_string())
+    }
+
+    /// The decoded completion of a posted WAIT.
+    fn delivered(&self, pending: &T::Pending) -> Result<Delivery, String> {
+        let completion = self
+            .transport
+            .wait(pending, PROMPT)
+            .ok_or("a WAIT never completed")?;
+        delivery(&completion).map_err(|e| e.to_string())
+    }
+
+    /// FIREs `count` events with `code`.
+    fn fire(&self, adapter: &Adapter<'t, T>, code: u32, count: u64) -> Result<(), String> {
+        (0..count).try_for_each(|i| adapter.fire(code, i).map(drop).map_err(|e| e.to_string()))
+    }
+
     fn pending(&self, pending: &T::Pending) -> bool {
         self.transport.wait(pending, SETTLE).is_none()
     }
@@ -132,12 +160,7 @@ fn park_then_fire<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
         "a WAIT with cursor NOW completed before any event"
     );
     let seq = a.fire(7, 42).map_err(|e| e.to_string())?;
-    let got = delivery(
-        &ctx.transport
-            .wait(&waiting, PROMPT)
-            .ok_or("the WAIT never completed")?,
-    )
-    .map_err(|e| e.to_string())?;
+    let got = ctx.delivered(&waiting)?;
     check!(
         got.events.len() == 1 && got.events[0].seq == seq,
         "expected exactly event {seq}, got {:?}",
@@ -172,12 +195,7 @@ fn k_outstanding<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     );
     let seq = a.fire(1, 1).map_err(|e| e.to_string())?;
     for wait in &waits {
-        let got = delivery(
-            &ctx.transport
-                .wait(wait, PROMPT)
-                .ok_or("a WAIT never completed")?,
-        )
-        .map_err(|e| e.to_string())?;
+        let got = ctx.delivered(wait)?;
         check!(
             got.events.iter().map(|e| e.seq).collect::<Vec<_>>() == vec![seq],
             "got {:?}",
@@ -197,12 +215,7 @@ fn broadcast<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
         .map_err(|e| e.to_string())?;
     let seq = handles[0].fire(2, 2).map_err(|e| e.to_string())?;
     for wait in &waits {
-        let got = delivery(
-            &ctx.transport
-                .wait(wait, PROMPT)
-                .ok_or("a WAIT never completed")?,
-        )
-        .map_err(|e| e.to_string())?;
+        let got = ctx.delivered(wait)?;
         check!(
             got.events.last().map(|e| e.seq) == Some(seq),
             "got {:?}",
@@ -216,21 +229,8 @@ fn broadcast<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
 fn batching<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     let a = ctx.open(1)?;
     let head = ctx.head(&a)?;
-    for i in 0..6 {
-        a.fire(3, i).map_err(|e| e.to_string())?;
-    }
-    let got = delivery(
-        &a.raw(
-            &encode(&Request::Wait {
-                cursor: head,
-                max_events: 16,
-            }),
-            wait_reply_size(16),
-            PROMPT,
-        )
-        .map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    ctx.fire(&a, 3, 6)?;
+    let got = ctx.wait_now(&a, head, 16)?;
     let seqs: Vec<u64> = got.events.iter().map(|e| e.seq).collect();
     check!(
         seqs == (head + 1..=head + 6).collect::<Vec<_>>(),
@@ -249,39 +249,15 @@ fn batching<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
 fn more_flag_and_cursor<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     let a = ctx.open(1)?;
     let head = ctx.head(&a)?;
-    for i in 0..5 {
-        a.fire(4, i).map_err(|e| e.to_string())?;
-    }
-    let first = delivery(
-        &a.raw(
-            &encode(&Request::Wait {
-                cursor: head,
-                max_events: 2,
-            }),
-            wait_reply_size(2),
-            PROMPT,
-        )
-        .map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    ctx.fire(&a, 4, 5)?;
+    let first = ctx.wait_now(&a, head, 2)?;
     check!(
         first.events.len() == 2 && first.reply.flags & WaitFlags::MORE != 0,
         "expected 2 events and MORE, got {} flags {:#x}",
         first.events.len(),
         first.reply.flags
     );
-    let rest = delivery(
-        &a.raw(
-            &encode(&Request::Wait {
-                cursor: first.reply.cursor,
-                max_events: 16,
-            }),
-            wait_reply_size(16),
-            PROMPT,
-        )
-        .map_err(|e| e.to_string())?,
-    )
-    .map_err(|e| e.to_string())?;
+    let rest = ctx.wait_now(&a, first.reply.cursor, 16)?;
     check!(
         rest.events.first().map(|e| e.seq) == Some(head + 3) && rest.events.len() == 3,
         "resumed at {:?}",
@@ -292,12 +268,7 @@ fn more_flag_and_cursor<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
         .map_err(|e| e.to_string())?;
     check!(ctx.pending(&parked), "an up-to-date cursor must park");
     let seq = a.fire(4, 9).map_err(|e| e.to_string())?;
-    let last = delivery(
-        &ctx.transport
-            .wait(&parked, PROMPT)
-            .ok_or("never completed")?,
-    )
-    .map_err(|e| e.to_string())?;
+    let last = ctx.delivered(&parked)?;
     check!(
         last.events.iter().map(|e| e.seq).collect::<Vec<_>>() == vec![seq],
         "got {:?}",
@@ -312,9 +283,7 @@ fn loss_detection<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     let stats = a.stats().map_err(|e| e.to_string())?;
     let head = stats.head_seq;
     let fired = stats.ring_capacity + 44;
-    for i in 0..fired {
-        a.fire(5, i).map_err(|e| e.to_string())?;
-    }
+    ctx.fire(&a, 5, fired)?;
     let mut watcher = Watcher::start(&a, 1, head, 16).map_err(|e| e.to_string())?;
     let batch = watcher
         .next(PROMPT)
@@ -388,12 +357,7 @@ fn until<T: Transport>(
     let mut pending = first;
     let deadline = Instant::now() + PROMPT;
     while Instant::now() < deadline {
-        let got = delivery(
-            &ctx.transport
-                .wait(&pending, PROMPT)
-                .ok_or("a WAIT never completed")?,
-        )
-        .map_err(|e| e.to_string())?;
+        let got = ctx.delivered(&pending)?;
         if got.events.iter().any(&done) {
             return Ok(format!("at seq {}", got.reply.cursor));
         }
@@ -697,12 +661,7 @@ fn handle_close_keeps_parked<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
         ));
     }
     let seq = other.fire(10, 10).map_err(|e| e.to_string())?;
-    let got = delivery(
-        &ctx.transport
-            .wait(&waiting, PROMPT)
-            .ok_or("never completed")?,
-    )
-    .map_err(|e| e.to_string())?;
+    let got = ctx.delivered(&waiting)?;
     check!(
         got.events.last().map(|e| e.seq) == Some(seq),
         "got {:?}",
