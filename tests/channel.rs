@@ -486,3 +486,38 @@ fn four_cpus_wait_fire_and_cancel_at_once_without_losing_anything() {
     });
     finish(harness);
 }
+
+#[test]
+fn a_new_adapter_after_removal_starts_fresh_and_works() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    for cycle in 0..3 {
+        let channel = Channel::open(&kernel, 1);
+        let parked = channel.wait(CURSOR_NOW, 4);
+        settle();
+        let seq = channel.fire(9, cycle).expect("FIRE");
+        let got = delivery(&channel, parked.wait(PROMPT));
+        assert_eq!(got.events.last().map(|e| e.seq), Some(seq), "cycle {cycle}");
+        let left = channel.wait(CURSOR_NOW, 4);
+        settle();
+        if cycle % 2 == 0 {
+            kernel.remove_adapter(|| {});
+        } else {
+            kernel.surprise_remove_adapter();
+            kernel.remove_adapter(|| {});
+        }
+        assert!(
+            left.outcome().is_some(),
+            "cycle {cycle}: removal completed the parked WAIT"
+        );
+        channel.close();
+        kernel.add_adapter().expect("the driver stays loaded");
+        kernel.start_adapter().expect("a fresh adapter starts");
+        let stats = Channel::open(&kernel, 2).stats().expect("STATS");
+        assert_eq!(
+            stats.parked_now, 0,
+            "a fresh extension holds nothing from the last adapter"
+        );
+    }
+    finish(harness);
+}

@@ -113,6 +113,12 @@ impl Dispatcher {
         self.state().held = true;
     }
 
+    /// Lets queued work run again (a new adapter was added after a removal).
+    pub fn release(&self) {
+        self.state().held = false;
+        self.wake.notify_all();
+    }
+
     /// Drops every queued DPC and the timer (the driver is going away).
     pub fn discard(&self) {
         let mut state = self.state();

@@ -474,18 +474,48 @@ impl Kernel {
         self.note("HwFreeAdapterResources: adapter gone");
     }
 
-    /// Driver unload: what Driver Verifier checks when the image goes away.
-    pub fn unload(&self) {
+    /// PnP adds a new device instance after the last one was removed (the driver stays
+    /// loaded): a fresh, zeroed device extension; then [`Kernel::start_adapter`] starts it.
+    /// The removed adapter's extension goes back to special pool, so a stale pointer to it
+    /// faults (0xCC).
+    pub fn add_adapter(&self) -> Result<(), StartError> {
+        let old = {
+            let mut adapter = self.port.adapter();
+            if adapter.state != PnpState::Removed {
+                return Err(StartError::WrongState(adapter.state));
+            }
+            let old = adapter.extension;
+            *adapter = super::Adapter::default();
+            old
+        };
+        self.no_queued_work("the removed adapter's device extension was freed");
+        if old != 0 {
+            let _ = self.pool.free((old - EXTENSION_HEADER) as *mut u8, None);
+        }
+        self.port.srbs_outstanding().clear();
+        self.port.dispatcher.release();
+        self.note("PnP: a new adapter instance is added");
+        Ok(())
+    }
+
+    /// Reports (0xC7) a timer or DPC still queued when what it would run against goes away,
+    /// and drops it.
+    fn no_queued_work(&self, because: &str) {
         if self.port.dispatcher.pending() {
             self.report(BugCheck::new(
                 0xC7,
                 [1, 0, 0, 0],
                 "TIMER_OR_DPC_INVALID",
-                "driver unloaded with a timer or DPC still queued: it would run in freed code",
+                format!("a timer or DPC is still queued, but {because}"),
             ));
         }
-        // Nothing queued by the driver may run once its image is gone.
         self.port.dispatcher.discard();
+    }
+
+    /// Driver unload: what Driver Verifier checks when the image goes away.
+    pub fn unload(&self) {
+        // Nothing queued by the driver may run once its image is gone.
+        self.no_queued_work("the driver unloaded: it would run in freed code");
         self.port.dispatcher.stop();
         let leaks = self.pool.outstanding(Owner::Driver);
         if !leaks.is_empty() {
