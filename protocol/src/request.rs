@@ -445,7 +445,7 @@ mod tests {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(20_000))]
+        #![proptest_config(ProptestConfig::with_cases(100_000))]
 
         /// Every byte string of every length decodes to a valid request or a specific error,
         /// and validity agrees with an independent reading of the spec.
