@@ -2,31 +2,17 @@
 //! verifier check on: each channel behaviour, end to end through the emulated I/O manager and
 //! Storport. Every test ends with a clean verifier summary and no IRP left behind.
 
-use std::path::PathBuf;
+mod common;
+
 use std::time::Duration;
 
+use common::revcall_sys;
 use revcall_protocol::status::*;
 use revcall_protocol::{CURSOR_NOW, EventKind, WaitFlags};
 use storsim::io::{Access, Outcome};
 use storsim::kernel::Config;
 use storsim::scenarios::Harness;
 use storsim::scenarios::client::{Channel, Delivery, PROMPT};
-
-fn revcall_sys() -> PathBuf {
-    let path = std::env::var_os("REVCALL_SYS").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target/x86_64-pc-windows-msvc/release/revcall.sys")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo xtask test`",
-        path.display()
-    );
-    path
-}
 
 fn start_with(config: Config) -> Harness {
     Harness::start(

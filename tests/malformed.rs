@@ -2,8 +2,9 @@
 //! with nothing parked, leaked or disclosed: each length 0..=4096 for every opcode (header size
 //! field both honest and stale), a NULL buffer, wrong version and opcode, output too small.
 
-use std::path::PathBuf;
+mod common;
 
+use common::revcall_sys;
 use revcall_protocol::status::*;
 use revcall_protocol::{
     DecodeError, Header, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, VERSION, decode_request,
@@ -13,22 +14,6 @@ use storsim::io::{Access, Handle};
 use storsim::kernel::{Config, Kernel};
 use storsim::scenarios::Harness;
 use storsim::scenarios::client::PROMPT;
-
-fn revcall_sys() -> PathBuf {
-    let path = std::env::var_os("REVCALL_SYS").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("target/x86_64-pc-windows-msvc/release/revcall.sys")
-        },
-        PathBuf::from,
-    );
-    assert!(
-        path.exists(),
-        "{} missing: run `cargo xtask test`",
-        path.display()
-    );
-    path
-}
 
 /// The status the README documents for each decode error.
 fn documented(error: DecodeError) -> u32 {

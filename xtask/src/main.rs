@@ -46,17 +46,7 @@ fn main() -> Result<()> {
             let sys = build_driver()?;
             run(
                 "storsim: revcall.sys, demo scenario",
-                cargo()
-                    .args([
-                        "run",
-                        "--quiet",
-                        "--release",
-                        "--package",
-                        "storsim",
-                        "--",
-                        "run",
-                    ])
-                    .arg(&sys)
+                storsim_run(&sys)
                     .args(["--scenario", "demo"])
                     .args(storsim_args),
             )?;
@@ -360,11 +350,10 @@ fn selftest_passes(sys: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The main job's scenario, as a test: `storsim run revcall.sys --scenario demo --json` on
-/// 4 emulated CPUs must report no violation and leave no IRP outstanding.
-fn demo_is_clean(sys: &Path) -> Result<()> {
-    eprintln!("==> storsim: revcall.sys, demo scenario, 4 CPUs, --json");
-    let output = cargo()
+/// `storsim run <sys>` from a release build of storsim; the caller adds the options.
+fn storsim_run(sys: &Path) -> Command {
+    let mut command = cargo();
+    command
         .args([
             "run",
             "--quiet",
@@ -374,7 +363,15 @@ fn demo_is_clean(sys: &Path) -> Result<()> {
             "--",
             "run",
         ])
-        .arg(sys)
+        .arg(sys);
+    command
+}
+
+/// The main job's scenario, as a test: `storsim run revcall.sys --scenario demo --json` on
+/// 4 emulated CPUs must report no violation and leave no IRP outstanding.
+fn demo_is_clean(sys: &Path) -> Result<()> {
+    eprintln!("==> storsim: revcall.sys, demo scenario, 4 CPUs, --json");
+    let output = storsim_run(sys)
         .args(["--scenario", "demo", "--cpus", "4", "--json"])
         .output()
         .context("running storsim")?;
