@@ -255,11 +255,11 @@ fn test() -> Result<()> {
     )?;
     demo_is_clean(&sys)?;
     selftest_passes(&sys)?;
-    if have_mingw() || std::env::var_os("CI").is_some() {
+    if have_mingw() {
         build_tester_exe()?;
     } else {
         eprintln!(
-            "==> skipped: revcall-tester.exe (install mingw-w64: apt-get install gcc-mingw-w64-x86-64; CI requires it)"
+            "==> skipped: revcall-tester.exe (install mingw-w64: apt-get install gcc-mingw-w64-x86-64)"
         );
     }
     Ok(())
@@ -304,7 +304,7 @@ fn build_tester_exe() -> Result<PathBuf> {
     Ok(exe)
 }
 
-/// Whether the mingw-w64 linker is installed (.ci/run installs it; CI requires it).
+/// Whether the mingw-w64 linker is installed (.ci/run installs it when it can).
 fn have_mingw() -> bool {
     Command::new(MINGW_LINKER)
         .arg("--version")
