@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 
 use crate::kernel::Config;
+use crate::scenarios::torture::{self, TortureOptions};
 use crate::scenarios::{self, Options, Scenario};
 
 #[derive(Parser)]
@@ -43,6 +44,38 @@ enum Command {
         #[arg(long, default_value_t = 2000)]
         rundown_limit_ms: u64,
         /// One JSON object instead of the timeline.
+        #[arg(long)]
+        json: bool,
+    },
+    /// N emulated CPUs hammer one adapter with every kind of request, cancellation, handle
+    /// close, process exit and malformed input, through R removal / surprise-removal cycles;
+    /// checks that every IRP completes exactly once with an allowed status, that every waiter's
+    /// events are ordered with every gap reported as lost, and that nothing hangs or leaks.
+    Torture {
+        driver: PathBuf,
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        cpus: u16,
+        /// Client operations in all (requests, cancellations, closes, process exits).
+        #[arg(long, default_value_t = 100_000)]
+        ops: u64,
+        /// Removal or surprise-removal cycles, each followed by a new adapter instance.
+        #[arg(long, default_value_t = 10)]
+        removals: u32,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Probability of an injected delay at each emulated call.
+        #[arg(long, default_value_t = 0.02)]
+        delay: f64,
+        /// Probability that each fallible call (allocations, registry, IRP allocation) fails.
+        #[arg(long, default_value_t = 0.0)]
+        fail_rate: f64,
+        /// Milliseconds a removal may wait for the rundown before it counts as a hang.
+        #[arg(long, default_value_t = 2000)]
+        rundown_limit_ms: u64,
+        /// On failure, do not look for a smaller failing run.
+        #[arg(long)]
+        no_shrink: bool,
+        /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
     },
@@ -83,6 +116,43 @@ pub fn run(cli: Cli) -> i32 {
                 println!("{export}");
             }
             0
+        }
+        Command::Torture {
+            driver,
+            cpus,
+            ops,
+            removals,
+            seed,
+            delay,
+            fail_rate,
+            rundown_limit_ms,
+            no_shrink,
+            json,
+        } => {
+            report_panics();
+            let options = TortureOptions {
+                driver,
+                cpus: cpus.into(),
+                ops,
+                removals,
+                seed,
+                delay,
+                fail_rate,
+                rundown_limit: Duration::from_millis(rundown_limit_ms),
+                progress: true,
+            };
+            let mut report = torture::run(&options);
+            if !report.passed && report.error.is_none() && !no_shrink {
+                eprintln!("torture: FAILED (seed {seed}); looking for a smaller failing run…");
+                let smaller = torture::shrink(&options, Duration::from_secs(120));
+                report.reproduce = Some(smaller.command());
+            }
+            if json {
+                println!("{}", report.json());
+            } else {
+                print!("{}", report.text());
+            }
+            i32::from(!report.passed)
         }
         Command::Run {
             driver,

@@ -34,6 +34,8 @@ pub struct Config {
     pub timeline: bool,
     /// Print the timeline as it happens.
     pub live: bool,
+    /// Low-resources simulation: which fallible calls fail.
+    pub faults: crate::faults::FaultPlan,
 }
 
 impl Default for Config {
@@ -46,6 +48,7 @@ impl Default for Config {
             registry: HashMap::new(),
             timeline: true,
             live: false,
+            faults: crate::faults::FaultPlan::default(),
         }
     }
 }
@@ -85,6 +88,7 @@ pub struct Kernel {
     pub io: Io,
     pub port: Port,
     pub events: EventCounters,
+    pub faults: crate::faults::Faults,
     label: Mutex<Label>,
     /// The word of the global cancel spin lock.
     pub cancel_lock: AtomicUsize,
@@ -149,6 +153,7 @@ impl Kernel {
         cpu::enter_thread();
         let kernel = Arc::new(Kernel {
             io: Io::new(config.seed),
+            faults: crate::faults::Faults::new(config.faults, config.seed),
             config,
             verifier: Verifier::default(),
             pool: Pool::new(),
@@ -168,12 +173,17 @@ impl Kernel {
 
     /// Names the run for its report.
     pub fn set_label(&self, options: &crate::scenarios::Options) {
-        *self.label.lock().unwrap_or_else(|p| p.into_inner()) = Label {
+        self.name_run(Label {
             driver: options.driver.display().to_string(),
             scenario: options.scenario.name().to_owned(),
             cpus: options.cpus,
             json: options.json,
-        };
+        });
+    }
+
+    /// Names a run that is not one of the `--scenario` scripts.
+    pub fn name_run(&self, label: Label) {
+        *self.label.lock().unwrap_or_else(|p| p.into_inner()) = label;
     }
 
     pub fn label(&self) -> Label {

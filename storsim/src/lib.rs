@@ -9,6 +9,7 @@ pub mod cli;
 pub mod cpu;
 pub mod driver;
 pub mod exports;
+pub mod faults;
 pub mod io;
 pub mod kernel;
 pub mod loader;

@@ -51,6 +51,8 @@ pub struct Summary {
     /// Driver pool blocks still allocated at the end.
     pub pool_outstanding: usize,
     pub delays_injected: u64,
+    /// Fallible calls failed on purpose (low-resources simulation).
+    pub faults_injected: u64,
     pub timeline: Vec<Moment>,
 }
 
@@ -90,6 +92,7 @@ impl Summary {
             },
             pool_outstanding: kernel.pool.outstanding(Owner::Driver).len(),
             delays_injected: kernel.delays_injected(),
+            faults_injected: kernel.faults.injected(),
             timeline: kernel.timeline(),
         }
     }

@@ -335,6 +335,9 @@ unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) ->
         ));
         return std::ptr::null_mut();
     }
+    if kernel.faults.fail(crate::faults::Site::ExAllocatePool) {
+        return std::ptr::null_mut();
+    }
     let block = if flags & POOL_FLAG_UNINITIALIZED != 0 {
         kernel.pool.allocate(size, tag, Owner::Driver)
     } else {

@@ -9,6 +9,7 @@ use storport_abi::{HW_DPC_ROUTINE, HW_INITIALIZATION_DATA, HW_TIMER, SCSI_REQUES
 
 use super::{Export, enter};
 use crate::cpu::{self, DISPATCH_LEVEL, PASSIVE_LEVEL};
+use crate::faults::Site;
 use crate::io::Via;
 use crate::pool::Owner;
 use crate::verifier::BugCheck;
@@ -35,6 +36,10 @@ unsafe extern "win64" fn stor_port_initialize(
     _context: *mut c_void,
 ) -> u32 {
     let (kernel, _call) = enter("StorPortInitialize");
+    if kernel.faults.fail(Site::StorPortInitialize) {
+        kernel.note("StorPortInitialize → STATUS_INSUFFICIENT_RESOURCES (injected)");
+        return crate::io::STATUS_INSUFFICIENT_RESOURCES;
+    }
     kernel.storport_initialize(driver, registry, init)
 }
 
@@ -126,9 +131,13 @@ unsafe extern "win64" fn stor_port_extended_function(
             if a2 == 0 {
                 return STOR_STATUS_INVALID_PARAMETER;
             }
-            let block = kernel
-                .pool
-                .allocate_zeroed(a0 as u32 as usize, a1 as u32, Owner::Driver);
+            let block = if kernel.faults.fail(Site::StorPortAllocatePool) {
+                Err(crate::pool::PoolError::Exhausted)
+            } else {
+                kernel
+                    .pool
+                    .allocate_zeroed(a0 as u32 as usize, a1 as u32, Owner::Driver)
+            };
             let (status, pointer) = match block {
                 Ok(pointer) => (STOR_STATUS_SUCCESS, pointer as *const () as usize),
                 Err(_) => (STOR_STATUS_INSUFFICIENT_RESOURCES, 0),
@@ -186,6 +195,10 @@ unsafe extern "win64" fn stor_port_allocate_registry_buffer(
     if length.is_null() {
         return std::ptr::null_mut();
     }
+    if kernel.faults.fail(Site::StorPortAllocateRegistryBuffer) {
+        kernel.note("StorPortAllocateRegistryBuffer → NULL (injected)");
+        return std::ptr::null_mut();
+    }
     // SAFETY: the driver's in/out length.
     let requested = unsafe { length.read() } as usize;
     kernel
@@ -232,6 +245,10 @@ unsafe extern "win64" fn stor_port_registry_read(
             "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "StorPortRegistryRead with a buffer not from StorPortAllocateRegistryBuffer",
         ));
+        return 0;
+    }
+    if kernel.faults.fail(Site::StorPortRegistryRead) {
+        kernel.note("StorPortRegistryRead → FALSE (injected)");
         return 0;
     }
     // SAFETY: NUL-terminated ANSI value name (the DDI's PUCHAR).

@@ -59,6 +59,8 @@ pub type Handle = u64;
 struct HandleEntry {
     process: ProcessId,
     access: Access,
+    /// The adapter instance the handle was opened on ([`crate::port::Port::instance`]).
+    instance: u64,
     /// Address of the FILE_OBJECT the IRPs point at.
     file_object: Box<[u64; 0x1B]>,
 }
@@ -69,6 +71,9 @@ pub(crate) enum Origin {
     User {
         process: ProcessId,
         handle: Handle,
+        /// The adapter instance the handle was opened on: once that adapter is removed, its
+        /// device object is gone for good and requests through the handle fail.
+        instance: u64,
         request: Arc<Request>,
     },
     Kernel {
@@ -234,6 +239,15 @@ impl Io {
     pub fn open_handles(&self) -> usize {
         self.handles.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
+
+    /// The adapter instance `handle` was opened on, if it is open.
+    pub fn handle_instance(&self, handle: Handle) -> Option<u64> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&handle)
+            .map(|entry| entry.instance)
+    }
 }
 
 impl Kernel {
@@ -252,6 +266,7 @@ impl Kernel {
                 HandleEntry {
                     process,
                     access,
+                    instance: self.port.instance(),
                     file_object,
                 },
             );
@@ -303,7 +318,7 @@ impl Kernel {
         input: &[u8],
         out_len: u32,
     ) -> Result<Arc<Request>, u32> {
-        let (process, file_object) = {
+        let opened = {
             let handles = self.io.handles.lock().unwrap_or_else(|p| p.into_inner());
             let entry = handles.get(&handle).ok_or(STATUS_INVALID_HANDLE)?;
             // The access bits of the control code (CTL_CODE bits 14–15) are checked against
@@ -313,12 +328,21 @@ impl Kernel {
             if (needs_read && !entry.access.read) || (needs_write && !entry.access.write) {
                 return Err(STATUS_ACCESS_DENIED);
             }
-            (entry.process, entry.file_object.as_ptr() as usize)
+            (
+                entry.process,
+                entry.instance,
+                entry.file_object.as_ptr() as usize,
+            )
         };
+        let (process, instance, file_object) = opened;
+        if self.faults.fail(crate::faults::Site::IoAllocateIrp) {
+            return Err(STATUS_INSUFFICIENT_RESOURCES);
+        }
         let request = Request::new(self.io.next_id());
         let origin = Origin::User {
             process,
             handle,
+            instance,
             request: request.clone(),
         };
         let irp = self

@@ -1,5 +1,6 @@
 //! An overlapped request as its sender sees it: pending until the IRP completes.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ pub struct Request {
     pub id: u64,
     outcome: Mutex<Option<Outcome>>,
     done: Condvar,
+    /// Times the I/O manager finished this request: exactly 1 once it completed.
+    completions: AtomicU32,
 }
 
 impl Request {
@@ -27,12 +30,19 @@ impl Request {
             id,
             outcome: Mutex::new(None),
             done: Condvar::new(),
+            completions: AtomicU32::new(0),
         })
     }
 
     pub(crate) fn finish(&self, outcome: Outcome) {
+        self.completions.fetch_add(1, Ordering::AcqRel);
         *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         self.done.notify_all();
+    }
+
+    /// How many times the request was finished (a client's exactly-once check).
+    pub fn completions(&self) -> u32 {
+        self.completions.load(Ordering::Acquire)
     }
 
     /// The outcome if the IRP has completed.

@@ -69,6 +69,8 @@ pub struct Port {
     pub dispatcher: Dispatcher,
     srbs: Mutex<std::collections::HashSet<usize>>,
     pub counters: PortCounters,
+    /// Adapter instances added after the first (each removal and re-add is a new device).
+    instance: AtomicU64,
 }
 
 impl Port {
@@ -96,6 +98,11 @@ impl Port {
 
     pub fn rundown_release(&self) {
         self.rundown.release();
+    }
+
+    /// Which adapter instance is current: handles opened on an earlier one are stale.
+    pub fn instance(&self) -> u64 {
+        self.instance.load(Ordering::Acquire)
     }
 
     /// Timer calls made so far.

@@ -99,7 +99,7 @@ pub enum StartError {
     NotFound(u32),
     #[error("HwInitialize returned FALSE")]
     InitializeFailed,
-    #[error("no memory for the device extension")]
+    #[error("no memory for the device extension (STATUS_INSUFFICIENT_RESOURCES)")]
     NoMemory,
     #[error("the adapter is {0:?}")]
     WrongState(PnpState),
@@ -119,6 +119,9 @@ impl Kernel {
             }
             let first = adapter.extension == 0;
             if first {
+                if self.faults.fail(crate::faults::Site::DeviceExtension) {
+                    return Err(StartError::NoMemory);
+                }
                 // Zeroed at first allocation only, kept across stop/start [DECOMP]; special
                 // pool, so writing past DeviceExtensionSize hits the guard page.
                 let block = self
@@ -143,7 +146,6 @@ impl Kernel {
                 ", kept from the last start"
             }
         ));
-        self.port.rundown.reopen();
         let mut config: PORT_CONFIGURATION_INFORMATION = PORT_CONFIGURATION_INFORMATION::zeroed();
         config.Length = size_of::<PORT_CONFIGURATION_INFORMATION>() as u32;
         config.MaximumTransferLength = SP_UNINITIALIZED_VALUE;
@@ -210,6 +212,10 @@ impl Kernel {
         self.note("HwInitialize → TRUE");
         self.query_supported_controls(extension);
         self.port.adapter().state = PnpState::Started;
+        // Only now can a request reach the miniport: user mode finds the adapter through the
+        // \\.\ScsiN: link Storport creates when the start completes, so nothing arrives
+        // while HwFindAdapter or HwInitialize runs (a re-added adapter's FDO refuses until then).
+        self.port.rundown.reopen();
         self.scan_bus(extension, config.MaximumNumberOfTargets.clamp(1, 8));
         Ok(())
     }
@@ -486,6 +492,7 @@ impl Kernel {
             }
             let old = adapter.extension;
             *adapter = super::Adapter::default();
+            self.port.instance.fetch_add(1, Ordering::AcqRel);
             old
         };
         self.no_queued_work("the removed adapter's device extension was freed");

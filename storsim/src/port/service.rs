@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 
 use crate::cpu::PASSIVE_LEVEL;
 use crate::io::irp::{IrpPtr, SL_PENDING_RETURNED};
-use crate::io::{STATUS_PENDING, Via};
+use crate::io::{Origin, STATUS_PENDING, Via};
 use crate::kernel::{Kernel, kernel};
 
 pub const IOCTL_MINIPORT_PROCESS_SERVICE_IRP: u32 = 0x0004_D038;
@@ -50,6 +50,17 @@ impl Kernel {
         self.maybe_delay();
         if !self.port.rundown.acquire() {
             return self.port_complete(irp, STATUS_DELETE_PENDING);
+        }
+        // A handle to a removed adapter instance reaches a deleted FDO, whose rundown stays
+        // closed for good. Checked under the reference just taken: while it is held the
+        // current instance cannot be removed and replaced.
+        let stale = self.io.irps().get(&irp.addr()).is_some_and(|record| {
+            matches!(record.origin, Origin::User { instance, .. } if instance != self.port.instance())
+        });
+        if stale {
+            let status = self.port_complete(irp, STATUS_DELETE_PENDING);
+            self.port.rundown.release();
+            return status;
         }
         // SAFETY: Storport owns the IRP during its dispatch.
         let code = unsafe { irp.current() }.IoControlCode;

@@ -5,6 +5,7 @@
 pub mod client;
 mod demo;
 mod fixture;
+pub mod torture;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};

@@ -1,0 +1,300 @@
+//! The torture's invariants as pure checks on what clients saw, so that a doctored completion
+//! sequence can be fed to them (see the tests at the end): which statuses each request path
+//! allows, and each waiter's view of the event stream — strictly ordered, every gap exactly
+//! what the driver reported as `lost`, each FIRE source in its own order.
+
+use std::collections::HashMap;
+
+use revcall_protocol::status::{
+    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_QUOTA_EXCEEDED,
+    STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
+};
+use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, WaitReply};
+
+/// What a request was, for the statuses it may end with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Path {
+    Wait,
+    Fire,
+    Discover,
+    Stats,
+    /// A malformed request and the one error status its defect must produce.
+    Malformed(u32),
+}
+
+/// Whether a request on `path` may complete with `status`. Storport's own refusal
+/// (STATUS_DELETE_PENDING: removal under way, or a handle to a removed adapter) is allowed on
+/// every path; STATUS_CANCELLED only if the client asked for the cancellation.
+pub fn allowed(path: Path, status: u32, cancel_requested: bool) -> bool {
+    if status == STATUS_DELETE_PENDING {
+        return true;
+    }
+    match path {
+        Path::Wait => {
+            status == STATUS_SUCCESS
+                || status == STATUS_DEVICE_REMOVED
+                || (status == STATUS_CANCELLED && cancel_requested)
+        }
+        Path::Fire | Path::Discover => status == STATUS_SUCCESS || status == STATUS_DEVICE_REMOVED,
+        Path::Stats => status == STATUS_SUCCESS,
+        Path::Malformed(expected) => status == expected,
+    }
+}
+
+/// A readable name for the statuses a run reports.
+pub fn status_name(status: u32) -> String {
+    let name = match status {
+        STATUS_SUCCESS => "SUCCESS",
+        STATUS_CANCELLED => "CANCELLED",
+        STATUS_DEVICE_REMOVED => "DEVICE_REMOVED",
+        STATUS_DELETE_PENDING => "DELETE_PENDING",
+        STATUS_INVALID_PARAMETER => "INVALID_PARAMETER",
+        STATUS_INVALID_DEVICE_REQUEST => "INVALID_DEVICE_REQUEST",
+        STATUS_BUFFER_TOO_SMALL => "BUFFER_TOO_SMALL",
+        STATUS_REVISION_MISMATCH => "REVISION_MISMATCH",
+        STATUS_QUOTA_EXCEEDED => "QUOTA_EXCEEDED",
+        crate::io::STATUS_INSUFFICIENT_RESOURCES => "INSUFFICIENT_RESOURCES",
+        other => return format!("{other:#010x}"),
+    };
+    name.to_owned()
+}
+
+/// One waiter's view of one adapter instance's event stream.
+#[derive(Clone, Debug)]
+pub struct WaiterLog {
+    /// The cursor to send next: where the waiter started, then the last seq it was given.
+    pub cursor: u64,
+    /// The cursor this log started from, once known (`CURSOR_NOW` resolves at the first reply).
+    base: Option<u64>,
+    last_kind: Option<u32>,
+    pub events: u64,
+    pub lost: u64,
+    /// Per FIRE source (the event's `code`), the last `value` seen: each source fires in order.
+    sources: HashMap<u64, u64>,
+}
+
+impl WaiterLog {
+    /// A waiter starting at `cursor` (0: everything retained, or [`CURSOR_NOW`]).
+    pub fn new(cursor: u64) -> Self {
+        Self {
+            cursor,
+            base: (cursor != CURSOR_NOW).then_some(cursor),
+            last_kind: None,
+            events: 0,
+            lost: 0,
+            sources: HashMap::new(),
+        }
+    }
+
+    /// Checks a successful WAIT reply to a request sent with this log's cursor, and moves on.
+    ///
+    /// # Errors
+    ///
+    /// What is wrong with the reply: no events, a first event not right after the cursor plus
+    /// `lost`, a gap or reordering inside it, a cursor that is not the last event, or a FIRE
+    /// source out of its own order.
+    pub fn absorb(&mut self, reply: &WaitReply, events: &[EventRecord]) -> Result<(), String> {
+        let (Some(first), Some(last)) = (events.first(), events.last()) else {
+            return Err(format!("a successful WAIT delivered no event ({reply:?})"));
+        };
+        if reply.count as usize != events.len() {
+            return Err(format!(
+                "reply count {} but {} events",
+                reply.count,
+                events.len()
+            ));
+        }
+        let expected_first = match self.base {
+            Some(_) => reply
+                .lost
+                .checked_add(1)
+                .and_then(|n| self.cursor.checked_add(n)),
+            // CURSOR_NOW resolved to the head when the WAIT arrived: anything at or past it.
+            None => (first.seq > reply.lost).then_some(first.seq),
+        };
+        if expected_first != Some(first.seq) {
+            return Err(format!(
+                "after cursor {} with lost {} the first event is seq {} (a gap or a repeat not accounted for)",
+                self.cursor, reply.lost, first.seq
+            ));
+        }
+        for pair in events.windows(2) {
+            if pair[1].seq != pair[0].seq + 1 {
+                return Err(format!(
+                    "events out of order or with a gap inside one reply: seq {} then {}",
+                    pair[0].seq, pair[1].seq
+                ));
+            }
+        }
+        if reply.cursor != last.seq {
+            return Err(format!(
+                "reply cursor {} is not the last delivered seq {}",
+                reply.cursor, last.seq
+            ));
+        }
+        for event in events {
+            if event.kind == EventKind::Injected as u32 {
+                let previous = self.sources.insert(event.arg0, event.arg1);
+                if previous.is_some_and(|p| p >= event.arg1) {
+                    return Err(format!(
+                        "FIRE source {:#x}: value {} delivered after {} (seq {})",
+                        event.arg0,
+                        event.arg1,
+                        previous.unwrap_or_default(),
+                        event.seq
+                    ));
+                }
+            }
+        }
+        self.base.get_or_insert(first.seq - reply.lost - 1);
+        self.cursor = last.seq;
+        self.last_kind = Some(last.kind);
+        self.events += events.len() as u64;
+        self.lost += reply.lost;
+        Ok(())
+    }
+
+    /// A WAIT with this log's cursor was refused STATUS_DEVICE_REMOVED: the adapter is gone and
+    /// the waiter is up to date, so the last event it saw must be the final one.
+    ///
+    /// # Errors
+    ///
+    /// The waiter never got the removal event (it was lost silently).
+    pub fn removed(&self) -> Result<(), String> {
+        match self.last_kind {
+            None => Ok(()),
+            Some(kind) if EventKind::try_from(kind).is_ok_and(EventKind::is_final) => Ok(()),
+            Some(kind) => Err(format!(
+                "STATUS_DEVICE_REMOVED at cursor {} but the last event delivered (kind {kind}) was not the removal",
+                self.cursor
+            )),
+        }
+    }
+
+    /// The accounting at the end of the waiter's life: every sequence number from where it
+    /// started to its cursor was either delivered or counted lost.
+    ///
+    /// # Errors
+    ///
+    /// The counts do not add up.
+    pub fn close(&self) -> Result<(), String> {
+        let Some(base) = self.base else {
+            return Ok(());
+        };
+        let span = self.cursor - base;
+        if self.events + self.lost != span {
+            return Err(format!(
+                "{} delivered + {} lost != {span} events between cursor {base} and {}",
+                self.events, self.lost, self.cursor
+            ));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: u64) -> EventRecord {
+        EventRecord {
+            seq,
+            kind: EventKind::Injected as u32,
+            reserved: 0,
+            arg0: 1,
+            arg1: seq,
+        }
+    }
+
+    fn reply(cursor: u64, lost: u64, count: u32) -> WaitReply {
+        WaitReply {
+            cursor,
+            lost,
+            count,
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn a_clean_stream_with_loss_adds_up() {
+        let mut log = WaiterLog::new(0);
+        log.absorb(&reply(3, 0, 3), &[event(1), event(2), event(3)])
+            .unwrap();
+        // Events 4..=9 were overwritten before the next WAIT.
+        log.absorb(&reply(11, 6, 2), &[event(10), event(11)])
+            .unwrap();
+        assert_eq!((log.events, log.lost), (5, 6));
+        log.close().unwrap();
+    }
+
+    #[test]
+    fn a_gap_not_reported_as_lost_fails() {
+        let mut log = WaiterLog::new(0);
+        log.absorb(&reply(2, 0, 2), &[event(1), event(2)]).unwrap();
+        let error = log.absorb(&reply(5, 1, 1), &[event(5)]).unwrap_err();
+        assert!(error.contains("gap"), "{error}");
+    }
+
+    #[test]
+    fn a_repeated_or_reordered_event_fails() {
+        let mut log = WaiterLog::new(0);
+        log.absorb(&reply(2, 0, 2), &[event(1), event(2)]).unwrap();
+        assert!(log.absorb(&reply(2, 0, 1), &[event(2)]).is_err());
+        assert!(
+            WaiterLog::new(0)
+                .absorb(&reply(2, 0, 2), &[event(2), event(1)])
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn a_fire_source_out_of_its_order_fails() {
+        let mut log = WaiterLog::new(0);
+        let mut late = event(2);
+        late.arg1 = 0;
+        let error = log.absorb(&reply(2, 0, 2), &[event(1), late]).unwrap_err();
+        assert!(error.contains("source"), "{error}");
+    }
+
+    #[test]
+    fn cursor_now_resolves_at_the_first_reply() {
+        let mut log = WaiterLog::new(CURSOR_NOW);
+        log.absorb(&reply(41, 0, 2), &[event(40), event(41)])
+            .unwrap();
+        log.absorb(&reply(42, 0, 1), &[event(42)]).unwrap();
+        log.close().unwrap();
+        assert_eq!(log.events, 3);
+    }
+
+    #[test]
+    fn removal_must_have_been_delivered() {
+        let mut log = WaiterLog::new(0);
+        log.absorb(&reply(1, 0, 1), &[event(1)]).unwrap();
+        assert!(log.removed().is_err());
+        let mut removed = event(2);
+        removed.kind = EventKind::AdapterRemoved as u32;
+        log.absorb(&reply(2, 0, 1), &[removed]).unwrap();
+        log.removed().unwrap();
+    }
+
+    #[test]
+    fn statuses_per_path() {
+        assert!(allowed(Path::Wait, STATUS_SUCCESS, false));
+        assert!(!allowed(Path::Wait, STATUS_CANCELLED, false));
+        assert!(allowed(Path::Wait, STATUS_CANCELLED, true));
+        assert!(!allowed(Path::Wait, STATUS_QUOTA_EXCEEDED, false));
+        assert!(allowed(Path::Fire, STATUS_DELETE_PENDING, false));
+        assert!(!allowed(Path::Stats, STATUS_DEVICE_REMOVED, false));
+        assert!(allowed(
+            Path::Malformed(STATUS_BUFFER_TOO_SMALL),
+            STATUS_BUFFER_TOO_SMALL,
+            false
+        ));
+        assert!(!allowed(
+            Path::Malformed(STATUS_BUFFER_TOO_SMALL),
+            STATUS_INVALID_PARAMETER,
+            false
+        ));
+    }
+}

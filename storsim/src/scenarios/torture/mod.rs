@@ -1,0 +1,378 @@
+//! `storsim torture`: N emulated CPUs hammer one adapter at once — WAITs on several handles and
+//! processes, FIRE, DISCOVER, STATS, CancelIoEx, handle close, process exit, malformed
+//! requests — while removals and surprise removals (each followed by a new adapter instance)
+//! happen in the middle of it, with delay injection on.
+//!
+//! Checked continuously by the workers and at the end: every IRP completed exactly once with a
+//! status its path allows; every waiter's events strictly ordered with every gap reported as
+//! `lost`; no two FIREs given one sequence number; no removal longer than the limit; no
+//! verifier violation; no pool leak at unload; nothing outstanding.
+
+mod ledger;
+mod malformed;
+mod report;
+mod worker;
+
+use std::collections::{BTreeMap, HashSet};
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Barrier, Mutex};
+use std::time::{Duration, Instant};
+
+pub use report::{Events, Removals, TortureReport};
+
+use crate::cpu;
+use crate::kernel::{Config, Kernel, Label};
+use crate::port::PnpState;
+use crate::report::Summary;
+use worker::{Tally, Worker};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct TortureOptions {
+    pub driver: PathBuf,
+    pub cpus: usize,
+    pub ops: u64,
+    pub removals: u32,
+    pub seed: u64,
+    /// Probability of an injected delay at each emulated call.
+    pub delay: f64,
+    /// Probability that a fallible call fails (low-resources simulation), after the load.
+    pub fail_rate: f64,
+    pub rundown_limit: Duration,
+    /// Show progress on stderr (a bar on a terminal, a line per 10% otherwise).
+    pub progress: bool,
+}
+
+impl TortureOptions {
+    /// The command line that runs exactly this.
+    pub fn command(&self) -> String {
+        let mut line = format!(
+            "storsim torture {} --cpus {} --ops {} --removals {} --seed {} --delay {}",
+            self.driver.display(),
+            self.cpus,
+            self.ops,
+            self.removals,
+            self.seed,
+            self.delay
+        );
+        if self.fail_rate > 0.0 {
+            line += &format!(" --fail-rate {}", self.fail_rate);
+        }
+        if self.rundown_limit != Duration::from_millis(2000) {
+            line += &format!(" --rundown-limit-ms {}", self.rundown_limit.as_millis());
+        }
+        line
+    }
+}
+
+/// The client operations the workers count.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Op {
+    Wait,
+    Fire,
+    Discover,
+    Stats,
+    Cancel,
+    Close,
+    Exit,
+    Malformed,
+}
+
+impl Op {
+    pub fn name(self) -> &'static str {
+        match self {
+            Op::Wait => "wait",
+            Op::Fire => "fire",
+            Op::Discover => "discover",
+            Op::Stats => "stats",
+            Op::Cancel => "cancel-io",
+            Op::Close => "close-handle",
+            Op::Exit => "process-exit",
+            Op::Malformed => "malformed",
+        }
+    }
+}
+
+/// What the CPUs share: progress and the failures they found.
+pub struct Shared {
+    ops_done: AtomicU64,
+    workers_done: AtomicUsize,
+    failures: Mutex<Vec<String>>,
+    failure_count: AtomicU64,
+    fault_rate: f64,
+}
+
+/// Failures kept verbatim (the count goes on).
+const FAILURES_KEPT: usize = 50;
+
+impl Shared {
+    fn fail(&self, what: String) {
+        if self.failure_count.fetch_add(1, Ordering::Relaxed) < FAILURES_KEPT as u64 {
+            self.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(what);
+        }
+    }
+}
+
+/// Runs the torture once.
+pub fn run(options: &TortureOptions) -> TortureReport {
+    let session = Kernel::boot(Config {
+        seed: options.seed,
+        delay_probability: options.delay,
+        rundown_limit: options.rundown_limit,
+        timeline: false,
+        live: false,
+        ..Config::default()
+    });
+    let kernel = session.kernel().clone();
+    kernel.name_run(Label {
+        driver: options.driver.display().to_string(),
+        // A bug check ends the process with the run's summary: it names how to reproduce.
+        scenario: format!("torture (reproduce: {})", options.command()),
+        cpus: options.cpus,
+        json: false,
+    });
+    let shared = Shared {
+        ops_done: AtomicU64::new(0),
+        workers_done: AtomicUsize::new(0),
+        failures: Mutex::new(Vec::new()),
+        failure_count: AtomicU64::new(0),
+        fault_rate: options.fail_rate,
+    };
+    let started = Instant::now();
+    let loaded = kernel
+        .load_driver(&options.driver)
+        .and_then(|driver| Ok((driver, kernel.start_adapter()?)));
+    let (tallies, removals, error) = match loaded {
+        Err(error) => (Vec::new(), Removals::default(), Some(error.to_string())),
+        Ok((_driver, ())) => {
+            kernel.faults.set_rate(options.fail_rate);
+            let (tallies, removals) = hammer(&kernel, &shared, options);
+            kernel.faults.set_rate(0.0);
+            kernel.unload();
+            (tallies, removals, None)
+        }
+    };
+    let summary = Summary::collect(&kernel, error, Vec::new());
+    drop(session);
+    conclude(
+        options,
+        &shared,
+        tallies,
+        removals,
+        summary,
+        started.elapsed(),
+    )
+}
+
+/// The workers and the removal cycles, then the final removal.
+fn hammer(
+    kernel: &std::sync::Arc<Kernel>,
+    shared: &Shared,
+    options: &TortureOptions,
+) -> (Vec<Tally>, Removals) {
+    let cpus = options.cpus.max(1);
+    let barrier = Barrier::new(cpus + 1);
+    let progress = report::Progress::new(options.ops, options.removals, options.progress);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..cpus)
+            .map(|index| {
+                let share = options.ops / cpus as u64
+                    + u64::from((index as u64) < options.ops % cpus as u64);
+                let barrier = &barrier;
+                scope.spawn(move || {
+                    cpu::enter_thread();
+                    let mut worker = Worker::new(kernel, shared, index, options.seed);
+                    worker.run(share);
+                    shared.workers_done.fetch_add(1, Ordering::Release);
+                    // The final removal happens between these two.
+                    barrier.wait();
+                    barrier.wait();
+                    worker.finish();
+                    worker.tally
+                })
+            })
+            .collect();
+        let mut removals = cycles(kernel, shared, options, &progress, cpus);
+        barrier.wait();
+        if kernel.port.adapter().state != PnpState::Removed {
+            removals.observe(kernel, shared, false, || kernel.remove_adapter(|| {}));
+        }
+        barrier.wait();
+        let tallies = workers
+            .into_iter()
+            .map(|w| w.join().unwrap_or_default())
+            .collect();
+        progress.finish(shared);
+        (tallies, removals)
+    })
+}
+
+/// The removal cycles, spread evenly over the run: removal or surprise removal, then PnP adds
+/// a new adapter instance and starts it.
+fn cycles(
+    kernel: &std::sync::Arc<Kernel>,
+    shared: &Shared,
+    options: &TortureOptions,
+    progress: &report::Progress,
+    cpus: usize,
+) -> Removals {
+    let mut rng = fastrand::Rng::with_seed(options.seed ^ 0xC0FF_EE00);
+    let mut removals = Removals {
+        limit_ms: options.rundown_limit.as_millis() as u64,
+        ..Removals::default()
+    };
+    let mut next = 0u32;
+    loop {
+        let done = shared.ops_done.load(Ordering::Relaxed);
+        let finished = shared.workers_done.load(Ordering::Acquire) == cpus;
+        progress.update(done, next, shared);
+        if next == options.removals && finished {
+            return removals;
+        }
+        let due = (u64::from(next) + 1) * options.ops / (u64::from(options.removals) + 1);
+        if next < options.removals && (done >= due || finished) {
+            let surprise = rng.bool();
+            removals.observe(kernel, shared, surprise, || {
+                if surprise {
+                    kernel.surprise_remove_adapter();
+                }
+                kernel.remove_adapter(|| {});
+            });
+            restart(kernel, shared);
+            next += 1;
+            continue;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// PnP adds the next adapter instance and starts it; a start refused for want of memory
+/// (low-resources simulation) is retried, as PnP would on the next enumeration.
+fn restart(kernel: &Kernel, shared: &Shared) {
+    if let Err(error) = kernel.add_adapter() {
+        return shared.fail(format!("adding a new adapter instance: {error}"));
+    }
+    for _ in 0..1000 {
+        match kernel.start_adapter() {
+            Ok(()) => return,
+            Err(crate::port::StartError::NoMemory) if shared.fault_rate > 0.0 => continue,
+            Err(error) => return shared.fail(format!("starting the new adapter: {error}")),
+        }
+    }
+    shared.fail("the new adapter never started (1000 attempts)".into());
+}
+
+/// The end-of-run checks and the report.
+fn conclude(
+    options: &TortureOptions,
+    shared: &Shared,
+    tallies: Vec<Tally>,
+    removals: Removals,
+    summary: Summary,
+    elapsed: Duration,
+) -> TortureReport {
+    let mut ops = BTreeMap::new();
+    let mut statuses = BTreeMap::new();
+    let mut events = Events::default();
+    let mut seqs = HashSet::new();
+    for tally in &tallies {
+        for (op, n) in &tally.ops {
+            *ops.entry(op.name().to_owned()).or_insert(0) += n;
+        }
+        for (status, n) in &tally.statuses {
+            *statuses.entry(ledger::status_name(*status)).or_insert(0) += n;
+        }
+        events.fired += tally.fired;
+        events.delivered += tally.delivered;
+        events.lost += tally.lost;
+        for seq in &tally.fire_seqs {
+            if !seqs.insert(*seq) {
+                shared.fail(format!(
+                    "two FIREs were given seq {} on adapter instance {}",
+                    seq.1, seq.0
+                ));
+            }
+        }
+    }
+    if summary.error.is_none() {
+        if summary.irps.outstanding != Some(0) {
+            shared.fail(format!(
+                "{:?} IRPs still outstanding at unload",
+                summary.irps.outstanding
+            ));
+        }
+        if summary.irps.issued != summary.irps.completed {
+            shared.fail(format!(
+                "{} IRPs issued but {} completed",
+                summary.irps.issued, summary.irps.completed
+            ));
+        }
+        if removals.max_ms > removals.limit_ms {
+            shared.fail(format!(
+                "a removal took {} ms, over the {} ms limit",
+                removals.max_ms, removals.limit_ms
+            ));
+        }
+    }
+    let failures = shared
+        .failures
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let failures_total = shared.failure_count.load(Ordering::Relaxed);
+    TortureReport {
+        driver: options.driver.display().to_string(),
+        command: options.command(),
+        seed: options.seed,
+        cpus: options.cpus,
+        ops_requested: options.ops,
+        ops_total: ops.values().sum(),
+        ops,
+        completions: statuses,
+        irps: summary.irps,
+        events,
+        removals,
+        faults_injected: summary.faults_injected,
+        pool_outstanding: summary.pool_outstanding,
+        delays_injected: summary.delays_injected,
+        passed: summary.passed && failures_total == 0,
+        error: summary.error,
+        violations: summary.violations,
+        failures,
+        failures_total,
+        elapsed_s: elapsed.as_secs_f64(),
+        reproduce: None,
+    }
+}
+
+/// A failing run again with fewer operations (same seed, CPUs and the rest), halving while it
+/// still fails: the smallest failing command found. Interleavings are not deterministic, so
+/// each candidate gets two tries; the search stops after `budget`.
+pub fn shrink(failing: &TortureOptions, budget: Duration) -> TortureOptions {
+    let started = Instant::now();
+    let mut best = failing.clone();
+    while best.ops > 1000 && started.elapsed() < budget {
+        let candidate = TortureOptions {
+            ops: best.ops / 2,
+            removals: best.removals.div_ceil(2),
+            progress: false,
+            ..best.clone()
+        };
+        if (0..2).any(|_| !run(&candidate).passed) {
+            best = candidate;
+        } else {
+            break;
+        }
+    }
+    best
+}
+
+/// Whether stderr is a terminal (where the progress bar draws).
+pub fn interactive() -> bool {
+    std::io::stderr().is_terminal()
+}

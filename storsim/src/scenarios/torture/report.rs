@@ -1,0 +1,269 @@
+//! The torture's progress display and its report: a summary table, or one JSON object.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use serde::Serialize;
+
+use super::Shared;
+use crate::kernel::Kernel;
+use crate::report::Irps;
+use crate::verifier::BugCheck;
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Events {
+    /// FIREs that succeeded.
+    pub fired: u64,
+    /// Events delivered to waiters (each waiter counts its own).
+    pub delivered: u64,
+    /// Events waiters were told they missed (ring overwrites), each waiter its own.
+    pub lost: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Removals {
+    pub regular: u64,
+    pub surprise: u64,
+    /// The longest removal (IRP_MN_[SURPRISE_]REMOVAL to HwFreeAdapterResources).
+    pub max_ms: u64,
+    pub limit_ms: u64,
+}
+
+impl Removals {
+    /// Times one removal.
+    pub(super) fn observe(
+        &mut self,
+        kernel: &Kernel,
+        shared: &Shared,
+        surprise: bool,
+        remove: impl FnOnce(),
+    ) {
+        let started = Instant::now();
+        remove();
+        let took = started.elapsed().as_millis() as u64;
+        self.max_ms = self.max_ms.max(took);
+        if surprise {
+            self.surprise += 1;
+        } else {
+            self.regular += 1;
+        }
+        if kernel.port.rundown.held() != 0 {
+            shared.fail(format!(
+                "removal finished with {} rundown references held",
+                kernel.port.rundown.held()
+            ));
+        }
+    }
+}
+
+/// Everything a torture run reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct TortureReport {
+    pub driver: String,
+    /// The command line of this run.
+    pub command: String,
+    pub seed: u64,
+    pub cpus: usize,
+    pub ops_requested: u64,
+    pub ops_total: u64,
+    /// Operations by kind.
+    pub ops: BTreeMap<String, u64>,
+    /// Completions by status (and DeviceIoControl refusals before any IRP existed).
+    pub completions: BTreeMap<String, u64>,
+    pub irps: Irps,
+    pub events: Events,
+    pub removals: Removals,
+    pub faults_injected: u64,
+    /// Driver pool blocks still allocated at unload.
+    pub pool_outstanding: usize,
+    pub delays_injected: u64,
+    pub passed: bool,
+    pub error: Option<String>,
+    pub violations: Vec<BugCheck>,
+    /// The first failures found (invariants broken), verbatim.
+    pub failures: Vec<String>,
+    pub failures_total: u64,
+    pub elapsed_s: f64,
+    /// On failure: the smallest command found that still fails.
+    pub reproduce: Option<String>,
+}
+
+impl TortureReport {
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report is plain data")
+    }
+
+    /// The summary table.
+    pub fn text(&self) -> String {
+        let join = |map: &BTreeMap<String, u64>| {
+            map.iter()
+                .map(|(k, v)| format!("{k} {v}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut rows = vec![
+            (
+                "run",
+                format!(
+                    "{}, seed {}, {} CPUs, {:.1} s ({:.0} ops/s)",
+                    self.driver,
+                    self.seed,
+                    self.cpus,
+                    self.elapsed_s,
+                    self.ops_total as f64 / self.elapsed_s.max(1e-9)
+                ),
+            ),
+            (
+                "ops",
+                format!(
+                    "{} of {}: {}",
+                    self.ops_total,
+                    self.ops_requested,
+                    join(&self.ops)
+                ),
+            ),
+            (
+                "IRPs",
+                format!(
+                    "{} issued, {} completed ({} cancelled), {} outstanding",
+                    self.irps.issued,
+                    self.irps.completed,
+                    self.irps.cancelled,
+                    self.irps
+                        .outstanding
+                        .map_or("unknown".to_owned(), |n| n.to_string())
+                ),
+            ),
+            ("completions", join(&self.completions)),
+            (
+                "events",
+                format!(
+                    "{} fired, {} delivered, {} lost (accounted)",
+                    self.events.fired, self.events.delivered, self.events.lost
+                ),
+            ),
+            (
+                "removals",
+                format!(
+                    "{} ({} removal, {} surprise removal), longest {} ms (limit {} ms)",
+                    self.removals.regular + self.removals.surprise,
+                    self.removals.regular,
+                    self.removals.surprise,
+                    self.removals.max_ms,
+                    self.removals.limit_ms
+                ),
+            ),
+            (
+                "injected",
+                format!(
+                    "{} delays, {} allocation/call failures",
+                    self.delays_injected, self.faults_injected
+                ),
+            ),
+            (
+                "pool",
+                format!(
+                    "{} driver blocks outstanding at unload",
+                    self.pool_outstanding
+                ),
+            ),
+            (
+                "verifier",
+                match self.violations.len() {
+                    0 => "no violations".to_owned(),
+                    n => format!("{n} violation(s)"),
+                },
+            ),
+            (
+                "invariants",
+                match self.failures_total {
+                    0 => "all held".to_owned(),
+                    n => format!("{n} failure(s)"),
+                },
+            ),
+        ];
+        if let Some(error) = &self.error {
+            rows.push(("error", error.clone()));
+        }
+        let mut out = String::from("storsim torture\n");
+        for (name, value) in rows {
+            out += &format!("  {name:<12} {value}\n");
+        }
+        for bug in &self.violations {
+            out += &format!("{bug}\n");
+        }
+        for failure in &self.failures {
+            out += &format!("failure: {failure}\n");
+        }
+        if !self.passed {
+            out += &format!("seed {}; this run: {}\n", self.seed, self.command);
+            if let Some(smaller) = &self.reproduce {
+                out += &format!("smallest failing run found: {smaller}\n");
+            }
+        }
+        out += if self.passed { "PASS\n" } else { "FAIL\n" };
+        out
+    }
+}
+
+/// Progress on stderr: a bar on a terminal, a line per tenth of the run otherwise.
+pub(super) struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    lines: bool,
+    total: u64,
+    removals: u32,
+    next_line: std::sync::atomic::AtomicU64,
+}
+
+impl Progress {
+    pub fn new(total: u64, removals: u32, show: bool) -> Self {
+        let bar = (show && super::interactive()).then(|| {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} ops ({per_sec}, eta {eta}) {msg}",
+                )
+                .expect("a valid template")
+                .progress_chars("=> "),
+            );
+            bar
+        });
+        Self {
+            lines: show && bar.is_none(),
+            bar,
+            total,
+            removals,
+            next_line: std::sync::atomic::AtomicU64::new(1),
+        }
+    }
+
+    pub fn update(&self, done: u64, removals: u32, shared: &Shared) {
+        let failures = shared.failure_count.load(Ordering::Relaxed);
+        if let Some(bar) = &self.bar {
+            bar.set_position(done);
+            bar.set_message(format!(
+                "removals {removals}/{}, failures {failures}",
+                self.removals
+            ));
+        } else if self.lines {
+            let tenth = self.next_line.load(Ordering::Relaxed);
+            if tenth <= 10 && done >= self.total * tenth / 10 {
+                self.next_line.store(tenth + 1, Ordering::Relaxed);
+                eprintln!(
+                    "torture: {done}/{} ops, {removals}/{} removals, {failures} failures",
+                    self.total, self.removals
+                );
+            }
+        }
+    }
+
+    pub fn finish(&self, shared: &Shared) {
+        if let Some(bar) = &self.bar {
+            bar.finish_with_message(format!(
+                "done, failures {}",
+                shared.failure_count.load(Ordering::Relaxed)
+            ));
+        }
+    }
+}
