@@ -79,6 +79,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Low-resources simulation, systematically: a short script runs once per fallible call
+    /// site (allocations, registry, StorPortInitialize, Storport's and the I/O manager's
+    /// allocations) with the first call there failing; each must degrade with a clear status,
+    /// lose no IRP, leak nothing and violate no rule.
+    Faults {
+        driver: PathBuf,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the routines storsim provides to drivers.
     Exports,
 }
@@ -116,6 +128,19 @@ pub fn run(cli: Cli) -> i32 {
                 println!("{export}");
             }
             0
+        }
+        Command::Faults { driver, seed, json } => {
+            report_panics();
+            let report = scenarios::faults::systematic(&driver, seed);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&report).expect("a report is plain data")
+                );
+            } else {
+                print!("{}", report.text());
+            }
+            i32::from(!report.passed)
         }
         Command::Torture {
             driver,

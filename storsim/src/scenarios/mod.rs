@@ -4,6 +4,7 @@
 
 pub mod client;
 mod demo;
+pub mod faults;
 mod fixture;
 pub mod torture;
 

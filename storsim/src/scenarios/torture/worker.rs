@@ -124,11 +124,11 @@ impl<'a> Worker<'a> {
         for _ in 0..ops {
             self.reap_all();
             match self.rng.u8(0..100) {
-                0..30 => self.wait(),
-                30..55 => self.fire(),
+                0..40 => self.wait(),
+                40..55 => self.fire(),
                 55..58 => self.discover(),
-                58..65 => self.stats(),
-                65..75 => self.cancel(),
+                58..63 => self.stats(),
+                63..75 => self.cancel(),
                 75..78 => self.close_handle(),
                 78 => self.exit_process(),
                 _ => self.malformed(),
