@@ -129,6 +129,10 @@ pub unsafe extern "system" fn driver_entry(
 
 /// Reads `EnableFireInjection`; FIRE stays allowed when the value is absent.
 ///
+/// Without a registry buffer (low resources) the value cannot be read at all, and an
+/// administrator's 0 must not turn into "enabled": FIRE, a test hook, then fails closed
+/// (STATUS_NOT_SUPPORTED) until the next start.
+///
 /// # Safety
 ///
 /// PASSIVE_LEVEL, `ext` the adapter's HwDeviceExtension (HwFindAdapter's context).
@@ -136,30 +140,35 @@ unsafe fn fire_injection_enabled(ext: PVOID) -> bool {
     let mut capacity = size_of::<u32>() as u32;
     // SAFETY: the caller's contract is the DDI's.
     let buffer = unsafe { StorPortAllocateRegistryBuffer(ext, &mut capacity) };
-    if buffer.is_null() || (capacity as usize) < size_of::<u32>() {
-        log!(WARNING, "no registry buffer; FIRE stays enabled");
-        return true;
+    if buffer.is_null() {
+        log!(
+            WARNING,
+            "no registry buffer; FIRE disabled until the next start"
+        );
+        return false;
     }
     let mut length = capacity;
-    // SAFETY: `buffer` has `capacity` bytes from StorPortAllocateRegistryBuffer; the name is
-    // NUL-terminated; Global = 1 reads Parameters\Device.
-    let found = unsafe {
-        StorPortRegistryRead(
-            ext,
-            ENABLE_FIRE_INJECTION.as_ptr().cast(),
-            1,
-            MINIPORT_REG_DWORD,
-            buffer,
-            &mut length,
-        )
-    };
-    let value = if found != 0 && length as usize == size_of::<u32>() {
+    let found = (capacity as usize) >= size_of::<u32>()
+        // SAFETY: `buffer` has `capacity` (>= 4) bytes from StorPortAllocateRegistryBuffer;
+        // the name is NUL-terminated; Global = 1 reads Parameters\Device.
+        && unsafe {
+            StorPortRegistryRead(
+                ext,
+                ENABLE_FIRE_INJECTION.as_ptr().cast(),
+                1,
+                MINIPORT_REG_DWORD,
+                buffer,
+                &mut length,
+            )
+        } != 0;
+    let value = if found && length as usize == size_of::<u32>() {
         // SAFETY: Storport wrote `length` == 4 bytes into the buffer.
         unsafe { buffer.cast::<u32>().read_unaligned() }
     } else {
         1
     };
-    // SAFETY: the buffer came from StorPortAllocateRegistryBuffer and is freed once.
+    // SAFETY: the buffer came from StorPortAllocateRegistryBuffer and is freed once, whatever
+    // its size.
     unsafe { StorPortFreeRegistryBuffer(ext, buffer) };
     value != 0
 }

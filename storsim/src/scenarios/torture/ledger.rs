@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use revcall_protocol::status::{
     STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_QUOTA_EXCEEDED,
-    STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED,
+    STATUS_QUOTA_EXCEEDED, STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
 };
 use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, WaitReply};
 
@@ -25,8 +25,10 @@ pub enum Path {
 
 /// Whether a request on `path` may complete with `status`. Storport's own refusal
 /// (STATUS_DELETE_PENDING: removal under way, or a handle to a removed adapter) is allowed on
-/// every path; STATUS_CANCELLED only if the client asked for the cancellation.
-pub fn allowed(path: Path, status: u32, cancel_requested: bool) -> bool {
+/// every path; STATUS_CANCELLED only if the client asked for the cancellation; FIRE's
+/// STATUS_NOT_SUPPORTED only under low-resources simulation (the driver could not read its
+/// registry value, and the test hook fails closed).
+pub fn allowed(path: Path, status: u32, cancel_requested: bool, low_resources: bool) -> bool {
     if status == STATUS_DELETE_PENDING {
         return true;
     }
@@ -36,6 +38,7 @@ pub fn allowed(path: Path, status: u32, cancel_requested: bool) -> bool {
                 || status == STATUS_DEVICE_REMOVED
                 || (status == STATUS_CANCELLED && cancel_requested)
         }
+        Path::Fire if status == STATUS_NOT_SUPPORTED => low_resources,
         Path::Fire | Path::Discover => status == STATUS_SUCCESS || status == STATUS_DEVICE_REMOVED,
         Path::Stats => status == STATUS_SUCCESS,
         Path::Malformed(expected) => status == expected,
@@ -54,6 +57,7 @@ pub fn status_name(status: u32) -> String {
         STATUS_BUFFER_TOO_SMALL => "BUFFER_TOO_SMALL",
         STATUS_REVISION_MISMATCH => "REVISION_MISMATCH",
         STATUS_QUOTA_EXCEEDED => "QUOTA_EXCEEDED",
+        STATUS_NOT_SUPPORTED => "NOT_SUPPORTED",
         crate::io::STATUS_INSUFFICIENT_RESOURCES => "INSUFFICIENT_RESOURCES",
         other => return format!("{other:#010x}"),
     };
@@ -280,21 +284,16 @@ mod tests {
 
     #[test]
     fn statuses_per_path() {
-        assert!(allowed(Path::Wait, STATUS_SUCCESS, false));
-        assert!(!allowed(Path::Wait, STATUS_CANCELLED, false));
-        assert!(allowed(Path::Wait, STATUS_CANCELLED, true));
-        assert!(!allowed(Path::Wait, STATUS_QUOTA_EXCEEDED, false));
-        assert!(allowed(Path::Fire, STATUS_DELETE_PENDING, false));
-        assert!(!allowed(Path::Stats, STATUS_DEVICE_REMOVED, false));
-        assert!(allowed(
-            Path::Malformed(STATUS_BUFFER_TOO_SMALL),
-            STATUS_BUFFER_TOO_SMALL,
-            false
-        ));
-        assert!(!allowed(
-            Path::Malformed(STATUS_BUFFER_TOO_SMALL),
-            STATUS_INVALID_PARAMETER,
-            false
-        ));
+        assert!(allowed(Path::Wait, STATUS_SUCCESS, false, false));
+        assert!(!allowed(Path::Wait, STATUS_CANCELLED, false, false));
+        assert!(allowed(Path::Wait, STATUS_CANCELLED, true, false));
+        assert!(!allowed(Path::Wait, STATUS_QUOTA_EXCEEDED, false, false));
+        assert!(allowed(Path::Fire, STATUS_DELETE_PENDING, false, false));
+        assert!(!allowed(Path::Fire, STATUS_NOT_SUPPORTED, false, false));
+        assert!(allowed(Path::Fire, STATUS_NOT_SUPPORTED, false, true));
+        assert!(!allowed(Path::Stats, STATUS_DEVICE_REMOVED, false, false));
+        let too_small = Path::Malformed(STATUS_BUFFER_TOO_SMALL);
+        assert!(allowed(too_small, STATUS_BUFFER_TOO_SMALL, false, false));
+        assert!(!allowed(too_small, STATUS_INVALID_PARAMETER, false, false));
     }
 }

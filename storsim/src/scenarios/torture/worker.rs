@@ -185,7 +185,12 @@ impl<'a> Worker<'a> {
                 request.completions()
             ));
         }
-        if !allowed(path, outcome.status, cancel_requested) {
+        if !allowed(
+            path,
+            outcome.status,
+            cancel_requested,
+            self.shared.fault_rate > 0.0,
+        ) {
             self.fail(format!(
                 "request #{} ({path:?}) completed with {}, which that path does not allow",
                 request.id,

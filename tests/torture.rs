@@ -1,0 +1,61 @@
+//! A short torture run of revcall.sys: 4 emulated CPUs, every kind of request, cancellation,
+//! handle close, process exit and malformed input, through removal and surprise-removal cycles.
+//! (`cargo xtask test` also runs the CLI; the full run is in docs/RELIABILITY.md.)
+
+mod common;
+
+use common::revcall_sys;
+use storsim::scenarios::torture::{self, TortureOptions};
+
+#[test]
+fn four_cpus_through_removal_cycles_keep_every_invariant() {
+    let options = TortureOptions {
+        driver: revcall_sys(),
+        cpus: 4,
+        ops: 20_000,
+        removals: 6,
+        seed: 3,
+        delay: 0.02,
+        fail_rate: 0.0,
+        rundown_limit: std::time::Duration::from_secs(2),
+        progress: false,
+    };
+    let report = torture::run(&options);
+    assert!(report.passed, "{}", report.text());
+    assert_eq!(report.ops_total, 20_000);
+    assert!(report.violations.is_empty() && report.failures_total == 0);
+    assert_eq!(report.irps.outstanding, Some(0));
+    assert_eq!(report.irps.issued, report.irps.completed);
+    assert_eq!(report.pool_outstanding, 0);
+    // Every path was exercised.
+    for op in [
+        "wait",
+        "fire",
+        "discover",
+        "stats",
+        "cancel-io",
+        "close-handle",
+        "process-exit",
+        "malformed",
+    ] {
+        assert!(
+            report.ops.get(op).is_some_and(|n| *n > 0),
+            "no {op}: {:?}",
+            report.ops
+        );
+    }
+    for status in [
+        "SUCCESS",
+        "CANCELLED",
+        "DELETE_PENDING",
+        "INVALID_PARAMETER",
+    ] {
+        assert!(
+            report.completions.contains_key(status),
+            "never saw {status}: {:?}",
+            report.completions
+        );
+    }
+    assert_eq!(report.removals.regular + report.removals.surprise, 7);
+    assert!(report.events.delivered > 0);
+}
