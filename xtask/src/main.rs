@@ -30,6 +30,13 @@ enum Task {
         #[arg(last = true)]
         storsim_args: Vec<String>,
     },
+    /// The full torture run of docs/RELIABILITY.md: revcall.sys in storsim, 4 emulated CPUs,
+    /// 1,000,000 operations, 100 removal / surprise-removal cycles; arguments after `--`
+    /// replace those (e.g. `-- --ops 50000 --seed 7`).
+    Torture {
+        #[arg(last = true)]
+        storsim_args: Vec<String>,
+    },
     /// Build revcall.sys and storsim's fixture drivers (target/fixtures), then run the whole
     /// test suite: unit, property, model (loom) and PE-image tests, clippy for the host and the
     /// driver target, rustfmt.
@@ -49,6 +56,18 @@ fn main() -> Result<()> {
                 storsim_run(&sys)
                     .args(["--scenario", "demo"])
                     .args(storsim_args),
+            )?;
+        }
+        Task::Torture { storsim_args } => {
+            let sys = build_driver()?;
+            let args = if storsim_args.is_empty() {
+                FULL_TORTURE.iter().map(|a| (*a).to_owned()).collect()
+            } else {
+                storsim_args
+            };
+            run(
+                "storsim torture: revcall.sys",
+                storsim(&sys, "torture").args(args),
             )?;
         }
         Task::TesterExe => {
@@ -254,6 +273,8 @@ fn test() -> Result<()> {
         ]),
     )?;
     demo_is_clean(&sys)?;
+    torture_is_clean(&sys)?;
+    faults_are_handled(&sys)?;
     selftest_passes(&sys)?;
     if have_mingw() {
         build_tester_exe()?;
@@ -350,8 +371,8 @@ fn selftest_passes(sys: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `storsim run <sys>` from a release build of storsim; the caller adds the options.
-fn storsim_run(sys: &Path) -> Command {
+/// `storsim <subcommand> <sys>` from a release build of storsim; the caller adds the options.
+fn storsim(sys: &Path, subcommand: &str) -> Command {
     let mut command = cargo();
     command
         .args([
@@ -361,10 +382,79 @@ fn storsim_run(sys: &Path) -> Command {
             "--package",
             "storsim",
             "--",
-            "run",
+            subcommand,
         ])
         .arg(sys);
     command
+}
+
+/// `storsim run <sys>`.
+fn storsim_run(sys: &Path) -> Command {
+    storsim(sys, "run")
+}
+
+/// The full run docs/RELIABILITY.md reports (`cargo xtask torture`).
+const FULL_TORTURE: [&str; 6] = ["--cpus", "4", "--ops", "1000000", "--removals", "100"];
+
+/// A short torture run in the test command: 4 CPUs, 20,000 operations, 5 removal cycles; it
+/// must pass with no violation, no broken invariant and nothing outstanding.
+fn torture_is_clean(sys: &Path) -> Result<()> {
+    eprintln!("==> storsim torture: revcall.sys, 4 CPUs, 20000 ops, 5 removals, --json");
+    let output = storsim(sys, "torture")
+        .args([
+            "--cpus",
+            "4",
+            "--ops",
+            "20000",
+            "--removals",
+            "5",
+            "--no-shrink",
+            "--json",
+        ])
+        .output()
+        .context("running storsim torture")?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "storsim torture printed no JSON report: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let violations = report["violations"].as_array().map_or(usize::MAX, Vec::len);
+    let failures = report["failures_total"].as_u64();
+    eprintln!(
+        "    {} ops in {:.1} s, violations {violations}, invariant failures {failures:?}, IRPs issued {} / outstanding {}, events fired {} / delivered {} / lost {}",
+        report["ops_total"],
+        report["elapsed_s"].as_f64().unwrap_or(f64::NAN),
+        report["irps"]["issued"],
+        report["irps"]["outstanding"],
+        report["events"]["fired"],
+        report["events"]["delivered"],
+        report["events"]["lost"]
+    );
+    if !output.status.success()
+        || report["passed"] != serde_json::Value::Bool(true)
+        || violations != 0
+        || failures != Some(0)
+    {
+        bail!(
+            "the torture run failed:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+    Ok(())
+}
+
+/// The systematic low-resources run: every fallible site the driver reaches fails once.
+fn faults_are_handled(sys: &Path) -> Result<()> {
+    eprintln!("==> storsim faults: revcall.sys, each fallible site failing once");
+    let output = storsim(sys, "faults")
+        .output()
+        .context("running storsim faults")?;
+    eprint!("{}", String::from_utf8_lossy(&output.stdout));
+    if !output.status.success() {
+        bail!("the systematic low-resources run failed");
+    }
+    Ok(())
 }
 
 /// The main job's scenario, as a test: `storsim run revcall.sys --scenario demo --json` on
