@@ -120,6 +120,21 @@ fn parse_param(text: &str) -> Result<(String, u32), String> {
     Ok((name.to_owned(), value))
 }
 
+/// Prints a report in the form asked for; returns the exit code (0 only if it passed).
+fn emit(
+    json: bool,
+    passed: bool,
+    as_json: impl FnOnce() -> String,
+    as_text: impl FnOnce() -> String,
+) -> i32 {
+    if json {
+        println!("{}", as_json());
+    } else {
+        print!("{}", as_text());
+    }
+    i32::from(!passed)
+}
+
 /// Runs the command; returns the process exit code (0 only for a clean run).
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
@@ -132,15 +147,7 @@ pub fn run(cli: Cli) -> i32 {
         Command::Faults { driver, seed, json } => {
             report_panics();
             let report = scenarios::faults::systematic(&driver, seed);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).expect("a report is plain data")
-                );
-            } else {
-                print!("{}", report.text());
-            }
-            i32::from(!report.passed)
+            emit(json, report.passed, || report.json(), || report.text())
         }
         Command::Torture {
             driver,
@@ -172,12 +179,7 @@ pub fn run(cli: Cli) -> i32 {
                 let smaller = torture::shrink(&options, Duration::from_secs(120));
                 report.reproduce = Some(smaller.command());
             }
-            if json {
-                println!("{}", report.json());
-            } else {
-                print!("{}", report.text());
-            }
-            i32::from(!report.passed)
+            emit(json, report.passed, || report.json(), || report.text())
         }
         Command::Run {
             driver,

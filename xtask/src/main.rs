@@ -350,12 +350,7 @@ fn selftest_passes(sys: &Path) -> Result<()> {
         .args(["selftest", "--json"])
         .output()
         .context("running revcall-tester")?;
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
-        format!(
-            "revcall-tester printed no JSON report: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })?;
+    let report = json_report(&output, "revcall-tester")?;
     let (passed, failed) = (report["passed"].as_u64(), report["failed"].as_u64());
     eprintln!(
         "    backend {}, passed {passed:?}, failed {failed:?}, skipped {}",
@@ -369,6 +364,16 @@ fn selftest_passes(sys: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The one JSON object `tool` printed on stdout.
+fn json_report(output: &std::process::Output, tool: &str) -> Result<serde_json::Value> {
+    serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "{tool} printed no JSON report: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
 }
 
 /// `storsim <subcommand> <sys>` from a release build of storsim; the caller adds the options.
@@ -413,12 +418,7 @@ fn torture_is_clean(sys: &Path) -> Result<()> {
         ])
         .output()
         .context("running storsim torture")?;
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
-        format!(
-            "storsim torture printed no JSON report: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })?;
+    let report = json_report(&output, "storsim torture")?;
     let violations = report["violations"].as_array().map_or(usize::MAX, Vec::len);
     let failures = report["failures_total"].as_u64();
     eprintln!(
@@ -465,12 +465,7 @@ fn demo_is_clean(sys: &Path) -> Result<()> {
         .args(["--scenario", "demo", "--cpus", "4", "--json"])
         .output()
         .context("running storsim")?;
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
-        format!(
-            "storsim printed no JSON report: {}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })?;
+    let report = json_report(&output, "storsim")?;
     let violations = report["violations"].as_array().map_or(usize::MAX, Vec::len);
     let outstanding = report["irps"]["outstanding"].as_u64();
     eprintln!(

@@ -44,6 +44,10 @@ pub struct FaultsReport {
 }
 
 impl FaultsReport {
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("a report is plain data")
+    }
+
     pub fn text(&self) -> String {
         let mut out = format!("storsim faults: {}\n", self.driver);
         for run in &self.sites {

@@ -264,13 +264,14 @@ impl<'a> Worker<'a> {
     /// The waiter's adapter is gone: a new handle (to whatever adapter is there now).
     fn reopen(&mut self, w: usize) {
         let process = self.waiters[w].channel.process;
+        self.attach(w, process).close();
+    }
+
+    /// Gives waiter `w` a new handle in `process`; returns the old one.
+    fn attach(&mut self, w: usize, process: ProcessId) -> Channel {
         let channel = Channel::open(self.kernel, process);
-        let old = std::mem::replace(&mut self.waiters[w].channel, channel);
-        old.close();
-        self.waiters[w].instance = self
-            .kernel
-            .io
-            .handle_instance(self.waiters[w].channel.handle);
+        self.waiters[w].instance = self.kernel.io.handle_instance(channel.handle);
+        std::mem::replace(&mut self.waiters[w].channel, channel)
     }
 
     /// Before a WAIT on a handle to another adapter instance than the waiter's log follows,
@@ -290,14 +291,18 @@ impl<'a> Worker<'a> {
         waiter.log_instance = waiter.instance;
     }
 
-    fn wait(&mut self) {
-        let idle: Vec<usize> = (0..self.waiters.len())
-            .filter(|&w| self.waiters[w].pending.is_none())
+    /// A random waiter whose WAIT is (`parked`) or is not in flight.
+    fn pick(&mut self, parked: bool) -> Option<usize> {
+        let matching: Vec<usize> = (0..self.waiters.len())
+            .filter(|&w| self.waiters[w].pending.is_some() == parked)
             .collect();
-        if idle.is_empty() {
+        (!matching.is_empty()).then(|| matching[self.rng.usize(0..matching.len())])
+    }
+
+    fn wait(&mut self) {
+        let Some(w) = self.pick(false) else {
             return self.fire();
-        }
-        let w = idle[self.rng.usize(0..idle.len())];
+        };
         self.count(Op::Wait);
         self.follow_instance(w);
         let max_events = self.rng.u32(1..=16);
@@ -452,13 +457,9 @@ impl<'a> Worker<'a> {
     /// CancelIoEx of a waiter's parked WAIT: it must complete promptly (cancelled, or with
     /// the event that beat the cancel).
     fn cancel(&mut self) {
-        let parked: Vec<usize> = (0..self.waiters.len())
-            .filter(|&w| self.waiters[w].pending.is_some())
-            .collect();
-        if parked.is_empty() {
+        let Some(w) = self.pick(true) else {
             return self.wait();
-        }
-        let w = parked[self.rng.usize(0..parked.len())];
+        };
         let waiter = &mut self.waiters[w];
         let Some(in_flight) = waiter.pending.as_mut() else {
             return self.wait();
@@ -523,13 +524,8 @@ impl<'a> Worker<'a> {
                 ));
             }
             self.reap(w);
-            let channel = Channel::open(self.kernel, replacement);
             // The exited process's handles are closed already.
-            self.waiters[w].channel = channel;
-            self.waiters[w].instance = self
-                .kernel
-                .io
-                .handle_instance(self.waiters[w].channel.handle);
+            let _closed = self.attach(w, replacement);
             // A new process is a new client: its log starts over.
             self.waiters[w].log_instance = None;
             self.follow_instance(w);
