@@ -74,6 +74,9 @@ pub struct WaiterLog {
     last_kind: Option<u32>,
     pub events: u64,
     pub lost: u64,
+    /// Of `lost`, what the first reply reported: history older than the ring when a waiter
+    /// starts at cursor 0, rather than events it fell behind on while following.
+    pub lost_at_start: u64,
     /// Per FIRE source (the event's `code`), the last `value` seen: each source fires in order.
     sources: HashMap<u64, u64>,
 }
@@ -87,6 +90,7 @@ impl WaiterLog {
             last_kind: None,
             events: 0,
             lost: 0,
+            lost_at_start: 0,
             sources: HashMap::new(),
         }
     }
@@ -150,6 +154,9 @@ impl WaiterLog {
                     ));
                 }
             }
+        }
+        if self.events == 0 {
+            self.lost_at_start = reply.lost;
         }
         self.base.get_or_insert(first.seq - reply.lost - 1);
         self.cursor = last.seq;

@@ -290,6 +290,7 @@ fn conclude(
         events.fired += tally.fired;
         events.delivered += tally.delivered;
         events.lost += tally.lost;
+        events.lost_at_start += tally.lost_at_start;
         for seq in &tally.fire_seqs {
             if !seqs.insert(*seq) {
                 shared.fail(format!(

@@ -19,6 +19,9 @@ pub struct Events {
     pub delivered: u64,
     /// Events waiters were told they missed (ring overwrites), each waiter its own.
     pub lost: u64,
+    /// Of `lost`, those reported by a waiter's first reply (a new waiter at cursor 0 is told
+    /// how much history the ring no longer holds); the rest it fell behind on while following.
+    pub lost_at_start: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -139,8 +142,12 @@ impl TortureReport {
             (
                 "events",
                 format!(
-                    "{} fired, {} delivered, {} lost (accounted)",
-                    self.events.fired, self.events.delivered, self.events.lost
+                    "{} fired, {} delivered, {} lost and accounted ({} of them history older \
+                     than the ring when a waiter started at cursor 0)",
+                    self.events.fired,
+                    self.events.delivered,
+                    self.events.lost,
+                    self.events.lost_at_start
                 ),
             ),
             (

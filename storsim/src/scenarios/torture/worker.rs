@@ -53,6 +53,7 @@ pub struct Tally {
     pub fired: u64,
     pub delivered: u64,
     pub lost: u64,
+    pub lost_at_start: u64,
     /// (adapter instance, seq) of every successful FIRE: no two may share one.
     pub fire_seqs: Vec<(u64, u64)>,
 }
@@ -151,15 +152,23 @@ impl<'a> Worker<'a> {
                 }
                 self.reap(w);
             }
-            if let Err(error) = self.waiters[w].log.close() {
-                self.fail(format!("waiter {w}: {error}"));
-            }
-            self.tally.delivered += self.waiters[w].log.events;
-            self.tally.lost += self.waiters[w].log.lost;
+            self.retire_log(w);
         }
         for waiter in std::mem::take(&mut self.waiters) {
             waiter.channel.close();
         }
+    }
+
+    /// The end of waiter `w`'s log: its accounting checked and added to the tally.
+    fn retire_log(&mut self, w: usize) {
+        let log = &self.waiters[w].log;
+        if let Err(error) = log.close() {
+            self.fail(format!("waiter {w}: {error}"));
+        }
+        let log = &self.waiters[w].log;
+        self.tally.delivered += log.events;
+        self.tally.lost += log.lost;
+        self.tally.lost_at_start += log.lost_at_start;
     }
 
     fn reap_all(&mut self) {
@@ -280,11 +289,7 @@ impl<'a> Worker<'a> {
         if self.waiters[w].instance == self.waiters[w].log_instance {
             return;
         }
-        if let Err(error) = self.waiters[w].log.close() {
-            self.fail(format!("waiter {w}: {error}"));
-        }
-        self.tally.delivered += self.waiters[w].log.events;
-        self.tally.lost += self.waiters[w].log.lost;
+        self.retire_log(w);
         let cursor = self.start_cursor();
         let waiter = &mut self.waiters[w];
         waiter.log = WaiterLog::new(cursor);
