@@ -66,6 +66,7 @@ fn random_failures_during_a_torture_run_lose_nothing() {
         fail_rate: 0.05,
         rundown_limit: std::time::Duration::from_secs(2),
         progress: false,
+        json: false,
     });
     assert!(report.passed, "{}", report.text());
     assert!(report.faults_injected > 0, "{}", report.text());

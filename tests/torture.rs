@@ -19,6 +19,7 @@ fn four_cpus_through_removal_cycles_keep_every_invariant() {
         fail_rate: 0.0,
         rundown_limit: std::time::Duration::from_secs(2),
         progress: false,
+        json: false,
     };
     let report = torture::run(&options);
     assert!(report.passed, "{}", report.text());

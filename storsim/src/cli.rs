@@ -172,6 +172,7 @@ pub fn run(cli: Cli) -> i32 {
                 fail_rate,
                 rundown_limit: Duration::from_millis(rundown_limit_ms),
                 progress: true,
+                json,
             };
             let mut report = torture::run(&options);
             if !report.passed && report.error.is_none() && !no_shrink {

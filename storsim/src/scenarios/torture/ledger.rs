@@ -64,6 +64,43 @@ pub fn status_name(status: u32) -> String {
     name.to_owned()
 }
 
+/// How a waiter's view of the event stream broke.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StreamError {
+    #[error("a successful WAIT delivered no event ({0:?})")]
+    NoEvents(WaitReply),
+    #[error("reply count {count} but {events} events")]
+    CountMismatch { count: u32, events: usize },
+    #[error(
+        "after cursor {cursor} with lost {lost} the first event is seq {first} (a gap or a repeat not accounted for)"
+    )]
+    Gap { cursor: u64, lost: u64, first: u64 },
+    #[error("events out of order or with a gap inside one reply: seq {0} then {1}")]
+    NotConsecutive(u64, u64),
+    #[error("reply cursor {cursor} is not the last delivered seq {last}")]
+    CursorNotLast { cursor: u64, last: u64 },
+    #[error("FIRE source {fired_by:#x}: value {value} delivered after {previous} (seq {seq})")]
+    SourceOutOfOrder {
+        fired_by: u64,
+        value: u64,
+        previous: u64,
+        seq: u64,
+    },
+    #[error(
+        "STATUS_DEVICE_REMOVED at cursor {cursor} but the last event delivered (kind {kind}) was not the removal"
+    )]
+    RemovalNotDelivered { cursor: u64, kind: u32 },
+    #[error(
+        "{events} delivered + {lost} lost do not make the events between cursor {base} and {cursor}"
+    )]
+    Accounting {
+        events: u64,
+        lost: u64,
+        base: u64,
+        cursor: u64,
+    },
+}
+
 /// One waiter's view of one adapter instance's event stream.
 #[derive(Clone, Debug)]
 pub struct WaiterLog {
@@ -102,16 +139,15 @@ impl WaiterLog {
     /// What is wrong with the reply: no events, a first event not right after the cursor plus
     /// `lost`, a gap or reordering inside it, a cursor that is not the last event, or a FIRE
     /// source out of its own order.
-    pub fn absorb(&mut self, reply: &WaitReply, events: &[EventRecord]) -> Result<(), String> {
+    pub fn absorb(&mut self, reply: &WaitReply, events: &[EventRecord]) -> Result<(), StreamError> {
         let (Some(first), Some(last)) = (events.first(), events.last()) else {
-            return Err(format!("a successful WAIT delivered no event ({reply:?})"));
+            return Err(StreamError::NoEvents(*reply));
         };
         if reply.count as usize != events.len() {
-            return Err(format!(
-                "reply count {} but {} events",
-                reply.count,
-                events.len()
-            ));
+            return Err(StreamError::CountMismatch {
+                count: reply.count,
+                events: events.len(),
+            });
         }
         let expected_first = match self.base {
             Some(_) => reply
@@ -122,37 +158,34 @@ impl WaiterLog {
             None => (first.seq > reply.lost).then_some(first.seq),
         };
         if expected_first != Some(first.seq) {
-            return Err(format!(
-                "after cursor {} with lost {} the first event is seq {} (a gap or a repeat not accounted for)",
-                self.cursor, reply.lost, first.seq
-            ));
+            return Err(StreamError::Gap {
+                cursor: self.cursor,
+                lost: reply.lost,
+                first: first.seq,
+            });
         }
         for pair in events.windows(2) {
             if pair[1].seq != pair[0].seq + 1 {
-                return Err(format!(
-                    "events out of order or with a gap inside one reply: seq {} then {}",
-                    pair[0].seq, pair[1].seq
-                ));
+                return Err(StreamError::NotConsecutive(pair[0].seq, pair[1].seq));
             }
         }
         if reply.cursor != last.seq {
-            return Err(format!(
-                "reply cursor {} is not the last delivered seq {}",
-                reply.cursor, last.seq
-            ));
+            return Err(StreamError::CursorNotLast {
+                cursor: reply.cursor,
+                last: last.seq,
+            });
         }
         for event in events {
-            if event.kind == EventKind::Injected as u32 {
-                let previous = self.sources.insert(event.arg0, event.arg1);
-                if previous.is_some_and(|p| p >= event.arg1) {
-                    return Err(format!(
-                        "FIRE source {:#x}: value {} delivered after {} (seq {})",
-                        event.arg0,
-                        event.arg1,
-                        previous.unwrap_or_default(),
-                        event.seq
-                    ));
-                }
+            if event.kind == EventKind::Injected as u32
+                && let Some(previous) = self.sources.insert(event.arg0, event.arg1)
+                && previous >= event.arg1
+            {
+                return Err(StreamError::SourceOutOfOrder {
+                    fired_by: event.arg0,
+                    value: event.arg1,
+                    previous,
+                    seq: event.seq,
+                });
             }
         }
         if self.events == 0 {
@@ -172,14 +205,14 @@ impl WaiterLog {
     /// # Errors
     ///
     /// The waiter never got the removal event (it was lost silently).
-    pub fn removed(&self) -> Result<(), String> {
+    pub fn removed(&self) -> Result<(), StreamError> {
         match self.last_kind {
             None => Ok(()),
             Some(kind) if EventKind::try_from(kind).is_ok_and(EventKind::is_final) => Ok(()),
-            Some(kind) => Err(format!(
-                "STATUS_DEVICE_REMOVED at cursor {} but the last event delivered (kind {kind}) was not the removal",
-                self.cursor
-            )),
+            Some(kind) => Err(StreamError::RemovalNotDelivered {
+                cursor: self.cursor,
+                kind,
+            }),
         }
     }
 
@@ -189,16 +222,17 @@ impl WaiterLog {
     /// # Errors
     ///
     /// The counts do not add up.
-    pub fn close(&self) -> Result<(), String> {
+    pub fn close(&self) -> Result<(), StreamError> {
         let Some(base) = self.base else {
             return Ok(());
         };
-        let span = self.cursor - base;
-        if self.events + self.lost != span {
-            return Err(format!(
-                "{} delivered + {} lost != {span} events between cursor {base} and {}",
-                self.events, self.lost, self.cursor
-            ));
+        if self.cursor.checked_sub(base) != self.events.checked_add(self.lost) {
+            return Err(StreamError::Accounting {
+                events: self.events,
+                lost: self.lost,
+                base,
+                cursor: self.cursor,
+            });
         }
         Ok(())
     }
@@ -237,6 +271,26 @@ mod tests {
             .unwrap();
         assert_eq!((log.events, log.lost), (5, 6));
         log.close().unwrap();
+        // A doctored count no longer covers the span.
+        log.lost += 1;
+        assert!(matches!(log.close(), Err(StreamError::Accounting { .. })));
+    }
+
+    #[test]
+    fn a_reply_that_miscounts_or_misplaces_its_cursor_fails() {
+        let mut log = WaiterLog::new(0);
+        assert!(matches!(
+            log.absorb(&reply(2, 0, 3), &[event(1), event(2)]),
+            Err(StreamError::CountMismatch { .. })
+        ));
+        assert!(matches!(
+            log.absorb(&reply(1, 0, 2), &[event(1), event(2)]),
+            Err(StreamError::CursorNotLast { .. })
+        ));
+        assert!(matches!(
+            log.absorb(&reply(0, 0, 0), &[]),
+            Err(StreamError::NoEvents(_))
+        ));
     }
 
     #[test]
@@ -244,7 +298,14 @@ mod tests {
         let mut log = WaiterLog::new(0);
         log.absorb(&reply(2, 0, 2), &[event(1), event(2)]).unwrap();
         let error = log.absorb(&reply(5, 1, 1), &[event(5)]).unwrap_err();
-        assert!(error.contains("gap"), "{error}");
+        assert_eq!(
+            error,
+            StreamError::Gap {
+                cursor: 2,
+                lost: 1,
+                first: 5
+            }
+        );
     }
 
     #[test]
@@ -265,7 +326,10 @@ mod tests {
         let mut late = event(2);
         late.arg1 = 0;
         let error = log.absorb(&reply(2, 0, 2), &[event(1), late]).unwrap_err();
-        assert!(error.contains("source"), "{error}");
+        assert!(
+            matches!(error, StreamError::SourceOutOfOrder { .. }),
+            "{error}"
+        );
     }
 
     #[test]
@@ -282,7 +346,10 @@ mod tests {
     fn removal_must_have_been_delivered() {
         let mut log = WaiterLog::new(0);
         log.absorb(&reply(1, 0, 1), &[event(1)]).unwrap();
-        assert!(log.removed().is_err());
+        assert_eq!(
+            log.removed(),
+            Err(StreamError::RemovalNotDelivered { cursor: 1, kind: 1 })
+        );
         let mut removed = event(2);
         removed.kind = EventKind::AdapterRemoved as u32;
         log.absorb(&reply(2, 0, 1), &[removed]).unwrap();

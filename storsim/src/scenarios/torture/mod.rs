@@ -43,6 +43,8 @@ pub struct TortureOptions {
     pub rundown_limit: Duration,
     /// Show progress on stderr (a bar on a terminal, a line per 10% otherwise).
     pub progress: bool,
+    /// The report is JSON (so is the one a bug check prints).
+    pub json: bool,
 }
 
 impl TortureOptions {
@@ -134,7 +136,7 @@ pub fn run(options: &TortureOptions) -> TortureReport {
         // A bug check ends the process with the run's summary: it names how to reproduce.
         scenario: format!("torture (reproduce: {})", options.command()),
         cpus: options.cpus,
-        json: false,
+        json: options.json,
     });
     let shared = Shared {
         ops_done: AtomicU64::new(0),
