@@ -189,12 +189,13 @@ fn hammer(
                 scope.spawn(move || {
                     cpu::enter_thread();
                     let mut worker = Worker::new(kernel, shared, index, options.seed);
-                    worker.run(share);
+                    // A panic (a storsim bug) must not leave the others at the barrier.
+                    guarded(shared, index, || worker.run(share));
                     shared.workers_done.fetch_add(1, Ordering::Release);
                     // The final removal happens between these two.
                     barrier.wait();
                     barrier.wait();
-                    worker.finish();
+                    guarded(shared, index, || worker.finish());
                     worker.tally
                 })
             })
@@ -212,6 +213,18 @@ fn hammer(
         progress.finish(shared);
         (tallies, removals)
     })
+}
+
+/// Runs `step` of CPU `index`, turning a panic into a failure of the run.
+fn guarded(shared: &Shared, index: usize, step: impl FnOnce()) {
+    if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(step)) {
+        let what = panic
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| panic.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_default();
+        shared.fail(format!("cpu {index}: storsim panicked: {what}"));
+    }
 }
 
 /// The removal cycles, spread evenly over the run: removal or surprise removal, then PnP adds
@@ -353,26 +366,45 @@ fn conclude(
     }
 }
 
-/// A failing run again with fewer operations (same seed, CPUs and the rest), halving while it
-/// still fails: the smallest failing command found. Interleavings are not deterministic, so
-/// each candidate gets two tries; the search stops after `budget`.
+/// A failing run again with fewer operations, then fewer CPUs (same seed and the rest),
+/// halving while it still fails: the smallest failing command found. Interleavings are not
+/// deterministic, so each candidate gets two tries; the search stops after `budget`.
 pub fn shrink(failing: &TortureOptions, budget: Duration) -> TortureOptions {
     let started = Instant::now();
-    let mut best = failing.clone();
-    while best.ops > 1000 && started.elapsed() < budget {
-        let candidate = TortureOptions {
-            ops: best.ops / 2,
-            removals: best.removals.div_ceil(2),
-            progress: false,
-            ..best.clone()
-        };
-        if (0..2).any(|_| !run(&candidate).passed) {
+    let mut best = TortureOptions {
+        progress: false,
+        ..failing.clone()
+    };
+    // First fewer operations (and removals), then fewer CPUs.
+    let halvings: [fn(&TortureOptions) -> Option<TortureOptions>; 2] = [
+        |o| {
+            (o.ops > 1000).then(|| TortureOptions {
+                ops: o.ops / 2,
+                removals: o.removals.div_ceil(2),
+                ..o.clone()
+            })
+        },
+        |o| {
+            (o.cpus > 1).then(|| TortureOptions {
+                cpus: o.cpus / 2,
+                ..o.clone()
+            })
+        },
+    ];
+    for halve in halvings {
+        while started.elapsed() < budget
+            && let Some(candidate) = halve(&best)
+        {
+            if !(0..2).any(|_| !run(&candidate).passed) {
+                break;
+            }
             best = candidate;
-        } else {
-            break;
         }
     }
-    best
+    TortureOptions {
+        progress: failing.progress,
+        ..best
+    }
 }
 
 /// Whether stderr is a terminal (where the progress bar draws).
