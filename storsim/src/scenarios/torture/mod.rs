@@ -251,6 +251,20 @@ fn cycles(
         }
         let due = (u64::from(next) + 1) * options.ops / (u64::from(options.removals) + 1);
         if next < options.removals && (done >= due || finished) {
+            // Half the cycles first take the adapter down without removing it: parked
+            // requests must survive, a pending discovery must be re-armed.
+            match rng.u8(0..4) {
+                0 => {
+                    kernel.power_cycle_adapter();
+                    removals.power_cycles += 1;
+                }
+                1 => {
+                    kernel.stop_adapter();
+                    removals.stops += 1;
+                    restart(kernel, shared, false);
+                }
+                _ => {}
+            }
             let surprise = rng.bool();
             removals.observe(kernel, shared, surprise, || {
                 if surprise {
@@ -258,7 +272,7 @@ fn cycles(
                 }
                 kernel.remove_adapter(|| {});
             });
-            restart(kernel, shared);
+            restart(kernel, shared, true);
             next += 1;
             continue;
         }
@@ -266,20 +280,21 @@ fn cycles(
     }
 }
 
-/// PnP adds the next adapter instance and starts it; a start refused for want of memory
-/// (low-resources simulation) is retried, as PnP would on the next enumeration.
-fn restart(kernel: &Kernel, shared: &Shared) {
-    if let Err(error) = kernel.add_adapter() {
+/// Starts the adapter again: after a removal PnP first adds a new adapter instance (`added`),
+/// after a PnP stop the same one restarts. A start refused for want of memory (low-resources
+/// simulation) is retried, as PnP would on the next enumeration.
+fn restart(kernel: &Kernel, shared: &Shared, added: bool) {
+    if added && let Err(error) = kernel.add_adapter() {
         return shared.fail(format!("adding a new adapter instance: {error}"));
     }
     for _ in 0..1000 {
         match kernel.start_adapter() {
             Ok(()) => return,
             Err(crate::port::StartError::NoMemory) if shared.fault_rate > 0.0 => continue,
-            Err(error) => return shared.fail(format!("starting the new adapter: {error}")),
+            Err(error) => return shared.fail(format!("starting the adapter: {error}")),
         }
     }
-    shared.fail("the new adapter never started (1000 attempts)".into());
+    shared.fail("the adapter never started again (1000 attempts)".into());
 }
 
 /// The end-of-run checks and the report.

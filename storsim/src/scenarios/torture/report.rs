@@ -31,6 +31,10 @@ pub struct Removals {
     /// The longest removal (IRP_MN_[SURPRISE_]REMOVAL to HwFreeAdapterResources).
     pub max_ms: u64,
     pub limit_ms: u64,
+    /// Cycles that first power-cycled the adapter (ScsiStopAdapter, ScsiRestartAdapter).
+    pub power_cycles: u64,
+    /// Cycles that first PnP-stopped and restarted it.
+    pub stops: u64,
 }
 
 impl Removals {
@@ -153,12 +157,15 @@ impl TortureReport {
             (
                 "removals",
                 format!(
-                    "{} ({} removal, {} surprise removal), longest {} ms (limit {} ms)",
+                    "{} ({} removal, {} surprise removal; the last ends the run), longest {} ms \
+                     (limit {} ms); before them {} power cycles, {} PnP stop/starts",
                     self.removals.regular + self.removals.surprise,
                     self.removals.regular,
                     self.removals.surprise,
                     self.removals.max_ms,
-                    self.removals.limit_ms
+                    self.removals.limit_ms,
+                    self.removals.power_cycles,
+                    self.removals.stops
                 ),
             ),
             (
