@@ -318,7 +318,7 @@ impl Kernel {
         input: &[u8],
         out_len: u32,
     ) -> Result<Arc<Request>, u32> {
-        let opened = {
+        let (process, instance, file_object) = {
             let handles = self.io.handles.lock().unwrap_or_else(|p| p.into_inner());
             let entry = handles.get(&handle).ok_or(STATUS_INVALID_HANDLE)?;
             // The access bits of the control code (CTL_CODE bits 14–15) are checked against
@@ -334,7 +334,6 @@ impl Kernel {
                 entry.file_object.as_ptr() as usize,
             )
         };
-        let (process, instance, file_object) = opened;
         if self.faults.fail(crate::faults::Site::IoAllocateIrp) {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
