@@ -39,7 +39,8 @@ enum Task {
     },
     /// Build revcall.sys and storsim's fixture drivers (target/fixtures), then run the whole
     /// test suite: unit, property, model (loom) and PE-image tests, clippy for the host and the
-    /// driver target, rustfmt.
+    /// driver target, rustfmt, the demo scenario, a short torture run, the systematic
+    /// low-resources run and the tester's self-test.
     Test,
 }
 
