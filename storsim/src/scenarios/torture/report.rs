@@ -236,7 +236,7 @@ impl Progress {
             let bar = indicatif::ProgressBar::new(total);
             bar.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:40}] {pos}/{len} ops ({per_sec}, eta {eta}) {msg}",
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} ops (eta {eta}) {msg}",
                 )
                 .expect("a valid template")
                 .progress_chars("=> "),
@@ -257,7 +257,8 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.set_position(done);
             bar.set_message(format!(
-                "removals {removals}/{}, failures {failures}",
+                "{:.0} ops/s, removals {removals}/{}, failures {failures}",
+                done as f64 / bar.elapsed().as_secs_f64().max(1e-3),
                 self.removals
             ));
         } else if self.lines {
