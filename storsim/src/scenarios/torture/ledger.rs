@@ -16,6 +16,8 @@ use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, WaitReply};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Path {
     Wait,
+    /// A WAIT of a flood past the parked cap.
+    Flood,
     Fire,
     Discover,
     Stats,
@@ -33,7 +35,8 @@ pub fn allowed(path: Path, status: u32, cancel_requested: bool, low_resources: b
         return true;
     }
     match path {
-        Path::Wait => {
+        Path::Flood if status == STATUS_QUOTA_EXCEEDED => true,
+        Path::Wait | Path::Flood => {
             status == STATUS_SUCCESS
                 || status == STATUS_DEVICE_REMOVED
                 || (status == STATUS_CANCELLED && cancel_requested)
@@ -362,6 +365,7 @@ mod tests {
         assert!(!allowed(Path::Wait, STATUS_CANCELLED, false, false));
         assert!(allowed(Path::Wait, STATUS_CANCELLED, true, false));
         assert!(!allowed(Path::Wait, STATUS_QUOTA_EXCEEDED, false, false));
+        assert!(allowed(Path::Flood, STATUS_QUOTA_EXCEEDED, true, false));
         assert!(allowed(Path::Fire, STATUS_DELETE_PENDING, false, false));
         assert!(!allowed(Path::Fire, STATUS_NOT_SUPPORTED, false, false));
         assert!(allowed(Path::Fire, STATUS_NOT_SUPPORTED, false, true));

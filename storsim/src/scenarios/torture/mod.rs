@@ -79,6 +79,7 @@ pub enum Op {
     Cancel,
     Close,
     Exit,
+    Flood,
     Malformed,
 }
 
@@ -92,6 +93,7 @@ impl Op {
             Op::Cancel => "cancel-io",
             Op::Close => "close-handle",
             Op::Exit => "process-exit",
+            Op::Flood => "flood",
             Op::Malformed => "malformed",
         }
     }

@@ -19,6 +19,10 @@ use crate::scenarios::client::{Channel, PROMPT};
 /// Waiters (handles with a WAIT of their own) per emulated CPU.
 const WAITERS: usize = 3;
 
+/// WAITs a flood sends at once: more than the driver parks per adapter (1024), so the cap is
+/// reached whenever events are quiet long enough.
+const FLOOD: usize = 1024 + 16;
+
 /// Process ids handed out to the torture's user processes.
 static NEXT_PROCESS: AtomicU32 = AtomicU32::new(10_000);
 
@@ -131,6 +135,7 @@ impl<'a> Worker<'a> {
                 58..63 => self.stats(),
                 63..75 => self.cancel(),
                 75..78 => self.close_handle(),
+                78 if self.rng.u32(0..200) == 0 => self.flood(),
                 78 => self.exit_process(),
                 _ => self.malformed(),
             }
@@ -485,6 +490,33 @@ impl<'a> Worker<'a> {
             ));
         }
         self.reap(w);
+    }
+
+    /// A flood of WAITs on a new handle, more than the adapter's parked cap, then CancelIoEx of
+    /// all of them: each ends with an event (other CPUs keep firing), cancelled, refused
+    /// QUOTA_EXCEEDED past the cap, or by a removal; none is lost, each completes once.
+    fn flood(&mut self) {
+        self.count(Op::Flood);
+        let channel = Channel::open(self.kernel, self.processes[0]);
+        let next = revcall_protocol::Request::Wait {
+            cursor: CURSOR_NOW,
+            max_events: 1,
+        };
+        let sent: Vec<_> = (0..FLOOD)
+            .filter_map(|_| self.send(channel.handle, &next, 64))
+            .collect();
+        self.kernel.cancel_io(channel.handle, None);
+        for request in &sent {
+            if request.wait(self.kernel.config.cancel_limit).is_none() {
+                self.fail(format!(
+                    "flooding WAIT #{} not completed {} ms after CancelIoEx",
+                    request.id,
+                    self.kernel.config.cancel_limit.as_millis()
+                ));
+            }
+            self.settle(Path::Flood, request, true);
+        }
+        channel.close();
     }
 
     /// CloseHandle with the WAIT in flight: no cleanup reaches a miniport, so the WAIT stays
