@@ -507,3 +507,31 @@ fn a_new_adapter_after_removal_starts_fresh_and_works() {
     }
     finish(harness);
 }
+
+#[test]
+fn a_handle_to_a_removed_adapter_stays_dead_and_a_new_one_waits_for_the_start() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    let old = Channel::open(&kernel, 1);
+    old.fire(1, 1).expect("FIRE on the first adapter");
+    kernel.remove_adapter(|| {});
+    kernel.add_adapter().expect("the driver stays loaded");
+    // Added, not started: its FDO refuses until START_DEVICE completes.
+    let early = Channel::open(&kernel, 2);
+    let refused = early
+        .send(&revcall_protocol::Request::Stats, 256)
+        .wait(PROMPT);
+    assert_eq!(refused.map(|o| o.status), Some(STATUS_DELETE_PENDING));
+    kernel.start_adapter().expect("a fresh adapter starts");
+    // The handle of the removed adapter reaches its deleted FDO, never the new adapter.
+    let stale = old
+        .send(&revcall_protocol::Request::Stats, 256)
+        .wait(PROMPT);
+    assert_eq!(stale.map(|o| o.status), Some(STATUS_DELETE_PENDING));
+    let fresh = Channel::open(&kernel, 3);
+    assert_eq!(fresh.stats().expect("STATS on a new handle").parked_now, 0);
+    for channel in [old, early, fresh] {
+        channel.close();
+    }
+    finish(harness);
+}
