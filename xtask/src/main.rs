@@ -30,6 +30,13 @@ enum Task {
         #[arg(last = true)]
         storsim_args: Vec<String>,
     },
+    /// Measure the channel: build revcall.sys and the floor fixture, run `storsim bench`
+    /// (throughput against the floor, latency, instructions per operation under callgrind,
+    /// memory); arguments after `--` go to storsim bench (e.g. `-- --json`, `-- --no-cost`).
+    Bench {
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
     /// Build revcall.sys and storsim's fixture drivers (target/fixtures), then run the whole
     /// test suite: unit, property, model (loom) and PE-image tests, clippy for the host and the
     /// driver target, rustfmt.
@@ -54,6 +61,25 @@ fn main() -> Result<()> {
         Task::TesterExe => {
             let exe = build_tester_exe()?;
             println!("revcall-tester.exe: {}", exe.display());
+        }
+        Task::Bench { bench_args } => {
+            let sys = build_driver()?;
+            let floor = build_fixtures()?.join("floor.sys");
+            let wants_cost = !bench_args.iter().any(|a| a == "--no-cost");
+            if wants_cost && !have("valgrind") {
+                bail!(
+                    "the instruction counts need valgrind (apt-get install valgrind), \
+                     or pass `-- --no-cost`"
+                );
+            }
+            run(
+                "storsim bench: revcall.sys against the floor fixture",
+                storsim(&["bench"])
+                    .arg(&sys)
+                    .arg("--floor")
+                    .arg(floor)
+                    .args(bench_args),
+            )?;
         }
         Task::Test => test()?,
     }
@@ -306,7 +332,12 @@ fn build_tester_exe() -> Result<PathBuf> {
 
 /// Whether the mingw-w64 linker is installed (.ci/run installs it when it can).
 fn have_mingw() -> bool {
-    Command::new(MINGW_LINKER)
+    have(MINGW_LINKER)
+}
+
+/// Whether `program --version` runs.
+fn have(program: &str) -> bool {
+    Command::new(program)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
@@ -350,20 +381,19 @@ fn selftest_passes(sys: &Path) -> Result<()> {
     Ok(())
 }
 
-/// `storsim run <sys>` from a release build of storsim; the caller adds the options.
-fn storsim_run(sys: &Path) -> Command {
+/// `storsim <subcommand…>` from a release build of storsim; the caller adds the rest.
+fn storsim(subcommand: &[&str]) -> Command {
     let mut command = cargo();
     command
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "--package",
-            "storsim",
-            "--",
-            "run",
-        ])
-        .arg(sys);
+        .args(["run", "--quiet", "--release", "--package", "storsim", "--"])
+        .args(subcommand);
+    command
+}
+
+/// `storsim run <sys>`; the caller adds the options.
+fn storsim_run(sys: &Path) -> Command {
+    let mut command = storsim(&["run"]);
+    command.arg(sys);
     command
 }
 

@@ -137,7 +137,7 @@ fn take(
     let delivery = waiter
         .delivery(&outcome)
         .map_err(|status| BenchError::Unexpected(format!("a WAIT reply: {status:#x}")))?;
-    let mut expected = (*cursor != CURSOR_NOW).then_some(*cursor + 1);
+    let mut expected = (*cursor != CURSOR_NOW).then(|| *cursor + 1);
     for event in &delivery.events {
         if expected.is_some_and(|e| e != event.seq) || delivery.reply.lost != 0 {
             return Err(BenchError::Unexpected(format!(
