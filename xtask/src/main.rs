@@ -281,6 +281,7 @@ fn test() -> Result<()> {
     )?;
     demo_is_clean(&sys)?;
     selftest_passes(&sys)?;
+    bench_runs(&sys, &fixtures.join("floor.sys"))?;
     if have_mingw() {
         build_tester_exe()?;
     } else {
@@ -395,6 +396,75 @@ fn storsim_run(sys: &Path) -> Command {
     let mut command = storsim(&["run"]);
     command.arg(sys);
     command
+}
+
+/// A short `storsim bench --json`: every figure is produced, and the driver's instruction counts
+/// (deterministic, unlike wall time) stay within the targets. Without valgrind only the
+/// throughput and latency scripts run.
+fn bench_runs(sys: &Path, floor: &Path) -> Result<()> {
+    let cost = have("valgrind");
+    eprintln!(
+        "==> storsim bench (short, --json{})",
+        if cost {
+            ""
+        } else {
+            ", --no-cost: valgrind missing"
+        }
+    );
+    let mut command = storsim(&["bench"]);
+    command.arg(sys).arg("--floor").arg(floor).args([
+        "--irps",
+        "500",
+        "--reps",
+        "1",
+        "--samples",
+        "50",
+        "--json",
+    ]);
+    if !cost {
+        command.arg("--no-cost");
+    }
+    let output = command.output().context("running storsim bench")?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).with_context(|| {
+        format!(
+            "storsim bench printed no JSON report: {}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })?;
+    let rows = report["throughput"].as_array().map_or(0, Vec::len);
+    let rates_ok = report["throughput"].as_array().is_some_and(|rows| {
+        rows.iter().all(|r| {
+            r["revcall_events_per_s"].as_f64().is_some_and(|v| v > 0.0)
+                && r["floor_events_per_s"].as_f64().is_some_and(|v| v > 0.0)
+        })
+    });
+    let headline = &report["headline"];
+    eprintln!(
+        "    {}",
+        String::from_utf8_lossy(&output.stderr)
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
+    if !output.status.success() || rows != 6 || !rates_ok {
+        bail!(
+            "storsim bench did not measure every case:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if cost {
+        let event = headline["instr_per_event"].as_f64().unwrap_or(f64::MAX);
+        let park = headline["instr_per_park"].as_f64().unwrap_or(f64::MAX);
+        let growth = headline["cancel_growth"].as_f64().unwrap_or(f64::MAX);
+        if event > 300.0 || park > 200.0 || !(1.0 / 1.1..=1.1).contains(&growth) {
+            bail!(
+                "the driver's instruction counts exceed their targets: {event} per event per \
+                 waiter (≤ 300), {park} per park (≤ 200), cancel growth {growth} (within 10%)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// The main job's scenario, as a test: `storsim run revcall.sys --scenario demo --json` on
