@@ -117,10 +117,17 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
 }
 
 fn finish(request: &Request) -> Result<crate::io::Outcome, BenchError> {
-    request
-        .wait(PROMPT)
-        .filter(|o| o.status == 0)
-        .ok_or_else(|| BenchError::Unexpected(format!("request {} did not succeed", request.id)))
+    match request.wait(PROMPT) {
+        Some(outcome) if outcome.status == 0 => Ok(outcome),
+        Some(outcome) => Err(BenchError::Unexpected(format!(
+            "request {} completed with {:#010x}: is this driver the one the script expects?",
+            request.id, outcome.status
+        ))),
+        None => Err(BenchError::Unexpected(format!(
+            "request {} did not complete within {PROMPT:?}",
+            request.id
+        ))),
+    }
 }
 
 /// Collects a completed WAIT: revcall's events must continue the waiter's sequence exactly.
