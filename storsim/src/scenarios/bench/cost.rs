@@ -78,13 +78,14 @@ pub fn phases(driver: &Path) -> Result<Plan, BenchError> {
         phase_boundary();
         plan.phases.push(Phase { op, parked });
     };
-    let firer = Channel::open(&kernel, 1);
-    let waiter = Channel::open(&kernel, 2);
     for (round, &size) in SIZES.iter().enumerate() {
         if round > 0 {
             kernel.add_adapter()?;
             kernel.start_adapter()?;
         }
+        // A handle belongs to the adapter instance it was opened on, as on Windows.
+        let firer = Channel::open(&kernel, 1);
+        let waiter = Channel::open(&kernel, 2);
         let mut parked = park(&waiter, size.saturating_sub(1));
         if size > 0 {
             measure(Op::Park, size, &mut || {
@@ -118,9 +119,9 @@ pub fn phases(driver: &Path) -> Result<Plan, BenchError> {
                 )));
             }
         }
+        firer.close();
+        waiter.close();
     }
-    firer.close();
-    waiter.close();
     super::clean(harness.finish())?;
     Ok(plan)
 }
