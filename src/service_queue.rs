@@ -17,7 +17,7 @@
 //! Why slots rather than `LIST_ENTRY`s through the IRPs: the table is plain safe Rust, a cancel
 //! finds its slot in O(1) with no list walk, a stale or foreign IRP pointer reaching the cancel
 //! path is detected (the slot holds another IRP) instead of corrupting a list, and the parked
-//! cap is the table's size. The cost is 24 bytes of device extension per slot.
+//! cap is the table's size. The cost is 31 bytes of device extension per slot.
 
 /// Parked WAITs per adapter. Beyond it a WAIT fails with STATUS_QUOTA_EXCEEDED.
 pub const PARK_CAP: usize = 1024;
@@ -63,53 +63,52 @@ enum SlotState {
     Orphaned = 2,
 }
 
+/// A FIFO node, like a `LIST_ENTRY` but with 16-bit indices into [`ServiceQueue::links`].
 #[derive(Clone, Copy)]
 struct Link {
-    /// Slot index + 1 of the neighbours; 0 is "none".
     prev: u16,
     next: u16,
-    state: SlotState,
 }
+
+/// `links[SENTINEL]` is the list head (`LIST_ENTRY ListHead`); slot `s` is `links[s + 1]`.
+/// A circular list through a sentinel makes insert and unlink the same few stores wherever
+/// the node is, so a cancel costs the same with 1 or 1024 parked (no head/tail special cases).
+const SENTINEL: usize = 0;
 
 /// # Invariants
 ///
-/// * `irps[i].is_some()` ⇔ `links[i].state != Free`.
-/// * The FIFO from `head` through `next` visits exactly the `Parked` slots; `parked` counts them.
+/// * `irps[i].is_some()` ⇔ `state[i] != Free`.
+/// * The circular list from `links[SENTINEL]` through `next` visits exactly the `Parked` slots
+///   (node `i + 1` for slot `i`), `prev` mirrors `next`; `parked` counts them.
 /// * Slots `0..high_water` not in use are on the `free` stack; slots `high_water..` were never used.
-/// * All-zero bytes are the empty queue (`Option<I>` is null-pointer optimized for the driver's
-///   IRP handle), which is how the Windows device extension starts.
+/// * All-zero bytes are the empty queue: the sentinel linked to itself, every slot free
+///   (`Option<I>` is null-pointer optimized for the driver's IRP handle), which is how the
+///   Windows device extension starts.
 pub struct ServiceQueue<I> {
     irps: [Option<I>; PARK_CAP],
     waiters: [Waiter; PARK_CAP],
-    links: [Link; PARK_CAP],
+    links: [Link; PARK_CAP + 1],
+    state: [SlotState; PARK_CAP],
     free: [u16; PARK_CAP],
     free_len: u16,
     high_water: u16,
-    head: u16,
-    tail: u16,
     parked: u16,
     peak: u16,
 }
 
 impl<I: Parkable> ServiceQueue<I> {
     pub const fn new() -> Self {
-        const FREE: Link = Link {
-            prev: 0,
-            next: 0,
-            state: SlotState::Free,
-        };
         Self {
             irps: [const { None }; PARK_CAP],
             waiters: [Waiter {
                 cursor: 0,
                 max_events: 0,
             }; PARK_CAP],
-            links: [FREE; PARK_CAP],
+            links: [Link { prev: 0, next: 0 }; PARK_CAP + 1],
+            state: [SlotState::Free; PARK_CAP],
             free: [0; PARK_CAP],
             free_len: 0,
             high_water: 0,
-            head: 0,
-            tail: 0,
             parked: 0,
             peak: 0,
         }
@@ -147,7 +146,7 @@ impl<I: Parkable> ServiceQueue<I> {
             }
             // IoCancelIrp took the routine: it is waiting for this lock to take the IRP.
             self.irps[slot] = Some(irp);
-            self.links[slot].state = SlotState::Orphaned;
+            self.state[slot] = SlotState::Orphaned;
             return Ok(());
         }
         self.irps[slot] = Some(irp);
@@ -160,7 +159,7 @@ impl<I: Parkable> ServiceQueue<I> {
     /// cancellation has started.
     pub fn pop_front_if(&mut self, ready: impl Fn(&Waiter) -> bool) -> Option<(I, Waiter)> {
         loop {
-            let slot = usize::from(self.head.checked_sub(1)?);
+            let slot = usize::from(self.links[SENTINEL].next.checked_sub(1)?);
             if !ready(&self.waiters[slot]) {
                 return None;
             }
@@ -172,7 +171,7 @@ impl<I: Parkable> ServiceQueue<I> {
                 self.release(slot);
                 return Some((irp, waiter));
             }
-            self.links[slot].state = SlotState::Orphaned;
+            self.state[slot] = SlotState::Orphaned;
         }
     }
 
@@ -185,7 +184,7 @@ impl<I: Parkable> ServiceQueue<I> {
         if self.irps.get(slot)?.as_ref()?.id() != id {
             return None;
         }
-        if self.links[slot].state == SlotState::Parked {
+        if self.state[slot] == SlotState::Parked {
             self.unlink(slot);
         }
         let irp = self.irps[slot].take();
@@ -206,42 +205,32 @@ impl<I: Parkable> ServiceQueue<I> {
     }
 
     fn release(&mut self, slot: usize) {
-        self.links[slot].state = SlotState::Free;
+        self.state[slot] = SlotState::Free;
         self.free[usize::from(self.free_len)] = slot as u16;
         self.free_len += 1;
     }
 
+    /// InsertTailList.
     fn link_tail(&mut self, slot: usize) {
         let me = slot as u16 + 1;
-        self.links[slot] = Link {
-            prev: self.tail,
-            next: 0,
-            state: SlotState::Parked,
+        let tail = self.links[SENTINEL].prev;
+        self.links[usize::from(me)] = Link {
+            prev: tail,
+            next: SENTINEL as u16,
         };
-        match self.tail.checked_sub(1) {
-            Some(tail) => self.links[usize::from(tail)].next = me,
-            None => self.head = me,
-        }
-        self.tail = me;
+        self.links[usize::from(tail)].next = me;
+        self.links[SENTINEL].prev = me;
+        self.state[slot] = SlotState::Parked;
         self.parked += 1;
         self.peak = self.peak.max(self.parked);
     }
 
+    /// RemoveEntryList; the slot is left `Orphaned` until it is taken.
     fn unlink(&mut self, slot: usize) {
-        let Link { prev, next, .. } = self.links[slot];
-        match prev.checked_sub(1) {
-            Some(p) => self.links[usize::from(p)].next = next,
-            None => self.head = next,
-        }
-        match next.checked_sub(1) {
-            Some(n) => self.links[usize::from(n)].prev = prev,
-            None => self.tail = prev,
-        }
-        self.links[slot] = Link {
-            prev: 0,
-            next: 0,
-            state: SlotState::Orphaned,
-        };
+        let Link { prev, next } = self.links[slot + 1];
+        self.links[usize::from(prev)].next = next;
+        self.links[usize::from(next)].prev = prev;
+        self.state[slot] = SlotState::Orphaned;
         self.parked -= 1;
     }
 
@@ -249,11 +238,11 @@ impl<I: Parkable> ServiceQueue<I> {
     #[cfg(test)]
     pub fn assert_valid(&self) {
         let mut seen = 0;
-        let mut prev = 0u16;
-        let mut at = self.head;
+        let mut prev = SENTINEL as u16;
+        let mut at = self.links[SENTINEL].next;
         while let Some(slot) = at.checked_sub(1) {
-            let link = self.links[usize::from(slot)];
-            assert_eq!(link.state, SlotState::Parked);
+            let link = self.links[usize::from(at)];
+            assert_eq!(self.state[usize::from(slot)], SlotState::Parked);
             assert_eq!(link.prev, prev);
             assert!(self.irps[usize::from(slot)].is_some());
             seen += 1;
@@ -261,10 +250,16 @@ impl<I: Parkable> ServiceQueue<I> {
             prev = at;
             at = link.next;
         }
-        assert_eq!(self.tail, prev);
+        assert_eq!(self.links[SENTINEL].prev, prev);
         assert_eq!(seen, self.len());
+        let parked = self
+            .state
+            .iter()
+            .filter(|&&s| s == SlotState::Parked)
+            .count();
+        assert_eq!(parked, seen);
         let in_use = (0..usize::from(self.high_water))
-            .filter(|&s| self.links[s].state != SlotState::Free)
+            .filter(|&s| self.state[s] != SlotState::Free)
             .count();
         assert_eq!(
             in_use + usize::from(self.free_len),
@@ -273,7 +268,7 @@ impl<I: Parkable> ServiceQueue<I> {
         for slot in 0..PARK_CAP {
             assert_eq!(
                 self.irps[slot].is_some(),
-                self.links[slot].state != SlotState::Free
+                self.state[slot] != SlotState::Free
             );
         }
     }
@@ -408,6 +403,23 @@ pub(crate) mod tests {
         assert_eq!(irp.id, 2);
         q.assert_valid();
         assert_eq!(drain(&mut q), [1, 3]);
+    }
+
+    #[test]
+    fn cancel_unlinks_the_only_the_first_a_middle_and_the_last_alike() {
+        for victim in [0usize, 1, 2, 3] {
+            let mut q = ServiceQueue::new();
+            let count = if victim == 0 { 1 } else { 4 };
+            for id in 0..count {
+                q.park(Mock::new(id), waiter(0)).unwrap();
+            }
+            let victim = victim.min(count - 1);
+            assert_eq!(q.take_cancelled(victim as u16, victim).unwrap().id, victim);
+            q.assert_valid();
+            let rest: Vec<usize> = (0..count).filter(|&id| id != victim).collect();
+            assert_eq!(drain(&mut q), rest);
+            q.assert_valid();
+        }
     }
 
     #[test]

@@ -91,6 +91,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure the channel: throughput against the floor fixture, latency, the driver's cost
+    /// in instructions (callgrind) and memory; tables, then one summary line.
+    Bench {
+        /// revcall.sys.
+        driver: PathBuf,
+        /// The floor fixture (target/fixtures/floor.sys): completes every service IRP at once.
+        #[arg(long)]
+        floor: PathBuf,
+        /// IRPs each throughput run sends.
+        #[arg(long, default_value_t = 20_000)]
+        irps: u64,
+        /// Runs per driver and case (the best counts).
+        #[arg(long, default_value_t = 3)]
+        reps: usize,
+        /// Latency samples per measurement.
+        #[arg(long, default_value_t = 2000)]
+        samples: usize,
+        /// Skip the instruction counts (no valgrind needed).
+        #[arg(long)]
+        no_cost: bool,
+        /// One JSON object (then the summary line on stderr).
+        #[arg(long)]
+        json: bool,
+    },
+    /// The single operations `bench` counts under callgrind; prints where the driver lies and
+    /// which phases ran (JSON). Run by `bench`, not by hand.
+    #[command(hide = true)]
+    CostPhases { driver: PathBuf },
     /// List the routines storsim provides to drivers.
     Exports,
 }
@@ -181,6 +209,53 @@ pub fn run(cli: Cli) -> i32 {
                 report.reproduce = Some(smaller.command());
             }
             emit(json, report.passed, || report.json(), || report.text())
+        }
+        Command::Bench {
+            driver,
+            floor,
+            irps,
+            reps,
+            samples,
+            no_cost,
+            json,
+        } => {
+            report_panics();
+            let options = scenarios::bench::Options {
+                driver,
+                floor,
+                irps,
+                reps,
+                samples,
+                cost: !no_cost,
+            };
+            match scenarios::bench::run(&options, &mut |step| eprintln!("bench: {step}")) {
+                Ok(report) if json => {
+                    println!("{}", report.json());
+                    eprintln!("{}", report.summary_line());
+                    0
+                }
+                Ok(report) => {
+                    print!("{}", report.text());
+                    0
+                }
+                Err(error) => {
+                    eprintln!("storsim bench: {error}");
+                    1
+                }
+            }
+        }
+        Command::CostPhases { driver } => {
+            report_panics();
+            match scenarios::bench::cost::phases(&driver) {
+                Ok(plan) => {
+                    println!("{}", serde_json::to_string(&plan).unwrap_or_default());
+                    0
+                }
+                Err(error) => {
+                    eprintln!("storsim cost-phases: {error}");
+                    1
+                }
+            }
         }
         Command::Run {
             driver,

@@ -37,6 +37,13 @@ enum Task {
         #[arg(last = true)]
         storsim_args: Vec<String>,
     },
+    /// Measure the channel: build revcall.sys and the floor fixture, run `storsim bench`
+    /// (throughput against the floor, latency, instructions per operation under callgrind,
+    /// memory); arguments after `--` go to storsim bench (e.g. `-- --json`, `-- --no-cost`).
+    Bench {
+        #[arg(last = true)]
+        bench_args: Vec<String>,
+    },
     /// Build revcall.sys and storsim's fixture drivers (target/fixtures), then run the whole
     /// test suite: unit, property, model (loom) and PE-image tests, clippy for the host and the
     /// driver target, rustfmt, the demo scenario, a short torture run, the systematic
@@ -68,12 +75,31 @@ fn main() -> Result<()> {
             };
             run(
                 "storsim torture: revcall.sys",
-                storsim(&sys, "torture").args(args),
+                storsim(&["torture"]).arg(&sys).args(args),
             )?;
         }
         Task::TesterExe => {
             let exe = build_tester_exe()?;
             println!("revcall-tester.exe: {}", exe.display());
+        }
+        Task::Bench { bench_args } => {
+            let sys = build_driver()?;
+            let floor = build_fixtures()?.join("floor.sys");
+            let wants_cost = !bench_args.iter().any(|a| a == "--no-cost");
+            if wants_cost && !have("valgrind") {
+                bail!(
+                    "the instruction counts need valgrind (apt-get install valgrind), \
+                     or pass `-- --no-cost`"
+                );
+            }
+            run(
+                "storsim bench: revcall.sys against the floor fixture",
+                storsim(&["bench"])
+                    .arg(&sys)
+                    .arg("--floor")
+                    .arg(floor)
+                    .args(bench_args),
+            )?;
         }
         Task::Test => test()?,
     }
@@ -277,6 +303,7 @@ fn test() -> Result<()> {
     torture_is_clean(&sys)?;
     faults_are_handled(&sys)?;
     selftest_passes(&sys)?;
+    bench_runs(&sys, &fixtures.join("floor.sys"))?;
     if have_mingw() {
         build_tester_exe()?;
     } else {
@@ -328,7 +355,12 @@ fn build_tester_exe() -> Result<PathBuf> {
 
 /// Whether the mingw-w64 linker is installed (.ci/run installs it when it can).
 fn have_mingw() -> bool {
-    Command::new(MINGW_LINKER)
+    have(MINGW_LINKER)
+}
+
+/// Whether `program --version` runs.
+fn have(program: &str) -> bool {
+    Command::new(program)
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success())
@@ -367,6 +399,86 @@ fn selftest_passes(sys: &Path) -> Result<()> {
     Ok(())
 }
 
+/// `storsim <subcommand…>` from a release build of storsim; the caller adds the rest.
+fn storsim(subcommand: &[&str]) -> Command {
+    let mut command = cargo();
+    command
+        .args(["run", "--quiet", "--release", "--package", "storsim", "--"])
+        .args(subcommand);
+    command
+}
+
+/// `storsim run <sys>`; the caller adds the options.
+fn storsim_run(sys: &Path) -> Command {
+    let mut command = storsim(&["run"]);
+    command.arg(sys);
+    command
+}
+
+/// A short `storsim bench --json`: every figure is produced, and the driver's instruction counts
+/// (deterministic, unlike wall time) stay within the targets. Without valgrind only the
+/// throughput and latency scripts run.
+fn bench_runs(sys: &Path, floor: &Path) -> Result<()> {
+    let cost = have("valgrind");
+    eprintln!(
+        "==> storsim bench (short, --json{})",
+        if cost {
+            ""
+        } else {
+            ", --no-cost: valgrind missing"
+        }
+    );
+    let mut command = storsim(&["bench"]);
+    command.arg(sys).arg("--floor").arg(floor).args([
+        "--irps",
+        "500",
+        "--reps",
+        "1",
+        "--samples",
+        "50",
+        "--json",
+    ]);
+    if !cost {
+        command.arg("--no-cost");
+    }
+    let output = command.output().context("running storsim bench")?;
+    let report = json_report(&output, "storsim bench")?;
+    let rows = report["throughput"].as_array().map_or(0, Vec::len);
+    let rates_ok = report["throughput"].as_array().is_some_and(|rows| {
+        rows.iter().all(|r| {
+            r["revcall_events_per_s"].as_f64().is_some_and(|v| v > 0.0)
+                && r["floor_events_per_s"].as_f64().is_some_and(|v| v > 0.0)
+        })
+    });
+    let headline = &report["headline"];
+    eprintln!(
+        "    {}",
+        String::from_utf8_lossy(&output.stderr)
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap_or("")
+    );
+    if !output.status.success() || rows != 6 || !rates_ok {
+        bail!(
+            "storsim bench did not measure every case:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    if cost {
+        let event = headline["instr_per_event"].as_f64().unwrap_or(f64::MAX);
+        let park = headline["instr_per_park"].as_f64().unwrap_or(f64::MAX);
+        let growth = headline["cancel_growth"].as_f64().unwrap_or(f64::MAX);
+        if event > 300.0 || park > 200.0 || !(1.0 / 1.1..=1.1).contains(&growth) {
+            bail!(
+                "the driver's instruction counts exceed their targets: {event} per event per \
+                 waiter (≤ 300), {park} per park (≤ 200), cancel growth {growth} (within 10%)"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// The one JSON object `tool` printed on stdout.
 fn json_report(output: &std::process::Output, tool: &str) -> Result<serde_json::Value> {
     serde_json::from_slice(&output.stdout).with_context(|| {
@@ -377,28 +489,6 @@ fn json_report(output: &std::process::Output, tool: &str) -> Result<serde_json::
     })
 }
 
-/// `storsim <subcommand> <sys>` from a release build of storsim; the caller adds the options.
-fn storsim(sys: &Path, subcommand: &str) -> Command {
-    let mut command = cargo();
-    command
-        .args([
-            "run",
-            "--quiet",
-            "--release",
-            "--package",
-            "storsim",
-            "--",
-            subcommand,
-        ])
-        .arg(sys);
-    command
-}
-
-/// `storsim run <sys>`.
-fn storsim_run(sys: &Path) -> Command {
-    storsim(sys, "run")
-}
-
 /// The full run docs/RELIABILITY.md reports (`cargo xtask torture`).
 const FULL_TORTURE: [&str; 6] = ["--cpus", "4", "--ops", "1000000", "--removals", "100"];
 
@@ -406,7 +496,8 @@ const FULL_TORTURE: [&str; 6] = ["--cpus", "4", "--ops", "1000000", "--removals"
 /// must pass with no violation, no broken invariant and nothing outstanding.
 fn torture_is_clean(sys: &Path) -> Result<()> {
     eprintln!("==> storsim torture: revcall.sys, 4 CPUs, 20000 ops, 5 removals, --json");
-    let output = storsim(sys, "torture")
+    let output = storsim(&["torture"])
+        .arg(sys)
         .args([
             "--cpus",
             "4",
@@ -448,7 +539,8 @@ fn torture_is_clean(sys: &Path) -> Result<()> {
 /// The systematic low-resources run: every fallible site the driver reaches fails once.
 fn faults_are_handled(sys: &Path) -> Result<()> {
     eprintln!("==> storsim faults: revcall.sys, each fallible site failing once");
-    let output = storsim(sys, "faults")
+    let output = storsim(&["faults"])
+        .arg(sys)
         .output()
         .context("running storsim faults")?;
     eprint!("{}", String::from_utf8_lossy(&output.stdout));

@@ -24,7 +24,7 @@
 //! Linux caps a process at `vm.max_map_count` VMAs (65530 by default). A live block costs two
 //! (read-write data, no-access guard), a quarantined or spare one at most two (neighbouring
 //! no-access mappings usually merge into one), and the quarantine and spare list are bounded,
-//! so the pool holds at most `2 × (live + quarantine_blocks + SPARE_BLOCKS)` VMAs: 8320 plus two
+//! so the pool holds at most `2 × (live + quarantine_blocks + SPARE_BLOCKS)` VMAs: 10240 plus two
 //! per live block with the default limits, however many millions of IRPs a run allocates.
 //!
 //! # Cost

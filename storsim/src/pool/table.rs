@@ -15,7 +15,11 @@ use super::BlockInfo;
 use super::region::Region;
 
 /// Spare mappings (evicted from the quarantine, all `PROT_NONE`) kept for reuse, at most.
-pub const SPARE_BLOCKS: usize = 64;
+/// Enough for a burst of 512 completed WAITs (an IRP and a SystemBuffer each) to be
+/// allocated again without an `mmap` each: with 64 spares, 64 waiters re-arming
+/// at once cost storsim an `munmap` + `mmap` per block beyond the 64th, which made revcall look
+/// 25% slower than the floor in `storsim bench` for storsim's own reason.
+pub const SPARE_BLOCKS: usize = 1024;
 
 /// Only mappings with at most this many bytes of data pages are kept as spares: the common
 /// sizes (IRPs, small buffers, driver structures) are recycled, big buffers are returned.

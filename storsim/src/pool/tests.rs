@@ -368,7 +368,9 @@ fn quarantine_is_bounded() {
         quarantine_bytes: 64 << 20,
     };
     let pool = Pool::with_limits(limits);
-    let blocks: Vec<_> = (0..300)
+    // Enough that the quarantine evicts more than the spare list keeps.
+    let count = limits.quarantine_blocks + SPARE_BLOCKS + 100;
+    let blocks: Vec<_> = (0..count)
         .map(|_| pool.allocate(50, TAG, Owner::Driver).unwrap())
         .collect();
     for &block in &blocks {
@@ -377,7 +379,7 @@ fn quarantine_is_bounded() {
     assert_eq!(pool.table().quarantined(), 100);
     assert_eq!(pool.table().spares(), SPARE_BLOCKS);
     // The newest 100 are still caught; the oldest are forgotten.
-    let newest = blocks[299];
+    let newest = blocks[count - 1];
     let addr = newest as usize;
     assert_eq!(pool.free(newest, None), Err(PoolError::DoubleFree { addr }));
     assert!(matches!(

@@ -2,6 +2,7 @@
 //! and benchmarks drive. Each boots a fresh kernel, loads the driver, runs its script and
 //! unloads it; the [`Summary`] says what happened and whether the verifier is content.
 
+pub mod bench;
 pub mod client;
 mod demo;
 pub mod faults;
@@ -97,7 +98,7 @@ pub type KernelRef = Arc<Kernel>;
 pub struct Harness {
     pub kernel: Arc<Kernel>,
     session: Option<crate::kernel::Session>,
-    _driver: crate::driver::Driver,
+    driver: crate::driver::Driver,
 }
 
 impl Harness {
@@ -113,8 +114,13 @@ impl Harness {
         Ok(Self {
             kernel,
             session: Some(session),
-            _driver: loaded,
+            driver: loaded,
         })
+    }
+
+    /// The loaded image: where the driver's own code lies.
+    pub fn image(&self) -> &crate::loader::Image {
+        self.driver.image()
     }
 
     /// Removes the adapter if the script has not, unloads, and summarises the run.

@@ -1,0 +1,322 @@
+//! The driver's cost per operation, in instructions the driver image itself executes.
+//!
+//! Wall time on a shared machine is noise; instruction counts are not. storsim runs a script of
+//! single operations ([`phases`]) under `valgrind --tool=callgrind`, which dumps a profile
+//! at every [`phase_boundary`], before and after each phase; each phase's profile is summed over the
+//! driver image's addresses ([`super::callgrind`]). What the driver calls into (storsim's
+//! emulated Storport and ntoskrnl, whose cost is the emulator's, not Windows') is not counted;
+//! inline WDK helpers compiled into the driver are.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use revcall_protocol::{CURSOR_NOW, WaitFlags};
+use serde::{Deserialize, Serialize};
+
+use super::{BenchError, quiet_config};
+use crate::io::{Request, STATUS_CANCELLED};
+use crate::scenarios::Harness;
+use crate::scenarios::client::{Channel, PROMPT};
+
+/// Parked waiters at which each operation is measured.
+pub const SIZES: [usize; 6] = [0, 1, 8, 64, 256, 1024];
+
+/// The operation a phase performs once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Op {
+    /// One WAIT parks, joining `parked - 1` others.
+    Park,
+    /// One of `parked` WAITs is cancelled (CancelIoEx → the driver's cancel routine).
+    Cancel,
+    /// One FIRE, delivered to `parked` waiters (one event each).
+    Fire,
+    /// Removal (HwCompleteServiceIrp … HwFreeAdapterResources) with `parked` WAITs parked.
+    Remove,
+}
+
+/// One measured phase, in the order the profiles were dumped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    pub op: Op,
+    pub parked: usize,
+}
+
+/// What the measured child reports: where the driver lies and which phases it ran.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Plan {
+    pub image_start: u64,
+    pub image_end: u64,
+    pub phases: Vec<Phase>,
+}
+
+/// Where callgrind dumps a profile (`--dump-before` names it): called right before and right
+/// after each measured phase, so every other profile holds exactly one phase.
+#[inline(never)]
+pub fn phase_boundary() {
+    std::hint::black_box(());
+}
+
+/// The measured script (run by `storsim cost-phases`, under callgrind): for every size in
+/// [`SIZES`], on a fresh adapter, one park, one cancel, one FIRE and the removal.
+///
+/// # Errors
+///
+/// The driver does not start, or an operation does not end as the channel promises.
+pub fn phases(driver: &Path) -> Result<Plan, BenchError> {
+    let harness = Harness::start(driver, quiet_config())?;
+    let kernel = harness.kernel.clone();
+    let image = harness.image();
+    let mut plan = Plan {
+        image_start: image.base() as u64,
+        image_end: (image.base() + image.size()) as u64,
+        phases: Vec::new(),
+    };
+    let mut measure = |op, parked, phase: &mut dyn FnMut()| {
+        phase_boundary();
+        phase();
+        phase_boundary();
+        plan.phases.push(Phase { op, parked });
+    };
+    for (round, &size) in SIZES.iter().enumerate() {
+        if round > 0 {
+            kernel.add_adapter()?;
+            kernel.start_adapter()?;
+        }
+        // A handle belongs to the adapter instance it was opened on, as on Windows.
+        let firer = Channel::open(&kernel, 1);
+        let waiter = Channel::open(&kernel, 2);
+        let mut parked = park(&waiter, size.saturating_sub(1));
+        if size > 0 {
+            measure(Op::Park, size, &mut || {
+                parked.push(waiter.wait(CURSOR_NOW, 1));
+            });
+            let victim = parked.swap_remove(size / 2);
+            measure(Op::Cancel, size, &mut || {
+                waiter.cancel(&victim);
+            });
+            expect_status(&victim, STATUS_CANCELLED, "the cancelled WAIT")?;
+            parked.push(waiter.wait(CURSOR_NOW, 1));
+        }
+        let mut fired = Err(0);
+        measure(Op::Fire, size, &mut || fired = firer.fire(1, 0));
+        fired.map_err(|status| BenchError::Unexpected(format!("FIRE failed: {status:#x}")))?;
+        for request in &parked {
+            expect_events(&waiter, request, 1)?;
+        }
+        let parked = park(&waiter, size);
+        measure(Op::Remove, size, &mut || kernel.remove_adapter(|| {}));
+        for request in &parked {
+            let outcome = request.wait(PROMPT);
+            let closed = outcome.as_ref().is_some_and(|o| {
+                waiter
+                    .delivery(o)
+                    .is_ok_and(|d| d.reply.flags & WaitFlags::FINAL != 0)
+            });
+            if !closed {
+                return Err(BenchError::Unexpected(format!(
+                    "removal left a parked WAIT without its FINAL reply: {outcome:?}"
+                )));
+            }
+        }
+        firer.close();
+        waiter.close();
+    }
+    super::clean(harness.finish())?;
+    Ok(plan)
+}
+
+fn park(waiter: &Channel, count: usize) -> Vec<Arc<Request>> {
+    (0..count).map(|_| waiter.wait(CURSOR_NOW, 1)).collect()
+}
+
+fn expect_status(request: &Request, status: u32, what: &str) -> Result<(), BenchError> {
+    match request.outcome() {
+        Some(outcome) if outcome.status == status => Ok(()),
+        other => Err(BenchError::Unexpected(format!(
+            "{what}: expected status {status:#x}, got {other:?}"
+        ))),
+    }
+}
+
+/// The WAIT completed with exactly `count` events.
+fn expect_events(waiter: &Channel, request: &Request, count: usize) -> Result<(), BenchError> {
+    let outcome = request.wait(PROMPT);
+    match outcome.as_ref().map(|o| waiter.delivery(o)) {
+        Some(Ok(delivery)) if delivery.events.len() == count => Ok(()),
+        other => Err(BenchError::Unexpected(format!(
+            "a parked WAIT: expected {count} event(s), got {other:?}"
+        ))),
+    }
+}
+
+/// Instructions per operation at one size.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct CostRow {
+    pub parked: usize,
+    /// Parking one WAIT (None at size 0).
+    pub park: Option<u64>,
+    /// Cancelling one parked WAIT.
+    pub cancel: Option<u64>,
+    /// One FIRE delivered to `parked` waiters, all of it.
+    pub fire: u64,
+    /// (fire − fire with no waiter) / parked: one delivered event for one waiter.
+    pub per_event_per_waiter: Option<f64>,
+    /// The whole removal.
+    pub removal: u64,
+    /// (removal − removal with none parked) / parked: completing one parked WAIT at removal.
+    pub removal_per_parked: Option<f64>,
+}
+
+/// Runs [`phases`] in a child `storsim cost-phases` under callgrind and reads its profiles.
+///
+/// # Errors
+///
+/// valgrind is missing or fails, the child fails, or a profile cannot be read.
+pub fn measure(driver: &Path, work: &Path) -> Result<Vec<CostRow>, BenchError> {
+    let exe = std::env::current_exe().map_err(BenchError::Io)?;
+    let out_file = work.join("callgrind.out");
+    let output = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--dump-instr=yes",
+            "--dump-line=no",
+            "--dump-before=*phase_boundary*",
+        ])
+        .arg(format!("--callgrind-out-file={}", out_file.display()))
+        .arg(&exe)
+        .arg("cost-phases")
+        .arg(driver)
+        .output()
+        .map_err(|source| BenchError::Valgrind(format!("cannot start valgrind: {source}")))?;
+    if !output.status.success() {
+        return Err(BenchError::Valgrind(format!(
+            "storsim cost-phases under callgrind failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        )));
+    }
+    let plan: Plan = serde_json::from_slice(&output.stdout)
+        .map_err(|e| BenchError::Unexpected(format!("cost-phases printed no plan: {e}")))?;
+    let mut costs = Vec::with_capacity(plan.phases.len());
+    for (index, phase) in plan.phases.iter().enumerate() {
+        // Dumps alternate: what ran before the phase, then the phase itself.
+        let file = dump_file(&out_file, 2 * index + 2);
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| BenchError::Valgrind(format!("{}: {e}", file.display())))?;
+        let counted = super::callgrind::instructions_in(&text, plan.image_start..plan.image_end)?;
+        costs.push((*phase, counted.inside));
+        let _ = std::fs::remove_file(&file);
+    }
+    tabulate(&costs)
+}
+
+/// callgrind names the n-th dump `<out-file>.<n>`.
+fn dump_file(out_file: &Path, n: usize) -> PathBuf {
+    let mut name = out_file.as_os_str().to_owned();
+    name.push(format!(".{n}"));
+    PathBuf::from(name)
+}
+
+/// One row per size, each figure from its phase; marginal costs against size 0.
+fn tabulate(costs: &[(Phase, u64)]) -> Result<Vec<CostRow>, BenchError> {
+    let cost = |op, parked| {
+        costs
+            .iter()
+            .find(|(p, _)| p.op == op && p.parked == parked)
+            .map(|(_, c)| *c)
+    };
+    let missing = |op, parked| BenchError::Unexpected(format!("no {op:?} phase at {parked}"));
+    let fire0 = cost(Op::Fire, 0).ok_or_else(|| missing(Op::Fire, 0))?;
+    let removal0 = cost(Op::Remove, 0).ok_or_else(|| missing(Op::Remove, 0))?;
+    let marginal =
+        |total: u64, base: u64, n: usize| (n > 0).then(|| (total as f64 - base as f64) / n as f64);
+    SIZES
+        .iter()
+        .map(|&parked| {
+            let fire = cost(Op::Fire, parked).ok_or_else(|| missing(Op::Fire, parked))?;
+            let removal = cost(Op::Remove, parked).ok_or_else(|| missing(Op::Remove, parked))?;
+            Ok(CostRow {
+                parked,
+                park: cost(Op::Park, parked),
+                cancel: cost(Op::Cancel, parked),
+                fire,
+                per_event_per_waiter: marginal(fire, fire0, parked),
+                removal,
+                removal_per_parked: marginal(removal, removal0, parked),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn marginal_costs_are_taken_against_the_empty_adapter() {
+        let mut costs = Vec::new();
+        for &parked in &SIZES {
+            let n = parked as u64;
+            costs.push((
+                Phase {
+                    op: Op::Fire,
+                    parked,
+                },
+                500 + 200 * n,
+            ));
+            costs.push((
+                Phase {
+                    op: Op::Remove,
+                    parked,
+                },
+                900 + 150 * n,
+            ));
+            if parked > 0 {
+                costs.push((
+                    Phase {
+                        op: Op::Park,
+                        parked,
+                    },
+                    180,
+                ));
+                costs.push((
+                    Phase {
+                        op: Op::Cancel,
+                        parked,
+                    },
+                    120,
+                ));
+            }
+        }
+        let rows = tabulate(&costs).unwrap();
+        assert_eq!(rows.len(), SIZES.len());
+        assert_eq!(rows[0].park, None);
+        assert_eq!(rows[0].per_event_per_waiter, None);
+        let last = rows.last().unwrap();
+        assert_eq!(last.parked, 1024);
+        assert_eq!(last.per_event_per_waiter, Some(200.0));
+        assert_eq!(last.removal_per_parked, Some(150.0));
+        assert_eq!(last.park, Some(180));
+    }
+
+    #[test]
+    fn a_missing_phase_is_an_error() {
+        let costs = [(
+            Phase {
+                op: Op::Fire,
+                parked: 0,
+            },
+            10,
+        )];
+        assert!(tabulate(&costs).is_err());
+    }
+
+    #[test]
+    fn dumps_are_numbered_after_the_out_file() {
+        assert_eq!(
+            dump_file(Path::new("/tmp/x/callgrind.out"), 4),
+            PathBuf::from("/tmp/x/callgrind.out.4")
+        );
+    }
+}

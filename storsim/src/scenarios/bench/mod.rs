@@ -1,0 +1,376 @@
+//! `storsim bench`: what the channel carries, how fast, and what it costs the driver, measured
+//! in one run against the floor (a fixture that completes every service IRP at once).
+//!
+//! * throughput ([`throughput`]): events/s with 1, 8 and 64 waiters, batching off and on,
+//!   revcall and the floor interleaved, best of `reps` each; revcall as a ratio of the floor;
+//! * latency ([`latency`]): FIRE → waiter wake-up, p50/p99, and each driver's IRP round trip;
+//! * driver cost ([`cost`]): instructions per park, delivered event per waiter, cancel and
+//!   parked IRP at removal, from 0 to 1024 parked waiters, counted by callgrind;
+//! * memory: the device extension and the run's peak resident set.
+
+pub mod callgrind;
+pub mod cost;
+pub mod latency;
+pub mod throughput;
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::kernel::Config;
+use crate::report::Summary;
+use cost::CostRow;
+use latency::Percentiles;
+use throughput::{Case, Driver};
+
+/// Why a benchmark could not produce its figures.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    #[error(transparent)]
+    Run(#[from] crate::driver::RunError),
+    #[error("PnP: {0}")]
+    Start(#[from] crate::port::StartError),
+    #[error("the run was not clean: {0}")]
+    Unclean(String),
+    #[error("{0}")]
+    Unexpected(String),
+    #[error("callgrind: {0}")]
+    Valgrind(String),
+    #[error("callgrind profile: {0}")]
+    Profile(#[from] callgrind::ProfileError),
+    #[error(transparent)]
+    Io(std::io::Error),
+}
+
+/// Targets the channel is held to (issue 6).
+pub const TARGET_RATIO: f64 = 0.8;
+pub const TARGET_INSTR_PER_EVENT: f64 = 300.0;
+pub const TARGET_INSTR_PER_PARK: u64 = 200;
+pub const TARGET_CANCEL_GROWTH: f64 = 1.10;
+
+/// What to measure.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub driver: PathBuf,
+    pub floor: PathBuf,
+    /// IRPs each throughput run sends (rounded to whole rounds).
+    pub irps: u64,
+    /// Runs per driver and case; the best counts.
+    pub reps: usize,
+    /// Latency samples per measurement.
+    pub samples: usize,
+    /// Count instructions under callgrind.
+    pub cost: bool,
+}
+
+/// Waiter counts and batch sizes of the throughput table.
+const WAITERS: [usize; 3] = [1, 8, 64];
+const BATCHES: [u32; 2] = [1, 16];
+
+/// Storsim with nothing that slows the I/O path for its own sake: no timeline, no delay
+/// injection. Every verifier check stays on.
+pub fn quiet_config() -> Config {
+    Config {
+        delay_probability: 0.0,
+        timeline: false,
+        ..Config::default()
+    }
+}
+
+/// A run that ended with a violation or an IRP left over measured a broken driver.
+fn clean(summary: Summary) -> Result<(), BenchError> {
+    let outstanding = summary.irps.outstanding.unwrap_or(u64::MAX);
+    if summary.passed && outstanding == 0 {
+        return Ok(());
+    }
+    let violations: Vec<String> = summary
+        .violations
+        .iter()
+        .map(|v| format!("0x{:X}: {}", v.code, v.what))
+        .collect();
+    Err(BenchError::Unclean(format!(
+        "{} IRPs outstanding; violations {violations:?}; failures {:?}",
+        outstanding, summary.failures
+    )))
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct ThroughputRow {
+    pub waiters: usize,
+    pub batch: u32,
+    pub revcall_events_per_s: f64,
+    pub floor_events_per_s: f64,
+    pub ratio_to_floor: f64,
+    pub irps_per_run: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Latency {
+    /// FIRE sent → the thread blocked on the parked WAIT wakes with the event.
+    pub fire_to_wake: Percentiles,
+    /// A FIRE's round trip through revcall with no waiter.
+    pub revcall_round_trip: Percentiles,
+    /// Any request's round trip through the floor.
+    pub floor_round_trip: Percentiles,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Memory {
+    pub revcall_extension_bytes: u32,
+    pub floor_extension_bytes: u32,
+    /// VmHWM of this process after the throughput and latency runs.
+    pub peak_rss_kib: Option<u64>,
+}
+
+/// The figures the issue's summary line names.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Headline {
+    /// revcall / floor events/s with 8 waiters, the worse of batching off and on.
+    pub ratio_to_floor: f64,
+    /// The most instructions per delivered event per waiter, over every size.
+    pub instr_per_event: Option<f64>,
+    /// The most instructions per park, over every size.
+    pub instr_per_park: Option<u64>,
+    /// Cancel cost with 1024 parked / with 1 parked.
+    pub cancel_growth: Option<f64>,
+    pub targets_met: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub throughput: Vec<ThroughputRow>,
+    pub latency: Latency,
+    pub memory: Memory,
+    /// Instructions by parked waiters; empty with `--no-cost`.
+    pub cost: Vec<CostRow>,
+    pub headline: Headline,
+}
+
+/// Runs every measurement; `progress` hears what is being measured.
+///
+/// # Errors
+///
+/// Any measurement that fails, including a verifier violation during one.
+pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, BenchError> {
+    let mut throughput = Vec::new();
+    for waiters in WAITERS {
+        for batch in BATCHES {
+            let case = Case { waiters, batch };
+            progress(&format!(
+                "throughput: {waiters} waiter(s), {} events per round",
+                batch
+            ));
+            throughput.push(measure_case(options, case)?);
+        }
+    }
+    progress("latency: FIRE → wake-up, round trips");
+    let latency = Latency {
+        fire_to_wake: latency::wake(&options.driver, options.samples)?,
+        revcall_round_trip: latency::round_trip(&options.driver, options.samples)?,
+        floor_round_trip: latency::round_trip(&options.floor, options.samples)?,
+    };
+    let memory = Memory {
+        revcall_extension_bytes: extension_bytes(&options.driver)?,
+        floor_extension_bytes: extension_bytes(&options.floor)?,
+        peak_rss_kib: peak_rss_kib(),
+    };
+    let cost = if options.cost {
+        progress("driver cost: storsim cost-phases under valgrind --tool=callgrind");
+        let work = std::env::temp_dir().join(format!("storsim-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&work).map_err(BenchError::Io)?;
+        let cost = cost::measure(&options.driver, &work);
+        let _ = std::fs::remove_dir_all(&work);
+        cost?
+    } else {
+        Vec::new()
+    };
+    let headline = headline(&throughput, &cost);
+    Ok(Report {
+        throughput,
+        latency,
+        memory,
+        cost,
+        headline,
+    })
+}
+
+/// revcall and the floor, interleaved `reps` times; the best rate of each.
+fn measure_case(options: &Options, case: Case) -> Result<ThroughputRow, BenchError> {
+    let rounds = (options.irps / case.irps_per_round()).max(1);
+    let (mut revcall, mut floor) = (0.0f64, 0.0f64);
+    for _ in 0..options.reps.max(1) {
+        let run = throughput::run(&options.driver, Driver::Revcall, case, rounds)?;
+        revcall = revcall.max(run.events_per_second());
+        let run = throughput::run(&options.floor, Driver::Floor, case, rounds)?;
+        floor = floor.max(run.events_per_second());
+    }
+    Ok(ThroughputRow {
+        waiters: case.waiters,
+        batch: case.batch,
+        revcall_events_per_s: revcall,
+        floor_events_per_s: floor,
+        ratio_to_floor: revcall / floor,
+        irps_per_run: rounds * case.irps_per_round(),
+    })
+}
+
+fn extension_bytes(driver: &Path) -> Result<u32, BenchError> {
+    let harness = crate::scenarios::Harness::start(driver, quiet_config())?;
+    let bytes = harness
+        .kernel
+        .port
+        .callbacks()
+        .map_or(0, |c| c.extension_size);
+    clean(harness.finish())?;
+    Ok(bytes)
+}
+
+/// The process's peak resident set (Linux `VmHWM`), if /proc says.
+fn peak_rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn headline(throughput: &[ThroughputRow], cost: &[CostRow]) -> Headline {
+    let ratio_to_floor = throughput
+        .iter()
+        .filter(|row| row.waiters == 8)
+        .map(|row| row.ratio_to_floor)
+        .fold(f64::INFINITY, f64::min);
+    let instr_per_event = cost
+        .iter()
+        .filter_map(|row| row.per_event_per_waiter)
+        .reduce(f64::max);
+    let instr_per_park = cost.iter().filter_map(|row| row.park).max();
+    let cancel_at = |parked| {
+        cost.iter()
+            .find(|row| row.parked == parked)
+            .and_then(|row| row.cancel)
+    };
+    let cancel_growth = cancel_at(1024)
+        .zip(cancel_at(1))
+        .map(|(big, small)| big as f64 / small as f64);
+    let targets_met = ratio_to_floor >= TARGET_RATIO
+        && instr_per_event.is_some_and(|i| i <= TARGET_INSTR_PER_EVENT)
+        && instr_per_park.is_some_and(|i| i <= TARGET_INSTR_PER_PARK)
+        && cancel_growth
+            .is_some_and(|g| (1.0 / TARGET_CANCEL_GROWTH..=TARGET_CANCEL_GROWTH).contains(&g));
+    Headline {
+        ratio_to_floor,
+        instr_per_event,
+        instr_per_park,
+        cancel_growth,
+        targets_met,
+    }
+}
+
+impl Report {
+    /// The machine-readable form: one JSON object.
+    pub fn json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// The tables, then the one summary line.
+    pub fn text(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "Throughput (events delivered/s, best of the runs; same IRP script on both drivers)\n\
+             {:>8} {:>7} {:>14} {:>14} {:>9} {:>10}",
+            "waiters", "batch", "revcall", "floor", "ratio", "IRPs/run"
+        );
+        for row in &self.throughput {
+            let _ = writeln!(
+                out,
+                "{:>8} {:>7} {:>14.0} {:>14.0} {:>9.3} {:>10}",
+                row.waiters,
+                if row.batch > 1 {
+                    format!("on/{}", row.batch)
+                } else {
+                    "off".into()
+                },
+                row.revcall_events_per_s,
+                row.floor_events_per_s,
+                row.ratio_to_floor,
+                row.irps_per_run
+            );
+        }
+        let l = &self.latency;
+        let _ = writeln!(
+            out,
+            "\nLatency (µs)                      {:>9} {:>9} {:>8}",
+            "p50", "p99", "samples"
+        );
+        for (what, p) in [
+            ("FIRE → waiter wakes (revcall)", l.fire_to_wake),
+            ("FIRE round trip (revcall)", l.revcall_round_trip),
+            ("request round trip (floor)", l.floor_round_trip),
+        ] {
+            let _ = writeln!(
+                out,
+                "  {what:<32}{:>9.1} {:>9.1} {:>8}",
+                p.p50_us, p.p99_us, p.samples
+            );
+        }
+        if !self.cost.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nDriver cost (instructions executed in revcall.sys, callgrind)\n\
+                 {:>7} {:>6} {:>7} {:>7} {:>15} {:>9} {:>16}",
+                "parked", "park", "cancel", "FIRE", "event/waiter", "removal", "removal/parked"
+            );
+            let some = |v: Option<u64>| v.map_or("-".into(), |v| v.to_string());
+            let somef = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.1}"));
+            for row in &self.cost {
+                let _ = writeln!(
+                    out,
+                    "{:>7} {:>6} {:>7} {:>7} {:>15} {:>9} {:>16}",
+                    row.parked,
+                    some(row.park),
+                    some(row.cancel),
+                    row.fire,
+                    somef(row.per_event_per_waiter),
+                    row.removal,
+                    somef(row.removal_per_parked)
+                );
+            }
+        }
+        let m = &self.memory;
+        let _ = writeln!(
+            out,
+            "\nMemory: device extension {} bytes (floor {}), peak resident {}",
+            m.revcall_extension_bytes,
+            m.floor_extension_bytes,
+            m.peak_rss_kib.map_or("unknown".into(), |k| format!(
+                "{:.1} MiB",
+                k as f64 / 1024.0
+            ))
+        );
+        let h = &self.headline;
+        let _ = writeln!(
+            out,
+            "Targets: ratio ≥ {TARGET_RATIO}, ≤ {TARGET_INSTR_PER_EVENT} instr/event/waiter, \
+             ≤ {TARGET_INSTR_PER_PARK} instr/park, cancel growth ≤ {:.0}%: {}",
+            (TARGET_CANCEL_GROWTH - 1.0) * 100.0,
+            if h.targets_met { "met" } else { "NOT met" }
+        );
+        out.push_str(&self.summary_line());
+        out.push('\n');
+        out
+    }
+
+    /// `ratio_to_floor=… instr_per_event=… instr_per_park=… cancel_growth=…`
+    pub fn summary_line(&self) -> String {
+        let h = &self.headline;
+        let na = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
+        format!(
+            "ratio_to_floor={:.3} instr_per_event={} instr_per_park={} cancel_growth={}",
+            h.ratio_to_floor,
+            na(h.instr_per_event.map(|v| format!("{v:.1}"))),
+            na(h.instr_per_park.map(|v| v.to_string())),
+            na(h.cancel_growth.map(|v| format!("{v:.3}"))),
+        )
+    }
+}

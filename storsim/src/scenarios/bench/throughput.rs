@@ -1,0 +1,180 @@
+//! Events per second through a driver, end to end: one script of FIREs and WAITs, run the same
+//! way against revcall and against the floor fixture.
+//!
+//! The script, per round: the firer sends `batch` FIREs; every waiter collects its parked WAIT
+//! (completed by the first FIRE), with batching also sends one WAIT that takes the rest of the
+//! burst at once, and parks a new WAIT for the next round. Every waiter has its own handle and
+//! process. The floor completes each of those IRPs at once, so the same script on it costs
+//! exactly storsim's I/O path for the same IRPs: the ratio of the two rates is what revcall
+//! itself adds. One thread drives it all, so the figure is CPU cost, not scheduling luck.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use revcall_protocol::{CURSOR_NOW, Request as Wire};
+use serde::Serialize;
+
+use super::{BenchError, quiet_config};
+use crate::io::Request;
+use crate::scenarios::Harness;
+use crate::scenarios::client::{Channel, PROMPT};
+
+/// Which driver runs the script, and so what its replies must say.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Driver {
+    /// revcall: every WAIT's events are checked (count and sequence).
+    Revcall,
+    /// The floor fixture: replies carry nothing; events are counted as the script promises.
+    Floor,
+}
+
+/// One configuration of the script.
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct Case {
+    pub waiters: usize,
+    /// Events per round; 1 is "batching off" (one event per completion).
+    pub batch: u32,
+}
+
+impl Case {
+    /// IRPs the script sends per round.
+    pub fn irps_per_round(self) -> u64 {
+        let per_waiter = if self.batch > 1 { 2 } else { 1 };
+        u64::from(self.batch) + (self.waiters * per_waiter) as u64
+    }
+
+    /// Events delivered per round (each waiter sees each event).
+    pub fn events_per_round(self) -> u64 {
+        u64::from(self.batch) * self.waiters as u64
+    }
+}
+
+/// What one timed run of the script did.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    pub events: u64,
+    pub irps: u64,
+    pub elapsed: Duration,
+}
+
+impl Run {
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Boots a kernel with `path` loaded, runs `rounds` rounds of `case`, removes the adapter.
+///
+/// # Errors
+///
+/// The driver does not start, a request does not complete promptly, revcall's replies are not
+/// the events fired in order, or the verifier objects.
+pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, BenchError> {
+    let harness = Harness::start(path, quiet_config())?;
+    let kernel = harness.kernel.clone();
+    let firer = Channel::open(&kernel, 1);
+    let waiters: Vec<Channel> = (0..case.waiters)
+        .map(|i| Channel::open(&kernel, 2 + i as u32))
+        .collect();
+    let mut cursors = vec![CURSOR_NOW; case.waiters];
+    let mut parked: Vec<Arc<Request>> = waiters
+        .iter()
+        .map(|w| w.wait(CURSOR_NOW, case.batch))
+        .collect();
+    let mut delivered = 0;
+    let start = Instant::now();
+    for _ in 0..rounds {
+        for _ in 0..case.batch {
+            finish(&firer.send(&Wire::Fire { code: 1, value: 0 }, 64))?;
+        }
+        for (i, waiter) in waiters.iter().enumerate() {
+            delivered += take(driver, waiter, &parked[i], &mut cursors[i])?;
+            if case.batch > 1 {
+                let catch_up = waiter.wait(cursors[i], case.batch);
+                delivered += take(driver, waiter, &catch_up, &mut cursors[i])?;
+            }
+            parked[i] = waiter.wait(cursors[i], case.batch);
+        }
+    }
+    let elapsed = start.elapsed();
+    let expected = rounds * case.events_per_round();
+    if driver == Driver::Revcall && delivered != expected {
+        return Err(BenchError::Unexpected(format!(
+            "{case:?}: {delivered} events delivered, {expected} fired to the waiters"
+        )));
+    }
+    firer.close();
+    for waiter in waiters {
+        waiter.close();
+    }
+    super::clean(harness.finish())?;
+    Ok(Run {
+        events: expected,
+        irps: rounds * case.irps_per_round(),
+        elapsed,
+    })
+}
+
+fn finish(request: &Request) -> Result<crate::io::Outcome, BenchError> {
+    match request.wait(PROMPT) {
+        Some(outcome) if outcome.status == 0 => Ok(outcome),
+        Some(outcome) => Err(BenchError::Unexpected(format!(
+            "request {} completed with {:#010x}: is this driver the one the script expects?",
+            request.id, outcome.status
+        ))),
+        None => Err(BenchError::Unexpected(format!(
+            "request {} did not complete within {PROMPT:?}",
+            request.id
+        ))),
+    }
+}
+
+/// Collects a completed WAIT: revcall's events must continue the waiter's sequence exactly.
+fn take(
+    driver: Driver,
+    waiter: &Channel,
+    request: &Request,
+    cursor: &mut u64,
+) -> Result<u64, BenchError> {
+    let outcome = finish(request)?;
+    if driver == Driver::Floor {
+        return Ok(0);
+    }
+    let delivery = waiter
+        .delivery(&outcome)
+        .map_err(|status| BenchError::Unexpected(format!("a WAIT reply: {status:#x}")))?;
+    let mut expected = (*cursor != CURSOR_NOW).then(|| *cursor + 1);
+    for event in &delivery.events {
+        if expected.is_some_and(|e| e != event.seq) || delivery.reply.lost != 0 {
+            return Err(BenchError::Unexpected(format!(
+                "event {} after cursor {cursor} (lost {})",
+                event.seq, delivery.reply.lost
+            )));
+        }
+        expected = Some(event.seq + 1);
+    }
+    *cursor = delivery.reply.cursor;
+    Ok(delivery.events.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_script_counts_what_it_sends() {
+        let off = Case {
+            waiters: 8,
+            batch: 1,
+        };
+        assert_eq!(off.irps_per_round(), 9);
+        assert_eq!(off.events_per_round(), 8);
+        let on = Case {
+            waiters: 8,
+            batch: 16,
+        };
+        assert_eq!(on.irps_per_round(), 16 + 16);
+        assert_eq!(on.events_per_round(), 128);
+    }
+}

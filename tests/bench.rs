@@ -1,0 +1,69 @@
+//! The benchmark's scripts against the real revcall.sys (and the floor fixture), natively: they
+//! must run clean and deliver what they claim, or `cargo xtask bench` measures nothing real.
+//! The figures themselves are the benchmark's business, not a test's.
+
+mod common;
+
+use std::path::PathBuf;
+
+use storsim::scenarios::bench::cost::{self, Op, SIZES};
+use storsim::scenarios::bench::throughput::{self, Case, Driver};
+
+fn floor_sys() -> PathBuf {
+    let path = std::env::var_os("STORSIM_FIXTURES")
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fixtures"),
+            PathBuf::from,
+        )
+        .join("floor.sys");
+    assert!(
+        path.exists(),
+        "{} missing: run `cargo xtask test`",
+        path.display()
+    );
+    path
+}
+
+#[test]
+fn the_cost_script_measures_every_operation_at_every_size() {
+    let plan = cost::phases(&common::revcall_sys()).expect("the cost script runs clean");
+    assert!(plan.image_start < plan.image_end);
+    for &parked in &SIZES {
+        let ops: Vec<Op> = plan
+            .phases
+            .iter()
+            .filter(|p| p.parked == parked)
+            .map(|p| p.op)
+            .collect();
+        let expected: &[Op] = if parked == 0 {
+            &[Op::Fire, Op::Remove]
+        } else {
+            &[Op::Park, Op::Cancel, Op::Fire, Op::Remove]
+        };
+        assert_eq!(ops, expected, "phases with {parked} parked");
+    }
+}
+
+#[test]
+fn the_throughput_script_delivers_every_event_on_both_drivers() {
+    for batch in [1, 16] {
+        let case = Case { waiters: 8, batch };
+        let revcall = throughput::run(&common::revcall_sys(), Driver::Revcall, case, 20)
+            .expect("revcall runs the script clean, every event in order");
+        assert_eq!(revcall.events, 20 * case.events_per_round());
+        assert_eq!(revcall.irps, 20 * case.irps_per_round());
+        let floor = throughput::run(&floor_sys(), Driver::Floor, case, 20)
+            .expect("the floor runs the script clean");
+        assert_eq!(floor.irps, revcall.irps);
+    }
+}
+
+#[test]
+fn a_floor_that_delivers_nothing_fails_revcalls_checks() {
+    // The floor's empty replies, read as revcall's, are not the events the script fired.
+    let case = Case {
+        waiters: 1,
+        batch: 1,
+    };
+    assert!(throughput::run(&floor_sys(), Driver::Revcall, case, 2).is_err());
+}
