@@ -206,7 +206,6 @@ pub fn measure(driver: &Path, work: &Path) -> Result<Vec<CostRow>, BenchError> {
             .map_err(|e| BenchError::Valgrind(format!("{}: {e}", file.display())))?;
         let counted = super::callgrind::instructions_in(&text, plan.image_start..plan.image_end)?;
         costs.push((*phase, counted.inside));
-        let _ = std::fs::remove_file(&file);
     }
     tabulate(&costs)
 }
