@@ -9,7 +9,7 @@ use crate::exports;
 use crate::kernel::Kernel;
 use crate::loader::{Image, LoadError};
 use crate::pool::FaultClass;
-use crate::verifier::{self, BugCheck};
+use crate::verifier::{self, BugCheck, Code};
 
 /// Why a driver did not get as far as a started adapter.
 #[derive(Debug, thiserror::Error)]
@@ -122,38 +122,32 @@ fn on_fault(fault: &Fault) -> ! {
         .then(|| kernel.pool.classify(fault.addr))
         .flatten();
     let bug = match class {
-        Some(FaultClass::Overrun { block, offset }) => BugCheck::new(
-            0xCD,
+        Some(FaultClass::Overrun { block, offset }) => BugCheck::new(Code::PageFaultBeyondEndOfAllocation,
             [
                 fault.addr as u64,
                 u64::from(fault.write == Some(true)),
                 fault.rip as u64,
                 0,
             ],
-            "PAGE_FAULT_BEYOND_END_OF_ALLOCATION",
             format!(
                 "{access} at {at}: byte {offset} of a {}-byte {:?} block, past its end (special pool guard page)",
                 block.size, block.owner
             ),
         ),
-        Some(FaultClass::Underrun { block, offset }) => BugCheck::new(
-            0xC1,
+        Some(FaultClass::Underrun { block, offset }) => BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
             [fault.addr as u64, block.size as u64, offset as u64, 0x21],
-            "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
             format!(
                 "{access} at {at}: {} bytes before a {:?} block",
                 -offset, block.owner
             ),
         ),
-        Some(FaultClass::AfterFree { block, offset }) => BugCheck::new(
-            0xCC,
+        Some(FaultClass::AfterFree { block, offset }) => BugCheck::new(Code::PageFaultInFreedSpecialPool,
             [
                 fault.addr as u64,
                 u64::from(fault.write == Some(true)),
                 fault.rip as u64,
                 0,
             ],
-            "PAGE_FAULT_IN_FREED_SPECIAL_POOL",
             format!(
                 "{access} at {at}: byte {offset} of a {:?} block already {} (poisoned)",
                 block.owner,
@@ -164,21 +158,17 @@ fn on_fault(fault: &Fault) -> ! {
                 }
             ),
         ),
-        None if fault.signal == libc::SIGILL => BugCheck::new(
-            0x1E,
+        None if fault.signal == libc::SIGILL => BugCheck::new(Code::KmodeExceptionNotHandled,
             [0xC000_001D, fault.rip as u64, 0, 0],
-            "KMODE_EXCEPTION_NOT_HANDLED",
             format!("illegal instruction at {at}"),
         ),
-        None => BugCheck::new(
-            0x50,
+        None => BugCheck::new(Code::PageFaultInNonpagedArea,
             [
                 fault.addr as u64,
                 u64::from(fault.write == Some(true)),
                 fault.rip as u64,
                 0,
             ],
-            "PAGE_FAULT_IN_NONPAGED_AREA",
             format!(
                 "{access} of {:#x} at {at} (IRQL {})",
                 fault.addr,

@@ -15,7 +15,7 @@ use crate::io::Io;
 use crate::pool::Pool;
 use crate::port::Port;
 use crate::verifier::locks::{self, LockOrder};
-use crate::verifier::{self, BugCheck, Verifier};
+use crate::verifier::{self, BugCheck, Code, Verifier};
 
 /// What a run is allowed and how hard it is pushed.
 #[derive(Clone, Debug)]
@@ -278,18 +278,14 @@ impl Kernel {
         let result = call();
         let after = cpu::irql();
         if after != irql {
-            self.report(BugCheck::new(
-                0xC9,
+            self.report(BugCheck::new(Code::DriverVerifierIomanagerViolation,
                 [0x05, 0, u64::from(irql), u64::from(after)],
-                "DRIVER_VERIFIER_IOMANAGER_VIOLATION",
                 format!("{name} was called at IRQL {irql} and returned at IRQL {after}"),
             ));
         }
         for (lock, what) in locks::take_held_beyond(held) {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [0x0004_0006, lock as u64, 0, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 format!("{name} returned still holding {what} {lock:#x} (QueuedSpinLock / SpinLock rule)"),
             ));
             self.force_unlock(lock);

@@ -15,7 +15,7 @@ use crate::cpu::{self, APC_LEVEL, DISPATCH_LEVEL};
 use crate::io::csq::{self, IoCsq, IoCsqIrpContext};
 use crate::io::{IrpPtr, Via};
 use crate::pool::{Owner, PoolError};
-use crate::verifier::BugCheck;
+use crate::verifier::{BugCheck, Code};
 use crate::verifier::locks::LockApi;
 
 /// DDI compliance rule ids (VERIFIER.md §2.7).
@@ -26,10 +26,8 @@ const RULE_IRQL_KE_RELEASE_SPIN_LOCK: u64 = 0x0002_0015;
 fn require_irql_at_most(routine: &'static str, max: u8, rule: u64) {
     let irql = cpu::irql();
     if irql > max {
-        crate::kernel::kernel().report(BugCheck::new(
-            0xC4,
+        crate::kernel::kernel().report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [rule, u64::from(irql), u64::from(max), 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("{routine} called at IRQL {irql}; it requires IRQL <= {max}"),
         ));
     }
@@ -47,10 +45,8 @@ unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(
 ) {
     let (kernel, _call) = enter("KeAcquireInStackQueuedSpinLock");
     if lock.is_null() || handle.is_null() {
-        return kernel.report(BugCheck::new(
-            0xC4,
+        return kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x1002, lock as u64, handle as u64, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "KeAcquireInStackQueuedSpinLock with a NULL lock or handle",
         ));
     }
@@ -69,10 +65,8 @@ unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(
 unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut KLOCK_QUEUE_HANDLE) {
     let (kernel, _call) = enter("KeReleaseInStackQueuedSpinLock");
     if handle.is_null() {
-        return kernel.report(BugCheck::new(
-            0xC4,
+        return kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x1007, 0, 0, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "KeReleaseInStackQueuedSpinLock with a NULL handle",
         ));
     }
@@ -80,15 +74,13 @@ unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut KLOCK
     let handle = unsafe { &mut *handle };
     let lock = handle.Lock.cast::<usize>();
     if cpu::irql() != DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [
                 RULE_IRQL_KE_RELEASE_SPIN_LOCK,
                 u64::from(cpu::irql()),
                 lock as u64,
                 0,
             ],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!(
                 "in-stack queued spin lock released at IRQL {}, not DISPATCH_LEVEL",
                 cpu::irql()
@@ -96,10 +88,8 @@ unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut KLOCK
         ));
     }
     if lock.is_null() {
-        return kernel.report(BugCheck::new(
-            0xC4,
+        return kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x1007, 0, handle as *mut _ as u64, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "KeReleaseInStackQueuedSpinLock with a handle that was never acquired",
         ));
     }
@@ -124,10 +114,8 @@ unsafe extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut usize) -> 
 unsafe extern "win64" fn ke_release_spin_lock(lock: *mut usize, irql: u8) {
     let (kernel, _call) = enter("KeReleaseSpinLock");
     if cpu::irql() != DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x32, lock as u64, u64::from(cpu::irql()), 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "KeReleaseSpinLock not at DISPATCH_LEVEL",
         ));
     }
@@ -137,10 +125,8 @@ unsafe extern "win64" fn ke_release_spin_lock(lock: *mut usize, irql: u8) {
 unsafe extern "win64" fn ke_acquire_spin_lock_at_dpc_level(lock: *mut usize) {
     let (kernel, _call) = enter("KeAcquireSpinLockAtDpcLevel");
     if cpu::irql() < DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x40, lock as u64, u64::from(cpu::irql()), 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "KeAcquireSpinLockAtDpcLevel below DISPATCH_LEVEL",
         ));
     }
@@ -159,10 +145,8 @@ unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut usize) {
     let (kernel, _call) = enter("KeReleaseSpinLockFromDpcLevel");
     let irql = cpu::irql();
     if irql < DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x32, lock as u64, u64::from(irql), 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "KeReleaseSpinLockFromDpcLevel below DISPATCH_LEVEL",
         ));
     }
@@ -191,10 +175,8 @@ unsafe extern "win64" fn kf_raise_irql(new: u8) -> u8 {
     let (kernel, _call) = enter("KfRaiseIrql");
     let old = cpu::irql();
     if new < old {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x30, u64::from(old), u64::from(new), 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("KeRaiseIrql used to lower IRQL from {old} to {new}"),
         ));
     }
@@ -206,10 +188,8 @@ unsafe extern "win64" fn ke_lower_irql(new: u8) {
     let (kernel, _call) = enter("KeLowerIrql");
     let old = cpu::irql();
     if new > old {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x31, u64::from(old), u64::from(new), 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("KeLowerIrql used to raise IRQL from {old} to {new}"),
         ));
     }
@@ -327,10 +307,8 @@ unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) ->
     };
     require_irql_at_most("ExAllocatePool2", max, RULE_IRQL_EX_ALLOCATE_POOL);
     if size == 0 {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x00, 0, u64::from(tag), 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "ExAllocatePool2 of zero bytes",
         ));
         return std::ptr::null_mut();
@@ -370,44 +348,32 @@ fn free_pool(routine: &'static str, pointer: *mut c_void, tag: Option<u32>) {
             kernel.locks.forget_range(block.addr, block.size);
             return;
         }
-        Err(PoolError::DoubleFree { addr }) => BugCheck::new(
-            0xC4,
+        Err(PoolError::DoubleFree { addr }) => BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x13, addr as u64, 0, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("{routine}: pool block {addr:#x} freed twice"),
         ),
-        Err(PoolError::NotAllocated { addr }) => BugCheck::new(
-            0xC4,
+        Err(PoolError::NotAllocated { addr }) => BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x10, addr as u64, 0, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("{routine}: {addr:#x} was never allocated"),
         ),
         Err(PoolError::TagMismatch {
             addr,
             expected,
             actual,
-        }) => BugCheck::new(
-            0xC2,
+        }) => BugCheck::new(Code::BadPoolCaller,
             [0x0A, addr as u64, u64::from(expected), u64::from(actual)],
-            "BAD_POOL_CALLER",
             format!("{routine}: tag {expected:#x} does not match the block's {actual:#x}"),
         ),
-        Err(PoolError::Underrun { block, offset }) => BugCheck::new(
-            0xC1,
+        Err(PoolError::Underrun { block, offset }) => BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
             [block.addr as u64, block.size as u64, offset as u64, 0x21],
-            "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
             format!("{routine}: pool underrun at byte {offset}"),
         ),
-        Err(PoolError::Overrun { block, offset }) => BugCheck::new(
-            0xC1,
+        Err(PoolError::Overrun { block, offset }) => BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
             [block.addr as u64, block.size as u64, offset as u64, 0x20],
-            "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
             format!("{routine}: pool overrun at byte {offset}"),
         ),
-        Err(other) => BugCheck::new(
-            0xC4,
+        Err(other) => BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x10, pointer as u64, 0, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("{routine}: {other}"),
         ),
     };
@@ -424,10 +390,9 @@ unsafe extern "win64" fn ex_free_pool(pointer: *mut c_void) {
 
 unsafe extern "win64" fn ke_bug_check_ex(code: u32, p1: u64, p2: u64, p3: u64, p4: u64) -> ! {
     let (kernel, _call) = enter("KeBugCheckEx");
-    kernel.stop(BugCheck::new(
+    kernel.stop(BugCheck::raised_by_driver(
         code,
         [p1, p2, p3, p4],
-        "driver-initiated bug check",
         format!("the driver called KeBugCheckEx({code:#x})"),
     ))
 }

@@ -12,7 +12,7 @@ use crate::cpu::{self, DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::faults::Site;
 use crate::io::Via;
 use crate::pool::Owner;
-use crate::verifier::BugCheck;
+use crate::verifier::{BugCheck, Code};
 
 const STOR_STATUS_SUCCESS: u32 = 0;
 const STOR_STATUS_NOT_IMPLEMENTED: u32 = 0xC100_0002;
@@ -46,10 +46,8 @@ unsafe extern "win64" fn stor_port_initialize(
 fn storport_irql_at_most(routine: &'static str, max: u8) -> bool {
     let irql = cpu::irql();
     if irql > max {
-        crate::kernel::kernel().report(BugCheck::new(
-            0xC4,
+        crate::kernel::kernel().report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [RULE_STORPORT_IRQL, u64::from(irql), u64::from(max), 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("{routine} called at IRQL {irql}; allowed up to {max} (SDV StorPortIrql)"),
         ));
         return false;
@@ -83,7 +81,7 @@ unsafe extern "win64" fn stor_port_notification(
         }
         // InitializeDpc(Dpc, HwDpcRoutine)
         0x1001 => match a1 {
-            0 => kernel.report(BugCheck::new(0xC4, [RULE_BAD_ARGUMENT, 0x1001, 0, 0], "DRIVER_VERIFIER_DETECTED_VIOLATION", "StorPortInitializeDpc with a NULL routine")),
+            0 => kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation, [RULE_BAD_ARGUMENT, 0x1001, 0, 0], "StorPortInitializeDpc with a NULL routine")),
             routine => {
                 // SAFETY: non-null; the miniport passes its HW_DPC_ROUTINE.
                 let routine: HW_DPC_ROUTINE = unsafe { std::mem::transmute(routine) };
@@ -99,10 +97,8 @@ unsafe extern "win64" fn stor_port_notification(
                 unsafe { (a3 as *mut u8).write(u8::from(queued)) };
             }
         }
-        other => kernel.report(BugCheck::new(
-            0xC4,
+        other => kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [RULE_UNEMULATED, u64::from(other), 0, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("StorPortNotification type {other:#x} is not emulated by storsim (undocumented types violate StorPortNotification2)"),
         )),
     }
@@ -154,10 +150,8 @@ unsafe extern "win64" fn stor_port_extended_function(
                 STOR_STATUS_SUCCESS
             }
             Err(error) => {
-                kernel.report(BugCheck::new(
-                    0xC4,
+                kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                     [0x10, a0 as u64, 0, 0],
-                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     format!("StorPortFreePool: {error}"),
                 ));
                 STOR_STATUS_INVALID_PARAMETER
@@ -210,10 +204,8 @@ unsafe extern "win64" fn stor_port_allocate_registry_buffer(
 unsafe extern "win64" fn stor_port_free_registry_buffer(_extension: *mut c_void, buffer: *mut u8) {
     let (kernel, _call) = enter("StorPortFreeRegistryBuffer");
     if let Err(error) = kernel.pool.free(buffer, Some(REGISTRY_BUFFER_TAG)) {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [0x10, buffer as u64, 0, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             format!("StorPortFreeRegistryBuffer: {error}"),
         ));
     }
@@ -239,10 +231,8 @@ unsafe extern "win64" fn stor_port_registry_read(
         .block(buffer as usize)
         .is_none_or(|b| b.tag != REGISTRY_BUFFER_TAG || b.addr != buffer as usize)
     {
-        kernel.report(BugCheck::new(
-            0xC4,
+        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
             [RULE_BAD_ARGUMENT, buffer as u64, 0, 0],
-            "DRIVER_VERIFIER_DETECTED_VIOLATION",
             "StorPortRegistryRead with a buffer not from StorPortAllocateRegistryBuffer",
         ));
         return 0;
@@ -281,10 +271,8 @@ unsafe extern "win64" fn stor_port_registry_read(
 unsafe extern "win64" fn stor_port_stall_execution(micros: u32) {
     let (kernel, _call) = enter("StorPortStallExecution");
     if micros > 100_000 {
-        kernel.report(BugCheck::new(
-            0xF1,
+        kernel.report(BugCheck::new(Code::ScsiVerifierDetectedViolation,
             [0x2001, u64::from(micros), 0, 0],
-            "SCSI_VERIFIER_DETECTED_VIOLATION",
             format!("StorPortStallExecution({micros} µs) exceeds 0.1 s"),
         ));
     }

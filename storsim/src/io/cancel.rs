@@ -12,7 +12,7 @@ use super::{Handle, IrpState, Origin, ProcessId};
 use crate::cpu::{self, DISPATCH_LEVEL};
 use crate::kernel::Kernel;
 use crate::verifier::locks::{self, CANCEL_SPIN_LOCK, LockApi};
-use crate::verifier::{self, BugCheck};
+use crate::verifier::{self, BugCheck, Code};
 
 /// The storsim rule: a cancel routine returned holding the cancel spin lock.
 pub const RULE_CANCEL_SPIN_LOCK_KEPT: u64 = 0x5700_000A;
@@ -92,19 +92,15 @@ impl Kernel {
         unsafe { routine(device, irp.0) };
         for (lock, name) in locks::take_held_beyond(held) {
             if lock == CANCEL_SPIN_LOCK {
-                self.report(BugCheck::new(
-                    0xC4,
+                self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                     [RULE_CANCEL_SPIN_LOCK_KEPT, CANCEL_SPIN_LOCK as u64, addr as u64, 0],
-                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     "cancel routine returned without releasing the cancel spin lock (SDV CancelSpinLock)",
                 ));
                 // What IoReleaseCancelSpinLock would have restored.
                 cpu::set_irql(old_irql);
             } else {
-                self.report(BugCheck::new(
-                    0xC4,
+                self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                     [0x0004_0006, lock as u64, addr as u64, 0],
-                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     format!("cancel routine returned still holding {name} {lock:#x} (QueuedSpinLock / SpinLock rule)"),
                 ));
             }
@@ -112,10 +108,8 @@ impl Kernel {
         }
         let after = cpu::irql();
         if after != old_irql {
-            self.report(BugCheck::new(
-                0xC9,
+            self.report(BugCheck::new(Code::DriverVerifierIomanagerViolation,
                 [0x05, 0, u64::from(old_irql), u64::from(after)],
-                "DRIVER_VERIFIER_IOMANAGER_VIOLATION",
                 format!("cancel routine returned at IRQL {after}, IoCancelIrp's caller was at {old_irql}"),
             ));
             cpu::set_irql(old_irql);
@@ -178,15 +172,13 @@ impl Kernel {
                 .filter_map(|(addr, r)| r.cancelled_at.map(|at| (*addr, r.id, now - at)))
                 .partition(|(_, _, age)| *age >= self.config.cancel_limit);
             for (addr, id, age) in &late {
-                self.report(BugCheck::new(
-                    0xC4,
+                self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                     [
                         0x135,
                         *addr as u64,
                         self.config.cancel_limit.as_millis() as u64,
                         0,
                     ],
-                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     format!(
                         "IRP #{id} was cancelled {} ms ago and is still not completed: the driver \
                          has no working cancel path for parked requests",
@@ -215,10 +207,8 @@ impl Kernel {
     ) -> u8 {
         let old = cpu::irql();
         if old > DISPATCH_LEVEL {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [0x42, id as u64, u64::from(old), 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 format!("{name} acquired at IRQL {old} (above DISPATCH_LEVEL)"),
             ));
         }
@@ -235,10 +225,8 @@ impl Kernel {
         }
         cpu::set_irql(DISPATCH_LEVEL.max(old));
         if !locks::spin_acquire(word, locks::owner_tag()) {
-            self.stop(BugCheck::new(
-                0xC4,
+            self.stop(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [0x1001, id as u64, 0, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 format!("deadlock: spun on {name} for {:?}", locks::SPIN_LIMIT),
             ));
         }
@@ -257,10 +245,8 @@ impl Kernel {
         match locks::pop_held(id) {
             Ok(()) => {}
             Err(None) => {
-                return self.report(BugCheck::new(
-                    0xC4,
+                return self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                     [0x1007, id as u64, 0, 0],
-                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     format!("{name} released without being acquired by this thread"),
                 ));
             }

@@ -13,7 +13,7 @@ use super::{
 use crate::cpu::{self, DISPATCH_LEVEL};
 use crate::kernel::Kernel;
 use crate::pool::PoolError;
-use crate::verifier::{BugCheck, locks};
+use crate::verifier::{BugCheck, Code, locks};
 
 /// Who completed the IRP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -48,7 +48,7 @@ impl Kernel {
                 Some(_) => {
                     drop(irps);
                     return self.irp_violation(
-                        0x44,
+                        Code::MultipleIrpCompleteRequests,
                         0,
                         addr,
                         0,
@@ -58,7 +58,7 @@ impl Kernel {
                 None if self.io.recently_completed(addr) => {
                     drop(irps);
                     return self.irp_violation(
-                        0x44,
+                        Code::MultipleIrpCompleteRequests,
                         0,
                         addr,
                         0,
@@ -68,7 +68,7 @@ impl Kernel {
                 None => {
                     drop(irps);
                     return self.irp_violation(
-                        0xC9,
+                Code::DriverVerifierIomanagerViolation,
                         0x01,
                         addr,
                         0,
@@ -80,10 +80,8 @@ impl Kernel {
         let irp = IrpPtr(addr as *mut _);
         self.check_completion(irp, &record, via);
         if record.service && via == Via::IofCompleteRequest {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [RULE_SERVICE_IRP_BYPASSED_STORPORT, addr as u64, 0, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 "service IRP completed with IoCompleteRequest instead of StorPortCompleteServiceIrp: \
                  Storport's rundown reference leaks and removal will hang",
             ));
@@ -111,7 +109,7 @@ impl Kernel {
         let status = header.IoStatus.Status as u32;
         if status == STATUS_PENDING || status == 0xFFFF_FFFF {
             self.irp_violation(
-                0xC9,
+                Code::DriverVerifierIomanagerViolation,
                 0x06,
                 addr,
                 u64::from(status),
@@ -123,7 +121,7 @@ impl Kernel {
             .swap(std::ptr::null_mut(), Ordering::AcqRel);
         if !routine.is_null() {
             self.irp_violation(
-                0xC9,
+                Code::DriverVerifierIomanagerViolation,
                 0x07,
                 addr,
                 routine as u64,
@@ -133,7 +131,7 @@ impl Kernel {
         let irql = cpu::irql();
         if irql > DISPATCH_LEVEL {
             self.irp_violation(
-                0xC9,
+                Code::DriverVerifierIomanagerViolation,
                 0x0E,
                 addr,
                 u64::from(irql),
@@ -143,17 +141,15 @@ impl Kernel {
         if via != Via::Port
             && let Some((lock, name)) = locks::any_held()
         {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [RULE_SPIN_LOCK_SAFE, lock as u64, addr as u64, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 format!("IRP completed while holding {name} {lock:#x} (SDV SpinLockSafe)"),
             ));
         }
         let information = header.IoStatus.Information;
         if information > record.out_len as usize {
             self.irp_violation(
-                0xC9,
+                Code::DriverVerifierIomanagerViolation,
                 0x312,
                 addr,
                 information as u64,
@@ -166,22 +162,16 @@ impl Kernel {
         if record.system_buffer != 0 {
             match self.pool.check(record.system_buffer as *mut u8) {
                 Ok(()) => {}
-                Err(PoolError::Underrun { block, offset }) => self.report(BugCheck::new(
-                    0xC1,
+                Err(PoolError::Underrun { block, offset }) => self.report(BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
                     [block.addr as u64, block.size as u64, offset as u64, 0x21],
-                    "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
                     format!("SystemBuffer underrun: byte {offset} before the buffer was written"),
                 )),
-                Err(PoolError::Overrun { block, offset }) => self.report(BugCheck::new(
-                    0xC1,
+                Err(PoolError::Overrun { block, offset }) => self.report(BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
                     [block.addr as u64, block.size as u64, offset as u64, 0x20],
-                    "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
                     format!("SystemBuffer overrun: byte {offset} past the end was written"),
                 )),
-                Err(other) => self.report(BugCheck::new(
-                    0xC1,
+                Err(other) => self.report(BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
                     [record.system_buffer as u64, 0, 0, 0],
-                    "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
                     format!("SystemBuffer damaged: {other}"),
                 )),
             }
@@ -218,10 +208,8 @@ impl Kernel {
                     .take_while(|&i| bytes[i - start] == pattern[i % 8])
                     .last()
                     .unwrap_or(at);
-                self.report(BugCheck::new(
-                    0xC4,
+                self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                     [RULE_UNWRITTEN_OUTPUT, record.system_buffer as u64, first as u64, information as u64],
-                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     format!(
                         "output bytes {first}..={last} are reported in Information ({information}) but were \
                          never written: kernel memory would be disclosed to the caller"

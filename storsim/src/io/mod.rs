@@ -21,7 +21,7 @@ pub use request::{Outcome, Request};
 
 use crate::kernel::Kernel;
 use crate::pool::Owner;
-use crate::verifier::BugCheck;
+use crate::verifier::{BugCheck, Code};
 use irp::{IRP_BUFFERED_IO, IRP_DEALLOCATE_BUFFER, IRP_INPUT_OPERATION, IRP_MJ_DEVICE_CONTROL};
 
 pub const STATUS_SUCCESS: u32 = 0;
@@ -478,20 +478,13 @@ impl Kernel {
         self.io.counters.issued.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Reports a violation about an IRP.
-    fn irp_violation(&self, code: u32, sub: u64, irp: usize, extra: u64, what: String) {
-        let name = match code {
-            0x44 => "MULTIPLE_IRP_COMPLETE_REQUESTS",
-            0x48 => "CANCEL_STATE_IN_COMPLETED_IRP",
-            0xC9 => "DRIVER_VERIFIER_IOMANAGER_VIOLATION",
-            0xC1 => "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
-            _ => "DRIVER_VERIFIER_DETECTED_VIOLATION",
-        };
-        let params = if code == 0x44 {
+    /// Reports a violation about an IRP: 0x44 names only the IRP; the others carry a sub-code.
+    fn irp_violation(&self, code: Code, sub: u64, irp: usize, extra: u64, what: String) {
+        let params = if code == Code::MultipleIrpCompleteRequests {
             [irp as u64, 0, 0, 0]
         } else {
             [sub, irp as u64, extra, 0]
         };
-        self.report(BugCheck::new(code, params, name, what));
+        self.report(BugCheck::new(code, params, what));
     }
 }

@@ -12,7 +12,7 @@ use storport_abi::{
 };
 
 use crate::kernel::Kernel;
-use crate::verifier::BugCheck;
+use crate::verifier::{BugCheck, Code};
 
 pub const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
 pub const STATUS_REVISION_MISMATCH: u32 = 0xC000_0059;
@@ -156,10 +156,8 @@ impl Kernel {
         init: *mut HW_INITIALIZATION_DATA,
     ) -> u32 {
         if driver.is_null() || registry.is_null() || init.is_null() {
-            self.report(BugCheck::new(
-                0xF1,
+            self.report(BugCheck::new(Code::ScsiVerifierDetectedViolation,
                 [0x1000, driver as u64, registry as u64, init as u64],
-                "SCSI_VERIFIER_DETECTED_VIOLATION",
                 "StorPortInitialize called with a NULL argument",
             ));
             return STATUS_INVALID_PARAMETER;

@@ -16,7 +16,7 @@ use crate::cpu::{DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::io::IrpState;
 use crate::kernel::Kernel;
 use crate::pool::Owner;
-use crate::verifier::BugCheck;
+use crate::verifier::{BugCheck, Code};
 
 /// Storport's view of the device.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -169,28 +169,22 @@ impl Kernel {
             }
         });
         if found > 3 {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [RULE_FIND_ADAPTER_CONFIG, u64::from(found), 0, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 format!("HwFindAdapter returned {found}, not one of the SP_RETURN_* values (SDV SpReturnValue)"),
             ));
         }
         if config.VirtualDevice == 0 {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [RULE_FIND_ADAPTER_CONFIG, 0xC4, 0, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 "HwFindAdapter of a virtual miniport left ConfigInfo->VirtualDevice FALSE (SDV StorPortVirtualDevice2)",
             ));
         }
         if config.MaximumTransferLength == SP_UNINITIALIZED_VALUE
             || config.NumberOfPhysicalBreaks == SP_UNINITIALIZED_VALUE
         {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [RULE_FIND_ADAPTER_CONFIG, 0x18, 0, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 "HwFindAdapter left MaximumTransferLength or NumberOfPhysicalBreaks uninitialized (SDV StorPortFindAdapter)",
             ));
         }
@@ -300,15 +294,13 @@ impl Kernel {
             let deadline = std::time::Instant::now() + self.config.rundown_limit;
             while self.port.srbs_outstanding().contains(&(srb.srb as usize)) {
                 if std::time::Instant::now() > deadline {
-                    self.report(BugCheck::new(
-                        0xC4,
+                    self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                         [
                             RULE_SRB_NEVER_COMPLETED,
                             srb.srb as u64,
                             u64::from(target),
                             0,
                         ],
-                        "DRIVER_VERIFIER_DETECTED_VIOLATION",
                         format!("the INQUIRY SRB to target {target} was never completed"),
                     ));
                     // Still the miniport's: its blocks stay allocated (not `free`d under it).
@@ -331,20 +323,16 @@ impl Kernel {
     /// StorPortNotification(RequestComplete, ext, Srb).
     pub(crate) fn srb_complete(&self, srb: *mut SCSI_REQUEST_BLOCK) {
         if !self.port.srbs_outstanding().remove(&(srb as usize)) {
-            return self.report(BugCheck::new(
-                0xF1,
+            return self.report(BugCheck::new(Code::ScsiVerifierDetectedViolation,
                 [0x2004, srb as u64, 0, 0],
-                "SCSI_VERIFIER_DETECTED_VIOLATION",
                 format!("the miniport completed SRB {srb:p}, which is not outstanding (completed twice?)"),
             ));
         }
         // SAFETY: the SRB is Storport's, outstanding until this call.
         let status = unsafe { (*srb).SrbStatus } & 0x3F;
         if status == storport_abi::srb_status::PENDING {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [RULE_SRB_STATUS_PENDING, srb as u64, 0, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 "SRB completed with SRB_STATUS_PENDING (SDV StorPortStatusPending)",
             ));
         }
@@ -383,15 +371,13 @@ impl Kernel {
         }
         self.port.adapter().state = PnpState::Removed;
         if !self.port.dispatcher.drain(self.config.rundown_limit) {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [
                     RULE_REMOVAL_HANG,
                     0,
                     0,
                     self.config.rundown_limit.as_millis() as u64,
                 ],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 "removal cannot flush the miniport's DPCs: one keeps running or re-queuing itself",
             ));
         }
@@ -444,10 +430,8 @@ impl Kernel {
             )),
             Err(held) => {
                 let parked = self.service_irps_with_miniport();
-                self.report(BugCheck::new(
-                    0xC4,
+                self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                     [RULE_REMOVAL_HANG, held, parked as u64, self.config.rundown_limit.as_millis() as u64],
-                    "DRIVER_VERIFIER_DETECTED_VIOLATION",
                     format!(
                         "{during} cannot finish: {held} rundown references still held after {} ms \
                          ({parked} service IRPs never completed by the miniport); Windows would hang the PnP thread",
@@ -468,10 +452,8 @@ impl Kernel {
         }
         let left = self.service_irps_with_miniport();
         if left > 0 {
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [RULE_IRPS_LEFT_AFTER_FLUSH, left as u64, 0, 0],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 format!(
                     "{left} service IRPs still owned by the miniport after HwFreeAdapterResources"
                 ),
@@ -509,10 +491,8 @@ impl Kernel {
     /// and drops it.
     fn no_queued_work(&self, because: &str) {
         if self.port.dispatcher.pending() {
-            self.report(BugCheck::new(
-                0xC7,
+            self.report(BugCheck::new(Code::TimerOrDpcInvalid,
                 [1, 0, 0, 0],
-                "TIMER_OR_DPC_INVALID",
                 format!("a timer or DPC is still queued, but {because}"),
             ));
         }
@@ -532,10 +512,8 @@ impl Kernel {
                 .take(8)
                 .map(|b| format!("'{}' {} bytes", tag_text(b.tag), b.size))
                 .collect();
-            self.report(BugCheck::new(
-                0xC4,
+            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
                 [0x62, 0, bytes as u64, leaks.len() as u64],
-                "DRIVER_VERIFIER_DETECTED_VIOLATION",
                 format!(
                     "driver unloaded with {} pool allocations outstanding: {}",
                     leaks.len(),

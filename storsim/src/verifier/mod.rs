@@ -44,11 +44,22 @@ impl fmt::Display for BugCheck {
 
 impl BugCheck {
     /// A report attributed to whatever driver call is running on this thread.
-    pub fn new(code: u32, params: [u64; 4], name: &'static str, what: impl Into<String>) -> Self {
+    pub fn new(code: Code, params: [u64; 4], what: impl Into<String>) -> Self {
+        Self {
+            code: code.value(),
+            params,
+            name: code.name(),
+            what: what.into(),
+            call: current_call(),
+        }
+    }
+
+    /// The driver's own KeBugCheckEx: its code, whatever that means to the driver.
+    pub fn raised_by_driver(code: u32, params: [u64; 4], what: impl Into<String>) -> Self {
         Self {
             code,
             params,
-            name,
+            name: "driver-initiated bug check",
             what: what.into(),
             call: current_call(),
         }
@@ -113,3 +124,6 @@ pub fn current_call() -> String {
     })
 }
 pub mod locks;
+pub mod rules;
+
+pub use rules::Code;

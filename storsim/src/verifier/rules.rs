@@ -1,0 +1,181 @@
+//! The one table of what the verifier reports: the bug-check codes storsim raises (with their
+//! Windows names) and the P1 values storsim defines for rules Windows has no code for.
+//!
+//! Every [`super::BugCheck`] takes its name from [`Code`], so a name is written once; the
+//! README's table of storsim rules is checked against [`STORSIM_RULES`] by a test.
+
+/// A bug-check code storsim raises, named as Windows names it (bugcodes.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Code {
+    /// 0x1E: an exception in kernel mode (here: an illegal instruction).
+    KmodeExceptionNotHandled,
+    /// 0x44: an IRP completed twice.
+    MultipleIrpCompleteRequests,
+    /// 0x50: a fault on an address no allocation covers.
+    PageFaultInNonpagedArea,
+    /// 0xC1: special pool found its guard bytes changed.
+    SpecialPoolDetectedMemoryCorruption,
+    /// 0xC2: a bad pool request (double free, wrong tag, …).
+    BadPoolCaller,
+    /// 0xC4: Driver Verifier's general code; P1 says which rule.
+    DriverVerifierDetectedViolation,
+    /// 0xC7: a timer or DPC still queued when its memory or code goes away.
+    TimerOrDpcInvalid,
+    /// 0xC9: I/O verification; P1 says which rule.
+    DriverVerifierIomanagerViolation,
+    /// 0xCC: an access to freed special pool.
+    PageFaultInFreedSpecialPool,
+    /// 0xCD: an access past the end of a special-pool block.
+    PageFaultBeyondEndOfAllocation,
+    /// 0xF1: Storport's own verifier (SCSI verification); P1 says which rule.
+    ScsiVerifierDetectedViolation,
+}
+
+impl Code {
+    /// Every code, for tables and lookups.
+    pub const ALL: [Code; 11] = [
+        Code::KmodeExceptionNotHandled,
+        Code::MultipleIrpCompleteRequests,
+        Code::PageFaultInNonpagedArea,
+        Code::SpecialPoolDetectedMemoryCorruption,
+        Code::BadPoolCaller,
+        Code::DriverVerifierDetectedViolation,
+        Code::TimerOrDpcInvalid,
+        Code::DriverVerifierIomanagerViolation,
+        Code::PageFaultInFreedSpecialPool,
+        Code::PageFaultBeyondEndOfAllocation,
+        Code::ScsiVerifierDetectedViolation,
+    ];
+
+    /// The bug-check number.
+    pub const fn value(self) -> u32 {
+        match self {
+            Code::KmodeExceptionNotHandled => 0x1E,
+            Code::MultipleIrpCompleteRequests => 0x44,
+            Code::PageFaultInNonpagedArea => 0x50,
+            Code::SpecialPoolDetectedMemoryCorruption => 0xC1,
+            Code::BadPoolCaller => 0xC2,
+            Code::DriverVerifierDetectedViolation => 0xC4,
+            Code::TimerOrDpcInvalid => 0xC7,
+            Code::DriverVerifierIomanagerViolation => 0xC9,
+            Code::PageFaultInFreedSpecialPool => 0xCC,
+            Code::PageFaultBeyondEndOfAllocation => 0xCD,
+            Code::ScsiVerifierDetectedViolation => 0xF1,
+        }
+    }
+
+    /// The symbolic name a debugger prints.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Code::KmodeExceptionNotHandled => "KMODE_EXCEPTION_NOT_HANDLED",
+            Code::MultipleIrpCompleteRequests => "MULTIPLE_IRP_COMPLETE_REQUESTS",
+            Code::PageFaultInNonpagedArea => "PAGE_FAULT_IN_NONPAGED_AREA",
+            Code::SpecialPoolDetectedMemoryCorruption => "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
+            Code::BadPoolCaller => "BAD_POOL_CALLER",
+            Code::DriverVerifierDetectedViolation => "DRIVER_VERIFIER_DETECTED_VIOLATION",
+            Code::TimerOrDpcInvalid => "TIMER_OR_DPC_INVALID",
+            Code::DriverVerifierIomanagerViolation => "DRIVER_VERIFIER_IOMANAGER_VIOLATION",
+            Code::PageFaultInFreedSpecialPool => "PAGE_FAULT_IN_FREED_SPECIAL_POOL",
+            Code::PageFaultBeyondEndOfAllocation => "PAGE_FAULT_BEYOND_END_OF_ALLOCATION",
+            Code::ScsiVerifierDetectedViolation => "SCSI_VERIFIER_DETECTED_VIOLATION",
+        }
+    }
+}
+
+/// A rule storsim checks that Windows reports under 0xC4 with a P1 of its own (storsim's P1s
+/// start at 0x57000000, 'W' for "would", outside every DDI compliance rule id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rule {
+    pub p1: u64,
+    /// What the driver did, as the README's table says it.
+    pub what: &'static str,
+}
+
+/// An IRP completed while a spin lock is held (SDV SpinLockSafe).
+pub const SPIN_LOCK_SAFE: u64 = 0x5700_0001;
+/// A service IRP completed with IoCompleteRequest instead of StorPortCompleteServiceIrp.
+pub const SERVICE_IRP_BYPASSED_STORPORT: u64 = 0x5700_0002;
+/// Removal cannot finish: rundown references or DPCs outlive the limit.
+pub const REMOVAL_HANG: u64 = 0x5700_0003;
+/// Output bytes reported in Information that the driver never wrote.
+pub const UNWRITTEN_OUTPUT: u64 = 0x5700_0004;
+/// An SRB completed with SRB_STATUS_PENDING (SDV StorPortStatusPending).
+pub const SRB_STATUS_PENDING: u64 = 0x5700_0006;
+/// HwFindAdapter's result or configuration.
+pub const FIND_ADAPTER_CONFIG: u64 = 0x5700_0007;
+/// Service IRPs still owned by the miniport after HwFreeAdapterResources.
+pub const IRPS_LEFT_AFTER_FLUSH: u64 = 0x5700_0008;
+/// A StorPortNotification type storsim does not emulate.
+pub const UNEMULATED: u64 = 0x5700_0009;
+/// A cancel routine returned holding the cancel spin lock (SDV CancelSpinLock).
+pub const CANCEL_SPIN_LOCK_KEPT: u64 = 0x5700_000A;
+/// An SRB never completed.
+pub const SRB_NEVER_COMPLETED: u64 = 0x5700_000B;
+/// An argument a Storport routine cannot take.
+pub const BAD_ARGUMENT: u64 = 0x5700_000C;
+
+/// Every storsim-defined P1, with the sentence the README's table gives it.
+pub const STORSIM_RULES: [Rule; 11] = [
+    Rule {
+        p1: SPIN_LOCK_SAFE,
+        what: "an IRP completed while a spin lock is held (SDV SpinLockSafe)",
+    },
+    Rule {
+        p1: SERVICE_IRP_BYPASSED_STORPORT,
+        what: "a service IRP completed with IoCompleteRequest instead of StorPortCompleteServiceIrp (leaks Storport's rundown reference)",
+    },
+    Rule {
+        p1: REMOVAL_HANG,
+        what: "removal cannot finish: rundown references (parked service IRPs) or DPCs outlive the limit — Windows would hang the PnP thread",
+    },
+    Rule {
+        p1: UNWRITTEN_OUTPUT,
+        what: "output bytes reported in Information that the driver never wrote (kernel memory disclosure; runs of 4+ bytes)",
+    },
+    Rule {
+        p1: SRB_STATUS_PENDING,
+        what: "an SRB completed with SRB_STATUS_PENDING (SDV StorPortStatusPending)",
+    },
+    Rule {
+        p1: FIND_ADAPTER_CONFIG,
+        what: "HwFindAdapter's result or configuration (SpReturnValue, StorPortVirtualDevice2, StorPortFindAdapter; P2 the field offset or the return value)",
+    },
+    Rule {
+        p1: IRPS_LEFT_AFTER_FLUSH,
+        what: "service IRPs still owned by the miniport after HwFreeAdapterResources",
+    },
+    Rule {
+        p1: UNEMULATED,
+        what: "a StorPortNotification type storsim does not emulate",
+    },
+    Rule {
+        p1: CANCEL_SPIN_LOCK_KEPT,
+        what: "a cancel routine returned holding the cancel spin lock (SDV CancelSpinLock)",
+    },
+    Rule {
+        p1: SRB_NEVER_COMPLETED,
+        what: "an SRB never completed",
+    },
+    Rule {
+        p1: BAD_ARGUMENT,
+        what: "an argument a Storport routine cannot take",
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_and_rules_are_distinct() {
+        let mut values: Vec<u32> = Code::ALL.iter().map(|c| c.value()).collect();
+        values.sort_unstable();
+        values.dedup();
+        assert_eq!(values.len(), Code::ALL.len());
+        let mut p1s: Vec<u64> = STORSIM_RULES.iter().map(|r| r.p1).collect();
+        p1s.sort_unstable();
+        p1s.dedup();
+        assert_eq!(p1s.len(), STORSIM_RULES.len());
+        assert!(p1s.iter().all(|p1| p1 >> 24 == 0x57));
+    }
+}
