@@ -10,7 +10,7 @@ use common::revcall_sys;
 use revcall_protocol::status::*;
 use revcall_protocol::{CURSOR_NOW, EventKind, WaitFlags};
 use storsim::io::{Access, Outcome};
-use storsim::kernel::Config;
+use storsim::machine::Config;
 use storsim::scenarios::Harness;
 use storsim::scenarios::client::{Channel, Delivery, PROMPT};
 
@@ -215,7 +215,7 @@ fn process_exit_cancels_every_parked_wait_of_that_process() {
         );
     }
     assert_eq!(survivor.outcome(), None);
-    assert_eq!(kernel.io.open_handles(), 1);
+    assert_eq!(kernel.io().open_handles(), 1);
     finish(harness);
 }
 
@@ -286,7 +286,7 @@ fn discover_completes_later_through_the_timer() {
             .iter()
             .any(|e| e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == reply.id)
     );
-    assert!(harness.kernel.port.timer_calls() >= 1);
+    assert!(harness.kernel.port().timer_calls() >= 1);
     finish(harness);
 }
 
@@ -327,7 +327,7 @@ fn a_kernel_mode_caller_reuses_its_irp() {
     let harness = start();
     let kernel = harness.kernel.clone();
     let user = Channel::open(&kernel, 1);
-    let caller = storsim::io::KernelCaller::new(&kernel, 1024).expect("IRP");
+    let caller = storsim::io::KernelCaller::new(kernel.io(), 1024).expect("IRP");
     let mut wait = [0u8; 64];
     let len = revcall_protocol::encode_request(
         &revcall_protocol::Request::Wait {
@@ -340,7 +340,7 @@ fn a_kernel_mode_caller_reuses_its_irp() {
     for round in 0..5 {
         let request = caller
             .send(
-                &kernel,
+                kernel.io(),
                 revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
                 &wait[..len],
                 256,
@@ -352,7 +352,7 @@ fn a_kernel_mode_caller_reuses_its_irp() {
         let got = user.delivery(&outcome).expect("a WAIT reply");
         assert_eq!(got.events.last().map(|e| e.seq), Some(seq));
     }
-    caller.free(&kernel);
+    caller.free(kernel.io());
     finish(harness);
 }
 

@@ -11,7 +11,8 @@ use revcall_protocol::{
     encode_request,
 };
 use storsim::io::{Access, Handle};
-use storsim::kernel::{Config, Kernel};
+use storsim::kernel::Kernel;
+use storsim::machine::Config;
 use storsim::scenarios::Harness;
 use storsim::scenarios::client::PROMPT;
 

@@ -22,7 +22,7 @@ use revcall_protocol::{
     DecodeError, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, decode_reply, decode_request,
 };
 use storsim::io::{Access, Handle};
-use storsim::kernel::Config;
+use storsim::machine::Config;
 use storsim::scenarios::Harness;
 use storsim::scenarios::client::PROMPT;
 
@@ -135,7 +135,7 @@ fuzz_target!(|data: &[u8]| {
                 "a successful reply that does not decode"
             );
         }
-        let violations = kernel.verifier.violations();
+        let violations = kernel.machine().verifier().violations();
         assert!(violations.is_empty(), "verifier: {violations:?}");
     });
 });

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::kernel::Config;
+use crate::machine::Config;
 use crate::scenarios::torture::{self, TortureOptions};
 use crate::scenarios::{self, Options, Scenario};
 
@@ -129,7 +129,7 @@ fn report_panics() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("storsim: {info}");
         if let Some(kernel) = crate::kernel::current() {
-            crate::report::emit_ending(&kernel, format!("storsim internal error: {info}"));
+            kernel.emit_ending(format!("storsim internal error: {info}"));
         }
         use std::io::Write;
         let _ = std::io::stdout().flush();

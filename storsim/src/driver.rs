@@ -43,9 +43,9 @@ static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
 static IMAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
 static IMAGE_NAME: Mutex<String> = Mutex::new(String::new());
 
-impl Kernel {
-    /// Loads the `.sys` at `path` and runs its DriverEntry at PASSIVE_LEVEL.
-    pub fn load_driver(self: &Arc<Self>, path: &std::path::Path) -> Result<Driver, RunError> {
+/// Loads the `.sys` at `path` into `kernel` and runs its DriverEntry at PASSIVE_LEVEL.
+pub fn load(kernel: &Arc<Kernel>, path: &std::path::Path) -> Result<Driver, RunError> {
+    {
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
@@ -63,7 +63,7 @@ impl Kernel {
         IMAGE_SIZE.store(image.size(), Ordering::Release);
         *IMAGE_NAME.lock().unwrap_or_else(|p| p.into_inner()) = name.clone();
         cpu::set_fatal_hook(on_fault);
-        self.note(format!(
+        kernel.note(format!(
             "loaded {name} at {:#x} ({} bytes, {} imports bound, relocated from its ImageBase)",
             image.base(),
             image.size(),
@@ -76,13 +76,16 @@ impl Kernel {
             *mut std::ffi::c_void,
             *mut std::ffi::c_void,
         ) -> i32 = unsafe { std::mem::transmute(entry) };
-        let driver_object = self.port.objects.driver();
-        let registry = self.port.objects.registry_path();
-        let status = self.call_driver("DriverEntry", PASSIVE_LEVEL, || {
-            // SAFETY: DriverEntry's contract: the driver object and registry path, PASSIVE_LEVEL.
-            unsafe { driver_entry(driver_object.cast(), registry.cast()) }
-        }) as u32;
-        self.note(format!("DriverEntry → {status:#010x}"));
+        let objects = kernel.io().objects();
+        let driver_object = objects.driver();
+        let registry = objects.registry_path();
+        let status = kernel
+            .machine()
+            .call_driver("DriverEntry", PASSIVE_LEVEL, || {
+                // SAFETY: DriverEntry's contract: the driver object and registry path, PASSIVE_LEVEL.
+                unsafe { driver_entry(driver_object.cast(), registry.cast()) }
+            }) as u32;
+        kernel.note(format!("DriverEntry → {status:#010x}"));
         if status != 0 {
             return Err(RunError::DriverEntry { name, status });
         }
@@ -119,10 +122,11 @@ fn on_fault(fault: &Fault) -> ! {
     };
     // For SIGILL si_addr is the instruction, not data: nothing for the pool to explain.
     let class = (fault.signal != libc::SIGILL)
-        .then(|| kernel.pool.classify(fault.addr))
+        .then(|| kernel.machine().pool().classify(fault.addr))
         .flatten();
     let bug = match class {
-        Some(FaultClass::Overrun { block, offset }) => BugCheck::new(Code::PageFaultBeyondEndOfAllocation,
+        Some(FaultClass::Overrun { block, offset }) => BugCheck::new(
+            Code::PageFaultBeyondEndOfAllocation,
             [
                 fault.addr as u64,
                 u64::from(fault.write == Some(true)),
@@ -134,14 +138,16 @@ fn on_fault(fault: &Fault) -> ! {
                 block.size, block.owner
             ),
         ),
-        Some(FaultClass::Underrun { block, offset }) => BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
+        Some(FaultClass::Underrun { block, offset }) => BugCheck::new(
+            Code::SpecialPoolDetectedMemoryCorruption,
             [fault.addr as u64, block.size as u64, offset as u64, 0x21],
             format!(
                 "{access} at {at}: {} bytes before a {:?} block",
                 -offset, block.owner
             ),
         ),
-        Some(FaultClass::AfterFree { block, offset }) => BugCheck::new(Code::PageFaultInFreedSpecialPool,
+        Some(FaultClass::AfterFree { block, offset }) => BugCheck::new(
+            Code::PageFaultInFreedSpecialPool,
             [
                 fault.addr as u64,
                 u64::from(fault.write == Some(true)),
@@ -158,11 +164,13 @@ fn on_fault(fault: &Fault) -> ! {
                 }
             ),
         ),
-        None if fault.signal == libc::SIGILL => BugCheck::new(Code::KmodeExceptionNotHandled,
+        None if fault.signal == libc::SIGILL => BugCheck::new(
+            Code::KmodeExceptionNotHandled,
             [0xC000_001D, fault.rip as u64, 0, 0],
             format!("illegal instruction at {at}"),
         ),
-        None => BugCheck::new(Code::PageFaultInNonpagedArea,
+        None => BugCheck::new(
+            Code::PageFaultInNonpagedArea,
             [
                 fault.addr as u64,
                 u64::from(fault.write == Some(true)),
@@ -180,5 +188,5 @@ fn on_fault(fault: &Fault) -> ! {
         call: format!("{} [cpu {}]", verifier::current_call(), fault.cpu),
         ..bug
     };
-    kernel.stop(bug)
+    kernel.machine().stop(bug)
 }

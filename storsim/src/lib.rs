@@ -1,9 +1,19 @@
 //! storsim: load a Storport miniport `.sys` into a Linux process and drive it through emulated
 //! storport.sys, ntoskrnl.exe and I/O-manager behaviour, with Driver-Verifier-style checks.
 //!
-//! Layers (dependencies point down): `cli` → `scenarios` → `port`, `io` → `verifier`;
-//! `exports` (what the driver imports) calls into `port` and `io`; `loader` (PE mapping),
-//! `pool` (special pool) and `cpu` (threads, IRQL, faults) know none of them.
+//! Layers, each using only those below it (`tests/layering.rs` checks every `use crate::…`;
+//! docs/STORSIM.md draws the graph):
+//!
+//! | layer | modules |
+//! |---|---|
+//! | front ends | `cli`, `scenarios` |
+//! | the driver boundary | `driver` (load, the fault path), `exports` (driver → storsim) |
+//! | the façade | `kernel` (one machine; the process-global the exports find) |
+//! | the port driver | `port` |
+//! | the miniport's code, typed | `miniport` (storsim → driver) |
+//! | the I/O manager | `io` |
+//! | the machine | `machine`, `report` |
+//! | the ground | `verifier`, `faults`, `pool`, `cpu`, `loader` |
 
 pub mod cli;
 pub mod cpu;
@@ -13,6 +23,8 @@ pub mod faults;
 pub mod io;
 pub mod kernel;
 pub mod loader;
+pub mod machine;
+pub mod miniport;
 pub mod pool;
 pub mod port;
 pub mod report;

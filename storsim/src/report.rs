@@ -1,11 +1,10 @@
 //! The run's summary: a readable timeline and verifier verdict, or one JSON object.
-
-use std::sync::atomic::Ordering;
+//!
+//! Plain data and its two forms; [`crate::kernel::Kernel::summary`] fills it.
 
 use serde::Serialize;
 
-use crate::kernel::{Kernel, Moment};
-use crate::pool::Owner;
+use crate::machine::Moment;
 use crate::verifier::BugCheck;
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -57,46 +56,6 @@ pub struct Summary {
 }
 
 impl Summary {
-    pub fn collect(kernel: &Kernel, error: Option<String>, failures: Vec<String>) -> Self {
-        let label = kernel.label();
-        let violations = kernel.verifier.violations();
-        let counters = &kernel.io.counters;
-        Self {
-            driver: label.driver,
-            scenario: label.scenario,
-            seed: kernel.config.seed,
-            cpus: label.cpus,
-            passed: error.is_none() && violations.is_empty() && failures.is_empty(),
-            error,
-            violations,
-            failures,
-            irps: Irps {
-                issued: counters.issued.load(Ordering::Relaxed),
-                completed: counters.completed.load(Ordering::Relaxed),
-                cancelled: counters.cancelled.load(Ordering::Relaxed),
-                outstanding: kernel.io.try_outstanding().map(|n| n as u64),
-            },
-            events: Events {
-                fired: kernel.events.fired.load(Ordering::Relaxed),
-                delivered: kernel.events.delivered.load(Ordering::Relaxed),
-            },
-            port: PortWork {
-                service_requests: kernel
-                    .port
-                    .counters
-                    .service_requests
-                    .load(Ordering::Relaxed),
-                srbs: kernel.port.counters.srbs.load(Ordering::Relaxed),
-                timer_calls: kernel.port.counters.timer_calls.load(Ordering::Relaxed),
-                dpcs: kernel.port.counters.dpcs.load(Ordering::Relaxed),
-            },
-            pool_outstanding: kernel.pool.outstanding(Owner::Driver).len(),
-            delays_injected: kernel.delays_injected(),
-            faults_injected: kernel.faults.injected(),
-            timeline: kernel.timeline(),
-        }
-    }
-
     /// The readable form: timeline, then the verdict.
     pub fn text(&self, with_timeline: bool) -> String {
         let mut out = String::new();
@@ -152,16 +111,5 @@ impl Summary {
 
     pub fn json(&self) -> String {
         serde_json::to_string_pretty(self).expect("a summary is plain data")
-    }
-}
-
-/// Prints the report of a run that cannot go on (a bug check, or storsim itself failing),
-/// in the run's form, with `error` saying why it ended.
-pub fn emit_ending(kernel: &Kernel, error: String) {
-    let summary = Summary::collect(kernel, Some(error), Vec::new());
-    if kernel.label().json {
-        println!("{}", summary.json());
-    } else {
-        print!("{}", summary.text(!kernel.config.live));
     }
 }

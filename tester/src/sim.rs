@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP;
 use storsim::io::{Access, Request};
-use storsim::kernel::{Config, Kernel};
+use storsim::kernel::Kernel;
+use storsim::machine::Config;
 use storsim::scenarios::Harness;
 
 use crate::transport::{Completion, Lab, Transport, TransportError};
@@ -157,7 +158,8 @@ impl Lab for Sim {
             .clone();
         all.extend(
             self.kernel()
-                .verifier
+                .machine()
+                .verifier()
                 .violations()
                 .iter()
                 .map(|v| format!("0x{:X}/{:#x}: {}", v.code, v.params[0], v.what)),

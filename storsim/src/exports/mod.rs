@@ -1,7 +1,20 @@
 //! The emulated exports of ntoskrnl.exe and storport.sys, bound into the driver's import
-//! table by the loader. Every routine is `extern "win64"` (the driver's calling convention);
-//! each enters the verifier's call context and the delay injector first.
+//! table by the loader, and the routines storport.sys leaves in the driver object. Every
+//! routine is `extern "win64"` (the driver's calling convention); each enters the verifier's
+//! call context and the delay injector first.
+//!
+//! This is the one place the driver's raw pointers become checked values: a NULL where
+//! Windows would bug-check is reported as it would be, an IRP is looked up in the I/O
+//! manager's registry ([`crate::io::Io::irp_in_flight`]) before anything touches it, and the
+//! miniport's routines become a typed [`crate::miniport::Miniport`].
+//!
+//! # Safety (every routine here)
+//!
+//! The driver calls these through its import table with the arguments the DDI documents:
+//! each routine trusts exactly what its DDI page promises of a correct caller (pointer
+//! arguments valid for the documented access) and checks what Driver Verifier checks.
 
+mod csq;
 mod dbgprint;
 mod ntoskrnl;
 mod storport;
@@ -43,6 +56,6 @@ pub fn provided() -> Vec<String> {
 fn enter(routine: &'static str) -> (Arc<Kernel>, CallGuard) {
     let kernel = kernel();
     let guard = verifier::enter(routine);
-    kernel.maybe_delay();
+    kernel.machine().maybe_delay();
     (kernel, guard)
 }

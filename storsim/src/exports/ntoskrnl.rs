@@ -10,13 +10,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use storport_abi::KLOCK_QUEUE_HANDLE;
 
+use super::csq::{self, IoCsq, IoCsqIrpContext};
 use super::{Export, enter};
 use crate::cpu::{self, APC_LEVEL, DISPATCH_LEVEL};
-use crate::io::csq::{self, IoCsq, IoCsqIrpContext};
 use crate::io::{IrpPtr, Via};
+use crate::kernel::Kernel;
 use crate::pool::{Owner, PoolError};
-use crate::verifier::{BugCheck, Code};
 use crate::verifier::locks::LockApi;
+use crate::verifier::{BugCheck, Code};
 
 /// DDI compliance rule ids (VERIFIER.md §2.7).
 const RULE_IRQL_KE_DISPATCH_LTE: u64 = 0x0002_0011;
@@ -26,17 +27,44 @@ const RULE_IRQL_KE_RELEASE_SPIN_LOCK: u64 = 0x0002_0015;
 fn require_irql_at_most(routine: &'static str, max: u8, rule: u64) {
     let irql = cpu::irql();
     if irql > max {
-        crate::kernel::kernel().report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        crate::kernel::kernel().machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [rule, u64::from(irql), u64::from(max), 0],
             format!("{routine} called at IRQL {irql}; it requires IRQL <= {max}"),
         ));
     }
 }
 
-fn lock_word<'a>(lock: *mut usize) -> &'a AtomicUsize {
-    // SAFETY: the driver passes a KSPIN_LOCK: an aligned pointer-sized word in memory it owns
-    // for as long as the lock is in use.
-    unsafe { &*lock.cast::<AtomicUsize>() }
+const STATUS_INVALID_PARAMETER: i32 = 0xC000_000D_u32 as i32;
+
+/// An IRP argument, checked against the I/O manager's registry: an IRP that is not in flight
+/// is reported (0xC9/0x01, as I/O verification does for an IRP it does not know) and refused.
+fn irp_argument(kernel: &Kernel, routine: &str, irp: *mut c_void) -> Option<IrpPtr> {
+    let found = kernel.io().irp_in_flight(irp as usize);
+    if found.is_none() {
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierIomanagerViolation,
+            [0x01, irp as u64, 0, 0],
+            format!("{routine} with {irp:p}, which is not an IRP in flight"),
+        ));
+    }
+    found
+}
+
+/// The driver's KSPIN_LOCK word. A NULL lock is what Windows would touch at DISPATCH_LEVEL:
+/// reported as the 0xD1 it bug-checks with, and the call does nothing.
+fn lock_word<'a>(kernel: &Kernel, routine: &str, lock: *mut usize) -> Option<&'a AtomicUsize> {
+    if lock.is_null() {
+        kernel.machine().report(BugCheck::new(
+            Code::DriverIrqlNotLessOrEqual,
+            [0, u64::from(DISPATCH_LEVEL), 1, 0],
+            format!("{routine} with a NULL spin lock"),
+        ));
+        return None;
+    }
+    // SAFETY: a non-NULL KSPIN_LOCK from the driver: an aligned pointer-sized word in memory
+    // it owns for as long as the lock is in use (the DDI's contract; storsim checks the rest).
+    Some(unsafe { &*lock.cast::<AtomicUsize>() })
 }
 
 unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(
@@ -45,13 +73,17 @@ unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(
 ) {
     let (kernel, _call) = enter("KeAcquireInStackQueuedSpinLock");
     if lock.is_null() || handle.is_null() {
-        return kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        return kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x1002, lock as u64, handle as u64, 0],
             "KeAcquireInStackQueuedSpinLock with a NULL lock or handle",
         ));
     }
-    let old = kernel.acquire_spin_lock(
-        lock_word(lock),
+    let Some(word) = lock_word(&kernel, "KeAcquireInStackQueuedSpinLock", lock) else {
+        return;
+    };
+    let old = kernel.machine().acquire_spin_lock(
+        word,
         lock as usize,
         LockApi::InStackQueued,
         "in-stack queued spin lock",
@@ -65,7 +97,8 @@ unsafe extern "win64" fn ke_acquire_in_stack_queued_spin_lock(
 unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut KLOCK_QUEUE_HANDLE) {
     let (kernel, _call) = enter("KeReleaseInStackQueuedSpinLock");
     if handle.is_null() {
-        return kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        return kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x1007, 0, 0, 0],
             "KeReleaseInStackQueuedSpinLock with a NULL handle",
         ));
@@ -74,7 +107,8 @@ unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut KLOCK
     let handle = unsafe { &mut *handle };
     let lock = handle.Lock.cast::<usize>();
     if cpu::irql() != DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [
                 RULE_IRQL_KE_RELEASE_SPIN_LOCK,
                 u64::from(cpu::irql()),
@@ -88,56 +122,66 @@ unsafe extern "win64" fn ke_release_in_stack_queued_spin_lock(handle: *mut KLOCK
         ));
     }
     if lock.is_null() {
-        return kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        return kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x1007, 0, handle as *mut _ as u64, 0],
             "KeReleaseInStackQueuedSpinLock with a handle that was never acquired",
         ));
     }
-    kernel.release_spin_lock(
-        lock_word(lock),
-        lock as usize,
-        "in-stack queued spin lock",
-        handle.OldIrql,
-    );
+    if let Some(word) = lock_word(&kernel, "KeReleaseInStackQueuedSpinLock", lock) {
+        kernel.machine().release_spin_lock(
+            word,
+            lock as usize,
+            "in-stack queued spin lock",
+            handle.OldIrql,
+        );
+    }
 }
 
 unsafe extern "win64" fn ke_acquire_spin_lock_raise_to_dpc(lock: *mut usize) -> u8 {
     let (kernel, _call) = enter("KeAcquireSpinLockRaiseToDpc");
-    kernel.acquire_spin_lock(
-        lock_word(lock),
-        lock as usize,
-        LockApi::Classic,
-        "spin lock",
-    )
+    match lock_word(&kernel, "KeAcquireSpinLockRaiseToDpc", lock) {
+        Some(word) => {
+            kernel
+                .machine()
+                .acquire_spin_lock(word, lock as usize, LockApi::Classic, "spin lock")
+        }
+        None => cpu::irql(),
+    }
 }
 
 unsafe extern "win64" fn ke_release_spin_lock(lock: *mut usize, irql: u8) {
     let (kernel, _call) = enter("KeReleaseSpinLock");
     if cpu::irql() != DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x32, lock as u64, u64::from(cpu::irql()), 0],
             "KeReleaseSpinLock not at DISPATCH_LEVEL",
         ));
     }
-    kernel.release_spin_lock(lock_word(lock), lock as usize, "spin lock", irql);
+    if let Some(word) = lock_word(&kernel, "KeReleaseSpinLock", lock) {
+        kernel
+            .machine()
+            .release_spin_lock(word, lock as usize, "spin lock", irql);
+    }
 }
 
 unsafe extern "win64" fn ke_acquire_spin_lock_at_dpc_level(lock: *mut usize) {
     let (kernel, _call) = enter("KeAcquireSpinLockAtDpcLevel");
     if cpu::irql() < DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x40, lock as u64, u64::from(cpu::irql()), 0],
             "KeAcquireSpinLockAtDpcLevel below DISPATCH_LEVEL",
         ));
     }
     // The AtDpcLevel pair takes the lock without touching IRQL.
     let irql = cpu::irql();
-    kernel.acquire_spin_lock(
-        lock_word(lock),
-        lock as usize,
-        LockApi::Classic,
-        "spin lock",
-    );
+    if let Some(word) = lock_word(&kernel, "KeAcquireSpinLockAtDpcLevel", lock) {
+        kernel
+            .machine()
+            .acquire_spin_lock(word, lock as usize, LockApi::Classic, "spin lock");
+    }
     cpu::set_irql(irql);
 }
 
@@ -145,17 +189,22 @@ unsafe extern "win64" fn ke_release_spin_lock_from_dpc_level(lock: *mut usize) {
     let (kernel, _call) = enter("KeReleaseSpinLockFromDpcLevel");
     let irql = cpu::irql();
     if irql < DISPATCH_LEVEL {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x32, lock as u64, u64::from(irql), 0],
             "KeReleaseSpinLockFromDpcLevel below DISPATCH_LEVEL",
         ));
     }
-    kernel.release_spin_lock(lock_word(lock), lock as usize, "spin lock", irql);
+    if let Some(word) = lock_word(&kernel, "KeReleaseSpinLockFromDpcLevel", lock) {
+        kernel
+            .machine()
+            .release_spin_lock(word, lock as usize, "spin lock", irql);
+    }
 }
 
 unsafe extern "win64" fn io_acquire_cancel_spin_lock(irql: *mut u8) {
     let (kernel, _call) = enter("IoAcquireCancelSpinLock");
-    let old = kernel.acquire_cancel_lock();
+    let old = kernel.io().acquire_cancel_lock();
     if !irql.is_null() {
         // SAFETY: the driver passes a KIRQL to receive the old level.
         unsafe { irql.write(old) };
@@ -164,7 +213,7 @@ unsafe extern "win64" fn io_acquire_cancel_spin_lock(irql: *mut u8) {
 
 unsafe extern "win64" fn io_release_cancel_spin_lock(irql: u8) {
     let (kernel, _call) = enter("IoReleaseCancelSpinLock");
-    kernel.release_cancel_lock(irql);
+    kernel.io().release_cancel_lock(irql);
 }
 
 unsafe extern "win64" fn ke_get_current_irql() -> u8 {
@@ -175,7 +224,8 @@ unsafe extern "win64" fn kf_raise_irql(new: u8) -> u8 {
     let (kernel, _call) = enter("KfRaiseIrql");
     let old = cpu::irql();
     if new < old {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x30, u64::from(old), u64::from(new), 0],
             format!("KeRaiseIrql used to lower IRQL from {old} to {new}"),
         ));
@@ -188,7 +238,8 @@ unsafe extern "win64" fn ke_lower_irql(new: u8) {
     let (kernel, _call) = enter("KeLowerIrql");
     let old = cpu::irql();
     if new > old {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x31, u64::from(old), u64::from(new), 0],
             format!("KeLowerIrql used to raise IRQL from {old} to {new}"),
         ));
@@ -198,13 +249,13 @@ unsafe extern "win64" fn ke_lower_irql(new: u8) {
 
 unsafe extern "win64" fn iof_complete_request(irp: *mut c_void, _boost: i8) {
     let (kernel, _call) = enter("IofCompleteRequest");
-    kernel.complete_irp(irp as usize, Via::IofCompleteRequest);
+    kernel.io().complete(irp as usize, Via::IofCompleteRequest);
 }
 
 unsafe extern "win64" fn io_cancel_irp(irp: *mut c_void) -> u8 {
     let (kernel, _call) = enter("IoCancelIrp");
     require_irql_at_most("IoCancelIrp", DISPATCH_LEVEL, RULE_IRQL_KE_DISPATCH_LTE);
-    u8::from(kernel.cancel_irp(irp as usize))
+    u8::from(kernel.io().cancel_irp(irp as usize))
 }
 
 /// IoCsqInitialize and IoCsqInitializeEx differ only in the insert routine's prototype.
@@ -255,7 +306,9 @@ unsafe extern "win64" fn io_csq_insert_irp(
 ) {
     let (kernel, _call) = enter("IoCsqInsertIrp");
     require_irql_at_most("IoCsqInsertIrp", DISPATCH_LEVEL, RULE_IRQL_KE_DISPATCH_LTE);
-    kernel.csq_insert(csq, IrpPtr(irp.cast()), context, std::ptr::null_mut());
+    if let Some(irp) = irp_argument(&kernel, "IoCsqInsertIrp", irp) {
+        csq::csq_insert(csq, irp, context, std::ptr::null_mut());
+    }
 }
 
 unsafe extern "win64" fn io_csq_insert_irp_ex(
@@ -270,7 +323,10 @@ unsafe extern "win64" fn io_csq_insert_irp_ex(
         DISPATCH_LEVEL,
         RULE_IRQL_KE_DISPATCH_LTE,
     );
-    kernel.csq_insert(csq, IrpPtr(irp.cast()), context, insert_context)
+    match irp_argument(&kernel, "IoCsqInsertIrpEx", irp) {
+        Some(irp) => csq::csq_insert(csq, irp, context, insert_context),
+        None => STATUS_INVALID_PARAMETER,
+    }
 }
 
 unsafe extern "win64" fn io_csq_remove_irp(
@@ -279,7 +335,7 @@ unsafe extern "win64" fn io_csq_remove_irp(
 ) -> *mut c_void {
     let (kernel, _call) = enter("IoCsqRemoveIrp");
     require_irql_at_most("IoCsqRemoveIrp", DISPATCH_LEVEL, RULE_IRQL_KE_DISPATCH_LTE);
-    kernel.csq_remove(csq, context).cast()
+    csq::csq_remove(&kernel, csq, context).cast()
 }
 
 unsafe extern "win64" fn io_csq_remove_next_irp(
@@ -292,7 +348,7 @@ unsafe extern "win64" fn io_csq_remove_next_irp(
         DISPATCH_LEVEL,
         RULE_IRQL_KE_DISPATCH_LTE,
     );
-    kernel.csq_remove_next(csq, peek_context).cast()
+    csq::csq_remove_next(&kernel, csq, peek_context).cast()
 }
 
 const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
@@ -307,19 +363,27 @@ unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) ->
     };
     require_irql_at_most("ExAllocatePool2", max, RULE_IRQL_EX_ALLOCATE_POOL);
     if size == 0 {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x00, 0, u64::from(tag), 0],
             "ExAllocatePool2 of zero bytes",
         ));
         return std::ptr::null_mut();
     }
-    if kernel.faults.fail(crate::faults::Site::ExAllocatePool) {
+    if kernel
+        .machine()
+        .faults()
+        .fail(crate::faults::Site::ExAllocatePool)
+    {
         return std::ptr::null_mut();
     }
     let block = if flags & POOL_FLAG_UNINITIALIZED != 0 {
-        kernel.pool.allocate(size, tag, Owner::Driver)
+        kernel.machine().pool().allocate(size, tag, Owner::Driver)
     } else {
-        kernel.pool.allocate_zeroed(size, tag, Owner::Driver)
+        kernel
+            .machine()
+            .pool()
+            .allocate_zeroed(size, tag, Owner::Driver)
     };
     block.map_or(std::ptr::null_mut(), |p| p.cast())
 }
@@ -343,16 +407,21 @@ unsafe extern "win64" fn ex_allocate_pool_with_tag(
 fn free_pool(routine: &'static str, pointer: *mut c_void, tag: Option<u32>) {
     let (kernel, _call) = enter(routine);
     require_irql_at_most(routine, DISPATCH_LEVEL, RULE_IRQL_KE_DISPATCH_LTE);
-    let bug = match kernel.pool.free(pointer.cast(), tag) {
+    let bug = match kernel.machine().pool().free(pointer.cast(), tag) {
         Ok(block) => {
-            kernel.locks.forget_range(block.addr, block.size);
+            kernel
+                .machine()
+                .locks()
+                .forget_range(block.addr, block.size);
             return;
         }
-        Err(PoolError::DoubleFree { addr }) => BugCheck::new(Code::DriverVerifierDetectedViolation,
+        Err(PoolError::DoubleFree { addr }) => BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x13, addr as u64, 0, 0],
             format!("{routine}: pool block {addr:#x} freed twice"),
         ),
-        Err(PoolError::NotAllocated { addr }) => BugCheck::new(Code::DriverVerifierDetectedViolation,
+        Err(PoolError::NotAllocated { addr }) => BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x10, addr as u64, 0, 0],
             format!("{routine}: {addr:#x} was never allocated"),
         ),
@@ -360,24 +429,28 @@ fn free_pool(routine: &'static str, pointer: *mut c_void, tag: Option<u32>) {
             addr,
             expected,
             actual,
-        }) => BugCheck::new(Code::BadPoolCaller,
+        }) => BugCheck::new(
+            Code::BadPoolCaller,
             [0x0A, addr as u64, u64::from(expected), u64::from(actual)],
             format!("{routine}: tag {expected:#x} does not match the block's {actual:#x}"),
         ),
-        Err(PoolError::Underrun { block, offset }) => BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
+        Err(PoolError::Underrun { block, offset }) => BugCheck::new(
+            Code::SpecialPoolDetectedMemoryCorruption,
             [block.addr as u64, block.size as u64, offset as u64, 0x21],
             format!("{routine}: pool underrun at byte {offset}"),
         ),
-        Err(PoolError::Overrun { block, offset }) => BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
+        Err(PoolError::Overrun { block, offset }) => BugCheck::new(
+            Code::SpecialPoolDetectedMemoryCorruption,
             [block.addr as u64, block.size as u64, offset as u64, 0x20],
             format!("{routine}: pool overrun at byte {offset}"),
         ),
-        Err(other) => BugCheck::new(Code::DriverVerifierDetectedViolation,
+        Err(other) => BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x10, pointer as u64, 0, 0],
             format!("{routine}: {other}"),
         ),
     };
-    kernel.report(bug);
+    kernel.machine().report(bug);
 }
 
 unsafe extern "win64" fn ex_free_pool_with_tag(pointer: *mut c_void, tag: u32) {
@@ -390,7 +463,7 @@ unsafe extern "win64" fn ex_free_pool(pointer: *mut c_void) {
 
 unsafe extern "win64" fn ke_bug_check_ex(code: u32, p1: u64, p2: u64, p3: u64, p4: u64) -> ! {
     let (kernel, _call) = enter("KeBugCheckEx");
-    kernel.stop(BugCheck::raised_by_driver(
+    kernel.machine().stop(BugCheck::raised_by_driver(
         code,
         [p1, p2, p3, p4],
         format!("the driver called KeBugCheckEx({code:#x})"),
@@ -407,7 +480,7 @@ unsafe extern "win64" fn ke_query_performance_counter(frequency: *mut i64) -> i6
         // SAFETY: optional out-parameter supplied by the driver.
         unsafe { frequency.write(10_000_000) };
     }
-    ticks(crate::kernel::kernel().uptime())
+    ticks(crate::kernel::kernel().machine().uptime())
 }
 
 unsafe extern "win64" fn ke_query_system_time_precise(time: *mut i64) {
@@ -420,7 +493,7 @@ unsafe extern "win64" fn ke_query_system_time_precise(time: *mut i64) {
 }
 
 unsafe extern "win64" fn ke_query_interrupt_time_precise(qpc: *mut u64) -> u64 {
-    let now = ticks(crate::kernel::kernel().uptime()) as u64;
+    let now = ticks(crate::kernel::kernel().machine().uptime()) as u64;
     if !qpc.is_null() {
         // SAFETY: optional out-parameter.
         unsafe { qpc.write(now) };

@@ -5,14 +5,21 @@
 use std::ffi::c_void;
 use std::time::Duration;
 
-use storport_abi::{HW_DPC_ROUTINE, HW_INITIALIZATION_DATA, HW_TIMER, SCSI_REQUEST_BLOCK};
+use std::mem::offset_of;
+
+use storport_abi::{
+    HW_DPC_ROUTINE, HW_INITIALIZATION_DATA, HW_TIMER, IRP, STOR_FEATURE_VIRTUAL_MINIPORT,
+};
 
 use super::{Export, enter};
 use crate::cpu::{self, DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::faults::Site;
 use crate::io::Via;
+use crate::io::objects::Slot;
+use crate::kernel::Kernel;
+use crate::miniport::{DpcRoutine, Miniport, Routines, Timer};
 use crate::pool::Owner;
-use crate::verifier::{BugCheck, Code};
+use crate::verifier::{BugCheck, Code, rules};
 
 const STOR_STATUS_SUCCESS: u32 = 0;
 const STOR_STATUS_NOT_IMPLEMENTED: u32 = 0xC100_0002;
@@ -20,10 +27,6 @@ const STOR_STATUS_INSUFFICIENT_RESOURCES: u32 = 0xC100_0003;
 const STOR_STATUS_INVALID_PARAMETER: u32 = 0xC100_0006;
 const STOR_STATUS_INVALID_IRQL: u32 = 0xC100_0008;
 
-/// The storsim rule for calls storsim does not emulate (the run fails rather than pretend).
-const RULE_UNEMULATED: u64 = 0x5700_0009;
-/// The storsim rule for an argument a Storport routine cannot take (P2: the argument, or the notification type).
-const RULE_BAD_ARGUMENT: u64 = 0x5700_000C;
 /// StorPortIrql: a Storport routine called above its documented IRQL.
 const RULE_STORPORT_IRQL: u64 = 0x0002_0003;
 
@@ -36,17 +39,185 @@ unsafe extern "win64" fn stor_port_initialize(
     _context: *mut c_void,
 ) -> u32 {
     let (kernel, _call) = enter("StorPortInitialize");
-    if kernel.faults.fail(Site::StorPortInitialize) {
+    if kernel.machine().faults().fail(Site::StorPortInitialize) {
         kernel.note("StorPortInitialize → STATUS_INSUFFICIENT_RESOURCES (injected)");
         return crate::io::STATUS_INSUFFICIENT_RESOURCES;
     }
-    kernel.storport_initialize(driver, registry, init)
+    storport_initialize(&kernel, driver, registry, init)
+}
+
+const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
+const STATUS_REVISION_MISMATCH: u32 = 0xC000_0059;
+const STATUS_NOT_SUPPORTED: u32 = 0xC000_00BB;
+
+/// Reads field `offset` of the driver's init data, typed as the field is, if the declared size
+/// covers it.
+///
+/// # Safety
+///
+/// `init` points to at least `size` readable bytes, and a field of type `T` at `offset` holds a
+/// valid `T` (storport.h's layout: integers, or NULL-or-routine pointers read as `Option<fn>`).
+unsafe fn field<T: Copy>(
+    init: *const HW_INITIALIZATION_DATA,
+    size: usize,
+    offset: usize,
+) -> Option<T> {
+    if offset + size_of::<T>() > size {
+        return None;
+    }
+    // SAFETY: inside the `size` readable bytes (checked above); the value's validity is the
+    // caller's promise.
+    Some(unsafe {
+        init.cast::<u8>()
+            .wrapping_add(offset)
+            .cast::<T>()
+            .read_unaligned()
+    })
+}
+
+/// StorPortInitialize's validation (docs/STORPORT-NOTES.md §6.1): the structure's size (the
+/// three revisions Storport accepts), the required routines, a virtual miniport; then Storport
+/// keeps a typed copy of the routines and fills the driver object's dispatch table.
+fn storport_initialize(
+    kernel: &Kernel,
+    driver: *mut c_void,
+    registry: *mut c_void,
+    init: *mut HW_INITIALIZATION_DATA,
+) -> u32 {
+    if driver.is_null() || registry.is_null() || init.is_null() {
+        kernel.machine().report(BugCheck::new(
+            Code::ScsiVerifierDetectedViolation,
+            [0x1000, driver as u64, registry as u64, init as u64],
+            "StorPortInitialize called with a NULL argument",
+        ));
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY: the driver passes its HW_INITIALIZATION_DATA; the u32 size field comes first.
+    let size = unsafe { init.cast::<u32>().read_unaligned() } as usize;
+    if ![0x88, 0xB0, 0xD0].contains(&size) {
+        kernel.note(format!(
+            "StorPortInitialize: HwInitializationDataSize {size:#x} → STATUS_REVISION_MISMATCH"
+        ));
+        return STATUS_REVISION_MISMATCH;
+    }
+    // SAFETY: `size` is one of the structure's revisions, all of which the driver's structure
+    // holds; each field is read with its storport.h type.
+    let read = |offset| {
+        unsafe { field::<Option<unsafe extern "win64" fn()>>(init, size, offset) }.flatten()
+    };
+    let routine_named = [
+        (
+            "HwInitialize",
+            offset_of!(HW_INITIALIZATION_DATA, HwInitialize),
+        ),
+        ("HwStartIo", offset_of!(HW_INITIALIZATION_DATA, HwStartIo)),
+        (
+            "HwFindAdapter",
+            offset_of!(HW_INITIALIZATION_DATA, HwFindAdapter),
+        ),
+        ("HwResetBus", offset_of!(HW_INITIALIZATION_DATA, HwResetBus)),
+    ];
+    if let Some((name, _)) = routine_named
+        .iter()
+        .find(|(_, offset)| read(*offset).is_none())
+    {
+        kernel.note(format!(
+            "StorPortInitialize: {name} is NULL → STATUS_INVALID_PARAMETER"
+        ));
+        return STATUS_INVALID_PARAMETER;
+    }
+    // SAFETY (the reads below): as for `read`, each with its field's own type.
+    let u32_at = |offset| unsafe { field::<u32>(init, size, offset) }.unwrap_or(0);
+    let feature_support = u32_at(offset_of!(HW_INITIALIZATION_DATA, FeatureSupport));
+    let is_virtual =
+        size == 0xB0 || (size == 0xD0 && feature_support & STOR_FEATURE_VIRTUAL_MINIPORT != 0);
+    if !is_virtual {
+        kernel.note("StorPortInitialize: not a virtual miniport; storsim emulates no HBA hardware");
+        return STATUS_NOT_SUPPORTED;
+    }
+    macro_rules! routine {
+        ($field:ident) => {
+            // SAFETY: the field is `Option<routine>` in storport.h's layout, inside `size`.
+            unsafe { field(init, size, offset_of!(HW_INITIALIZATION_DATA, $field)) }.flatten()
+        };
+    }
+    let (Some(find_adapter), Some(initialize), Some(start_io), Some(reset_bus)) = (
+        routine!(HwFindAdapter),
+        routine!(HwInitialize),
+        routine!(HwStartIo),
+        routine!(HwResetBus),
+    ) else {
+        unreachable!("checked non-NULL above");
+    };
+    let routines = Routines {
+        find_adapter,
+        initialize,
+        start_io,
+        reset_bus,
+        adapter_control: routine!(HwAdapterControl),
+        free_adapter_resources: routine!(HwFreeAdapterResources),
+        process_service_request: routine!(HwProcessServiceRequest),
+        complete_service_irp: routine!(HwCompleteServiceIrp),
+    };
+    let extension_size = u32_at(offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize));
+    // SAFETY: every routine was read from the miniport's HW_INITIALIZATION_DATA with its
+    // storport.h prototype, and its image stays loaded while storsim runs the adapter.
+    let miniport = unsafe {
+        Miniport::new(
+            routines,
+            extension_size,
+            u32_at(offset_of!(HW_INITIALIZATION_DATA, SrbExtensionSize)),
+        )
+    };
+    // Storport marks the caller's copy (PortVersionFlags |= 0x10) [DECOMP].
+    let flags = init
+        .cast::<u8>()
+        .wrapping_add(offset_of!(HW_INITIALIZATION_DATA, PortVersionFlags))
+        .cast::<u16>();
+    // SAFETY: inside the driver's structure (every revision is ≥ 0x88 > 0x6A bytes).
+    unsafe { flags.write_unaligned(flags.read_unaligned() | 0x10) };
+    kernel.port().register(miniport);
+    let objects = kernel.io().objects();
+    for major in [
+        0x00, 0x02, 0x03, 0x04, 0x09, 0x0E, 0x0F, 0x10, 0x16, 0x17, 0x1B,
+    ] {
+        objects.set_word(
+            Slot::MajorFunction(major),
+            storport_dispatch as *const () as usize,
+        );
+    }
+    objects.set_word(Slot::DriverUnload, storport_unload as *const () as usize);
+    objects.set_word(Slot::AddDevice, storport_add_device as *const () as usize);
+    kernel.note(format!(
+        "StorPortInitialize: HW_INITIALIZATION_DATA {size:#x}, virtual, DeviceExtensionSize {extension_size:#x} → STATUS_SUCCESS"
+    ));
+    0
+}
+
+/// Storport's dispatch routine for every major function it registers.
+unsafe extern "win64" fn storport_dispatch(_device: *mut c_void, irp: *mut IRP) -> i32 {
+    let kernel = crate::kernel::kernel();
+    // The I/O manager only dispatches IRPs it has in flight.
+    let irp = kernel
+        .io()
+        .irp_in_flight(irp as usize)
+        .expect("IoCallDriver dispatches an IRP in flight");
+    kernel.port().device_control(irp) as i32
+}
+
+/// Storport's DriverUnload: storsim drives unload itself.
+unsafe extern "win64" fn storport_unload(_driver: *mut c_void) {}
+
+/// Storport's AddDevice: the FDO already exists in storsim.
+unsafe extern "win64" fn storport_add_device(_driver: *mut c_void, _pdo: *mut c_void) -> i32 {
+    0
 }
 
 fn storport_irql_at_most(routine: &'static str, max: u8) -> bool {
     let irql = cpu::irql();
     if irql > max {
-        crate::kernel::kernel().report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+        crate::kernel::kernel().machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [RULE_STORPORT_IRQL, u64::from(irql), u64::from(max), 0],
             format!("{routine} called at IRQL {irql}; allowed up to {max} (SDV StorPortIrql)"),
         ));
@@ -68,37 +239,48 @@ unsafe extern "win64" fn stor_port_notification(
     let (kernel, _call) = enter("StorPortNotification");
     match kind {
         // RequestComplete(Srb)
-        0 => kernel.srb_complete(a0 as *mut SCSI_REQUEST_BLOCK),
+        0 => kernel.port().srb_complete(a0),
         // NextRequest, NextLuRequest: nothing is queued behind a virtual adapter's SRBs.
         1 | 2 => {}
         // RequestTimerCall(HwTimer, MiniportTimerValue µs)
         6 => {
             if storport_irql_at_most("StorPortNotification(RequestTimerCall)", DISPATCH_LEVEL) {
-                // SAFETY: a0 is the miniport's HW_TIMER or NULL.
-                let routine: Option<HW_TIMER> = unsafe { std::mem::transmute(a0) };
-                kernel.port.dispatcher.request_timer(&kernel, routine, (a1 as u32).into());
+                // SAFETY: RequestTimerCall's first argument is the miniport's HW_TIMER or
+                // NULL, passed in an integer register by the variadic shim.
+                let routine = unsafe { std::mem::transmute::<usize, Option<HW_TIMER>>(a0) };
+                // SAFETY: the miniport's HwTimer, in its loaded image.
+                let timer = routine.map(|routine| unsafe { Timer::new(routine) });
+                let port = kernel.port();
+                port.dispatcher()
+                    .request_timer(port, timer, (a1 as u32).into());
             }
         }
         // InitializeDpc(Dpc, HwDpcRoutine)
         0x1001 => match a1 {
-            0 => kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation, [RULE_BAD_ARGUMENT, 0x1001, 0, 0], "StorPortInitializeDpc with a NULL routine")),
+            0 => kernel.machine().report(BugCheck::new(Code::DriverVerifierDetectedViolation, [rules::BAD_ARGUMENT, 0x1001, 0, 0], "StorPortInitializeDpc with a NULL routine")),
             routine => {
-                // SAFETY: non-null; the miniport passes its HW_DPC_ROUTINE.
-                let routine: HW_DPC_ROUTINE = unsafe { std::mem::transmute(routine) };
-                kernel.port.dispatcher.init_dpc(a0, routine);
+                // SAFETY: non-NULL (matched above); InitializeDpc's second argument is the
+                // miniport's HW_DPC_ROUTINE, passed in an integer register by the shim.
+                let routine = unsafe { std::mem::transmute::<usize, HW_DPC_ROUTINE>(routine) };
+                // SAFETY: the miniport's DPC routine, in its loaded image.
+                let routine = unsafe { DpcRoutine::new(routine) };
+                kernel.port().dispatcher().init_dpc(a0, routine);
             }
         },
         // IssueDpc(Dpc, SystemArgument1, SystemArgument2, &Succ)
         0x1002 => {
             let queued = storport_irql_at_most("StorPortIssueDpc", DISPATCH_LEVEL)
-                && kernel.port.dispatcher.issue_dpc(&kernel, a0, a1, a2);
+                && kernel
+                    .port()
+                    .dispatcher()
+                    .issue_dpc(kernel.port(), a0, a1, a2);
             if a3 != 0 {
                 // SAFETY: the wrapper passes a BOOLEAN to receive the result.
                 unsafe { (a3 as *mut u8).write(u8::from(queued)) };
             }
         }
-        other => kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
-            [RULE_UNEMULATED, u64::from(other), 0, 0],
+        other => kernel.machine().report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+            [rules::UNEMULATED, u64::from(other), 0, 0],
             format!("StorPortNotification type {other:#x} is not emulated by storsim (undocumented types violate StorPortNotification2)"),
         )),
     }
@@ -127,12 +309,14 @@ unsafe extern "win64" fn stor_port_extended_function(
             if a2 == 0 {
                 return STOR_STATUS_INVALID_PARAMETER;
             }
-            let block = if kernel.faults.fail(Site::StorPortAllocatePool) {
+            let block = if kernel.machine().faults().fail(Site::StorPortAllocatePool) {
                 Err(crate::pool::PoolError::Exhausted)
             } else {
-                kernel
-                    .pool
-                    .allocate_zeroed(a0 as u32 as usize, a1 as u32, Owner::Driver)
+                kernel.machine().pool().allocate_zeroed(
+                    a0 as u32 as usize,
+                    a1 as u32,
+                    Owner::Driver,
+                )
             };
             let (status, pointer) = match block {
                 Ok(pointer) => (STOR_STATUS_SUCCESS, pointer as *const () as usize),
@@ -144,13 +328,17 @@ unsafe extern "win64" fn stor_port_extended_function(
         }
         // FreePool(BufferPointer)
         1 if !storport_irql_at_most("StorPortFreePool", DISPATCH_LEVEL) => STOR_STATUS_INVALID_IRQL,
-        1 => match kernel.pool.free(a0 as *mut u8, None) {
+        1 => match kernel.machine().pool().free(a0 as *mut u8, None) {
             Ok(block) => {
-                kernel.locks.forget_range(block.addr, block.size);
+                kernel
+                    .machine()
+                    .locks()
+                    .forget_range(block.addr, block.size);
                 STOR_STATUS_SUCCESS
             }
             Err(error) => {
-                kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+                kernel.machine().report(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
                     [0x10, a0 as u64, 0, 0],
                     format!("StorPortFreePool: {error}"),
                 ));
@@ -163,7 +351,10 @@ unsafe extern "win64" fn stor_port_extended_function(
                 return STOR_STATUS_INVALID_PARAMETER;
             }
             storport_irql_at_most("StorPortCompleteServiceIrp", DISPATCH_LEVEL);
-            kernel.complete_irp(a0, Via::StorPortCompleteServiceIrp);
+            // The completion drops the service IRP's rundown reference after the IRP is done.
+            if kernel.io().complete(a0, Via::StorPortCompleteServiceIrp) {
+                kernel.port().rundown_release();
+            }
             STOR_STATUS_SUCCESS
         }
         // DelayExecution(µs)
@@ -189,22 +380,32 @@ unsafe extern "win64" fn stor_port_allocate_registry_buffer(
     if length.is_null() {
         return std::ptr::null_mut();
     }
-    if kernel.faults.fail(Site::StorPortAllocateRegistryBuffer) {
+    if kernel
+        .machine()
+        .faults()
+        .fail(Site::StorPortAllocateRegistryBuffer)
+    {
         kernel.note("StorPortAllocateRegistryBuffer → NULL (injected)");
         return std::ptr::null_mut();
     }
     // SAFETY: the driver's in/out length.
     let requested = unsafe { length.read() } as usize;
     kernel
-        .pool
+        .machine()
+        .pool()
         .allocate_zeroed(requested.max(1), REGISTRY_BUFFER_TAG, Owner::Driver)
         .unwrap_or(std::ptr::null_mut())
 }
 
 unsafe extern "win64" fn stor_port_free_registry_buffer(_extension: *mut c_void, buffer: *mut u8) {
     let (kernel, _call) = enter("StorPortFreeRegistryBuffer");
-    if let Err(error) = kernel.pool.free(buffer, Some(REGISTRY_BUFFER_TAG)) {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+    if let Err(error) = kernel
+        .machine()
+        .pool()
+        .free(buffer, Some(REGISTRY_BUFFER_TAG))
+    {
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
             [0x10, buffer as u64, 0, 0],
             format!("StorPortFreeRegistryBuffer: {error}"),
         ));
@@ -227,17 +428,19 @@ unsafe extern "win64" fn stor_port_registry_read(
         return 0;
     }
     if kernel
-        .pool
+        .machine()
+        .pool()
         .block(buffer as usize)
         .is_none_or(|b| b.tag != REGISTRY_BUFFER_TAG || b.addr != buffer as usize)
     {
-        kernel.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
-            [RULE_BAD_ARGUMENT, buffer as u64, 0, 0],
+        kernel.machine().report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
+            [rules::BAD_ARGUMENT, buffer as u64, 0, 0],
             "StorPortRegistryRead with a buffer not from StorPortAllocateRegistryBuffer",
         ));
         return 0;
     }
-    if kernel.faults.fail(Site::StorPortRegistryRead) {
+    if kernel.machine().faults().fail(Site::StorPortRegistryRead) {
         kernel.note("StorPortRegistryRead → FALSE (injected)");
         return 0;
     }
@@ -246,7 +449,7 @@ unsafe extern "win64" fn stor_port_registry_read(
         .to_string_lossy()
         .into_owned();
     const MINIPORT_REG_DWORD: u32 = 4;
-    let value = kernel.config.registry.get(&name).copied();
+    let value = kernel.config().registry.get(&name).copied();
     // SAFETY: the driver's in/out length.
     let capacity = unsafe { length.read() };
     let found = match value {
@@ -271,7 +474,8 @@ unsafe extern "win64" fn stor_port_registry_read(
 unsafe extern "win64" fn stor_port_stall_execution(micros: u32) {
     let (kernel, _call) = enter("StorPortStallExecution");
     if micros > 100_000 {
-        kernel.report(BugCheck::new(Code::ScsiVerifierDetectedViolation,
+        kernel.machine().report(BugCheck::new(
+            Code::ScsiVerifierDetectedViolation,
             [0x2001, u64::from(micros), 0, 0],
             format!("StorPortStallExecution({micros} µs) exceeds 0.1 s"),
         ));

@@ -5,20 +5,21 @@ use std::sync::atomic::Ordering;
 
 use super::irp::{
     CompletionRoutine, IrpPtr, SL_ERROR_RETURNED, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR,
-    SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED,
+    SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED, header, location,
 };
 use super::{
-    IrpState, Origin, Outcome, STATUS_CANCELLED, STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING,
+    Io, IrpRecord, IrpState, Origin, Outcome, STATUS_CANCELLED, STATUS_MORE_PROCESSING_REQUIRED,
+    STATUS_PENDING,
 };
 use crate::cpu::{self, DISPATCH_LEVEL};
-use crate::kernel::Kernel;
 use crate::pool::PoolError;
-use crate::verifier::{BugCheck, Code, locks};
+use crate::verifier::{BugCheck, Code, locks, rules};
 
 /// Who completed the IRP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Via {
-    /// The miniport, through StorPortCompleteServiceIrp (releases the rundown reference).
+    /// The miniport, through StorPortCompleteServiceIrp (whose caller then releases the
+    /// rundown reference of a referenced IRP).
     StorPortCompleteServiceIrp,
     /// A driver calling IofCompleteRequest itself.
     IofCompleteRequest,
@@ -26,20 +27,15 @@ pub enum Via {
     Port,
 }
 
-/// The storsim rule: a service IRP completed without StorPortCompleteServiceIrp.
-pub const RULE_SERVICE_IRP_BYPASSED_STORPORT: u64 = 0x5700_0002;
-/// The storsim rule: completion while a spin lock is held (SDV SpinLockSafe).
-pub const RULE_SPIN_LOCK_SAFE: u64 = 0x5700_0001;
-/// The storsim rule: output bytes within Information that the driver never wrote.
-pub const RULE_UNWRITTEN_OUTPUT: u64 = 0x5700_0004;
 /// Consecutive never-written output bytes that make a disclosure (chance: 2^-32 per place).
 const UNWRITTEN_RUN: usize = 4;
 
-impl Kernel {
-    /// IofCompleteRequest as the driver (or Storport) calls it.
-    pub fn complete_irp(&self, addr: usize, via: Via) {
+impl Io {
+    /// IofCompleteRequest as the driver (or Storport) calls it. Returns whether the IRP held
+    /// a reference of its device (the port driver's to release when it completed it).
+    pub fn complete(&self, addr: usize, via: Via) -> bool {
         let record = {
-            let mut irps = self.io.irps();
+            let mut irps = self.irps();
             match irps.get_mut(&addr) {
                 Some(record) if record.state == IrpState::WithDriver => {
                     record.state = IrpState::Completed;
@@ -47,66 +43,65 @@ impl Kernel {
                 }
                 Some(_) => {
                     drop(irps);
-                    return self.irp_violation(
+                    self.irp_violation(
                         Code::MultipleIrpCompleteRequests,
                         0,
                         addr,
                         0,
                         format!("IRP {addr:#x} completed a second time"),
                     );
+                    return false;
                 }
-                None if self.io.recently_completed(addr) => {
+                None if self.recently_completed(addr) => {
                     drop(irps);
-                    return self.irp_violation(
+                    self.irp_violation(
                         Code::MultipleIrpCompleteRequests,
                         0,
                         addr,
                         0,
                         format!("IRP {addr:#x} completed a second time (it was already completed and freed)"),
                     );
+                    return false;
                 }
                 None => {
                     drop(irps);
-                    return self.irp_violation(
-                Code::DriverVerifierIomanagerViolation,
+                    self.irp_violation(
+                        Code::DriverVerifierIomanagerViolation,
                         0x01,
                         addr,
                         0,
                         format!("completion of {addr:#x}, which is not an IRP in flight"),
                     );
+                    return false;
                 }
             }
         };
-        let irp = IrpPtr(addr as *mut _);
-        self.check_completion(irp, &record, via);
-        if record.service && via == Via::IofCompleteRequest {
-            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
-                [RULE_SERVICE_IRP_BYPASSED_STORPORT, addr as u64, 0, 0],
+        // SAFETY: the registry listed it in flight with this stack count, and this thread has
+        // just taken its completion: nothing frees it before `finish_irp` below.
+        let irp = unsafe { IrpPtr::new(addr as *mut _, record.stack_count) };
+        self.check_completion(&irp, &record, via);
+        if record.referenced && via == Via::IofCompleteRequest {
+            self.machine.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+                [rules::SERVICE_IRP_BYPASSED_STORPORT, addr as u64, 0, 0],
                 "service IRP completed with IoCompleteRequest instead of StorPortCompleteServiceIrp: \
                  Storport's rundown reference leaks and removal will hang",
             ));
         }
-        // SAFETY: this thread owns the completion of the live IRP.
-        let status = unsafe { irp.header() }.IoStatus.Status as u32;
-        self.io.counters.completed.fetch_add(1, Ordering::Relaxed);
+        let status = irp.get(header::STATUS) as u32;
+        self.counters.completed.fetch_add(1, Ordering::Relaxed);
         if status == STATUS_CANCELLED {
-            self.io.counters.cancelled.fetch_add(1, Ordering::Relaxed);
+            self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         }
-        let finished = self.walk_completion_routines(irp);
-        if finished {
+        if self.walk_completion_routines(&irp) {
             self.finish_irp(irp, &record);
         }
-        if record.service && via == Via::StorPortCompleteServiceIrp {
-            self.port.rundown_release();
-        }
+        record.referenced
     }
 
-    /// The checks VERIFIER.md §5.4 lists, before anything changes.
-    fn check_completion(&self, irp: IrpPtr, record: &super::IrpRecord, via: Via) {
+    /// The checks docs/VERIFIER-NOTES.md §5.4 lists, before anything changes.
+    fn check_completion(&self, irp: &IrpPtr, record: &IrpRecord, via: Via) {
         let addr = irp.addr();
-        // SAFETY: the record says the IRP is live and this thread now owns its completion.
-        let header = unsafe { irp.header() };
-        let status = header.IoStatus.Status as u32;
+        let status = irp.get(header::STATUS) as u32;
         if status == STATUS_PENDING || status == 0xFFFF_FFFF {
             self.irp_violation(
                 Code::DriverVerifierIomanagerViolation,
@@ -116,9 +111,7 @@ impl Kernel {
                 format!("IRP completed with IoStatus.Status = {status:#x}"),
             );
         }
-        let routine = irp
-            .cancel_routine()
-            .swap(std::ptr::null_mut(), Ordering::AcqRel);
+        let routine = irp.take_cancel_routine();
         if !routine.is_null() {
             self.irp_violation(
                 Code::DriverVerifierIomanagerViolation,
@@ -141,12 +134,13 @@ impl Kernel {
         if via != Via::Port
             && let Some((lock, name)) = locks::any_held()
         {
-            self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
-                [RULE_SPIN_LOCK_SAFE, lock as u64, addr as u64, 0],
+            self.machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [rules::SPIN_LOCK_SAFE, lock as u64, addr as u64, 0],
                 format!("IRP completed while holding {name} {lock:#x} (SDV SpinLockSafe)"),
             ));
         }
-        let information = header.IoStatus.Information;
+        let information = irp.get(header::INFORMATION);
         if information > record.out_len as usize {
             self.irp_violation(
                 Code::DriverVerifierIomanagerViolation,
@@ -160,17 +154,20 @@ impl Kernel {
             );
         }
         if record.system_buffer != 0 {
-            match self.pool.check(record.system_buffer as *mut u8) {
+            match self.machine.pool().check(record.system_buffer as *mut u8) {
                 Ok(()) => {}
-                Err(PoolError::Underrun { block, offset }) => self.report(BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
+                Err(PoolError::Underrun { block, offset }) => self.machine.report(BugCheck::new(
+                    Code::SpecialPoolDetectedMemoryCorruption,
                     [block.addr as u64, block.size as u64, offset as u64, 0x21],
                     format!("SystemBuffer underrun: byte {offset} before the buffer was written"),
                 )),
-                Err(PoolError::Overrun { block, offset }) => self.report(BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
+                Err(PoolError::Overrun { block, offset }) => self.machine.report(BugCheck::new(
+                    Code::SpecialPoolDetectedMemoryCorruption,
                     [block.addr as u64, block.size as u64, offset as u64, 0x20],
                     format!("SystemBuffer overrun: byte {offset} past the end was written"),
                 )),
-                Err(other) => self.report(BugCheck::new(Code::SpecialPoolDetectedMemoryCorruption,
+                Err(other) => self.machine.report(BugCheck::new(
+                    Code::SpecialPoolDetectedMemoryCorruption,
                     [record.system_buffer as u64, 0, 0, 0],
                     format!("SystemBuffer damaged: {other}"),
                 )),
@@ -187,17 +184,18 @@ impl Kernel {
     /// byte `i % 8` of the pattern). A run of [`UNWRITTEN_RUN`] or more marker bytes inside
     /// Information was never written — struct padding included. Shorter runs are not reported:
     /// a written byte matches the marker by chance one time in 256.
-    fn check_disclosure(&self, record: &super::IrpRecord, information: usize) {
+    fn check_disclosure(&self, record: &IrpRecord, information: usize) {
         let start = record.in_len as usize;
         let end = information.min(record.out_len as usize);
         if end <= start {
             return;
         }
-        let pattern = self.io.pattern.to_le_bytes();
-        // SAFETY: [start, end) lies inside the live SystemBuffer (end ≤ out_len ≤ its length).
-        let bytes = unsafe {
-            std::slice::from_raw_parts((record.system_buffer + start) as *const u8, end - start)
-        };
+        let pattern = self.pattern.to_le_bytes();
+        let bytes = self
+            .machine
+            .pool()
+            .read_bytes(record.system_buffer + start, end - start)
+            .expect("Information ≤ out_len ≤ the SystemBuffer's length");
         let mut run = 0;
         for (offset, &byte) in bytes.iter().enumerate() {
             let at = start + offset;
@@ -208,8 +206,8 @@ impl Kernel {
                     .take_while(|&i| bytes[i - start] == pattern[i % 8])
                     .last()
                     .unwrap_or(at);
-                self.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
-                    [RULE_UNWRITTEN_OUTPUT, record.system_buffer as u64, first as u64, information as u64],
+                self.machine.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
+                    [rules::UNWRITTEN_OUTPUT, record.system_buffer as u64, first as u64, information as u64],
                     format!(
                         "output bytes {first}..={last} are reported in Information ({information}) but were \
                          never written: kernel memory would be disclosed to the caller"
@@ -222,95 +220,83 @@ impl Kernel {
 
     /// Walks from the current location to the top, calling completion routines. `false` if a
     /// routine returned STATUS_MORE_PROCESSING_REQUIRED (its owner has the IRP back).
-    fn walk_completion_routines(&self, irp: IrpPtr) -> bool {
+    fn walk_completion_routines(&self, irp: &IrpPtr) -> bool {
+        let stack_count = irp.get(header::STACK_COUNT);
         loop {
-            // SAFETY: the completing thread owns the IRP; it is live until finish_irp.
-            let header = unsafe { irp.header() };
-            if header.CurrentLocation > header.StackCount {
+            let at = irp.get(header::CURRENT_LOCATION);
+            if at > stack_count {
                 return true;
             }
-            let location_ptr = irp.location_ptr(header.CurrentLocation);
-            // SAFETY: 1 ≤ CurrentLocation ≤ StackCount: inside the IRP block.
-            let location = unsafe { &mut *location_ptr };
-            header.PendingReturned = u8::from(location.Control & SL_PENDING_RETURNED != 0);
+            let control = irp.get_at(at, location::CONTROL);
+            let pending_returned = control & SL_PENDING_RETURNED != 0;
+            irp.set(header::PENDING_RETURNED, u8::from(pending_returned));
             // NT_SUCCESS picks success or error (a warning is not success); Cancel adds its own.
-            let succeeded = header.IoStatus.Status >= 0;
+            let succeeded = irp.get(header::STATUS) >= 0;
+            let cancelled = irp.cancel_flag().load(Ordering::Acquire) != 0;
             let wants = if succeeded {
                 SL_INVOKE_ON_SUCCESS
             } else {
                 SL_INVOKE_ON_ERROR
-            } | if header.Cancel != 0 {
-                SL_INVOKE_ON_CANCEL
-            } else {
-                0
-            };
-            let routine = location.CompletionRoutine;
-            let context = location.Context;
-            let invoke = !routine.is_null() && location.Control & wants != 0;
-            let keep = location.Control & SL_ERROR_RETURNED;
-            // SAFETY: as above; clearing the processed location as the I/O manager does.
-            unsafe { std::ptr::write_bytes(location_ptr, 0, 1) };
-            location.Control = keep;
-            header.CurrentLocation += 1;
-            header.CurrentStackLocation = irp.location_ptr(header.CurrentLocation);
-            let above = header.CurrentLocation <= header.StackCount;
-            if invoke {
+            } | if cancelled { SL_INVOKE_ON_CANCEL } else { 0 };
+            // Read as the IO_COMPLETION_ROUTINE whoever set the location stored (or NULL).
+            let routine: Option<CompletionRoutine> = irp.get_at(at, location::COMPLETION_ROUTINE);
+            let context = irp.get_at(at, location::CONTEXT);
+            let invoke = routine.filter(|_| control & wants != 0);
+            // Clear the processed location as the I/O manager does, keeping SL_ERROR_RETURNED.
+            irp.clear_location(at);
+            irp.set_at(at, location::CONTROL, control & SL_ERROR_RETURNED);
+            irp.move_to(at + 1);
+            let above = at < stack_count;
+            if let Some(routine) = invoke {
                 let device = if above {
-                    // SAFETY: the new current location is inside the block.
-                    unsafe { (*header.CurrentStackLocation).DeviceObject.cast() }
+                    irp.get_at(at + 1, location::DEVICE_OBJECT)
                 } else {
                     std::ptr::null_mut()
                 };
-                // SAFETY: whoever set the location stored an IO_COMPLETION_ROUTINE there.
-                let routine: CompletionRoutine = unsafe { std::mem::transmute(routine) };
-                // SAFETY: the routine's contract: the device above, the IRP, its context.
-                let result = unsafe { routine(device, irp.0, context) } as u32;
+                // SAFETY: the routine's contract: the device above, the IRP (live until it
+                // returns: only its owner frees it), its context, at IRQL ≤ DISPATCH_LEVEL.
+                let result = unsafe { routine(device, irp.as_ptr(), context) } as u32;
                 if result == STATUS_MORE_PROCESSING_REQUIRED {
                     return false;
                 }
-            } else if header.PendingReturned != 0 && above {
-                // SAFETY: inside the block (above).
-                unsafe { (*header.CurrentStackLocation).Control |= SL_PENDING_RETURNED };
+            } else if pending_returned && above {
+                let control = irp.get_at(at + 1, location::CONTROL);
+                irp.set_at(at + 1, location::CONTROL, control | SL_PENDING_RETURNED);
             }
         }
     }
 
     /// The I/O manager's final step: IOSB, copy-back, free SystemBuffer and IRP.
-    fn finish_irp(&self, irp: IrpPtr, record: &super::IrpRecord) {
-        // SAFETY: still live; nothing else touches a completed IRP.
-        let header = unsafe { irp.header() };
-        let status = header.IoStatus.Status as u32;
-        let information = header.IoStatus.Information;
-        let copied = if crate::io::is_error(status) || record.system_buffer == 0 {
+    fn finish_irp(&self, irp: IrpPtr, record: &IrpRecord) {
+        let status = irp.get(header::STATUS) as u32;
+        let information = irp.get(header::INFORMATION);
+        let copied = if super::is_error(status) || record.system_buffer == 0 {
             0
         } else {
             information.min(record.out_len as usize)
         };
-        let mut output = vec![0u8; copied];
-        // SAFETY: `copied` ≤ out_len ≤ the SystemBuffer's length, and it is live.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                record.system_buffer as *const u8,
-                output.as_mut_ptr(),
-                copied,
-            )
-        };
+        let output = self
+            .machine
+            .pool()
+            .read_bytes(record.system_buffer, copied)
+            .expect("copied ≤ out_len ≤ the SystemBuffer's length");
         let outcome = Outcome {
             status,
             information,
             output,
         };
         if matches!(record.origin, Origin::User { .. }) {
+            let pool = self.machine.pool();
             if record.system_buffer != 0 {
-                let _ = self.pool.free(record.system_buffer as *mut u8, None);
+                let _ = pool.free(record.system_buffer as *mut u8, None);
             }
-            self.io.irps().remove(&irp.addr());
-            self.io.remember_completed(irp.addr());
+            self.irps().remove(&irp.addr());
+            self.remember_completed(irp.addr());
             // Freed to special pool: any later touch by the driver faults (0xCC).
-            let _ = self.pool.free(irp.0.cast(), None);
+            let _ = pool.free(irp.as_ptr().cast(), None);
         }
-        if self.config.timeline {
-            self.note(format!(
+        if self.machine.config().timeline {
+            self.machine.note(format!(
                 "IRP #{} completed: status {status:#010x}, {information} bytes",
                 record.id
             ));

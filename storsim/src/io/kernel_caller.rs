@@ -3,11 +3,14 @@
 //! reuses it (IoReuseIrp) for the next request — the path Enhanced I/O Verification exercises.
 
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use super::irp::{IrpPtr, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS};
-use super::{IrpState, Origin, Outcome, Parameters, Request, STATUS_MORE_PROCESSING_REQUIRED};
-use crate::kernel::{Kernel, kernel};
+use super::irp::{
+    CompletionRoutine, IrpPtr, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS,
+    header, location,
+};
+use super::{Io, IrpState, Origin, Outcome, Parameters, Request, STATUS_MORE_PROCESSING_REQUIRED};
+use crate::machine::Machine;
 use crate::pool::Owner;
 
 /// The upper driver's IRP and buffer, reused for every request it sends.
@@ -15,6 +18,16 @@ pub struct KernelCaller {
     irp: IrpPtr,
     buffer: usize,
     capacity: usize,
+    /// What the completion routine finds through its context pointer (boxed: the address
+    /// stays put while the caller moves).
+    context: Box<Context>,
+}
+
+/// The completion routine's context: where the reply goes.
+struct Context {
+    machine: Arc<Machine>,
+    /// The request in flight and its output length.
+    sent: Mutex<Option<(Arc<Request>, usize)>>,
 }
 
 /// IRP stack size the caller allocates: its target's StackSize (Storport FDO over the PDO).
@@ -22,17 +35,16 @@ const STACK_COUNT: u8 = 2;
 
 impl KernelCaller {
     /// IoAllocateIrp plus a nonpaged buffer of `capacity` bytes.
-    pub fn new(kernel: &Kernel, capacity: usize) -> Option<Self> {
-        let irp = kernel
-            .pool
+    pub fn new(io: &Io, capacity: usize) -> Option<Self> {
+        let pool = io.machine.pool();
+        let irp = pool
             .allocate_zeroed(
                 super::irp::irp_size(STACK_COUNT),
                 u32::from_le_bytes(*b"KIrp"),
                 Owner::Irp,
             )
             .ok()?;
-        let buffer = kernel
-            .pool
+        let buffer = pool
             .allocate(
                 capacity.max(1),
                 u32::from_le_bytes(*b"KBuf"),
@@ -40,36 +52,34 @@ impl KernelCaller {
             )
             .ok()?;
         Some(Self {
-            irp: IrpPtr(irp.cast()),
+            // SAFETY: a fresh pool block of irp_size(STACK_COUNT) bytes, freed only by `free`,
+            // which consumes the caller.
+            irp: unsafe { IrpPtr::new(irp.cast(), STACK_COUNT) },
             buffer: buffer as usize,
             capacity,
+            context: Box::new(Context {
+                machine: io.machine.clone(),
+                sent: Mutex::new(None),
+            }),
         })
     }
 
     /// Sends one IOCTL: IoReuseIrp, fill the next location, IoSetCompletionRoutine(all three
     /// outcomes), IoCallDriver. `None` if the IRP is still out or the request is too large.
-    pub fn send(
-        &self,
-        kernel: &Kernel,
-        code: u32,
-        input: &[u8],
-        out_len: u32,
-    ) -> Option<Arc<Request>> {
+    pub fn send(&self, io: &Io, code: u32, input: &[u8], out_len: u32) -> Option<Arc<Request>> {
         if input.len().max(out_len as usize) > self.capacity {
             return None;
         }
-        if kernel
-            .io
+        if io
             .irps()
             .get(&self.irp.addr())
             .is_some_and(|record| record.state == IrpState::WithDriver)
         {
             return None;
         }
-        let request = Request::new(kernel.io.next_id());
-        kernel.prepare_irp(
-            self.irp,
-            STACK_COUNT,
+        let request = Request::new(io.next_id());
+        io.prepare_irp(
+            &self.irp,
             Parameters {
                 code,
                 input,
@@ -81,22 +91,32 @@ impl KernelCaller {
             },
             0,
         );
-        {
-            // SAFETY: prepared just now; the caller owns it until IoCallDriver.
-            let location = unsafe { self.irp.current() };
-            location.CompletionRoutine = on_complete as *mut c_void;
-            location.Context = Arc::as_ptr(&request) as *mut c_void;
-            location.Control |= SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL;
-        }
-        kernel.call_port(self.irp);
+        // IoSetCompletionRoutine on the location the lower driver will own.
+        let top = self.irp.get(header::CURRENT_LOCATION);
+        let routine: CompletionRoutine = on_complete;
+        self.irp
+            .set_at(top, location::COMPLETION_ROUTINE, Some(routine));
+        *self.context.sent.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((request.clone(), out_len as usize));
+        let context: *const Context = &*self.context;
+        self.irp
+            .set_at(top, location::CONTEXT, context.cast_mut().cast());
+        let control = self.irp.get_at(top, location::CONTROL);
+        self.irp.set_at(
+            top,
+            location::CONTROL,
+            control | SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL,
+        );
+        io.call_device(&self.irp);
         Some(request)
     }
 
     /// IoFreeIrp and the buffer. The IRP must not be in flight.
-    pub fn free(self, kernel: &Kernel) {
-        kernel.io.irps().remove(&self.irp.addr());
-        let _ = kernel.pool.free(self.irp.0.cast(), None);
-        let _ = kernel.pool.free(self.buffer as *mut u8, None);
+    pub fn free(self, io: &Io) {
+        io.irps().remove(&self.irp.addr());
+        let pool = io.machine.pool();
+        let _ = pool.free(self.irp.as_ptr().cast(), None);
+        let _ = pool.free(self.buffer as *mut u8, None);
     }
 }
 
@@ -107,34 +127,32 @@ unsafe extern "win64" fn on_complete(
     irp: *mut storport_abi::IRP,
     context: *mut c_void,
 ) -> i32 {
-    let kernel = kernel();
-    let irp = IrpPtr(irp);
-    let out_len = kernel
-        .io
-        .irps()
-        .get(&irp.addr())
-        .map_or(0, |record| record.out_len as usize);
-    // SAFETY: the I/O manager passes the IRP it is completing; the caller owns it again.
-    let header = unsafe { irp.header() };
-    let status = header.IoStatus.Status as u32;
-    let information = header.IoStatus.Information;
+    // SAFETY: `context` is the caller's boxed Context `send` registered; the caller (and so
+    // the box) lives while its IRP is out.
+    let context = unsafe { &*context.cast::<Context>() };
+    let Some((request, out_len)) = context
+        .sent
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take()
+    else {
+        return STATUS_MORE_PROCESSING_REQUIRED as i32;
+    };
+    // SAFETY: the I/O manager passes the IRP it is completing: the caller's own, allocated
+    // with STACK_COUNT locations and freed only by `free`, which cannot run while it is out.
+    let irp = unsafe { IrpPtr::new(irp, STACK_COUNT) };
+    let status = irp.get(header::STATUS) as u32;
+    let information = irp.get(header::INFORMATION);
     let copied = if super::is_error(status) {
         0
     } else {
         information.min(out_len)
     };
-    let mut output = vec![0u8; copied];
-    // SAFETY: `copied` ≤ out_len ≤ the caller's buffer capacity.
-    unsafe {
-        std::ptr::copy_nonoverlapping(
-            header.SystemBuffer.cast::<u8>(),
-            output.as_mut_ptr(),
-            copied,
-        )
-    };
-    // SAFETY: `context` is the Request `send` registered; the record in the I/O registry holds
-    // an Arc to it until the IRP is reused or freed, so it is alive here.
-    let request = unsafe { &*context.cast::<Request>() };
+    let output = context
+        .machine
+        .pool()
+        .read_bytes(irp.get(header::SYSTEM_BUFFER) as usize, copied)
+        .expect("copied ≤ out_len ≤ the caller's buffer");
     request.finish(Outcome {
         status,
         information,

@@ -4,9 +4,9 @@
 
 mod cancel;
 mod complete;
-pub mod csq;
 pub mod irp;
 mod kernel_caller;
+pub mod objects;
 mod request;
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -19,10 +19,15 @@ pub use irp::IrpPtr;
 pub use kernel_caller::KernelCaller;
 pub use request::{Outcome, Request};
 
-use crate::kernel::Kernel;
+use crate::faults::Site;
+use crate::machine::Machine;
 use crate::pool::Owner;
 use crate::verifier::{BugCheck, Code};
-use irp::{IRP_BUFFERED_IO, IRP_DEALLOCATE_BUFFER, IRP_INPUT_OPERATION, IRP_MJ_DEVICE_CONTROL};
+use irp::{
+    IRP_BUFFERED_IO, IRP_DEALLOCATE_BUFFER, IRP_INPUT_OPERATION, IRP_MJ_DEVICE_CONTROL, header,
+    location,
+};
+use objects::DriverObjects;
 
 pub const STATUS_SUCCESS: u32 = 0;
 pub const STATUS_PENDING: u32 = 0x103;
@@ -31,6 +36,7 @@ pub const STATUS_ACCESS_DENIED: u32 = 0xC000_0022;
 pub const STATUS_INSUFFICIENT_RESOURCES: u32 = 0xC000_009A;
 pub const STATUS_CANCELLED: u32 = 0xC000_0120;
 pub const STATUS_MORE_PROCESSING_REQUIRED: u32 = 0xC000_0016;
+pub const STATUS_INVALID_DEVICE_REQUEST: u32 = 0xC000_0010;
 
 /// NT_ERROR: severity "error"; the I/O manager copies no output back.
 pub const fn is_error(status: u32) -> bool {
@@ -59,7 +65,7 @@ pub type Handle = u64;
 struct HandleEntry {
     process: ProcessId,
     access: Access,
-    /// The adapter instance the handle was opened on ([`crate::port::Port::instance`]).
+    /// The device instance the handle was opened on ([`Io::device_instance`]).
     instance: u64,
     /// Address of the FILE_OBJECT the IRPs point at.
     file_object: Box<[u64; 0x1B]>,
@@ -71,7 +77,7 @@ pub(crate) enum Origin {
     User {
         process: ProcessId,
         handle: Handle,
-        /// The adapter instance the handle was opened on: once that adapter is removed, its
+        /// The device instance the handle was opened on: once that device is removed, its
         /// device object is gone for good and requests through the handle fail.
         instance: u64,
         request: Arc<Request>,
@@ -102,11 +108,13 @@ pub(crate) struct IrpRecord {
     pub id: u64,
     pub origin: Origin,
     pub state: IrpState,
+    pub stack_count: u8,
     pub system_buffer: usize,
     pub in_len: u32,
     pub out_len: u32,
-    /// Holds an adapter rundown reference (dispatched to HwProcessServiceRequest).
-    pub service: bool,
+    /// Holds a reference on its device that only the port driver's own completion routine
+    /// releases (Storport's rundown reference of a service IRP): see [`Via`].
+    pub referenced: bool,
     pub cancelled_at: Option<Instant>,
 }
 
@@ -137,8 +145,12 @@ pub struct Counters {
     pub cancel_requests: AtomicU64,
 }
 
-/// The I/O manager's state.
+/// The I/O manager.
 pub struct Io {
+    machine: Arc<Machine>,
+    objects: DriverObjects,
+    /// Bumped when PnP adds a new device instance (a re-added adapter is a new FDO).
+    device_instance: AtomicU64,
     irps: Mutex<HashMap<usize, IrpRecord>>,
     recent: Mutex<(VecDeque<usize>, HashSet<usize>)>,
     handles: Mutex<HashMap<Handle, HandleEntry>>,
@@ -150,17 +162,21 @@ pub struct Io {
     )]
     closed_files: Mutex<Vec<Box<[u64; 0x1B]>>>,
     next_id: AtomicU64,
-    pub counters: Counters,
+    counters: Counters,
     /// Fill for output bytes the driver has not written (disclosure check).
     pattern: u64,
 }
 
 impl Io {
-    pub fn new(seed: u64) -> Self {
+    pub fn new(machine: Arc<Machine>, service: &str) -> Self {
         // Never zero bytes: a driver that zeroes its output must not look like it wrote nothing.
-        let pattern = (fastrand::Rng::with_seed(seed).u64(..) | 0x0101_0101_0101_0101)
+        let pattern = (fastrand::Rng::with_seed(machine.config().seed).u64(..)
+            | 0x0101_0101_0101_0101)
             ^ 0x8080_8080_8080_8080;
         Self {
+            machine,
+            objects: DriverObjects::new(service),
+            device_instance: AtomicU64::new(0),
             irps: Mutex::new(HashMap::new()),
             recent: Mutex::new((VecDeque::new(), HashSet::new())),
             handles: Mutex::new(HashMap::new()),
@@ -171,11 +187,29 @@ impl Io {
         }
     }
 
-    fn next_id(&self) -> u64 {
+    pub fn objects(&self) -> &DriverObjects {
+        &self.objects
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// Which device instance is current: handles opened on an earlier one are stale.
+    pub fn device_instance(&self) -> u64 {
+        self.device_instance.load(Ordering::Acquire)
+    }
+
+    /// PnP added a new device instance (the last one was removed).
+    pub fn add_device_instance(&self) {
+        self.device_instance.fetch_add(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    pub(crate) fn irps(&self) -> MutexGuard<'_, HashMap<usize, IrpRecord>> {
+    fn irps(&self) -> MutexGuard<'_, HashMap<usize, IrpRecord>> {
         self.irps.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -248,17 +282,51 @@ impl Io {
             .get(&handle)
             .map(|entry| entry.instance)
     }
-}
 
-impl Kernel {
+    /// The IRP at `addr` if it is in flight (sent down and not completed): the registry's
+    /// word is what makes the pointer usable.
+    pub fn irp_in_flight(&self, addr: usize) -> Option<IrpPtr> {
+        let irps = self.irps();
+        let record = irps.get(&addr)?;
+        (record.state == IrpState::WithDriver).then(|| {
+            // SAFETY: the registry lists it as allocated by storsim with this stack count and
+            // not completed; it is freed only by completion, which needs the IRP's owner —
+            // the caller, who received it with the IRP.
+            unsafe { IrpPtr::new(addr as *mut _, record.stack_count) }
+        })
+    }
+
+    /// The device instance the sender of `irp` opened its handle on (`None` for a kernel
+    /// caller, whose IRP names its device directly).
+    pub fn sender_instance(&self, irp: &IrpPtr) -> Option<u64> {
+        match self.irps().get(&irp.addr())?.origin {
+            Origin::User { instance, .. } => Some(instance),
+            Origin::Kernel { .. } => None,
+        }
+    }
+
+    /// Marks `irp` as holding a reference of its device (see [`IrpRecord::referenced`]).
+    pub fn mark_referenced(&self, irp: &IrpPtr) {
+        if let Some(record) = self.irps().get_mut(&irp.addr()) {
+            record.referenced = true;
+        }
+    }
+
+    /// IRPs in flight that hold a reference of their device.
+    pub fn referenced_in_flight(&self) -> usize {
+        self.irps()
+            .values()
+            .filter(|r| r.referenced && r.state == IrpState::WithDriver)
+            .count()
+    }
+
     /// CreateFile on the adapter (`\\.\ScsiN:`): a handle with `access` for `process`.
     pub fn open(&self, process: ProcessId, access: Access) -> Handle {
-        let handle = self.io.next_id();
+        let handle = self.next_id();
         let mut file_object = Box::new([0u64; 0x1B]);
         // FILE_OBJECT.Type = IO_TYPE_FILE (5), Size = 0xD8.
         file_object[0] = 5 | (0xD8 << 16);
-        self.io
-            .handles
+        self.handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(
@@ -266,34 +334,31 @@ impl Kernel {
                 HandleEntry {
                     process,
                     access,
-                    instance: self.port.instance(),
+                    instance: self.device_instance(),
                     file_object,
                 },
             );
-        self.note(format!(
+        self.machine.note(format!(
             "process {process} opens handle {handle:#x} ({access:?})"
         ));
         handle
     }
 
     /// CloseHandle. Like Windows, closing does not cancel IRPs in flight and no cleanup
-    /// request reaches a Storport miniport (STORPORT.md §6.9); their outcomes still arrive.
+    /// request reaches a Storport miniport (docs/STORPORT-NOTES.md §6.9); their outcomes still arrive.
     pub fn close(&self, handle: Handle) -> bool {
         let entry = self
-            .io
             .handles
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&handle);
         let closed = entry.is_some();
         if let Some(entry) = entry {
-            self.io
-                .closed_files
+            self.closed_files
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(entry.file_object);
             let parked = self
-                .io
                 .irps()
                 .values()
                 .filter(|r| {
@@ -301,7 +366,7 @@ impl Kernel {
                         && r.state == IrpState::WithDriver
                 })
                 .count();
-            self.note(format!(
+            self.machine.note(format!(
                 "handle {handle:#x} closed with {parked} requests in flight"
             ));
         }
@@ -319,7 +384,7 @@ impl Kernel {
         out_len: u32,
     ) -> Result<Arc<Request>, u32> {
         let (process, instance, file_object) = {
-            let handles = self.io.handles.lock().unwrap_or_else(|p| p.into_inner());
+            let handles = self.handles.lock().unwrap_or_else(|p| p.into_inner());
             let entry = handles.get(&handle).ok_or(STATUS_INVALID_HANDLE)?;
             // The access bits of the control code (CTL_CODE bits 14–15) are checked against
             // the handle before any driver sees the request.
@@ -334,10 +399,10 @@ impl Kernel {
                 entry.file_object.as_ptr() as usize,
             )
         };
-        if self.faults.fail(crate::faults::Site::IoAllocateIrp) {
+        if self.machine.faults().fail(Site::IoAllocateIrp) {
             return Err(STATUS_INSUFFICIENT_RESOURCES);
         }
-        let request = Request::new(self.io.next_id());
+        let request = Request::new(self.next_id());
         let origin = Origin::User {
             process,
             handle,
@@ -347,7 +412,7 @@ impl Kernel {
         let irp = self
             .build_irp(code, input, out_len, 2, origin, file_object)
             .ok_or(STATUS_INSUFFICIENT_RESOURCES)?;
-        self.call_port(irp);
+        self.call_device(&irp);
         Ok(request)
     }
 
@@ -362,33 +427,34 @@ impl Kernel {
         file_object: usize,
     ) -> Option<IrpPtr> {
         let buffer_len = input.len().max(out_len as usize);
-        let irp = IrpPtr(
-            self.pool
-                .allocate_zeroed(
-                    irp::irp_size(stack_count),
-                    u32::from_le_bytes(*b"Irp "),
-                    Owner::Irp,
-                )
-                .ok()?
-                .cast(),
-        );
+        let block = self
+            .machine
+            .pool()
+            .allocate_zeroed(
+                irp::irp_size(stack_count),
+                u32::from_le_bytes(*b"Irp "),
+                Owner::Irp,
+            )
+            .ok()?;
+        // SAFETY: a fresh pool block of irp_size(stack_count) bytes; it is freed only by this
+        // IRP's completion (finish) or right below if its SystemBuffer cannot be had.
+        let irp = unsafe { IrpPtr::new(block.cast(), stack_count) };
         let system_buffer = if buffer_len == 0 {
             0
         } else {
-            let Ok(buffer) = self.pool.allocate(
+            let Ok(buffer) = self.machine.pool().allocate(
                 buffer_len,
                 u32::from_le_bytes(*b"SysB"),
                 Owner::SystemBuffer,
             ) else {
                 // The IRP never went anywhere; give it back.
-                let _ = self.pool.free(irp.0.cast(), None);
+                let _ = self.machine.pool().free(block, None);
                 return None;
             };
             buffer as usize
         };
         self.prepare_irp(
-            irp,
-            stack_count,
+            &irp,
             Parameters {
                 code,
                 input,
@@ -406,8 +472,7 @@ impl Kernel {
     /// location current as IoCallDriver will find it.
     fn prepare_irp(
         &self,
-        irp: IrpPtr,
-        stack_count: u8,
+        irp: &IrpPtr,
         parameters: Parameters<'_>,
         origin: Origin,
         file_object: usize,
@@ -418,64 +483,86 @@ impl Kernel {
             out_len,
             system_buffer,
         } = parameters;
-        irp.initialize(stack_count);
+        irp.initialize();
         if system_buffer != 0 {
-            let buffer = system_buffer as *mut u8;
-            // SAFETY: the SystemBuffer has max(input, out_len) bytes (its allocator's promise).
-            unsafe { std::ptr::copy_nonoverlapping(input.as_ptr(), buffer, input.len()) };
             // Output bytes past the input hold a marker the driver must overwrite before it
             // reports them in Information (the real buffer holds stale kernel memory).
-            let pattern = self.io.pattern.to_le_bytes();
-            for at in input.len()..input.len().max(out_len as usize) {
-                // SAFETY: `at` < max(input, out_len), inside the buffer.
-                unsafe { buffer.wrapping_add(at).write(pattern[at % 8]) };
-            }
+            let pattern = self.pattern.to_le_bytes();
+            let contents: Vec<u8> = input
+                .iter()
+                .copied()
+                .chain((input.len()..input.len().max(out_len as usize)).map(|at| pattern[at % 8]))
+                .collect();
+            self.machine
+                .pool()
+                .write_bytes(system_buffer, &contents)
+                .expect("the SystemBuffer holds max(input, output) bytes");
         }
-        {
-            // SAFETY: the sender owns the IRP until IoCallDriver.
-            let header = unsafe { irp.header() };
-            header.SystemBuffer = system_buffer as *mut _;
-            header.Flags = IRP_BUFFERED_IO
+        irp.set(header::SYSTEM_BUFFER, system_buffer as *mut _);
+        irp.set(
+            header::FLAGS,
+            IRP_BUFFERED_IO
                 | if system_buffer != 0 {
                     IRP_DEALLOCATE_BUFFER
                 } else {
                     0
                 }
-                | if out_len > 0 { IRP_INPUT_OPERATION } else { 0 };
-            header.RequestorMode = match origin {
+                | if out_len > 0 { IRP_INPUT_OPERATION } else { 0 },
+        );
+        irp.set(
+            header::REQUESTOR_MODE,
+            match origin {
                 Origin::User { .. } => irp::USER_MODE,
                 Origin::Kernel { .. } => irp::KERNEL_MODE,
-            };
-            header.OriginalFileObject = file_object as *mut _;
-            header.IoStatus.Status = STATUS_PENDING as i32;
-        }
-        irp.step_down();
-        {
-            // SAFETY: the current location is now StackCount, inside the block.
-            let location = unsafe { irp.current() };
-            location.MajorFunction = IRP_MJ_DEVICE_CONTROL;
-            location.OutputBufferLength = out_len;
-            location.InputBufferLength = input.len() as u32;
-            location.IoControlCode = code;
-            location.DeviceObject = self.port.fdo();
-            location.FileObject = file_object as *mut _;
-        }
-        let id = self.io.next_id();
-        self.io.forget_completed(irp.addr());
-        self.io.irps().insert(
+            },
+        );
+        irp.set(header::ORIGINAL_FILE_OBJECT, file_object as *mut _);
+        irp.set(header::STATUS, STATUS_PENDING as i32);
+        // The top location, where IoCallDriver will find it.
+        let top = irp.get(header::STACK_COUNT);
+        irp.move_to(top);
+        irp.set_at(top, location::MAJOR_FUNCTION, IRP_MJ_DEVICE_CONTROL);
+        irp.set_at(top, location::OUTPUT_BUFFER_LENGTH, out_len);
+        irp.set_at(top, location::INPUT_BUFFER_LENGTH, input.len() as u32);
+        irp.set_at(top, location::IO_CONTROL_CODE, code);
+        irp.set_at(top, location::DEVICE_OBJECT, self.objects.fdo().cast());
+        irp.set_at(top, location::FILE_OBJECT, file_object as *mut _);
+        let id = self.next_id();
+        self.forget_completed(irp.addr());
+        self.irps().insert(
             irp.addr(),
             IrpRecord {
                 id,
                 origin,
                 state: IrpState::WithDriver,
+                stack_count: irp.get(header::STACK_COUNT) as u8,
                 system_buffer,
                 in_len: input.len() as u32,
                 out_len,
-                service: false,
+                referenced: false,
                 cancelled_at: None,
             },
         );
-        self.io.counters.issued.fetch_add(1, Ordering::Relaxed);
+        self.counters.issued.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// IoCallDriver to the adapter's FDO: its dispatch routine for the current location's
+    /// major function, taken from the driver object (so a miniport that replaced Storport's
+    /// after StorPortInitialize is honoured).
+    fn call_device(&self, irp: &IrpPtr) -> u32 {
+        let major = irp
+            .get_current(location::MAJOR_FUNCTION)
+            .expect("a prepared IRP has a current location");
+        let Some(dispatch) = self.objects.dispatch(major) else {
+            // Windows fills every empty slot with IopInvalidDeviceRequest.
+            irp.set(header::STATUS, STATUS_INVALID_DEVICE_REQUEST as i32);
+            irp.set(header::INFORMATION, 0);
+            self.complete(irp.addr(), Via::Port);
+            return STATUS_INVALID_DEVICE_REQUEST;
+        };
+        // SAFETY: the slot holds a DRIVER_DISPATCH (`DriverObjects::dispatch`); its contract:
+        // the FDO and an IRP whose current location is the FDO's, owned by the callee now.
+        unsafe { dispatch(self.objects.fdo().cast(), irp.as_ptr()) as u32 }
     }
 
     /// Reports a violation about an IRP: 0x44 names only the IRP; the others carry a sub-code.
@@ -485,6 +572,6 @@ impl Kernel {
         } else {
             [sub, irp as u64, extra, 0]
         };
-        self.report(BugCheck::new(code, params, what));
+        self.machine.report(BugCheck::new(code, params, what));
     }
 }

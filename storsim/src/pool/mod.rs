@@ -113,6 +113,9 @@ pub enum PoolError {
     /// The host refused the mapping.
     #[error("pool exhausted: the host refused a mapping")]
     Exhausted,
+    /// Bytes asked of a block that are not all inside it (a storsim bug, not the driver's).
+    #[error("bytes {start:#x}..{end:#x} are not inside one live pool block")]
+    OutOfBlock { start: usize, end: usize },
 }
 
 /// What a fault address inside the pool means.
@@ -368,6 +371,63 @@ impl Pool {
             block: slot.info.clone(),
             offset,
         })
+    }
+
+    /// Copies `bytes` into a live block at `addr` (storsim filling a buffer it allocated).
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::OutOfBlock`] unless `addr..addr + bytes.len()` lies inside one live block.
+    pub fn write_bytes(&self, addr: usize, bytes: &[u8]) -> Result<(), PoolError> {
+        self.with_live_bytes(addr, bytes.len(), |place| {
+            // SAFETY: `with_live_bytes` hands out `bytes.len()` bytes of a live, read-write
+            // block, kept live (the table lock is held) for the copy; storsim's own slice does
+            // not overlap pool memory.
+            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), place, bytes.len()) }
+        })
+    }
+
+    /// Reads `len` bytes of a live block at `addr`.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::write_bytes`].
+    pub fn read_bytes(&self, addr: usize, len: usize) -> Result<Vec<u8>, PoolError> {
+        let mut out = vec![0u8; len];
+        self.with_live_bytes(addr, len, |place| {
+            // SAFETY: as in `write_bytes`, reading into a fresh vector of `len` bytes.
+            unsafe { std::ptr::copy_nonoverlapping(place, out.as_mut_ptr(), len) }
+        })?;
+        Ok(out)
+    }
+
+    /// Runs `access` on `addr` if `addr..addr + len` is inside one live block, holding the
+    /// table lock so the block cannot be freed (and made no-access) meanwhile.
+    fn with_live_bytes(
+        &self,
+        addr: usize,
+        len: usize,
+        access: impl FnOnce(*mut u8),
+    ) -> Result<(), PoolError> {
+        let out_of_block = || PoolError::OutOfBlock {
+            start: addr,
+            end: addr.wrapping_add(len),
+        };
+        if len == 0 {
+            return Ok(());
+        }
+        let table = self.table();
+        let slot = table
+            .containing(addr)
+            .filter(|slot| slot.state == State::Live)
+            .ok_or_else(out_of_block)?;
+        let block = slot.info.addr..slot.info.addr + slot.info.size;
+        if !block.contains(&addr) || addr.checked_add(len).is_none_or(|end| end > block.end) {
+            return Err(out_of_block());
+        }
+        access(addr as *mut u8);
+        drop(table);
+        Ok(())
     }
 
     /// The live block whose bytes (`addr..addr + size`) contain `addr`.

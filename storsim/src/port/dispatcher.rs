@@ -5,24 +5,22 @@
 //! run with no Storport lock. A timer request replaces the previous one; 0 cancels it.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::ffi::c_void;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use storport_abi::{HW_DPC_ROUTINE, HW_TIMER};
-
+use super::Port;
 use crate::cpu::{self, DISPATCH_LEVEL};
-use crate::kernel::Kernel;
+use crate::miniport::{DpcRoutine, Timer};
 use crate::verifier::locks::{LockApi, STARTIO_LOCK};
 
 #[derive(Default)]
 struct State {
-    timer: Option<(Instant, HW_TIMER)>,
+    timer: Option<(Instant, Timer)>,
     dpcs: VecDeque<(usize, usize, usize)>,
     queued: HashSet<usize>,
-    routines: HashMap<usize, HW_DPC_ROUTINE>,
+    routines: HashMap<usize, DpcRoutine>,
     running: bool,
     /// The adapter is gone: queued work waits for unload (and is reported there) instead of
     /// running against freed state.
@@ -43,12 +41,12 @@ impl Dispatcher {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn ensure_thread(&self, kernel: &Arc<Kernel>) {
+    fn ensure_thread(&self, port: &Arc<Port>) {
         let mut thread = self.thread.lock().unwrap_or_else(|p| p.into_inner());
         // Once stopped, the DPC CPU stays down: work queued later (a DPC re-issuing itself
         // while the driver unloads) waits for the unload check instead of reviving it.
         if thread.is_none() && !self.state().stop {
-            let weak = Arc::downgrade(kernel);
+            let weak = Arc::downgrade(port);
             *thread = Some(
                 std::thread::Builder::new()
                     .name("storsim-dpc".into())
@@ -60,8 +58,8 @@ impl Dispatcher {
     }
 
     /// RequestTimerCall: `micros` = 0 cancels.
-    pub fn request_timer(&self, kernel: &Arc<Kernel>, routine: Option<HW_TIMER>, micros: u64) {
-        self.ensure_thread(kernel);
+    pub fn request_timer(&self, port: &Arc<Port>, routine: Option<Timer>, micros: u64) {
+        self.ensure_thread(port);
         let mut state = self.state();
         state.timer = match (routine, micros) {
             (Some(routine), 1..) => Some((Instant::now() + Duration::from_micros(micros), routine)),
@@ -75,13 +73,13 @@ impl Dispatcher {
     }
 
     /// InitializeDpc.
-    pub fn init_dpc(&self, dpc: usize, routine: HW_DPC_ROUTINE) {
+    pub fn init_dpc(&self, dpc: usize, routine: DpcRoutine) {
         self.state().routines.insert(dpc, routine);
     }
 
     /// IssueDpc: `false` if the DPC was already queued (or never initialized).
-    pub fn issue_dpc(&self, kernel: &Arc<Kernel>, dpc: usize, arg1: usize, arg2: usize) -> bool {
-        self.ensure_thread(kernel);
+    pub fn issue_dpc(&self, port: &Arc<Port>, dpc: usize, arg1: usize, arg2: usize) -> bool {
+        self.ensure_thread(port);
         let mut state = self.state();
         if !state.routines.contains_key(&dpc) || !state.queued.insert(dpc) {
             return false;
@@ -139,17 +137,17 @@ impl Dispatcher {
 }
 
 enum Work {
-    Dpc(usize, HW_DPC_ROUTINE, usize, usize),
-    Timer(HW_TIMER),
+    Dpc(usize, DpcRoutine, usize, usize),
+    Timer(Timer),
 }
 
-fn run(kernel: Weak<Kernel>) {
+fn run(port: Weak<Port>) {
     cpu::enter_thread();
     loop {
-        let Some(kernel) = kernel.upgrade() else {
+        let Some(port) = port.upgrade() else {
             return;
         };
-        let dispatcher = &kernel.port.dispatcher;
+        let dispatcher = &port.dispatcher;
         let work = {
             let mut state = dispatcher.state();
             loop {
@@ -198,45 +196,26 @@ fn run(kernel: Weak<Kernel>) {
         let Some(work) = work else {
             return;
         };
-        let extension = kernel.port.extension() as *mut c_void;
-        match work {
-            Work::Dpc(dpc, routine, arg1, arg2) => {
-                kernel.port.counters.dpcs.fetch_add(1, Ordering::Relaxed);
-                kernel.call_driver("HwDpcRoutine", DISPATCH_LEVEL, || {
-                    // SAFETY: HW_DPC_ROUTINE contract: the STOR_DPC the miniport initialized,
-                    // its extension and the IssueDpc arguments, at DISPATCH_LEVEL.
-                    unsafe {
-                        routine(
-                            dpc as *mut _,
-                            extension,
-                            arg1 as *mut c_void,
-                            arg2 as *mut c_void,
-                        )
-                    }
-                });
-            }
-            Work::Timer(routine) => {
-                kernel
-                    .port
-                    .counters
-                    .timer_calls
-                    .fetch_add(1, Ordering::Relaxed);
-                let old = kernel.acquire_spin_lock(
-                    &kernel.port.startio_lock,
-                    STARTIO_LOCK,
-                    LockApi::Storport,
-                    "Storport's StartIo lock",
-                );
-                kernel.call_driver("HwTimer", DISPATCH_LEVEL, || {
-                    // SAFETY: HW_TIMER contract: the extension, DISPATCH_LEVEL, StartIo lock held.
-                    unsafe { routine(extension) }
-                });
-                kernel.release_spin_lock(
-                    &kernel.port.startio_lock,
-                    STARTIO_LOCK,
-                    "Storport's StartIo lock",
-                    old,
-                );
+        // Queued work runs only while an adapter exists (`hold` stops it at removal).
+        if let Some(extension) = port.extension() {
+            let machine = &port.machine;
+            match work {
+                Work::Dpc(dpc, routine, arg1, arg2) => {
+                    port.counters.dpcs.fetch_add(1, Ordering::Relaxed);
+                    machine.call_driver("HwDpcRoutine", DISPATCH_LEVEL, || {
+                        routine.call(dpc, extension, arg1, arg2)
+                    });
+                }
+                Work::Timer(routine) => {
+                    port.counters.timer_calls.fetch_add(1, Ordering::Relaxed);
+                    let old = machine.acquire_kernel_lock(
+                        STARTIO_LOCK,
+                        LockApi::Storport,
+                        "Storport's StartIo lock",
+                    );
+                    machine.call_driver("HwTimer", DISPATCH_LEVEL, || routine.call(extension));
+                    machine.release_kernel_lock(STARTIO_LOCK, "Storport's StartIo lock", old);
+                }
             }
         }
         let mut state = dispatcher.state();

@@ -1,24 +1,28 @@
-//! The emulated Storport port driver, behaving as the real one does (STORPORT.md §6):
-//! StorPortInitialize, PnP start / stop / removal / surprise removal, the service-IRP dispatch
-//! with its rundown reference, timers, DPCs and SRB completion.
+//! The emulated Storport port driver, behaving as the real one does
+//! (docs/STORPORT-NOTES.md §6): PnP start / stop / removal / surprise removal, the
+//! service-IRP dispatch with its rundown reference, timers, DPCs and SRB completion.
+//!
+//! It drives the miniport through [`crate::miniport`] and IRPs through [`crate::io`]; what the
+//! miniport calls back (StorPort* routines) arrives through `exports/`, which turns the
+//! driver's raw arguments into the typed values the methods here take.
 
 mod dispatcher;
-mod init;
 mod pnp;
 mod rundown;
 mod service;
+mod srb;
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use dispatcher::Dispatcher;
-pub use init::{Callbacks, DriverObjects};
-pub use pnp::PnpState;
-pub use pnp::StartError;
+pub use pnp::{PnpState, StartError};
 pub use rundown::Rundown;
 pub use service::IOCTL_MINIPORT_PROCESS_SERVICE_IRP as IOCTL;
 
-use storport_abi::DEVICE_OBJECT;
+use crate::io::Io;
+use crate::machine::Machine;
+use crate::miniport::{Extension, Miniport};
 
 /// SCSI_ADAPTER_CONTROL_TYPE values storsim uses.
 pub const SCSI_QUERY_SUPPORTED_CONTROL_TYPES: u32 = 0;
@@ -31,8 +35,8 @@ pub const SCSI_ADAPTER_CONTROL_MAX: u32 = 19;
 /// The adapter as Storport tracks it.
 pub struct Adapter {
     pub state: PnpState,
-    /// HwDeviceExtension (after Storport's 16-byte header); 0 until the first start.
-    pub extension: usize,
+    /// HwDeviceExtension (after Storport's 16-byte header); none until the first start.
+    pub extension: Option<Extension>,
     pub supported: [bool; SCSI_ADAPTER_CONTROL_MAX as usize],
     pub starts: u32,
 }
@@ -41,7 +45,7 @@ impl Default for Adapter {
     fn default() -> Self {
         Self {
             state: PnpState::Added,
-            extension: 0,
+            extension: None,
             supported: [false; SCSI_ADAPTER_CONTROL_MAX as usize],
             starts: 0,
         }
@@ -58,51 +62,84 @@ pub struct PortCounters {
 }
 
 /// Storport's state for the one adapter storsim runs.
-#[derive(Default)]
 pub struct Port {
-    /// The StartIo spin lock's word (held around HwTimer).
-    pub startio_lock: AtomicUsize,
-    pub(crate) callbacks: Mutex<Option<Callbacks>>,
+    machine: Arc<Machine>,
+    io: Arc<Io>,
+    miniport: Mutex<Option<Miniport>>,
     adapter: Mutex<Adapter>,
-    pub(crate) objects: DriverObjects,
-    pub rundown: Rundown,
-    pub dispatcher: Dispatcher,
+    rundown: Rundown,
+    dispatcher: Dispatcher,
     srbs: Mutex<std::collections::HashSet<usize>>,
-    pub counters: PortCounters,
-    /// Adapter instances added after the first (each removal and re-add is a new device).
-    instance: AtomicU64,
+    counters: PortCounters,
 }
 
 impl Port {
-    /// Storport's FDO for the adapter (what stack locations and cancel routines see).
-    pub fn fdo(&self) -> *mut DEVICE_OBJECT {
-        self.objects.fdo()
+    pub fn new(machine: Arc<Machine>, io: Arc<Io>) -> Self {
+        Self {
+            machine,
+            io,
+            miniport: Mutex::new(None),
+            adapter: Mutex::new(Adapter::default()),
+            rundown: Rundown::default(),
+            dispatcher: Dispatcher::default(),
+            srbs: Mutex::new(std::collections::HashSet::new()),
+            counters: PortCounters::default(),
+        }
     }
 
-    pub fn adapter(&self) -> MutexGuard<'_, Adapter> {
+    /// StorPortInitialize accepted `miniport` (validated by the export).
+    pub fn register(&self, miniport: Miniport) {
+        *self.miniport.lock().unwrap_or_else(|p| p.into_inner()) = Some(miniport);
+    }
+
+    fn adapter(&self) -> MutexGuard<'_, Adapter> {
         self.adapter.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn callbacks(&self) -> Option<Callbacks> {
-        *self.callbacks.lock().unwrap_or_else(|p| p.into_inner())
+    fn miniport(&self) -> Option<Miniport> {
+        *self.miniport.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The miniport's HwDeviceExtension, 0 before the first start.
-    pub fn extension(&self) -> usize {
+    /// The adapter's PnP state.
+    pub fn state(&self) -> PnpState {
+        self.adapter().state
+    }
+
+    /// Times the adapter was started.
+    pub fn starts(&self) -> u32 {
+        self.adapter().starts
+    }
+
+    /// The miniport's DeviceExtensionSize, once StorPortInitialize accepted it.
+    pub fn extension_size(&self) -> Option<u32> {
+        self.miniport().map(|miniport| miniport.extension_size)
+    }
+
+    /// The miniport's HwDeviceExtension, if the adapter was ever started.
+    pub fn extension(&self) -> Option<Extension> {
         self.adapter().extension
     }
 
-    pub(crate) fn srbs_outstanding(&self) -> MutexGuard<'_, std::collections::HashSet<usize>> {
+    fn srbs_outstanding(&self) -> MutexGuard<'_, std::collections::HashSet<usize>> {
         self.srbs.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn rundown_release(&self) {
-        self.rundown.release();
+    pub fn counters(&self) -> &PortCounters {
+        &self.counters
     }
 
-    /// Which adapter instance is current: handles opened on an earlier one are stale.
-    pub fn instance(&self) -> u64 {
-        self.instance.load(Ordering::Acquire)
+    pub fn dispatcher(&self) -> &Dispatcher {
+        &self.dispatcher
+    }
+
+    /// Rundown references held now (one per service IRP with the miniport).
+    pub fn rundown_held(&self) -> u64 {
+        self.rundown.held()
+    }
+
+    /// StorPortCompleteServiceIrp's release of the IRP's rundown reference.
+    pub fn rundown_release(&self) {
+        self.rundown.release();
     }
 
     /// Timer calls made so far.

@@ -66,7 +66,7 @@ impl Channel {
     pub fn fire(&self, code: u32, value: u64) -> Result<u64, u32> {
         match decode_reply(&self.call(&Wire::Fire { code, value }, 64)?) {
             Ok(Reply::Fire(reply)) => {
-                self.kernel.events.fired.fetch_add(1, Ordering::Relaxed);
+                self.kernel.events().fired.fetch_add(1, Ordering::Relaxed);
                 Ok(reply.seq)
             }
             _ => Err(u32::MAX),
@@ -105,7 +105,7 @@ impl Channel {
             Ok(Reply::Wait { reply, events }) => {
                 let events: Vec<EventRecord> = events.collect();
                 self.kernel
-                    .events
+                    .events()
                     .delivered
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
                 Ok(Delivery { reply, events })

@@ -158,7 +158,7 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
         }
         Err(status) => failures.expect(false, || format!("DISCOVER to succeed, got {status:#x}")),
     }
-    failures.expect(kernel.port.timer_calls() >= 1, || {
+    failures.expect(kernel.port().timer_calls() >= 1, || {
         "the discovery to run through HwTimer".into()
     });
 
@@ -166,7 +166,7 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
     let doomed = b.wait(CURSOR_NOW, 4);
     std::thread::sleep(Duration::from_millis(2));
     b.cancel(&doomed);
-    kernel.await_cancellations();
+    kernel.io().await_cancellations();
     let outcome = doomed.wait(PROMPT);
     failures.expect(
         outcome
@@ -236,7 +236,7 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
 /// An upper driver sends WAITs with its own IRP, takes it back in its completion routine
 /// (STATUS_MORE_PROCESSING_REQUIRED) and reuses it.
 fn kernel_caller(kernel: &KernelRef, user: &Channel, failures: &Failures) {
-    let Some(caller) = KernelCaller::new(kernel, 4096) else {
+    let Some(caller) = KernelCaller::new(kernel.io(), 4096) else {
         return failures.expect(false, || "an IRP for the kernel-mode caller".into());
     };
     let mut wait = [0u8; 64];
@@ -249,7 +249,7 @@ fn kernel_caller(kernel: &KernelRef, user: &Channel, failures: &Failures) {
     )
     .expect("fits");
     for round in 0..3 {
-        let Some(request) = caller.send(kernel, crate::port::IOCTL, &wait[..len], 256) else {
+        let Some(request) = caller.send(kernel.io(), crate::port::IOCTL, &wait[..len], 256) else {
             return failures.expect(false, || {
                 format!("round {round}: the reused IRP to be free")
             });
@@ -264,7 +264,7 @@ fn kernel_caller(kernel: &KernelRef, user: &Channel, failures: &Failures) {
             || format!("round {round}: the kernel caller's WAIT to complete, got {outcome:?}"),
         );
     }
-    caller.free(kernel);
+    caller.free(kernel.io());
 }
 
 pub fn surprise_removal(kernel: &KernelRef, failures: &Failures) -> Result<(), RunError> {

@@ -16,7 +16,8 @@ use super::client::{Channel, PROMPT};
 use crate::driver::RunError;
 use crate::faults::{FaultPlan, Site};
 use crate::io::{Request, STATUS_INSUFFICIENT_RESOURCES};
-use crate::kernel::{Config, Kernel, Label};
+use crate::kernel::Kernel;
+use crate::machine::{Config, Label};
 use crate::port::StartError;
 use crate::report::Summary;
 use crate::verifier::BugCheck;
@@ -168,7 +169,7 @@ fn once(
         json: false,
     });
     let mut log = Log::default();
-    match kernel.load_driver(driver) {
+    match crate::driver::load(&kernel, driver) {
         Err(RunError::DriverEntry { status, .. }) => {
             log.seen
                 .push(format!("load refused: DriverEntry returned {status:#010x}"));
@@ -182,12 +183,13 @@ fn once(
             kernel.unload();
         }
     }
-    let summary = Summary::collect(&kernel, None, Vec::new());
+    let summary = kernel.summary(None, Vec::new());
     log.expect(summary.irps.outstanding == Some(0), || {
         format!("no IRP outstanding, {:?} are", summary.irps.outstanding)
     });
-    let counts = kernel.faults.counts();
+    let counts = kernel.machine().faults().counts();
     log.said = kernel
+        .machine()
         .timeline()
         .into_iter()
         .filter_map(|m| m.what.strip_prefix("DbgPrintEx: ").map(str::to_owned))

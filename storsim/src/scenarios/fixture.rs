@@ -55,7 +55,7 @@ pub fn run(kernel: &KernelRef, failures: &Failures) -> Result<(), RunError> {
     let cancelled = send(PARK, 8);
     std::thread::sleep(Duration::from_millis(2));
     kernel.cancel_io(handle, Some(cancelled.id));
-    kernel.await_cancellations();
+    kernel.io().await_cancellations();
     let outcome = cancelled.outcome();
     failures.expect(
         outcome

@@ -12,7 +12,8 @@ pub mod torture;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::kernel::{Config, Kernel};
+use crate::kernel::Kernel;
+use crate::machine::{Config, Label};
 use crate::report::Summary;
 
 /// A scripted run.
@@ -72,9 +73,14 @@ impl Failures {
 pub fn run(options: &Options) -> Summary {
     let session = Kernel::boot(options.config.clone());
     let kernel = session.kernel().clone();
-    kernel.set_label(options);
+    kernel.name_run(Label {
+        driver: options.driver.display().to_string(),
+        scenario: options.scenario.name().to_owned(),
+        cpus: options.cpus,
+        json: options.json,
+    });
     let failures = Failures::default();
-    let error = match kernel.load_driver(&options.driver) {
+    let error = match crate::driver::load(&kernel, &options.driver) {
         Err(error) => Some(error.to_string()),
         Ok(_driver) => {
             let result = match options.scenario {
@@ -86,7 +92,7 @@ pub fn run(options: &Options) -> Summary {
             result.err().map(|e| e.to_string())
         }
     };
-    let summary = Summary::collect(&kernel, error, failures.list());
+    let summary = kernel.summary(error, failures.list());
     drop(session);
     summary
 }
@@ -109,7 +115,7 @@ impl Harness {
     ) -> Result<Self, crate::driver::RunError> {
         let session = Kernel::boot(config);
         let kernel = session.kernel().clone();
-        let loaded = kernel.load_driver(driver)?;
+        let loaded = crate::driver::load(&kernel, driver)?;
         kernel.start_adapter()?;
         Ok(Self {
             kernel,
@@ -125,11 +131,11 @@ impl Harness {
 
     /// Removes the adapter if the script has not, unloads, and summarises the run.
     pub fn finish(mut self) -> Summary {
-        if self.kernel.port.adapter().state != crate::port::PnpState::Removed {
+        if self.kernel.adapter_state() != crate::port::PnpState::Removed {
             self.kernel.remove_adapter(|| {});
         }
         self.kernel.unload();
-        let summary = Summary::collect(&self.kernel, None, Vec::new());
+        let summary = self.kernel.summary(None, Vec::new());
         self.session.take();
         summary
     }

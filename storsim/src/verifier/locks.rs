@@ -77,7 +77,8 @@ impl LockOrder {
     ) -> Result<Option<BugCheck>, Refused> {
         let held: Vec<Held> = HELD.with(|held| held.borrow().clone());
         if held.iter().any(|h| h.lock == lock) {
-            return Err(Refused::Recursive(BugCheck::new(Code::DriverVerifierDetectedViolation,
+            return Err(Refused::Recursive(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
                 [0x1000, lock as u64, 0, 0],
                 format!(
                     "{name} {lock:#x} acquired recursively by the thread that holds it (self-deadlock)"
@@ -89,7 +90,8 @@ impl LockOrder {
             let mut apis = self.apis.lock().unwrap_or_else(|p| p.into_inner());
             let known = *apis.entry(lock).or_insert(api);
             if known != api {
-                report = Some(BugCheck::new(Code::DriverVerifierDetectedViolation,
+                report = Some(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
                     [0x1008, lock as u64, 0, 0],
                     format!("spin lock {lock:#x} used through {known:?} and {api:?} APIs"),
                 ));
@@ -98,7 +100,8 @@ impl LockOrder {
         let mut after = self.after.lock().unwrap_or_else(|p| p.into_inner());
         for outer in &held {
             if reachable(&after, lock, outer.lock) && report.is_none() {
-                report = Some(BugCheck::new(Code::DriverVerifierDetectedViolation,
+                report = Some(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
                     [0x1001, lock as u64, outer.lock as u64, 0],
                     format!(
                         "lock hierarchy violation: {name} {lock:#x} taken while holding {} {:#x}, \
@@ -159,7 +162,8 @@ pub fn pop_held(lock: LockId) -> Result<(), Option<BugCheck>> {
         let inner = held.get(at + 1).map(|h| h.lock);
         held.remove(at);
         match inner {
-            Some(inner) => Err(Some(BugCheck::new(Code::DriverVerifierDetectedViolation,
+            Some(inner) => Err(Some(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
                 [0x1003, lock as u64, inner as u64, 0],
                 format!(
                     "spin lock {lock:#x} released while {inner:#x}, taken after it, is still held"

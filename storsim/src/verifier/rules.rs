@@ -27,13 +27,15 @@ pub enum Code {
     PageFaultInFreedSpecialPool,
     /// 0xCD: an access past the end of a special-pool block.
     PageFaultBeyondEndOfAllocation,
+    /// 0xD1: an invalid address touched at DISPATCH_LEVEL or above (a NULL spin lock).
+    DriverIrqlNotLessOrEqual,
     /// 0xF1: Storport's own verifier (SCSI verification); P1 says which rule.
     ScsiVerifierDetectedViolation,
 }
 
 impl Code {
     /// Every code, for tables and lookups.
-    pub const ALL: [Code; 11] = [
+    pub const ALL: [Code; 12] = [
         Code::KmodeExceptionNotHandled,
         Code::MultipleIrpCompleteRequests,
         Code::PageFaultInNonpagedArea,
@@ -44,6 +46,7 @@ impl Code {
         Code::DriverVerifierIomanagerViolation,
         Code::PageFaultInFreedSpecialPool,
         Code::PageFaultBeyondEndOfAllocation,
+        Code::DriverIrqlNotLessOrEqual,
         Code::ScsiVerifierDetectedViolation,
     ];
 
@@ -60,6 +63,7 @@ impl Code {
             Code::DriverVerifierIomanagerViolation => 0xC9,
             Code::PageFaultInFreedSpecialPool => 0xCC,
             Code::PageFaultBeyondEndOfAllocation => 0xCD,
+            Code::DriverIrqlNotLessOrEqual => 0xD1,
             Code::ScsiVerifierDetectedViolation => 0xF1,
         }
     }
@@ -77,6 +81,7 @@ impl Code {
             Code::DriverVerifierIomanagerViolation => "DRIVER_VERIFIER_IOMANAGER_VIOLATION",
             Code::PageFaultInFreedSpecialPool => "PAGE_FAULT_IN_FREED_SPECIAL_POOL",
             Code::PageFaultBeyondEndOfAllocation => "PAGE_FAULT_BEYOND_END_OF_ALLOCATION",
+            Code::DriverIrqlNotLessOrEqual => "DRIVER_IRQL_NOT_LESS_OR_EQUAL",
             Code::ScsiVerifierDetectedViolation => "SCSI_VERIFIER_DETECTED_VIOLATION",
         }
     }

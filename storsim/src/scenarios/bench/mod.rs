@@ -18,7 +18,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::kernel::Config;
+use crate::machine::Config;
 use crate::report::Summary;
 use cost::CostRow;
 use latency::Percentiles;
@@ -220,11 +220,7 @@ fn measure_case(options: &Options, case: Case) -> Result<ThroughputRow, BenchErr
 
 fn extension_bytes(driver: &Path) -> Result<u32, BenchError> {
     let harness = crate::scenarios::Harness::start(driver, quiet_config())?;
-    let bytes = harness
-        .kernel
-        .port
-        .callbacks()
-        .map_or(0, |c| c.extension_size);
+    let bytes = harness.kernel.port().extension_size().unwrap_or(0);
     clean(harness.finish())?;
     Ok(bytes)
 }

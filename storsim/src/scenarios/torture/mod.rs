@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 pub use report::{Events, Removals, TortureReport};
 
 use crate::cpu;
-use crate::kernel::{Config, Kernel, Label};
+use crate::kernel::Kernel;
+use crate::machine::{Config, Label};
 use crate::port::PnpState;
 use crate::report::Summary;
 use worker::{Tally, Worker};
@@ -148,20 +149,19 @@ pub fn run(options: &TortureOptions) -> TortureReport {
         fault_rate: options.fail_rate,
     };
     let started = Instant::now();
-    let loaded = kernel
-        .load_driver(&options.driver)
+    let loaded = crate::driver::load(&kernel, &options.driver)
         .and_then(|driver| Ok((driver, kernel.start_adapter()?)));
     let (tallies, removals, error) = match loaded {
         Err(error) => (Vec::new(), Removals::default(), Some(error.to_string())),
         Ok((_driver, ())) => {
-            kernel.faults.set_rate(options.fail_rate);
+            kernel.machine().faults().set_rate(options.fail_rate);
             let (tallies, removals) = hammer(&kernel, &shared, options);
-            kernel.faults.set_rate(0.0);
+            kernel.machine().faults().set_rate(0.0);
             kernel.unload();
             (tallies, removals, None)
         }
     };
-    let summary = Summary::collect(&kernel, error, Vec::new());
+    let summary = kernel.summary(error, Vec::new());
     drop(session);
     conclude(
         options,
@@ -204,7 +204,7 @@ fn hammer(
             .collect();
         let mut removals = cycles(kernel, shared, options, &progress, cpus);
         barrier.wait();
-        if kernel.port.adapter().state != PnpState::Removed {
+        if kernel.adapter_state() != PnpState::Removed {
             removals.observe(kernel, shared, false, || kernel.remove_adapter(|| {}));
         }
         barrier.wait();

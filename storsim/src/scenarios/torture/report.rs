@@ -55,10 +55,10 @@ impl Removals {
         } else {
             self.regular += 1;
         }
-        if kernel.port.rundown.held() != 0 {
+        if kernel.port().rundown_held() != 0 {
             shared.fail(format!(
                 "removal finished with {} rundown references held",
-                kernel.port.rundown.held()
+                kernel.port().rundown_held()
             ));
         }
     }

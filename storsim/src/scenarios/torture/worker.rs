@@ -97,7 +97,7 @@ impl<'a> Worker<'a> {
     }
 
     fn fresh_waiter(&mut self, channel: Channel) -> Waiter {
-        let instance = self.kernel.io.handle_instance(channel.handle);
+        let instance = self.kernel.io().handle_instance(channel.handle);
         Waiter {
             channel,
             instance,
@@ -284,7 +284,7 @@ impl<'a> Worker<'a> {
     /// Gives waiter `w` a new handle in `process`; returns the old one.
     fn attach(&mut self, w: usize, process: ProcessId) -> Channel {
         let channel = Channel::open(self.kernel, process);
-        self.waiters[w].instance = self.kernel.io.handle_instance(channel.handle);
+        self.waiters[w].instance = self.kernel.io().handle_instance(channel.handle);
         std::mem::replace(&mut self.waiters[w].channel, channel)
     }
 
@@ -482,11 +482,11 @@ impl<'a> Worker<'a> {
         let (handle, request) = (in_flight.handle, in_flight.request.clone());
         self.count(Op::Cancel);
         self.kernel.cancel_io(handle, Some(request.id));
-        if request.wait(self.kernel.config.cancel_limit).is_none() {
+        if request.wait(self.kernel.config().cancel_limit).is_none() {
             self.fail(format!(
                 "WAIT #{} not completed {} ms after CancelIoEx",
                 request.id,
-                self.kernel.config.cancel_limit.as_millis()
+                self.kernel.config().cancel_limit.as_millis()
             ));
         }
         self.reap(w);
@@ -507,11 +507,11 @@ impl<'a> Worker<'a> {
             .collect();
         self.kernel.cancel_io(channel.handle, None);
         for request in &sent {
-            if request.wait(self.kernel.config.cancel_limit).is_none() {
+            if request.wait(self.kernel.config().cancel_limit).is_none() {
                 self.fail(format!(
                     "flooding WAIT #{} not completed {} ms after CancelIoEx",
                     request.id,
-                    self.kernel.config.cancel_limit.as_millis()
+                    self.kernel.config().cancel_limit.as_millis()
                 ));
             }
             self.settle(Path::Flood, request, true);
@@ -552,7 +552,7 @@ impl<'a> Worker<'a> {
             if let Some(in_flight) = &self.waiters[w].pending
                 && in_flight
                     .request
-                    .wait(self.kernel.config.cancel_limit)
+                    .wait(self.kernel.config().cancel_limit)
                     .is_none()
             {
                 self.fail(format!(
