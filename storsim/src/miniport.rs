@@ -15,6 +15,7 @@ use storport_abi::{
 };
 
 use crate::io::IrpPtr;
+use crate::io::objects::DriverObjects;
 
 /// The miniport's HwDeviceExtension, as Storport allocated it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,13 +91,13 @@ impl Miniport {
     pub fn find_adapter(
         &self,
         extension: Extension,
-        pdo: *mut c_void,
-        fdo: *mut c_void,
+        objects: &DriverObjects,
         config: &mut PORT_CONFIGURATION_INFORMATION,
         again: &mut u8,
     ) -> u32 {
+        let (pdo, fdo) = (objects.pdo().cast(), objects.fdo().cast());
         // SAFETY: the routine's prototype (`new`); a live extension (`Extension::new`); the
-        // device objects are the port's own; config and again are exclusive references.
+        // device objects are the I/O manager's own; config and again are exclusive references.
         unsafe {
             (self.find_adapter)(
                 extension.ptr(),

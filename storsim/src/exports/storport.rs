@@ -100,9 +100,9 @@ fn storport_initialize(
         ));
         return STATUS_REVISION_MISMATCH;
     }
-    // SAFETY: `size` is one of the structure's revisions, all of which the driver's structure
-    // holds; each field is read with its storport.h type.
     let read = |offset| {
+        // SAFETY: `size` is one of the structure's revisions, all of which the driver's
+        // structure holds; a routine field is NULL or a routine: `Option<fn>`.
         unsafe { field::<Option<unsafe extern "win64" fn()>>(init, size, offset) }.flatten()
     };
     let routine_named = [
@@ -126,8 +126,10 @@ fn storport_initialize(
         ));
         return STATUS_INVALID_PARAMETER;
     }
-    // SAFETY (the reads below): as for `read`, each with its field's own type.
-    let u32_at = |offset| unsafe { field::<u32>(init, size, offset) }.unwrap_or(0);
+    let u32_at = |offset| {
+        // SAFETY: inside the structure's revision (as for `read`); any u32 is valid.
+        unsafe { field::<u32>(init, size, offset) }.unwrap_or(0)
+    };
     let feature_support = u32_at(offset_of!(HW_INITIALIZATION_DATA, FeatureSupport));
     let is_virtual =
         size == 0xB0 || (size == 0xD0 && feature_support & STOR_FEATURE_VIRTUAL_MINIPORT != 0);
@@ -175,7 +177,9 @@ fn storport_initialize(
         .wrapping_add(offset_of!(HW_INITIALIZATION_DATA, PortVersionFlags))
         .cast::<u16>();
     // SAFETY: inside the driver's structure (every revision is ≥ 0x88 > 0x6A bytes).
-    unsafe { flags.write_unaligned(flags.read_unaligned() | 0x10) };
+    let old = unsafe { flags.read_unaligned() };
+    // SAFETY: as above; the driver's own structure, writable (it passed a non-const pointer).
+    unsafe { flags.write_unaligned(old | 0x10) };
     kernel.port().register(miniport);
     let objects = kernel.io().objects();
     for major in [

@@ -65,7 +65,6 @@ impl Io {
         // (live: with its routine swapped out, only the cancel routine completes it), the
         // cancel lock held at DISPATCH_LEVEL with CancelIrql set.
         unsafe { routine(device, irp.as_ptr()) };
-        drop(irp);
         self.machine.release_left_held(held, |lock, name| {
             if lock == CANCEL_SPIN_LOCK {
                 // What IoReleaseCancelSpinLock would have restored.

@@ -106,17 +106,10 @@ impl Port {
         config.NumberOfPhysicalBreaks = SP_UNINITIALIZED_VALUE;
         config.DeviceExtensionSize = miniport.extension_size;
         let mut again = 0u8;
-        let objects = self.io.objects();
         let found = self
             .machine
             .call_driver("HwFindAdapter", PASSIVE_LEVEL, || {
-                miniport.find_adapter(
-                    extension,
-                    objects.pdo().cast(),
-                    objects.fdo().cast(),
-                    &mut config,
-                    &mut again,
-                )
+                miniport.find_adapter(extension, self.io.objects(), &mut config, &mut again)
             });
         if found > 3 {
             self.machine.report(BugCheck::new(Code::DriverVerifierDetectedViolation,
