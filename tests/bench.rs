@@ -6,8 +6,8 @@ mod common;
 
 use std::path::PathBuf;
 
-use storsim::scenarios::bench::cost::{self, Op, SIZES};
-use storsim::scenarios::bench::throughput::{self, Case, Driver};
+use revcall_sim::bench::cost::{self, Op, SIZES};
+use revcall_sim::bench::throughput::{self, Case, Driver};
 
 fn floor_sys() -> PathBuf {
     let path = std::env::var_os("STORSIM_FIXTURES")

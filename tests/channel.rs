@@ -9,10 +9,10 @@ use std::time::Duration;
 use common::revcall_sys;
 use revcall_protocol::status::*;
 use revcall_protocol::{CURSOR_NOW, EventKind, WaitFlags};
+use revcall_sim::client::{Channel, Delivery, PROMPT};
+use storsim::harness::Harness;
 use storsim::io::{Access, Outcome};
 use storsim::machine::Config;
-use storsim::scenarios::Harness;
-use storsim::scenarios::client::{Channel, Delivery, PROMPT};
 
 fn start_with(config: Config) -> Harness {
     Harness::start(

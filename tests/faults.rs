@@ -5,9 +5,9 @@
 mod common;
 
 use common::revcall_sys;
+use revcall_sim::faults::systematic;
+use revcall_sim::torture::{self, TortureOptions};
 use storsim::faults::Site;
-use storsim::scenarios::faults::systematic;
-use storsim::scenarios::torture::{self, TortureOptions};
 
 #[test]
 fn each_fallible_site_failing_once_degrades_cleanly() {

@@ -10,11 +10,11 @@ use revcall_protocol::{
     DecodeError, Header, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, VERSION, decode_request,
     encode_request,
 };
+use revcall_sim::client::PROMPT;
+use storsim::harness::Harness;
 use storsim::io::{Access, Handle};
 use storsim::kernel::Kernel;
 use storsim::machine::Config;
-use storsim::scenarios::Harness;
-use storsim::scenarios::client::PROMPT;
 
 /// The status the README documents for each decode error.
 fn documented(error: DecodeError) -> u32 {

@@ -5,7 +5,7 @@
 mod common;
 
 use common::revcall_sys;
-use storsim::scenarios::torture::{self, TortureOptions};
+use revcall_sim::torture::{self, TortureOptions};
 
 #[test]
 fn four_cpus_through_removal_cycles_keep_every_invariant() {

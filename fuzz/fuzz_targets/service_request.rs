@@ -23,8 +23,8 @@ use revcall_protocol::{
 };
 use storsim::io::{Access, Handle};
 use storsim::machine::Config;
-use storsim::scenarios::Harness;
-use storsim::scenarios::client::PROMPT;
+use storsim::harness::Harness;
+use revcall_sim::client::PROMPT;
 
 struct Rig {
     harness: Harness,

@@ -21,9 +21,8 @@ const LAYERS: &[&[&str]] = &[
     // the driver boundary: what the driver imports, then loading it and its faults
     &["exports"],
     &["driver"],
-    // front ends
-    &["scenarios"],
-    &["cli"],
+    // for scripts: boot, load, start, finish
+    &["harness"],
 ];
 
 fn layer(module: &str) -> Option<usize> {

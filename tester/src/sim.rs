@@ -6,10 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP;
+use storsim::harness::Harness;
 use storsim::io::{Access, Request};
 use storsim::kernel::Kernel;
 use storsim::machine::Config;
-use storsim::scenarios::Harness;
 
 use crate::transport::{Completion, Lab, Transport, TransportError};
 

@@ -403,7 +403,16 @@ fn selftest_passes(sys: &Path) -> Result<()> {
 fn storsim(subcommand: &[&str]) -> Command {
     let mut command = cargo();
     command
-        .args(["run", "--quiet", "--release", "--package", "storsim", "--"])
+        .args([
+            "run",
+            "--quiet",
+            "--release",
+            "--package",
+            "revcall-sim",
+            "--bin",
+            "storsim",
+            "--",
+        ])
         .args(subcommand);
     command
 }

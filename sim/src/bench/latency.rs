@@ -9,9 +9,9 @@ use revcall_protocol::{CURSOR_NOW, Request as Wire};
 use serde::Serialize;
 
 use super::{BenchError, quiet_config};
-use crate::cpu;
-use crate::scenarios::Harness;
-use crate::scenarios::client::{Channel, PROMPT};
+use crate::client::{Channel, PROMPT};
+use storsim::cpu;
+use storsim::harness::Harness;
 
 /// p50 and p99 of a set of samples, in microseconds.
 #[derive(Clone, Copy, Debug, Serialize)]

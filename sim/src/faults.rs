@@ -13,14 +13,14 @@ use revcall_protocol::{CURSOR_NOW, EventKind, Reply, Request as Wire, decode_rep
 use serde::Serialize;
 
 use super::client::{Channel, PROMPT};
-use crate::driver::RunError;
-use crate::faults::{FaultPlan, Site};
-use crate::io::{Request, STATUS_INSUFFICIENT_RESOURCES};
-use crate::kernel::Kernel;
-use crate::machine::{Config, Label};
-use crate::port::StartError;
-use crate::report::Summary;
-use crate::verifier::BugCheck;
+use storsim::driver::RunError;
+use storsim::faults::{FaultPlan, Site};
+use storsim::io::{Request, STATUS_INSUFFICIENT_RESOURCES};
+use storsim::kernel::Kernel;
+use storsim::machine::{Config, Label};
+use storsim::port::StartError;
+use storsim::report::Summary;
+use storsim::verifier::BugCheck;
 
 /// One site's run.
 #[derive(Clone, Debug, Serialize)]
@@ -147,7 +147,7 @@ fn once(
     driver: &Path,
     seed: u64,
     site: Option<Site>,
-) -> (Vec<crate::faults::SiteCount>, Log, Summary) {
+) -> (Vec<storsim::faults::SiteCount>, Log, Summary) {
     let session = Kernel::boot(Config {
         seed,
         // Kept for the driver's debug output, which lands there.
@@ -169,7 +169,7 @@ fn once(
         json: false,
     });
     let mut log = Log::default();
-    match crate::driver::load(&kernel, driver) {
+    match storsim::driver::load(&kernel, driver) {
         Err(RunError::DriverEntry { status, .. }) => {
             log.seen
                 .push(format!("load refused: DriverEntry returned {status:#010x}"));
@@ -249,7 +249,7 @@ fn send(
 }
 
 /// The request's one completion, within the prompt limit.
-fn completed(request: &Request, what: &str, log: &mut Log) -> Option<crate::io::Outcome> {
+fn completed(request: &Request, what: &str, log: &mut Log) -> Option<storsim::io::Outcome> {
     let outcome = request.wait(PROMPT);
     log.expect(outcome.is_some(), || format!("{what} to complete"));
     log.expect(request.completions() <= 1, || {

@@ -3,6 +3,7 @@
 //! unloads it; the [`Summary`] says what happened and whether the verifier is content.
 
 pub mod bench;
+pub mod cli;
 pub mod client;
 mod demo;
 pub mod faults;
@@ -12,9 +13,9 @@ pub mod torture;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::kernel::Kernel;
-use crate::machine::{Config, Label};
-use crate::report::Summary;
+use storsim::kernel::Kernel;
+use storsim::machine::{Config, Label};
+use storsim::report::Summary;
 
 /// A scripted run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -80,7 +81,7 @@ pub fn run(options: &Options) -> Summary {
         json: options.json,
     });
     let failures = Failures::default();
-    let error = match crate::driver::load(&kernel, &options.driver) {
+    let error = match storsim::driver::load(&kernel, &options.driver) {
         Err(error) => Some(error.to_string()),
         Ok(_driver) => {
             let result = match options.scenario {
@@ -99,44 +100,3 @@ pub fn run(options: &Options) -> Summary {
 
 /// Shared by scripts: the kernel handle they pass around.
 pub type KernelRef = Arc<Kernel>;
-
-/// A driver loaded and its adapter started, for tests and tools that script their own steps.
-pub struct Harness {
-    pub kernel: Arc<Kernel>,
-    session: Option<crate::kernel::Session>,
-    driver: crate::driver::Driver,
-}
-
-impl Harness {
-    /// Boots a kernel, loads `driver` and starts its adapter.
-    pub fn start(
-        driver: &std::path::Path,
-        config: Config,
-    ) -> Result<Self, crate::driver::RunError> {
-        let session = Kernel::boot(config);
-        let kernel = session.kernel().clone();
-        let loaded = crate::driver::load(&kernel, driver)?;
-        kernel.start_adapter()?;
-        Ok(Self {
-            kernel,
-            session: Some(session),
-            driver: loaded,
-        })
-    }
-
-    /// The loaded image: where the driver's own code lies.
-    pub fn image(&self) -> &crate::loader::Image {
-        self.driver.image()
-    }
-
-    /// Removes the adapter if the script has not, unloads, and summarises the run.
-    pub fn finish(mut self) -> Summary {
-        if self.kernel.adapter_state() != crate::port::PnpState::Removed {
-            self.kernel.remove_adapter(|| {});
-        }
-        self.kernel.unload();
-        let summary = self.kernel.summary(None, Vec::new());
-        self.session.take();
-        summary
-    }
-}

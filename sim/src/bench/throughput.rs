@@ -16,9 +16,9 @@ use revcall_protocol::{CURSOR_NOW, Request as Wire};
 use serde::Serialize;
 
 use super::{BenchError, quiet_config};
-use crate::io::Request;
-use crate::scenarios::Harness;
-use crate::scenarios::client::{Channel, PROMPT};
+use crate::client::{Channel, PROMPT};
+use storsim::harness::Harness;
+use storsim::io::Request;
 
 /// Which driver runs the script, and so what its replies must say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -116,7 +116,7 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
     })
 }
 
-fn finish(request: &Request) -> Result<crate::io::Outcome, BenchError> {
+fn finish(request: &Request) -> Result<storsim::io::Outcome, BenchError> {
     match request.wait(PROMPT) {
         Some(outcome) if outcome.status == 0 => Ok(outcome),
         Some(outcome) => Err(BenchError::Unexpected(format!(

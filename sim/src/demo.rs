@@ -6,9 +6,9 @@ use revcall_protocol::{CURSOR_NOW, EventKind, WaitFlags};
 
 use super::client::{Channel, Delivery, PROMPT};
 use super::{Failures, KernelRef};
-use crate::cpu;
-use crate::driver::RunError;
-use crate::io::{KernelCaller, Outcome, STATUS_CANCELLED};
+use storsim::cpu;
+use storsim::driver::RunError;
+use storsim::io::{KernelCaller, Outcome, STATUS_CANCELLED};
 
 const STATUS_DEVICE_REMOVED: u32 = 0xC000_02B6;
 const STATUS_DELETE_PENDING: u32 = 0xC000_0056;
@@ -249,7 +249,8 @@ fn kernel_caller(kernel: &KernelRef, user: &Channel, failures: &Failures) {
     )
     .expect("fits");
     for round in 0..3 {
-        let Some(request) = caller.send(kernel.io(), crate::port::IOCTL, &wait[..len], 256) else {
+        let Some(request) = caller.send(kernel.io(), storsim::port::IOCTL, &wait[..len], 256)
+        else {
             return failures.expect(false, || {
                 format!("round {round}: the reused IRP to be free")
             });

@@ -12,9 +12,9 @@ use revcall_protocol::{CURSOR_NOW, Reply, decode_reply};
 use super::ledger::{Path, WaiterLog, allowed, status_name};
 use super::malformed;
 use super::{Op, Shared};
-use crate::io::{Handle, Outcome, ProcessId, Request, STATUS_INSUFFICIENT_RESOURCES};
-use crate::kernel::Kernel;
-use crate::scenarios::client::{Channel, PROMPT};
+use crate::client::{Channel, PROMPT};
+use storsim::io::{Handle, Outcome, ProcessId, Request, STATUS_INSUFFICIENT_RESOURCES};
+use storsim::kernel::Kernel;
 
 /// Waiters (handles with a WAIT of their own) per emulated CPU.
 const WAITERS: usize = 3;

@@ -10,8 +10,8 @@ use revcall_protocol::{
     StatsReply, WaitReply, decode_reply, encode_request,
 };
 
-use crate::io::{Access, Handle, Outcome, ProcessId, Request};
-use crate::kernel::Kernel;
+use storsim::io::{Access, Handle, Outcome, ProcessId, Request};
+use storsim::kernel::Kernel;
 
 /// How long a client waits for a reply it expects promptly.
 pub const PROMPT: Duration = Duration::from_secs(5);

@@ -7,9 +7,9 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::Shared;
-use crate::kernel::Kernel;
-use crate::report::Irps;
-use crate::verifier::BugCheck;
+use storsim::kernel::Kernel;
+use storsim::report::Irps;
+use storsim::verifier::BugCheck;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Events {

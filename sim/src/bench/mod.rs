@@ -18,19 +18,19 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::machine::Config;
-use crate::report::Summary;
 use cost::CostRow;
 use latency::Percentiles;
+use storsim::machine::Config;
+use storsim::report::Summary;
 use throughput::{Case, Driver};
 
 /// Why a benchmark could not produce its figures.
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error(transparent)]
-    Run(#[from] crate::driver::RunError),
+    Run(#[from] storsim::driver::RunError),
     #[error("PnP: {0}")]
-    Start(#[from] crate::port::StartError),
+    Start(#[from] storsim::port::StartError),
     #[error("the run was not clean: {0}")]
     Unclean(String),
     #[error("{0}")]
@@ -219,7 +219,7 @@ fn measure_case(options: &Options, case: Case) -> Result<ThroughputRow, BenchErr
 }
 
 fn extension_bytes(driver: &Path) -> Result<u32, BenchError> {
-    let harness = crate::scenarios::Harness::start(driver, quiet_config())?;
+    let harness = storsim::harness::Harness::start(driver, quiet_config())?;
     let bytes = harness.kernel.port().extension_size().unwrap_or(0);
     clean(harness.finish())?;
     Ok(bytes)

@@ -61,7 +61,7 @@ pub fn status_name(status: u32) -> String {
         STATUS_REVISION_MISMATCH => "REVISION_MISMATCH",
         STATUS_QUOTA_EXCEEDED => "QUOTA_EXCEEDED",
         STATUS_NOT_SUPPORTED => "NOT_SUPPORTED",
-        crate::io::STATUS_INSUFFICIENT_RESOURCES => "INSUFFICIENT_RESOURCES",
+        storsim::io::STATUS_INSUFFICIENT_RESOURCES => "INSUFFICIENT_RESOURCES",
         other => return format!("{other:#010x}"),
     };
     name.to_owned()

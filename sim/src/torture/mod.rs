@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 pub use report::{Events, Removals, TortureReport};
 
-use crate::cpu;
-use crate::kernel::Kernel;
-use crate::machine::{Config, Label};
-use crate::port::PnpState;
-use crate::report::Summary;
+use storsim::cpu;
+use storsim::kernel::Kernel;
+use storsim::machine::{Config, Label};
+use storsim::port::PnpState;
+use storsim::report::Summary;
 use worker::{Tally, Worker};
 
 /// What to run.
@@ -149,7 +149,7 @@ pub fn run(options: &TortureOptions) -> TortureReport {
         fault_rate: options.fail_rate,
     };
     let started = Instant::now();
-    let loaded = crate::driver::load(&kernel, &options.driver)
+    let loaded = storsim::driver::load(&kernel, &options.driver)
         .and_then(|driver| Ok((driver, kernel.start_adapter()?)));
     let (tallies, removals, error) = match loaded {
         Err(error) => (Vec::new(), Removals::default(), Some(error.to_string())),
@@ -292,7 +292,7 @@ fn restart(kernel: &Kernel, shared: &Shared, added: bool) {
     for _ in 0..1000 {
         match kernel.start_adapter() {
             Ok(()) => return,
-            Err(crate::port::StartError::NoMemory) if shared.fault_rate > 0.0 => continue,
+            Err(storsim::port::StartError::NoMemory) if shared.fault_rate > 0.0 => continue,
             Err(error) => return shared.fail(format!("starting the adapter: {error}")),
         }
     }

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::machine::Config;
-use crate::scenarios::torture::{self, TortureOptions};
-use crate::scenarios::{self, Options, Scenario};
+use crate::torture::{self, TortureOptions};
+use crate::{Options, Scenario};
+use storsim::machine::Config;
 
 #[derive(Parser)]
 #[command(
@@ -128,7 +128,7 @@ enum Command {
 fn report_panics() {
     std::panic::set_hook(Box::new(|info| {
         eprintln!("storsim: {info}");
-        if let Some(kernel) = crate::kernel::current() {
+        if let Some(kernel) = storsim::kernel::current() {
             kernel.emit_ending(format!("storsim internal error: {info}"));
         }
         use std::io::Write;
@@ -167,14 +167,14 @@ fn emit(
 pub fn run(cli: Cli) -> i32 {
     match cli.command {
         Command::Exports => {
-            for export in crate::exports::provided() {
+            for export in storsim::exports::provided() {
                 println!("{export}");
             }
             0
         }
         Command::Faults { driver, seed, json } => {
             report_panics();
-            let report = scenarios::faults::systematic(&driver, seed);
+            let report = crate::faults::systematic(&driver, seed);
             emit(json, report.passed, || report.json(), || report.text())
         }
         Command::Torture {
@@ -220,7 +220,7 @@ pub fn run(cli: Cli) -> i32 {
             json,
         } => {
             report_panics();
-            let options = scenarios::bench::Options {
+            let options = crate::bench::Options {
                 driver,
                 floor,
                 irps,
@@ -228,7 +228,7 @@ pub fn run(cli: Cli) -> i32 {
                 samples,
                 cost: !no_cost,
             };
-            match scenarios::bench::run(&options, &mut |step| eprintln!("bench: {step}")) {
+            match crate::bench::run(&options, &mut |step| eprintln!("bench: {step}")) {
                 Ok(report) if json => {
                     println!("{}", report.json());
                     eprintln!("{}", report.summary_line());
@@ -246,7 +246,7 @@ pub fn run(cli: Cli) -> i32 {
         }
         Command::CostPhases { driver } => {
             report_panics();
-            match scenarios::bench::cost::phases(&driver) {
+            match crate::bench::cost::phases(&driver) {
                 Ok(plan) => {
                     println!("{}", serde_json::to_string(&plan).unwrap_or_default());
                     0
@@ -277,7 +277,7 @@ pub fn run(cli: Cli) -> i32 {
                 live: !json,
                 ..Config::default()
             };
-            let summary = scenarios::run(&Options {
+            let summary = crate::run(&Options {
                 driver,
                 scenario,
                 cpus: cpus.into(),

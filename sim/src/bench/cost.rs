@@ -15,9 +15,9 @@ use revcall_protocol::{CURSOR_NOW, WaitFlags};
 use serde::{Deserialize, Serialize};
 
 use super::{BenchError, quiet_config};
-use crate::io::{Request, STATUS_CANCELLED};
-use crate::scenarios::Harness;
-use crate::scenarios::client::{Channel, PROMPT};
+use crate::client::{Channel, PROMPT};
+use storsim::harness::Harness;
+use storsim::io::{Request, STATUS_CANCELLED};
 
 /// Parked waiters at which each operation is measured.
 pub const SIZES: [usize; 6] = [0, 1, 8, 64, 256, 1024];

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::client::PROMPT;
 use super::{Failures, KernelRef};
-use crate::driver::RunError;
-use crate::io::{Access, STATUS_CANCELLED};
-use crate::port::IOCTL;
+use storsim::driver::RunError;
+use storsim::io::{Access, STATUS_CANCELLED};
+use storsim::port::IOCTL;
 
 const PARK: u32 = 1;
 const FLUSH: u32 = 2;
