@@ -26,15 +26,7 @@ impl Status {
 
 impl From<DecodeError> for Status {
     fn from(error: DecodeError) -> Self {
-        match error {
-            DecodeError::UnsupportedVersion { .. } => Self::REVISION_MISMATCH,
-            DecodeError::UnknownOpcode { .. } => Self::INVALID_DEVICE_REQUEST,
-            DecodeError::Truncated { .. }
-            | DecodeError::SizeMismatch { .. }
-            | DecodeError::BadLength { .. }
-            | DecodeError::ReservedNotZero { .. }
-            | DecodeError::InvalidArgument { .. } => Self::INVALID_PARAMETER,
-        }
+        Self(error.status())
     }
 }
 

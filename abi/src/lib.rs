@@ -12,6 +12,8 @@
 #![no_std]
 #![allow(non_camel_case_types, non_snake_case, clippy::upper_case_acronyms)]
 
+pub mod status;
+
 use core::ffi::c_void;
 use core::mem::{offset_of, size_of};
 
@@ -365,13 +367,11 @@ pub const EXT_FUNCTION_COMPLETE_SERVICE_IRP: u32 = 7;
 /// `MINIPORT_REG_DWORD` (StorPortRegistryRead's `Type`).
 pub const MINIPORT_REG_DWORD: u32 = 4;
 
-/// `NTSTATUS` values a service IRP completes with ([MS-ERREF] 2.3.1; STORPORT.md §4.5).
-pub const STATUS_SUCCESS: NTSTATUS = 0x0000_0000;
-pub const STATUS_PENDING: NTSTATUS = 0x0000_0103;
-pub const STATUS_INVALID_PARAMETER: NTSTATUS = 0xC000_000D_u32 as NTSTATUS;
-pub const STATUS_QUOTA_EXCEEDED: NTSTATUS = 0xC000_0044_u32 as NTSTATUS;
-pub const STATUS_CANCELLED: NTSTATUS = 0xC000_0120_u32 as NTSTATUS;
-pub const STATUS_DEVICE_REMOVED: NTSTATUS = 0xC000_02B6_u32 as NTSTATUS;
+/// The `NTSTATUS` values a service IRP completes with (the whole table: [`status`]).
+pub use status::{
+    STATUS_CANCELLED, STATUS_DEVICE_REMOVED, STATUS_INVALID_PARAMETER, STATUS_PENDING,
+    STATUS_QUOTA_EXCEEDED, STATUS_SUCCESS,
+};
 
 /// IRQLs (x64) and `IO_NO_INCREMENT` (STORPORT.md §4.6).
 pub const DISPATCH_LEVEL: KIRQL = 2;

@@ -19,7 +19,7 @@ use std::path::PathBuf;
 use libfuzzer_sys::fuzz_target;
 use revcall_protocol::status::*;
 use revcall_protocol::{
-    DecodeError, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, decode_reply, decode_request,
+    IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, decode_reply, decode_request,
 };
 use storsim::io::{Access, Handle};
 use storsim::machine::Config;
@@ -61,18 +61,6 @@ fn rig() -> Rig {
     Rig { harness, handle }
 }
 
-/// The status the driver must give these bytes, by the protocol crate's decoder: `None` when
-/// only the adapter's state decides (a valid request).
-fn predicted(input: &[u8], out_len: usize) -> Option<u32> {
-    match decode_request(input) {
-        Err(DecodeError::UnsupportedVersion { .. }) => Some(STATUS_REVISION_MISMATCH),
-        Err(DecodeError::UnknownOpcode { .. }) => Some(STATUS_INVALID_DEVICE_REQUEST),
-        Err(_) => Some(STATUS_INVALID_PARAMETER),
-        Ok(request) if out_len < request.opcode().min_reply_size() => Some(STATUS_BUFFER_TOO_SMALL),
-        Ok(_) => None,
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
     let Some((head, input)) = data.split_first_chunk::<3>() else {
         return;
@@ -109,7 +97,7 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(outcome.information, 0, "an error that reports bytes");
         }
         let expected = if service {
-            predicted(input, out_len as usize)
+            revcall_protocol::refusal(input, out_len as u32)
         } else {
             Some(STATUS_INVALID_DEVICE_REQUEST)
         };

@@ -22,6 +22,8 @@ mod reply;
 mod request;
 pub mod status;
 
+pub use status::refusal;
+
 pub use event::{EventKind, EventRecord};
 pub use ioctl::{IOCTL_MINIPORT_PROCESS_SERVICE_IRP, ctl_code};
 pub use reply::{

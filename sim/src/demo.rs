@@ -6,12 +6,12 @@ use revcall_protocol::{CURSOR_NOW, EventKind, WaitFlags};
 
 use super::client::{Channel, Delivery, PROMPT};
 use super::{Failures, KernelRef};
+use revcall_protocol::status::STATUS_CANCELLED;
 use storsim::cpu;
 use storsim::driver::RunError;
-use storsim::io::{KernelCaller, Outcome, STATUS_CANCELLED};
+use storsim::io::{KernelCaller, Outcome};
 
-const STATUS_DEVICE_REMOVED: u32 = 0xC000_02B6;
-const STATUS_DELETE_PENDING: u32 = 0xC000_0056;
+use revcall_protocol::status::{STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED};
 
 /// A waiter's view: its cursor and what it has seen, checking order and loss accounting.
 struct Tracker {

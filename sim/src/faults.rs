@@ -13,9 +13,10 @@ use revcall_protocol::{CURSOR_NOW, EventKind, Reply, Request as Wire, decode_rep
 use serde::Serialize;
 
 use super::client::{Channel, PROMPT};
+use storport_abi::status::user::STATUS_INSUFFICIENT_RESOURCES;
 use storsim::driver::RunError;
 use storsim::faults::{FaultPlan, Site};
-use storsim::io::{Request, STATUS_INSUFFICIENT_RESOURCES};
+use storsim::io::Request;
 use storsim::kernel::Kernel;
 use storsim::machine::{Config, Label};
 use storsim::port::StartError;

@@ -6,15 +6,15 @@ use std::time::Duration;
 
 use super::client::PROMPT;
 use super::{Failures, KernelRef};
+use revcall_protocol::status::STATUS_CANCELLED;
 use storsim::driver::RunError;
-use storsim::io::{Access, STATUS_CANCELLED};
+use storsim::io::Access;
 use storsim::port::IOCTL;
 
 const PARK: u32 = 1;
 const FLUSH: u32 = 2;
 const ECHO: u32 = 3;
-const STATUS_DEVICE_REMOVED: u32 = 0xC000_02B6;
-const STATUS_DELETE_PENDING: u32 = 0xC000_0056;
+use revcall_protocol::status::{STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED};
 
 pub fn run(kernel: &KernelRef, failures: &Failures) -> Result<(), RunError> {
     kernel.start_adapter()?;

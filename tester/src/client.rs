@@ -26,24 +26,17 @@ pub enum RequestError {
     BadReply(String),
 }
 
-/// A word on the statuses a user meets most.
-pub fn describe(status: u32) -> &'static str {
+/// A word on a status: its name, and for the ones a user meets most, what it means here.
+pub fn describe(status: u32) -> String {
     use revcall_protocol::status::*;
-    match status {
-        STATUS_REVISION_MISMATCH => {
-            " (STATUS_REVISION_MISMATCH: the driver speaks another protocol version)"
-        }
-        STATUS_NOT_SUPPORTED => " (STATUS_NOT_SUPPORTED: FIRE is disabled by EnableFireInjection)",
-        STATUS_DEVICE_REMOVED => " (STATUS_DEVICE_REMOVED)",
-        STATUS_DELETE_PENDING => " (STATUS_DELETE_PENDING: the adapter is being removed)",
-        STATUS_CANCELLED => " (STATUS_CANCELLED)",
-        STATUS_QUOTA_EXCEEDED => " (STATUS_QUOTA_EXCEEDED: too many requests parked)",
-        STATUS_INVALID_PARAMETER => " (STATUS_INVALID_PARAMETER)",
-        STATUS_BUFFER_TOO_SMALL => " (STATUS_BUFFER_TOO_SMALL)",
-        STATUS_INVALID_DEVICE_REQUEST => " (STATUS_INVALID_DEVICE_REQUEST)",
-        0xC000_0022 => " (STATUS_ACCESS_DENIED)",
+    let meaning = match status {
+        STATUS_REVISION_MISMATCH => ": the driver speaks another protocol version",
+        STATUS_NOT_SUPPORTED => ": FIRE is disabled by EnableFireInjection",
+        STATUS_DELETE_PENDING => ": the adapter is being removed",
+        STATUS_QUOTA_EXCEEDED => ": too many requests parked",
         _ => "",
-    }
+    };
+    name(status).map_or_else(String::new, |name| format!(" ({name}{meaning})"))
 }
 
 /// Room for a WAIT reply with `max_events` events.

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{BenchError, quiet_config};
 use crate::client::{Channel, PROMPT};
+use revcall_protocol::status::STATUS_CANCELLED;
 use storsim::harness::Harness;
-use storsim::io::{Request, STATUS_CANCELLED};
+use storsim::io::Request;
 
 /// Parked waiters at which each operation is measured.
 pub const SIZES: [usize; 6] = [0, 1, 8, 64, 256, 1024];

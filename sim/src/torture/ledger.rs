@@ -6,9 +6,8 @@
 use std::collections::HashMap;
 
 use revcall_protocol::status::{
-    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED,
-    STATUS_QUOTA_EXCEEDED, STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
+    STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_NOT_SUPPORTED,
+    STATUS_QUOTA_EXCEEDED, STATUS_SUCCESS,
 };
 use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, WaitReply};
 
@@ -48,23 +47,12 @@ pub fn allowed(path: Path, status: u32, cancel_requested: bool, low_resources: b
     }
 }
 
-/// A readable name for the statuses a run reports.
+/// A readable name for the statuses a run reports (`CANCELLED`; hex if it has no name).
 pub fn status_name(status: u32) -> String {
-    let name = match status {
-        STATUS_SUCCESS => "SUCCESS",
-        STATUS_CANCELLED => "CANCELLED",
-        STATUS_DEVICE_REMOVED => "DEVICE_REMOVED",
-        STATUS_DELETE_PENDING => "DELETE_PENDING",
-        STATUS_INVALID_PARAMETER => "INVALID_PARAMETER",
-        STATUS_INVALID_DEVICE_REQUEST => "INVALID_DEVICE_REQUEST",
-        STATUS_BUFFER_TOO_SMALL => "BUFFER_TOO_SMALL",
-        STATUS_REVISION_MISMATCH => "REVISION_MISMATCH",
-        STATUS_QUOTA_EXCEEDED => "QUOTA_EXCEEDED",
-        STATUS_NOT_SUPPORTED => "NOT_SUPPORTED",
-        storsim::io::STATUS_INSUFFICIENT_RESOURCES => "INSUFFICIENT_RESOURCES",
-        other => return format!("{other:#010x}"),
-    };
-    name.to_owned()
+    storport_abi::status::name(status).map_or_else(
+        || format!("{status:#010x}"),
+        |name| name.trim_start_matches("STATUS_").to_owned(),
+    )
 }
 
 /// How a waiter's view of the event stream broke.
@@ -361,6 +349,7 @@ mod tests {
 
     #[test]
     fn statuses_per_path() {
+        use revcall_protocol::status::{STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER};
         assert!(allowed(Path::Wait, STATUS_SUCCESS, false, false));
         assert!(!allowed(Path::Wait, STATUS_CANCELLED, false, false));
         assert!(allowed(Path::Wait, STATUS_CANCELLED, true, false));

@@ -13,7 +13,8 @@ use super::ledger::{Path, WaiterLog, allowed, status_name};
 use super::malformed;
 use super::{Op, Shared};
 use crate::client::{Channel, PROMPT};
-use storsim::io::{Handle, Outcome, ProcessId, Request, STATUS_INSUFFICIENT_RESOURCES};
+use storport_abi::status::user::STATUS_INSUFFICIENT_RESOURCES;
+use storsim::io::{Handle, Outcome, ProcessId, Request};
 use storsim::kernel::Kernel;
 
 /// Waiters (handles with a WAIT of their own) per emulated CPU.

@@ -10,11 +10,11 @@ use storport_abi::IRP;
 use crate::io::IrpPtr;
 use crate::io::irp::{SL_PENDING_RETURNED, header, location};
 use crate::kernel::{Kernel, kernel};
+use storport_abi::status::STATUS_SUCCESS;
 
 const IO_TYPE_CSQ_IRP_CONTEXT: u32 = 1;
 const IO_TYPE_CSQ: u32 = 2;
 const IO_TYPE_CSQ_EX: u32 = 3;
-const STATUS_SUCCESS: i32 = 0;
 
 /// `IO_CSQ` (0x40 bytes): the driver's callbacks.
 #[repr(C)]

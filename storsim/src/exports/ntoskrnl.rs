@@ -9,6 +9,7 @@ use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use storport_abi::KLOCK_QUEUE_HANDLE;
+use storport_abi::status::STATUS_INVALID_PARAMETER;
 
 use super::csq::{self, IoCsq, IoCsqIrpContext};
 use super::{Export, enter};
@@ -34,8 +35,6 @@ fn require_irql_at_most(routine: &'static str, max: u8, rule: u64) {
         ));
     }
 }
-
-const STATUS_INVALID_PARAMETER: i32 = 0xC000_000D_u32 as i32;
 
 /// An IRP argument, checked against the I/O manager's registry: an IRP that is not in flight
 /// is reported (0xC9/0x01, as I/O verification does for an IRP it does not know) and refused.

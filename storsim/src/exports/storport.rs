@@ -7,6 +7,11 @@ use std::time::Duration;
 
 use std::mem::offset_of;
 
+use storport_abi::status::user::{
+    STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED,
+    STATUS_REVISION_MISMATCH,
+};
+
 use storport_abi::{
     HW_DPC_ROUTINE, HW_INITIALIZATION_DATA, HW_TIMER, IRP, STOR_FEATURE_VIRTUAL_MINIPORT,
 };
@@ -41,14 +46,10 @@ unsafe extern "win64" fn stor_port_initialize(
     let (kernel, _call) = enter("StorPortInitialize");
     if kernel.machine().faults().fail(Site::StorPortInitialize) {
         kernel.note("StorPortInitialize → STATUS_INSUFFICIENT_RESOURCES (injected)");
-        return crate::io::STATUS_INSUFFICIENT_RESOURCES;
+        return STATUS_INSUFFICIENT_RESOURCES;
     }
     storport_initialize(&kernel, driver, registry, init)
 }
-
-const STATUS_INVALID_PARAMETER: u32 = 0xC000_000D;
-const STATUS_REVISION_MISMATCH: u32 = 0xC000_0059;
-const STATUS_NOT_SUPPORTED: u32 = 0xC000_00BB;
 
 /// Reads field `offset` of the driver's init data, typed as the field is, if the declared size
 /// covers it.

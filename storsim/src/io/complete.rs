@@ -7,13 +7,13 @@ use super::irp::{
     CompletionRoutine, IrpPtr, SL_ERROR_RETURNED, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR,
     SL_INVOKE_ON_SUCCESS, SL_PENDING_RETURNED, header, location,
 };
-use super::{
-    Io, IrpRecord, IrpState, Origin, Outcome, STATUS_CANCELLED, STATUS_MORE_PROCESSING_REQUIRED,
-    STATUS_PENDING,
-};
+use super::{Io, IrpRecord, IrpState, Origin, Outcome};
 use crate::cpu::{self, DISPATCH_LEVEL};
 use crate::pool::PoolError;
 use crate::verifier::{BugCheck, Code, locks, rules};
+use storport_abi::status::user::{
+    STATUS_CANCELLED, STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING,
+};
 
 /// Who completed the IRP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

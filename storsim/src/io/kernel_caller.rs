@@ -9,9 +9,10 @@ use super::irp::{
     CompletionRoutine, IrpPtr, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS,
     header, location,
 };
-use super::{Io, IrpState, Origin, Outcome, Parameters, Request, STATUS_MORE_PROCESSING_REQUIRED};
+use super::{Io, IrpState, Origin, Outcome, Parameters, Request};
 use crate::machine::Machine;
 use crate::pool::Owner;
+use storport_abi::status::user::STATUS_MORE_PROCESSING_REQUIRED;
 
 /// The upper driver's IRP and buffer, reused for every request it sends.
 pub struct KernelCaller {

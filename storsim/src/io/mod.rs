@@ -29,19 +29,11 @@ use irp::{
 };
 use objects::DriverObjects;
 
-pub const STATUS_SUCCESS: u32 = 0;
-pub const STATUS_PENDING: u32 = 0x103;
-pub const STATUS_INVALID_HANDLE: u32 = 0xC000_0008;
-pub const STATUS_ACCESS_DENIED: u32 = 0xC000_0022;
-pub const STATUS_INSUFFICIENT_RESOURCES: u32 = 0xC000_009A;
-pub const STATUS_CANCELLED: u32 = 0xC000_0120;
-pub const STATUS_MORE_PROCESSING_REQUIRED: u32 = 0xC000_0016;
-pub const STATUS_INVALID_DEVICE_REQUEST: u32 = 0xC000_0010;
-
-/// NT_ERROR: severity "error"; the I/O manager copies no output back.
-pub const fn is_error(status: u32) -> bool {
-    status >> 30 == 3
-}
+pub use storport_abi::status::is_error;
+use storport_abi::status::user::{
+    STATUS_ACCESS_DENIED, STATUS_INSUFFICIENT_RESOURCES, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_HANDLE, STATUS_PENDING,
+};
 
 /// Access rights of a handle (`FILE_READ_DATA`, `FILE_WRITE_DATA` as CreateFile grants them).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

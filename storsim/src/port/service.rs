@@ -8,12 +8,12 @@ use std::sync::atomic::Ordering;
 use super::Port;
 use crate::cpu::PASSIVE_LEVEL;
 use crate::io::irp::{SL_PENDING_RETURNED, header, location};
-use crate::io::{IrpPtr, STATUS_PENDING, Via};
+use crate::io::{IrpPtr, Via};
+use storport_abi::status::user::{
+    STATUS_DELETE_PENDING, STATUS_INVALID_DEVICE_REQUEST, STATUS_NOT_SUPPORTED, STATUS_PENDING,
+};
 
 pub const IOCTL_MINIPORT_PROCESS_SERVICE_IRP: u32 = 0x0004_D038;
-const STATUS_DELETE_PENDING: u32 = 0xC000_0056;
-const STATUS_INVALID_DEVICE_REQUEST: u32 = 0xC000_0010;
-const STATUS_NOT_SUPPORTED: u32 = 0xC000_00BB;
 
 impl Port {
     /// RaidAdapterDeviceControlIrp + RaidAdapterMiniportProcessServiceRequest.
