@@ -1,26 +1,27 @@
-//! A user-mode client of revcall's channel, over storsim's I/O manager: the requests of
-//! `revcall-protocol`, sent overlapped on a handle, and their replies decoded.
+//! revcall's channel client (crate `revcall-client`) bound to storsim's I/O manager directly:
+//! a handle of an emulated process, requests sent overlapped on it, the replies decoded by the
+//! client library. Scripts keep storsim's own request objects (exactly-once counts, outcomes)
+//! and a status-or-nothing error, which is what their expectations compare.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
+use revcall_client::channel::{self as protocol, RequestError};
 use revcall_protocol::{
-    DiscoverReply, EventRecord, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Reply, Request as Wire,
-    StatsReply, WaitReply, decode_reply, encode_request,
+    DiscoverReply, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request as Wire, StatsReply,
 };
-
 use storsim::io::{Access, Handle, Outcome, ProcessId, Request};
 use storsim::kernel::Kernel;
 
-/// How long a client waits for a reply it expects promptly.
-pub const PROMPT: Duration = Duration::from_secs(5);
+pub use revcall_client::channel::{Delivery, PROMPT};
 
-/// A WAIT's outcome, decoded.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Delivery {
-    pub reply: WaitReply,
-    pub events: Vec<EventRecord>,
+/// A client error as the scripts compare it: the completion status, or `u32::MAX` when there
+/// was no decodable reply (a timeout or a malformed answer).
+fn status_of(error: RequestError) -> u32 {
+    match error {
+        RequestError::Status(status) => status,
+        RequestError::Timeout(_) | RequestError::BadReply(_) => u32::MAX,
+    }
 }
 
 /// One open handle to the adapter.
@@ -50,68 +51,50 @@ impl Channel {
     }
 
     pub fn send(&self, request: &Wire, out_len: u32) -> Arc<Request> {
-        let mut bytes = [0u8; 64];
-        let len = encode_request(request, &mut bytes).expect("requests fit 64 bytes");
-        self.send_raw(&bytes[..len], out_len)
+        self.send_raw(&protocol::encode(request), out_len)
             .expect("a read/write handle to the adapter accepts the service IOCTL")
     }
 
     /// Posts a WAIT with room for `max_events`.
     pub fn wait(&self, cursor: u64, max_events: u32) -> Arc<Request> {
-        let out = 64 + 32 * max_events.max(1);
-        self.send(&Wire::Wait { cursor, max_events }, out)
+        self.send(
+            &Wire::Wait { cursor, max_events },
+            protocol::wait_reply_size(max_events),
+        )
     }
 
     /// FIRE and its reply: the event's sequence number, or the status.
     pub fn fire(&self, code: u32, value: u64) -> Result<u64, u32> {
-        match decode_reply(&self.call(&Wire::Fire { code, value }, 64)?) {
-            Ok(Reply::Fire(reply)) => {
-                self.kernel.events().fired.fetch_add(1, Ordering::Relaxed);
-                Ok(reply.seq)
-            }
-            _ => Err(u32::MAX),
-        }
+        let outcome = self.call(&Wire::Fire { code, value }, 64)?;
+        let seq = protocol::fired(outcome.status, &outcome.output).map_err(status_of)?;
+        self.kernel.events().fired.fetch_add(1, Ordering::Relaxed);
+        Ok(seq)
     }
 
     pub fn discover(&self, delay_ms: u32) -> Result<DiscoverReply, u32> {
-        match decode_reply(&self.call(&Wire::Discover { delay_ms }, 64)?) {
-            Ok(Reply::Discover(reply)) => Ok(reply),
-            _ => Err(u32::MAX),
-        }
+        let outcome = self.call(&Wire::Discover { delay_ms }, 64)?;
+        protocol::discovery(outcome.status, &outcome.output).map_err(status_of)
     }
 
     pub fn stats(&self) -> Result<StatsReply, u32> {
-        match decode_reply(&self.call(&Wire::Stats, 256)?) {
-            Ok(Reply::Stats(reply)) => Ok(reply),
-            _ => Err(u32::MAX),
-        }
+        let outcome = self.call(&Wire::Stats, 256)?;
+        protocol::stats(outcome.status, &outcome.output).map_err(status_of)
     }
 
-    /// Sends and waits: the reply bytes, or the completion status (`u32::MAX`: no reply).
-    fn call(&self, request: &Wire, out_len: u32) -> Result<Vec<u8>, u32> {
-        let outcome = self.send(request, out_len).wait(PROMPT).ok_or(u32::MAX)?;
-        if outcome.status != 0 {
-            return Err(outcome.status);
-        }
-        Ok(outcome.output)
+    /// Sends and waits for the outcome (`Err(u32::MAX)`: none within [`PROMPT`]).
+    fn call(&self, request: &Wire, out_len: u32) -> Result<Outcome, u32> {
+        self.send(request, out_len).wait(PROMPT).ok_or(u32::MAX)
     }
 
     /// Decodes a completed WAIT, counting delivered events.
     pub fn delivery(&self, outcome: &Outcome) -> Result<Delivery, u32> {
-        if outcome.status != 0 {
-            return Err(outcome.status);
-        }
-        match decode_reply(&outcome.output) {
-            Ok(Reply::Wait { reply, events }) => {
-                let events: Vec<EventRecord> = events.collect();
-                self.kernel
-                    .events()
-                    .delivered
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                Ok(Delivery { reply, events })
-            }
-            _ => Err(u32::MAX),
-        }
+        let delivery =
+            protocol::wait_delivery(outcome.status, &outcome.output).map_err(status_of)?;
+        self.kernel
+            .events()
+            .delivered
+            .fetch_add(delivery.events.len() as u64, Ordering::Relaxed);
+        Ok(delivery)
     }
 
     pub fn cancel(&self, request: &Request) -> usize {

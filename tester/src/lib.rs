@@ -1,12 +1,13 @@
-//! revcall-tester: the companion client of revcall's service-IRP channel. One client library
-//! over one [`transport::Transport`] trait, with two backends: DeviceIoControl against the
-//! installed driver on Windows, and storsim's emulated I/O manager on Linux.
+//! revcall-tester: the companion client of revcall's service-IRP channel: the channel's client
+//! library (crate `revcall-client`) with two backends — DeviceIoControl against the installed
+//! driver on Windows, and storsim's emulated I/O manager on Linux — a selftest and a CLI.
+
+pub use revcall_client::channel as client;
+pub use revcall_client::transport;
 
 pub mod cli;
-pub mod client;
 pub mod selftest;
 #[cfg(target_os = "linux")]
 pub mod sim;
-pub mod transport;
 #[cfg(windows)]
 pub mod windows;

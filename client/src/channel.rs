@@ -81,35 +81,25 @@ impl<'t, T: Transport> Adapter<'t, T> {
             .ok_or(RequestError::Timeout(limit))
     }
 
-    /// Sends a request and decodes a successful reply.
-    pub fn call(&self, request: &Request, out_len: u32) -> Result<Vec<u8>, RequestError> {
-        let completion = self.raw(&encode(request), out_len, PROMPT)?;
-        if completion.status != STATUS_SUCCESS {
-            return Err(RequestError::Status(completion.status));
-        }
-        Ok(completion.output)
+    /// Sends a request and waits for its completion.
+    pub fn call(&self, request: &Request, out_len: u32) -> Result<Completion, RequestError> {
+        self.raw(&encode(request), out_len, PROMPT)
     }
 
     /// FIRE: the new event's sequence number.
     pub fn fire(&self, code: u32, value: u64) -> Result<u64, RequestError> {
-        match decode(&self.call(&Request::Fire { code, value }, 64)?)? {
-            Reply::Fire(reply) => Ok(reply.seq),
-            other => Err(RequestError::BadReply(format!("{other:?}"))),
-        }
+        let completion = self.call(&Request::Fire { code, value }, 64)?;
+        fired(completion.status, &completion.output)
     }
 
     pub fn discover(&self, delay_ms: u32) -> Result<DiscoverReply, RequestError> {
-        match decode(&self.call(&Request::Discover { delay_ms }, 64)?)? {
-            Reply::Discover(reply) => Ok(reply),
-            other => Err(RequestError::BadReply(format!("{other:?}"))),
-        }
+        let completion = self.call(&Request::Discover { delay_ms }, 64)?;
+        discovery(completion.status, &completion.output)
     }
 
     pub fn stats(&self) -> Result<StatsReply, RequestError> {
-        match decode(&self.call(&Request::Stats, 256)?)? {
-            Reply::Stats(reply) => Ok(reply),
-            other => Err(RequestError::BadReply(format!("{other:?}"))),
-        }
+        let completion = self.call(&Request::Stats, 256)?;
+        stats(completion.status, &completion.output)
     }
 
     /// Posts a WAIT without waiting for it.
@@ -128,8 +118,41 @@ impl<'t, T: Transport> Adapter<'t, T> {
     }
 }
 
-fn decode(bytes: &[u8]) -> Result<Reply<'_>, RequestError> {
-    decode_reply(bytes).map_err(|e| RequestError::BadReply(format!("{e:?}")))
+/// The reply of a completed request (its status and output bytes), if it succeeded and
+/// decodes.
+fn reply(status: u32, output: &[u8]) -> Result<Reply<'_>, RequestError> {
+    if status != STATUS_SUCCESS {
+        return Err(RequestError::Status(status));
+    }
+    decode_reply(output).map_err(|e| RequestError::BadReply(format!("{e:?}")))
+}
+
+fn unexpected(reply: Reply<'_>) -> RequestError {
+    RequestError::BadReply(format!("{reply:?}"))
+}
+
+/// A completed FIRE: the new event's sequence number.
+pub fn fired(status: u32, output: &[u8]) -> Result<u64, RequestError> {
+    match reply(status, output)? {
+        Reply::Fire(reply) => Ok(reply.seq),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A completed DISCOVER.
+pub fn discovery(status: u32, output: &[u8]) -> Result<DiscoverReply, RequestError> {
+    match reply(status, output)? {
+        Reply::Discover(reply) => Ok(reply),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A completed STATS.
+pub fn stats(status: u32, output: &[u8]) -> Result<StatsReply, RequestError> {
+    match reply(status, output)? {
+        Reply::Stats(reply) => Ok(reply),
+        other => Err(unexpected(other)),
+    }
 }
 
 /// A WAIT's reply, decoded.
@@ -141,15 +164,17 @@ pub struct Delivery {
 
 /// Decodes a completed WAIT.
 pub fn delivery(completion: &Completion) -> Result<Delivery, RequestError> {
-    if completion.status != STATUS_SUCCESS {
-        return Err(RequestError::Status(completion.status));
-    }
-    match decode(&completion.output)? {
+    wait_delivery(completion.status, &completion.output)
+}
+
+/// Decodes a completed WAIT from its status and output bytes.
+pub fn wait_delivery(status: u32, output: &[u8]) -> Result<Delivery, RequestError> {
+    match reply(status, output)? {
         Reply::Wait { reply, events } => Ok(Delivery {
             reply,
             events: events.collect(),
         }),
-        other => Err(RequestError::BadReply(format!("{other:?}"))),
+        other => Err(unexpected(other)),
     }
 }
 
