@@ -27,7 +27,10 @@ fn the_readme_lists_every_storsim_rule_as_the_table_says_it() {
         .iter()
         .map(|rule| (rule.p1, rule.what.to_owned()))
         .collect();
-    assert_eq!(rows, rules, "README.md's P1 table and verifier/rules.rs disagree");
+    assert_eq!(
+        rows, rules,
+        "README.md's P1 table and verifier/rules.rs disagree"
+    );
 }
 
 #[test]

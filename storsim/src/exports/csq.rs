@@ -10,23 +10,50 @@ use storport_abi::IRP;
 use crate::io::IrpPtr;
 use crate::io::irp::{SL_PENDING_RETURNED, header, location};
 use crate::kernel::{Kernel, kernel};
-use storport_abi::status::STATUS_SUCCESS;
+use storport_abi::status::{STATUS_INVALID_PARAMETER, STATUS_SUCCESS};
 
 const IO_TYPE_CSQ_IRP_CONTEXT: u32 = 1;
 const IO_TYPE_CSQ: u32 = 2;
 const IO_TYPE_CSQ_EX: u32 = 3;
 
+/// The IoCsq callbacks (wdm.h).
+pub type InsertIrp = unsafe extern "win64" fn(*mut IoCsq, *mut IRP);
+pub type InsertIrpEx = unsafe extern "win64" fn(*mut IoCsq, *mut IRP, *mut c_void) -> i32;
+pub type RemoveIrp = unsafe extern "win64" fn(*mut IoCsq, *mut IRP);
+pub type PeekNextIrp = unsafe extern "win64" fn(*mut IoCsq, *mut IRP, *mut c_void) -> *mut IRP;
+pub type AcquireLock = unsafe extern "win64" fn(*mut IoCsq, *mut u8);
+pub type ReleaseLock = unsafe extern "win64" fn(*mut IoCsq, u8);
+pub type CompleteCanceledIrp = unsafe extern "win64" fn(*mut IoCsq, *mut IRP);
+
+/// The insert routine: which prototype is `IoCsq::kind`'s to say.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub union Insert {
+    pub plain: InsertIrp,
+    pub ex: InsertIrpEx,
+}
+
 /// `IO_CSQ` (0x40 bytes): the driver's callbacks.
 #[repr(C)]
 pub struct IoCsq {
     pub kind: u32,
-    pub insert: usize,
-    pub remove: unsafe extern "win64" fn(*mut IoCsq, *mut IRP),
-    pub peek: unsafe extern "win64" fn(*mut IoCsq, *mut IRP, *mut c_void) -> *mut IRP,
-    pub acquire: unsafe extern "win64" fn(*mut IoCsq, *mut u8),
-    pub release: unsafe extern "win64" fn(*mut IoCsq, u8),
-    pub complete_canceled: unsafe extern "win64" fn(*mut IoCsq, *mut IRP),
+    pub insert: Insert,
+    pub remove: RemoveIrp,
+    pub peek: PeekNextIrp,
+    pub acquire: AcquireLock,
+    pub release: ReleaseLock,
+    pub complete_canceled: CompleteCanceledIrp,
     pub reserve: *mut c_void,
+}
+
+/// The routines IoCsqInitialize(Ex) receives, NULL or not.
+pub struct Routines {
+    pub insert: Option<Insert>,
+    pub remove: Option<RemoveIrp>,
+    pub peek: Option<PeekNextIrp>,
+    pub acquire: Option<AcquireLock>,
+    pub release: Option<ReleaseLock>,
+    pub complete_canceled: Option<CompleteCanceledIrp>,
 }
 
 /// `IO_CSQ_IRP_CONTEXT` (0x18 bytes).
@@ -44,9 +71,6 @@ const _: () = {
     assert!(size_of::<IoCsqIrpContext>() == 0x18);
 };
 
-type InsertIrp = unsafe extern "win64" fn(*mut IoCsq, *mut IRP);
-type InsertIrpEx = unsafe extern "win64" fn(*mut IoCsq, *mut IRP, *mut c_void) -> i32;
-
 /// IoCsqInsertIrpEx: queue, mark pending, arm the cancel routine; if the IRP was cancelled
 /// meanwhile, take it back out and hand it to CsqCompleteCanceledIrp.
 pub(super) fn csq_insert(
@@ -61,13 +85,15 @@ pub(super) fn csq_insert(
     // SAFETY: CsqAcquireLock's contract.
     unsafe { (queue.acquire)(csq, &mut irql) };
     let status = if queue.kind == IO_TYPE_CSQ_EX {
-        // SAFETY: an IO_CSQ_EX stores a CsqInsertIrpEx.
-        let insert: InsertIrpEx = unsafe { std::mem::transmute(queue.insert) };
+        // SAFETY: IoCsqInitializeEx made this queue (kind IO_TYPE_CSQ_EX) and stored the
+        // driver's CsqInsertIrpEx in the `ex` field.
+        let insert = unsafe { queue.insert.ex };
         // SAFETY: CsqInsertIrpEx's contract, lock held.
         unsafe { insert(csq, irp.as_ptr(), insert_context) }
     } else {
-        // SAFETY: an IO_CSQ stores a CsqInsertIrp.
-        let insert: InsertIrp = unsafe { std::mem::transmute(queue.insert) };
+        // SAFETY: IoCsqInitialize made this queue (kind IO_TYPE_CSQ) and stored the driver's
+        // CsqInsertIrp in the `plain` field.
+        let insert = unsafe { queue.insert.plain };
         // SAFETY: CsqInsertIrp's contract, lock held.
         unsafe { insert(csq, irp.as_ptr()) };
         STATUS_SUCCESS
@@ -198,47 +224,38 @@ pub(super) fn csq_remove_next(
     next
 }
 
-/// IoCsqInitialize / IoCsqInitializeEx: fills the IO_CSQ.
+/// IoCsqInitialize / IoCsqInitializeEx: fills the IO_CSQ, or STATUS_INVALID_PARAMETER if the
+/// queue or a routine is NULL.
 ///
 /// # Safety
 ///
-/// `csq` points to a writable IO_CSQ; the routines have the IoCsq callback prototypes.
-pub unsafe fn initialize(csq: *mut IoCsq, ex: bool, routines: [usize; 6]) -> i32 {
-    let [insert, remove, peek, acquire, release, complete] = routines;
-    if csq.is_null() || routines.contains(&0) {
-        return 0xC000_000Du32 as i32;
+/// A non-NULL `csq` points to a writable IO_CSQ.
+pub unsafe fn initialize(csq: *mut IoCsq, ex: bool, routines: Routines) -> i32 {
+    let Routines {
+        insert: Some(insert),
+        remove: Some(remove),
+        peek: Some(peek),
+        acquire: Some(acquire),
+        release: Some(release),
+        complete_canceled: Some(complete_canceled),
+    } = routines
+    else {
+        return STATUS_INVALID_PARAMETER;
+    };
+    if csq.is_null() {
+        return STATUS_INVALID_PARAMETER;
     }
-    // SAFETY (each transmute): the caller's promise: every routine is non-null and has the
-    // IoCsq callback prototype of its position.
     let queue = IoCsq {
         kind: if ex { IO_TYPE_CSQ_EX } else { IO_TYPE_CSQ },
         insert,
-        // SAFETY: see above.
-        remove: unsafe {
-            std::mem::transmute::<usize, unsafe extern "win64" fn(*mut IoCsq, *mut IRP)>(remove)
-        },
-        // SAFETY: see above.
-        peek: unsafe {
-            std::mem::transmute::<
-                usize,
-                unsafe extern "win64" fn(*mut IoCsq, *mut IRP, *mut c_void) -> *mut IRP,
-            >(peek)
-        },
-        // SAFETY: see above.
-        acquire: unsafe {
-            std::mem::transmute::<usize, unsafe extern "win64" fn(*mut IoCsq, *mut u8)>(acquire)
-        },
-        // SAFETY: see above.
-        release: unsafe {
-            std::mem::transmute::<usize, unsafe extern "win64" fn(*mut IoCsq, u8)>(release)
-        },
-        // SAFETY: see above.
-        complete_canceled: unsafe {
-            std::mem::transmute::<usize, unsafe extern "win64" fn(*mut IoCsq, *mut IRP)>(complete)
-        },
+        remove,
+        peek,
+        acquire,
+        release,
+        complete_canceled,
         reserve: std::ptr::null_mut(),
     };
-    // SAFETY: the caller's promise: `csq` is a writable IO_CSQ.
+    // SAFETY: non-NULL (checked) and writable (the caller's promise).
     unsafe { csq.write(queue) };
     STATUS_SUCCESS
 }

@@ -114,7 +114,7 @@ fn counted(pointer: *const u8, wide: bool) -> String {
     }
     // SAFETY: the driver passed a STRING structure: Length at 0, Buffer at 8.
     let length = unsafe { pointer.cast::<u16>().read_unaligned() } as usize;
-    // SAFETY: as above.
+    // SAFETY: the same STRING structure: its Buffer pointer at offset 8.
     let buffer = unsafe { pointer.wrapping_add(8).cast::<usize>().read_unaligned() };
     if wide {
         wide_string(buffer as *const u16, Some(length / 2))

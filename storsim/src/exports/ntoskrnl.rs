@@ -11,7 +11,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use storport_abi::KLOCK_QUEUE_HANDLE;
 use storport_abi::status::STATUS_INVALID_PARAMETER;
 
-use super::csq::{self, IoCsq, IoCsqIrpContext};
+use super::csq::{
+    self, AcquireLock, CompleteCanceledIrp, Insert, InsertIrp, InsertIrpEx, IoCsq, IoCsqIrpContext,
+    PeekNextIrp, ReleaseLock, RemoveIrp, Routines,
+};
 use super::{Export, enter};
 use crate::cpu::{self, APC_LEVEL, DISPATCH_LEVEL};
 use crate::io::{IrpPtr, Via};
@@ -257,45 +260,49 @@ unsafe extern "win64" fn io_cancel_irp(irp: *mut c_void) -> u8 {
     u8::from(kernel.io().cancel_irp(irp as usize))
 }
 
-/// IoCsqInitialize and IoCsqInitializeEx differ only in the insert routine's prototype.
-fn csq_initialize(routine: &'static str, csq: *mut IoCsq, ex: bool, routines: [usize; 6]) -> i32 {
-    let (_kernel, _call) = enter(routine);
-    // SAFETY: the driver's IO_CSQ and callbacks, as the DDI requires.
-    unsafe { csq::initialize(csq, ex, routines) }
-}
-
 unsafe extern "win64" fn io_csq_initialize(
     csq: *mut IoCsq,
-    insert: usize,
-    remove: usize,
-    peek: usize,
-    acquire: usize,
-    release: usize,
-    complete: usize,
+    insert: Option<InsertIrp>,
+    remove: Option<RemoveIrp>,
+    peek: Option<PeekNextIrp>,
+    acquire: Option<AcquireLock>,
+    release: Option<ReleaseLock>,
+    complete_canceled: Option<CompleteCanceledIrp>,
 ) -> i32 {
-    csq_initialize(
-        "IoCsqInitialize",
-        csq,
-        false,
-        [insert, remove, peek, acquire, release, complete],
-    )
+    let (_kernel, _call) = enter("IoCsqInitialize");
+    let routines = Routines {
+        insert: insert.map(|plain| Insert { plain }),
+        remove,
+        peek,
+        acquire,
+        release,
+        complete_canceled,
+    };
+    // SAFETY: the DDI's contract: the driver's writable IO_CSQ.
+    unsafe { csq::initialize(csq, false, routines) }
 }
 
+/// IoCsqInitializeEx: as IoCsqInitialize, with CsqInsertIrpEx's prototype.
 unsafe extern "win64" fn io_csq_initialize_ex(
     csq: *mut IoCsq,
-    insert: usize,
-    remove: usize,
-    peek: usize,
-    acquire: usize,
-    release: usize,
-    complete: usize,
+    insert: Option<InsertIrpEx>,
+    remove: Option<RemoveIrp>,
+    peek: Option<PeekNextIrp>,
+    acquire: Option<AcquireLock>,
+    release: Option<ReleaseLock>,
+    complete_canceled: Option<CompleteCanceledIrp>,
 ) -> i32 {
-    csq_initialize(
-        "IoCsqInitializeEx",
-        csq,
-        true,
-        [insert, remove, peek, acquire, release, complete],
-    )
+    let (_kernel, _call) = enter("IoCsqInitializeEx");
+    let routines = Routines {
+        insert: insert.map(|ex| Insert { ex }),
+        remove,
+        peek,
+        acquire,
+        release,
+        complete_canceled,
+    };
+    // SAFETY: the DDI's contract: the driver's writable IO_CSQ.
+    unsafe { csq::initialize(csq, true, routines) }
 }
 
 unsafe extern "win64" fn io_csq_insert_irp(

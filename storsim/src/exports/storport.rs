@@ -179,7 +179,7 @@ fn storport_initialize(
         .cast::<u16>();
     // SAFETY: inside the driver's structure (every revision is ≥ 0x88 > 0x6A bytes).
     let old = unsafe { flags.read_unaligned() };
-    // SAFETY: as above; the driver's own structure, writable (it passed a non-const pointer).
+    // SAFETY: the same field of the driver's own structure, writable (a non-const pointer).
     unsafe { flags.write_unaligned(old | 0x10) };
     kernel.port().register(miniport);
     let objects = kernel.io().objects();
@@ -461,7 +461,7 @@ unsafe extern "win64" fn stor_port_registry_read(
         Some(value) if kind == MINIPORT_REG_DWORD && capacity >= 4 => {
             // SAFETY: at least 4 bytes of the registry buffer are writable.
             unsafe { buffer.cast::<u32>().write_unaligned(value) };
-            // SAFETY: as above.
+            // SAFETY: `length` is the driver's in/out length, checked non-NULL on entry.
             unsafe { length.write(4) };
             true
         }

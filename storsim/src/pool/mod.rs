@@ -209,7 +209,8 @@ impl Pool {
             Some(region) if unsafe { region.protect(true) } => (region, false),
             spare => {
                 if let Some(region) = spare {
-                    // SAFETY: owned as above; forgotten right after, so unmapped once.
+                    // SAFETY: `take_spare` handed this thread the mapping (the table no longer
+                    // has it); forgotten right after, so unmapped once.
                     unsafe { region.unmap() };
                 }
                 (
@@ -221,14 +222,14 @@ impl Pool {
         let start = region.base() + data_len - aligned;
         let end = start + size;
         // SAFETY: the mapping is this thread's alone (new, or just taken from the spares) and
-        // was made read-write above; the block is not handed out yet. (Also for the next two.)
+        // was made read-write above; the block is not handed out yet.
         unsafe { region.fill(region.base()..start, GUARD_BYTE) };
         // A fresh anonymous mapping is already zero.
         if !(fresh && contents == 0) {
-            // SAFETY: see above.
+            // SAFETY: the block's own bytes, in the same thread-owned read-write mapping.
             unsafe { region.fill(start..end, contents) };
         }
-        // SAFETY: see above.
+        // SAFETY: the slack after the block, in the same thread-owned read-write mapping.
         unsafe { region.fill(end..start + aligned, GUARD_BYTE) };
         let info = BlockInfo {
             addr: start,

@@ -28,7 +28,8 @@ pub(super) unsafe fn verify(info: &BlockInfo, region: Region) -> Result<(), Pool
             offset,
         });
     }
-    // SAFETY: as above, for the underrun area.
+    // SAFETY: the underrun area lies in the data pages below the block, readable per this
+    // function's requirements.
     let under = unsafe { region.bytes(region.base()..info.addr) };
     if damaged(under)
         && let Some(index) = under.iter().rposition(|&byte| byte != GUARD_BYTE)

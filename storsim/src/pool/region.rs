@@ -56,7 +56,8 @@ impl Region {
         if unsafe { region.set_protection(region.guard(), libc::PROT_NONE) } {
             Some(region)
         } else {
-            // SAFETY: as above; the region is dropped right after, so it is unmapped once.
+            // SAFETY: the mapping was created just above and nobody else knows it; the region
+            // is dropped right after, so it is unmapped once.
             unsafe { region.unmap() };
             None
         }
