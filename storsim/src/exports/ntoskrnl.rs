@@ -260,18 +260,20 @@ unsafe extern "win64" fn io_cancel_irp(irp: *mut c_void) -> u8 {
     u8::from(kernel.io().cancel_irp(irp as usize))
 }
 
-unsafe extern "win64" fn io_csq_initialize(
+/// IoCsqInitialize (`I` = [`InsertIrp`]) and IoCsqInitializeEx (`I` = [`InsertIrpEx`]): the
+/// same routine but for the insert callback's prototype.
+unsafe extern "win64" fn io_csq_initialize<I: InsertPrototype>(
     csq: *mut IoCsq,
-    insert: Option<InsertIrp>,
+    insert: I,
     remove: Option<RemoveIrp>,
     peek: Option<PeekNextIrp>,
     acquire: Option<AcquireLock>,
     release: Option<ReleaseLock>,
     complete_canceled: Option<CompleteCanceledIrp>,
 ) -> i32 {
-    let (_kernel, _call) = enter("IoCsqInitialize");
+    let (_kernel, _call) = enter(I::ROUTINE);
     let routines = Routines {
-        insert: insert.map(|plain| Insert { plain }),
+        insert: insert.insert(),
         remove,
         peek,
         acquire,
@@ -279,30 +281,31 @@ unsafe extern "win64" fn io_csq_initialize(
         complete_canceled,
     };
     // SAFETY: the DDI's contract: the driver's writable IO_CSQ.
-    unsafe { csq::initialize(csq, false, routines) }
+    unsafe { csq::initialize(csq, I::EX, routines) }
 }
 
-/// IoCsqInitializeEx: as IoCsqInitialize, with CsqInsertIrpEx's prototype.
-unsafe extern "win64" fn io_csq_initialize_ex(
-    csq: *mut IoCsq,
-    insert: Option<InsertIrpEx>,
-    remove: Option<RemoveIrp>,
-    peek: Option<PeekNextIrp>,
-    acquire: Option<AcquireLock>,
-    release: Option<ReleaseLock>,
-    complete_canceled: Option<CompleteCanceledIrp>,
-) -> i32 {
-    let (_kernel, _call) = enter("IoCsqInitializeEx");
-    let routines = Routines {
-        insert: insert.map(|ex| Insert { ex }),
-        remove,
-        peek,
-        acquire,
-        release,
-        complete_canceled,
-    };
-    // SAFETY: the DDI's contract: the driver's writable IO_CSQ.
-    unsafe { csq::initialize(csq, true, routines) }
+/// What tells IoCsqInitialize from IoCsqInitializeEx: the insert argument's type (a
+/// routine pointer or NULL).
+trait InsertPrototype: Copy {
+    const ROUTINE: &'static str;
+    const EX: bool;
+    fn insert(self) -> Option<Insert>;
+}
+
+impl InsertPrototype for Option<InsertIrp> {
+    const ROUTINE: &'static str = "IoCsqInitialize";
+    const EX: bool = false;
+    fn insert(self) -> Option<Insert> {
+        self.map(|plain| Insert { plain })
+    }
+}
+
+impl InsertPrototype for Option<InsertIrpEx> {
+    const ROUTINE: &'static str = "IoCsqInitializeEx";
+    const EX: bool = true;
+    fn insert(self) -> Option<Insert> {
+        self.map(|ex| Insert { ex })
+    }
 }
 
 unsafe extern "win64" fn io_csq_insert_irp(
@@ -599,10 +602,13 @@ pub fn exports() -> Vec<Export> {
             iof_complete_request as *const () as usize,
         ),
         ("IoCancelIrp", io_cancel_irp as *const () as usize),
-        ("IoCsqInitialize", io_csq_initialize as *const () as usize),
+        (
+            "IoCsqInitialize",
+            io_csq_initialize::<Option<InsertIrp>> as *const () as usize,
+        ),
         (
             "IoCsqInitializeEx",
-            io_csq_initialize_ex as *const () as usize,
+            io_csq_initialize::<Option<InsertIrpEx>> as *const () as usize,
         ),
         ("IoCsqInsertIrp", io_csq_insert_irp as *const () as usize),
         (
