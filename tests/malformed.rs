@@ -5,9 +5,10 @@
 mod common;
 
 use common::revcall_sys;
+use revcall_client::malformed::{self, Class};
 use revcall_protocol::status::*;
 use revcall_protocol::{
-    Header, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, VERSION, encode_request, refusal,
+    Header, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, encode_request, refusal,
 };
 use revcall_sim::client::PROMPT;
 use storsim::harness::Harness;
@@ -89,7 +90,7 @@ fn every_length_of_every_request_gets_its_documented_status() {
 }
 
 #[test]
-fn null_buffers_versions_opcodes_and_short_output_are_refused() {
+fn null_buffers_and_every_malformed_class_are_refused() {
     let harness = Harness::start(
         &revcall_sys(),
         Config {
@@ -111,49 +112,24 @@ fn null_buffers_versions_opcodes_and_short_output_are_refused() {
         "no input"
     );
 
-    let mut stats = [0u8; 64];
-    let len = encode_request(&Request::Stats, &mut stats).expect("fits");
-    let mut wrong_version = stats[..len].to_vec();
-    wrong_version[4..6].copy_from_slice(&(VERSION + 1).to_le_bytes());
-    assert_eq!(
-        send(&kernel, handle, &wrong_version, 256).0,
-        STATUS_REVISION_MISMATCH
-    );
-    let mut wrong_opcode = stats[..len].to_vec();
-    wrong_opcode[6..8].copy_from_slice(&0x77u16.to_le_bytes());
-    assert_eq!(
-        send(&kernel, handle, &wrong_opcode, 256).0,
-        STATUS_INVALID_DEVICE_REQUEST
-    );
-
-    for request in [
-        Request::Wait {
-            cursor: 0,
-            max_events: 1,
-        },
-        Request::Fire { code: 0, value: 0 },
-        Request::Discover { delay_ms: 1 },
-        Request::Stats,
-    ] {
-        let mut bytes = [0u8; 64];
-        let len = encode_request(&request, &mut bytes).expect("fits");
-        let needed = request.opcode().min_reply_size() as u32;
-        for out in [0, 1, needed - 1] {
+    // Every class of the catalogue the torture draws from, 50 samples each.
+    let mut rng = fastrand::Rng::with_seed(12);
+    for class in Class::ALL {
+        for _ in 0..50 {
+            let bad = malformed::sample(class, &mut rng, 0);
+            let request = kernel
+                .device_io_control(handle, bad.code, &bad.input, bad.out_len)
+                .expect("sent");
+            let outcome = request.wait(PROMPT).expect("answered at once");
             assert_eq!(
-                send(&kernel, handle, &bytes[..len], out),
-                (STATUS_BUFFER_TOO_SMALL, 0),
-                "{:?} with {out} output bytes",
-                request.opcode()
+                (outcome.status, outcome.information),
+                (bad.expected, 0),
+                "{class:?}: {:02x?}, {} output bytes",
+                bad.input,
+                bad.out_len
             );
         }
     }
-    let other_ioctl = kernel
-        .device_io_control(handle, 0x0004_D008, &stats[..len], 64)
-        .expect("sent");
-    assert_eq!(
-        other_ioctl.wait(PROMPT).expect("answered").status,
-        STATUS_INVALID_DEVICE_REQUEST
-    );
     kernel.close(handle);
     let summary = harness.finish();
     assert!(summary.violations.is_empty(), "{}", summary.text(false));

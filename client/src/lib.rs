@@ -7,4 +7,5 @@
 //! [`channel::Watcher`] that keeps WAITs outstanding and counts what it lost.
 
 pub mod channel;
+pub mod malformed;
 pub mod transport;

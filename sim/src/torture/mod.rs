@@ -9,7 +9,6 @@
 //! verifier violation; no pool leak at unload; nothing outstanding.
 
 mod ledger;
-mod malformed;
 mod report;
 mod worker;
 

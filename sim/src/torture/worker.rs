@@ -10,7 +10,6 @@ use revcall_protocol::status::{STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STA
 use revcall_protocol::{CURSOR_NOW, Reply, decode_reply};
 
 use super::ledger::{Path, WaiterLog, allowed, status_name};
-use super::malformed;
 use super::{Op, Shared};
 use crate::client::{Channel, PROMPT};
 use storport_abi::status::user::STATUS_INSUFFICIENT_RESOURCES;
@@ -459,7 +458,10 @@ impl<'a> Worker<'a> {
         self.count(Op::Malformed);
         let w = self.any_channel();
         let cursor = self.waiters[w].log.cursor;
-        let bad = malformed::generate(&mut self.rng, if cursor == CURSOR_NOW { 0 } else { cursor });
+        let bad = revcall_client::malformed::generate(
+            &mut self.rng,
+            if cursor == CURSOR_NOW { 0 } else { cursor },
+        );
         let handle = self.waiters[w].channel.handle;
         let sent = self.raw(handle, bad.code, &bad.input, bad.out_len);
         self.immediate(Path::Malformed(bad.expected), sent);

@@ -1,12 +1,13 @@
 //! Malformed service requests, one class per defect the driver must refuse, each with the one
-//! status that defect must produce (README, "Statuses").
+//! status that defect must produce (README, "Statuses"): the catalogue the torture draws from,
+//! the selftest walks, and the malformed-input tests sweep.
 
 use revcall_protocol::status::{
     STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER,
     STATUS_REVISION_MISMATCH,
 };
 use revcall_protocol::{
-    DISCOVER_DELAY_MS_MAX, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Opcode, Request, encode_request,
+    DISCOVER_DELAY_MS_MAX, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Opcode, Request,
 };
 
 /// A request the driver must refuse.
@@ -21,10 +22,48 @@ pub struct Malformed {
 /// I/O manager lets it through and Storport refuses it).
 const OTHER_IOCTL: u32 = IOCTL_MINIPORT_PROCESS_SERVICE_IRP + 4;
 
+/// The defects, one class each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Class {
+    /// Shorter than a header (including no buffer at all).
+    Truncated,
+    /// Another protocol version.
+    Version,
+    /// A size field that is not the input length.
+    SizeField,
+    /// An opcode the driver does not know.
+    Opcode,
+    /// A known opcode with the wrong body length (size field consistent).
+    BodyLength,
+    /// Reserved bits set.
+    Reserved,
+    /// Arguments out of range: max_events 0, a DISCOVER delay of 0 or over the maximum.
+    Argument,
+    /// A WAIT cursor from the future.
+    FutureCursor,
+    /// An output buffer too small for the reply.
+    ShortOutput,
+    /// Another I/O control code: Storport refuses it itself.
+    OtherIoctl,
+}
+
+impl Class {
+    pub const ALL: [Class; 10] = [
+        Class::Truncated,
+        Class::Version,
+        Class::SizeField,
+        Class::Opcode,
+        Class::BodyLength,
+        Class::Reserved,
+        Class::Argument,
+        Class::FutureCursor,
+        Class::ShortOutput,
+        Class::OtherIoctl,
+    ];
+}
+
 fn encoded(request: &Request) -> Vec<u8> {
-    let mut bytes = [0u8; 64];
-    let len = encode_request(request, &mut bytes).expect("requests fit 64 bytes");
-    bytes[..len].to_vec()
+    crate::channel::encode(request)
 }
 
 fn any_request(rng: &mut fastrand::Rng) -> Request {
@@ -42,9 +81,15 @@ fn any_request(rng: &mut fastrand::Rng) -> Request {
     }
 }
 
-/// One malformed request of a random class. `head` is the newest event's seq, for a WAIT
+/// One malformed request of a random class. `head_hint` is the newest event's seq, for a WAIT
 /// cursor from the future.
 pub fn generate(rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
+    let class = Class::ALL[rng.usize(..Class::ALL.len())];
+    sample(class, rng, head_hint)
+}
+
+/// One request of `class`, its variable parts drawn from `rng`.
+pub fn sample(class: Class, rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
     let service = IOCTL_MINIPORT_PROCESS_SERVICE_IRP;
     let refused = |input: Vec<u8>, expected| Malformed {
         code: service,
@@ -52,9 +97,8 @@ pub fn generate(rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
         out_len: 256,
         expected,
     };
-    match rng.u8(0..10) {
-        // Shorter than a header (including no buffer at all).
-        0 => {
+    match class {
+        Class::Truncated => {
             let len = rng.usize(0..8);
             Malformed {
                 out_len: if len == 0 { rng.u32(0..2) * 64 } else { 64 },
@@ -64,8 +108,7 @@ pub fn generate(rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
                 )
             }
         }
-        // Another protocol version.
-        1 => {
+        Class::Version => {
             let mut bytes = encoded(&any_request(rng));
             let version = loop {
                 let v = rng.u16(..);
@@ -76,22 +119,19 @@ pub fn generate(rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
             bytes[4..6].copy_from_slice(&version.to_le_bytes());
             refused(bytes, STATUS_REVISION_MISMATCH)
         }
-        // A size field that is not the input length.
-        2 => {
+        Class::SizeField => {
             let mut bytes = encoded(&any_request(rng));
             let size = bytes.len() as u32 + rng.u32(1..100);
             bytes[0..4].copy_from_slice(&size.to_le_bytes());
             refused(bytes, STATUS_INVALID_PARAMETER)
         }
-        // An opcode the driver does not know.
-        3 => {
+        Class::Opcode => {
             let mut bytes = encoded(&Request::Stats);
             let opcode = if rng.bool() { 0 } else { rng.u16(5..) };
             bytes[6..8].copy_from_slice(&opcode.to_le_bytes());
             refused(bytes, STATUS_INVALID_DEVICE_REQUEST)
         }
-        // A known opcode with the wrong body length (size field consistent).
-        4 => {
+        Class::BodyLength => {
             let mut bytes = encoded(&Request::Fire { code: 1, value: 2 });
             bytes.truncate(Opcode::Fire.request_size() - rng.usize(1..=8));
             let size = bytes.len() as u32;
@@ -99,7 +139,7 @@ pub fn generate(rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
             refused(bytes, STATUS_INVALID_PARAMETER)
         }
         // Reserved bits set (WAIT's reserved word follows cursor and max_events).
-        5 => {
+        Class::Reserved => {
             let mut bytes = encoded(&Request::Wait {
                 cursor: 0,
                 max_events: 1,
@@ -107,8 +147,7 @@ pub fn generate(rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
             bytes[20..24].copy_from_slice(&rng.u32(1..).to_le_bytes());
             refused(bytes, STATUS_INVALID_PARAMETER)
         }
-        // Arguments out of range: max_events 0, a DISCOVER delay of 0 or over the maximum.
-        6 => {
+        Class::Argument => {
             let request = match rng.u8(0..3) {
                 0 => Request::Wait {
                     cursor: 0,
@@ -121,16 +160,14 @@ pub fn generate(rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
             };
             refused(encoded(&request), STATUS_INVALID_PARAMETER)
         }
-        // A cursor from the future.
-        7 => refused(
+        Class::FutureCursor => refused(
             encoded(&Request::Wait {
                 cursor: head_hint + (1 << 40) + rng.u64(0..1 << 20),
                 max_events: 4,
             }),
             STATUS_INVALID_PARAMETER,
         ),
-        // An output buffer too small for the reply.
-        8 => {
+        Class::ShortOutput => {
             let request = any_request(rng);
             let min = request.opcode().min_reply_size() as u32;
             Malformed {
@@ -138,10 +175,37 @@ pub fn generate(rng: &mut fastrand::Rng, head_hint: u64) -> Malformed {
                 ..refused(encoded(&request), STATUS_BUFFER_TOO_SMALL)
             }
         }
-        // Another I/O control code: Storport refuses it itself.
-        _ => Malformed {
+        Class::OtherIoctl => Malformed {
             code: OTHER_IOCTL,
             ..refused(encoded(&any_request(rng)), STATUS_INVALID_DEVICE_REQUEST)
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every class's sample is refused by the protocol's own oracle with the class's status
+    /// (the other control code never reaches the decoder: Storport refuses it).
+    #[test]
+    fn each_class_is_what_the_oracle_refuses() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        for class in Class::ALL {
+            for _ in 0..200 {
+                let bad = sample(class, &mut rng, 1000);
+                if class == Class::OtherIoctl {
+                    assert_ne!(bad.code, IOCTL_MINIPORT_PROCESS_SERVICE_IRP);
+                    continue;
+                }
+                let oracle = revcall_protocol::refusal(&bad.input, bad.out_len);
+                if class == Class::FutureCursor {
+                    // Only the adapter knows its newest event: the bytes themselves are valid.
+                    assert_eq!(oracle, None, "{class:?}");
+                } else {
+                    assert_eq!(oracle, Some(bad.expected), "{class:?}: {:02x?}", bad.input);
+                }
+            }
+        }
     }
 }
