@@ -168,7 +168,9 @@ pub(super) fn csq_remove(
     unsafe { (queue.acquire)(csq, &mut irql) };
     // SAFETY: the caller's context from IoCsqInsertIrp.
     let irp = unsafe { (*context).irp };
-    let removed = match kernel.io().irp_in_flight(irp as usize) {
+    // SAFETY: a queued IRP belongs to the queue, whose lock is held: neither its cancel
+    // routine (which takes the lock first) nor anyone else completes it meanwhile.
+    let removed = match unsafe { kernel.io().irp_in_flight(irp as usize) } {
         None => std::ptr::null_mut(),
         Some(irp) => {
             if irp
@@ -205,7 +207,9 @@ pub(super) fn csq_remove_next(
     unsafe { (queue.acquire)(csq, &mut irql) };
     // SAFETY: CsqPeekNextIrp's contract, lock held.
     let mut next = unsafe { (queue.peek)(csq, std::ptr::null_mut(), peek_context) };
-    while let Some(irp) = kernel.io().irp_in_flight(next as usize) {
+    // SAFETY: each IRP the peek routine returns is queued, and the queue's lock is held: no
+    // one completes it meanwhile.
+    while let Some(irp) = unsafe { kernel.io().irp_in_flight(next as usize) } {
         if !irp
             .cancel_routine()
             .swap(std::ptr::null_mut(), Ordering::AcqRel)
@@ -263,7 +267,9 @@ pub unsafe fn initialize(csq: *mut IoCsq, ex: bool, routines: Routines) -> i32 {
 /// IopCsqCancelRoutine: the cancel routine IoCsq arms on every queued IRP.
 unsafe extern "win64" fn csq_cancel_routine(_device: *mut c_void, irp: *mut IRP) {
     let kernel = kernel();
-    let Some(irp) = kernel.io().irp_in_flight(irp as usize) else {
+    // SAFETY: IoCancelIrp hands the cancel routine the IRP whose routine it swapped out: the
+    // routine owns it now, until it completes it.
+    let Some(irp) = (unsafe { kernel.io().irp_in_flight(irp as usize) }) else {
         return;
     };
     let cancel_irql = irp.get(header::CANCEL_IRQL);

@@ -42,7 +42,8 @@ fn require_irql_at_most(routine: &'static str, max: u8, rule: u64) {
 /// An IRP argument, checked against the I/O manager's registry: an IRP that is not in flight
 /// is reported (0xC9/0x01, as I/O verification does for an IRP it does not know) and refused.
 fn irp_argument(kernel: &Kernel, routine: &str, irp: *mut c_void) -> Option<IrpPtr> {
-    let found = kernel.io().irp_in_flight(irp as usize);
+    // SAFETY: the driver passes an IRP it owns (one it was dispatched, not yet completed).
+    let found = unsafe { kernel.io().irp_in_flight(irp as usize) };
     if found.is_none() {
         kernel.machine().report(BugCheck::new(
             Code::DriverVerifierIomanagerViolation,

@@ -202,10 +202,9 @@ fn storport_initialize(
 /// Storport's dispatch routine for every major function it registers.
 unsafe extern "win64" fn storport_dispatch(_device: *mut c_void, irp: *mut IRP) -> i32 {
     let kernel = crate::kernel::kernel();
-    // The I/O manager only dispatches IRPs it has in flight.
-    let irp = kernel
-        .io()
-        .irp_in_flight(irp as usize)
+    // SAFETY: IoCallDriver hands the dispatch routine the IRP it is sending: Storport owns it
+    // until it completes it or passes it to the miniport.
+    let irp = unsafe { kernel.io().irp_in_flight(irp as usize) }
         .expect("IoCallDriver dispatches an IRP in flight");
     kernel.port().device_control(irp) as i32
 }

@@ -7,7 +7,7 @@
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use super::irp::{header, location};
+use super::irp::{IrpPtr, header, location};
 use super::{Handle, Io, IrpState, Origin, ProcessId};
 use crate::cpu;
 use crate::verifier::locks::{self, CANCEL_SPIN_LOCK, LockApi};
@@ -34,20 +34,28 @@ impl Io {
     pub fn cancel_irp(&self, addr: usize) -> bool {
         let held = locks::held_count();
         let old_irql = self.acquire_cancel_lock();
-        // Everything read from the IRP is read while the registry says it is live; once the
+        // Everything read from the IRP is read while the registry lock is held, so its completion
+        // (which marks it completed under that lock first) cannot free it meanwhile; once the
         // routine is swapped out, its owner must leave the IRP to the cancel routine.
-        let target = self.irp_in_flight(addr).map(|irp| {
-            if let Some(record) = self.irps().get_mut(&addr) {
-                record.cancelled_at.get_or_insert_with(Instant::now);
+        let target = {
+            let mut irps = self.irps();
+            match irps.get_mut(&addr) {
+                Some(record) if record.state == IrpState::WithDriver => {
+                    record.cancelled_at.get_or_insert_with(Instant::now);
+                    // SAFETY: the registry lists it in flight with this stack count, and its lock
+                    // (held until the end of this block) keeps completion from freeing it.
+                    let irp = unsafe { IrpPtr::new(addr as *mut _, record.stack_count) };
+                    // CancelIrql is written only here, under the cancel spin lock.
+                    irp.set(header::CANCEL_IRQL, old_irql);
+                    irp.cancel_flag().store(1, Ordering::SeqCst);
+                    let device = irp
+                        .get_current(location::DEVICE_OBJECT)
+                        .unwrap_or(std::ptr::null_mut());
+                    Some((irp.take_cancel_routine(), device, irp))
+                }
+                _ => None,
             }
-            // CancelIrql is written only here, under the cancel spin lock.
-            irp.set(header::CANCEL_IRQL, old_irql);
-            irp.cancel_flag().store(1, Ordering::SeqCst);
-            let device = irp
-                .get_current(location::DEVICE_OBJECT)
-                .unwrap_or(std::ptr::null_mut());
-            (irp.take_cancel_routine(), device, irp)
-        });
+        };
         self.counters
             .cancel_requests
             .fetch_add(1, Ordering::Relaxed);

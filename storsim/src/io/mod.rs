@@ -275,15 +275,21 @@ impl Io {
             .map(|entry| entry.instance)
     }
 
-    /// The IRP at `addr` if it is in flight (sent down and not completed): the registry's
-    /// word is what makes the pointer usable.
-    pub fn irp_in_flight(&self, addr: usize) -> Option<IrpPtr> {
+    /// The IRP at `addr` if it is in flight (sent down and not completed): the registry's word
+    /// that the pointer names a live IRP, and of its size.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the IRP (a driver handed it over, or the I/O manager dispatched it to
+    /// the caller), so it cannot be completed and freed behind the caller's back while the
+    /// returned value is used. A third party (IoCancelIrp) must work under the registry lock
+    /// instead.
+    pub unsafe fn irp_in_flight(&self, addr: usize) -> Option<IrpPtr> {
         let irps = self.irps();
         let record = irps.get(&addr)?;
         (record.state == IrpState::WithDriver).then(|| {
             // SAFETY: the registry lists it as allocated by storsim with this stack count and
-            // not completed; it is freed only by completion, which needs the IRP's owner —
-            // the caller, who received it with the IRP.
+            // not completed; the caller's ownership keeps it so while the value is used.
             unsafe { IrpPtr::new(addr as *mut _, record.stack_count) }
         })
     }
