@@ -65,7 +65,7 @@ struct HandleEntry {
 
 /// Who sent an IRP and where its outcome goes.
 #[derive(Clone)]
-pub(crate) enum Origin {
+enum Origin {
     User {
         process: ProcessId,
         handle: Handle,
@@ -88,7 +88,7 @@ impl Origin {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum IrpState {
+enum IrpState {
     /// Sent down, owned by the port driver / miniport.
     WithDriver,
     /// Completed; for kernel-caller IRPs the caller owns it again (it may reuse it).
@@ -96,7 +96,7 @@ pub(crate) enum IrpState {
 }
 
 #[derive(Clone)]
-pub(crate) struct IrpRecord {
+struct IrpRecord {
     pub id: u64,
     pub origin: Origin,
     pub state: IrpState,
@@ -197,7 +197,7 @@ impl Io {
         self.device_instance.fetch_add(1, Ordering::AcqRel);
     }
 
-    pub(crate) fn next_id(&self) -> u64 {
+    fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 

@@ -25,7 +25,7 @@ pub struct Request {
 }
 
 impl Request {
-    pub(crate) fn new(id: u64) -> Arc<Self> {
+    pub(super) fn new(id: u64) -> Arc<Self> {
         Arc::new(Self {
             id,
             outcome: Mutex::new(None),
@@ -34,7 +34,7 @@ impl Request {
         })
     }
 
-    pub(crate) fn finish(&self, outcome: Outcome) {
+    pub(super) fn finish(&self, outcome: Outcome) {
         self.completions.fetch_add(1, Ordering::AcqRel);
         *self.outcome.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
         self.done.notify_all();

@@ -33,7 +33,7 @@ pub const SCSI_ADAPTER_SURPRISE_REMOVAL: u32 = 16;
 pub const SCSI_ADAPTER_CONTROL_MAX: u32 = 19;
 
 /// The adapter as Storport tracks it.
-pub struct Adapter {
+struct Adapter {
     pub state: PnpState,
     /// HwDeviceExtension (after Storport's 16-byte header); none until the first start.
     pub extension: Option<Extension>,
