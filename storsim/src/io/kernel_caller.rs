@@ -16,16 +16,16 @@ use storport_abi::status::user::STATUS_MORE_PROCESSING_REQUIRED;
 
 /// The upper driver's IRP and buffer, reused for every request it sends.
 pub struct KernelCaller {
-    irp: IrpPtr,
     buffer: usize,
     capacity: usize,
-    /// What the completion routine finds through its context pointer (boxed: the address
-    /// stays put while the caller moves).
+    /// Its IRP and what the completion routine finds through its context pointer (boxed: the
+    /// address stays put while the caller moves).
     context: Box<Context>,
 }
 
-/// The completion routine's context: where the reply goes.
+/// The caller's IRP and the completion routine's context: where the reply goes.
 struct Context {
+    irp: IrpPtr,
     machine: Arc<Machine>,
     /// The request in flight and its output length.
     sent: Mutex<Option<(Arc<Request>, usize)>>,
@@ -53,12 +53,12 @@ impl KernelCaller {
             )
             .ok()?;
         Some(Self {
-            // SAFETY: a fresh pool block of irp_size(STACK_COUNT) bytes, freed only by `free`,
-            // which consumes the caller.
-            irp: unsafe { IrpPtr::new(irp.cast(), STACK_COUNT) },
             buffer: buffer as usize,
             capacity,
             context: Box::new(Context {
+                // SAFETY: a fresh pool block of irp_size(STACK_COUNT) bytes, freed only by
+                // `free`, which consumes the caller (and this context with it).
+                irp: unsafe { IrpPtr::new(irp.cast(), STACK_COUNT) },
                 machine: io.machine.clone(),
                 sent: Mutex::new(None),
             }),
@@ -73,14 +73,14 @@ impl KernelCaller {
         }
         if io
             .irps()
-            .get(&self.irp.addr())
+            .get(&self.context.irp.addr())
             .is_some_and(|record| record.state == IrpState::WithDriver)
         {
             return None;
         }
         let request = Request::new(io.next_id());
         io.prepare_irp(
-            &self.irp,
+            &self.context.irp,
             Parameters {
                 code,
                 input,
@@ -93,30 +93,30 @@ impl KernelCaller {
             0,
         );
         // IoSetCompletionRoutine on the location the lower driver will own.
-        let top = self.irp.get(header::CURRENT_LOCATION);
+        let top = self.context.irp.get(header::CURRENT_LOCATION);
         let routine: CompletionRoutine = on_complete;
-        self.irp
+        self.context.irp
             .set_at(top, location::COMPLETION_ROUTINE, Some(routine));
         *self.context.sent.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((request.clone(), out_len as usize));
         let context: *const Context = &*self.context;
-        self.irp
+        self.context.irp
             .set_at(top, location::CONTEXT, context.cast_mut().cast());
-        let control = self.irp.get_at(top, location::CONTROL);
-        self.irp.set_at(
+        let control = self.context.irp.get_at(top, location::CONTROL);
+        self.context.irp.set_at(
             top,
             location::CONTROL,
             control | SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL,
         );
-        io.call_device(&self.irp);
+        io.call_device(&self.context.irp);
         Some(request)
     }
 
     /// IoFreeIrp and the buffer. The IRP must not be in flight.
     pub fn free(self, io: &Io) {
-        io.irps().remove(&self.irp.addr());
+        io.irps().remove(&self.context.irp.addr());
         let pool = io.machine.pool();
-        let _ = pool.free(self.irp.as_ptr().cast(), None);
+        let _ = pool.free(self.context.irp.as_ptr().cast(), None);
         let _ = pool.free(self.buffer as *mut u8, None);
     }
 }
@@ -125,7 +125,7 @@ impl KernelCaller {
 /// and keeps the IRP (STATUS_MORE_PROCESSING_REQUIRED), as a driver that reuses IRPs must.
 unsafe extern "win64" fn on_complete(
     _device: *mut c_void,
-    irp: *mut storport_abi::IRP,
+    completed: *mut storport_abi::IRP,
     context: *mut c_void,
 ) -> i32 {
     // SAFETY: `context` is the caller's boxed Context `send` registered; the caller (and so
@@ -139,9 +139,9 @@ unsafe extern "win64" fn on_complete(
     else {
         return STATUS_MORE_PROCESSING_REQUIRED as i32;
     };
-    // SAFETY: the I/O manager passes the IRP it is completing: the caller's own, allocated
-    // with STACK_COUNT locations and freed only by `free`, which cannot run while it is out.
-    let irp = unsafe { IrpPtr::new(irp, STACK_COUNT) };
+    // The I/O manager completes the caller's own IRP, the one the context holds.
+    let irp = &context.irp;
+    debug_assert_eq!(irp.as_ptr(), completed);
     let status = irp.get(header::STATUS) as u32;
     let information = irp.get(header::INFORMATION);
     let copied = if super::is_error(status) {
