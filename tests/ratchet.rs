@@ -9,6 +9,7 @@ const LIMITS: &[(&str, usize, usize, usize)] = &[
     ("src", 95, 1, 0),
     ("protocol/src", 0, 0, 0),
     ("abi/src", 2, 0, 0),
+    ("imports/src", 23, 1, 0),
     ("storsim/src", 280, 23, 0),
     ("fixtures/src", 153, 1, 0),
 ];
