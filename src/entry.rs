@@ -7,15 +7,19 @@ use core::cell::UnsafeCell;
 use core::mem::size_of;
 
 use crate::adapter::{Adapter, State, Timer};
-use crate::ffi::inline::{
+use crate::irp::{Irp, cancel_context};
+use crate::log::{ERROR, TRACE, WARNING, log};
+use crate::port;
+use crate::sync::SpinLock;
+use nt_imports::inline::{
     StorPortInitializeDpc, StorPortIssueDpc, StorPortRequestComplete, StorPortRequestTimerCall,
 };
-use crate::ffi::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
-use crate::ffi::storport::{
+use nt_imports::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
+use nt_imports::storport::{
     StorPortAllocateRegistryBuffer, StorPortFreeRegistryBuffer, StorPortInitialize,
     StorPortRegistryRead,
 };
-use crate::ffi::{
+use storport_abi::{
     BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, HW_INITIALIZATION_DATA, INTERFACE_TYPE_INTERNAL, IRP,
     MINIPORT_REG_DWORD, NTSTATUS, PORT_CONFIGURATION_INFORMATION, PVOID,
     SCSI_ADAPTER_CONTROL_SUCCESS, SCSI_ADAPTER_CONTROL_UNSUCCESSFUL, SCSI_ADAPTER_SURPRISE_REMOVAL,
@@ -23,10 +27,6 @@ use crate::ffi::{
     SCSI_STOP_ADAPTER, SCSI_SUPPORTED_CONTROL_TYPE_LIST, SP_RETURN_FOUND, STOR_DPC,
     STOR_FEATURE_VIRTUAL_MINIPORT, STOR_MAP_NON_READ_WRITE_BUFFERS, TRUE, UNICODE_STRING,
 };
-use crate::irp::{Irp, cancel_context};
-use crate::log::{ERROR, TRACE, WARNING, log};
-use crate::port;
-use crate::sync::SpinLock;
 
 type WinAdapter = Adapter<Irp, SpinLock<State<Irp>>>;
 

@@ -4,12 +4,12 @@ use core::ptr::NonNull;
 
 use crate::adapter::ServiceIrp;
 use crate::error::Status;
-use crate::ffi::inline::{
+use crate::service_queue::Parkable;
+use nt_imports::inline::{
     IoGetCurrentIrpStackLocation, IoSetCancelRoutine, IrpCancelRequested,
     StorPortCompleteServiceIrp,
 };
-use crate::ffi::{IO_STACK_LOCATION, IRP, PVOID};
-use crate::service_queue::Parkable;
+use storport_abi::{IO_STACK_LOCATION, IRP, PVOID};
 
 /// `Tail.Overlay.DriverContext` slots revcall uses while it owns an IRP. Slot 3 is IoCsq's and
 /// Storport writes a byte into slot 2 when completing, so both are left alone.

@@ -3,9 +3,12 @@
 //! Callers park `IOCTL_MINIPORT_PROCESS_SERVICE_IRP` requests with the adapter; the adapter
 //! completes them when events fire, when they are cancelled, or when it goes away.
 //!
-//! Layout: `ffi` holds the hand-written Storport/WDM bindings and `entry` the thin callback
-//! shims; with `irp` and `sync` they are the only `unsafe` code. `adapter`, `service_queue`,
-//! `event_ring` and `port` are safe, portable Rust, unit-tested on the host.
+//! Layout: the hand-written Storport/WDM bindings are crates of their own, shared with storsim
+//! and its fixture drivers: `storport-abi` (layouts and constants) and `nt-imports` (the
+//! imports of ntoskrnl.exe and storport.sys, and the WDK's inline helpers). `entry` holds the
+//! thin callback shims; with `irp` and `sync` they are the driver's only `unsafe` code.
+//! `adapter`, `service_queue`, `event_ring` and `port` are safe, portable Rust, unit-tested on
+//! the host.
 //!
 //! The crate is `no_std` when built for Windows (the driver); on other targets it builds
 //! against std so its portable core can be unit-tested, and nothing kernel-only is compiled.
@@ -14,7 +17,6 @@
 pub mod adapter;
 pub mod error;
 pub mod event_ring;
-pub mod ffi;
 pub mod port;
 pub mod service_queue;
 

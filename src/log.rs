@@ -15,7 +15,7 @@ macro_rules! log {
         // SAFETY: the format is a NUL-terminated literal, and by this macro's contract every
         // conversion in it matches the type of its argument.
         unsafe {
-            $crate::ffi::ntoskrnl::DbgPrintEx(
+            ::nt_imports::ntoskrnl::DbgPrintEx(
                 $crate::log::DPFLTR_IHVDRIVER_ID,
                 $level,
                 concat!("revcall: ", $fmt, "\n\0").as_ptr()

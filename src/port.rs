@@ -4,7 +4,7 @@
 //! service-IRP channel, so every SCSI command finds no device and every bus-level request
 //! succeeds trivially.
 
-use crate::ffi::{
+use storport_abi::{
     FALSE, PORT_CONFIGURATION_INFORMATION, SCSI_ADAPTER_SURPRISE_REMOVAL,
     SCSI_DMA64_MINIPORT_SUPPORTED, SCSI_QUERY_SUPPORTED_CONTROL_TYPES, SCSI_RESTART_ADAPTER,
     SCSI_STOP_ADAPTER, STOR_MAP_NON_READ_WRITE_BUFFERS, STOR_SYNCHRONIZE_FULL_DUPLEX, TRUE,
@@ -96,7 +96,7 @@ pub fn start_io_status(function: u8, path_id: u8, target_id: u8, lun: u8) -> u8 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ffi::SP_UNINITIALIZED_VALUE;
+    use storport_abi::SP_UNINITIALIZED_VALUE;
 
     #[test]
     fn configuration_is_a_complete_virtual_adapter() {

@@ -3,8 +3,8 @@
 use core::cell::UnsafeCell;
 
 use crate::adapter::Lock;
-use crate::ffi::ntoskrnl::{KeAcquireInStackQueuedSpinLock, KeReleaseInStackQueuedSpinLock};
-use crate::ffi::{KLOCK_QUEUE_HANDLE, KSPIN_LOCK};
+use nt_imports::ntoskrnl::{KeAcquireInStackQueuedSpinLock, KeReleaseInStackQueuedSpinLock};
+use storport_abi::{KLOCK_QUEUE_HANDLE, KSPIN_LOCK};
 
 /// A `KSPIN_LOCK` and the data it guards.
 ///

@@ -10,12 +10,13 @@
 //!   WDK reaches it without going through a union);
 //! * the scalar typedefs: the same Rust type, or the same size and alignment;
 //! * every constant: its value;
-//! * every function pointer type and every import: its *ABI shape* (number of parameters, the
-//!   size and alignment of each parameter and of the result, variadic or not). The pointee of a
-//!   pointer parameter is one of the structures above. The ABI string itself differs on purpose:
-//!   `storport-abi` declares callbacks `extern "win64"` so that storsim can call the very same
-//!   pointers on Linux, and `ffi` imports `extern "system"`, where bindgen writes `extern "C"`;
-//!   on x86_64-pc-windows-msvc all three are the one Microsoft x64 convention.
+//! * every function pointer type and every import the driver calls: its *ABI shape* (number
+//!   of parameters, the size and alignment of each parameter and of the result, variadic or
+//!   not). The pointee of a pointer parameter is one of the structures above. The ABI string
+//!   itself differs on purpose: `storport-abi` declares callbacks `extern "win64"` so that
+//!   storsim can call the very same pointers on Linux, and `nt-imports` declares imports
+//!   `extern "system"`, where bindgen writes `extern "C"`; on x86_64-pc-windows-msvc all three
+//!   are the one Microsoft x64 convention.
 //!
 //! This cannot be compiled on Linux (wdk-sys generates its bindings from the installed WDK).
 //! The wdk-sys names follow bindgen's conventions as wdk-sys 0.5 configures them (type aliases
@@ -25,8 +26,8 @@
 
 use core::mem::{align_of, offset_of, size_of};
 
-use crate::ffi;
 use revcall_protocol::status;
+use storport_abi as abi;
 use wdk_sys as wdk;
 
 /// The size and alignment of a type: all the Microsoft x64 convention looks at when a value of
@@ -229,19 +230,19 @@ macro_rules! same_value {
 
 const _: () = {
     // The very same Rust types as wdk-sys's.
-    let _: fn(ffi::PVOID) -> wdk::PVOID = |x| x;
-    let _: fn(ffi::BOOLEAN) -> wdk::BOOLEAN = |x| x;
-    let _: fn(ffi::KIRQL) -> wdk::KIRQL = |x| x;
-    let _: fn(ffi::NTSTATUS) -> wdk::NTSTATUS = |x| x;
+    let _: fn(abi::PVOID) -> wdk::PVOID = |x| x;
+    let _: fn(abi::BOOLEAN) -> wdk::BOOLEAN = |x| x;
+    let _: fn(abi::KIRQL) -> wdk::KIRQL = |x| x;
+    let _: fn(abi::NTSTATUS) -> wdk::NTSTATUS = |x| x;
     // usize here, ULONG_PTR (u64) there.
-    same_layout!(ffi::KSPIN_LOCK, wdk::KSPIN_LOCK);
+    same_layout!(abi::KSPIN_LOCK, wdk::KSPIN_LOCK);
 };
 
 // ---- Structures.
 
 const _: () = {
-    same_layout!(ffi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA);
-    same_fields!(ffi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
+    same_layout!(abi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA);
+    same_fields!(abi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
         HwInitializationDataSize, AdapterInterfaceType, HwInitialize, HwStartIo, HwInterrupt,
         HwFindAdapter, HwResetBus, HwDmaStarted, HwAdapterState, DeviceExtensionSize,
         SpecificLuExtensionSize, SrbExtensionSize, NumberOfAccessRanges, Reserved, MapBuffers,
@@ -251,18 +252,18 @@ const _: () = {
         HwInitializeTracing, HwCleanupTracing, HwTracingEnabled, FeatureSupport, SrbTypeFlags,
         AddressTypeFlags, Reserved1, HwUnitControl,
     );
-    same_offsets!(ffi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
+    same_offsets!(abi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
         // `union { USHORT ReservedUshort; USHORT PortVersionFlags; }`
         PortVersionFlags => __bindgen_anon_1.PortVersionFlags,
     );
 
     same_layout!(
-        ffi::PORT_CONFIGURATION_INFORMATION,
+        abi::PORT_CONFIGURATION_INFORMATION,
         wdk::PORT_CONFIGURATION_INFORMATION
     );
     // All but DmaAddressWidth, which only WDKs for NTDDI_WIN10_VB and later declare (in what was
     // padding) and which revcall never touches; the size check above covers it.
-    same_fields!(ffi::PORT_CONFIGURATION_INFORMATION, wdk::PORT_CONFIGURATION_INFORMATION:
+    same_fields!(abi::PORT_CONFIGURATION_INFORMATION, wdk::PORT_CONFIGURATION_INFORMATION:
         Length, SystemIoBusNumber, AdapterInterfaceType, BusInterruptLevel, BusInterruptVector,
         InterruptMode, MaximumTransferLength, NumberOfPhysicalBreaks, DmaChannel, DmaPort,
         DmaWidth, DmaSpeed, AlignmentMask, NumberOfAccessRanges, AccessRanges, MiniportDumpData,
@@ -279,20 +280,20 @@ const _: () = {
         InitialLunQueueDepth, BusResetHoldTime, FeatureSupport,
     );
 
-    same_layout!(ffi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK);
-    same_fields!(ffi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK:
+    same_layout!(abi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK);
+    same_fields!(abi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK:
         Length, Function, SrbStatus, ScsiStatus, PathId, TargetId, Lun, QueueTag, QueueAction,
         CdbLength, SenseInfoBufferLength, SrbFlags, DataTransferLength, TimeOutValue, DataBuffer,
         SenseInfoBuffer, NextSrb, OriginalRequest, SrbExtension, Reserved, Cdb,
     );
-    same_offsets!(ffi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK:
+    same_offsets!(abi::SCSI_REQUEST_BLOCK, wdk::SCSI_REQUEST_BLOCK:
         // `union { ULONG InternalStatus; ULONG QueueSortKey; ULONG LinkTimeoutValue; }`
         InternalStatus => __bindgen_anon_1.InternalStatus,
     );
 
-    same_layout!(ffi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK);
-    same_fields!(ffi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK: Information);
-    same_offsets!(ffi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK:
+    same_layout!(abi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK);
+    same_fields!(abi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK: Information);
+    same_offsets!(abi::IO_STATUS_BLOCK, wdk::IO_STATUS_BLOCK:
         // `union { NTSTATUS Status; PVOID Pointer; }`
         Status => __bindgen_anon_1.Status,
     );
@@ -301,12 +302,12 @@ const _: () = {
     // Not checked by name: AllocationProcessorNumber/Reserved (newer WDKs only; padding
     // before), ApcEnvironment through UserEvent and Overlay (newer WDKs wrap UserIosb in a
     // union); the size check covers them.
-    same_layout!(ffi::IRP, wdk::IRP);
-    same_fields!(ffi::IRP, wdk::IRP:
+    same_layout!(abi::IRP, wdk::IRP);
+    same_fields!(abi::IRP, wdk::IRP:
         Type, Size, MdlAddress, Flags, IoStatus, RequestorMode, PendingReturned, StackCount,
         CurrentLocation, Cancel, CancelIrql, CancelRoutine, UserBuffer,
     );
-    same_offsets!(ffi::IRP, wdk::IRP:
+    same_offsets!(abi::IRP, wdk::IRP:
         SystemBuffer => AssociatedIrp.SystemBuffer,
         DriverContext => Tail.Overlay.__bindgen_anon_1.__bindgen_anon_1.DriverContext,
         Thread => Tail.Overlay.Thread,
@@ -316,33 +317,33 @@ const _: () = {
         OriginalFileObject => Tail.Overlay.OriginalFileObject,
     );
 
-    same_layout!(ffi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION);
-    same_fields!(ffi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION:
+    same_layout!(abi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION);
+    same_fields!(abi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION:
         MajorFunction, MinorFunction, Flags, Control, DeviceObject, FileObject, CompletionRoutine,
         Context,
     );
-    same_offsets!(ffi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION:
+    same_offsets!(abi::IO_STACK_LOCATION, wdk::IO_STACK_LOCATION:
         OutputBufferLength => Parameters.DeviceIoControl.OutputBufferLength,
         InputBufferLength => Parameters.DeviceIoControl.InputBufferLength,
         IoControlCode => Parameters.DeviceIoControl.IoControlCode,
         Type3InputBuffer => Parameters.DeviceIoControl.Type3InputBuffer,
     );
 
-    same_layout!(ffi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE);
-    same_fields!(ffi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE: OldIrql);
-    same_offsets!(ffi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE:
+    same_layout!(abi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE);
+    same_fields!(abi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE: OldIrql);
+    same_offsets!(abi::KLOCK_QUEUE_HANDLE, wdk::KLOCK_QUEUE_HANDLE:
         Next => LockQueue.Next,
         Lock => LockQueue.Lock,
     );
 
     // Opaque to the miniport: only its size and alignment matter (it lives in the extension).
-    same_layout!(ffi::STOR_DPC, wdk::STOR_DPC);
+    same_layout!(abi::STOR_DPC, wdk::STOR_DPC);
 
     same_layout!(
-        ffi::SCSI_SUPPORTED_CONTROL_TYPE_LIST,
+        abi::SCSI_SUPPORTED_CONTROL_TYPE_LIST,
         wdk::SCSI_SUPPORTED_CONTROL_TYPE_LIST
     );
-    same_offsets!(ffi::SCSI_SUPPORTED_CONTROL_TYPE_LIST, wdk::SCSI_SUPPORTED_CONTROL_TYPE_LIST:
+    same_offsets!(abi::SCSI_SUPPORTED_CONTROL_TYPE_LIST, wdk::SCSI_SUPPORTED_CONTROL_TYPE_LIST:
         MaxControlType => MaxControlType,
         SupportedTypeList => SupportedTypeList,
     );
@@ -354,27 +355,27 @@ const _: () = {
 // ---- Callback types: the driver's functions are stored in or passed as these.
 
 const _: () = {
-    same_callbacks!(ffi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
+    same_callbacks!(abi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
         HwInitialize, HwStartIo, HwResetBus, HwAdapterControl, HwFreeAdapterResources,
         HwProcessServiceRequest, HwCompleteServiceIrp,
     );
     // DRIVER_CANCEL.
-    same_callbacks!(ffi::IRP, wdk::IRP: CancelRoutine);
+    same_callbacks!(abi::IRP, wdk::IRP: CancelRoutine);
     // HW_INITIALIZATION_DATA types HwFindAdapter as PVOID; the virtual prototype is the field
     // type of VIRTUAL_HW_INITIALIZATION_DATA.
     same_shape!(
         "VIRTUAL_HW_FIND_ADAPTER",
-        field_shape(&|d: &ffi::HW_INITIALIZATION_DATA| &d.HwFindAdapter),
+        field_shape(&|d: &abi::HW_INITIALIZATION_DATA| &d.HwFindAdapter),
         field_shape(&|d: &wdk::VIRTUAL_HW_INITIALIZATION_DATA| &d.HwFindAdapter)
     );
     same_shape!(
         "HW_TIMER",
-        &<ffi::HW_TIMER as Abi>::SHAPE,
+        &<abi::HW_TIMER as Abi>::SHAPE,
         &<wdk::PHW_TIMER as Abi>::SHAPE
     );
     same_shape!(
         "HW_DPC_ROUTINE",
-        &<ffi::HW_DPC_ROUTINE as Abi>::SHAPE,
+        &<abi::HW_DPC_ROUTINE as Abi>::SHAPE,
         &<wdk::PHW_DPC_ROUTINE as Abi>::SHAPE
     );
     same_shape!(
@@ -384,11 +385,12 @@ const _: () = {
     );
 };
 
-// ---- Imports (`ffi::storport`, `ffi::ntoskrnl`). `__chkstk` is declared by no header (the
-// compiler emits calls to it), so it has nothing to compare with.
+// ---- Imports the driver calls (crate `nt-imports`: `storport`, `ntoskrnl`). `__chkstk` is
+// declared by no header (the compiler emits calls to it), so it has nothing to compare with.
+// The imports only storsim's fixtures call are not compared.
 
 const _: () = {
-    use crate::ffi::{ntoskrnl, storport};
+    use nt_imports::{ntoskrnl, storport};
     use wdk::{ntddk, storage};
 
     same_imports!("system", storport => storage:
@@ -427,44 +429,44 @@ const _: () = {
     };
 
     same_value!(
-        ffi::TRUE => wdk::TRUE,
-        ffi::FALSE => wdk::FALSE,
-        ffi::INTERFACE_TYPE_INTERNAL => _INTERFACE_TYPE::Internal,
-        ffi::STOR_FEATURE_VIRTUAL_MINIPORT => wdk::STOR_FEATURE_VIRTUAL_MINIPORT,
-        ffi::STOR_MAP_NON_READ_WRITE_BUFFERS => wdk::STOR_MAP_NON_READ_WRITE_BUFFERS,
-        ffi::STOR_SYNCHRONIZE_FULL_DUPLEX => _STOR_SYNCHRONIZATION_MODEL::StorSynchronizeFullDuplex,
-        ffi::SCSI_DMA64_MINIPORT_SUPPORTED => wdk::SCSI_DMA64_MINIPORT_SUPPORTED,
-        ffi::SP_RETURN_NOT_FOUND => wdk::SP_RETURN_NOT_FOUND,
-        ffi::SP_RETURN_FOUND => wdk::SP_RETURN_FOUND,
-        ffi::SP_RETURN_ERROR => wdk::SP_RETURN_ERROR,
-        ffi::SP_RETURN_BAD_CONFIG => wdk::SP_RETURN_BAD_CONFIG,
-        ffi::SCSI_QUERY_SUPPORTED_CONTROL_TYPES => Control::ScsiQuerySupportedControlTypes,
-        ffi::SCSI_STOP_ADAPTER => Control::ScsiStopAdapter,
-        ffi::SCSI_RESTART_ADAPTER => Control::ScsiRestartAdapter,
-        ffi::SCSI_ADAPTER_SURPRISE_REMOVAL => Control::ScsiAdapterSurpriseRemoval,
-        ffi::SCSI_ADAPTER_CONTROL_SUCCESS => ControlStatus::ScsiAdapterControlSuccess,
-        ffi::SCSI_ADAPTER_CONTROL_UNSUCCESSFUL => ControlStatus::ScsiAdapterControlUnsuccessful,
-        ffi::REQUEST_COMPLETE => Notification::RequestComplete,
-        ffi::REQUEST_TIMER_CALL => Notification::RequestTimerCall,
-        ffi::INITIALIZE_DPC => Notification::InitializeDpc,
-        ffi::ISSUE_DPC => Notification::IssueDpc,
-        ffi::EXT_FUNCTION_COMPLETE_SERVICE_IRP =>
+        abi::TRUE => wdk::TRUE,
+        abi::FALSE => wdk::FALSE,
+        abi::INTERFACE_TYPE_INTERNAL => _INTERFACE_TYPE::Internal,
+        abi::STOR_FEATURE_VIRTUAL_MINIPORT => wdk::STOR_FEATURE_VIRTUAL_MINIPORT,
+        abi::STOR_MAP_NON_READ_WRITE_BUFFERS => wdk::STOR_MAP_NON_READ_WRITE_BUFFERS,
+        abi::STOR_SYNCHRONIZE_FULL_DUPLEX => _STOR_SYNCHRONIZATION_MODEL::StorSynchronizeFullDuplex,
+        abi::SCSI_DMA64_MINIPORT_SUPPORTED => wdk::SCSI_DMA64_MINIPORT_SUPPORTED,
+        abi::SP_RETURN_NOT_FOUND => wdk::SP_RETURN_NOT_FOUND,
+        abi::SP_RETURN_FOUND => wdk::SP_RETURN_FOUND,
+        abi::SP_RETURN_ERROR => wdk::SP_RETURN_ERROR,
+        abi::SP_RETURN_BAD_CONFIG => wdk::SP_RETURN_BAD_CONFIG,
+        abi::SCSI_QUERY_SUPPORTED_CONTROL_TYPES => Control::ScsiQuerySupportedControlTypes,
+        abi::SCSI_STOP_ADAPTER => Control::ScsiStopAdapter,
+        abi::SCSI_RESTART_ADAPTER => Control::ScsiRestartAdapter,
+        abi::SCSI_ADAPTER_SURPRISE_REMOVAL => Control::ScsiAdapterSurpriseRemoval,
+        abi::SCSI_ADAPTER_CONTROL_SUCCESS => ControlStatus::ScsiAdapterControlSuccess,
+        abi::SCSI_ADAPTER_CONTROL_UNSUCCESSFUL => ControlStatus::ScsiAdapterControlUnsuccessful,
+        abi::REQUEST_COMPLETE => Notification::RequestComplete,
+        abi::REQUEST_TIMER_CALL => Notification::RequestTimerCall,
+        abi::INITIALIZE_DPC => Notification::InitializeDpc,
+        abi::ISSUE_DPC => Notification::IssueDpc,
+        abi::EXT_FUNCTION_COMPLETE_SERVICE_IRP =>
             _STORPORT_FUNCTION_CODE::ExtFunctionCompleteServiceIrp,
-        ffi::MINIPORT_REG_DWORD => wdk::MINIPORT_REG_DWORD,
-        ffi::DISPATCH_LEVEL => wdk::DISPATCH_LEVEL,
-        ffi::HIGH_LEVEL => wdk::HIGH_LEVEL,
-        ffi::IO_NO_INCREMENT => wdk::IO_NO_INCREMENT,
-        ffi::POOL_FLAG_NON_PAGED => wdk::POOL_FLAG_NON_PAGED,
+        abi::MINIPORT_REG_DWORD => wdk::MINIPORT_REG_DWORD,
+        abi::DISPATCH_LEVEL => wdk::DISPATCH_LEVEL,
+        abi::HIGH_LEVEL => wdk::HIGH_LEVEL,
+        abi::IO_NO_INCREMENT => wdk::IO_NO_INCREMENT,
+        abi::POOL_FLAG_NON_PAGED => wdk::POOL_FLAG_NON_PAGED,
     );
 
     // NTSTATUS values: abi's, and the wire protocol's the driver completes requests with.
     same_value!(
-        ffi::STATUS_SUCCESS => wdk::STATUS_SUCCESS,
-        ffi::STATUS_PENDING => wdk::STATUS_PENDING,
-        ffi::STATUS_INVALID_PARAMETER => wdk::STATUS_INVALID_PARAMETER,
-        ffi::STATUS_QUOTA_EXCEEDED => wdk::STATUS_QUOTA_EXCEEDED,
-        ffi::STATUS_CANCELLED => wdk::STATUS_CANCELLED,
-        ffi::STATUS_DEVICE_REMOVED => wdk::STATUS_DEVICE_REMOVED,
+        abi::STATUS_SUCCESS => wdk::STATUS_SUCCESS,
+        abi::STATUS_PENDING => wdk::STATUS_PENDING,
+        abi::STATUS_INVALID_PARAMETER => wdk::STATUS_INVALID_PARAMETER,
+        abi::STATUS_QUOTA_EXCEEDED => wdk::STATUS_QUOTA_EXCEEDED,
+        abi::STATUS_CANCELLED => wdk::STATUS_CANCELLED,
+        abi::STATUS_DEVICE_REMOVED => wdk::STATUS_DEVICE_REMOVED,
         status::STATUS_SUCCESS as i32 => wdk::STATUS_SUCCESS,
         status::STATUS_PENDING as i32 => wdk::STATUS_PENDING,
         status::STATUS_INVALID_PARAMETER as i32 => wdk::STATUS_INVALID_PARAMETER,
@@ -478,43 +480,43 @@ const _: () = {
     );
 
     same_value!(
-        ffi::srb_function::EXECUTE_SCSI => wdk::SRB_FUNCTION_EXECUTE_SCSI,
-        ffi::srb_function::CLAIM_DEVICE => wdk::SRB_FUNCTION_CLAIM_DEVICE,
-        ffi::srb_function::IO_CONTROL => wdk::SRB_FUNCTION_IO_CONTROL,
-        ffi::srb_function::RECEIVE_EVENT => wdk::SRB_FUNCTION_RECEIVE_EVENT,
-        ffi::srb_function::RELEASE_QUEUE => wdk::SRB_FUNCTION_RELEASE_QUEUE,
-        ffi::srb_function::ATTACH_DEVICE => wdk::SRB_FUNCTION_ATTACH_DEVICE,
-        ffi::srb_function::RELEASE_DEVICE => wdk::SRB_FUNCTION_RELEASE_DEVICE,
-        ffi::srb_function::SHUTDOWN => wdk::SRB_FUNCTION_SHUTDOWN,
-        ffi::srb_function::FLUSH => wdk::SRB_FUNCTION_FLUSH,
-        ffi::srb_function::ABORT_COMMAND => wdk::SRB_FUNCTION_ABORT_COMMAND,
-        ffi::srb_function::RELEASE_RECOVERY => wdk::SRB_FUNCTION_RELEASE_RECOVERY,
-        ffi::srb_function::RESET_BUS => wdk::SRB_FUNCTION_RESET_BUS,
-        ffi::srb_function::RESET_DEVICE => wdk::SRB_FUNCTION_RESET_DEVICE,
-        ffi::srb_function::TERMINATE_IO => wdk::SRB_FUNCTION_TERMINATE_IO,
-        ffi::srb_function::FLUSH_QUEUE => wdk::SRB_FUNCTION_FLUSH_QUEUE,
-        ffi::srb_function::REMOVE_DEVICE => wdk::SRB_FUNCTION_REMOVE_DEVICE,
-        ffi::srb_function::WMI => wdk::SRB_FUNCTION_WMI,
-        ffi::srb_function::LOCK_QUEUE => wdk::SRB_FUNCTION_LOCK_QUEUE,
-        ffi::srb_function::UNLOCK_QUEUE => wdk::SRB_FUNCTION_UNLOCK_QUEUE,
-        ffi::srb_function::QUIESCE_DEVICE => wdk::SRB_FUNCTION_QUIESCE_DEVICE,
-        ffi::srb_function::RESET_LOGICAL_UNIT => wdk::SRB_FUNCTION_RESET_LOGICAL_UNIT,
-        ffi::srb_function::SET_LINK_TIMEOUT => wdk::SRB_FUNCTION_SET_LINK_TIMEOUT,
-        ffi::srb_function::LINK_TIMEOUT_OCCURRED => wdk::SRB_FUNCTION_LINK_TIMEOUT_OCCURRED,
-        ffi::srb_function::LINK_TIMEOUT_COMPLETE => wdk::SRB_FUNCTION_LINK_TIMEOUT_COMPLETE,
-        ffi::srb_function::POWER => wdk::SRB_FUNCTION_POWER,
-        ffi::srb_function::PNP => wdk::SRB_FUNCTION_PNP,
-        ffi::srb_function::DUMP_POINTERS => wdk::SRB_FUNCTION_DUMP_POINTERS,
-        ffi::srb_function::FREE_DUMP_POINTERS => wdk::SRB_FUNCTION_FREE_DUMP_POINTERS,
-        ffi::srb_function::STORAGE_REQUEST_BLOCK => wdk::SRB_FUNCTION_STORAGE_REQUEST_BLOCK,
-        ffi::srb_function::CRYPTO_OPERATION => wdk::SRB_FUNCTION_CRYPTO_OPERATION,
-        ffi::srb_status::PENDING => wdk::SRB_STATUS_PENDING,
-        ffi::srb_status::SUCCESS => wdk::SRB_STATUS_SUCCESS,
-        ffi::srb_status::INVALID_REQUEST => wdk::SRB_STATUS_INVALID_REQUEST,
-        ffi::srb_status::INVALID_PATH_ID => wdk::SRB_STATUS_INVALID_PATH_ID,
-        ffi::srb_status::NO_DEVICE => wdk::SRB_STATUS_NO_DEVICE,
-        ffi::srb_status::INVALID_LUN => wdk::SRB_STATUS_INVALID_LUN,
-        ffi::srb_status::INVALID_TARGET_ID => wdk::SRB_STATUS_INVALID_TARGET_ID,
+        abi::srb_function::EXECUTE_SCSI => wdk::SRB_FUNCTION_EXECUTE_SCSI,
+        abi::srb_function::CLAIM_DEVICE => wdk::SRB_FUNCTION_CLAIM_DEVICE,
+        abi::srb_function::IO_CONTROL => wdk::SRB_FUNCTION_IO_CONTROL,
+        abi::srb_function::RECEIVE_EVENT => wdk::SRB_FUNCTION_RECEIVE_EVENT,
+        abi::srb_function::RELEASE_QUEUE => wdk::SRB_FUNCTION_RELEASE_QUEUE,
+        abi::srb_function::ATTACH_DEVICE => wdk::SRB_FUNCTION_ATTACH_DEVICE,
+        abi::srb_function::RELEASE_DEVICE => wdk::SRB_FUNCTION_RELEASE_DEVICE,
+        abi::srb_function::SHUTDOWN => wdk::SRB_FUNCTION_SHUTDOWN,
+        abi::srb_function::FLUSH => wdk::SRB_FUNCTION_FLUSH,
+        abi::srb_function::ABORT_COMMAND => wdk::SRB_FUNCTION_ABORT_COMMAND,
+        abi::srb_function::RELEASE_RECOVERY => wdk::SRB_FUNCTION_RELEASE_RECOVERY,
+        abi::srb_function::RESET_BUS => wdk::SRB_FUNCTION_RESET_BUS,
+        abi::srb_function::RESET_DEVICE => wdk::SRB_FUNCTION_RESET_DEVICE,
+        abi::srb_function::TERMINATE_IO => wdk::SRB_FUNCTION_TERMINATE_IO,
+        abi::srb_function::FLUSH_QUEUE => wdk::SRB_FUNCTION_FLUSH_QUEUE,
+        abi::srb_function::REMOVE_DEVICE => wdk::SRB_FUNCTION_REMOVE_DEVICE,
+        abi::srb_function::WMI => wdk::SRB_FUNCTION_WMI,
+        abi::srb_function::LOCK_QUEUE => wdk::SRB_FUNCTION_LOCK_QUEUE,
+        abi::srb_function::UNLOCK_QUEUE => wdk::SRB_FUNCTION_UNLOCK_QUEUE,
+        abi::srb_function::QUIESCE_DEVICE => wdk::SRB_FUNCTION_QUIESCE_DEVICE,
+        abi::srb_function::RESET_LOGICAL_UNIT => wdk::SRB_FUNCTION_RESET_LOGICAL_UNIT,
+        abi::srb_function::SET_LINK_TIMEOUT => wdk::SRB_FUNCTION_SET_LINK_TIMEOUT,
+        abi::srb_function::LINK_TIMEOUT_OCCURRED => wdk::SRB_FUNCTION_LINK_TIMEOUT_OCCURRED,
+        abi::srb_function::LINK_TIMEOUT_COMPLETE => wdk::SRB_FUNCTION_LINK_TIMEOUT_COMPLETE,
+        abi::srb_function::POWER => wdk::SRB_FUNCTION_POWER,
+        abi::srb_function::PNP => wdk::SRB_FUNCTION_PNP,
+        abi::srb_function::DUMP_POINTERS => wdk::SRB_FUNCTION_DUMP_POINTERS,
+        abi::srb_function::FREE_DUMP_POINTERS => wdk::SRB_FUNCTION_FREE_DUMP_POINTERS,
+        abi::srb_function::STORAGE_REQUEST_BLOCK => wdk::SRB_FUNCTION_STORAGE_REQUEST_BLOCK,
+        abi::srb_function::CRYPTO_OPERATION => wdk::SRB_FUNCTION_CRYPTO_OPERATION,
+        abi::srb_status::PENDING => wdk::SRB_STATUS_PENDING,
+        abi::srb_status::SUCCESS => wdk::SRB_STATUS_SUCCESS,
+        abi::srb_status::INVALID_REQUEST => wdk::SRB_STATUS_INVALID_REQUEST,
+        abi::srb_status::INVALID_PATH_ID => wdk::SRB_STATUS_INVALID_PATH_ID,
+        abi::srb_status::NO_DEVICE => wdk::SRB_STATUS_NO_DEVICE,
+        abi::srb_status::INVALID_LUN => wdk::SRB_STATUS_INVALID_LUN,
+        abi::srb_status::INVALID_TARGET_ID => wdk::SRB_STATUS_INVALID_TARGET_ID,
     );
 
     // log.rs: DbgPrintEx's component and levels.

@@ -602,7 +602,7 @@ fn registry_values_read_by_the_driver() -> BTreeSet<String> {
             let args_start = at + "StorPortRegistryRead(".len();
             rest = &rest[args_start..];
             if before.ends_with("fn") {
-                continue; // the declaration in ffi/storport.rs
+                continue; // a declaration (the driver's imports are in nt-imports), not a call
             }
             let args = arguments(rest);
             if args.iter().all(|a| a == "_") {

@@ -374,12 +374,15 @@ pub use status::{
 };
 
 /// IRQLs (x64) and `IO_NO_INCREMENT` (STORPORT.md §4.6).
+pub const PASSIVE_LEVEL: KIRQL = 0;
 pub const DISPATCH_LEVEL: KIRQL = 2;
 pub const HIGH_LEVEL: KIRQL = 15;
 pub const IO_NO_INCREMENT: i8 = 0;
 
-/// `POOL_FLAG_NON_PAGED` (ExAllocatePool2's `Flags`, wdm.h).
+/// `POOL_FLAG_NON_PAGED` and `POOL_FLAG_PAGED` (ExAllocatePool2's `Flags`, wdm.h); paged pool
+/// only at IRQL ≤ APC_LEVEL.
 pub const POOL_FLAG_NON_PAGED: u64 = 0x40;
+pub const POOL_FLAG_PAGED: u64 = 0x100;
 
 /// `SRB_FUNCTION_*`.
 pub mod srb_function {

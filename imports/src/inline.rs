@@ -3,18 +3,20 @@
 
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
-use super::storport::{StorPortExtendedFunction, StorPortNotification};
-use super::{
+use storport_abi::{
     BOOLEAN, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP, HW_DPC_ROUTINE, HW_TIMER,
     INITIALIZE_DPC, IO_STACK_LOCATION, IRP, ISSUE_DPC, PVOID, REQUEST_COMPLETE, REQUEST_TIMER_CALL,
     SCSI_REQUEST_BLOCK, STOR_DPC,
 };
+
+use crate::storport::{StorPortExtendedFunction, StorPortNotification};
 
 /// `IoGetCurrentIrpStackLocation`.
 ///
 /// # Safety
 ///
 /// `irp` points to a live IRP the caller owns.
+#[inline]
 pub unsafe fn IoGetCurrentIrpStackLocation(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
     // SAFETY: the caller guarantees `irp` is live; the field is plain data the owner may read.
     unsafe { (*irp).CurrentStackLocation }
@@ -25,6 +27,7 @@ pub unsafe fn IoGetCurrentIrpStackLocation(irp: *mut IRP) -> *mut IO_STACK_LOCAT
 /// # Safety
 ///
 /// `irp` points to a live IRP the caller owns (not yet completed).
+#[inline]
 pub unsafe fn IoSetCancelRoutine(
     irp: *mut IRP,
     routine: Option<DRIVER_CANCEL>,
@@ -32,7 +35,7 @@ pub unsafe fn IoSetCancelRoutine(
     let new = routine.map_or(core::ptr::null_mut(), |f| f as *mut ());
     // SAFETY: the caller guarantees `irp` is live; this only forms the field's address.
     let field = unsafe { &raw mut (*irp).CancelRoutine }.cast::<*mut ()>();
-    // SAFETY: the field is pointer-sized and 8-aligned (IRP+0x68, asserted in types.rs), live
+    // SAFETY: the field is pointer-sized and 8-aligned (IRP+0x68, asserted in storport-abi), live
     // while the IRP is, and every access to it (ours and IoCancelIrp's) is interlocked.
     let field = unsafe { AtomicPtr::from_ptr(field) };
     let old = field.swap(new, Ordering::SeqCst);
@@ -49,6 +52,7 @@ pub unsafe fn IoSetCancelRoutine(
 /// # Safety
 ///
 /// `irp` points to a live IRP the caller owns.
+#[inline]
 pub unsafe fn IrpCancelRequested(irp: *mut IRP) -> bool {
     // SAFETY: the caller guarantees `irp` is live; this only forms the field's address.
     let cancel = unsafe { &raw mut (*irp).Cancel };
@@ -64,6 +68,7 @@ pub unsafe fn IrpCancelRequested(irp: *mut IRP) -> bool {
 ///
 /// `ext` is the adapter's HwDeviceExtension and `irp` a service IRP Storport handed to this
 /// adapter's HwProcessServiceRequest and not yet completed. The IRP must not be touched after.
+#[inline]
 pub unsafe fn StorPortCompleteServiceIrp(ext: PVOID, irp: *mut IRP) -> u32 {
     // SAFETY: the caller's contract is the DDI's; code 7 takes exactly one pointer argument.
     unsafe { StorPortExtendedFunction(EXT_FUNCTION_COMPLETE_SERVICE_IRP, ext, irp) }
@@ -74,6 +79,7 @@ pub unsafe fn StorPortCompleteServiceIrp(ext: PVOID, irp: *mut IRP) -> u32 {
 /// # Safety
 ///
 /// `srb` is an SRB Storport passed to this adapter's HwStartIo, not yet completed.
+#[inline]
 pub unsafe fn StorPortRequestComplete(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) {
     // SAFETY: the caller's contract is the DDI's; RequestComplete takes one SRB pointer.
     unsafe { StorPortNotification(REQUEST_COMPLETE, ext, srb) }
@@ -85,6 +91,7 @@ pub unsafe fn StorPortRequestComplete(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) 
 /// # Safety
 ///
 /// `ext` is the adapter's HwDeviceExtension.
+#[inline]
 pub unsafe fn StorPortRequestTimerCall(ext: PVOID, timer: HW_TIMER, delay_us: u32) {
     // SAFETY: the caller's contract is the DDI's; RequestTimerCall takes a PHW_TIMER and a ULONG.
     unsafe { StorPortNotification(REQUEST_TIMER_CALL, ext, timer, delay_us) }
@@ -95,18 +102,20 @@ pub unsafe fn StorPortRequestTimerCall(ext: PVOID, timer: HW_TIMER, delay_us: u3
 /// # Safety
 ///
 /// `ext` is the adapter's HwDeviceExtension and `dpc` lives in it, not queued.
+#[inline]
 pub unsafe fn StorPortInitializeDpc(ext: PVOID, dpc: *mut STOR_DPC, routine: HW_DPC_ROUTINE) {
     // SAFETY: the caller's contract is the DDI's; InitializeDpc takes a PSTOR_DPC and a
     // PHW_DPC_ROUTINE.
     unsafe { StorPortNotification(INITIALIZE_DPC, ext, dpc, routine) }
 }
 
-/// `StorPortIssueDpc` = `StorPortNotification(IssueDpc, ext, Dpc, Arg1, Arg2, &Succ)`;
-/// false if the DPC was already queued (it will run once, which is all revcall needs).
+/// `StorPortIssueDpc` = `StorPortNotification(IssueDpc, ext, Dpc, Arg1, Arg2, &Succ)` with
+/// null system arguments; false if the DPC was already queued (it then runs once, for both).
 ///
 /// # Safety
 ///
 /// `dpc` was initialized with [`StorPortInitializeDpc`] for the adapter `ext`.
+#[inline]
 pub unsafe fn StorPortIssueDpc(ext: PVOID, dpc: *mut STOR_DPC) -> bool {
     let mut queued: BOOLEAN = 0;
     let none = core::ptr::null_mut::<core::ffi::c_void>();

@@ -1,7 +1,9 @@
 //! Imports from `storport.sys` (DDI: storport.h).
+//!
+//! <https://learn.microsoft.com/windows-hardware/drivers/ddi/storport/>
 #![allow(non_snake_case)]
 
-use super::{BOOLEAN, DRIVER_OBJECT, HW_INITIALIZATION_DATA, PVOID, UNICODE_STRING};
+use storport_abi::{BOOLEAN, DRIVER_OBJECT, HW_INITIALIZATION_DATA, PVOID, UNICODE_STRING};
 
 #[link(name = "storport.sys", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
@@ -14,6 +16,7 @@ unsafe extern "system" {
         HwContext: PVOID,
     ) -> u32;
     /// PASSIVE_LEVEL. `Buffer` must come from StorPortAllocateRegistryBuffer.
+    /// <https://learn.microsoft.com/windows-hardware/drivers/ddi/storport/nf-storport-storportregistryread>
     pub fn StorPortRegistryRead(
         HwDeviceExtension: PVOID,
         ValueName: *const u8,
@@ -24,6 +27,9 @@ unsafe extern "system" {
     ) -> BOOLEAN;
     pub fn StorPortAllocateRegistryBuffer(HwDeviceExtension: PVOID, Length: *mut u32) -> *mut u8;
     pub fn StorPortFreeRegistryBuffer(HwDeviceExtension: PVOID, Buffer: *mut u8);
+    /// Busy-waits `Delay` microseconds, at any IRQL.
+    /// <https://learn.microsoft.com/windows-hardware/drivers/ddi/storport/nf-storport-storportstallexecution>
+    pub fn StorPortStallExecution(Delay: u32);
 }
 
 #[link(name = "storport.sys", kind = "raw-dylib", modifiers = "+verbatim")]
