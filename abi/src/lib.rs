@@ -375,6 +375,7 @@ pub use status::{
 
 /// IRQLs (x64) and `IO_NO_INCREMENT` (STORPORT.md §4.6).
 pub const PASSIVE_LEVEL: KIRQL = 0;
+pub const APC_LEVEL: KIRQL = 1;
 pub const DISPATCH_LEVEL: KIRQL = 2;
 pub const HIGH_LEVEL: KIRQL = 15;
 pub const IO_NO_INCREMENT: i8 = 0;
@@ -383,6 +384,8 @@ pub const IO_NO_INCREMENT: i8 = 0;
 /// only at IRQL ≤ APC_LEVEL.
 pub const POOL_FLAG_NON_PAGED: u64 = 0x40;
 pub const POOL_FLAG_PAGED: u64 = 0x100;
+/// `POOL_FLAG_UNINITIALIZED`: the block's contents are not zeroed.
+pub const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
 
 /// `SRB_FUNCTION_*`.
 pub mod srb_function {

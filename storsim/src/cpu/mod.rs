@@ -27,14 +27,8 @@ use std::cell::Cell;
 pub use fault::{Fault, install_fault_handler, set_fatal_hook};
 pub use thread::{NO_CPU, current_cpu, current_kpcr, current_kthread, enter_thread};
 
-/// IRQL of normal thread execution.
-pub const PASSIVE_LEVEL: u8 = 0;
-/// IRQL at which asynchronous procedure calls are masked.
-pub const APC_LEVEL: u8 = 1;
-/// IRQL of DPCs and spin-lock holders.
-pub const DISPATCH_LEVEL: u8 = 2;
-/// Highest IRQL; CR8 holds 4 bits, so nothing lies above it.
-pub const HIGH_LEVEL: u8 = 15;
+/// The IRQLs storsim models (x64: CR8 holds 4 bits, so nothing lies above HIGH_LEVEL).
+pub use storport_abi::{APC_LEVEL, DISPATCH_LEVEL, HIGH_LEVEL, PASSIVE_LEVEL};
 
 thread_local! {
     // `const` initializer without `Drop`: a plain `#[thread_local]` slot that never registers a

@@ -8,7 +8,7 @@ use std::ffi::c_void;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use storport_abi::KLOCK_QUEUE_HANDLE;
+use storport_abi::{KLOCK_QUEUE_HANDLE, POOL_FLAG_PAGED, POOL_FLAG_UNINITIALIZED};
 use storport_abi::status::STATUS_INVALID_PARAMETER;
 
 use super::csq::{
@@ -361,8 +361,6 @@ unsafe extern "win64" fn io_csq_remove_next_irp(
     csq::csq_remove_next(&kernel, csq, peek_context).cast()
 }
 
-const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
-const POOL_FLAG_PAGED: u64 = 0x100;
 
 unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
     let (kernel, _call) = enter("ExAllocatePool2");
