@@ -8,8 +8,8 @@ use std::ffi::c_void;
 use std::sync::atomic::AtomicUsize;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use storport_abi::{KLOCK_QUEUE_HANDLE, POOL_FLAG_PAGED, POOL_FLAG_UNINITIALIZED};
 use storport_abi::status::STATUS_INVALID_PARAMETER;
+use storport_abi::{KLOCK_QUEUE_HANDLE, POOL_FLAG_PAGED, POOL_FLAG_UNINITIALIZED};
 
 use super::csq::{
     self, AcquireLock, CompleteCanceledIrp, Insert, InsertIrp, InsertIrpEx, IoCsq, IoCsqIrpContext,
@@ -360,7 +360,6 @@ unsafe extern "win64" fn io_csq_remove_next_irp(
     );
     csq::csq_remove_next(&kernel, csq, peek_context).cast()
 }
-
 
 unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) -> *mut c_void {
     let (kernel, _call) = enter("ExAllocatePool2");

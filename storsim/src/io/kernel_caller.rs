@@ -95,12 +95,14 @@ impl KernelCaller {
         // IoSetCompletionRoutine on the location the lower driver will own.
         let top = self.context.irp.get(header::CURRENT_LOCATION);
         let routine: CompletionRoutine = on_complete;
-        self.context.irp
+        self.context
+            .irp
             .set_at(top, location::COMPLETION_ROUTINE, Some(routine));
         *self.context.sent.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((request.clone(), out_len as usize));
         let context: *const Context = &*self.context;
-        self.context.irp
+        self.context
+            .irp
             .set_at(top, location::CONTEXT, context.cast_mut().cast());
         let control = self.context.irp.get_at(top, location::CONTROL);
         self.context.irp.set_at(
