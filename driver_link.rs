@@ -18,6 +18,9 @@ pub const DRIVER_LINK_ARGS: &[&str] = &[
     "/NODEFAULTLIB",
     // FORCE_INTEGRITY: the loader refuses the image unless it is signed.
     "/INTEGRITYCHECK",
+    // The optional header's CheckSum: link.exe sets it for /SUBSYSTEM:NATIVE, lld-link only when
+    // asked, and Windows 7's loader refuses a boot or kernel driver whose checksum is 0.
+    "/RELEASE",
     // lld-link does not give driver sections the non-paged bit MSVC's linker does; the whole
     // driver runs at DISPATCH_LEVEL at times, so nothing may be paged.
     "/SECTION:.text,PRE",

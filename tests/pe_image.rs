@@ -96,6 +96,57 @@ fn is_a_pe32_plus_native_wdm_driver_for_amd64() {
     );
 }
 
+/// The PE checksum as ImageHlp's CheckSumMappedFile computes it: the file summed as 16-bit
+/// little-endian words with end-around carry, the CheckSum field itself counted as 0, plus the
+/// file's length.
+fn pe_checksum(bytes: &[u8], checksum_offset: usize) -> u32 {
+    let mut sum: u32 = 0;
+    for (index, pair) in bytes.chunks(2).enumerate() {
+        let at = index * 2;
+        let word = if (checksum_offset..checksum_offset + 4).contains(&at) {
+            0
+        } else {
+            u32::from(pair[0]) | pair.get(1).map_or(0, |&high| u32::from(high) << 8)
+        };
+        sum += word;
+        sum = (sum & 0xFFFF) + (sum >> 16);
+    }
+    (sum & 0xFFFF) + (sum >> 16) + bytes.len() as u32
+}
+
+#[test]
+fn the_checksum_is_set_and_right() {
+    let driver = driver();
+    let pe_offset = u32::from_le_bytes(driver.bytes[0x3C..0x40].try_into().unwrap()) as usize;
+    // Signature (4) + IMAGE_FILE_HEADER (20) + the CheckSum's offset in the optional header.
+    let checksum_offset = pe_offset + 4 + 20 + 64;
+    let stored = driver.pe().nt_headers().optional_header().check_sum.get(LE);
+    assert_eq!(
+        u32::from_le_bytes(
+            driver.bytes[checksum_offset..checksum_offset + 4]
+                .try_into()
+                .unwrap()
+        ),
+        stored,
+        "the CheckSum field's offset"
+    );
+    assert_ne!(
+        stored, 0,
+        "a zero checksum: link with /RELEASE (Windows 7 refuses the driver)"
+    );
+    assert_eq!(stored, pe_checksum(&driver.bytes, checksum_offset));
+}
+
+#[test]
+fn the_checksum_reader_counts_what_imagehlp_counts() {
+    // Two words and a length: 0x0201 + 0x0403 + 4 bytes.
+    assert_eq!(pe_checksum(&[1, 2, 3, 4], 100), 0x0604 + 4);
+    // Carries fold back in: 0xFFFF + 0x0002 = 0x1_0001 → 0x0002.
+    assert_eq!(pe_checksum(&[0xFF, 0xFF, 2, 0], 100), 2 + 4);
+    // The four bytes of the field itself count as 0.
+    assert_eq!(pe_checksum(&[1, 0, 9, 9, 9, 9, 2, 0], 2), 1 + 2 + 8);
+}
+
 #[test]
 fn entry_point_is_driver_entry_and_the_only_export() {
     let driver = driver();
