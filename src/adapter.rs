@@ -10,8 +10,15 @@
 //!   lock and issued after it is released (SDV SpinLockSafe).
 //! * A WAIT reply is written under the lock, so the ring cannot move under it, and it never
 //!   reports a byte it did not write.
+//! * Storport's timer is armed and cancelled with the lock released: HwStorTimer takes the
+//!   lock under Storport's StartIo lock, so a timer request made under it would order the two
+//!   locks both ways.
+//! * `ScsiStopAdapter` / `ScsiRestartAdapter` may come at DIRQL (the HW_ADAPTER_CONTROL page's
+//!   reading), where no spin lock may be taken: they only record the control
+//!   ([`Adapter::request_control`]); a DPC applies it ([`Adapter::apply_controls`]).
 
 use core::marker::PhantomData;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use arrayvec::ArrayVec;
 use revcall_protocol::{
@@ -42,7 +49,7 @@ pub trait ServiceIrp: Parkable + Sized {
     fn complete(self, status: Status, information: usize);
 }
 
-/// The adapter's one Storport timer, used by DISCOVER.
+/// The adapter's one Storport timer, used by DISCOVER. Never called with the adapter lock held.
 pub trait Timer {
     /// Fires [`Adapter::timer_fired`] once, `delay_us` from now.
     fn arm(&self, delay_us: u32);
@@ -191,9 +198,26 @@ impl<I: ServiceIrp> Default for State<I> {
     }
 }
 
-/// The adapter: its state behind a lock.
+/// A control Storport sent at an IRQL where the lock cannot be taken, until a DPC applies it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// `ScsiStopAdapter`.
+    Stop = 1,
+    /// `ScsiRestartAdapter`.
+    Restart = 2,
+}
+
+/// Controls recorded and not yet applied, oldest in the lowest bits, 4 bits each (0: none).
+/// Eight fit: Storport sends at most a stop and a restart between two runs of the DPC.
+const CONTROL_BITS: u32 = 4;
+const CONTROL_SLOTS: u32 = u32::BITS / CONTROL_BITS;
+
+/// The adapter: its state behind a lock, and the controls waiting for a DPC.
+///
+/// All-zero bytes are a valid adapter (the state's invariant; no control waiting).
 pub struct Adapter<I, L> {
     state: L,
+    controls: AtomicU32,
     _irp: PhantomData<fn(I) -> I>,
 }
 
@@ -206,6 +230,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     pub const fn new(state: L) -> Self {
         Self {
             state,
+            controls: AtomicU32::new(0),
             _irp: PhantomData,
         }
     }
@@ -216,19 +241,36 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         self.state.with(|s| s.fire_enabled = fire_enabled);
     }
 
-    /// HwInitialize: the adapter is up (first start, or again after a PnP stop).
+    /// HwInitialize: the adapter is up (first start, or again after a PnP stop). Controls still
+    /// waiting for the DPC (Storport flushes DPCs before a restart, so normally none) come first.
     pub fn start(&self, timer: &impl Timer) {
+        self.apply_controls(timer);
         self.transition(Lifecycle::Running, EventKind::AdapterStarted, Some(timer));
     }
 
-    /// `ScsiStopAdapter`: not a removal; parked requests stay parked.
-    pub fn stop(&self) {
-        self.transition(Lifecycle::Stopped, EventKind::AdapterStopped, None);
+    /// `ScsiStopAdapter` / `ScsiRestartAdapter`, possibly at DIRQL: records the control without
+    /// a lock; the caller then issues the DPC that applies it. `false` if eight are already
+    /// waiting (never, as Storport sends them).
+    pub fn request_control(&self, control: Control) -> bool {
+        self.controls
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |waiting| {
+                let used = CONTROL_SLOTS - waiting.leading_zeros() / CONTROL_BITS;
+                (used < CONTROL_SLOTS).then(|| waiting | (control as u32) << (used * CONTROL_BITS))
+            })
+            .is_ok()
     }
 
-    /// `ScsiRestartAdapter`.
-    pub fn restart(&self, timer: &impl Timer) {
-        self.transition(Lifecycle::Running, EventKind::AdapterRestarted, Some(timer));
+    /// Applies every recorded control in order (the DPC, at DISPATCH_LEVEL; HwInitialize).
+    /// A stop is not a removal: parked requests stay parked.
+    pub fn apply_controls(&self, timer: &impl Timer) {
+        let mut waiting = self.controls.swap(0, Ordering::AcqRel);
+        while waiting != 0 {
+            match waiting & ((1 << CONTROL_BITS) - 1) {
+                1 => self.transition(Lifecycle::Stopped, EventKind::AdapterStopped, None),
+                _ => self.transition(Lifecycle::Running, EventKind::AdapterRestarted, Some(timer)),
+            }
+            waiting >>= CONTROL_BITS;
+        }
     }
 
     /// Coming up, `timer` re-arms a pending discovery: a PnP stop cancels Storport's timer
@@ -236,17 +278,27 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     fn transition(&self, to: Lifecycle, kind: EventKind, timer: Option<&dyn Timer>) {
         let changed = self.state.with(|s| {
             if s.is_closed() {
-                return false;
+                return None;
             }
             s.lifecycle = to;
             s.ring.publish(kind, 0, 0);
-            if let (Some(timer), true) = (timer, s.discovery.pending) {
-                timer.arm(s.discovery.delay_us);
-            }
-            true
+            Some(s.discovery.pending.then_some(s.discovery.delay_us))
         });
-        if changed {
-            self.deliver();
+        let Some(rearm) = changed else {
+            return;
+        };
+        if let (Some(timer), Some(delay_us)) = (timer, rearm) {
+            self.arm(timer, delay_us);
+        }
+        self.deliver();
+    }
+
+    /// Arms the timer (the lock released); if a removal closed the adapter meanwhile, its
+    /// cancel may have come first, so this cancels again.
+    fn arm(&self, timer: &dyn Timer, delay_us: u32) {
+        timer.arm(delay_us);
+        if self.state.with(|s| s.is_closed()) {
+            timer.cancel();
         }
     }
 
@@ -267,16 +319,17 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     }
 
     fn close(&self, to: Lifecycle, kind: EventKind, timer: &impl Timer) {
-        self.state.with(|s| {
+        let pending = self.state.with(|s| {
             if !s.is_closed() {
                 s.lifecycle = to;
                 s.ring.publish(kind, 0, 0);
             }
-            if s.discovery.pending {
-                s.discovery.pending = false;
-                timer.cancel();
-            }
+            core::mem::take(&mut s.discovery.pending)
         });
+        // A DISCOVER that armed the timer after this sees the adapter closed and cancels too.
+        if pending {
+            timer.cancel();
+        }
         // Every parked waiter's cursor is now behind the final event, so this empties the
         // queue (but for IRPs whose cancel routine is already running: that routine completes them).
         self.deliver();
@@ -389,19 +442,26 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
                     started: d.started + 1,
                     ..*d
                 };
-                // Armed under the lock, so a concurrent removal's cancel cannot come first.
-                timer.arm(d.delay_us);
             }
             let id = d.started;
+            let arm = (!coalesced).then_some(d.delay_us);
             s.count(Status::SUCCESS);
-            Ok(DiscoverReply {
+            let reply = DiscoverReply {
                 id,
                 coalesced: u32::from(coalesced),
                 reserved: 0,
-            })
+            };
+            Ok((reply, arm))
         });
         match joined {
-            Ok(reply) => Self::succeed(irp, |out| encode_discover_reply(out, &reply)),
+            Ok((reply, arm)) => {
+                // Armed before the reply completes the IRP: its rundown reference keeps a
+                // removal (and Storport's own timer cancel after it) waiting until then.
+                if let Some(delay_us) = arm {
+                    self.arm(timer, delay_us);
+                }
+                Self::succeed(irp, |out| encode_discover_reply(out, &reply))
+            }
             Err(status) => irp.complete(status, 0),
         }
     }

@@ -5,8 +5,9 @@
 
 use core::cell::UnsafeCell;
 use core::mem::size_of;
+use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::adapter::{Adapter, State, Timer};
+use crate::adapter::{Adapter, Control, State, Timer};
 use crate::irp::{Irp, cancel_context};
 use crate::log::{ERROR, TRACE, WARNING, log};
 use crate::port;
@@ -34,8 +35,12 @@ type WinAdapter = Adapter<Irp, SpinLock<State<Irp>>>;
 #[repr(C)]
 struct Extension {
     adapter: WinAdapter,
-    /// Delivers a DiscoveryComplete outside the StartIo lock HwStorTimer runs under.
+    /// Delivers a DiscoveryComplete outside the StartIo lock HwStorTimer runs under, and applies
+    /// the stop / restart controls HwAdapterControl records at DIRQL.
     delivery_dpc: UnsafeCell<STOR_DPC>,
+    /// The DPC was initialized (once per extension: re-initializing a queued DPC would corrupt
+    /// the DPC queue, and a stop's DPC may still be queued when the next start comes).
+    dpc_initialized: AtomicBool,
 }
 
 const _: () = assert!(size_of::<Extension>() < u32::MAX as usize);
@@ -195,9 +200,11 @@ unsafe extern "win64" fn hw_find_adapter(
     // SAFETY: this adapter's HwDeviceExtension.
     let extension = unsafe { extension(ext) };
     extension.adapter.configure(fire);
-    // SAFETY: the DPC lives in this adapter's extension; it is not queued: none is before the
-    // first start, and a PnP stop flushes Storport's DPCs before the next HwFindAdapter.
-    unsafe { StorPortInitializeDpc(ext, extension.delivery_dpc.get(), hw_delivery_dpc) };
+    if !extension.dpc_initialized.swap(true, Ordering::AcqRel) {
+        // SAFETY: the DPC lives in this adapter's extension, which outlives it; this is the
+        // extension's first HwFindAdapter, so the DPC was never initialized or queued.
+        unsafe { StorPortInitializeDpc(ext, extension.delivery_dpc.get(), hw_delivery_dpc) };
+    }
     log!(
         TRACE,
         "adapter found, FIRE %s",
@@ -255,14 +262,16 @@ unsafe extern "win64" fn hw_reset_bus(_ext: PVOID, _path_id: u32) -> BOOLEAN {
 ///
 /// Storport passes this adapter's extension and the `Parameters` the control type defines
 /// (a SCSI_SUPPORTED_CONTROL_TYPE_LIST for ScsiQuerySupportedControlTypes); it calls only the
-/// types reported supported, ScsiAdapterSurpriseRemoval below DISPATCH_LEVEL.
+/// types reported supported, ScsiAdapterSurpriseRemoval below DISPATCH_LEVEL, and
+/// ScsiStopAdapter / ScsiRestartAdapter at any IRQL up to DIRQL.
 unsafe extern "win64" fn hw_adapter_control(
     ext: PVOID,
     control_type: u32,
     parameters: PVOID,
 ) -> u32 {
     // SAFETY: this adapter's HwDeviceExtension.
-    let adapter = unsafe { adapter(ext) };
+    let extension = unsafe { extension(ext) };
+    let adapter = &extension.adapter;
     match control_type {
         SCSI_QUERY_SUPPORTED_CONTROL_TYPES => {
             let list = parameters.cast::<SCSI_SUPPORTED_CONTROL_TYPE_LIST>();
@@ -275,8 +284,22 @@ unsafe extern "win64" fn hw_adapter_control(
             let entries = unsafe { core::slice::from_raw_parts_mut(first, max) };
             port::report_supported(entries);
         }
-        SCSI_STOP_ADAPTER => adapter.stop(),
-        SCSI_RESTART_ADAPTER => adapter.restart(&PortTimer(ext)),
+        // Possibly at DIRQL with the interrupt lock held (the DDI page's reading): no spin lock,
+        // no timer, no completion here; record the control and let the DPC apply it.
+        SCSI_STOP_ADAPTER | SCSI_RESTART_ADAPTER => {
+            let control = if control_type == SCSI_STOP_ADAPTER {
+                Control::Stop
+            } else {
+                Control::Restart
+            };
+            if !adapter.request_control(control) {
+                return SCSI_ADAPTER_CONTROL_UNSUCCESSFUL;
+            }
+            // SAFETY: this adapter's extension and the DPC its first HwFindAdapter initialized
+            // (Storport sends no stop or restart before that); KeInsertQueueDpc, which this
+            // wraps, may be called at any IRQL, and an already queued DPC applies this too.
+            unsafe { StorPortIssueDpc(ext, extension.delivery_dpc.get()) };
+        }
         SCSI_ADAPTER_SURPRISE_REMOVAL => {
             log!(TRACE, "surprise removal: flushing parked requests");
             adapter.surprise_remove(&PortTimer(ext));
@@ -344,7 +367,8 @@ unsafe extern "win64" fn hw_timer(ext: PVOID) {
     }
 }
 
-/// HwStorDpcRoutine: delivers published events with no Storport lock held.
+/// HwStorDpcRoutine: applies recorded stop / restart controls and delivers published events,
+/// with no Storport lock held.
 ///
 /// # Safety
 ///
@@ -356,7 +380,9 @@ unsafe extern "win64" fn hw_delivery_dpc(
     _argument2: PVOID,
 ) {
     // SAFETY: this adapter's HwDeviceExtension.
-    unsafe { adapter(ext) }.deliver();
+    let adapter = unsafe { adapter(ext) };
+    adapter.apply_controls(&PortTimer(ext));
+    adapter.deliver();
 }
 
 /// The cancel routine of a parked service IRP.

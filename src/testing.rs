@@ -28,9 +28,23 @@ use crate::service_queue::Parkable;
 /// The adapter lock as a mutex.
 pub struct MutexLock<T>(Mutex<T>);
 
+std::thread_local! {
+    /// Whether this thread is inside an adapter lock (what the fakes check calls against).
+    static LOCKED: core::cell::Cell<bool> = const { core::cell::Cell::new(false) };
+}
+
+/// Whether the calling thread holds an adapter lock.
+pub fn lock_held() -> bool {
+    LOCKED.with(|locked| locked.get())
+}
+
 impl<T: Send> Lock<T> for MutexLock<T> {
     fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
-        f(&mut self.0.lock().unwrap())
+        let mut state = self.0.lock().unwrap();
+        let outer = LOCKED.with(|locked| locked.replace(true));
+        let result = f(&mut state);
+        LOCKED.with(|locked| locked.set(outer));
+        result
     }
 }
 
@@ -211,12 +225,16 @@ impl FakeTimer {
 }
 
 impl Timer for FakeTimer {
+    /// Storport's timer request is never made under the adapter lock (lock order with the
+    /// StartIo lock HwStorTimer runs under).
     fn arm(&self, delay_us: u32) {
+        assert!(!lock_held(), "the timer armed under the adapter lock");
         self.arms.fetch_add(1, SeqCst);
         *self.armed.lock().unwrap() = Some(delay_us);
     }
 
     fn cancel(&self) {
+        assert!(!lock_held(), "the timer cancelled under the adapter lock");
         self.cancels.fetch_add(1, SeqCst);
         *self.armed.lock().unwrap() = None;
     }

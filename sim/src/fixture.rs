@@ -18,6 +18,8 @@ use revcall_protocol::status::{STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED};
 
 pub fn run(kernel: &KernelRef, failures: &Failures) -> Result<(), RunError> {
     kernel.start_adapter()?;
+    // ScsiStopAdapter and ScsiRestartAdapter, at the DIRQL storsim models for them.
+    kernel.power_cycle_adapter();
     let handle = kernel.open(1, Access::READ_WRITE);
     let send = |op: u32, out: u32| {
         kernel

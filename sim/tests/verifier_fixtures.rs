@@ -195,6 +195,16 @@ fn cancelled_irp_never_completed_is_0xc4_135() {
 }
 
 #[test]
+fn a_spin_lock_taken_in_scsi_stop_adapter_is_taken_above_dispatch() {
+    trips("stop_takes_lock", 0xC4, Some(0x42));
+}
+
+#[test]
+fn a_timer_requested_under_a_lock_its_hw_timer_takes_is_a_lock_order_cycle() {
+    trips("timer_under_lock", 0xC4, Some(0x1001));
+}
+
+#[test]
 fn spin_lock_held_when_a_callback_returns() {
     trips("lock_held_on_return", 0xC4, Some(0x0004_0006));
 }

@@ -3,6 +3,7 @@
 extern crate std;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering::SeqCst;
 use std::vec::Vec;
 
 use revcall_protocol::{
@@ -10,7 +11,7 @@ use revcall_protocol::{
     WaitFlags, WaitReply, decode_reply,
 };
 
-use super::Lifecycle;
+use super::{Control, Lifecycle};
 use crate::error::Status;
 use crate::event_ring::RING_CAPACITY;
 use crate::service_queue::PARK_CAP;
@@ -306,14 +307,16 @@ fn surprise_removal_flushes_and_a_later_remove_adds_nothing() {
 fn stop_and_restart_keep_parked_waits_and_publish_events() {
     let (a, t) = (adapter(true), FakeTimer::new());
     let first = wait(&a, &t, 1, CURSOR_NOW);
-    a.stop();
+    assert!(a.request_control(Control::Stop));
+    a.apply_controls(&t);
     assert_eq!(a.lifecycle(), Lifecycle::Stopped);
     assert_eq!(
         events_of(&first).1[0].kind,
         EventKind::AdapterStopped as u32
     );
     let second = wait(&a, &t, 2, CURSOR_NOW);
-    a.restart(&t);
+    assert!(a.request_control(Control::Restart));
+    a.apply_controls(&t);
     assert_eq!(
         events_of(&second).1[0].kind,
         EventKind::AdapterRestarted as u32
@@ -524,7 +527,8 @@ fn a_pnp_stop_does_not_wedge_a_pending_discovery() {
     let (a, t) = (adapter(true), FakeTimer::new());
     send(&a, &t, 1, Request::Discover { delay_ms: 60_000 }, 24);
     // Storport cancels its timer on a PnP stop; HwInitialize on the next start re-arms it.
-    a.stop();
+    a.request_control(Control::Stop);
+    a.apply_controls(&t);
     *t.armed.lock().unwrap() = None;
     a.start(&t);
     assert_eq!(*t.armed.lock().unwrap(), Some(60_000_000));
@@ -580,4 +584,43 @@ fn a_closed_adapter_still_delivers_its_retained_tail() {
         status_of(&wait(&a, &t, 3, reply.cursor)),
         Status::DEVICE_REMOVED
     );
+}
+
+#[test]
+fn stop_and_restart_take_no_lock_and_apply_in_order_in_the_dpc() {
+    let (a, t) = (adapter(true), FakeTimer::new());
+    send(&a, &t, 1, Request::Discover { delay_ms: 5 }, 24);
+    let waiter = wait(&a, &t, 2, CURSOR_NOW);
+    // What HwAdapterControl does at DIRQL: record only. Nothing changes until the DPC.
+    assert!(a.request_control(Control::Stop));
+    assert!(a.request_control(Control::Restart));
+    assert_eq!(a.lifecycle(), Lifecycle::Running);
+    assert!(waiter.completion().is_none(), "nothing delivered at DIRQL");
+    let arms = t.arms.load(SeqCst);
+    a.apply_controls(&t);
+    let kinds: Vec<u32> = events_of(&waiter).1.iter().map(|e| e.kind).collect();
+    assert_eq!(kinds, [EventKind::AdapterStopped as u32]);
+    let next = wait(&a, &t, 3, events_of(&waiter).0.cursor);
+    assert_eq!(
+        events_of(&next).1[0].kind,
+        EventKind::AdapterRestarted as u32
+    );
+    assert_eq!(a.lifecycle(), Lifecycle::Running);
+    assert_eq!(
+        t.arms.load(SeqCst),
+        arms + 1,
+        "the restart re-armed the discovery"
+    );
+    // Nothing left over: applying again changes nothing.
+    a.apply_controls(&t);
+    assert_eq!(a.stats().head_seq, events_of(&next).1[0].seq);
+}
+
+#[test]
+fn the_control_mailbox_holds_eight_and_refuses_a_ninth() {
+    let a = adapter(true);
+    for _ in 0..8 {
+        assert!(a.request_control(Control::Stop));
+    }
+    assert!(!a.request_control(Control::Restart));
 }

@@ -254,9 +254,7 @@ unsafe extern "win64" fn stor_port_notification(
                 let routine = unsafe { std::mem::transmute::<usize, Option<HW_TIMER>>(a0) };
                 // SAFETY: the miniport's HwTimer, in its loaded image.
                 let timer = routine.map(|routine| unsafe { Timer::new(routine) });
-                let port = kernel.port();
-                port.dispatcher()
-                    .request_timer(port, timer, (a1 as u32).into());
+                kernel.port().request_timer(timer, (a1 as u32).into());
             }
         }
         // InitializeDpc(Dpc, HwDpcRoutine)
@@ -268,13 +266,19 @@ unsafe extern "win64" fn stor_port_notification(
                 let routine = unsafe { std::mem::transmute::<usize, HW_DPC_ROUTINE>(routine) };
                 // SAFETY: the miniport's DPC routine, in its loaded image.
                 let routine = unsafe { DpcRoutine::new(routine) };
-                kernel.port().dispatcher().init_dpc(a0, routine);
+                if !kernel.port().dispatcher().init_dpc(a0, routine) {
+                    kernel.machine().report(BugCheck::new(
+                        Code::TimerOrDpcInvalid,
+                        [1, a0 as u64, 0, 0],
+                        format!("StorPortInitializeDpc on the STOR_DPC at {a0:#x} while it is queued: the kernel's DPC queue would be corrupted"),
+                    ));
+                }
             }
         },
-        // IssueDpc(Dpc, SystemArgument1, SystemArgument2, &Succ)
+        // IssueDpc(Dpc, SystemArgument1, SystemArgument2, &Succ): KeInsertQueueDpc, which it
+        // wraps, may be called at any IRQL (how an ISR defers its work).
         0x1002 => {
-            let queued = storport_irql_at_most("StorPortIssueDpc", DISPATCH_LEVEL)
-                && kernel
+            let queued = kernel
                     .port()
                     .dispatcher()
                     .issue_dpc(kernel.port(), a0, a1, a2);

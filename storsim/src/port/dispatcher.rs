@@ -73,8 +73,15 @@ impl Dispatcher {
     }
 
     /// InitializeDpc.
-    pub fn init_dpc(&self, dpc: usize, routine: DpcRoutine) {
-        self.state().routines.insert(dpc, routine);
+    /// `false` (and nothing changes) if the DPC is queued: KeInitializeDpc on a queued DPC
+    /// would unlink the kernel's DPC queue.
+    pub fn init_dpc(&self, dpc: usize, routine: DpcRoutine) -> bool {
+        let mut state = self.state();
+        if state.queued.contains(&dpc) {
+            return false;
+        }
+        state.routines.insert(dpc, routine);
+        true
     }
 
     /// IssueDpc: `false` if the DPC was already queued (or never initialized).

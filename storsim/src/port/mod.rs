@@ -22,7 +22,8 @@ pub use service::IOCTL_MINIPORT_PROCESS_SERVICE_IRP as IOCTL;
 
 use crate::io::Io;
 use crate::machine::Machine;
-use crate::miniport::{Extension, Miniport};
+use crate::miniport::{Extension, Miniport, Timer};
+use crate::verifier::locks::{self, LockApi, STARTIO_LOCK};
 
 /// SCSI_ADAPTER_CONTROL_TYPE values storsim uses.
 pub const SCSI_QUERY_SUPPORTED_CONTROL_TYPES: u32 = 0;
@@ -140,6 +141,28 @@ impl Port {
     /// StorPortCompleteServiceIrp's release of the IRP's rundown reference.
     pub fn rundown_release(&self) {
         self.rundown.release();
+    }
+
+    /// StorPortNotification(RequestTimerCall): `micros` = 0 cancels.
+    ///
+    /// Storport's timer and HwStorTimer are serialised by its StartIo lock; storsim takes the
+    /// strict reading that the request takes that lock too (unless HwStorTimer itself, which
+    /// holds it, asks), so a miniport that requests its timer under a lock its HwStorTimer also
+    /// takes shows the lock-order cycle it would deadlock on (0xC4/0x1001).
+    pub fn request_timer(self: &Arc<Self>, timer: Option<Timer>, micros: u64) {
+        let inside_timer = locks::holds(STARTIO_LOCK);
+        let old = (!inside_timer).then(|| {
+            self.machine.acquire_kernel_lock(
+                STARTIO_LOCK,
+                LockApi::Storport,
+                "Storport's StartIo lock",
+            )
+        });
+        self.dispatcher.request_timer(self, timer, micros);
+        if let Some(old) = old {
+            self.machine
+                .release_kernel_lock(STARTIO_LOCK, "Storport's StartIo lock", old);
+        }
     }
 
     /// Timer calls made so far.

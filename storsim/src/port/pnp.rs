@@ -27,6 +27,23 @@ pub enum PnpState {
     Removed,
 }
 
+/// The device IRQL storsim calls ScsiStopAdapter and ScsiRestartAdapter at.
+///
+/// The HW_ADAPTER_CONTROL page documents them at DIRQL with the interrupt lock held; Storport's
+/// code for a virtual adapter (no interrupt) calls them at its caller's IRQL
+/// (docs/STORPORT-NOTES.md §6.7). storsim takes the stricter reading, with a DIRQL above
+/// DISPATCH_LEVEL, so a miniport that takes a spin lock, arms a timer or completes a request
+/// there is reported.
+pub const DIRQL: u8 = 5;
+
+/// The IRQL Storport calls HwAdapterControl(`control`) at.
+fn control_irql(control: u32) -> u8 {
+    match control {
+        SCSI_STOP_ADAPTER | SCSI_RESTART_ADAPTER => DIRQL,
+        _ => PASSIVE_LEVEL,
+    }
+}
+
 /// Storport's header in front of the HwDeviceExtension (maps extension → adapter).
 const EXTENSION_HEADER: usize = 16;
 
@@ -198,7 +215,7 @@ impl Port {
         if !supported || !miniport.has_adapter_control() {
             return false;
         }
-        self.machine.call_driver(name, PASSIVE_LEVEL, || {
+        self.machine.call_driver(name, control_irql(control), || {
             miniport.adapter_control(extension, control)
         });
         self.machine.note(format!("HwAdapterControl({name})"));
