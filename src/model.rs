@@ -12,7 +12,7 @@ extern crate std;
 
 use loom::sync::Arc;
 use loom::thread;
-use revcall_protocol::{CURSOR_NOW, Request};
+use revcall_protocol::{CURSOR_NOW, Reply, Request, decode_reply};
 
 use crate::error::Status;
 use crate::testing::{FakeIrp, FakeTimer, IrpCell, TestAdapter, adapter};
@@ -56,6 +56,7 @@ fn fire(a: &TestAdapter, t: &FakeTimer, id: usize) {
     assert_eq!(cell.completion().map(|c| c.status), Some(Status::SUCCESS));
 }
 
+/// How an IRP ended; it was completed exactly once.
 fn status(cell: &IrpCell) -> Status {
     assert_eq!(
         cell.completions(),
@@ -65,6 +66,22 @@ fn status(cell: &IrpCell) -> Status {
         cell.completions()
     );
     cell.completion().unwrap().status
+}
+
+/// How a WAIT ended: as [`status`], and a SUCCESS carries a WAIT reply with at least one event
+/// (a WAIT is never answered with nothing).
+fn wait_status(cell: &IrpCell) -> Status {
+    let status = status(cell);
+    let completion = cell.completion().unwrap();
+    if status == Status::SUCCESS {
+        match decode_reply(&completion.bytes) {
+            Ok(Reply::Wait { reply, .. }) => {
+                assert!(reply.count >= 1, "WAIT {} succeeded with no event", cell.id)
+            }
+            other => panic!("WAIT {} succeeded without a WAIT reply: {other:?}", cell.id),
+        }
+    }
+    status
 }
 
 /// The adapter and its timer, shared by the model's threads.
@@ -106,7 +123,7 @@ fn park_races_cancel_and_fire() {
         parker.join().unwrap();
         canceller.join().unwrap();
         // Whichever came first, the WAIT ended: with the event, or cancelled.
-        let status = status(&cell);
+        let status = wait_status(&cell);
         assert!(
             status == Status::SUCCESS || status == Status::CANCELLED,
             "{status:?}"
@@ -130,7 +147,7 @@ fn park_races_fire_and_removal() {
         assert!(fire_status == Status::SUCCESS || fire_status == Status::DEVICE_REMOVED);
         // Parked before removal: completed with events (the last one AdapterRemoved);
         // arrived after: refused.
-        let status = status(&cell);
+        let status = wait_status(&cell);
         assert!(
             status == Status::SUCCESS || status == Status::DEVICE_REMOVED,
             "{status:?}"
@@ -152,13 +169,13 @@ fn cancel_races_removal_and_delivery() {
         s.adapter.remove(&*s.timer);
         parker.join().unwrap();
         canceller.join().unwrap();
-        let first = status(&first_cell);
+        let first = wait_status(&first_cell);
         assert!(
             first == Status::SUCCESS || first == Status::CANCELLED,
             "{first:?}"
         );
         // Parked before removal: delivered; arrived after: refused. Never lost.
-        let second = status(&second_cell);
+        let second = wait_status(&second_cell);
         assert!(
             second == Status::SUCCESS || second == Status::DEVICE_REMOVED,
             "{second:?}"

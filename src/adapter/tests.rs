@@ -624,3 +624,28 @@ fn the_control_mailbox_holds_eight_and_refuses_a_ninth() {
     }
     assert!(!a.request_control(Control::Restart));
 }
+
+#[test]
+fn a_wait_cancelled_before_it_could_park_completes_cancelled() {
+    let (a, t) = (adapter(true), FakeTimer::new());
+    let (irp, cell) = FakeIrp::new(
+        1,
+        Request::Wait {
+            cursor: CURSOR_NOW,
+            max_events: 4,
+        },
+        160,
+    );
+    // CancelIoEx ran before HwProcessServiceRequest: Irp->Cancel set, no routine to call yet.
+    cell.io_cancel_irp(&*a);
+    a.process(irp, &t);
+    let completion = cell.completion().expect("completed at once, never parked");
+    assert_eq!(completion.status, Status::CANCELLED);
+    assert!(
+        completion.bytes.is_empty(),
+        "a cancelled WAIT carries no reply"
+    );
+    assert_eq!(cell.completions(), 1);
+    let s = a.stats();
+    assert_eq!((s.parked_now, s.cancelled), (0, 1));
+}
