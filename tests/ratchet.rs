@@ -6,12 +6,12 @@ use std::path::Path;
 
 /// (crate folder, unsafe sites, transmutes, `static mut`s)
 const LIMITS: &[(&str, usize, usize, usize)] = &[
-    ("src", 72, 0, 0),
+    ("src", 73, 0, 0),
     ("protocol/src", 0, 0, 0),
     ("abi/src", 2, 0, 0),
     ("imports/src", 23, 1, 0),
     ("storsim/src", 280, 23, 0),
-    ("fixtures/src", 138, 0, 0),
+    ("fixtures/src", 141, 0, 0),
 ];
 
 fn count(dir: &Path, counts: &mut [usize; 3]) {
