@@ -35,7 +35,7 @@ fn each_fallible_site_failing_once_degrades_cleanly() {
     }
     let seen = |site| run(site).seen.join("; ");
     assert!(
-        seen(Site::StorPortInitialize).contains("DriverEntry returned 0xc000009a"),
+        seen(Site::StorPortInitialize).contains("DriverEntry returned STATUS_INSUFFICIENT_RESOURCES"),
         "{}",
         report.text()
     );

@@ -54,6 +54,19 @@ statuses! {
     STATUS_DEVICE_REMOVED = 0xC000_02B6;
 }
 
+/// A status as people read it: `STATUS_CANCELLED`, or its hex value if the table has no name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Named(pub u32);
+
+impl core::fmt::Display for Named {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match name(self.0) {
+            Some(name) => f.write_str(name),
+            None => write!(f, "{:#010x}", self.0),
+        }
+    }
+}
+
 /// NT_ERROR: severity "error" (the I/O manager then copies no output back).
 pub const fn is_error(status: u32) -> bool {
     status >> 30 == 3

@@ -1,6 +1,7 @@
 //! revcall's channel end to end, as the README's main job shows it.
 
 use std::time::Duration;
+use storport_abi::status::Named;
 
 use revcall_protocol::{CURSOR_NOW, EventKind, WaitFlags};
 
@@ -65,7 +66,7 @@ fn delivered(
         }
         Err(status) => {
             failures.expect(false, || {
-                format!("{}: WAIT to succeed, got {status:#x}", tracker.name)
+                format!("{}: WAIT to succeed, got {}", tracker.name, Named(status))
             });
             None
         }
@@ -102,7 +103,8 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
                 cpu::enter_thread();
                 for i in 0..per_cpu {
                     if let Err(status) = channel.fire(0x100 + cpu_index as u32, i) {
-                        failures.expect(false, || format!("FIRE to succeed, got {status:#x}"));
+                        failures
+                            .expect(false, || format!("FIRE to succeed, got {}", Named(status)));
                     }
                 }
             });
@@ -156,7 +158,9 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
                 });
             }
         }
-        Err(status) => failures.expect(false, || format!("DISCOVER to succeed, got {status:#x}")),
+        Err(status) => failures.expect(false, || {
+            format!("DISCOVER to succeed, got {}", Named(status))
+        }),
     }
     failures.expect(kernel.port().timer_calls() >= 1, || {
         "the discovery to run through HwTimer".into()
@@ -195,7 +199,9 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
 
     match a1.stats() {
         Ok(stats) => kernel.note(format!("STATS: {stats:?}")),
-        Err(status) => failures.expect(false, || format!("STATS to succeed, got {status:#x}")),
+        Err(status) => {
+            failures.expect(false, || format!("STATS to succeed, got {}", Named(status)))
+        }
     }
 
     kernel.note("-- removal with waiters parked; a late request arrives in the window");

@@ -7,6 +7,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use storport_abi::status::Named;
 
 use revcall_protocol::status::{STATUS_CANCELLED, STATUS_NOT_SUPPORTED, STATUS_SUCCESS};
 use revcall_protocol::{CURSOR_NOW, EventKind, Reply, Request as Wire, decode_reply};
@@ -172,10 +173,15 @@ fn once(
     let mut log = Log::default();
     match storsim::driver::load(&kernel, driver) {
         Err(RunError::DriverEntry { status, .. }) => {
-            log.seen
-                .push(format!("load refused: DriverEntry returned {status:#010x}"));
+            log.seen.push(format!(
+                "load refused: DriverEntry returned {}",
+                Named(status)
+            ));
             log.expect(status == STATUS_INSUFFICIENT_RESOURCES, || {
-                format!("DriverEntry to pass on STATUS_INSUFFICIENT_RESOURCES, got {status:#x}")
+                format!(
+                    "DriverEntry to pass on STATUS_INSUFFICIENT_RESOURCES, got {}",
+                    Named(status)
+                )
             });
         }
         Err(error) => log.failures.push(format!("load: {error}")),
@@ -240,8 +246,11 @@ fn send(
                 request.opcode()
             )),
             Err(status) => {
-                log.failures
-                    .push(format!("{:?} refused with {status:#x}", request.opcode()));
+                log.failures.push(format!(
+                    "{:?} refused with {}",
+                    request.opcode(),
+                    Named(status)
+                ));
                 return None;
             }
         }

@@ -4,6 +4,8 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use storport_abi::status::Named;
+
 use crate::cpu::{self, Fault, PASSIVE_LEVEL};
 use crate::exports;
 use crate::kernel::Kernel;
@@ -21,7 +23,7 @@ pub enum RunError {
     },
     #[error("Windows would refuse to load {name}: {source}")]
     Load { name: String, source: LoadError },
-    #[error("DriverEntry of {name} failed with {status:#010x}")]
+    #[error("DriverEntry of {name} failed with {}", Named(*status))]
     DriverEntry { name: String, status: u32 },
     #[error("PnP start failed: {0}")]
     Start(#[from] crate::port::StartError),
@@ -85,7 +87,7 @@ pub fn load(kernel: &Arc<Kernel>, path: &std::path::Path) -> Result<Driver, RunE
                 // SAFETY: DriverEntry's contract: the driver object and registry path, PASSIVE_LEVEL.
                 unsafe { driver_entry(driver_object.cast(), registry.cast()) }
             }) as u32;
-        kernel.note(format!("DriverEntry → {status:#010x}"));
+        kernel.note(format!("DriverEntry → {}", Named(status)));
         if status != 0 {
             return Err(RunError::DriverEntry { name, status });
         }

@@ -250,6 +250,7 @@ impl Kernel {
             delays_injected: self.machine.delays_injected(),
             faults_injected: self.machine.faults().injected(),
             timeline: self.machine.timeline(),
+            loaded: self.io.objects().loaded(),
         }
     }
 

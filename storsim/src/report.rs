@@ -53,6 +53,8 @@ pub struct Summary {
     /// Fallible calls failed on purpose (low-resources simulation).
     pub faults_injected: u64,
     pub timeline: Vec<Moment>,
+    /// Whether the driver loaded at all: without it there are no counters to speak of.
+    pub loaded: bool,
 }
 
 impl Summary {
@@ -75,30 +77,35 @@ impl Summary {
         if let Some(error) = &self.error {
             out += &format!("error: {error}\n");
         }
-        out += &format!(
-            "IRPs: {} issued, {} completed ({} cancelled), {} outstanding\n",
-            self.irps.issued,
-            self.irps.completed,
-            self.irps.cancelled,
-            self.irps
-                .outstanding
-                .map_or("unknown".to_owned(), |n| n.to_string())
-        );
-        out += &format!(
-            "events: {} fired, {} delivered; port: {} service requests, {} SRBs, {} timer calls, {} DPCs; {} delays injected\n",
-            self.events.fired,
-            self.events.delivered,
-            self.port.service_requests,
-            self.port.srbs,
-            self.port.timer_calls,
-            self.port.dpcs,
-            self.delays_injected
-        );
+        // A driver that never loaded has no counters to speak of, only its error.
+        if self.loaded {
+            out += &format!(
+                "IRPs: {} issued, {} completed ({} cancelled), {} outstanding\n",
+                self.irps.issued,
+                self.irps.completed,
+                self.irps.cancelled,
+                self.irps
+                    .outstanding
+                    .map_or("unknown".to_owned(), |n| n.to_string())
+            );
+            out += &format!(
+                "events: {} fired, {} delivered; port: {} service requests, {} SRBs, {} timer calls, {} DPCs; {} delays injected\n",
+                self.events.fired,
+                self.events.delivered,
+                self.port.service_requests,
+                self.port.srbs,
+                self.port.timer_calls,
+                self.port.dpcs,
+                self.delays_injected
+            );
+        }
         for failure in &self.failures {
             out += &format!("scenario: expected {failure}\n");
         }
         if self.violations.is_empty() {
-            out += "verifier: no violations\n";
+            if self.loaded {
+                out += "verifier: no violations\n";
+            }
         } else {
             out += &format!("verifier: {} violation(s)\n", self.violations.len());
             for bug in &self.violations {

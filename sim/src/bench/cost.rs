@@ -10,6 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
+use storport_abi::status::Named;
 
 use revcall_protocol::{CURSOR_NOW, WaitFlags};
 use serde::{Deserialize, Serialize};
@@ -101,7 +102,8 @@ pub fn phases(driver: &Path) -> Result<Plan, BenchError> {
         }
         let mut fired = Err(0);
         measure(Op::Fire, size, &mut || fired = firer.fire(1, 0));
-        fired.map_err(|status| BenchError::Unexpected(format!("FIRE failed: {status:#x}")))?;
+        fired
+            .map_err(|status| BenchError::Unexpected(format!("FIRE failed: {}", Named(status))))?;
         for request in &parked {
             expect_events(&waiter, request, 1)?;
         }
@@ -135,7 +137,8 @@ fn expect_status(request: &Request, status: u32, what: &str) -> Result<(), Bench
     match request.outcome() {
         Some(outcome) if outcome.status == status => Ok(()),
         other => Err(BenchError::Unexpected(format!(
-            "{what}: expected status {status:#x}, got {other:?}"
+            "{what}: expected status {}, got {other:?}",
+            Named(status)
         ))),
     }
 }

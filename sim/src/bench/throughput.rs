@@ -11,6 +11,7 @@
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use storport_abi::status::Named;
 
 use revcall_protocol::{CURSOR_NOW, Request as Wire};
 use serde::Serialize;
@@ -143,7 +144,7 @@ fn take(
     }
     let delivery = waiter
         .delivery(&outcome)
-        .map_err(|status| BenchError::Unexpected(format!("a WAIT reply: {status:#x}")))?;
+        .map_err(|status| BenchError::Unexpected(format!("a WAIT reply: {}", Named(status))))?;
     let mut expected = (*cursor != CURSOR_NOW).then(|| *cursor + 1);
     for event in &delivery.events {
         if expected.is_some_and(|e| e != event.seq) || delivery.reply.lost != 0 {

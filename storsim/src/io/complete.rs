@@ -11,6 +11,7 @@ use super::{Io, IrpRecord, IrpState, Origin, Outcome};
 use crate::cpu::{self, DISPATCH_LEVEL};
 use crate::pool::PoolError;
 use crate::verifier::{BugCheck, Code, locks, rules};
+use storport_abi::status::Named;
 use storport_abi::status::user::{
     STATUS_CANCELLED, STATUS_MORE_PROCESSING_REQUIRED, STATUS_PENDING,
 };
@@ -108,7 +109,7 @@ impl Io {
                 0x06,
                 addr,
                 u64::from(status),
-                format!("IRP completed with IoStatus.Status = {status:#x}"),
+                format!("IRP completed with IoStatus.Status = {}", Named(status)),
             );
         }
         let routine = irp.take_cancel_routine();
@@ -297,8 +298,9 @@ impl Io {
         }
         if self.machine.config().timeline {
             self.machine.note(format!(
-                "IRP #{} completed: status {status:#010x}, {information} bytes",
-                record.id
+                "IRP #{} completed: {}, {information} bytes",
+                record.id,
+                Named(status)
             ));
         }
         record.origin.request().finish(outcome);

@@ -81,6 +81,12 @@ impl DriverObjects {
         objects
     }
 
+    /// Whether a driver was loaded into these objects: DriverEntry ran and
+    /// StorPortInitialize filled its dispatch table.
+    pub fn loaded(&self) -> bool {
+        self.dispatch(0x0E).is_some()
+    }
+
     pub fn driver(&self) -> *mut DRIVER_OBJECT {
         self.driver.as_ptr() as *mut _
     }
