@@ -35,7 +35,8 @@ fn each_fallible_site_failing_once_degrades_cleanly() {
     }
     let seen = |site| run(site).seen.join("; ");
     assert!(
-        seen(Site::StorPortInitialize).contains("DriverEntry returned STATUS_INSUFFICIENT_RESOURCES"),
+        seen(Site::StorPortInitialize)
+            .contains("DriverEntry returned STATUS_INSUFFICIENT_RESOURCES"),
         "{}",
         report.text()
     );
