@@ -1,5 +1,5 @@
 //! Checks inf/revcall.inf on any host: the conventions of a root-enumerated Storport virtual
-//! miniport INF (STORPORT.md §7) and what infverif and PnP expect, parsed rather than
+//! miniport INF (docs/STORPORT-NOTES.md §7) and what infverif and PnP expect, parsed rather than
 //! pattern-matched.
 //!
 //! Parsing has two layers. `ini_core` splits the file into sections and lines exactly as written:

@@ -5,7 +5,7 @@
 //! Windows x64 target that is the one "system" convention, on Linux it is what the driver's code
 //! actually expects.
 //!
-//! Sources: storport.h / srb.h / wdm.h as tabulated in `shared/reference/STORPORT.md` §1 and §4
+//! Sources: storport.h / srb.h / wdm.h as tabulated in docs/STORPORT-NOTES.md §1 and §4
 //! (DDI: <https://learn.microsoft.com/windows-hardware/drivers/ddi/storport/>). Every size and
 //! every offset the driver reads or writes is asserted below; the `wdk` feature additionally
 //! checks them against wdk-sys on a Windows host (`wdk_check.rs`).
@@ -333,7 +333,7 @@ pub struct SCSI_SUPPORTED_CONTROL_TYPE_LIST {
     pub SupportedTypeList: [BOOLEAN; 0],
 }
 
-// ---- Constants (STORPORT.md §4).
+// ---- Constants (docs/STORPORT-NOTES.md §4).
 
 pub const INTERFACE_TYPE_INTERNAL: i32 = 0;
 pub const STOR_FEATURE_VIRTUAL_MINIPORT: u32 = 0x1;
@@ -373,7 +373,7 @@ pub use status::{
     STATUS_QUOTA_EXCEEDED, STATUS_SUCCESS,
 };
 
-/// IRQLs (x64) and `IO_NO_INCREMENT` (STORPORT.md §4.6).
+/// IRQLs (x64) and `IO_NO_INCREMENT` (docs/STORPORT-NOTES.md §4.6).
 pub const PASSIVE_LEVEL: KIRQL = 0;
 pub const APC_LEVEL: KIRQL = 1;
 pub const DISPATCH_LEVEL: KIRQL = 2;
@@ -432,7 +432,7 @@ pub mod srb_status {
     pub const INVALID_TARGET_ID: u8 = 0x21;
 }
 
-// ---- Layout proofs against STORPORT.md §1.
+// ---- Layout proofs against docs/STORPORT-NOTES.md §1.
 
 const _: () = {
     assert!(size_of::<HW_INITIALIZATION_DATA>() == 0xD0);

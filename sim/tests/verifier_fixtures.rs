@@ -398,7 +398,7 @@ fn timer_requested_above_dispatch_breaks_storportirql() {
 fn null_argument_to_storport_initialize_fails_driver_entry() {
     let report = trips_all("initialize_null_argument", &[(0xF1, Some(0x1000), None)]);
     let error = report["error"].as_str().unwrap_or_default();
-    assert!(error.contains("0xc000000d"), "{report:#}");
+    assert!(error.contains("STATUS_INVALID_PARAMETER"), "{report:#}");
 }
 
 #[test]
@@ -406,7 +406,7 @@ fn bad_init_data_size_fails_driver_entry() {
     let (exit, report) = run("bad_init_size");
     assert_ne!(exit, 0);
     let error = report["error"].as_str().unwrap_or_default();
-    assert!(error.contains("0xc0000059"), "{report:#}");
+    assert!(error.contains("STATUS_REVISION_MISMATCH"), "{report:#}");
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //!
 //! Pure code: the signal handler supplies the instruction bytes through a fetch closure, so the
 //! decoder is tested here on byte slices (Intel SDM "MOV — Move to/from Control Registers";
-//! EMULATION.md §4.2).
+//! docs/EMULATION-NOTES.md §4.2).
 
 use std::ffi::c_int;
 
@@ -102,7 +102,7 @@ mod tests {
 
     #[test]
     fn cr8_reads_and_writes_decode() {
-        // 44 0F 20 C0 = mov rax, cr8; 44 0F 22 C1 = mov cr8, rcx (EMULATION.md §4.2).
+        // 44 0F 20 C0 = mov rax, cr8; 44 0F 22 C1 = mov cr8, rcx (docs/EMULATION-NOTES.md §4.2).
         assert_eq!(
             decode(&[0x44, 0x0F, 0x20, 0xC0]),
             Some(Cr8Move {
@@ -167,7 +167,7 @@ mod tests {
 
     #[test]
     fn greg_slots_follow_glibc_order() {
-        // EMULATION.md §4.2: rax rcx rdx rbx rsp rbp rsi rdi r8–r15 → 13 14 12 11 15 10 9 8 0–7.
+        // docs/EMULATION-NOTES.md §4.2: rax rcx rdx rbx rsp rbp rsi rdi r8–r15 → 13 14 12 11 15 10 9 8 0–7.
         let slots: Vec<usize> = (0..16).map(greg_slot).collect();
         assert_eq!(
             slots,

@@ -121,7 +121,7 @@ unsafe extern "C" fn on_fault(signal: c_int, info: *mut libc::siginfo_t, context
     let rip = gregs[libc::REG_RIP as usize] as usize;
     let trapno = gregs[libc::REG_TRAPNO as usize];
 
-    // `mov cr8` at CPL 3: #GP, reported as SIGSEGV / SI_KERNEL / trap 13 (EMULATION.md §4.2).
+    // `mov cr8` at CPL 3: #GP, reported as SIGSEGV / SI_KERNEL / trap 13 (docs/EMULATION-NOTES.md §4.2).
     if signal == libc::SIGSEGV
         && info.si_code == libc::SI_KERNEL
         && trapno == TRAP_GENERAL_PROTECTION

@@ -2,7 +2,7 @@
 //!
 //! storsim calls the driver natively on ordinary Linux threads. Each such thread becomes an
 //! "emulated CPU" by calling [`enter_thread`], which gives it what inlined kernel code reads
-//! directly from the processor instead of through an import (EMULATION.md §4):
+//! directly from the processor instead of through an import (docs/EMULATION-NOTES.md §4):
 //!
 //! * a GS base pointing at a fake KPCR, so `gs:[0x18]` (KPCR.Self), `gs:[0x20]` (KPCR.CurrentPrcb)
 //!   and `gs:[0x188]` (KPRCB.CurrentThread) are valid;

@@ -170,7 +170,7 @@ impl CpuBlock {
             return Err(io::Error::last_os_error());
         }
         // SAFETY: ARCH_SET_GS only changes this thread's GS base; neither Rust nor glibc uses GS
-        // on x86_64 Linux (EMULATION.md §4.1). The KPCR stays mapped until `Drop` resets GS.
+        // on x86_64 Linux (docs/EMULATION-NOTES.md §4.1). The KPCR stays mapped until `Drop` resets GS.
         if unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_SET_GS, block.kpcr()) } != 0 {
             return Err(io::Error::last_os_error());
         }

@@ -1,6 +1,6 @@
 //! DbgPrint, DbgPrintEx and StorPortDebugPrint: variadic, so each enters through a naked
 //! trampoline that spills the register arguments into the caller's home area and hands the
-//! formatter a pointer to argument 0 (EMULATION.md §3.2 option b).
+//! formatter a pointer to argument 0 (docs/EMULATION-NOTES.md §3.2 option b).
 
 use std::ffi::c_void;
 

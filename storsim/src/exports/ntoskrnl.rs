@@ -23,7 +23,7 @@ use crate::pool::{Owner, PoolError};
 use crate::verifier::locks::LockApi;
 use crate::verifier::{BugCheck, Code};
 
-/// DDI compliance rule ids (VERIFIER.md §2.7).
+/// DDI compliance rule ids (docs/VERIFIER-NOTES.md §2.7).
 const RULE_IRQL_KE_DISPATCH_LTE: u64 = 0x0002_0011;
 const RULE_IRQL_EX_ALLOCATE_POOL: u64 = 0x0002_0004;
 const RULE_IRQL_KE_RELEASE_SPIN_LOCK: u64 = 0x0002_0015;

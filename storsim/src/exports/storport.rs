@@ -1,6 +1,6 @@
 //! The storport.sys routines storsim provides: StorPortInitialize, the variadic
 //! StorPortNotification / StorPortExtendedFunction (fixed-arity shims decoding by their first
-//! argument, EMULATION.md §3.2 option a), the registry routines and StorPortStallExecution.
+//! argument, docs/EMULATION-NOTES.md §3.2 option a), the registry routines and StorPortStallExecution.
 
 use std::ffi::c_void;
 use std::time::Duration;

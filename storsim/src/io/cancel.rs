@@ -1,6 +1,6 @@
 //! IoCancelIrp and the requests that lead to it: CancelIoEx, process exit.
 //!
-//! The algorithm is the kernel's (VERIFIER.md §5): take the global cancel spin lock, set
+//! The algorithm is the kernel's (docs/VERIFIER-NOTES.md §5): take the global cancel spin lock, set
 //! `Irp->Cancel`, swap the cancel routine out and, if there was one, call it at DISPATCH_LEVEL
 //! with the cancel lock held; the routine must release it with IoReleaseCancelSpinLock.
 

@@ -1,4 +1,4 @@
-//! The emulated kernel pool, every block in Special-Pool "Verify End" layout (VERIFIER.md §2.2).
+//! The emulated kernel pool, every block in Special-Pool "Verify End" layout (docs/VERIFIER-NOTES.md §2.2).
 //!
 //! Driver allocations (`ExAllocatePool2`, `StorPortAllocatePool`), IRPs and METHOD_BUFFERED
 //! SystemBuffers all come from here, so a driver's memory bugs fault or show up as a
