@@ -15,7 +15,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     ("imports", 23, 1, 0, 0),
     ("protocol", 0, 0, 0, 0),
     ("sim", 1, 0, 1, 0),
-    ("storsim", 250, 5, 25, 0),
+    ("storsim", 270, 5, 30, 0),
     ("tester", 16, 0, 0, 0),
     ("xtask", 0, 0, 0, 0),
 ];

@@ -381,3 +381,67 @@ impl Machine {
 thread_local! {
     static RNG: RefCell<Option<(u64, fastrand::Rng)>> = const { RefCell::new(None) };
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::{Config, Machine};
+    use crate::cpu::{self, DISPATCH_LEVEL, PASSIVE_LEVEL};
+    use crate::verifier::locks::LockApi;
+
+    fn machine() -> Machine {
+        Machine::new(
+            Config {
+                timeline: false,
+                delay_probability: 0.0,
+                ..Config::default()
+            },
+            0,
+        )
+    }
+
+    fn reports(machine: &Machine) -> Vec<(u32, u64)> {
+        machine
+            .verifier()
+            .violations()
+            .iter()
+            .map(|bug| (bug.code, bug.params[0]))
+            .collect()
+    }
+
+    #[test]
+    fn a_callback_must_return_at_the_irql_it_was_called_at() {
+        std::thread::spawn(|| {
+            let machine = machine();
+            let value = machine.call_driver("HwTimer", DISPATCH_LEVEL, || {
+                assert_eq!(cpu::irql(), DISPATCH_LEVEL);
+                cpu::set_irql(PASSIVE_LEVEL);
+                7
+            });
+            assert_eq!(value, 7);
+            assert_eq!(reports(&machine), [(0xC9, 0x05)]);
+            assert_eq!(cpu::irql(), PASSIVE_LEVEL, "the caller's IRQL is restored");
+        })
+        .join()
+        .expect("the checks hold");
+    }
+
+    #[test]
+    fn a_lock_left_held_by_a_callback_is_reported_and_freed() {
+        std::thread::spawn(|| {
+            let machine = machine();
+            let word = Box::new(AtomicUsize::new(0));
+            let id = &*word as *const AtomicUsize as usize;
+            machine.call_driver("HwProcessServiceRequest", PASSIVE_LEVEL, || {
+                machine.acquire_spin_lock(&word, id, LockApi::InStackQueued, "a spin lock");
+                // Returns without releasing it (and lowers, as a release would have).
+                cpu::set_irql(PASSIVE_LEVEL);
+            });
+            assert_eq!(reports(&machine), [(0xC4, 0x0004_0006)]);
+            assert_eq!(word.load(Ordering::Acquire), 0, "freed for the other CPUs");
+        })
+        .join()
+        .expect("the checks hold");
+    }
+}

@@ -8,6 +8,8 @@ pub mod irp;
 mod kernel_caller;
 pub mod objects;
 mod request;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -11,12 +11,14 @@ mod pnp;
 mod rundown;
 mod service;
 mod srb;
+#[cfg(test)]
+mod tests;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 pub use dispatcher::Dispatcher;
-pub use pnp::{PnpState, StartError};
+pub use pnp::{DIRQL, PnpState, StartError};
 pub use rundown::Rundown;
 pub use service::IOCTL_MINIPORT_PROCESS_SERVICE_IRP as IOCTL;
 

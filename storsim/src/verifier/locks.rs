@@ -61,6 +61,7 @@ pub struct LockOrder {
 }
 
 /// Why an acquisition was refused: the caller reports it and must not take the lock.
+#[derive(Debug)]
 pub enum Refused {
     /// The thread already holds it: taking it again would spin forever.
     Recursive(BugCheck),

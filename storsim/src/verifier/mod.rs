@@ -125,5 +125,7 @@ pub fn current_call() -> String {
 }
 pub mod locks;
 pub mod rules;
+#[cfg(test)]
+mod tests;
 
 pub use rules::Code;

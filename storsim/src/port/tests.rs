@@ -1,0 +1,214 @@
+//! The port driver on its own: a fake miniport written here, no `.sys`. Its routines run on the
+//! test's thread (PnP calls them synchronously), so they find the test's state in thread-locals.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::c_void;
+use std::sync::Arc;
+use std::time::Duration;
+
+use storport_abi::{
+    PORT_CONFIGURATION_INFORMATION, SCSI_REQUEST_BLOCK, SCSI_SUPPORTED_CONTROL_TYPE_LIST,
+};
+
+use super::{DIRQL, PnpState, Port};
+use crate::cpu;
+use crate::io::Io;
+use crate::machine::{Config, Machine};
+use crate::miniport::{Miniport, Routines};
+
+std::thread_local! {
+    /// The callbacks the fake miniport saw, in order, with the IRQL of each.
+    static CALLS: RefCell<Vec<(&'static str, u8)>> = const { RefCell::new(Vec::new()) };
+    /// The port the fake HwStartIo completes its SRB through.
+    static PORT: RefCell<Option<Arc<Port>>> = const { RefCell::new(None) };
+    /// Whether HwFindAdapter forgets ConfigInfo->VirtualDevice.
+    static FORGET_VIRTUAL: Cell<bool> = const { Cell::new(false) };
+}
+
+fn called(name: &'static str) {
+    CALLS.with(|calls| calls.borrow_mut().push((name, cpu::irql())));
+}
+
+unsafe extern "win64" fn find_adapter(
+    _ext: *mut c_void,
+    _context: *mut c_void,
+    _bus: *mut c_void,
+    _lower: *mut c_void,
+    _arguments: *mut i8,
+    config: *mut PORT_CONFIGURATION_INFORMATION,
+    _again: *mut u8,
+) -> u32 {
+    called("HwFindAdapter");
+    // SAFETY: Storport passes a writable configuration for the call.
+    let config = unsafe { &mut *config };
+    config.VirtualDevice = u8::from(!FORGET_VIRTUAL.with(Cell::get));
+    config.MaximumTransferLength = 0x10000;
+    config.NumberOfPhysicalBreaks = 16;
+    1
+}
+
+unsafe extern "win64" fn initialize(_ext: *mut c_void) -> u8 {
+    called("HwInitialize");
+    1
+}
+
+unsafe extern "win64" fn start_io(_ext: *mut c_void, srb: *mut SCSI_REQUEST_BLOCK) -> u8 {
+    called("HwStartIo");
+    // SAFETY: the port hands over a live SRB until it is completed, just below.
+    unsafe { (*srb).SrbStatus = storport_abi::srb_status::SUCCESS };
+    let port = PORT
+        .with(|port| port.borrow().clone())
+        .expect("the test's port");
+    port.srb_complete(srb as usize);
+    1
+}
+
+unsafe extern "win64" fn reset_bus(_ext: *mut c_void, _path: u32) -> u8 {
+    1
+}
+
+unsafe extern "win64" fn adapter_control(
+    _ext: *mut c_void,
+    control: u32,
+    list: *mut c_void,
+) -> u32 {
+    match control {
+        0 => {
+            called("HwAdapterControl(query)");
+            let list = list.cast::<SCSI_SUPPORTED_CONTROL_TYPE_LIST>();
+            // SAFETY: for the query Storport passes a list with MaxControlType entries.
+            let max = unsafe { (*list).MaxControlType } as usize;
+            // SAFETY: this only forms the address of the entries, inside the list.
+            let first = unsafe { &raw mut (*list).SupportedTypeList }.cast::<u8>();
+            // SAFETY: `max` entries follow the header, the callee's to write for the call.
+            let entries = unsafe { std::slice::from_raw_parts_mut(first, max) };
+            entries[..3].fill(1);
+        }
+        1 => called("ScsiStopAdapter"),
+        2 => called("ScsiRestartAdapter"),
+        _ => called("HwAdapterControl(other)"),
+    }
+    0
+}
+
+fn port() -> Arc<Port> {
+    let machine = Arc::new(Machine::new(
+        Config {
+            timeline: false,
+            delay_probability: 0.0,
+            rundown_limit: Duration::from_millis(50),
+            ..Config::default()
+        },
+        0,
+    ));
+    let io = Arc::new(Io::new(machine.clone(), "test"));
+    let port = Arc::new(Port::new(machine, io));
+    let routines = Routines {
+        find_adapter,
+        initialize,
+        start_io,
+        reset_bus,
+        adapter_control: Some(adapter_control),
+        free_adapter_resources: None,
+        process_service_request: None,
+        complete_service_irp: None,
+    };
+    // SAFETY: every routine above has its storport.h prototype and lives for the test.
+    port.register(unsafe { Miniport::new(routines, 64, 0) });
+    PORT.with(|slot| *slot.borrow_mut() = Some(port.clone()));
+    CALLS.with(|calls| calls.borrow_mut().clear());
+    FORGET_VIRTUAL.with(|forget| forget.set(false));
+    port
+}
+
+fn calls() -> Vec<(&'static str, u8)> {
+    CALLS.with(|calls| calls.borrow().clone())
+}
+
+fn violations(port: &Port) -> Vec<(u32, u64)> {
+    port.machine
+        .verifier()
+        .violations()
+        .iter()
+        .map(|bug| (bug.code, bug.params[0]))
+        .collect()
+}
+
+#[test]
+fn a_start_finds_initializes_queries_and_scans_in_that_order() {
+    let port = port();
+    port.start_adapter().expect("starts");
+    assert_eq!(port.state(), PnpState::Started);
+    let names: Vec<&str> = calls().iter().map(|(name, _)| *name).collect();
+    assert_eq!(
+        names,
+        [
+            "HwFindAdapter",
+            "HwInitialize",
+            "HwAdapterControl(query)",
+            "HwStartIo"
+        ]
+    );
+    assert!(
+        calls()
+            .iter()
+            .filter(|(name, _)| *name != "HwStartIo")
+            .all(|(_, irql)| *irql == 0)
+    );
+    assert!(violations(&port).is_empty(), "{:?}", violations(&port));
+}
+
+#[test]
+fn stop_and_restart_come_at_dirql_and_keep_the_extension() {
+    let port = port();
+    port.start_adapter().expect("starts");
+    let extension = port.extension();
+    port.power_cycle_adapter();
+    let controls: Vec<(&str, u8)> = calls()
+        .into_iter()
+        .filter(|(name, _)| name.starts_with("Scsi"))
+        .collect();
+    assert_eq!(
+        controls,
+        [("ScsiStopAdapter", DIRQL), ("ScsiRestartAdapter", DIRQL)]
+    );
+    port.stop_adapter();
+    assert_eq!(port.state(), PnpState::Stopped);
+    port.start_adapter().expect("starts again");
+    assert_eq!(port.extension(), extension, "kept across a stop");
+    assert_eq!(port.starts(), 2);
+}
+
+#[test]
+fn a_virtual_adapter_must_say_it_is_virtual() {
+    let port = port();
+    FORGET_VIRTUAL.with(|forget| forget.set(true));
+    port.start_adapter().expect("starts anyway");
+    assert_eq!(violations(&port), [(0xC4, 0x5700_0007)]);
+}
+
+#[test]
+fn an_srb_completed_twice_is_0xf1_2004() {
+    let port = port();
+    port.start_adapter().expect("starts");
+    port.srb_complete(0x1234);
+    assert_eq!(violations(&port), [(0xF1, 0x2004)]);
+}
+
+#[test]
+fn a_removal_with_a_reference_never_released_is_a_hang() {
+    let port = port();
+    port.start_adapter().expect("starts");
+    assert!(port.rundown.acquire(), "the rundown is open once started");
+    port.remove_adapter(|| {});
+    assert_eq!(port.state(), PnpState::Removed);
+    assert!(violations(&port).contains(&(0xC4, 0x5700_0003)));
+    // A new instance: a fresh extension, the rundown open again after its start.
+    let old = port.extension();
+    port.add_adapter().expect("added");
+    assert_eq!(port.state(), PnpState::Added);
+    assert_eq!(port.extension(), None);
+    port.start_adapter().expect("starts");
+    assert_ne!(port.extension(), old);
+    assert_eq!(port.io.device_instance(), 1);
+}
