@@ -16,13 +16,15 @@ use crate::verifier::{self, BugCheck, Code};
 /// Why a driver did not get as far as a started adapter.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
-    #[error("cannot read {path}: {source}")]
+    // The reasons are part of the message, not error sources: a report that prints the chain
+    // (anyhow's `{:#}`) would say them twice.
+    #[error("cannot read {path}: {reason}")]
     Read {
         path: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
-    #[error("Windows would refuse to load {name}: {source}")]
-    Load { name: String, source: LoadError },
+    #[error("Windows would refuse to load {name}: {reason}")]
+    Load { name: String, reason: LoadError },
     #[error("DriverEntry of {name} failed with {}", Named(*status))]
     DriverEntry { name: String, status: u32 },
     #[error("PnP start failed: {0}")]
@@ -52,14 +54,14 @@ pub fn load(kernel: &Arc<Kernel>, path: &std::path::Path) -> Result<Driver, RunE
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        let bytes = std::fs::read(path).map_err(|source| RunError::Read {
+        let bytes = std::fs::read(path).map_err(|reason| RunError::Read {
             path: path.display().to_string(),
-            source,
+            reason,
         })?;
         let image =
-            Image::load(&bytes, &name, &exports::resolve).map_err(|source| RunError::Load {
+            Image::load(&bytes, &name, &exports::resolve).map_err(|reason| RunError::Load {
                 name: name.clone(),
-                source,
+                reason,
             })?;
         IMAGE_BASE.store(image.base(), Ordering::Release);
         IMAGE_SIZE.store(image.size(), Ordering::Release);

@@ -172,12 +172,9 @@ fn command<T: Transport>(cli: &Cli, transport: &T) -> anyhow::Result<i32> {
         }
         Command::Discover { delay_ms, wait } => discover(cli, &adapter, *delay_ms, *wait)?,
         Command::Stats => {
-            let stats = adapter.stats()?;
-            print(
-                cli,
-                serde_json::to_value(StatsView::from(&stats))?,
-                format!("{stats:#?}"),
-            );
+            let view = serde_json::to_value(StatsView::from(&adapter.stats()?))?;
+            let text = stats_table(&view);
+            print(cli, view, text);
             0
         }
         Command::Watch {
@@ -218,6 +215,19 @@ fn command<T: Transport>(cli: &Cli, transport: &T) -> anyhow::Result<i32> {
     };
     adapter.close();
     Ok(code)
+}
+
+/// STATS for people: one counter a line, names aligned (the JSON form has the same names).
+fn stats_table(view: &serde_json::Value) -> String {
+    let fields = view
+        .as_object()
+        .map(|o| o.iter().collect::<Vec<_>>())
+        .unwrap_or_default();
+    let width = fields.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    fields
+        .iter()
+        .map(|(name, value)| format!("{name:<width$}  {value:>10}\n"))
+        .collect()
 }
 
 fn print(cli: &Cli, value: serde_json::Value, text: String) {
