@@ -46,7 +46,7 @@ enum Task {
     },
     /// Build revcall.sys and storsim's fixture drivers (target/fixtures), then run the whole
     /// test suite: unit, property, model (loom) and PE-image tests, clippy for the host and the
-    /// driver target, rustfmt, the demo scenario, a short torture run, the systematic
+    /// driver target, rustfmt, the demo and surprise-removal scenarios, a short torture run, the systematic
     /// low-resources run and the tester's self-test.
     Test,
 }
@@ -299,7 +299,8 @@ fn test() -> Result<()> {
             "warnings",
         ]),
     )?;
-    demo_is_clean(&sys)?;
+    scenario_is_clean(&sys, "demo")?;
+    scenario_is_clean(&sys, "surprise-removal")?;
     torture_is_clean(&sys)?;
     faults_are_handled(&sys)?;
     selftest_passes(&sys)?;
@@ -557,12 +558,13 @@ fn faults_are_handled(sys: &Path) -> Result<()> {
     Ok(())
 }
 
-/// The main job's scenario, as a test: `storsim run revcall.sys --scenario demo --json` on
-/// 4 emulated CPUs must report no violation and leave no IRP outstanding.
-fn demo_is_clean(sys: &Path) -> Result<()> {
-    eprintln!("==> storsim: revcall.sys, demo scenario, 4 CPUs, --json");
+/// The main job's scenario, and the surprise removal's, as tests: `storsim run revcall.sys
+/// --scenario <name> --json` on 4 emulated CPUs must report no violation and leave no IRP
+/// outstanding.
+fn scenario_is_clean(sys: &Path, scenario: &str) -> Result<()> {
+    eprintln!("==> storsim: revcall.sys, {scenario} scenario, 4 CPUs, --json");
     let output = storsim_run(sys)
-        .args(["--scenario", "demo", "--cpus", "4", "--json"])
+        .args(["--scenario", scenario, "--cpus", "4", "--json"])
         .output()
         .context("running storsim")?;
     let report = json_report(&output, "storsim")?;
@@ -578,7 +580,7 @@ fn demo_is_clean(sys: &Path) -> Result<()> {
     );
     if !output.status.success() || violations != 0 || outstanding != Some(0) {
         bail!(
-            "the demo scenario is not clean:\n{}",
+            "the {scenario} scenario is not clean:\n{}",
             String::from_utf8_lossy(&output.stdout)
         );
     }
