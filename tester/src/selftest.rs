@@ -426,6 +426,74 @@ fn stats_count<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     Ok(format!("head {} → {}", before.head_seq, after.head_seq))
 }
 
+/// STATS agrees with what this client saw: every request it completed, cancelled or refused
+/// is counted once, and the DiscoveryComplete event names as many DISCOVERs as joined it.
+fn stats_match_what_the_client_saw<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let before = a.stats().map_err(|e| e.to_string())?;
+    for round in 0..3 {
+        a.fire(10, round).map_err(|e| e.to_string())?;
+    }
+    let refused = a
+        .raw(&[0xFF; 3], 64, PROMPT)
+        .map_err(|e| e.to_string())?
+        .status;
+    check!(
+        refused == STATUS_INVALID_PARAMETER,
+        "a 3-byte request: {refused:#x}"
+    );
+    let doomed = a.post_wait(CURSOR_NOW, 1).map_err(|e| e.to_string())?;
+    ctx.transport.cancel(a.handle, &doomed);
+    let cancelled = ctx
+        .transport
+        .wait(&doomed, PROMPT)
+        .ok_or("the cancelled WAIT never completed")?;
+    check!(
+        cancelled.status == STATUS_CANCELLED,
+        "{:#x}",
+        cancelled.status
+    );
+    let waiting = a.post_wait(CURSOR_NOW, 8).map_err(|e| e.to_string())?;
+    let first = a.discover(20).map_err(|e| e.to_string())?;
+    let second = a.discover(20).map_err(|e| e.to_string())?;
+    check!(second.id == first.id, "the second DISCOVER did not join");
+    let joined = std::cell::Cell::new(None);
+    until(ctx, &a, waiting, |e| {
+        let done = e.kind == EventKind::DiscoveryComplete as u32 && e.arg0 == first.id;
+        if done {
+            joined.set(Some(e.arg1));
+        }
+        done
+    })?;
+    let joined = joined.get();
+    check!(
+        joined == Some(2),
+        "DiscoveryComplete says {joined:?} joined, 2 did"
+    );
+    let after = a.stats().map_err(|e| e.to_string())?;
+    // Completed since `before` was answered: that STATS itself, 3 FIREs, the refusal, the
+    // cancelled WAIT, 2 DISCOVERs and the WAITs `until` saw complete (at least one).
+    let completed = after.completed - before.completed;
+    check!(
+        (9..=9 + 8).contains(&completed),
+        "completed grew by {completed}: {before:?} → {after:?}"
+    );
+    check!(
+        (
+            after.cancelled - before.cancelled,
+            after.rejected - before.rejected,
+            after.events_injected - before.events_injected,
+            after.discoveries_started - before.discoveries_started,
+            after.discoveries_completed - before.discoveries_completed,
+        ) == (1, 1, 3, 1, 1),
+        "{before:?} → {after:?}"
+    );
+    a.close();
+    Ok(format!(
+        "{completed} completions, 1 cancelled, 1 refused, 3 fired, 1 discovery joined by 2"
+    ))
+}
+
 fn cancel_one<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     let a = ctx.open(1)?;
     let keep = a.post_wait(CURSOR_NOW, 1).map_err(|e| e.to_string())?;
@@ -692,6 +760,11 @@ fn cases<T: Transport>() -> Vec<Case<T>> {
         ("discover_completes_later", false, discover_completes_later),
         ("discover_coalesces", false, discover_coalesces),
         ("stats_count_events", false, stats_count),
+        (
+            "stats_match_what_the_client_saw",
+            false,
+            stats_match_what_the_client_saw,
+        ),
         ("cancel_one", false, cancel_one),
         ("cancel_all", false, cancel_all),
         ("parked_request_cap", false, parked_cap),
