@@ -114,10 +114,10 @@ fn execute(cli: &Cli) -> anyhow::Result<i32> {
         anyhow::bail!("--sim needs Linux: storsim runs the driver in a Linux process");
     }
     if matches!(cli.command, Command::List) {
-        let ports = crate::windows::list()?;
+        let adapters = crate::windows::list()?;
         return Ok(print_list(
             cli,
-            ports
+            adapters
                 .iter()
                 .map(|p| (p.path.clone(), p.note.clone()))
                 .collect(),
