@@ -19,6 +19,10 @@
 //!   are the one Microsoft x64 convention.
 //!
 //! This cannot be compiled on Linux (wdk-sys generates its bindings from the installed WDK).
+//! WDKs it works with: 10.0.22621, and 10.0.26100 from .4202 (earlier 26100 builds break
+//! bindgen on storport.h + ntddstor.h). Prerelease WDKs move HwAdapterControl and
+//! HwUnitControl of HW_INITIALIZATION_DATA into unions; the field checks below then need the
+//! union's member path.
 //! The wdk-sys names follow bindgen's conventions as wdk-sys 0.5 configures them (type aliases
 //! `NAME` for `struct _NAME`, `__bindgen_anon_N` for anonymous members, enums as modules
 //! `_TAG::Variant`, functions in `wdk_sys::ntddk` and `wdk_sys::storage`); docs/WINDOWS.md lists

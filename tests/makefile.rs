@@ -100,8 +100,23 @@ fn package_runs_the_wdk_tools_in_order() {
             .any(|a| a == ["-f", "${PACKAGE_DIR}/revcall.inf"])
     );
 
-    let (program, args) = command(task(&makefile, "infverif"));
+    let infverif = task(&makefile, "infverif");
+    let (program, args) = command(infverif);
     assert_eq!(program, "infverif");
+    // infverif lives in the WDK's Tools\<version>\<arch>, which a build prompt lacks.
+    assert_eq!(
+        infverif
+            .get("dependencies")
+            .and_then(Value::as_array)
+            .map(Vec::len),
+        Some(1)
+    );
+    assert!(
+        task(&makefile, "wdk-tools-on-path")
+            .get("script")
+            .and_then(Value::as_str)
+            .is_some_and(|s| s.contains("/Tools/*/x64/infverif.exe"))
+    );
     assert!(args.iter().any(|a| a.ends_with("revcall.inf")));
 
     let (program, args) = command(task(&makefile, "inf2cat"));
@@ -109,6 +124,21 @@ fn package_runs_the_wdk_tools_in_order() {
     assert!(args.contains(&"/os:10_X64"));
     assert!(args.iter().any(|a| a.starts_with("/driver:")));
 
+    // A new certificate replaces the old one in the store: never two of one name.
+    let (program, args) = command(task(&makefile, "test-cert-replace"));
+    assert_eq!(
+        (program, args.as_slice()),
+        (
+            "certutil",
+            [
+                "-user",
+                "-delstore",
+                "revcallTestCertStore",
+                "revcallTestCert"
+            ]
+            .as_slice()
+        )
+    );
     let (program, args) = command(task(&makefile, "test-cert"));
     assert_eq!(program, "makecert");
     assert!(args.contains(&"1.3.6.1.5.5.7.3.3"), "code-signing EKU");
