@@ -535,3 +535,75 @@ fn a_handle_to_a_removed_adapter_stays_dead_and_a_new_one_waits_for_the_start() 
     }
     finish(harness);
 }
+
+/// Windows lets another thread cancel an IRP at any point after it exists, including while
+/// HwProcessServiceRequest is deciding whether to park it. Here a second CPU cancels the
+/// handle's requests over and over while the first sends WAITs: every WAIT still ends exactly
+/// once, either cancelled with nothing or delivered with a real reply — and the window was hit.
+#[test]
+fn a_cancel_from_another_cpu_during_dispatch_never_loses_or_empties_a_wait() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let harness = start_with(Config {
+        delay_probability: 0.3,
+        seed: 11,
+        ..Config::default()
+    });
+    let kernel = harness.kernel.clone();
+    let channel = Channel::open(&kernel, 1);
+    let stop = AtomicBool::new(false);
+    let waits = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            storsim::cpu::enter_thread();
+            while !stop.load(Ordering::Acquire) {
+                kernel.cancel_io(channel.handle, None);
+                std::thread::yield_now();
+            }
+        });
+        let mut waits = Vec::new();
+        for round in 0..1500u64 {
+            waits.push(channel.wait(CURSOR_NOW, 4));
+            if round % 25 == 0 {
+                let _ = channel.fire(3, round);
+            }
+        }
+        stop.store(true, Ordering::Release);
+        waits
+    });
+    kernel.cancel_io(channel.handle, None);
+    kernel.io().await_cancellations();
+    let (mut delivered, mut cancelled) = (0, 0);
+    for waiting in &waits {
+        let outcome = waiting.wait(PROMPT).expect("every WAIT ends");
+        assert_eq!(
+            waiting.completions(),
+            1,
+            "WAIT #{} completed twice",
+            waiting.id
+        );
+        match outcome.status {
+            STATUS_SUCCESS => {
+                let got = channel.delivery(&outcome).unwrap_or_else(|status| {
+                    panic!("a successful WAIT without a reply ({status:#x})")
+                });
+                assert!(!got.events.is_empty(), "a successful WAIT with no event");
+                delivered += 1;
+            }
+            STATUS_CANCELLED => {
+                assert_eq!(outcome.information, 0, "a cancelled WAIT carries nothing");
+                cancelled += 1;
+            }
+            other => panic!("WAIT #{} ended with {other:#x}", waiting.id),
+        }
+    }
+    let during = kernel
+        .io()
+        .counters()
+        .cancels_during_dispatch
+        .load(Ordering::Relaxed);
+    assert!(
+        during > 0,
+        "no cancel ever reached an IRP inside its dispatch routine ({delivered} delivered, {cancelled} cancelled)"
+    );
+    channel.close();
+    finish(harness);
+}

@@ -42,6 +42,11 @@ impl Io {
             match irps.get_mut(&addr) {
                 Some(record) if record.state == IrpState::WithDriver => {
                     record.cancelled_at.get_or_insert_with(Instant::now);
+                    if record.dispatching {
+                        self.counters
+                            .cancels_during_dispatch
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
                     // SAFETY: the registry lists it in flight with this stack count, and its lock
                     // (held until the end of this block) keeps completion from freeing it.
                     let irp = unsafe { IrpPtr::new(addr as *mut _, record.stack_count) };

@@ -109,6 +109,8 @@ struct IrpRecord {
     /// Holds a reference on its device that only the port driver's own completion routine
     /// releases (Storport's rundown reference of a service IRP): see [`Via`].
     pub referenced: bool,
+    /// Its dispatch routine is running (IoCallDriver has not returned yet).
+    pub dispatching: bool,
     pub cancelled_at: Option<Instant>,
 }
 
@@ -137,6 +139,9 @@ pub struct Counters {
     pub completed: AtomicU64,
     pub cancelled: AtomicU64,
     pub cancel_requests: AtomicU64,
+    /// IoCancelIrp calls that found the IRP still inside its dispatch routine (another CPU
+    /// cancelled it while the driver was deciding whether to park it).
+    pub cancels_during_dispatch: AtomicU64,
 }
 
 /// The I/O manager.
@@ -540,6 +545,7 @@ impl Io {
                 in_len: input.len() as u32,
                 out_len,
                 referenced: false,
+                dispatching: false,
                 cancelled_at: None,
             },
         );
@@ -560,9 +566,20 @@ impl Io {
             self.complete(irp.addr(), Via::Port);
             return STATUS_INVALID_DEVICE_REQUEST;
         };
+        let addr = irp.addr();
+        self.set_dispatching(addr, true);
         // SAFETY: the slot holds a DRIVER_DISPATCH (`DriverObjects::dispatch`); its contract:
         // the FDO and an IRP whose current location is the FDO's, owned by the callee now.
-        unsafe { dispatch(self.objects.fdo().cast(), irp.as_ptr()) as u32 }
+        let status = unsafe { dispatch(self.objects.fdo().cast(), irp.as_ptr()) } as u32;
+        // By address only: the IRP may be completed and gone by now.
+        self.set_dispatching(addr, false);
+        status
+    }
+
+    fn set_dispatching(&self, irp: usize, dispatching: bool) {
+        if let Some(record) = self.irps().get_mut(&irp) {
+            record.dispatching = dispatching;
+        }
     }
 
     /// Reports a violation about an IRP: 0x44 names only the IRP; the others carry a sub-code.
