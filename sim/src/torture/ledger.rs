@@ -9,7 +9,7 @@ use revcall_protocol::status::{
     STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_NOT_SUPPORTED,
     STATUS_QUOTA_EXCEEDED, STATUS_SUCCESS,
 };
-use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, WaitReply};
+use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, WaitFlags, WaitReply};
 
 /// What a request was, for the statuses it may end with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,6 +81,10 @@ pub enum StreamError {
         "STATUS_DEVICE_REMOVED at cursor {cursor} but the last event delivered (kind {kind}) was not the removal"
     )]
     RemovalNotDelivered { cursor: u64, kind: u32 },
+    #[error(
+        "reply flags {flags:#x} up to seq {last}: a reply with the removal event must say FINAL, and a FINAL reply without MORE must end with it"
+    )]
+    FinalFlag { flags: u32, last: u64 },
     #[error(
         "{events} delivered + {lost} lost do not make the events between cursor {base} and {cursor}"
     )]
@@ -163,6 +167,17 @@ impl WaiterLog {
         if reply.cursor != last.seq {
             return Err(StreamError::CursorNotLast {
                 cursor: reply.cursor,
+                last: last.seq,
+            });
+        }
+        let is_final =
+            |event: &EventRecord| EventKind::try_from(event.kind).is_ok_and(EventKind::is_final);
+        let final_flag = reply.flags & WaitFlags::FINAL != 0;
+        let more = reply.flags & WaitFlags::MORE != 0;
+        if (events.iter().any(is_final) && !final_flag) || (final_flag && !more && !is_final(last))
+        {
+            return Err(StreamError::FinalFlag {
+                flags: reply.flags,
                 last: last.seq,
             });
         }
@@ -343,8 +358,41 @@ mod tests {
         );
         let mut removed = event(2);
         removed.kind = EventKind::AdapterRemoved as u32;
-        log.absorb(&reply(2, 0, 1), &[removed]).unwrap();
+        let final_reply = WaitReply {
+            flags: WaitFlags::FINAL,
+            ..reply(2, 0, 1)
+        };
+        log.absorb(&final_reply, &[removed]).unwrap();
         log.removed().unwrap();
+    }
+
+    #[test]
+    fn the_final_flag_goes_with_the_removal_event() {
+        let mut removed = event(2);
+        removed.kind = EventKind::SurpriseRemoved as u32;
+        // The removal event without FINAL.
+        let mut log = WaiterLog::new(0);
+        assert_eq!(
+            log.absorb(&reply(2, 0, 2), &[event(1), removed]),
+            Err(StreamError::FinalFlag { flags: 0, last: 2 })
+        );
+        // FINAL and nothing more retained, but the last event is not the removal.
+        let mut log = WaiterLog::new(0);
+        let flagged = WaitReply {
+            flags: WaitFlags::FINAL,
+            ..reply(1, 0, 1)
+        };
+        assert!(matches!(
+            log.absorb(&flagged, &[event(1)]),
+            Err(StreamError::FinalFlag { .. })
+        ));
+        // FINAL with MORE: older events first, the removal still to come.
+        let mut log = WaiterLog::new(0);
+        let partial = WaitReply {
+            flags: WaitFlags::FINAL | WaitFlags::MORE,
+            ..reply(1, 0, 1)
+        };
+        log.absorb(&partial, &[event(1)]).unwrap();
     }
 
     #[test]
