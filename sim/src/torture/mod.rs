@@ -267,17 +267,69 @@ fn cycles(
                 _ => {}
             }
             let surprise = rng.bool();
+            // A handle of this instance, for requests in the removal's window.
+            let late = crate::client::Channel::open(kernel, LATE_PROCESS);
             removals.observe(kernel, shared, surprise, || {
                 if surprise {
                     kernel.surprise_remove_adapter();
                 }
-                kernel.remove_adapter(|| {});
+                kernel.remove_adapter(|| late_requests(&late, shared, surprise));
             });
+            late.close();
             restart(kernel, shared, true);
             next += 1;
             continue;
         }
         std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// The emulated process that sends requests into the removal's window.
+const LATE_PROCESS: u32 = 0x4C41_5445;
+
+/// Requests sent after HwCompleteServiceIrp and before Storport's rundown wait (the window
+/// docs/STORPORT-NOTES.md §6.7 describes). They reach the miniport, which is closed and must
+/// refuse each at once with STATUS_DEVICE_REMOVED, never park it; after a surprise removal the
+/// rundown is already closed and Storport itself answers STATUS_DELETE_PENDING.
+fn late_requests(late: &crate::client::Channel, shared: &Shared, surprise: bool) {
+    use revcall_protocol::Request as Wire;
+    use storport_abi::status::Named;
+    use storport_abi::status::user::{
+        STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_INSUFFICIENT_RESOURCES,
+    };
+    let expected = if surprise {
+        STATUS_DELETE_PENDING
+    } else {
+        STATUS_DEVICE_REMOVED
+    };
+    let requests = [
+        Wire::Wait {
+            cursor: revcall_protocol::CURSOR_NOW,
+            max_events: 1,
+        },
+        Wire::Fire {
+            code: u32::from(u16::MAX),
+            value: 0,
+        },
+        Wire::Discover { delay_ms: 1 },
+    ];
+    for request in requests {
+        let bytes = revcall_client::channel::encode(&request);
+        let sent = late.send_raw(&bytes, 256);
+        let status = match sent {
+            Ok(pending) => pending.wait(Duration::from_secs(2)).map(|o| o.status),
+            // The low-resources simulation may refuse the IRP itself.
+            Err(STATUS_INSUFFICIENT_RESOURCES) if shared.fault_rate > 0.0 => continue,
+            Err(status) => Some(status),
+        };
+        if status != Some(expected) {
+            let got = status.map_or("still pending".to_owned(), |s| Named(s).to_string());
+            shared.fail(format!(
+                "{:?} in the removal window: {got}, not {}",
+                request.opcode(),
+                Named(expected)
+            ));
+        }
     }
 }
 
