@@ -114,13 +114,20 @@ fn execute(cli: &Cli) -> anyhow::Result<i32> {
         anyhow::bail!("--sim needs Linux: storsim runs the driver in a Linux process");
     }
     if matches!(cli.command, Command::List) {
-        let ports = crate::windows::list()?;
+        let found = match cli.port {
+            None => crate::windows::list()?,
+            // The explicit port is probed even if it is not revcall's: its note says so.
+            Some(_) => {
+                let adapter = crate::windows::Windows::open_adapter(cli.port)?;
+                vec![crate::discovery::Found {
+                    note: crate::discovery::probe(&adapter)?,
+                    path: adapter.path().to_owned(),
+                }]
+            }
+        };
         return Ok(print_list(
             cli,
-            ports
-                .iter()
-                .map(|p| (p.path.clone(), p.note.clone()))
-                .collect(),
+            found.into_iter().map(|f| (f.path, f.note)).collect(),
         ));
     }
     let adapter = crate::windows::Windows::open_adapter(cli.port)?;

@@ -1,15 +1,27 @@
-//! The Windows backend: the installed revcall adapter through `\\.\ScsiN:`, opened for read and
-//! write with FILE_FLAG_OVERLAPPED; every request is an overlapped DeviceIoControl with its own
-//! event, so any number can be in flight (Storport answers every one STATUS_PENDING).
+//! The Windows backend: the installed revcall adapter, opened for read and write with
+//! FILE_FLAG_OVERLAPPED; every request is an overlapped DeviceIoControl with its own event, so
+//! any number can be in flight (Storport answers every one STATUS_PENDING).
+//!
+//! revcall's adapters are found through the device interface Storport registers for every
+//! adapter it starts (GUID_DEVINTERFACE_STORAGEPORT), keeping only devnodes with revcall's
+//! hardware id ([`crate::discovery`]); `--port N` opens `\\.\ScsiN:` instead. What a
+//! DeviceIoControl result means, and when a request may be waited on, is decided in
+//! [`crate::overlapped`]; this file only makes the calls.
 
-use std::ffi::c_void;
-use std::ptr::null_mut;
+use std::mem::{offset_of, size_of};
+use std::ptr::{NonNull, null, null_mut};
 use std::time::Duration;
 
 use revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP;
+use windows_sys::Win32::Devices::DeviceAndDriverInstallation::{
+    DIGCF_DEVICEINTERFACE, DIGCF_PRESENT, HDEVINFO, SP_DEVICE_INTERFACE_DATA,
+    SP_DEVICE_INTERFACE_DETAIL_DATA_W, SP_DEVINFO_DATA, SPDRP_HARDWAREID,
+    SetupDiDestroyDeviceInfoList, SetupDiEnumDeviceInterfaces, SetupDiGetClassDevsW,
+    SetupDiGetDeviceInterfaceDetailW, SetupDiGetDeviceRegistryPropertyW,
+};
 use windows_sys::Win32::Foundation::{
-    CloseHandle, ERROR_ACCESS_DENIED, ERROR_IO_PENDING, GENERIC_READ, GENERIC_WRITE, GetLastError,
-    HANDLE, INVALID_HANDLE_VALUE,
+    CloseHandle, ERROR_ACCESS_DENIED, GENERIC_READ, GENERIC_WRITE, GetLastError, HANDLE,
+    INVALID_HANDLE_VALUE,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
@@ -17,15 +29,14 @@ use windows_sys::Win32::Storage::FileSystem::{
 use windows_sys::Win32::System::IO::{
     CancelIoEx, DeviceIoControl, GetOverlappedResult, GetOverlappedResultEx, OVERLAPPED,
 };
+use windows_sys::Win32::System::Ioctl::GUID_DEVINTERFACE_STORAGEPORT;
 use windows_sys::Win32::System::Threading::CreateEventW;
 
+use crate::discovery::{self, Found};
+use crate::overlapped::{self, Io, Request, status_from_win32, win32};
 use crate::transport::{Completion, Transport, TransportError};
 
-const STATUS_PENDING: usize = 0x103;
-/// SCSI port numbers probed for `\\.\ScsiN:`.
-const PORTS: u32 = 64;
-
-/// One revcall adapter, by its SCSI port path.
+/// One revcall adapter, by the path that opens it.
 pub struct Windows {
     path: String,
 }
@@ -33,26 +44,134 @@ pub struct Windows {
 /// An open handle (a kernel HANDLE as an integer, so it is Copy + Send).
 pub type Handle = usize;
 
-/// An overlapped request: the OVERLAPPED, its event and the output buffer must stay put until
-/// the I/O completes, so they live in one box that is only freed after completion.
-pub struct Pending {
-    overlapped: Box<OVERLAPPED>,
-    output: Vec<u8>,
+/// A request the kernel accepted ([`Request`] waits for it before its buffers go).
+pub type Pending = Request<Win32Io>;
+
+/// The system side of one overlapped request: its OVERLAPPED, the event in it and the output
+/// buffer.
+///
+/// # Invariants
+///
+/// `overlapped` and `output` come from `Box::into_raw` and are freed only by `Drop`. While the
+/// request is in flight the kernel writes both, so neither is ever reached through a `&` or
+/// `&mut` (only raw pointers and the system calls); `output` is read only after completion.
+/// Only [`Request`] holds one that was in flight, and it waits for the completion before
+/// dropping it.
+pub struct Win32Io {
     file: Handle,
+    event: Handle,
+    overlapped: NonNull<OVERLAPPED>,
+    output: NonNull<[u8]>,
 }
 
-// SAFETY: the OVERLAPPED and buffer are owned by this value and touched by the kernel only
-// until completion; HANDLEs are process-wide and usable from any thread.
-unsafe impl Send for Pending {}
-// SAFETY: shared access only reads the OVERLAPPED's status words (as GetOverlappedResult does).
-unsafe impl Sync for Pending {}
+// SAFETY: the allocations are owned by this value (Invariants); the kernel's writes are
+// observed only through the volatile status read and the system calls, and HANDLEs are
+// process-wide, usable from any thread.
+unsafe impl Send for Win32Io {}
+// SAFETY: shared access reads the status word (volatile), calls the thread-safe
+// GetOverlappedResult[Ex]/CancelIoEx, or reads `output` after completion, when nothing writes it.
+unsafe impl Sync for Win32Io {}
 
-impl Pending {
-    /// `OVERLAPPED.Internal`: STATUS_PENDING until the kernel stores the final NTSTATUS.
+impl Win32Io {
+    /// A fresh OVERLAPPED with its own manual-reset event, and an `out_len`-byte buffer.
+    fn new(file: Handle, out_len: u32) -> Result<Self, u32> {
+        // SAFETY: a manual-reset, initially clear, unnamed event with default security.
+        let event = unsafe { CreateEventW(null(), 1, 0, null()) };
+        if event.is_null() {
+            // SAFETY: reads this thread's last-error value.
+            return Err(status_from_win32(unsafe { GetLastError() }));
+        }
+        let overlapped = Box::new(OVERLAPPED {
+            hEvent: event,
+            ..OVERLAPPED::default()
+        });
+        let output = vec![0u8; out_len as usize].into_boxed_slice();
+        Ok(Self {
+            file,
+            event: event as Handle,
+            overlapped: NonNull::from(Box::leak(overlapped)),
+            output: NonNull::from(Box::leak(output)),
+        })
+    }
+
+    /// The output buffer for DeviceIoControl: NULL when empty.
+    fn output_ptr(&self) -> *mut std::ffi::c_void {
+        if self.output.is_empty() {
+            null_mut()
+        } else {
+            self.output.as_ptr().cast()
+        }
+    }
+}
+
+impl Io for Win32Io {
     fn status(&self) -> usize {
-        // SAFETY: a valid, aligned field of our own OVERLAPPED; read volatile because the
-        // kernel writes it when the I/O completes.
-        unsafe { std::ptr::read_volatile(&self.overlapped.Internal) }
+        let internal = self
+            .overlapped
+            .as_ptr()
+            .wrapping_byte_add(offset_of!(OVERLAPPED, Internal))
+            .cast::<usize>();
+        // SAFETY: `Internal` of our live, aligned OVERLAPPED (Invariants), read through a raw
+        // pointer and volatile because the kernel stores the final status there.
+        unsafe { internal.read_volatile() }
+    }
+
+    fn result(&self, ms: u32) -> Option<u32> {
+        let mut bytes = 0u32;
+        // SAFETY: the OVERLAPPED of an I/O issued on this handle, live until this value drops
+        // (Invariants); `bytes` is a local the call writes.
+        let done = unsafe {
+            GetOverlappedResultEx(
+                self.file as HANDLE,
+                self.overlapped.as_ptr(),
+                &mut bytes,
+                ms,
+                0,
+            )
+        };
+        if done != 0 {
+            return Some(bytes);
+        }
+        // SAFETY: reads this thread's last-error value.
+        match unsafe { GetLastError() } {
+            // Still in flight.
+            win32::WAIT_TIMEOUT | win32::ERROR_IO_INCOMPLETE => None,
+            // Completed with an error status: the count is still the out-parameter's.
+            _ => Some(bytes),
+        }
+    }
+
+    fn cancel(&self) {
+        // SAFETY: cancels at most the I/O this OVERLAPPED describes on this handle.
+        unsafe { CancelIoEx(self.file as HANDLE, self.overlapped.as_ptr()) };
+    }
+
+    fn wait_done(&self) {
+        let mut bytes = 0u32;
+        // SAFETY: an OVERLAPPED in flight on this handle (only `Request` calls this); bWait =
+        // TRUE returns once the I/O has completed, after which the kernel no longer writes it.
+        unsafe {
+            GetOverlappedResult(self.file as HANDLE, self.overlapped.as_ptr(), &mut bytes, 1)
+        };
+    }
+
+    fn output(&self, bytes: u32) -> Vec<u8> {
+        let len = (bytes as usize).min(self.output.len());
+        // SAFETY: `len` bytes of our buffer (Invariants), read after the request completed, so
+        // nothing writes them now.
+        unsafe { std::slice::from_raw_parts(self.output.as_ptr().cast::<u8>(), len) }.to_vec()
+    }
+}
+
+impl Drop for Win32Io {
+    fn drop(&mut self) {
+        // SAFETY: the event was created by `new` for this request only.
+        unsafe { CloseHandle(self.event as HANDLE) };
+        // SAFETY: from `Box::leak` in `new`, freed once here; no I/O is in flight (a failed
+        // call never was, and `Request` waits for the completion before dropping this).
+        drop(unsafe { Box::from_raw(self.overlapped.as_ptr()) });
+        // SAFETY: as for the OVERLAPPED, the buffer from `Box::leak` in `new`.
+        drop(unsafe { Box::from_raw(self.output.as_ptr()) });
     }
 }
 
@@ -60,19 +179,33 @@ fn wide(text: &str) -> Vec<u16> {
     text.encode_utf16().chain(Some(0)).collect()
 }
 
+/// A UTF-16 string from little-endian bytes, up to its first NUL.
+fn utf16_until_nul(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .take_while(|&unit| unit != 0)
+        .collect()
+}
+
 impl Windows {
-    /// The adapter at `\\.\ScsiN:` if given, else the first port that answers as revcall.
+    /// The adapter at `\\.\ScsiN:` if given, else the first revcall adapter found.
     pub fn open_adapter(port: Option<u32>) -> Result<Self, TransportError> {
-        let found = match port {
-            Some(port) => vec![port],
-            None => list()?.into_iter().map(|p| p.port).collect(),
+        let path = match port {
+            Some(port) => Some(format!(r"\\.\Scsi{port}:")),
+            None => interfaces()?.into_iter().next(),
         };
-        found
-            .first()
-            .map(|port| Self {
-                path: format!(r"\\.\Scsi{port}:"),
-            })
-            .ok_or_else(|| TransportError::NoAdapter(" (is revcall installed and started? `pnputil /enum-devices /class SCSIAdapter`)".into()))
+        path.map(|path| Self { path }).ok_or_else(|| {
+            TransportError::NoAdapter(
+                " (is revcall installed and started? `pnputil /enum-devices /class SCSIAdapter`)"
+                    .into(),
+            )
+        })
+    }
+
+    /// The path this adapter is opened by.
+    pub fn path(&self) -> &str {
+        &self.path
     }
 
     fn open_path(path: &str) -> Result<Handle, TransportError> {
@@ -84,7 +217,7 @@ impl Windows {
                 name.as_ptr(),
                 GENERIC_READ | GENERIC_WRITE,
                 FILE_SHARE_READ | FILE_SHARE_WRITE,
-                null_mut(),
+                null(),
                 OPEN_EXISTING,
                 FILE_FLAG_OVERLAPPED,
                 null_mut(),
@@ -103,61 +236,163 @@ impl Windows {
     }
 }
 
-/// A port that answered.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Port {
-    pub port: u32,
-    pub path: String,
-    /// The adapter's STATS, or why it is not (or not quite) revcall.
-    pub note: String,
+/// Every revcall adapter, with what its STATS said.
+///
+/// # Errors
+///
+/// Access denied (not elevated), or SetupAPI failing to enumerate.
+pub fn list() -> Result<Vec<Found>, TransportError> {
+    discovery::survey(
+        interfaces()?
+            .into_iter()
+            .map(|path| (path.clone(), Windows { path })),
+    )
 }
 
-/// Probes `\\.\Scsi0:`…: a port is revcall's if a STATS request comes back as a revcall
-/// reply. Access denied is an error (not elevated); other failures mean "not ours".
-pub fn list() -> Result<Vec<Port>, TransportError> {
-    let mut ours = Vec::new();
-    for port in 0..PORTS {
-        let path = format!(r"\\.\Scsi{port}:");
-        let handle = match Windows::open_path(&path) {
-            Ok(handle) => handle,
-            Err(TransportError::AccessDenied(path)) => {
-                return Err(TransportError::AccessDenied(path));
-            }
-            Err(_) => continue,
+/// A SetupAPI device information set, destroyed when dropped.
+struct DeviceInfoSet(HDEVINFO);
+
+impl Drop for DeviceInfoSet {
+    fn drop(&mut self) {
+        // SAFETY: a set from SetupDiGetClassDevsW, destroyed once.
+        unsafe { SetupDiDestroyDeviceInfoList(self.0) };
+    }
+}
+
+/// The interface paths of the started Storport adapters whose devnode is revcall's (by
+/// hardware id): only these are ever sent revcall's requests.
+fn interfaces() -> Result<Vec<String>, TransportError> {
+    // SAFETY: a valid interface class GUID; no enumerator filter, no parent window.
+    let set = unsafe {
+        SetupDiGetClassDevsW(
+            &GUID_DEVINTERFACE_STORAGEPORT,
+            null(),
+            null_mut(),
+            DIGCF_PRESENT | DIGCF_DEVICEINTERFACE,
+        )
+    };
+    if set == INVALID_HANDLE_VALUE as HDEVINFO {
+        // SAFETY: reads this thread's last-error value.
+        let error = unsafe { GetLastError() };
+        return Err(TransportError::System(format!(
+            "SetupDiGetClassDevsW(GUID_DEVINTERFACE_STORAGEPORT) failed with error {error}"
+        )));
+    }
+    let set = DeviceInfoSet(set);
+    let mut paths = Vec::new();
+    for index in 0.. {
+        let mut interface = SP_DEVICE_INTERFACE_DATA {
+            cbSize: size_of::<SP_DEVICE_INTERFACE_DATA>() as u32,
+            ..SP_DEVICE_INTERFACE_DATA::default()
         };
-        let adapter = Windows { path: path.clone() };
-        let probe = crate::client::Adapter {
-            transport: &adapter,
-            handle,
+        // SAFETY: `set` is live; `interface` is a local with its cbSize set. FALSE ends the
+        // enumeration (ERROR_NO_MORE_ITEMS).
+        let more = unsafe {
+            SetupDiEnumDeviceInterfaces(
+                set.0,
+                null(),
+                &GUID_DEVINTERFACE_STORAGEPORT,
+                index,
+                &mut interface,
+            )
         };
-        let note = match probe.stats() {
-            Ok(stats) => Some(format!(
-                "revcall: {} parked (cap {}), newest event {}",
-                stats.parked_now, stats.parked_cap, stats.head_seq
-            )),
-            Err(crate::client::RequestError::Status(
-                revcall_protocol::status::STATUS_REVISION_MISMATCH,
-            )) => Some(
-                "revcall, but another protocol version: update the tester or the driver".into(),
-            ),
-            Err(_) => None,
-        };
-        adapter.close(handle);
-        if let Some(note) = note {
-            ours.push(Port { port, path, note });
+        if more == 0 {
+            break;
+        }
+        if let Some((path, device)) = interface_detail(&set, &interface)
+            && hardware_ids(&set, &device).is_some_and(|ids| discovery::is_revcall(&ids))
+        {
+            paths.push(path);
         }
     }
-    Ok(ours)
+    Ok(paths)
 }
 
-/// Win32 errors DeviceIoControl can fail with before the driver, as NTSTATUS.
-fn status_of(error: u32) -> u32 {
-    match error {
-        ERROR_ACCESS_DENIED => 0xC000_0022,
-        87 => 0xC000_000D,
-        1 => 0xC000_0010,
-        _ => 0xC000_0001,
+/// The interface's path (what CreateFileW opens) and its devnode.
+fn interface_detail(
+    set: &DeviceInfoSet,
+    interface: &SP_DEVICE_INTERFACE_DATA,
+) -> Option<(String, SP_DEVINFO_DATA)> {
+    let mut required = 0u32;
+    // SAFETY: the size query: no buffer, `required` a local the call writes. It fails with
+    // ERROR_INSUFFICIENT_BUFFER, having set `required`.
+    unsafe {
+        SetupDiGetDeviceInterfaceDetailW(set.0, interface, null_mut(), 0, &mut required, null_mut())
+    };
+    let header = size_of::<SP_DEVICE_INTERFACE_DETAIL_DATA_W>();
+    if (required as usize) < header {
+        return None;
     }
+    // u32 units: the detail structure's alignment. Its first field, cbSize, is the size of the
+    // fixed part, as the API requires.
+    const _: () = assert!(offset_of!(SP_DEVICE_INTERFACE_DETAIL_DATA_W, cbSize) == 0);
+    let mut buffer = vec![0u32; (required as usize).div_ceil(4)];
+    buffer[0] = header as u32;
+    let detail = buffer
+        .as_mut_ptr()
+        .cast::<SP_DEVICE_INTERFACE_DETAIL_DATA_W>();
+    let mut device = SP_DEVINFO_DATA {
+        cbSize: size_of::<SP_DEVINFO_DATA>() as u32,
+        ..SP_DEVINFO_DATA::default()
+    };
+    // SAFETY: `detail` points to `required` writable bytes (rounded up to whole u32s);
+    // `device` is a local with its cbSize set.
+    let ok = unsafe {
+        SetupDiGetDeviceInterfaceDetailW(
+            set.0,
+            interface,
+            detail,
+            required,
+            null_mut(),
+            &mut device,
+        )
+    };
+    if ok == 0 {
+        return None;
+    }
+    let bytes: Vec<u8> = buffer.iter().flat_map(|unit| unit.to_le_bytes()).collect();
+    let path = utf16_until_nul(&bytes[offset_of!(SP_DEVICE_INTERFACE_DETAIL_DATA_W, DevicePath)..]);
+    Some((String::from_utf16_lossy(&path), device))
+}
+
+/// The devnode's hardware ids (REG_MULTI_SZ, UTF-16).
+fn hardware_ids(set: &DeviceInfoSet, device: &SP_DEVINFO_DATA) -> Option<Vec<u16>> {
+    let mut required = 0u32;
+    // SAFETY: the size query: no buffer; fails with ERROR_INSUFFICIENT_BUFFER, setting
+    // `required`.
+    unsafe {
+        SetupDiGetDeviceRegistryPropertyW(
+            set.0,
+            device,
+            SPDRP_HARDWAREID,
+            null_mut(),
+            null_mut(),
+            0,
+            &mut required,
+        )
+    };
+    if required == 0 {
+        return None;
+    }
+    let mut buffer = vec![0u8; required as usize];
+    // SAFETY: `buffer` has `required` writable bytes.
+    let ok = unsafe {
+        SetupDiGetDeviceRegistryPropertyW(
+            set.0,
+            device,
+            SPDRP_HARDWAREID,
+            null_mut(),
+            buffer.as_mut_ptr(),
+            required,
+            null_mut(),
+        )
+    };
+    (ok != 0).then(|| {
+        buffer
+            .chunks_exact(2)
+            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+            .collect()
+    })
 }
 
 impl Transport for Windows {
@@ -173,106 +408,52 @@ impl Transport for Windows {
     }
 
     fn submit(&self, handle: Handle, input: &[u8], out_len: u32) -> Result<Pending, u32> {
-        // SAFETY: a manual-reset, initially clear, unnamed event.
-        let event = unsafe { CreateEventW(null_mut(), 1, 0, null_mut()) };
-        if event.is_null() {
-            // SAFETY: reads this thread's last-error value.
-            return Err(status_of(unsafe { GetLastError() }));
-        }
-        let mut pending = Pending {
-            overlapped: Box::new(OVERLAPPED {
-                hEvent: event,
-                ..OVERLAPPED::default()
-            }),
-            output: vec![0; out_len as usize],
-            file: handle,
-        };
-        let input_ptr = if input.is_empty() {
-            null_mut()
-        } else {
-            input.as_ptr() as *mut c_void
-        };
-        let output_ptr = if out_len == 0 {
-            null_mut()
-        } else {
-            pending.output.as_mut_ptr().cast()
-        };
-        // SAFETY: METHOD_BUFFERED copies the input during the call; the output buffer and the
-        // OVERLAPPED live in `pending`, which is not freed before the I/O completes (see Drop).
-        let done = unsafe {
-            DeviceIoControl(
-                handle as HANDLE,
-                IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
-                input_ptr,
-                input.len() as u32,
-                output_ptr,
-                out_len,
-                null_mut(),
-                &mut *pending.overlapped,
-            )
-        };
-        if done == 0 {
-            // SAFETY: reads this thread's last-error value.
-            let error = unsafe { GetLastError() };
-            if error != ERROR_IO_PENDING && pending.status() == STATUS_PENDING {
-                return Err(status_of(error));
+        let io = Win32Io::new(handle, out_len)?;
+        overlapped::issue(io, |io| {
+            // SAFETY: METHOD_BUFFERED copies the input during the call; the output buffer and
+            // the OVERLAPPED belong to `io`, which stays alive until the I/O has completed:
+            // `issue` keeps it in a `Request` (which waits before dropping it) unless the call
+            // failed, when the kernel holds neither.
+            let returned = unsafe {
+                DeviceIoControl(
+                    handle as HANDLE,
+                    IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+                    if input.is_empty() {
+                        null()
+                    } else {
+                        input.as_ptr().cast()
+                    },
+                    input.len() as u32,
+                    io.output_ptr(),
+                    out_len,
+                    null_mut(),
+                    io.overlapped.as_ptr(),
+                )
+            };
+            if returned != 0 {
+                (true, 0)
+            } else {
+                // SAFETY: reads this thread's last-error value, right after the call.
+                (false, unsafe { GetLastError() })
             }
-        }
-        Ok(pending)
-    }
-
-    fn wait(&self, pending: &Pending, limit: Duration) -> Option<Completion> {
-        let mut bytes = 0u32;
-        let ms = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX - 1);
-        // SAFETY: the OVERLAPPED belongs to an I/O on this handle and outlives the call. A
-        // failure (timeout, or an I/O that failed) is told apart by the status word below.
-        unsafe {
-            GetOverlappedResultEx(
-                pending.file as HANDLE,
-                &*pending.overlapped,
-                &mut bytes,
-                ms,
-                0,
-            )
-        };
-        let status = pending.status();
-        if status == STATUS_PENDING {
-            return None;
-        }
-        let returned = pending.overlapped.InternalHigh.min(pending.output.len());
-        Some(Completion {
-            status: status as u32,
-            output: pending.output[..returned].to_vec(),
         })
     }
 
-    fn cancel(&self, handle: Handle, pending: &Pending) {
-        // SAFETY: cancels at most the I/O this OVERLAPPED describes on this handle.
-        unsafe { CancelIoEx(handle as HANDLE, &*pending.overlapped) };
+    fn wait(&self, pending: &Pending, limit: Duration) -> Option<Completion> {
+        pending.wait(limit)
+    }
+
+    fn cancel(&self, _handle: Handle, pending: &Pending) {
+        pending.cancel();
     }
 
     fn cancel_all(&self, handle: Handle) {
         // SAFETY: NULL cancels every I/O this process issued on the handle.
-        unsafe { CancelIoEx(handle as HANDLE, null_mut()) };
+        unsafe { CancelIoEx(handle as HANDLE, null()) };
     }
 
     fn close(&self, handle: Handle) {
         // SAFETY: a handle from CreateFileW, closed once by its owner.
         unsafe { CloseHandle(handle as HANDLE) };
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        if self.status() == STATUS_PENDING {
-            let mut bytes = 0u32;
-            // SAFETY: this request's OVERLAPPED on its handle; then wait until the kernel is
-            // done with the buffers before they are freed.
-            unsafe { CancelIoEx(self.file as HANDLE, &*self.overlapped) };
-            // SAFETY: as above; bWait = TRUE blocks until the I/O has completed.
-            unsafe { GetOverlappedResult(self.file as HANDLE, &*self.overlapped, &mut bytes, 1) };
-        }
-        // SAFETY: the event was created by `submit` for this request only.
-        unsafe { CloseHandle(self.overlapped.hEvent) };
     }
 }
