@@ -246,6 +246,11 @@ const _: () = {
 
 const _: () = {
     same_layout!(abi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA);
+    // Released WDKs (10.0.22621, 10.0.26100) declare HwAdapterControl and HwUnitControl as
+    // plain members. Prerelease (Insider) WDKs move them into anonymous unions, which bindgen
+    // names `__bindgen_anon_N`: there this list (and `same_callbacks!` below) stops compiling
+    // with "no field `HwAdapterControl`". Build with a released WDK (docs/WINDOWS.md, step 0),
+    // or name them through their union as PortVersionFlags is below.
     same_fields!(abi::HW_INITIALIZATION_DATA, wdk::HW_INITIALIZATION_DATA:
         HwInitializationDataSize, AdapterInterfaceType, HwInitialize, HwStartIo, HwInterrupt,
         HwFindAdapter, HwResetBus, HwDmaStarted, HwAdapterState, DeviceExtensionSize,

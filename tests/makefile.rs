@@ -100,49 +100,14 @@ fn package_runs_the_wdk_tools_in_order() {
             .any(|a| a == ["-f", "${PACKAGE_DIR}/revcall.inf"])
     );
 
-    let infverif = task(&makefile, "infverif");
-    let (program, args) = command(infverif);
+    let (program, args) = command(task(&makefile, "infverif"));
     assert_eq!(program, "infverif");
-    // infverif lives in the WDK's Tools\<version>\<arch>, which a build prompt lacks.
-    assert_eq!(
-        infverif
-            .get("dependencies")
-            .and_then(Value::as_array)
-            .map(Vec::len),
-        Some(1)
-    );
-    assert!(
-        task(&makefile, "wdk-tools-on-path")
-            .get("script")
-            .and_then(Value::as_str)
-            .is_some_and(|s| s.contains("/Tools/*/x64/infverif.exe"))
-    );
     assert!(args.iter().any(|a| a.ends_with("revcall.inf")));
 
     let (program, args) = command(task(&makefile, "inf2cat"));
     assert_eq!(program, "inf2cat");
     assert!(args.contains(&"/os:10_X64"));
     assert!(args.iter().any(|a| a.starts_with("/driver:")));
-
-    // A new certificate replaces the old one in the store: never two of one name.
-    let (program, args) = command(task(&makefile, "test-cert-replace"));
-    assert_eq!(
-        (program, args.as_slice()),
-        (
-            "certutil",
-            [
-                "-user",
-                "-delstore",
-                "revcallTestCertStore",
-                "revcallTestCert"
-            ]
-            .as_slice()
-        )
-    );
-    let (program, args) = command(task(&makefile, "test-cert"));
-    assert_eq!(program, "makecert");
-    assert!(args.contains(&"1.3.6.1.5.5.7.3.3"), "code-signing EKU");
-    assert!(args.iter().any(|a| a.ends_with(".cer")));
 
     let (program, args) = command(task(&makefile, "sign"));
     assert_eq!(program, "signtool");
@@ -151,6 +116,121 @@ fn package_runs_the_wdk_tools_in_order() {
     for file in ["revcall.sys", "revcall.cat"] {
         assert!(args.iter().any(|a| a.ends_with(file)), "signs {file}");
     }
+}
+
+fn script<'a>(makefile: &'a Table, name: &str) -> &'a str {
+    let task = task(makefile, name);
+    assert_eq!(
+        task.get("script_runner").and_then(Value::as_str),
+        Some("@duckscript"),
+        "[tasks.{name}] is a duckscript (it runs inside cargo-make and can set its environment)"
+    );
+    task.get("script")
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("[tasks.{name}] has a script"))
+}
+
+/// The lines of a duckscript that do something (comments dropped).
+fn code(script: &str) -> Vec<&str> {
+    script
+        .lines()
+        .map(str::trim)
+        .filter(|line| !line.is_empty() && !line.starts_with('#'))
+        .collect()
+}
+
+#[test]
+fn the_wdk_tools_are_found_as_wdk_build_finds_them() {
+    let makefile = makefile();
+    // Every task that runs a WDK or SDK tool puts the kit's directories on PATH first.
+    for name in [
+        "stampinf",
+        "infverif",
+        "inf2cat",
+        "test-cert",
+        "sign",
+        "verify-signature",
+    ] {
+        assert!(
+            strings(task(&makefile, name).get("dependencies")).contains(&"wdk-tools-path"),
+            "[tasks.{name}] depends on wdk-tools-path"
+        );
+    }
+    let tools = task(&makefile, "wdk-tools-path");
+    assert!(windows_only(tools));
+    let code = code(script(&makefile, "wdk-tools-path"));
+    let has = |text: &str| code.iter().any(|line| line.contains(text));
+    // The kit: the EWDK's variable, MicrosoftKitRoot, then the registry.
+    for source in [
+        "get_env WDKContentRoot",
+        "get_env MicrosoftKitRoot",
+        "Installed Roots",
+        "KitsRoot10",
+    ] {
+        assert!(has(source), "the kit root comes from {source}");
+    }
+    // Its version: the EWDK's Version_Number, else the newest under Lib.
+    assert!(has("get_env Version_Number") && has("/Lib/10.*"));
+    // infverif is in Tools\<version>\<host arch> (not beside stampinf, in bin\<version>\x86).
+    assert!(has("get_env WDKToolRoot") && has(r#"tools = set "${root}/Tools""#));
+    assert!(has("${tools}/${version}/${arch}"));
+    assert!(has("${bin}/${version}/${arch}") && has("${bin}/${version}/x86"));
+    assert!(has("ARM64") && has("x64"));
+    assert!(
+        has(r#"set_env PATH "${found}${path}""#),
+        "the directories go first on PATH"
+    );
+}
+
+#[test]
+fn the_test_certificate_is_looked_up_in_the_store_and_signs_by_thumbprint() {
+    let makefile = makefile();
+    let cert = task(&makefile, "test-cert");
+    // Not keyed on the .cer file (which `cargo clean` deletes while the store keeps the
+    // certificate): that made a second CN=revcallTestCert, and `signtool /n` then refuses.
+    let condition = cert.get("condition").and_then(Value::as_table).unwrap();
+    assert!(
+        condition.get("files_not_exist").is_none(),
+        "test-cert must not key on the .cer: {condition:?}"
+    );
+    let code = code(script(&makefile, "test-cert"));
+    let line = |text: &str| {
+        code.iter()
+            .position(|line| line.contains(text))
+            .unwrap_or_else(|| panic!("test-cert has no line with {text}: {code:#?}"))
+    };
+    let lookup = line("Cert:/CurrentUser/revcallTestCertStore");
+    let make = line("exec --fail-on-error makecert");
+    assert!(
+        lookup < make,
+        "the store is looked at before a certificate is made"
+    );
+    assert!(code[make - 1].starts_with("if is_empty ${thumbprint}"));
+    let makecert = code[make];
+    for arg in [
+        "-a SHA256",
+        "-eku 1.3.6.1.5.5.7.3.3",
+        "-ss revcallTestCertStore",
+    ] {
+        assert!(makecert.contains(arg), "makecert {arg}");
+    }
+    assert!(makecert.contains("-n CN=revcallTestCert ${cer}"));
+    // The package's .cer is the signing certificate, exported whether made now or before.
+    let export = line("Export-Certificate");
+    assert!(export > make && code[export].contains("${thumbprint}"));
+    assert!(line("set_env REVCALL_CERT_SHA1 ${thumbprint}") > export);
+
+    let sign = task(&makefile, "sign");
+    assert!(strings(sign.get("dependencies")).contains(&"test-cert"));
+    let (_, args) = command(sign);
+    assert!(
+        args.windows(2)
+            .any(|a| a == ["/sha1", "${REVCALL_CERT_SHA1}"])
+    );
+    assert!(
+        !args.contains(&"/n"),
+        "by thumbprint, not by a name several may share"
+    );
 }
 
 #[test]

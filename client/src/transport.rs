@@ -7,9 +7,9 @@ use std::time::Duration;
 /// A completed request as overlapped I/O reports it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Completion {
-    /// The raw NTSTATUS (`OVERLAPPED.Internal`).
+    /// The raw NTSTATUS (`OVERLAPPED.Internal` once the request completed).
     pub status: u32,
-    /// The bytes returned (`OVERLAPPED.InternalHigh` of them).
+    /// The bytes returned: as many as `GetOverlappedResultEx` reports transferred.
     pub output: Vec<u8>,
 }
 

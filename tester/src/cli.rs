@@ -81,10 +81,11 @@ pub fn run(cli: Cli) -> i32 {
     match execute(&cli) {
         Ok(code) => code,
         Err(error) => {
+            let message = message(&error);
             if cli.json {
-                println!("{}", json!({ "error": format!("{error:#}") }));
+                println!("{}", json!({ "error": message }));
             } else {
-                eprintln!("revcall-tester: {error:#}");
+                eprintln!("revcall-tester: {message}");
             }
             2
         }
@@ -114,13 +115,20 @@ fn execute(cli: &Cli) -> anyhow::Result<i32> {
         anyhow::bail!("--sim needs Linux: storsim runs the driver in a Linux process");
     }
     if matches!(cli.command, Command::List) {
-        let adapters = crate::windows::list()?;
+        let found = match cli.port {
+            None => crate::windows::list()?,
+            // The explicit port is probed even if it is not revcall's: its note says so.
+            Some(_) => {
+                let adapter = crate::windows::Windows::open_adapter(cli.port)?;
+                vec![crate::discovery::Found {
+                    note: crate::discovery::probe(&adapter)?,
+                    path: adapter.path().to_owned(),
+                }]
+            }
+        };
         return Ok(print_list(
             cli,
-            adapters
-                .iter()
-                .map(|p| (p.path.clone(), p.note.clone()))
-                .collect(),
+            found.into_iter().map(|f| (f.path, f.note)).collect(),
         ));
     }
     let adapter = crate::windows::Windows::open_adapter(cli.port)?;
@@ -172,9 +180,12 @@ fn command<T: Transport>(cli: &Cli, transport: &T) -> anyhow::Result<i32> {
         }
         Command::Discover { delay_ms, wait } => discover(cli, &adapter, *delay_ms, *wait)?,
         Command::Stats => {
-            let view = serde_json::to_value(StatsView::from(&adapter.stats()?))?;
-            let text = stats_table(&view);
-            print(cli, view, text);
+            let stats = adapter.stats()?;
+            print(
+                cli,
+                serde_json::to_value(StatsView::from(&stats))?,
+                stats_table(&stats),
+            );
             0
         }
         Command::Watch {
@@ -217,17 +228,52 @@ fn command<T: Transport>(cli: &Cli, transport: &T) -> anyhow::Result<i32> {
     Ok(code)
 }
 
-/// STATS for people: one counter a line, names aligned (the JSON form has the same names).
-fn stats_table(view: &serde_json::Value) -> String {
-    let fields = view
-        .as_object()
-        .map(|o| o.iter().collect::<Vec<_>>())
-        .unwrap_or_default();
-    let width = fields.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
-    fields
-        .iter()
-        .map(|(name, value)| format!("{name:<width$}  {value:>10}\n"))
-        .collect()
+/// An error and its causes on one line, each said once: a message that already includes its
+/// cause's text (`#[error("cannot read {path}: {source}")]`) is not followed by it again.
+fn message(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain().map(ToString::to_string) {
+        if text.is_empty() {
+            text = cause;
+        } else if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
+}
+
+/// STATS for people: one counter a line, the value right-aligned.
+fn stats_table(s: &revcall_protocol::StatsReply) -> String {
+    let rows: [(&str, String); 15] = [
+        ("WAITs parked now", s.parked_now.to_string()),
+        ("WAITs parked at most", s.parked_peak.to_string()),
+        ("parked WAITs allowed", s.parked_cap.to_string()),
+        ("event ring capacity", s.ring_capacity.to_string()),
+        ("newest event", s.head_seq.to_string()),
+        ("oldest retained event", s.oldest_seq.to_string()),
+        ("events published", s.events_published.to_string()),
+        ("  of them injected (FIRE)", s.events_injected.to_string()),
+        (
+            "events overwritten in the ring",
+            s.ring_overwrites.to_string(),
+        ),
+        ("requests completed", s.completed.to_string()),
+        ("  cancelled", s.cancelled.to_string()),
+        ("  refused with an error", s.rejected.to_string()),
+        ("discoveries started", s.discoveries_started.to_string()),
+        ("discoveries completed", s.discoveries_completed.to_string()),
+        (
+            "adapter removed",
+            if s.closed != 0 { "yes" } else { "no" }.to_owned(),
+        ),
+    ];
+    let label = rows.iter().map(|(l, _)| l.len()).max().unwrap_or(0);
+    let value = rows.iter().map(|(_, v)| v.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(l, v)| format!("{l:<label$}  {v:>value$}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn print(cli: &Cli, value: serde_json::Value, text: String) {
@@ -414,5 +460,49 @@ impl From<&revcall_protocol::StatsReply> for StatsView {
             discoveries_completed: s.discoveries_completed,
             closed: s.closed,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot read {path}: {source}")]
+    struct Read {
+        path: &'static str,
+        source: std::io::Error,
+    }
+
+    #[test]
+    fn an_error_that_prints_its_cause_is_not_followed_by_it_again() {
+        let io = || std::io::Error::new(std::io::ErrorKind::NotFound, "no such file");
+        let error = anyhow::Error::new(Read {
+            path: "/missing.sys",
+            source: io(),
+        });
+        assert_eq!(message(&error), "cannot read /missing.sys: no such file");
+        // A context that does not mention its cause still gets it.
+        let error = anyhow::Error::new(io()).context("loading the driver");
+        assert_eq!(message(&error), "loading the driver: no such file");
+    }
+
+    #[test]
+    fn stats_print_as_a_table() {
+        let stats = revcall_protocol::StatsReply {
+            parked_cap: 1024,
+            ring_capacity: 256,
+            head_seq: 12,
+            closed: 1,
+            ..Default::default()
+        };
+        let table = stats_table(&stats);
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 15);
+        assert!(lines.iter().all(|l| l.len() == lines[0].len()), "{table}");
+        assert!(lines[2].starts_with("parked WAITs allowed") && lines[2].ends_with(" 1024"));
+        assert!(lines[4].starts_with("newest event") && lines[4].ends_with("   12"));
+        assert!(lines[14].ends_with("yes"));
+        assert!(!table.contains("StatsReply"));
     }
 }

@@ -6,6 +6,7 @@ pub use revcall_client::channel as client;
 pub use revcall_client::transport;
 
 pub mod cli;
+pub mod discovery;
 pub mod overlapped;
 pub mod selftest;
 #[cfg(target_os = "linux")]

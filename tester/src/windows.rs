@@ -1,11 +1,15 @@
-//! The Windows backend: revcall's adapters, found by the storage-port device interface its
-//! devnode (`root\revcall`) registers, opened for read and write with FILE_FLAG_OVERLAPPED;
-//! every request is an overlapped DeviceIoControl with its own event, so any number can be in
-//! flight (Storport answers every one STATUS_PENDING). Other vendors' adapters are never sent
-//! revcall's wire format; `--port N` (`\\.\ScsiN:`) opens one adapter by hand.
+//! The Windows backend: the installed revcall adapter, opened for read and write with
+//! FILE_FLAG_OVERLAPPED; every request is an overlapped DeviceIoControl with its own event, so
+//! any number can be in flight (Storport answers every one STATUS_PENDING).
+//!
+//! revcall's adapters are found through the device interface Storport registers for every
+//! adapter it starts (GUID_DEVINTERFACE_STORAGEPORT), keeping only devnodes with revcall's
+//! hardware id ([`crate::discovery`]); `--port N` opens `\\.\ScsiN:` instead. What a
+//! DeviceIoControl result means, and when a request may be waited on, is decided in
+//! [`crate::overlapped`]; this file only makes the calls.
 
-use std::ffi::c_void;
-use std::ptr::null_mut;
+use std::mem::{offset_of, size_of};
+use std::ptr::{NonNull, null, null_mut};
 use std::time::Duration;
 
 use revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP;
@@ -25,19 +29,14 @@ use windows_sys::Win32::Storage::FileSystem::{
 use windows_sys::Win32::System::IO::{
     CancelIoEx, DeviceIoControl, GetOverlappedResult, GetOverlappedResultEx, OVERLAPPED,
 };
+use windows_sys::Win32::System::Ioctl::GUID_DEVINTERFACE_STORAGEPORT;
 use windows_sys::Win32::System::Threading::CreateEventW;
-use windows_sys::core::GUID;
 
-use crate::overlapped::{Release, STILL_RUNNING, Submitted, release, submitted};
+use crate::discovery::{self, Found};
+use crate::overlapped::{self, Io, Request, status_from_win32, win32};
 use crate::transport::{Completion, Transport, TransportError};
 
-const STATUS_PENDING: usize = 0x103;
-/// GUID_DEVINTERFACE_STORAGEPORT, which Storport registers on every adapter it starts.
-const GUID_DEVINTERFACE_STORAGEPORT: GUID = GUID::from_u128(0x2accfe60_c130_11d2_b082_00a0c91efb8b);
-/// revcall's hardware id (inf/revcall.inf), compared without regard to case.
-const HARDWARE_ID: &str = r"root\revcall";
-
-/// One revcall adapter, by its device path.
+/// One revcall adapter, by the path that opens it.
 pub struct Windows {
     path: String,
 }
@@ -45,32 +44,134 @@ pub struct Windows {
 /// An open handle (a kernel HANDLE as an integer, so it is Copy + Send).
 pub type Handle = usize;
 
-/// An overlapped request. The kernel writes the OVERLAPPED and the output buffer until it
-/// signals completion, so both stay put, and the OVERLAPPED is reached only through a raw
-/// pointer (no Rust reference to memory the kernel is writing).
-pub struct Pending {
-    overlapped: *mut OVERLAPPED,
-    output: Vec<u8>,
+/// A request the kernel accepted ([`Request`] waits for it before its buffers go).
+pub type Pending = Request<Win32Io>;
+
+/// The system side of one overlapped request: its OVERLAPPED, the event in it and the output
+/// buffer.
+///
+/// # Invariants
+///
+/// `overlapped` and `output` come from `Box::into_raw` and are freed only by `Drop`. While the
+/// request is in flight the kernel writes both, so neither is ever reached through a `&` or
+/// `&mut` (only raw pointers and the system calls); `output` is read only after completion.
+/// Only [`Request`] holds one that was in flight, and it waits for the completion before
+/// dropping it.
+pub struct Win32Io {
     file: Handle,
-    /// DeviceIoControl left the I/O with the kernel ([`Submitted::InFlight`]).
-    in_flight: bool,
+    event: Handle,
+    overlapped: NonNull<OVERLAPPED>,
+    output: NonNull<[u8]>,
 }
 
-// SAFETY: the OVERLAPPED and buffer are owned by this value and touched by the kernel only
-// until completion; HANDLEs are process-wide and usable from any thread.
-unsafe impl Send for Pending {}
-// SAFETY: shared access only reads the OVERLAPPED's status word (volatile), as
-// GetOverlappedResult does.
-unsafe impl Sync for Pending {}
+// SAFETY: the allocations are owned by this value (Invariants); the kernel's writes are
+// observed only through the volatile status read and the system calls, and HANDLEs are
+// process-wide, usable from any thread.
+unsafe impl Send for Win32Io {}
+// SAFETY: shared access reads the status word (volatile), calls the thread-safe
+// GetOverlappedResult[Ex]/CancelIoEx, or reads `output` after completion, when nothing writes it.
+unsafe impl Sync for Win32Io {}
 
-impl Pending {
-    /// `OVERLAPPED.Internal`: STATUS_PENDING until the kernel stores the final NTSTATUS.
+impl Win32Io {
+    /// A fresh OVERLAPPED with its own manual-reset event, and an `out_len`-byte buffer.
+    fn new(file: Handle, out_len: u32) -> Result<Self, u32> {
+        // SAFETY: a manual-reset, initially clear, unnamed event with default security.
+        let event = unsafe { CreateEventW(null(), 1, 0, null()) };
+        if event.is_null() {
+            // SAFETY: reads this thread's last-error value.
+            return Err(status_from_win32(unsafe { GetLastError() }));
+        }
+        let overlapped = Box::new(OVERLAPPED {
+            hEvent: event,
+            ..OVERLAPPED::default()
+        });
+        let output = vec![0u8; out_len as usize].into_boxed_slice();
+        Ok(Self {
+            file,
+            event: event as Handle,
+            overlapped: NonNull::from(Box::leak(overlapped)),
+            output: NonNull::from(Box::leak(output)),
+        })
+    }
+
+    /// The output buffer for DeviceIoControl: NULL when empty.
+    fn output_ptr(&self) -> *mut std::ffi::c_void {
+        if self.output.is_empty() {
+            null_mut()
+        } else {
+            self.output.as_ptr().cast()
+        }
+    }
+}
+
+impl Io for Win32Io {
     fn status(&self) -> usize {
-        // SAFETY: the OVERLAPPED is alive until Drop; this only forms the field's address.
-        let internal = unsafe { &raw const (*self.overlapped).Internal };
-        // SAFETY: an aligned field of the live OVERLAPPED, read volatile through the raw
-        // pointer because the kernel writes it when the I/O completes.
-        unsafe { std::ptr::read_volatile(internal) }
+        let internal = self
+            .overlapped
+            .as_ptr()
+            .wrapping_byte_add(offset_of!(OVERLAPPED, Internal))
+            .cast::<usize>();
+        // SAFETY: `Internal` of our live, aligned OVERLAPPED (Invariants), read through a raw
+        // pointer and volatile because the kernel stores the final status there.
+        unsafe { internal.read_volatile() }
+    }
+
+    fn result(&self, ms: u32) -> Option<u32> {
+        let mut bytes = 0u32;
+        // SAFETY: the OVERLAPPED of an I/O issued on this handle, live until this value drops
+        // (Invariants); `bytes` is a local the call writes.
+        let done = unsafe {
+            GetOverlappedResultEx(
+                self.file as HANDLE,
+                self.overlapped.as_ptr(),
+                &mut bytes,
+                ms,
+                0,
+            )
+        };
+        if done != 0 {
+            return Some(bytes);
+        }
+        // SAFETY: reads this thread's last-error value.
+        match unsafe { GetLastError() } {
+            // Still in flight.
+            win32::WAIT_TIMEOUT | win32::ERROR_IO_INCOMPLETE => None,
+            // Completed with an error status: the count is still the out-parameter's.
+            _ => Some(bytes),
+        }
+    }
+
+    fn cancel(&self) {
+        // SAFETY: cancels at most the I/O this OVERLAPPED describes on this handle.
+        unsafe { CancelIoEx(self.file as HANDLE, self.overlapped.as_ptr()) };
+    }
+
+    fn wait_done(&self) {
+        let mut bytes = 0u32;
+        // SAFETY: an OVERLAPPED in flight on this handle (only `Request` calls this); bWait =
+        // TRUE returns once the I/O has completed, after which the kernel no longer writes it.
+        unsafe {
+            GetOverlappedResult(self.file as HANDLE, self.overlapped.as_ptr(), &mut bytes, 1)
+        };
+    }
+
+    fn output(&self, bytes: u32) -> Vec<u8> {
+        let len = (bytes as usize).min(self.output.len());
+        // SAFETY: `len` bytes of our buffer (Invariants), read after the request completed, so
+        // nothing writes them now.
+        unsafe { std::slice::from_raw_parts(self.output.as_ptr().cast::<u8>(), len) }.to_vec()
+    }
+}
+
+impl Drop for Win32Io {
+    fn drop(&mut self) {
+        // SAFETY: the event was created by `new` for this request only.
+        unsafe { CloseHandle(self.event as HANDLE) };
+        // SAFETY: from `Box::leak` in `new`, freed once here; no I/O is in flight (a failed
+        // call never was, and `Request` waits for the completion before dropping this).
+        drop(unsafe { Box::from_raw(self.overlapped.as_ptr()) });
+        // SAFETY: as for the OVERLAPPED, the buffer from `Box::leak` in `new`.
+        drop(unsafe { Box::from_raw(self.output.as_ptr()) });
     }
 }
 
@@ -78,12 +179,21 @@ fn wide(text: &str) -> Vec<u16> {
     text.encode_utf16().chain(Some(0)).collect()
 }
 
+/// A UTF-16 string from little-endian bytes, up to its first NUL.
+fn utf16_until_nul(bytes: &[u8]) -> Vec<u16> {
+    bytes
+        .chunks_exact(2)
+        .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+        .take_while(|&unit| unit != 0)
+        .collect()
+}
+
 impl Windows {
     /// The adapter at `\\.\ScsiN:` if given, else the first revcall adapter found.
     pub fn open_adapter(port: Option<u32>) -> Result<Self, TransportError> {
         let path = match port {
             Some(port) => Some(format!(r"\\.\Scsi{port}:")),
-            None => list()?.into_iter().next().map(|adapter| adapter.path),
+            None => interfaces()?.into_iter().next(),
         };
         path.map(|path| Self { path }).ok_or_else(|| {
             TransportError::NoAdapter(
@@ -92,6 +202,12 @@ impl Windows {
             )
         })
     }
+
+    /// The path this adapter is opened by.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
     fn open_path(path: &str) -> Result<Handle, TransportError> {
         let name = wide(path);
         // SAFETY: `name` is a NUL-terminated UTF-16 string that outlives the call; no security
@@ -101,7 +217,7 @@ impl Windows {
                 name.as_ptr(),
                 GENERIC_READ | GENERIC_WRITE,
                 FILE_SHARE_READ | FILE_SHARE_WRITE,
-                null_mut(),
+                null(),
                 OPEN_EXISTING,
                 FILE_FLAG_OVERLAPPED,
                 null_mut(),
@@ -120,21 +236,37 @@ impl Windows {
     }
 }
 
-/// A revcall adapter that answered.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct Adapter {
-    pub path: String,
-    /// The adapter's STATS, or why it is not quite usable.
-    pub note: String,
+/// Every revcall adapter, with what its STATS said.
+///
+/// # Errors
+///
+/// Access denied (not elevated), or SetupAPI failing to enumerate.
+pub fn list() -> Result<Vec<Found>, TransportError> {
+    discovery::survey(
+        interfaces()?
+            .into_iter()
+            .map(|path| (path.clone(), Windows { path })),
+    )
 }
 
-/// The device paths of the storage-port interfaces whose device has revcall's hardware id.
-fn revcall_interfaces() -> Result<Vec<String>, TransportError> {
-    // SAFETY: a class GUID that outlives the call; no enumerator or window.
-    let set: HDEVINFO = unsafe {
+/// A SetupAPI device information set, destroyed when dropped.
+struct DeviceInfoSet(HDEVINFO);
+
+impl Drop for DeviceInfoSet {
+    fn drop(&mut self) {
+        // SAFETY: a set from SetupDiGetClassDevsW, destroyed once.
+        unsafe { SetupDiDestroyDeviceInfoList(self.0) };
+    }
+}
+
+/// The interface paths of the started Storport adapters whose devnode is revcall's (by
+/// hardware id): only these are ever sent revcall's requests.
+fn interfaces() -> Result<Vec<String>, TransportError> {
+    // SAFETY: a valid interface class GUID; no enumerator filter, no parent window.
+    let set = unsafe {
         SetupDiGetClassDevsW(
             &GUID_DEVINTERFACE_STORAGEPORT,
-            null_mut(),
+            null(),
             null_mut(),
             DIGCF_PRESENT | DIGCF_DEVICEINTERFACE,
         )
@@ -146,17 +278,19 @@ fn revcall_interfaces() -> Result<Vec<String>, TransportError> {
             "SetupDiGetClassDevsW(GUID_DEVINTERFACE_STORAGEPORT) failed with error {error}"
         )));
     }
+    let set = DeviceInfoSet(set);
     let mut paths = Vec::new();
     for index in 0.. {
         let mut interface = SP_DEVICE_INTERFACE_DATA {
             cbSize: size_of::<SP_DEVICE_INTERFACE_DATA>() as u32,
             ..SP_DEVICE_INTERFACE_DATA::default()
         };
-        // SAFETY: the set from above and a sized, writable interface record.
+        // SAFETY: `set` is live; `interface` is a local with its cbSize set. FALSE ends the
+        // enumeration (ERROR_NO_MORE_ITEMS).
         let more = unsafe {
             SetupDiEnumDeviceInterfaces(
-                set,
-                null_mut(),
+                set.0,
+                null(),
                 &GUID_DEVINTERFACE_STORAGEPORT,
                 index,
                 &mut interface,
@@ -165,93 +299,100 @@ fn revcall_interfaces() -> Result<Vec<String>, TransportError> {
         if more == 0 {
             break;
         }
-        if let Some(path) = interface_path(set, &interface) {
+        if let Some((path, device)) = interface_detail(&set, &interface)
+            && hardware_ids(&set, &device).is_some_and(|ids| discovery::is_revcall(&ids))
+        {
             paths.push(path);
         }
     }
-    // SAFETY: the set from SetupDiGetClassDevsW, destroyed once.
-    unsafe { SetupDiDestroyDeviceInfoList(set) };
     Ok(paths)
 }
 
-/// The device path of `interface` if its device is revcall's.
-fn interface_path(set: HDEVINFO, interface: &SP_DEVICE_INTERFACE_DATA) -> Option<String> {
+/// The interface's path (what CreateFileW opens) and its devnode.
+fn interface_detail(
+    set: &DeviceInfoSet,
+    interface: &SP_DEVICE_INTERFACE_DATA,
+) -> Option<(String, SP_DEVINFO_DATA)> {
+    let mut required = 0u32;
+    // SAFETY: the size query: no buffer, `required` a local the call writes. It fails with
+    // ERROR_INSUFFICIENT_BUFFER, having set `required`.
+    unsafe {
+        SetupDiGetDeviceInterfaceDetailW(set.0, interface, null_mut(), 0, &mut required, null_mut())
+    };
+    let header = size_of::<SP_DEVICE_INTERFACE_DETAIL_DATA_W>();
+    if (required as usize) < header {
+        return None;
+    }
+    // u32 units: the detail structure's alignment. Its first field, cbSize, is the size of the
+    // fixed part, as the API requires.
+    const _: () = assert!(offset_of!(SP_DEVICE_INTERFACE_DETAIL_DATA_W, cbSize) == 0);
+    let mut buffer = vec![0u32; (required as usize).div_ceil(4)];
+    buffer[0] = header as u32;
+    let detail = buffer
+        .as_mut_ptr()
+        .cast::<SP_DEVICE_INTERFACE_DETAIL_DATA_W>();
     let mut device = SP_DEVINFO_DATA {
         cbSize: size_of::<SP_DEVINFO_DATA>() as u32,
         ..SP_DEVINFO_DATA::default()
     };
-    // The detail record: a u32 size, then the path; a u64 buffer keeps it aligned.
-    let mut detail = vec![0u64; 512];
-    let record = detail
-        .as_mut_ptr()
-        .cast::<SP_DEVICE_INTERFACE_DETAIL_DATA_W>();
-    // SAFETY: the record lies in `detail`, 8-aligned and large enough for its header.
-    unsafe { (*record).cbSize = size_of::<SP_DEVICE_INTERFACE_DETAIL_DATA_W>() as u32 };
-    let bytes = (detail.len() * 8) as u32;
-    // SAFETY: the set and interface from the enumeration; `bytes` writable bytes at `record`.
+    // SAFETY: `detail` points to `required` writable bytes (rounded up to whole u32s);
+    // `device` is a local with its cbSize set.
     let ok = unsafe {
-        SetupDiGetDeviceInterfaceDetailW(set, interface, record, bytes, null_mut(), &mut device)
+        SetupDiGetDeviceInterfaceDetailW(
+            set.0,
+            interface,
+            detail,
+            required,
+            null_mut(),
+            &mut device,
+        )
     };
-    if ok == 0 || !has_revcall_id(set, &device) {
+    if ok == 0 {
         return None;
     }
-    // The path is NUL-terminated UTF-16 after the size field, inside `detail`.
-    let units = (detail.len() * 8 - 4) / 2;
-    // SAFETY: the record lies in `detail`; this only forms the path's address.
-    let first = unsafe { &raw const (*record).DevicePath[0] };
-    // SAFETY: `units` u16s from `first` lie inside `detail`, which SetupAPI filled with a
-    // NUL-terminated path.
-    let path = unsafe { std::slice::from_raw_parts(first, units) };
-    let end = path.iter().position(|&unit| unit == 0).unwrap_or(units);
-    Some(String::from_utf16_lossy(&path[..end]))
+    let bytes: Vec<u8> = buffer.iter().flat_map(|unit| unit.to_le_bytes()).collect();
+    let path = utf16_until_nul(&bytes[offset_of!(SP_DEVICE_INTERFACE_DETAIL_DATA_W, DevicePath)..]);
+    Some((String::from_utf16_lossy(&path), device))
 }
 
-/// Whether the device's hardware ids (a REG_MULTI_SZ) include revcall's.
-fn has_revcall_id(set: HDEVINFO, device: &SP_DEVINFO_DATA) -> bool {
-    let mut ids = vec![0u16; 1024];
-    // SAFETY: the set and device from the enumeration; a writable buffer of its byte size.
-    let ok = unsafe {
+/// The devnode's hardware ids (REG_MULTI_SZ, UTF-16).
+fn hardware_ids(set: &DeviceInfoSet, device: &SP_DEVINFO_DATA) -> Option<Vec<u16>> {
+    let mut required = 0u32;
+    // SAFETY: the size query: no buffer; fails with ERROR_INSUFFICIENT_BUFFER, setting
+    // `required`.
+    unsafe {
         SetupDiGetDeviceRegistryPropertyW(
-            set,
+            set.0,
             device,
             SPDRP_HARDWAREID,
             null_mut(),
-            ids.as_mut_ptr().cast(),
-            (ids.len() * 2) as u32,
+            null_mut(),
+            0,
+            &mut required,
+        )
+    };
+    if required == 0 {
+        return None;
+    }
+    let mut buffer = vec![0u8; required as usize];
+    // SAFETY: `buffer` has `required` writable bytes.
+    let ok = unsafe {
+        SetupDiGetDeviceRegistryPropertyW(
+            set.0,
+            device,
+            SPDRP_HARDWAREID,
+            null_mut(),
+            buffer.as_mut_ptr(),
+            required,
             null_mut(),
         )
     };
-    ok != 0
-        && String::from_utf16_lossy(&ids)
-            .split('\0')
-            .any(|id| id.eq_ignore_ascii_case(HARDWARE_ID))
-}
-
-/// revcall's adapters: the storage-port interfaces of devices with its hardware id, each
-/// probed with a STATS request. Access denied is an error (not elevated).
-pub fn list() -> Result<Vec<Adapter>, TransportError> {
-    let mut ours = Vec::new();
-    for path in revcall_interfaces()? {
-        let handle = Windows::open_path(&path)?;
-        let adapter = Windows { path: path.clone() };
-        let probe = crate::client::Adapter {
-            transport: &adapter,
-            handle,
-        };
-        let note = match probe.stats() {
-            Ok(stats) => format!(
-                "revcall: {} parked (cap {}), newest event {}",
-                stats.parked_now, stats.parked_cap, stats.head_seq
-            ),
-            Err(crate::client::RequestError::Status(
-                revcall_protocol::status::STATUS_REVISION_MISMATCH,
-            )) => "revcall, but another protocol version: update the tester or the driver".into(),
-            Err(error) => format!("revcall's device, but STATS failed: {error}"),
-        };
-        adapter.close(handle);
-        ours.push(Adapter { path, note });
-    }
-    Ok(ours)
+    (ok != 0).then(|| {
+        buffer
+            .chunks_exact(2)
+            .map(|pair| u16::from_le_bytes([pair[0], pair[1]]))
+            .collect()
+    })
 }
 
 impl Transport for Windows {
@@ -267,124 +408,52 @@ impl Transport for Windows {
     }
 
     fn submit(&self, handle: Handle, input: &[u8], out_len: u32) -> Result<Pending, u32> {
-        // SAFETY: a manual-reset, initially clear, unnamed event.
-        let event = unsafe { CreateEventW(null_mut(), 1, 0, null_mut()) };
-        if event.is_null() {
-            // SAFETY: reads this thread's last-error value.
-            return Err(crate::overlapped::status_of(unsafe { GetLastError() }));
-        }
-        let mut pending = Pending {
-            overlapped: Box::into_raw(Box::new(OVERLAPPED {
-                hEvent: event,
-                ..OVERLAPPED::default()
-            })),
-            output: vec![0; out_len as usize],
-            file: handle,
-            in_flight: false,
-        };
-        let input_ptr = if input.is_empty() {
-            null_mut()
-        } else {
-            input.as_ptr() as *mut c_void
-        };
-        let output_ptr = if out_len == 0 {
-            null_mut()
-        } else {
-            pending.output.as_mut_ptr().cast()
-        };
-        // SAFETY: METHOD_BUFFERED copies the input during the call; the output buffer and the
-        // OVERLAPPED live in `pending`, which is not freed before the I/O completes (Drop).
-        let returned = unsafe {
-            DeviceIoControl(
-                handle as HANDLE,
-                IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
-                input_ptr,
-                input.len() as u32,
-                output_ptr,
-                out_len,
-                null_mut(),
-                pending.overlapped,
-            )
-        } != 0;
-        let error = if returned {
-            0
-        } else {
-            // SAFETY: reads this thread's last-error value, which DeviceIoControl just set.
-            unsafe { GetLastError() }
-        };
-        match submitted(returned, error) {
-            Submitted::InFlight => {
-                pending.in_flight = true;
-                Ok(pending)
+        let io = Win32Io::new(handle, out_len)?;
+        overlapped::issue(io, |io| {
+            // SAFETY: METHOD_BUFFERED copies the input during the call; the output buffer and
+            // the OVERLAPPED belong to `io`, which stays alive until the I/O has completed:
+            // `issue` keeps it in a `Request` (which waits before dropping it) unless the call
+            // failed, when the kernel holds neither.
+            let returned = unsafe {
+                DeviceIoControl(
+                    handle as HANDLE,
+                    IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+                    if input.is_empty() {
+                        null()
+                    } else {
+                        input.as_ptr().cast()
+                    },
+                    input.len() as u32,
+                    io.output_ptr(),
+                    out_len,
+                    null_mut(),
+                    io.overlapped.as_ptr(),
+                )
+            };
+            if returned != 0 {
+                (true, 0)
+            } else {
+                // SAFETY: reads this thread's last-error value, right after the call.
+                (false, unsafe { GetLastError() })
             }
-            // Never in flight: dropping it frees the OVERLAPPED without waiting.
-            Submitted::Failed(status) => Err(status),
-        }
-    }
-
-    fn wait(&self, pending: &Pending, limit: Duration) -> Option<Completion> {
-        let mut bytes = 0u32;
-        let ms = u32::try_from(limit.as_millis()).unwrap_or(u32::MAX - 1);
-        // SAFETY: the OVERLAPPED belongs to an I/O on this handle and lives until Drop.
-        let done = unsafe {
-            GetOverlappedResultEx(
-                pending.file as HANDLE,
-                pending.overlapped,
-                &mut bytes,
-                ms,
-                0,
-            )
-        } != 0;
-        if !done {
-            // SAFETY: reads this thread's last-error value.
-            let error = unsafe { GetLastError() };
-            if STILL_RUNNING.contains(&error) || pending.status() == STATUS_PENDING {
-                return None;
-            }
-        }
-        // The byte count GetOverlappedResultEx reports (not InternalHigh, which is the
-        // kernel's field): errors report none.
-        let returned = (bytes as usize).min(pending.output.len());
-        Some(Completion {
-            status: pending.status() as u32,
-            output: pending.output[..returned].to_vec(),
         })
     }
 
-    fn cancel(&self, handle: Handle, pending: &Pending) {
-        // SAFETY: cancels at most the I/O this OVERLAPPED describes on this handle.
-        unsafe { CancelIoEx(handle as HANDLE, pending.overlapped) };
+    fn wait(&self, pending: &Pending, limit: Duration) -> Option<Completion> {
+        pending.wait(limit)
+    }
+
+    fn cancel(&self, _handle: Handle, pending: &Pending) {
+        pending.cancel();
     }
 
     fn cancel_all(&self, handle: Handle) {
         // SAFETY: NULL cancels every I/O this process issued on the handle.
-        unsafe { CancelIoEx(handle as HANDLE, null_mut()) };
+        unsafe { CancelIoEx(handle as HANDLE, null()) };
     }
 
     fn close(&self, handle: Handle) {
         // SAFETY: a handle from CreateFileW, closed once by its owner.
         unsafe { CloseHandle(handle as HANDLE) };
-    }
-}
-
-impl Drop for Pending {
-    fn drop(&mut self) {
-        let completed = self.status() != STATUS_PENDING;
-        if release(self.in_flight, completed) == Release::CancelAndWait {
-            let mut bytes = 0u32;
-            // SAFETY: this request's OVERLAPPED on its handle; then wait until the kernel is
-            // done with the buffers before they are freed.
-            unsafe { CancelIoEx(self.file as HANDLE, self.overlapped) };
-            // SAFETY: as above; bWait = TRUE blocks until the I/O has completed, which an
-            // in-flight I/O does once cancelled.
-            unsafe { GetOverlappedResult(self.file as HANDLE, self.overlapped, &mut bytes, 1) };
-        }
-        // SAFETY: the OVERLAPPED is alive until the Box::from_raw below.
-        let event = unsafe { (*self.overlapped).hEvent };
-        // SAFETY: the event was created by `submit` for this request only.
-        unsafe { CloseHandle(event) };
-        // SAFETY: the OVERLAPPED came from Box::into_raw in `submit`, and the kernel is done
-        // with it (never in flight, completed, or waited for above).
-        drop(unsafe { Box::from_raw(self.overlapped) });
     }
 }
