@@ -402,12 +402,7 @@ mod tests {
     }
 
     fn reports(machine: &Machine) -> Vec<(u32, u64)> {
-        machine
-            .verifier()
-            .violations()
-            .iter()
-            .map(|bug| (bug.code, bug.params[0]))
-            .collect()
+        machine.verifier().codes()
     }
 
     #[test]

@@ -68,12 +68,7 @@ fn complete(io: &Io, irp: usize, status: u32, information: usize, via: Via) {
 }
 
 fn violations(io: &Io) -> Vec<(u32, u64)> {
-    io.machine
-        .verifier()
-        .violations()
-        .iter()
-        .map(|bug| (bug.code, bug.params[0]))
-        .collect()
+    io.machine.verifier().codes()
 }
 
 #[test]

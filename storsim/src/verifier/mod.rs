@@ -82,6 +82,14 @@ impl Verifier {
             .push(bug);
     }
 
+    /// Each violation so far as (bug-check code, P1), in report order: what a test compares.
+    pub fn codes(&self) -> Vec<(u32, u64)> {
+        self.violations()
+            .iter()
+            .map(|bug| (bug.code, bug.params[0]))
+            .collect()
+    }
+
     /// Every violation so far, in report order.
     pub fn violations(&self) -> Vec<BugCheck> {
         self.violations
