@@ -38,6 +38,8 @@ fn four_cpus_through_removal_cycles_keep_every_invariant() {
         "close-handle",
         "process-exit",
         "malformed",
+        "cancel-io-foreign",
+        "flood",
     ] {
         assert!(
             report.ops.get(op).is_some_and(|n| *n > 0),
@@ -58,5 +60,14 @@ fn four_cpus_through_removal_cycles_keep_every_invariant() {
         );
     }
     assert_eq!(report.removals.regular + report.removals.surprise, 7);
+    // The races were pressed and the end-of-run checks ran.
+    let races = &report.races;
+    assert!(
+        races.foreign_cancels > 0 && races.cancels_during_dispatch > 0,
+        "{races:?}"
+    );
+    assert!(races.floods_at_cap > 0, "{races:?}");
+    // One checkpoint before each of the 6 cycles, one at the end.
+    assert_eq!(races.stats_reconciled, 7, "{races:?}");
     assert!(report.events.delivered > 0);
 }

@@ -1,7 +1,8 @@
 //! The torture's invariants as pure checks on what clients saw, so that a doctored completion
 //! sequence can be fed to them (see the tests at the end): which statuses each request path
-//! allows, and each waiter's view of the event stream — strictly ordered, every gap exactly
-//! what the driver reported as `lost`, each FIRE source in its own order.
+//! allows, each waiter's view of the event stream — strictly ordered, every gap exactly what
+//! the driver reported as `lost`, each FIRE source in its own order — and the driver's STATS
+//! counters against the completions clients saw.
 
 use std::collections::HashMap;
 
@@ -9,7 +10,7 @@ use revcall_protocol::status::{
     STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_NOT_SUPPORTED,
     STATUS_QUOTA_EXCEEDED, STATUS_SUCCESS,
 };
-use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, WaitFlags, WaitReply};
+use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, StatsReply, WaitFlags, WaitReply};
 
 /// What a request was, for the statuses it may end with.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,26 +25,88 @@ pub enum Path {
     Malformed(u32),
 }
 
+/// What may excuse an error status a request would not otherwise end with.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Excuses {
+    /// A cancel that could have reached the request was issued.
+    pub cancel_requested: bool,
+    /// The low-resources simulation is on.
+    pub low_resources: bool,
+    /// A flood may have filled the parked cap while the request was out.
+    pub cap_full: bool,
+}
+
 /// Whether a request on `path` may complete with `status`. Storport's own refusal
 /// (STATUS_DELETE_PENDING: removal under way, or a handle to a removed adapter) is allowed on
-/// every path; STATUS_CANCELLED only if the client asked for the cancellation; FIRE's
+/// every path; STATUS_CANCELLED only if a cancel could have reached it; a WAIT's
+/// STATUS_QUOTA_EXCEEDED only from a flood or while one filled the cap; FIRE's
 /// STATUS_NOT_SUPPORTED only under low-resources simulation (the driver could not read its
 /// registry value, and the test hook fails closed).
-pub fn allowed(path: Path, status: u32, cancel_requested: bool, low_resources: bool) -> bool {
+pub fn allowed(path: Path, status: u32, excuses: Excuses) -> bool {
     if status == STATUS_DELETE_PENDING {
         return true;
     }
     match path {
         Path::Flood if status == STATUS_QUOTA_EXCEEDED => true,
+        Path::Wait if status == STATUS_QUOTA_EXCEEDED => excuses.cap_full,
         Path::Wait | Path::Flood => {
             status == STATUS_SUCCESS
                 || status == STATUS_DEVICE_REMOVED
-                || (status == STATUS_CANCELLED && cancel_requested)
+                || (status == STATUS_CANCELLED && excuses.cancel_requested)
         }
-        Path::Fire if status == STATUS_NOT_SUPPORTED => low_resources,
+        Path::Fire if status == STATUS_NOT_SUPPORTED => excuses.low_resources,
         Path::Fire | Path::Discover => status == STATUS_SUCCESS || status == STATUS_DEVICE_REMOVED,
         Path::Stats => status == STATUS_SUCCESS,
         Path::Malformed(expected) => status == expected,
+    }
+}
+
+/// What one adapter instance's STATS counters must say, from the completions clients saw of
+/// the requests they sent it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DriverView {
+    pub completed: u64,
+    pub cancelled: u64,
+    pub rejected: u64,
+    pub injected: u64,
+}
+
+impl DriverView {
+    /// A request on `path` completed with `status`. STATUS_DELETE_PENDING is Storport's own
+    /// refusal: that request never reached the driver.
+    pub fn saw(&mut self, path: Path, status: u32) {
+        if status == STATUS_DELETE_PENDING {
+            return;
+        }
+        self.completed += 1;
+        if status == STATUS_CANCELLED {
+            self.cancelled += 1;
+        } else if revcall_protocol::status::is_error(status) {
+            self.rejected += 1;
+        }
+        if path == Path::Fire && status == STATUS_SUCCESS {
+            self.injected += 1;
+        }
+    }
+
+    pub fn merge(&mut self, other: &DriverView) {
+        self.completed += other.completed;
+        self.cancelled += other.cancelled;
+        self.rejected += other.rejected;
+        self.injected += other.injected;
+    }
+
+    /// The counters of `stats` that disagree with this view, as (name, driver, clients).
+    pub fn disagreements(&self, stats: &StatsReply) -> Vec<(&'static str, u64, u64)> {
+        [
+            ("completed", stats.completed, self.completed),
+            ("cancelled", stats.cancelled, self.cancelled),
+            ("rejected", stats.rejected, self.rejected),
+            ("events_injected", stats.events_injected, self.injected),
+        ]
+        .into_iter()
+        .filter(|(_, driver, clients)| driver != clients)
+        .collect()
     }
 }
 
@@ -398,17 +461,33 @@ mod tests {
     #[test]
     fn statuses_per_path() {
         use revcall_protocol::status::{STATUS_BUFFER_TOO_SMALL, STATUS_INVALID_PARAMETER};
-        assert!(allowed(Path::Wait, STATUS_SUCCESS, false, false));
-        assert!(!allowed(Path::Wait, STATUS_CANCELLED, false, false));
-        assert!(allowed(Path::Wait, STATUS_CANCELLED, true, false));
-        assert!(!allowed(Path::Wait, STATUS_QUOTA_EXCEEDED, false, false));
-        assert!(allowed(Path::Flood, STATUS_QUOTA_EXCEEDED, true, false));
-        assert!(allowed(Path::Fire, STATUS_DELETE_PENDING, false, false));
-        assert!(!allowed(Path::Fire, STATUS_NOT_SUPPORTED, false, false));
-        assert!(allowed(Path::Fire, STATUS_NOT_SUPPORTED, false, true));
-        assert!(!allowed(Path::Stats, STATUS_DEVICE_REMOVED, false, false));
+        let none = Excuses::default();
+        let cancel = Excuses {
+            cancel_requested: true,
+            ..none
+        };
+        let low = Excuses {
+            low_resources: true,
+            ..none
+        };
+        let full = Excuses {
+            cap_full: true,
+            ..none
+        };
+        assert!(allowed(Path::Wait, STATUS_SUCCESS, none));
+        assert!(!allowed(Path::Wait, STATUS_CANCELLED, none));
+        assert!(allowed(Path::Wait, STATUS_CANCELLED, cancel));
+        assert!(!allowed(Path::Wait, STATUS_QUOTA_EXCEEDED, cancel));
+        assert!(allowed(Path::Wait, STATUS_QUOTA_EXCEEDED, full));
+        assert!(!allowed(Path::Wait, STATUS_CANCELLED, full));
+        assert!(allowed(Path::Flood, STATUS_QUOTA_EXCEEDED, cancel));
+        assert!(allowed(Path::Fire, STATUS_DELETE_PENDING, none));
+        assert!(!allowed(Path::Fire, STATUS_NOT_SUPPORTED, none));
+        assert!(allowed(Path::Fire, STATUS_NOT_SUPPORTED, low));
+        assert!(!allowed(Path::Fire, STATUS_QUOTA_EXCEEDED, full));
+        assert!(!allowed(Path::Stats, STATUS_DEVICE_REMOVED, none));
         let too_small = Path::Malformed(STATUS_BUFFER_TOO_SMALL);
-        assert!(allowed(too_small, STATUS_BUFFER_TOO_SMALL, false, false));
-        assert!(!allowed(too_small, STATUS_INVALID_PARAMETER, false, false));
+        assert!(allowed(too_small, STATUS_BUFFER_TOO_SMALL, none));
+        assert!(!allowed(too_small, STATUS_INVALID_PARAMETER, none));
     }
 }

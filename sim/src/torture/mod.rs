@@ -8,6 +8,8 @@
 //! `lost`; no two FIREs given one sequence number; no removal longer than the limit; no
 //! verifier violation; no pool leak at unload; nothing outstanding.
 
+mod checkpoint;
+mod chronicle;
 mod ledger;
 mod report;
 mod worker;
@@ -16,11 +18,12 @@ use std::collections::{BTreeMap, HashSet};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Barrier, Mutex};
+use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
-pub use report::{Events, Removals, TortureReport};
+pub use report::{Events, Races, Removals, TortureReport};
 
+use ledger::DriverView;
 use storsim::cpu;
 use storsim::kernel::Kernel;
 use storsim::machine::{Config, Label};
@@ -77,6 +80,7 @@ pub enum Op {
     Discover,
     Stats,
     Cancel,
+    CancelForeign,
     Close,
     Exit,
     Flood,
@@ -91,6 +95,7 @@ impl Op {
             Op::Discover => "discover",
             Op::Stats => "stats",
             Op::Cancel => "cancel-io",
+            Op::CancelForeign => "cancel-io-foreign",
             Op::Close => "close-handle",
             Op::Exit => "process-exit",
             Op::Flood => "flood",
@@ -99,19 +104,37 @@ impl Op {
     }
 }
 
-/// What the CPUs share: progress and the failures they found.
+/// What the CPUs share: progress, the failures they found, and the chronicle of cancels and
+/// removals they judge completions by.
 pub struct Shared {
     ops_done: AtomicU64,
     workers_done: AtomicUsize,
     failures: Mutex<Vec<String>>,
     failure_count: AtomicU64,
     fault_rate: f64,
+    cpus: usize,
+    chronicle: chronicle::Chronicle,
+    /// Held shared by whatever makes an event (FIRE, DISCOVER), exclusively by a flood while it
+    /// sends: the parked count then moves only by WAITs.
+    events: RwLock<()>,
+    /// Each CPU's view of what the driver counted, by adapter instance, as of its last
+    /// checkpoint.
+    views: Mutex<Vec<BTreeMap<u64, DriverView>>>,
+    checkpoints: checkpoint::Checkpoints,
 }
 
 /// Failures kept verbatim (the count goes on).
 const FAILURES_KEPT: usize = 50;
 
 impl Shared {
+    fn events_allowed(&self) -> RwLockReadGuard<'_, ()> {
+        self.events.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn hold_events(&self) -> RwLockWriteGuard<'_, ()> {
+        self.events.write().unwrap_or_else(|p| p.into_inner())
+    }
+
     fn fail(&self, what: String) {
         if self.failure_count.fetch_add(1, Ordering::Relaxed) < FAILURES_KEPT as u64 {
             self.failures
@@ -146,19 +169,33 @@ pub fn run(options: &TortureOptions) -> TortureReport {
         failures: Mutex::new(Vec::new()),
         failure_count: AtomicU64::new(0),
         fault_rate: options.fail_rate,
+        cpus: options.cpus.max(1),
+        chronicle: chronicle::Chronicle::new(options.cpus.max(1)),
+        events: RwLock::new(()),
+        views: Mutex::new(vec![BTreeMap::new(); options.cpus.max(1)]),
+        checkpoints: checkpoint::Checkpoints::new(options.cpus.max(1)),
     };
     let started = Instant::now();
     let loaded = storsim::driver::load(&kernel, &options.driver)
         .and_then(|driver| Ok((driver, kernel.start_adapter()?)));
-    let (tallies, removals, error) = match loaded {
-        Err(error) => (Vec::new(), Removals::default(), Some(error.to_string())),
+    let (tallies, removals, reconciled, error) = match loaded {
+        Err(error) => (Vec::new(), Removals::default(), 0, Some(error.to_string())),
         Ok((_driver, ())) => {
             kernel.machine().faults().set_rate(options.fail_rate);
-            let (tallies, removals) = hammer(&kernel, &shared, options);
-            kernel.machine().faults().set_rate(0.0);
+            let (tallies, removals, reconciled) = hammer(&kernel, &shared, options);
             kernel.unload();
-            (tallies, removals, None)
+            (tallies, removals, reconciled, None)
         }
+    };
+    let races = Races {
+        foreign_cancels: tallies.iter().map(|t| t.foreign_cancels).sum(),
+        cancels_during_dispatch: kernel
+            .io()
+            .counters()
+            .cancels_during_dispatch
+            .load(Ordering::Relaxed),
+        floods_at_cap: tallies.iter().map(|t| t.floods_at_cap).sum(),
+        stats_reconciled: reconciled,
     };
     let summary = kernel.summary(error, Vec::new());
     drop(session);
@@ -166,54 +203,139 @@ pub fn run(options: &TortureOptions) -> TortureReport {
         options,
         &shared,
         tallies,
-        removals,
+        (removals, races),
         summary,
         started.elapsed(),
     )
 }
 
-/// The workers and the removal cycles, then the final removal.
+/// The workers and the removal cycles (each after a checkpoint), then a last checkpoint and the
+/// final removal. Returns each CPU's tally, the removals, and how many checkpoints compared the
+/// driver's counters.
 fn hammer(
     kernel: &std::sync::Arc<Kernel>,
     shared: &Shared,
     options: &TortureOptions,
-) -> (Vec<Tally>, Removals) {
+) -> (Vec<Tally>, Removals, u64) {
     let cpus = options.cpus.max(1);
-    let barrier = Barrier::new(cpus + 1);
     let progress = report::Progress::new(options.ops, options.removals, options.progress);
+    let mut reconciler = Reconciler::default();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..cpus)
             .map(|index| {
                 let share = options.ops / cpus as u64
                     + u64::from((index as u64) < options.ops % cpus as u64);
-                let barrier = &barrier;
                 scope.spawn(move || {
                     cpu::enter_thread();
                     let mut worker = Worker::new(kernel, shared, index, options.seed);
-                    // A panic (a storsim bug) must not leave the others at the barrier.
+                    // A panic (a storsim bug) must not leave the others at a checkpoint.
                     guarded(shared, index, || worker.run(share));
                     shared.workers_done.fetch_add(1, Ordering::Release);
-                    // The final removal happens between these two.
-                    barrier.wait();
-                    barrier.wait();
+                    // Checkpoints, the last one and the final removal happen meanwhile.
+                    guarded(shared, index, || worker.idle());
                     guarded(shared, index, || worker.finish());
                     worker.tally
                 })
             })
             .collect();
-        let mut removals = cycles(kernel, shared, options, &progress, cpus);
-        barrier.wait();
+        let mut removals = cycles(kernel, shared, options, &progress, cpus, &mut reconciler);
+        // The checks at the end must not fail for want of memory.
+        kernel.machine().faults().set_rate(0.0);
         if kernel.adapter_state() != PnpState::Removed {
-            removals.observe(kernel, shared, false, || kernel.remove_adapter(|| {}));
+            reconciler.checkpoint(kernel, shared);
+            remove(kernel, shared, &mut removals, false, || {});
         }
-        barrier.wait();
+        shared.checkpoints.end();
         let tallies = workers
             .into_iter()
             .map(|w| w.join().unwrap_or_default())
             .collect();
         progress.finish(shared);
-        (tallies, removals)
+        (tallies, removals, reconciler.reconciled)
     })
+}
+
+/// The process the checkpoints' STATS come from.
+const CHECK_PROCESS: u32 = 0x4348_4B00;
+
+/// Compares the driver's STATS counters with what the clients saw, at checkpoints.
+#[derive(Default)]
+struct Reconciler {
+    /// The checkpoints' own STATS requests, by adapter instance (the driver counts them too).
+    own: BTreeMap<u64, DriverView>,
+    /// Checkpoints whose comparison ran.
+    reconciled: u64,
+}
+
+impl Reconciler {
+    /// Stops every CPU, lets the adapter's timer and DPCs finish (they could still complete
+    /// parked WAITs), and compares STATS of the current adapter instance with what every
+    /// client saw of the requests it sent that instance.
+    fn checkpoint(&mut self, kernel: &std::sync::Arc<Kernel>, shared: &Shared) {
+        shared.checkpoints.take(
+            || drain_adapter(kernel, shared),
+            || self.compare(kernel, shared),
+        );
+    }
+
+    fn compare(&mut self, kernel: &std::sync::Arc<Kernel>, shared: &Shared) {
+        let instance = kernel.io().device_instance();
+        let own = self.own.entry(instance).or_default();
+        let mut view = *own;
+        for cpu in shared
+            .views
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            if let Some(seen) = cpu.get(&instance) {
+                view.merge(seen);
+            }
+        }
+        let channel = crate::client::Channel::open(kernel, CHECK_PROCESS);
+        let stats = revcall_client::channel::encode(&revcall_protocol::Request::Stats);
+        match channel.send_raw(&stats, 256) {
+            Ok(request) => {
+                let outcome = request.wait(crate::client::PROMPT);
+                own.saw(
+                    ledger::Path::Stats,
+                    outcome.as_ref().map_or(u32::MAX, |o| o.status),
+                );
+                match outcome.map(|o| revcall_client::channel::stats(o.status, &o.output)) {
+                    Some(Ok(stats)) => {
+                        self.reconciled += 1;
+                        for (counter, driver, clients) in view.disagreements(&stats) {
+                            shared.fail(format!(
+                                "STATS of adapter instance {instance}: {counter} is {driver}, \
+                                 but clients saw {clients}"
+                            ));
+                        }
+                    }
+                    other => shared.fail(format!("STATS at a checkpoint: {other:?}")),
+                }
+            }
+            // The low-resources simulation refused the IRP: no comparison this time.
+            Err(storport_abi::status::user::STATUS_INSUFFICIENT_RESOURCES)
+                if shared.fault_rate > 0.0 => {}
+            Err(status) => shared.fail(format!(
+                "STATS at a checkpoint refused: {}",
+                ledger::status_name(status)
+            )),
+        }
+        channel.close();
+    }
+}
+
+/// Waits until the adapter has no timer armed and no DPC queued or running.
+fn drain_adapter(kernel: &Kernel, shared: &Shared) {
+    let dispatcher = kernel.port().dispatcher();
+    let deadline = Instant::now() + crate::client::PROMPT;
+    while dispatcher.pending() || !dispatcher.drain(Duration::from_millis(10)) {
+        if Instant::now() > deadline {
+            return shared.fail("the adapter's timer and DPCs never went idle".into());
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Runs `step` of CPU `index`, turning a panic into a failure of the run.
@@ -236,6 +358,7 @@ fn cycles(
     options: &TortureOptions,
     progress: &report::Progress,
     cpus: usize,
+    reconciler: &mut Reconciler,
 ) -> Removals {
     let mut rng = fastrand::Rng::with_seed(options.seed ^ 0xC0FF_EE00);
     let mut removals = Removals {
@@ -252,6 +375,8 @@ fn cycles(
         }
         let due = (u64::from(next) + 1) * options.ops / (u64::from(options.removals) + 1);
         if next < options.removals && (done >= due || finished) {
+            // The counters of this instance, exactly, while its CPUs are stopped.
+            reconciler.checkpoint(kernel, shared);
             // Half the cycles first take the adapter down without removing it: parked
             // requests must survive, a pending discovery must be re-armed.
             match rng.u8(0..4) {
@@ -269,11 +394,8 @@ fn cycles(
             let surprise = rng.bool();
             // A handle of this instance, for requests in the removal's window.
             let late = crate::client::Channel::open(kernel, LATE_PROCESS);
-            removals.observe(kernel, shared, surprise, || {
-                if surprise {
-                    kernel.surprise_remove_adapter();
-                }
-                kernel.remove_adapter(|| late_requests(&late, shared, surprise));
+            remove(kernel, shared, &mut removals, surprise, || {
+                late_requests(&late, shared, surprise);
             });
             late.close();
             restart(kernel, shared, true);
@@ -282,6 +404,57 @@ fn cycles(
         }
         std::thread::sleep(Duration::from_millis(2));
     }
+}
+
+/// The emulated process whose WAITs are parked when each removal begins.
+const SENTINEL_PROCESS: u32 = 0x5345_4E54;
+
+/// WAITs parked as sentinels before each removal.
+const SENTINELS: usize = 4;
+
+/// One removal, with sentinel WAITs parked when it begins: nothing ever cancels them, so each
+/// must have been completed by the time HwCompleteServiceIrp (or ScsiAdapterSurpriseRemoval)
+/// returned — or be in the hands of another CPU's delivery that took it off the queue first,
+/// which completes it promptly. Under load the workers' own cancels would otherwise complete
+/// WAITs a removal left parked before the rundown wait noticed. `between` runs in the window
+/// after the check.
+fn remove(
+    kernel: &std::sync::Arc<Kernel>,
+    shared: &Shared,
+    removals: &mut Removals,
+    surprise: bool,
+    between: impl FnOnce(),
+) {
+    let channel = crate::client::Channel::open(kernel, SENTINEL_PROCESS);
+    let wait = revcall_client::channel::encode(&revcall_protocol::Request::Wait {
+        cursor: revcall_protocol::CURSOR_NOW,
+        max_events: 1,
+    });
+    // Sent last thing before the removal; an event may still complete one first. Refused
+    // sends (low-resources simulation) are simply not sentinels.
+    let sentinels: Vec<_> = (0..SENTINELS)
+        .filter_map(|_| channel.send_raw(&wait, 64).ok())
+        .collect();
+    let parked: Vec<_> = sentinels
+        .iter()
+        .filter(|request| request.outcome().is_none())
+        .collect();
+    removals.remove(kernel, shared, surprise, || {
+        for request in &parked {
+            if request.wait(crate::client::PROMPT).is_none() {
+                shared.fail(format!(
+                    "WAIT #{} was parked when the removal began and no cancel was ever sent, \
+                     yet it was still pending {} ms after HwCompleteServiceIrp returned",
+                    request.id,
+                    crate::client::PROMPT.as_millis()
+                ));
+                // So that the rundown can finish and the run go on to report it.
+                kernel.cancel_io(channel.handle, Some(request.id));
+            }
+        }
+        between();
+    });
+    channel.close();
 }
 
 /// The emulated process that sends requests into the removal's window.
@@ -355,7 +528,7 @@ fn conclude(
     options: &TortureOptions,
     shared: &Shared,
     tallies: Vec<Tally>,
-    removals: Removals,
+    (removals, races): (Removals, Races),
     summary: Summary,
     elapsed: Duration,
 ) -> TortureReport {
@@ -421,6 +594,7 @@ fn conclude(
         irps: summary.irps,
         events,
         removals,
+        races,
         faults_injected: summary.faults_injected,
         pool_outstanding: summary.pool_outstanding,
         delays_injected: summary.delays_injected,

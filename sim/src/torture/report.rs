@@ -24,6 +24,21 @@ pub struct Events {
     pub lost_at_start: u64,
 }
 
+/// How hard the races were pressed, and which end-of-run checks could run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Races {
+    /// CancelIoEx calls on another CPU's handle.
+    pub foreign_cancels: u64,
+    /// IoCancelIrp calls that found the IRP inside its dispatch routine.
+    pub cancels_during_dispatch: u64,
+    /// Floods that reached the parked cap, their QUOTA_EXCEEDED refusals checked exactly
+    /// against it (a flood a removal overlapped is not checked).
+    pub floods_at_cap: u64,
+    /// Checkpoints (one before each removal cycle, one at the end) that compared the adapter's
+    /// STATS counters with what the clients saw, every CPU stopped.
+    pub stats_reconciled: u64,
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Removals {
     pub regular: u64,
@@ -38,16 +53,26 @@ pub struct Removals {
 }
 
 impl Removals {
-    /// Times one removal.
-    pub(super) fn observe(
+    /// One removal (a surprise removal first if `surprise`), timed and entered in the
+    /// chronicle; `between` runs in the window after HwCompleteServiceIrp returned.
+    pub(super) fn remove(
         &mut self,
         kernel: &Kernel,
         shared: &Shared,
         surprise: bool,
-        remove: impl FnOnce(),
+        between: impl FnOnce(),
     ) {
+        let removal = shared
+            .chronicle
+            .removal_begins(kernel.io().device_instance());
         let started = Instant::now();
-        remove();
+        if surprise {
+            kernel.surprise_remove_adapter();
+        }
+        kernel.remove_adapter(|| {
+            shared.chronicle.removal_drained(removal);
+            between();
+        });
         let took = started.elapsed().as_millis() as u64;
         self.max_ms = self.max_ms.max(took);
         if surprise {
@@ -81,6 +106,7 @@ pub struct TortureReport {
     pub irps: Irps,
     pub events: Events,
     pub removals: Removals,
+    pub races: Races,
     pub faults_injected: u64,
     /// Driver pool blocks still allocated at unload.
     pub pool_outstanding: usize,
@@ -166,6 +192,18 @@ impl TortureReport {
                     self.removals.limit_ms,
                     self.removals.power_cycles,
                     self.removals.stops
+                ),
+            ),
+            (
+                "races",
+                format!(
+                    "{} cancels from other CPUs, {} cancels inside dispatch; {} floods reached \
+                     the parked cap and were checked; STATS equal to what clients saw at {} \
+                     checkpoints",
+                    self.races.foreign_cancels,
+                    self.races.cancels_during_dispatch,
+                    self.races.floods_at_cap,
+                    self.races.stats_reconciled
                 ),
             ),
             (

@@ -1,6 +1,7 @@
 //! One emulated CPU of the torture: a user thread with waiters on several handles in two
-//! processes, issuing a seeded random mix of requests, cancellations, handle closes and
-//! process exits, and checking every completion it gets.
+//! processes, issuing a seeded random mix of requests, cancellations (its own, and as another
+//! thread of the owning process, of other CPUs' requests), handle closes and process exits,
+//! and checking every completion it gets.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -9,9 +10,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use revcall_protocol::status::{STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_SUCCESS};
 use revcall_protocol::{CURSOR_NOW, Reply, decode_reply};
 
-use super::ledger::{Path, WaiterLog, allowed, status_name};
+use super::chronicle::Tick;
+use super::ledger::{DriverView, Excuses, Path, WaiterLog, allowed, status_name};
 use super::{Op, Shared};
 use crate::client::{Channel, PROMPT};
+use revcall_protocol::status::{STATUS_CANCELLED, STATUS_QUOTA_EXCEEDED};
 use storport_abi::status::user::STATUS_INSUFFICIENT_RESOURCES;
 use storsim::io::{Handle, Outcome, ProcessId, Request};
 use storsim::kernel::Kernel;
@@ -19,9 +22,16 @@ use storsim::kernel::Kernel;
 /// Waiters (handles with a WAIT of their own) per emulated CPU.
 const WAITERS: usize = 3;
 
-/// WAITs a flood sends at once: more than the driver parks per adapter (1024), so the cap is
-/// reached whenever events are quiet long enough.
-const FLOOD: usize = 1024 + 16;
+/// WAITs the driver parks per adapter (revcall's PARK_CAP; STATS reports it too).
+const PARK_CAP: usize = 1024;
+
+/// WAITs a flood sends at once: more than the driver parks per adapter, so the cap is reached
+/// (events are held back while a flood sends), even when the low-resources simulation refuses
+/// a few percent of them.
+const FLOOD: usize = PARK_CAP + 64;
+
+/// CancelIoEx calls a foreign cancel makes while its target CPU is still sending a WAIT.
+const FOREIGN_TRIES: usize = 64;
 
 /// Process ids handed out to the torture's user processes.
 static NEXT_PROCESS: AtomicU32 = AtomicU32::new(10_000);
@@ -34,8 +44,15 @@ fn new_process() -> ProcessId {
 struct InFlight {
     request: Arc<Request>,
     handle: Handle,
+    /// The adapter instance `handle` was opened on.
+    instance: Option<u64>,
     out_len: u32,
-    cancel_requested: bool,
+    /// Before DeviceIoControl.
+    sent: Tick,
+    /// After DeviceIoControl returned with the WAIT still pending: the driver had parked it.
+    parked: Option<Tick>,
+    /// When this CPU asked for its cancellation (CancelIoEx, its process exiting).
+    cancelled_at: Option<Tick>,
 }
 
 /// A client that keeps one WAIT outstanding and follows its cursor.
@@ -60,6 +77,12 @@ pub struct Tally {
     pub lost_at_start: u64,
     /// (adapter instance, seq) of every successful FIRE: no two may share one.
     pub fire_seqs: Vec<(u64, u64)>,
+    /// What the driver must have counted, by adapter instance, from what this CPU saw.
+    pub views: BTreeMap<u64, DriverView>,
+    /// Floods that reached the cap, their QUOTA_EXCEEDED refusals checked against it.
+    pub floods_at_cap: u64,
+    /// Other CPUs' handles this CPU cancelled on.
+    pub foreign_cancels: u64,
 }
 
 pub struct Worker<'a> {
@@ -70,6 +93,8 @@ pub struct Worker<'a> {
     processes: [ProcessId; 2],
     waiters: Vec<Waiter>,
     fires: u64,
+    /// Checkpoints this CPU has served.
+    served: u64,
     pub tally: Tally,
 }
 
@@ -86,10 +111,12 @@ impl<'a> Worker<'a> {
             processes,
             waiters: Vec::new(),
             fires: 0,
+            served: 0,
             tally: Tally::default(),
         };
         for w in 0..WAITERS {
             let channel = Channel::open(kernel, processes[w % 2]);
+            shared.chronicle.expose(index, channel.handle);
             let waiter = worker.fresh_waiter(channel);
             worker.waiters.push(waiter);
         }
@@ -127,19 +154,44 @@ impl<'a> Worker<'a> {
     /// Runs `ops` operations.
     pub fn run(&mut self, ops: u64) {
         for _ in 0..ops {
+            self.checkpoint(false);
             self.reap_all();
             match self.rng.u8(0..100) {
                 0..40 => self.wait(),
                 40..55 => self.fire(),
                 55..58 => self.discover(),
                 58..63 => self.stats(),
-                63..75 => self.cancel(),
+                63..71 => self.cancel(),
+                71..75 => self.cancel_foreign(),
                 75..78 => self.close_handle(),
-                78 if self.rng.u32(0..200) == 0 => self.flood(),
+                78 if self.rng.u32(0..50) == 0 => self.flood(),
                 78 => self.exit_process(),
                 _ => self.malformed(),
             }
         }
+    }
+
+    /// Done with its share: serves checkpoints until the run ends.
+    pub fn idle(&mut self) {
+        self.checkpoint(true);
+    }
+
+    /// At a checkpoint (between two operations, or `idle`), settles whatever has completed and
+    /// publishes this CPU's view of the driver's counters.
+    fn checkpoint(&mut self, idle: bool) {
+        let shared = self.shared;
+        let mut served = self.served;
+        let publish = || {
+            self.reap_all();
+            shared.views.lock().unwrap_or_else(|p| p.into_inner())[self.index] =
+                self.tally.views.clone();
+        };
+        if idle {
+            shared.checkpoints.idle(&mut served, publish);
+        } else {
+            shared.checkpoints.boundary(&mut served, publish);
+        }
+        self.served = served;
     }
 
     /// After the final removal: every WAIT still out must complete, and each waiter's
@@ -160,6 +212,7 @@ impl<'a> Worker<'a> {
             self.retire_log(w);
         }
         for waiter in std::mem::take(&mut self.waiters) {
+            self.shared.chronicle.withdraw(waiter.channel.handle);
             waiter.channel.close();
         }
     }
@@ -188,10 +241,24 @@ impl<'a> Worker<'a> {
         }
     }
 
-    /// Checks the exactly-once completion every request gets, and its status on `path`.
-    fn settle(&mut self, path: Path, request: &Request, cancel_requested: bool) -> Option<Outcome> {
+    /// Checks the exactly-once completion every request gets, and its status on `path` (with
+    /// what excuses an error); counts it in the view of adapter `instance` it was sent to.
+    fn settle(
+        &mut self,
+        path: Path,
+        request: &Request,
+        excuses: Excuses,
+        instance: Option<u64>,
+    ) -> Option<Outcome> {
         let outcome = request.outcome()?;
         *self.tally.statuses.entry(outcome.status).or_default() += 1;
+        if let Some(instance) = instance {
+            self.tally
+                .views
+                .entry(instance)
+                .or_default()
+                .saw(path, outcome.status);
+        }
         if request.completions() != 1 {
             self.fail(format!(
                 "request #{} ({path:?}) completed {} times",
@@ -199,12 +266,11 @@ impl<'a> Worker<'a> {
                 request.completions()
             ));
         }
-        if !allowed(
-            path,
-            outcome.status,
-            cancel_requested,
-            self.shared.fault_rate > 0.0,
-        ) {
+        let excuses = Excuses {
+            low_resources: self.shared.fault_rate > 0.0,
+            ..excuses
+        };
+        if !allowed(path, outcome.status, excuses) {
             self.fail(format!(
                 "request #{} ({path:?}) completed with {}, which that path does not allow",
                 request.id,
@@ -229,11 +295,25 @@ impl<'a> Worker<'a> {
         let Some(in_flight) = self.waiters[w].pending.take() else {
             return;
         };
-        let Some(outcome) = self.settle(Path::Wait, &in_flight.request, in_flight.cancel_requested)
-        else {
+        if in_flight.request.outcome().is_none() {
             self.waiters[w].pending = Some(in_flight);
             return;
+        }
+        let seen = self.shared.chronicle.tick();
+        let cancelled_at = self.cancelled_at(&in_flight, seen);
+        let excuses = Excuses {
+            cancel_requested: cancelled_at.is_some(),
+            cap_full: self.shared.chronicle.flooded(in_flight.sent, seen),
+            ..Excuses::default()
         };
+        let Some(outcome) =
+            self.settle(Path::Wait, &in_flight.request, excuses, in_flight.instance)
+        else {
+            return;
+        };
+        if outcome.status == STATUS_CANCELLED {
+            self.check_removal_drained(&in_flight, cancelled_at);
+        }
         match outcome.status {
             STATUS_SUCCESS => {
                 if outcome.information > in_flight.out_len as usize {
@@ -275,6 +355,39 @@ impl<'a> Worker<'a> {
         }
     }
 
+    /// The earliest cancel that could have reached `in_flight`: this CPU's own, or another
+    /// CPU's on its handle while it was out.
+    fn cancelled_at(&self, in_flight: &InFlight, seen: Tick) -> Option<Tick> {
+        let foreign = self
+            .shared
+            .chronicle
+            .foreign_cancel(in_flight.handle, in_flight.sent, seen);
+        match (in_flight.cancelled_at, foreign) {
+            (Some(own), Some(foreign)) => Some(own.min(foreign)),
+            (own, foreign) => own.or(foreign),
+        }
+    }
+
+    /// A WAIT the driver had parked before a removal of its adapter began must be completed by
+    /// that removal's HwCompleteServiceIrp, unless a cancel began before that returned: a
+    /// CANCELLED from a later cancel means the removal left it parked.
+    fn check_removal_drained(&self, in_flight: &InFlight, cancelled_at: Option<Tick>) {
+        let (Some(parked), Some(instance)) = (in_flight.parked, in_flight.instance) else {
+            return;
+        };
+        let Some(removal) = self.shared.chronicle.drained_after(instance, parked) else {
+            return;
+        };
+        if cancelled_at.is_some_and(|at| at > removal.drained) {
+            self.fail(format!(
+                "WAIT #{} was parked (tick {parked}) before the removal of adapter instance {} \
+                 began (tick {}) but was completed CANCELLED by a cancel that began after \
+                 HwCompleteServiceIrp returned (tick {}): the removal left it parked",
+                in_flight.request.id, instance, removal.began, removal.drained
+            ));
+        }
+    }
+
     /// The waiter's adapter is gone: a new handle (to whatever adapter is there now).
     fn reopen(&mut self, w: usize) {
         let process = self.waiters[w].channel.process;
@@ -285,7 +398,10 @@ impl<'a> Worker<'a> {
     fn attach(&mut self, w: usize, process: ProcessId) -> Channel {
         let channel = Channel::open(self.kernel, process);
         self.waiters[w].instance = self.kernel.io().handle_instance(channel.handle);
-        std::mem::replace(&mut self.waiters[w].channel, channel)
+        self.shared.chronicle.expose(self.index, channel.handle);
+        let old = std::mem::replace(&mut self.waiters[w].channel, channel);
+        self.shared.chronicle.withdraw(old.handle);
+        old
     }
 
     /// Before a WAIT on a handle to another adapter instance than the waiter's log follows,
@@ -322,13 +438,20 @@ impl<'a> Worker<'a> {
             cursor: self.waiters[w].log.cursor,
             max_events,
         };
-        if let Some(request) = self.send(handle, &request, out_len) {
+        let sent = self.shared.chronicle.tick();
+        self.shared.chronicle.sending(self.index, Some(handle));
+        let request = self.send(handle, &request, out_len);
+        self.shared.chronicle.sending(self.index, None);
+        if let Some(request) = request {
             let done = request.outcome().is_some();
             self.waiters[w].pending = Some(InFlight {
                 request,
                 handle,
+                instance: self.waiters[w].instance,
                 out_len,
-                cancel_requested: false,
+                sent,
+                parked: (!done).then(|| self.shared.chronicle.tick()),
+                cancelled_at: None,
             });
             if done {
                 self.reap(w);
@@ -378,10 +501,15 @@ impl<'a> Worker<'a> {
     }
 
     /// A request the driver answers at once: its completion, checked.
-    fn immediate(&mut self, path: Path, request: Option<Arc<Request>>) -> Option<Outcome> {
+    fn immediate(
+        &mut self,
+        path: Path,
+        request: Option<Arc<Request>>,
+        instance: Option<u64>,
+    ) -> Option<Outcome> {
         let request = request?;
         // Completed inside HwProcessServiceRequest, before DeviceIoControl returned.
-        let outcome = self.settle(path, &request, false);
+        let outcome = self.settle(path, &request, Excuses::default(), instance);
         if outcome.is_none() {
             self.fail(format!(
                 "request #{} ({path:?}) is still pending: the driver parked or lost it",
@@ -409,8 +537,11 @@ impl<'a> Worker<'a> {
             code: 0x1000 + self.index as u32,
             value: self.fires,
         };
-        let sent = self.send(handle, &request, 64);
-        if let Some(outcome) = self.immediate(Path::Fire, sent)
+        let sent = {
+            let _events = self.shared.events_allowed();
+            self.send(handle, &request, 64)
+        };
+        if let Some(outcome) = self.immediate(Path::Fire, sent, instance)
             && outcome.status == STATUS_SUCCESS
         {
             match decode_reply(&outcome.output) {
@@ -427,12 +558,16 @@ impl<'a> Worker<'a> {
 
     fn discover(&mut self) {
         self.count(Op::Discover);
-        let (handle, _) = self.any_handle();
+        let (handle, instance) = self.any_handle();
         let request = revcall_protocol::Request::Discover {
             delay_ms: self.rng.u32(1..=3),
         };
-        let sent = self.send(handle, &request, 64);
-        if let Some(outcome) = self.immediate(Path::Discover, sent)
+        let sent = {
+            // The discovery's event comes from the timer later; a flood tolerates that one.
+            let _events = self.shared.events_allowed();
+            self.send(handle, &request, 64)
+        };
+        if let Some(outcome) = self.immediate(Path::Discover, sent, instance)
             && outcome.status == STATUS_SUCCESS
             && !matches!(decode_reply(&outcome.output), Ok(Reply::Discover(_)))
         {
@@ -442,9 +577,9 @@ impl<'a> Worker<'a> {
 
     fn stats(&mut self) {
         self.count(Op::Stats);
-        let (handle, _) = self.any_handle();
+        let (handle, instance) = self.any_handle();
         let sent = self.send(handle, &revcall_protocol::Request::Stats, 256);
-        if let Some(outcome) = self.immediate(Path::Stats, sent)
+        if let Some(outcome) = self.immediate(Path::Stats, sent, instance)
             && outcome.status == STATUS_SUCCESS
         {
             match decode_reply(&outcome.output) {
@@ -464,7 +599,13 @@ impl<'a> Worker<'a> {
         );
         let handle = self.waiters[w].channel.handle;
         let sent = self.raw(handle, bad.code, &bad.input, bad.out_len);
-        self.immediate(Path::Malformed(bad.expected), sent);
+        // Storport refuses another control code itself: the driver never counts it.
+        let instance = if bad.code == revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP {
+            self.waiters[w].instance
+        } else {
+            None
+        };
+        self.immediate(Path::Malformed(bad.expected), sent, instance);
     }
 
     /// CancelIoEx of a waiter's parked WAIT: it must complete promptly (cancelled, or with
@@ -481,7 +622,7 @@ impl<'a> Worker<'a> {
             // Its handle was closed: CancelIoEx needs an open one.
             return self.wait();
         }
-        in_flight.cancel_requested = true;
+        in_flight.cancelled_at = Some(self.shared.chronicle.tick());
         let (handle, request) = (in_flight.handle, in_flight.request.clone());
         self.count(Op::Cancel);
         self.kernel.cancel_io(handle, Some(request.id));
@@ -496,20 +637,39 @@ impl<'a> Worker<'a> {
     }
 
     /// A flood of WAITs on a new handle, more than the adapter's parked cap, then CancelIoEx of
-    /// all of them: each ends with an event (other CPUs keep firing), cancelled, refused
-    /// QUOTA_EXCEEDED past the cap, or by a removal; none is lost, each completes once.
+    /// all of them: each ends cancelled, refused QUOTA_EXCEEDED past the cap, with an event, or
+    /// by a removal; none is lost, each completes once. Events and other floods are held back
+    /// meanwhile, so the parked count moves only by its own WAITs and the other waiters (at
+    /// most one each): the cap is checked exactly, from both sides.
     fn flood(&mut self) {
         self.count(Op::Flood);
         let channel = Channel::open(self.kernel, self.processes[0]);
+        let instance = self.kernel.io().handle_instance(channel.handle);
         let next = revcall_protocol::Request::Wait {
             cursor: CURSOR_NOW,
             max_events: 1,
         };
+        let removals = self.shared.chronicle.removals();
+        let flood = self.shared.chronicle.flood_begins();
+        // Until every WAIT of this flood is complete: no event, and no other flood (whose
+        // WAITs, still parked, would count against this one's cap).
+        let quiet = self.shared.hold_events();
+        // A discovery armed earlier would still complete every parked WAIT at once.
+        self.await_discoveries(channel.handle, instance);
         let sent: Vec<_> = (0..FLOOD)
             .filter_map(|_| self.send(channel.handle, &next, 64))
             .collect();
+        // Refusals complete at once; anything else that completed left the parked set.
+        let completed_while_sending = sent
+            .iter()
+            .filter(|r| {
+                r.outcome()
+                    .is_some_and(|o| o.status != STATUS_QUOTA_EXCEEDED)
+            })
+            .count();
         self.kernel.cancel_io(channel.handle, None);
-        for request in &sent {
+        let mut refused = Vec::new();
+        for (index, request) in sent.iter().enumerate() {
             if request.wait(self.kernel.config().cancel_limit).is_none() {
                 self.fail(format!(
                     "flooding WAIT #{} not completed {} ms after CancelIoEx",
@@ -517,9 +677,89 @@ impl<'a> Worker<'a> {
                     self.kernel.config().cancel_limit.as_millis()
                 ));
             }
-            self.settle(Path::Flood, request, true);
+            let cancelled = Excuses {
+                cancel_requested: true,
+                ..Excuses::default()
+            };
+            if let Some(outcome) = self.settle(Path::Flood, request, cancelled, instance)
+                && outcome.status == STATUS_QUOTA_EXCEEDED
+            {
+                refused.push(index);
+            }
         }
+        self.shared.chronicle.flood_ends(flood);
+        drop(quiet);
         channel.close();
+        if self.shared.chronicle.removals() == removals {
+            self.check_cap(&refused, sent.len(), completed_while_sending);
+        }
+    }
+
+    /// Waits (a little) until the adapter has no discovery pending, by STATS on `handle`.
+    fn await_discoveries(&mut self, handle: Handle, instance: Option<u64>) {
+        let deadline = std::time::Instant::now() + PROMPT;
+        while std::time::Instant::now() < deadline {
+            let sent = self.send(handle, &revcall_protocol::Request::Stats, 256);
+            let Some(outcome) = self.immediate(Path::Stats, sent, instance) else {
+                return;
+            };
+            match decode_reply(&outcome.output) {
+                Ok(Reply::Stats(stats))
+                    if stats.discoveries_completed < stats.discoveries_started =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+                _ => return,
+            }
+        }
+    }
+
+    /// The cap, from the flood's side (`refused`: indices among the `sent` WAITs): its WAIT `k` found at most `k` of its own parked (fewer
+    /// by those completed meanwhile, at most `completed`) beside at most one WAIT per waiter of
+    /// every CPU. So none may be refused before `k` = cap − waiters, and every one from `k` =
+    /// cap + `completed` on must be.
+    fn check_cap(&mut self, refused: &[usize], sent: usize, completed: usize) {
+        let others = WAITERS * self.shared.cpus;
+        if let Some(&first) = refused.first()
+            && first + others < PARK_CAP
+        {
+            return self.fail(format!(
+                "a flood was refused QUOTA_EXCEEDED at its WAIT {first}: at most {} WAITs \
+                 were parked, under the cap of {PARK_CAP}",
+                first + others
+            ));
+        }
+        let must_refuse = PARK_CAP + completed;
+        let accepted_past_cap = (must_refuse..sent).find(|k| refused.binary_search(k).is_err());
+        if let Some(k) = accepted_past_cap {
+            return self.fail(format!(
+                "a flood's WAIT {k} was not refused QUOTA_EXCEEDED with at least {} of its own \
+                 WAITs parked (cap {PARK_CAP})",
+                k - completed
+            ));
+        }
+        if must_refuse < sent {
+            self.tally.floods_at_cap += 1;
+        }
+    }
+
+    /// CancelIoEx, as another thread of the owning process, on a handle another CPU waits on:
+    /// it may land while that CPU's request is inside HwProcessServiceRequest. The owner learns
+    /// of it from the chronicle when its WAIT completes.
+    fn cancel_foreign(&mut self) {
+        self.count(Op::CancelForeign);
+        let kernel = self.kernel;
+        let rng = &mut self.rng;
+        if self.shared.chronicle.cancel_foreign(
+            self.index,
+            |n| rng.usize(0..n),
+            FOREIGN_TRIES,
+            |handle| {
+                kernel.cancel_io(handle, None);
+            },
+        ) {
+            self.tally.foreign_cancels += 1;
+        }
     }
 
     /// CloseHandle with the WAIT in flight: no cleanup reaches a miniport, so the WAIT stays
@@ -540,7 +780,12 @@ impl<'a> Worker<'a> {
             if let Some(in_flight) = waiter.pending.as_mut()
                 && waiter.channel.process == process
             {
-                in_flight.cancel_requested = true;
+                in_flight.cancelled_at = Some(self.shared.chronicle.tick());
+            }
+        }
+        for waiter in &self.waiters {
+            if waiter.channel.process == process {
+                self.shared.chronicle.withdraw(waiter.channel.handle);
             }
         }
         self.kernel.exit_process(process);
