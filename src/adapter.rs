@@ -22,13 +22,15 @@ use core::sync::atomic::{AtomicU32, Ordering};
 
 use arrayvec::ArrayVec;
 use revcall_protocol::{
-    CURSOR_NOW, DiscoverReply, EventKind, FireReply, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request,
-    StatsReply, WaitFlags, WaitReplyWriter, decode_request, encode_discover_reply,
-    encode_fire_reply, encode_stats_reply, status,
+    CURSOR_NOW, DiscoverReply, EventKind, FireReply, IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+    LunCreateReply, LunSpec, Request, StatsReply, WaitFlags, WaitReplyWriter, decode_request,
+    encode_discover_reply, encode_fire_reply, encode_lun_create_reply, encode_lun_list_reply,
+    encode_lun_remove_reply, encode_stats_reply, status,
 };
 
 use crate::error::Status;
 use crate::event_ring::{EventRing, RING_CAPACITY};
+use crate::lun_table::LunTable;
 use crate::service_queue::{PARK_CAP, Parkable, Refusal, ServiceQueue, Waiter};
 
 /// A lock around the adapter's state: a spin lock in the driver, a mutex in tests.
@@ -54,6 +56,13 @@ pub trait Timer {
     /// Fires [`Adapter::timer_fired`] once, `delay_us` from now.
     fn arm(&self, delay_us: u32);
     fn cancel(&self);
+}
+
+/// Storport's bus notifications. Never called with the adapter lock held.
+pub trait Bus {
+    /// `StorPortNotification(BusChangeDetected)`: a LUN appeared or went away; Storport
+    /// rescans the bus.
+    fn changed(&self);
 }
 
 /// Where the adapter is in its PnP life.
@@ -102,6 +111,7 @@ pub struct State<I> {
     fire_enabled: bool,
     discovery: Discovery,
     counters: Counters,
+    luns: LunTable,
 }
 
 /// Parked WAITs completed per lock hold when an event is delivered.
@@ -129,6 +139,7 @@ impl<I: ServiceIrp> State<I> {
                 rejected: 0,
                 injected: 0,
             },
+            luns: LunTable::new(),
         }
     }
 
@@ -336,7 +347,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     }
 
     /// HwProcessServiceRequest: completes the IRP now or parks it.
-    pub fn process(&self, mut irp: I, timer: &impl Timer) {
+    pub fn process(&self, mut irp: I, port: &(impl Timer + Bus)) {
         let request = match Self::decode(&mut irp) {
             Ok(request) => request,
             Err(status) => return self.refuse(irp, status),
@@ -344,8 +355,11 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         match request {
             Request::Wait { cursor, max_events } => self.wait(irp, cursor, max_events),
             Request::Fire { code, value } => self.fire(irp, code, value),
-            Request::Discover { delay_ms } => self.discover(irp, delay_ms, timer),
+            Request::Discover { delay_ms } => self.discover(irp, delay_ms, port),
             Request::Stats => self.report(irp),
+            Request::LunCreate(spec) => self.create_lun(irp, spec, port),
+            Request::LunRemove { lun } => self.remove_lun(irp, lun, port),
+            Request::LunList => self.list_luns(irp),
         }
     }
 
@@ -464,6 +478,71 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             }
             Err(status) => irp.complete(status, 0),
         }
+    }
+
+    /// LUN_CREATE: the LUN exists once the reply is sent; Storport is told before, so its
+    /// rescan may already be running when the caller learns the number.
+    fn create_lun(&self, irp: I, spec: LunSpec, bus: &impl Bus) {
+        let created = self.state.with(|s| {
+            if s.is_closed() {
+                return Err(s.count(Status::DEVICE_REMOVED));
+            }
+            let lun = s.luns.create(spec).map_err(|status| s.count(status))?;
+            let bytes = spec.block_count * u64::from(spec.block_size);
+            s.ring.publish(EventKind::LunCreated, lun.into(), bytes);
+            s.count(Status::SUCCESS);
+            Ok(lun)
+        });
+        match created {
+            Ok(lun) => {
+                bus.changed();
+                self.deliver();
+                let reply = LunCreateReply {
+                    lun: lun.into(),
+                    reserved: 0,
+                };
+                Self::succeed(irp, |out| encode_lun_create_reply(out, &reply));
+            }
+            Err(status) => irp.complete(status, 0),
+        }
+    }
+
+    /// LUN_REMOVE. No SRB is ever outstanding on a LUN yet (HwStartIo answers each at once),
+    /// so there is nothing to complete first.
+    fn remove_lun(&self, irp: I, lun: u32, bus: &impl Bus) {
+        let removed = self.state.with(|s| {
+            if s.is_closed() {
+                return Err(s.count(Status::DEVICE_REMOVED));
+            }
+            s.luns.remove(lun).map_err(|status| s.count(status))?;
+            s.ring.publish(EventKind::LunRemoved, lun.into(), 0);
+            s.count(Status::SUCCESS);
+            Ok(())
+        });
+        match removed {
+            Ok(()) => {
+                bus.changed();
+                self.deliver();
+                Self::succeed(irp, encode_lun_remove_reply);
+            }
+            Err(status) => irp.complete(status, 0),
+        }
+    }
+
+    /// HwStartIo's view of LUN `lun`: its identity, and every LUN (for REPORT LUNS).
+    pub fn units(&self, lun: u8) -> crate::disk::Units {
+        self.state.with(|s| crate::disk::Units {
+            unit: s.luns.get(lun).copied(),
+            luns: s.luns.luns().collect(),
+        })
+    }
+
+    fn list_luns(&self, irp: I) {
+        let entries = self.state.with(|s| {
+            s.count(Status::SUCCESS);
+            s.luns.entries()
+        });
+        Self::succeed(irp, |out| encode_lun_list_reply(out, &entries));
     }
 
     fn report(&self, irp: I) {

@@ -7,13 +7,16 @@ use core::cell::UnsafeCell;
 use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, Ordering};
 
-use crate::adapter::{Adapter, Control, State, Timer};
+use crate::adapter::{Adapter, Bus, Control, State, Timer};
+use crate::disk;
 use crate::irp::{Irp, cancel_context};
 use crate::log::{ERROR, TRACE, WARNING, log};
 use crate::port;
+use crate::srb::Srb;
 use crate::sync::SpinLock;
 use nt_imports::inline::{
-    StorPortInitializeDpc, StorPortIssueDpc, StorPortRequestComplete, StorPortRequestTimerCall,
+    StorPortBusChangeDetected, StorPortInitializeDpc, StorPortIssueDpc, StorPortRequestComplete,
+    StorPortRequestTimerCall,
 };
 use nt_imports::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
 use nt_imports::storport::{
@@ -77,10 +80,10 @@ unsafe fn adapter<'a>(ext: PVOID) -> &'a WinAdapter {
     &unsafe { extension(ext) }.adapter
 }
 
-/// The adapter's Storport timer (`RequestTimerCall`).
-struct PortTimer(PVOID);
+/// What this adapter asks of Storport: its timer (`RequestTimerCall`) and bus rescans.
+struct Storport(PVOID);
 
-impl Timer for PortTimer {
+impl Timer for Storport {
     fn arm(&self, delay_us: u32) {
         // SAFETY: `self.0` is the HwDeviceExtension of the adapter whose callback made this.
         unsafe { StorPortRequestTimerCall(self.0, hw_timer, delay_us) };
@@ -89,6 +92,14 @@ impl Timer for PortTimer {
     fn cancel(&self) {
         // SAFETY: as in `arm`; a zero interval cancels the pending call.
         unsafe { StorPortRequestTimerCall(self.0, hw_timer, 0) };
+    }
+}
+
+impl Bus for Storport {
+    fn changed(&self) {
+        // SAFETY: `self.0` is the HwDeviceExtension of the adapter whose callback made this;
+        // the LUNs live on bus 0.
+        unsafe { StorPortBusChangeDetected(self.0, 0) };
     }
 }
 
@@ -224,24 +235,23 @@ unsafe extern "win64" fn hw_find_adapter(
 /// Storport calls it once per start with this adapter's HwDeviceExtension.
 unsafe extern "win64" fn hw_initialize(ext: PVOID) -> BOOLEAN {
     // SAFETY: this adapter's HwDeviceExtension.
-    unsafe { adapter(ext) }.start(&PortTimer(ext));
+    unsafe { adapter(ext) }.start(&Storport(ext));
     TRUE
 }
 
-/// HwStorStartIo: every SRB is answered at once.
+/// HwStorStartIo: every SRB is answered at once (`disk`), then completed with no lock held.
 ///
 /// # Safety
 ///
-/// Storport passes this adapter's extension and an SRB it owns until we complete it.
+/// Storport passes this adapter's extension and an SRB it owns until we complete it, at
+/// DISPATCH_LEVEL or below, with no lock held (virtual miniport, DISK.md §2.3).
 unsafe extern "win64" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -> BOOLEAN {
-    // SAFETY: a valid SRB, ours until the RequestComplete below.
-    let request = unsafe { &mut *srb };
-    request.SrbStatus = port::start_io_status(
-        request.Function,
-        request.PathId,
-        request.TargetId,
-        request.Lun,
-    );
+    // SAFETY: the SRB of this call, not completed until after `request` is dropped.
+    if let Some(mut request) = unsafe { Srb::new(srb) } {
+        // SAFETY: this adapter's HwDeviceExtension.
+        let adapter = unsafe { adapter(ext) };
+        disk::start_io(&mut request, |lun| adapter.units(lun));
+    }
     // SAFETY: completes the SRB Storport gave this call; it is not touched afterwards.
     unsafe { StorPortRequestComplete(ext, srb) };
     TRUE
@@ -302,7 +312,7 @@ unsafe extern "win64" fn hw_adapter_control(
         }
         SCSI_ADAPTER_SURPRISE_REMOVAL => {
             log!(TRACE, "surprise removal: flushing parked requests");
-            adapter.surprise_remove(&PortTimer(ext));
+            adapter.surprise_remove(&Storport(ext));
         }
         _ => return SCSI_ADAPTER_CONTROL_UNSUCCESSFUL,
     }
@@ -337,7 +347,7 @@ unsafe extern "win64" fn hw_process_service_request(ext: PVOID, irp: PVOID) {
         return;
     };
     // SAFETY: this adapter's HwDeviceExtension.
-    unsafe { adapter(ext) }.process(irp, &PortTimer(ext));
+    unsafe { adapter(ext) }.process(irp, &Storport(ext));
 }
 
 /// HwStorCompleteServiceIrp: the adapter is being removed.
@@ -348,7 +358,7 @@ unsafe extern "win64" fn hw_process_service_request(ext: PVOID, irp: PVOID) {
 unsafe extern "win64" fn hw_complete_service_irp(ext: PVOID) {
     log!(TRACE, "removal: completing parked requests");
     // SAFETY: this adapter's HwDeviceExtension.
-    unsafe { adapter(ext) }.remove(&PortTimer(ext));
+    unsafe { adapter(ext) }.remove(&Storport(ext));
 }
 
 /// HwStorTimer (RequestTimerCall): a DISCOVER completes. Storport holds its StartIo spin lock
@@ -381,7 +391,7 @@ unsafe extern "win64" fn hw_delivery_dpc(
 ) {
     // SAFETY: this adapter's HwDeviceExtension.
     let adapter = unsafe { adapter(ext) };
-    adapter.apply_controls(&PortTimer(ext));
+    adapter.apply_controls(&Storport(ext));
     adapter.deliver();
 }
 

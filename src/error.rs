@@ -17,6 +17,8 @@ impl Status {
     pub const NOT_SUPPORTED: Self = Self(status::STATUS_NOT_SUPPORTED);
     pub const CANCELLED: Self = Self(status::STATUS_CANCELLED);
     pub const DEVICE_REMOVED: Self = Self(status::STATUS_DEVICE_REMOVED);
+    pub const NO_SUCH_DEVICE: Self = Self(status::STATUS_NO_SUCH_DEVICE);
+    pub const OBJECT_NAME_COLLISION: Self = Self(status::STATUS_OBJECT_NAME_COLLISION);
 
     /// The value as the signed `NTSTATUS` Windows declares.
     pub const fn to_ntstatus(self) -> i32 {

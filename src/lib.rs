@@ -6,17 +6,19 @@
 //! Layout: the hand-written Storport/WDM bindings are crates of their own, shared with storsim
 //! and its fixture drivers: `storport-abi` (layouts and constants) and `nt-imports` (the
 //! imports of ntoskrnl.exe and storport.sys, and the WDK's inline helpers). `entry` holds the
-//! thin callback shims; with `irp` and `sync` they are the driver's only `unsafe` code.
-//! `adapter`, `service_queue`, `event_ring` and `port` are safe, portable Rust, unit-tested on
-//! the host.
+//! thin callback shims; with `irp`, `srb` and `sync` they are the driver's only `unsafe` code.
+//! `adapter`, `service_queue`, `event_ring`, `lun_table`, `disk` and `port` are safe, portable
+//! Rust, unit-tested on the host; the SCSI command set is the `revcall-scsi` crate.
 //!
 //! The crate is `no_std` when built for Windows (the driver); on other targets it builds
 //! against std so its portable core can be unit-tested, and nothing kernel-only is compiled.
 #![cfg_attr(target_os = "windows", no_std)]
 
 pub mod adapter;
+pub mod disk;
 pub mod error;
 pub mod event_ring;
+pub mod lun_table;
 pub mod port;
 pub mod service_queue;
 
@@ -26,6 +28,8 @@ mod entry;
 mod irp;
 #[cfg(target_os = "windows")]
 mod log;
+#[cfg(target_os = "windows")]
+mod srb;
 #[cfg(target_os = "windows")]
 mod sync;
 #[cfg(all(target_os = "windows", feature = "wdk"))]

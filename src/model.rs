@@ -15,7 +15,7 @@ use loom::thread;
 use revcall_protocol::{CURSOR_NOW, Reply, Request, decode_reply};
 
 use crate::error::Status;
-use crate::testing::{FakeIrp, FakeTimer, IrpCell, TestAdapter, adapter};
+use crate::testing::{FakeIrp, FakePort, IrpCell, TestAdapter, adapter};
 
 fn model(f: impl Fn() + Sync + Send + 'static) {
     let mut builder = loom::model::Builder::new();
@@ -50,7 +50,7 @@ fn wait_irp(id: usize) -> (FakeIrp, Arc<IrpCell>) {
     )
 }
 
-fn fire(a: &TestAdapter, t: &FakeTimer, id: usize) {
+fn fire(a: &TestAdapter, t: &FakePort, id: usize) {
     let (irp, cell) = FakeIrp::new(id, Request::Fire { code: 1, value: 2 }, 16);
     a.process(irp, t);
     assert_eq!(cell.completion().map(|c| c.status), Some(Status::SUCCESS));
@@ -88,14 +88,14 @@ fn wait_status(cell: &IrpCell) -> Status {
 #[derive(Clone)]
 struct Shared {
     adapter: Arc<std::boxed::Box<TestAdapter>>,
-    timer: Arc<FakeTimer>,
+    timer: Arc<FakePort>,
 }
 
 impl Shared {
     fn new() -> Self {
         Self {
             adapter: Arc::new(adapter(true)),
-            timer: Arc::new(FakeTimer::new()),
+            timer: Arc::new(FakePort::new()),
         }
     }
 

@@ -1,8 +1,8 @@
 //! What revcall tells Storport about its virtual bus, and how it answers SRBs on it.
 //!
-//! The adapter exposes one bus with one target slot and no logical units: it exists for its
-//! service-IRP channel, so every SCSI command finds no device and every bus-level request
-//! succeeds trivially.
+//! The adapter exposes one bus with one target whose logical units are the virtual disks
+//! callers create (`disk` answers their SCSI commands); every bus-level request succeeds
+//! trivially, since nothing is ever outstanding.
 
 use storport_abi::{
     FALSE, PORT_CONFIGURATION_INFORMATION, SCSI_ADAPTER_SURPRISE_REMOVAL,
@@ -13,8 +13,9 @@ use storport_abi::{
 
 pub const NUMBER_OF_BUSES: u8 = 1;
 pub const TARGETS_PER_BUS: u8 = 1;
-pub const LUNS_PER_TARGET: u8 = 1;
-/// Never used for data (no LUNs), but SDV's StorPortFindAdapter rule requires a real value.
+pub const LUNS_PER_TARGET: u8 = revcall_protocol::MAX_LUNS as u8;
+/// The largest transfer Storport hands one SRB (classpnp splits larger ones); reported in VPD
+/// B0.
 pub const MAXIMUM_TRANSFER_LENGTH: u32 = 64 * 1024;
 pub const NUMBER_OF_PHYSICAL_BREAKS: u32 = 16;
 
@@ -67,7 +68,7 @@ pub fn start_io_status(function: u8, path_id: u8, target_id: u8, lun: u8) -> u8 
             } else if lun >= LUNS_PER_TARGET {
                 srb_status::INVALID_LUN
             } else {
-                // The address is valid but nothing answers there: the bus scan finds no disk.
+                // A valid address with no disk behind it (`disk` answers those that have one).
                 srb_status::NO_DEVICE
             }
         }
@@ -114,7 +115,7 @@ mod tests {
                 config.MaximumNumberOfTargets,
                 config.MaximumNumberOfLogicalUnits
             ),
-            (1, 1, 1)
+            (1, 1, 8)
         );
     }
 
@@ -152,7 +153,7 @@ mod tests {
             srb_status::INVALID_TARGET_ID
         );
         assert_eq!(
-            start_io_status(srb_function::EXECUTE_SCSI, 0, 0, 7),
+            start_io_status(srb_function::EXECUTE_SCSI, 0, 0, 8),
             srb_status::INVALID_LUN
         );
         assert_eq!(

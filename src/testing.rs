@@ -21,7 +21,7 @@ use std::sync::{
 
 use revcall_protocol::{IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, encode_request};
 
-use crate::adapter::{Adapter, Lock, ServiceIrp, State, Timer};
+use crate::adapter::{Adapter, Bus, Lock, ServiceIrp, State, Timer};
 use crate::error::Status;
 use crate::service_queue::Parkable;
 
@@ -54,7 +54,7 @@ pub type TestAdapter = Adapter<FakeIrp, MutexLock<State<FakeIrp>>>;
 pub fn adapter(fire_enabled: bool) -> std::boxed::Box<TestAdapter> {
     let adapter = std::boxed::Box::new(Adapter::new(MutexLock(Mutex::new(State::new()))));
     adapter.configure(fire_enabled);
-    adapter.start(&FakeTimer::new());
+    adapter.start(&FakePort::new());
     adapter
 }
 
@@ -207,24 +207,26 @@ impl ServiceIrp for FakeIrp {
     }
 }
 
-/// The Storport timer, recorded.
-pub struct FakeTimer {
+/// Storport's timer and bus notifications, recorded.
+pub struct FakePort {
     pub armed: Mutex<Option<u32>>,
     pub arms: AtomicUsize,
     pub cancels: AtomicUsize,
+    pub bus_changes: AtomicUsize,
 }
 
-impl FakeTimer {
+impl FakePort {
     pub fn new() -> Self {
         Self {
             armed: Mutex::new(None),
             arms: AtomicUsize::new(0),
             cancels: AtomicUsize::new(0),
+            bus_changes: AtomicUsize::new(0),
         }
     }
 }
 
-impl Timer for FakeTimer {
+impl Timer for FakePort {
     /// Storport's timer request is never made under the adapter lock (lock order with the
     /// StartIo lock HwStorTimer runs under).
     fn arm(&self, delay_us: u32) {
@@ -237,5 +239,13 @@ impl Timer for FakeTimer {
         assert!(!lock_held(), "the timer cancelled under the adapter lock");
         self.cancels.fetch_add(1, SeqCst);
         *self.armed.lock().unwrap() = None;
+    }
+}
+
+impl Bus for FakePort {
+    /// Like the timer, never under the adapter lock.
+    fn changed(&self) {
+        assert!(!lock_held(), "BusChangeDetected under the adapter lock");
+        self.bus_changes.fetch_add(1, SeqCst);
     }
 }

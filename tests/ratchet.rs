@@ -7,13 +7,14 @@ use std::path::{Path, PathBuf};
 
 /// (crate folder, unsafe sites, transmutes, statics, `static mut`s)
 const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
-    (".", 73, 0, 1, 0),
+    (".", 80, 0, 1, 0),
     ("abi", 2, 0, 0, 0),
     ("client", 0, 0, 0, 0),
     ("fixtures", 143, 0, 2, 0),
     ("fuzz", 0, 0, 1, 0),
-    ("imports", 23, 1, 0, 0),
+    ("imports", 25, 1, 0, 0),
     ("protocol", 0, 0, 0, 0),
+    ("scsi", 0, 0, 0, 0),
     ("sim", 1, 0, 1, 0),
     ("storsim", 270, 5, 30, 0),
     ("tester", 27, 0, 0, 0),

@@ -359,6 +359,7 @@ pub const SCSI_ADAPTER_CONTROL_UNSUCCESSFUL: u32 = 1;
 /// `SCSI_NOTIFICATION_TYPE`.
 pub const REQUEST_COMPLETE: u32 = 0;
 pub const REQUEST_TIMER_CALL: u32 = 6;
+pub const BUS_CHANGE_DETECTED: u32 = 7;
 pub const INITIALIZE_DPC: u32 = 0x1001;
 pub const ISSUE_DPC: u32 = 0x1002;
 /// `STORPORT_FUNCTION_CODE`: `ExtFunctionCompleteServiceIrp`.

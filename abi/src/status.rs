@@ -33,6 +33,8 @@ statuses! {
     STATUS_INVALID_HANDLE = 0xC000_0008;
     /// A malformed request or argument.
     STATUS_INVALID_PARAMETER = 0xC000_000D;
+    /// A LUN that does not exist.
+    STATUS_NO_SUCH_DEVICE = 0xC000_000E;
     /// An unknown opcode, or a control code the device does not serve.
     STATUS_INVALID_DEVICE_REQUEST = 0xC000_0010;
     /// A completion routine keeps the IRP (it is the caller's again).
@@ -42,6 +44,8 @@ statuses! {
     STATUS_BUFFER_TOO_SMALL = 0xC000_0023;
     /// A per-adapter limit is reached (parked requests).
     STATUS_QUOTA_EXCEEDED = 0xC000_0044;
+    /// A new LUN's serial number or unique id is another LUN's.
+    STATUS_OBJECT_NAME_COLLISION = 0xC000_0035;
     /// The device is being removed (Storport's rundown is closed).
     STATUS_DELETE_PENDING = 0xC000_0056;
     /// The request's revision (protocol or structure version) is not the receiver's.

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use revcall_protocol::status::STATUS_SUCCESS;
 use revcall_protocol::{
-    CURSOR_NOW, DiscoverReply, EventRecord, Reply, Request, StatsReply, WaitReply, decode_reply,
-    encode_request,
+    CURSOR_NOW, DiscoverReply, EventRecord, LunEntry, LunSpec, MAX_REQUEST_SIZE, Opcode, Reply,
+    Request, StatsReply, WaitReply, decode_reply, encode_request,
 };
 
 use crate::transport::{Completion, Transport, TransportError};
@@ -44,10 +44,10 @@ pub fn wait_reply_size(max_events: u32) -> u32 {
     64 + 32 * max_events.max(1)
 }
 
-/// Encodes a request (they are all small).
+/// Encodes a request.
 pub fn encode(request: &Request) -> Vec<u8> {
-    let mut bytes = [0u8; 64];
-    let len = encode_request(request, &mut bytes).expect("every request fits 64 bytes");
+    let mut bytes = [0u8; MAX_REQUEST_SIZE];
+    let len = encode_request(request, &mut bytes).expect("every request fits MAX_REQUEST_SIZE");
     bytes[..len].to_vec()
 }
 
@@ -102,6 +102,23 @@ impl<'t, T: Transport> Adapter<'t, T> {
         stats(completion.status, &completion.output)
     }
 
+    /// LUN_CREATE: the new LUN's number.
+    pub fn create_lun(&self, spec: LunSpec) -> Result<u32, RequestError> {
+        let completion = self.call(&Request::LunCreate(spec), 64)?;
+        lun_created(completion.status, &completion.output)
+    }
+
+    pub fn remove_lun(&self, lun: u32) -> Result<(), RequestError> {
+        let completion = self.call(&Request::LunRemove { lun }, 64)?;
+        lun_removed(completion.status, &completion.output)
+    }
+
+    pub fn list_luns(&self) -> Result<Vec<LunEntry>, RequestError> {
+        let room = Opcode::LunList.min_reply_size() as u32;
+        let completion = self.call(&Request::LunList, room)?;
+        luns_listed(completion.status, &completion.output)
+    }
+
     /// Posts a WAIT without waiting for it.
     pub fn post_wait(&self, cursor: u64, max_events: u32) -> Result<T::Pending, RequestError> {
         self.transport
@@ -143,6 +160,30 @@ pub fn fired(status: u32, output: &[u8]) -> Result<u64, RequestError> {
 pub fn discovery(status: u32, output: &[u8]) -> Result<DiscoverReply, RequestError> {
     match reply(status, output)? {
         Reply::Discover(reply) => Ok(reply),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A completed LUN_CREATE: the LUN's number.
+pub fn lun_created(status: u32, output: &[u8]) -> Result<u32, RequestError> {
+    match reply(status, output)? {
+        Reply::LunCreate(reply) => Ok(reply.lun),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A completed LUN_REMOVE.
+pub fn lun_removed(status: u32, output: &[u8]) -> Result<(), RequestError> {
+    match reply(status, output)? {
+        Reply::LunRemove => Ok(()),
+        other => Err(unexpected(other)),
+    }
+}
+
+/// A completed LUN_LIST.
+pub fn luns_listed(status: u32, output: &[u8]) -> Result<Vec<LunEntry>, RequestError> {
+    match reply(status, output)? {
+        Reply::LunList(entries) => Ok(entries.collect()),
         other => Err(unexpected(other)),
     }
 }

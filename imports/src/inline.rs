@@ -4,9 +4,9 @@
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use storport_abi::{
-    BOOLEAN, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP, HW_DPC_ROUTINE, HW_TIMER,
-    INITIALIZE_DPC, IO_STACK_LOCATION, IRP, ISSUE_DPC, PVOID, REQUEST_COMPLETE, REQUEST_TIMER_CALL,
-    SCSI_REQUEST_BLOCK, STOR_DPC,
+    BOOLEAN, BUS_CHANGE_DETECTED, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP, HW_DPC_ROUTINE,
+    HW_TIMER, INITIALIZE_DPC, IO_STACK_LOCATION, IRP, ISSUE_DPC, PVOID, REQUEST_COMPLETE,
+    REQUEST_TIMER_CALL, SCSI_REQUEST_BLOCK, STOR_DPC,
 };
 
 use crate::storport::{StorPortExtendedFunction, StorPortNotification};
@@ -83,6 +83,19 @@ pub unsafe fn StorPortCompleteServiceIrp(ext: PVOID, irp: *mut IRP) -> u32 {
 pub unsafe fn StorPortRequestComplete(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) {
     // SAFETY: the caller's contract is the DDI's; RequestComplete takes one SRB pointer.
     unsafe { StorPortNotification(REQUEST_COMPLETE, ext, srb) }
+}
+
+/// `StorPortNotification(BusChangeDetected, ext, PathId)`: a logical unit appeared or went
+/// away on bus `path_id`; Storport rescans it.
+///
+/// # Safety
+///
+/// `ext` is the adapter's HwDeviceExtension.
+#[inline]
+pub unsafe fn StorPortBusChangeDetected(ext: PVOID, path_id: u8) {
+    // SAFETY: the caller's contract is the DDI's; BusChangeDetected takes the path id (a
+    // UCHAR, promoted through the variadic call).
+    unsafe { StorPortNotification(BUS_CHANGE_DETECTED, ext, u32::from(path_id)) }
 }
 
 /// `StorPortNotification(RequestTimerCall, ext, HwTimer, MiniportTimerValue)`: calls `timer`

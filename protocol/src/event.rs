@@ -15,9 +15,10 @@ pub struct EventRecord {
     /// An [`EventKind`] value.
     pub kind: u32,
     pub reserved: u32,
-    /// Kind-specific: FIRE's `code`, DISCOVER's id.
+    /// Kind-specific: FIRE's `code`, DISCOVER's id, the LUN.
     pub arg0: u64,
-    /// Kind-specific: FIRE's `value`, the number of DISCOVER requests a discovery answered.
+    /// Kind-specific: FIRE's `value`, the number of DISCOVER requests a discovery answered, a
+    /// new LUN's capacity in bytes.
     pub arg1: u64,
 }
 
@@ -52,6 +53,10 @@ pub enum EventKind {
     SurpriseRemoved = 6,
     /// `HwCompleteServiceIrp`: the adapter is being removed; this is the last event.
     AdapterRemoved = 7,
+    /// LUN_CREATE: LUN `arg0` exists, `arg1` bytes; Storport was told the bus changed.
+    LunCreated = 8,
+    /// LUN_REMOVE: LUN `arg0` is gone; Storport was told the bus changed.
+    LunRemoved = 9,
 }
 
 impl EventKind {
@@ -73,6 +78,8 @@ impl TryFrom<u32> for EventKind {
             5 => Self::AdapterRestarted,
             6 => Self::SurpriseRemoved,
             7 => Self::AdapterRemoved,
+            8 => Self::LunCreated,
+            9 => Self::LunRemoved,
             other => return Err(other),
         })
     }
@@ -89,7 +96,7 @@ mod tests {
                 Ok(kind) => assert_eq!(kind as u32, raw),
                 Err(v) => {
                     assert_eq!(v, raw);
-                    assert!(raw == 0 || raw > 7);
+                    assert!(raw == 0 || raw > 9);
                 }
             }
         }

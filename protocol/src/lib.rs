@@ -18,6 +18,7 @@ extern crate std;
 
 mod event;
 mod ioctl;
+mod lun;
 mod reply;
 mod request;
 pub mod status;
@@ -26,16 +27,22 @@ pub use status::refusal;
 
 pub use event::{EventKind, EventRecord};
 pub use ioctl::{IOCTL_MINIPORT_PROCESS_SERVICE_IRP, ctl_code};
+pub use lun::{
+    DEFAULT_QUEUE_DEPTH, LunCreateReply, LunCreateRequest, LunEntry, LunFlags, LunListReply,
+    LunRemoveRequest, LunSpec, MAX_LUNS, MAX_QUEUE_DEPTH,
+};
 pub use reply::{
-    DiscoverReply, FireReply, Reply, ReplyError, ReplyEvents, ReplyHeader, StatsReply, WaitFlags,
-    WaitReply, WaitReplyWriter, decode_reply, encode_discover_reply, encode_fire_reply,
-    encode_stats_reply,
+    DiscoverReply, FireReply, Records, Reply, ReplyError, ReplyEvents, ReplyHeader, StatsReply,
+    WaitFlags, WaitReply, WaitReplyWriter, decode_reply, encode_discover_reply, encode_fire_reply,
+    encode_lun_create_reply, encode_lun_list_reply, encode_lun_remove_reply, encode_stats_reply,
 };
 pub use request::{
-    CURSOR_NOW, DISCOVER_DELAY_MS_MAX, DecodeError, DiscoverRequest, FireRequest, Header, Opcode,
-    Request, WaitRequest, decode_request, encode_request,
+    CURSOR_NOW, DISCOVER_DELAY_MS_MAX, DecodeError, DiscoverRequest, FireRequest, Header,
+    MAX_REQUEST_SIZE, Opcode, Request, WaitRequest, decode_request, encode_request,
 };
 
 /// The protocol version this crate speaks. A request with another version is refused with
 /// `STATUS_REVISION_MISMATCH`; the tester reports it as a driver/tool version mismatch.
-pub const VERSION: u16 = 1;
+/// Version 2 adds the virtual-disk records (docs/DATAPATH.md); version 1 had only the event
+/// channel's four opcodes, whose records are unchanged.
+pub const VERSION: u16 = 2;

@@ -6,6 +6,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::lun::{LunCreateReply, LunEntry, LunListReply, MAX_LUNS};
 use crate::{EventRecord, Header, Opcode, VERSION};
 
 /// Replies start with the same header as requests; `opcode` echoes the request's.
@@ -100,6 +101,10 @@ impl Opcode {
                 Self::Fire => size_of::<FireReply>(),
                 Self::Discover => size_of::<DiscoverReply>(),
                 Self::Stats => size_of::<StatsReply>(),
+                Self::LunCreate => size_of::<LunCreateReply>(),
+                Self::LunRemove => 0,
+                // Room for every LUN there can be, so a list is never cut short.
+                Self::LunList => size_of::<LunListReply>() + MAX_LUNS * size_of::<LunEntry>(),
             }
     }
 }
@@ -195,6 +200,31 @@ pub fn encode_stats_reply(out: &mut [u8], reply: &StatsReply) -> Option<usize> {
     encode_fixed(out, Opcode::Stats, reply.as_bytes())
 }
 
+/// Encodes a LUN_CREATE reply; `None` if `out` is too small.
+pub fn encode_lun_create_reply(out: &mut [u8], reply: &LunCreateReply) -> Option<usize> {
+    encode_fixed(out, Opcode::LunCreate, reply.as_bytes())
+}
+
+/// Encodes a LUN_REMOVE reply (a header alone); `None` if `out` is too small.
+pub fn encode_lun_remove_reply(out: &mut [u8]) -> Option<usize> {
+    encode_fixed(out, Opcode::LunRemove, &[])
+}
+
+/// Encodes a LUN_LIST reply with `entries` (at most [`MAX_LUNS`]); `None` if `out` is too
+/// small.
+pub fn encode_lun_list_reply(out: &mut [u8], entries: &[LunEntry]) -> Option<usize> {
+    let prefix = size_of::<ReplyHeader>() + size_of::<LunListReply>();
+    let size = prefix + size_of_val(entries);
+    let out = out.get_mut(..size)?;
+    let body = LunListReply {
+        count: entries.len() as u32,
+        reserved: 0,
+    };
+    write_prefix(out, Opcode::LunList, size, body.as_bytes());
+    out[prefix..].copy_from_slice(entries.as_bytes());
+    Some(size)
+}
+
 /// A decoded reply (client side).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Reply<'a> {
@@ -205,30 +235,52 @@ pub enum Reply<'a> {
     Fire(FireReply),
     Discover(DiscoverReply),
     Stats(StatsReply),
+    LunCreate(LunCreateReply),
+    LunRemove,
+    LunList(Records<'a, LunEntry>),
 }
 
-/// The events of a WAIT reply, read by copy (no alignment needed).
+/// The records that follow a reply's body (a WAIT's events, a LUN_LIST's entries), read by
+/// copy (no alignment needed).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ReplyEvents<'a> {
+pub struct Records<'a, T> {
     bytes: &'a [u8],
+    record: core::marker::PhantomData<T>,
 }
 
-impl Iterator for ReplyEvents<'_> {
-    type Item = EventRecord;
+/// The events of a WAIT reply.
+pub type ReplyEvents<'a> = Records<'a, EventRecord>;
 
-    fn next(&mut self) -> Option<EventRecord> {
-        let (event, rest) = EventRecord::read_from_prefix(self.bytes).ok()?;
+impl<'a, T: FromBytes> Records<'a, T> {
+    /// `bytes` must hold exactly `count` records.
+    fn exactly(bytes: &'a [u8], count: u32) -> Option<Self> {
+        // Compared by division: `count * size` could overflow a 32-bit usize.
+        let record = size_of::<T>();
+        (bytes.len().is_multiple_of(record) && bytes.len() / record == count as usize).then_some(
+            Self {
+                bytes,
+                record: core::marker::PhantomData,
+            },
+        )
+    }
+}
+
+impl<T: FromBytes> Iterator for Records<'_, T> {
+    type Item = T;
+
+    fn next(&mut self) -> Option<T> {
+        let (record, rest) = T::read_from_prefix(self.bytes).ok()?;
         self.bytes = rest;
-        Some(event)
+        Some(record)
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let n = self.bytes.len() / size_of::<EventRecord>();
+        let n = self.bytes.len() / size_of::<T>();
         (n, Some(n))
     }
 }
 
-impl ExactSizeIterator for ReplyEvents<'_> {}
+impl<T: FromBytes> ExactSizeIterator for Records<'_, T> {}
 
 /// Why bytes returned by the driver are not a valid reply.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -269,15 +321,8 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply<'_>, ReplyError> {
     match opcode {
         Opcode::Wait => {
             let (reply, events) = WaitReply::read_from_prefix(body).map_err(|_| bad_length)?;
-            // Compared by division: `count * 32` could overflow a 32-bit usize.
-            let record = size_of::<EventRecord>();
-            if events.len() % record != 0 || events.len() / record != reply.count as usize {
-                return Err(bad_length);
-            }
-            Ok(Reply::Wait {
-                reply,
-                events: ReplyEvents { bytes: events },
-            })
+            let events = Records::exactly(events, reply.count).ok_or(bad_length)?;
+            Ok(Reply::Wait { reply, events })
         }
         Opcode::Fire => FireReply::read_from_bytes(body)
             .map(Reply::Fire)
@@ -288,6 +333,20 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply<'_>, ReplyError> {
         Opcode::Stats => StatsReply::read_from_bytes(body)
             .map(Reply::Stats)
             .map_err(|_| bad_length),
+        Opcode::LunCreate => LunCreateReply::read_from_bytes(body)
+            .map(Reply::LunCreate)
+            .map_err(|_| bad_length),
+        Opcode::LunRemove if body.is_empty() => Ok(Reply::LunRemove),
+        Opcode::LunRemove => Err(bad_length),
+        Opcode::LunList => {
+            let (list, entries) = LunListReply::read_from_prefix(body).map_err(|_| bad_length)?;
+            if list.count as usize > MAX_LUNS {
+                return Err(bad_length);
+            }
+            Records::exactly(entries, list.count)
+                .map(Reply::LunList)
+                .ok_or(bad_length)
+        }
     }
 }
 
@@ -313,6 +372,60 @@ mod tests {
         assert_eq!(Opcode::Fire.min_reply_size(), 16);
         assert_eq!(Opcode::Discover.min_reply_size(), 24);
         assert_eq!(Opcode::Stats.min_reply_size(), 128);
+        assert_eq!(Opcode::LunCreate.min_reply_size(), 16);
+        assert_eq!(Opcode::LunRemove.min_reply_size(), 8);
+        assert_eq!(Opcode::LunList.min_reply_size(), 16 + 8 * 32);
+    }
+
+    #[test]
+    fn lun_replies_round_trip() {
+        let mut buf = [0xAAu8; 512];
+        let created = LunCreateReply {
+            lun: 3,
+            reserved: 0,
+        };
+        let n = encode_lun_create_reply(&mut buf, &created).unwrap();
+        assert_eq!(decode_reply(&buf[..n]), Ok(Reply::LunCreate(created)));
+        let n = encode_lun_remove_reply(&mut buf).unwrap();
+        assert_eq!(n, 8);
+        assert_eq!(decode_reply(&buf[..n]), Ok(Reply::LunRemove));
+        let entries = [
+            LunEntry {
+                lun: 0,
+                block_count: 100,
+                block_size: 512,
+                ..Default::default()
+            },
+            LunEntry {
+                lun: 5,
+                flags: crate::LunFlags::READ_ONLY,
+                block_count: 7,
+                block_size: 4096,
+                queue_depth: 32,
+                outstanding: 2,
+                reserved: 0,
+            },
+        ];
+        let n = encode_lun_list_reply(&mut buf, &entries).unwrap();
+        assert_eq!(n, 16 + 64);
+        let Ok(Reply::LunList(listed)) = decode_reply(&buf[..n]) else {
+            panic!("not a LUN_LIST reply")
+        };
+        assert_eq!(listed.collect::<Vec<_>>(), entries);
+        assert!(
+            buf[n..].iter().all(|&b| b == 0xAA),
+            "nothing written past the reply"
+        );
+        assert_eq!(encode_lun_list_reply(&mut buf[..79], &entries), None);
+        // An entry count that disagrees with the bytes.
+        buf[8] = 3;
+        assert!(matches!(
+            decode_reply(&buf[..n]),
+            Err(ReplyError::BadLength {
+                opcode: Opcode::LunList,
+                ..
+            })
+        ));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::VERSION;
+use crate::lun::{LunCreateRequest, LunRemoveRequest, LunSpec};
 
 /// The first 8 bytes of every request and every reply.
 #[repr(C)]
@@ -29,6 +30,12 @@ pub enum Opcode {
     Discover = 3,
     /// Report the channel's counters.
     Stats = 4,
+    /// Create a virtual disk.
+    LunCreate = 5,
+    /// Remove a virtual disk, completing everything it has outstanding.
+    LunRemove = 6,
+    /// List the virtual disks.
+    LunList = 7,
 }
 
 impl TryFrom<u16> for Opcode {
@@ -40,6 +47,9 @@ impl TryFrom<u16> for Opcode {
             2 => Self::Fire,
             3 => Self::Discover,
             4 => Self::Stats,
+            5 => Self::LunCreate,
+            6 => Self::LunRemove,
+            7 => Self::LunList,
             other => return Err(other),
         })
     }
@@ -93,6 +103,9 @@ pub enum Request {
     Fire { code: u32, value: u64 },
     Discover { delay_ms: u32 },
     Stats,
+    LunCreate(LunSpec),
+    LunRemove { lun: u32 },
+    LunList,
 }
 
 impl Request {
@@ -102,6 +115,9 @@ impl Request {
             Self::Fire { .. } => Opcode::Fire,
             Self::Discover { .. } => Opcode::Discover,
             Self::Stats => Opcode::Stats,
+            Self::LunCreate(_) => Opcode::LunCreate,
+            Self::LunRemove { .. } => Opcode::LunRemove,
+            Self::LunList => Opcode::LunList,
         }
     }
 }
@@ -114,10 +130,15 @@ impl Opcode {
                 Self::Wait => size_of::<WaitRequest>(),
                 Self::Fire => size_of::<FireRequest>(),
                 Self::Discover => size_of::<DiscoverRequest>(),
-                Self::Stats => 0,
+                Self::LunCreate => size_of::<LunCreateRequest>(),
+                Self::LunRemove => size_of::<LunRemoveRequest>(),
+                Self::Stats | Self::LunList => 0,
             }
     }
 }
+
+/// The largest request record: a buffer this size holds any request [`encode_request`] writes.
+pub const MAX_REQUEST_SIZE: usize = size_of::<Header>() + size_of::<LunCreateRequest>();
 
 /// Why a byte string is not a valid request. Each maps to one NTSTATUS in the driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -226,6 +247,24 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
             })
         }
         Opcode::Stats => Ok(Request::Stats),
+        Opcode::LunCreate => {
+            let body = read_body::<LunCreateRequest>(body);
+            if body.reserved != 0 {
+                return Err(reserved);
+            }
+            match body.invalid_field() {
+                Some(field) => Err(invalid(field)),
+                None => Ok(Request::LunCreate(body)),
+            }
+        }
+        Opcode::LunRemove => {
+            let body = read_body::<LunRemoveRequest>(body);
+            if body.reserved != 0 {
+                return Err(reserved);
+            }
+            Ok(Request::LunRemove { lun: body.lun })
+        }
+        Opcode::LunList => Ok(Request::LunList),
     }
 }
 
@@ -281,7 +320,11 @@ pub fn encode_request(request: &Request, out: &mut [u8]) -> Option<usize> {
                 .as_bytes(),
             );
         }
-        Request::Stats => {}
+        Request::LunCreate(spec) => body.copy_from_slice(spec.as_bytes()),
+        Request::LunRemove { lun } => {
+            body.copy_from_slice(LunRemoveRequest { lun, reserved: 0 }.as_bytes());
+        }
+        Request::Stats | Request::LunList => {}
     }
     Some(size)
 }
@@ -293,8 +336,8 @@ mod tests {
     use std::vec::Vec;
 
     fn encoded(request: Request) -> Vec<u8> {
-        let mut buf = [0u8; 64];
-        let n = encode_request(&request, &mut buf).expect("64 bytes hold every request");
+        let mut buf = [0u8; MAX_REQUEST_SIZE];
+        let n = encode_request(&request, &mut buf).expect("MAX_REQUEST_SIZE holds every request");
         buf[..n].to_vec()
     }
 
@@ -305,6 +348,10 @@ mod tests {
         assert_eq!(Opcode::Fire.request_size(), 24);
         assert_eq!(Opcode::Discover.request_size(), 16);
         assert_eq!(Opcode::Stats.request_size(), 8);
+        assert_eq!(Opcode::LunCreate.request_size(), 80);
+        assert_eq!(Opcode::LunRemove.request_size(), 16);
+        assert_eq!(Opcode::LunList.request_size(), 8);
+        assert_eq!(MAX_REQUEST_SIZE, 80);
     }
 
     #[test]
@@ -316,7 +363,7 @@ mod tests {
         assert_eq!(
             bytes,
             [
-                24, 0, 0, 0, 1, 0, 1, 0, // size, version, opcode
+                24, 0, 0, 0, 2, 0, 1, 0, // size, version, opcode
                 8, 7, 6, 5, 4, 3, 2, 1, // cursor
                 9, 0, 0, 0, 0, 0, 0, 0, // max_events, reserved
             ]
@@ -331,11 +378,12 @@ mod tests {
             Err(DecodeError::Truncated { len: 7 })
         );
 
+        // A version-1 client (before the LUN opcodes) is refused.
         let mut bytes = encoded(Request::Stats);
-        bytes[4] = 2;
+        bytes[4] = 1;
         assert_eq!(
             decode_request(&bytes),
-            Err(DecodeError::UnsupportedVersion { version: 2 })
+            Err(DecodeError::UnsupportedVersion { version: 1 })
         );
 
         let mut bytes = encoded(Request::Stats);
@@ -356,7 +404,7 @@ mod tests {
         );
 
         // A well-formed header announcing a WAIT with a STATS-sized record.
-        let bytes = [8, 0, 0, 0, 1, 0, 1, 0];
+        let bytes = [8, 0, 0, 0, 2, 0, 1, 0];
         assert_eq!(
             decode_request(&bytes),
             Err(DecodeError::BadLength {
@@ -421,7 +469,49 @@ mod tests {
             (any::<u32>(), any::<u64>()).prop_map(|(code, value)| Request::Fire { code, value }),
             (1..=DISCOVER_DELAY_MS_MAX).prop_map(|delay_ms| Request::Discover { delay_ms }),
             Just(Request::Stats),
+            any_lun_spec().prop_map(Request::LunCreate),
+            any::<u32>().prop_map(|lun| Request::LunRemove { lun }),
+            Just(Request::LunList),
         ]
+    }
+
+    fn any_lun_spec() -> impl Strategy<Value = LunSpec> {
+        (
+            1..=(1u64 << 40),
+            prop_oneof![Just(512u32), Just(4096u32)],
+            0..=crate::LunFlags::ALL,
+            0..=crate::lun::MAX_QUEUE_DEPTH,
+            proptest::array::uniform32(0x21u8..=0x7E),
+            proptest::array::uniform16(1u8..),
+        )
+            .prop_map(
+                |(block_count, block_size, flags, queue_depth, serial, unique_id)| LunSpec {
+                    block_count,
+                    block_size,
+                    flags,
+                    queue_depth,
+                    reserved: 0,
+                    serial,
+                    unique_id,
+                },
+            )
+    }
+
+    /// LUN_CREATE's body (bytes 8..80) read straight from the spec (docs/DATAPATH.md §1).
+    fn lun_create_is_valid(bytes: &[u8]) -> bool {
+        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let blocks = u64::from_le_bytes(bytes[8..16].try_into().unwrap());
+        let block_size = word(16);
+        let serial = &bytes[32..64];
+        (block_size == 512 || block_size == 4096)
+            && blocks != 0
+            && u128::from(blocks) * u128::from(block_size) <= u128::from(u64::MAX)
+            && word(20) < 8
+            && word(24) <= 250
+            && word(28) == 0
+            && serial.iter().all(|b| (0x20..=0x7E).contains(b))
+            && serial.iter().any(|&b| b != b' ')
+            && bytes[64..80].iter().any(|&b| b != 0)
     }
 
     /// Re-derives, independently of the decoder, whether `bytes` is well-formed.
@@ -433,13 +523,15 @@ mod tests {
         let version = u16::from_le_bytes(bytes[4..6].try_into().unwrap());
         let opcode = u16::from_le_bytes(bytes[6..8].try_into().unwrap());
         let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
-        version == 1
+        version == 2
             && size == bytes.len()
             && match (opcode, bytes.len()) {
                 (1, 24) => word(16) != 0 && word(20) == 0,
                 (2, 24) => word(12) == 0,
                 (3, 16) => (1..=60_000).contains(&word(8)) && word(12) == 0,
-                (4, 8) => true,
+                (4 | 7, 8) => true,
+                (5, 80) => lun_create_is_valid(bytes),
+                (6, 16) => word(12) == 0,
                 _ => false,
             }
     }
@@ -450,7 +542,7 @@ mod tests {
         /// Every byte string of every length decodes to a valid request or a specific error,
         /// and validity agrees with an independent reading of the spec.
         #[test]
-        fn arbitrary_bytes_decode_or_fail_specifically(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
+        fn arbitrary_bytes_decode_or_fail_specifically(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
             let result = decode_request(&bytes);
             prop_assert_eq!(result.is_ok(), expected_validity(&bytes));
             if let Ok(request) = result {
@@ -460,7 +552,7 @@ mod tests {
 
         /// Headers that look right get past the header checks, so the body checks are reached.
         #[test]
-        fn plausible_headers_reach_the_body_checks(opcode in 0u16..6, len in 8usize..40, fill in any::<u8>()) {
+        fn plausible_headers_reach_the_body_checks(opcode in 0u16..9, len in 8usize..96, fill in any::<u8>()) {
             let mut bytes = std::vec![fill; len];
             bytes[0..4].copy_from_slice(&(len as u32).to_le_bytes());
             bytes[4..6].copy_from_slice(&VERSION.to_le_bytes());
@@ -488,7 +580,7 @@ mod tests {
 
         /// Long inputs (up to a page) are refused by their size, never read past or accepted.
         #[test]
-        fn long_inputs_are_refused(bytes in proptest::collection::vec(any::<u8>(), 64..4096)) {
+        fn long_inputs_are_refused(bytes in proptest::collection::vec(any::<u8>(), MAX_REQUEST_SIZE + 1..4096)) {
             prop_assert!(decode_request(&bytes).is_err());
         }
     }

@@ -14,13 +14,16 @@
 //! | `STATUS_CANCELLED` | the parked request was cancelled (CancelIoEx, thread or process exit) |
 //! | `STATUS_DEVICE_REMOVED` | the adapter was removed or surprise-removed before this request arrived |
 //! | `STATUS_DELETE_PENDING` | Storport's answer once the adapter's removal rundown has started |
+//! | `STATUS_NO_SUCH_DEVICE` | LUN_REMOVE of a LUN that does not exist |
+//! | `STATUS_OBJECT_NAME_COLLISION` | LUN_CREATE with another LUN's serial number or unique id |
 
 pub use storport_abi::status::is_error;
 pub use storport_abi::status::name;
 pub use storport_abi::status::user::{
     STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NOT_SUPPORTED, STATUS_PENDING,
-    STATUS_QUOTA_EXCEEDED, STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
+    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE,
+    STATUS_NOT_SUPPORTED, STATUS_OBJECT_NAME_COLLISION, STATUS_PENDING, STATUS_QUOTA_EXCEEDED,
+    STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
 };
 
 use crate::{DecodeError, decode_request};

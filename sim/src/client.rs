@@ -8,7 +8,8 @@ use std::sync::atomic::Ordering;
 
 use revcall_client::channel::{self as protocol, RequestError};
 use revcall_protocol::{
-    DiscoverReply, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request as Wire, StatsReply,
+    DiscoverReply, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, LunEntry, LunSpec, Request as Wire,
+    StatsReply,
 };
 use storsim::io::{Access, Handle, Outcome, ProcessId, Request};
 use storsim::kernel::Kernel;
@@ -79,6 +80,23 @@ impl Channel {
     pub fn stats(&self) -> Result<StatsReply, u32> {
         let outcome = self.call(&Wire::Stats, 256)?;
         protocol::stats(outcome.status, &outcome.output).map_err(status_of)
+    }
+
+    /// LUN_CREATE: the LUN's number, or the status.
+    pub fn create_lun(&self, spec: LunSpec) -> Result<u32, u32> {
+        let outcome = self.call(&Wire::LunCreate(spec), 64)?;
+        protocol::lun_created(outcome.status, &outcome.output).map_err(status_of)
+    }
+
+    pub fn remove_lun(&self, lun: u32) -> Result<(), u32> {
+        let outcome = self.call(&Wire::LunRemove { lun }, 64)?;
+        protocol::lun_removed(outcome.status, &outcome.output).map_err(status_of)
+    }
+
+    pub fn list_luns(&self) -> Result<Vec<LunEntry>, u32> {
+        let room = revcall_protocol::Opcode::LunList.min_reply_size() as u32;
+        let outcome = self.call(&Wire::LunList, room)?;
+        protocol::luns_listed(outcome.status, &outcome.output).map_err(status_of)
     }
 
     /// Sends and waits for the outcome (`Err(u32::MAX)`: none within [`PROMPT`]).

@@ -301,6 +301,11 @@ fn cancel_routine_keeping_the_cancel_lock() {
 }
 
 #[test]
+fn srb_transfer_raised_above_the_request() {
+    trips("srb_transfer_raised", 0xC4, Some(0x5700_000D));
+}
+
+#[test]
 fn srb_completed_twice_is_0xf1_2004() {
     trips("srb_completed_twice", 0xF1, Some(0x2004));
 }

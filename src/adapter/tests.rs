@@ -15,17 +15,17 @@ use super::{Control, Lifecycle};
 use crate::error::Status;
 use crate::event_ring::RING_CAPACITY;
 use crate::service_queue::PARK_CAP;
-use crate::testing::{FakeIrp, FakeTimer, IrpCell, TestAdapter, adapter};
+use crate::testing::{FakeIrp, FakePort, IrpCell, TestAdapter, adapter};
 
 const OUT: usize = 64 + 32 * 15; // room for 16 events
 
-fn send(a: &TestAdapter, t: &FakeTimer, id: usize, request: Request, out: usize) -> Arc<IrpCell> {
+fn send(a: &TestAdapter, t: &FakePort, id: usize, request: Request, out: usize) -> Arc<IrpCell> {
     let (irp, cell) = FakeIrp::new(id, request, out);
     a.process(irp, t);
     cell
 }
 
-fn wait(a: &TestAdapter, t: &FakeTimer, id: usize, cursor: u64) -> Arc<IrpCell> {
+fn wait(a: &TestAdapter, t: &FakePort, id: usize, cursor: u64) -> Arc<IrpCell> {
     send(
         a,
         t,
@@ -38,7 +38,7 @@ fn wait(a: &TestAdapter, t: &FakeTimer, id: usize, cursor: u64) -> Arc<IrpCell> 
     )
 }
 
-fn fire(a: &TestAdapter, t: &FakeTimer, code: u32) -> u64 {
+fn fire(a: &TestAdapter, t: &FakePort, code: u32) -> u64 {
     let cell = send(
         a,
         t,
@@ -73,7 +73,7 @@ fn status_of(cell: &IrpCell) -> Status {
     done.status
 }
 
-fn stats(a: &TestAdapter, t: &FakeTimer) -> StatsReply {
+fn stats(a: &TestAdapter, t: &FakePort) -> StatsReply {
     let cell = send(a, t, 7777, Request::Stats, 128);
     match decode_reply(&cell.completion().unwrap().bytes) {
         Ok(Reply::Stats(s)) => s,
@@ -83,7 +83,7 @@ fn stats(a: &TestAdapter, t: &FakeTimer) -> StatsReply {
 
 #[test]
 fn started_adapter_has_published_its_start() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     assert_eq!(a.lifecycle(), Lifecycle::Running);
     let cell = wait(&a, &t, 1, 0);
     let (reply, events) = events_of(&cell);
@@ -97,7 +97,7 @@ fn started_adapter_has_published_its_start() {
 
 #[test]
 fn park_then_fire_completes_the_waiter_with_that_event() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let cell = wait(&a, &t, 1, CURSOR_NOW);
     assert_eq!(cell.completions(), 0, "parked");
     assert_eq!(stats(&a, &t).parked_now, 1);
@@ -128,7 +128,7 @@ fn park_then_fire_completes_the_waiter_with_that_event() {
 
 #[test]
 fn every_waiter_sees_every_event_broadcast() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let cells: Vec<_> = (0..50).map(|id| wait(&a, &t, id, 1)).collect();
     fire(&a, &t, 1);
     for cell in &cells {
@@ -139,7 +139,7 @@ fn every_waiter_sees_every_event_broadcast() {
 
 #[test]
 fn a_late_waiter_gets_a_batch_limited_by_max_events_and_buffer() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     for code in 0..10 {
         fire(&a, &t, code);
     }
@@ -183,7 +183,7 @@ fn a_late_waiter_gets_a_batch_limited_by_max_events_and_buffer() {
 
 #[test]
 fn a_waiter_behind_the_ring_learns_how_many_it_lost() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let n = RING_CAPACITY as u32 + 20;
     for code in 0..n {
         fire(&a, &t, code);
@@ -198,7 +198,7 @@ fn a_waiter_behind_the_ring_learns_how_many_it_lost() {
 
 #[test]
 fn cursor_ahead_of_head_is_invalid_and_cursor_now_parks() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     assert_eq!(status_of(&wait(&a, &t, 1, 99)), Status::INVALID_PARAMETER);
     let parked = wait(&a, &t, 2, CURSOR_NOW);
     assert_eq!(parked.completions(), 0);
@@ -206,7 +206,7 @@ fn cursor_ahead_of_head_is_invalid_and_cursor_now_parks() {
 
 #[test]
 fn the_park_cap_refuses_with_quota_exceeded() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let cells: Vec<_> = (0..PARK_CAP)
         .map(|id| wait(&a, &t, id, CURSOR_NOW))
         .collect();
@@ -229,7 +229,7 @@ fn the_park_cap_refuses_with_quota_exceeded() {
 
 #[test]
 fn cancel_of_a_parked_wait_completes_it_cancelled() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let keep = wait(&a, &t, 1, CURSOR_NOW);
     let cancelled = wait(&a, &t, 2, CURSOR_NOW);
     cancelled.io_cancel_irp(&*a);
@@ -247,7 +247,7 @@ fn cancel_of_a_parked_wait_completes_it_cancelled() {
 
 #[test]
 fn cancel_after_completion_is_a_no_op() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let cell = wait(&a, &t, 1, CURSOR_NOW);
     fire(&a, &t, 1);
     cell.io_cancel_irp(&*a);
@@ -256,7 +256,7 @@ fn cancel_after_completion_is_a_no_op() {
 
 #[test]
 fn removal_completes_every_parked_wait_with_the_final_event() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let cells: Vec<_> = (0..40).map(|id| wait(&a, &t, id, CURSOR_NOW)).collect();
     a.remove(&t);
     assert_eq!(a.lifecycle(), Lifecycle::Removed);
@@ -288,7 +288,7 @@ fn removal_completes_every_parked_wait_with_the_final_event() {
 
 #[test]
 fn surprise_removal_flushes_and_a_later_remove_adds_nothing() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let cell = wait(&a, &t, 1, CURSOR_NOW);
     a.surprise_remove(&t);
     let (reply, events) = events_of(&cell);
@@ -305,7 +305,7 @@ fn surprise_removal_flushes_and_a_later_remove_adds_nothing() {
 
 #[test]
 fn stop_and_restart_keep_parked_waits_and_publish_events() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let first = wait(&a, &t, 1, CURSOR_NOW);
     assert!(a.request_control(Control::Stop));
     a.apply_controls(&t);
@@ -326,7 +326,7 @@ fn stop_and_restart_keep_parked_waits_and_publish_events() {
 
 #[test]
 fn discover_completes_later_through_the_timer_and_coalesces() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let waiter = wait(&a, &t, 1, CURSOR_NOW);
     let d1 = send(&a, &t, 2, Request::Discover { delay_ms: 250 }, 24);
     let d2 = send(&a, &t, 3, Request::Discover { delay_ms: 10 }, 24);
@@ -379,7 +379,7 @@ fn discover_completes_later_through_the_timer_and_coalesces() {
 
 #[test]
 fn removal_cancels_a_pending_discovery() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     send(&a, &t, 1, Request::Discover { delay_ms: 5 }, 24);
     a.remove(&t);
     assert_eq!(*t.armed.lock().unwrap(), None);
@@ -392,7 +392,7 @@ fn removal_cancels_a_pending_discovery() {
 
 #[test]
 fn fire_can_be_disabled_by_configuration() {
-    let (a, t) = (adapter(false), FakeTimer::new());
+    let (a, t) = (adapter(false), FakePort::new());
     let cell = send(&a, &t, 1, Request::Fire { code: 1, value: 1 }, 16);
     assert_eq!(status_of(&cell), Status::NOT_SUPPORTED);
     assert_eq!(stats(&a, &t).events_injected, 0);
@@ -400,7 +400,7 @@ fn fire_can_be_disabled_by_configuration() {
 
 #[test]
 fn malformed_requests_get_their_documented_status_and_no_bytes() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let mut wait_bytes = [0u8; 24];
     let n = revcall_protocol::encode_request(
         &Request::Wait {
@@ -469,7 +469,7 @@ fn malformed_requests_get_their_documented_status_and_no_bytes() {
 
 #[test]
 fn every_request_size_around_each_record_is_answered() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     for request in [
         Request::Wait {
             cursor: 0,
@@ -507,7 +507,7 @@ fn every_request_size_around_each_record_is_answered() {
 
 #[test]
 fn stats_count_every_completion_path() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let parked = wait(&a, &t, 1, CURSOR_NOW);
     let cancelled = wait(&a, &t, 2, CURSOR_NOW);
     cancelled.io_cancel_irp(&*a);
@@ -524,7 +524,7 @@ fn stats_count_every_completion_path() {
 
 #[test]
 fn a_pnp_stop_does_not_wedge_a_pending_discovery() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     send(&a, &t, 1, Request::Discover { delay_ms: 60_000 }, 24);
     // Storport cancels its timer on a PnP stop; HwInitialize on the next start re-arms it.
     a.request_control(Control::Stop);
@@ -549,7 +549,7 @@ fn a_pnp_stop_does_not_wedge_a_pending_discovery() {
 
 #[test]
 fn a_closed_adapter_still_delivers_its_retained_tail() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     // A waiter that takes one event at a time falls behind at removal.
     let cell = send(
         &a,
@@ -588,7 +588,7 @@ fn a_closed_adapter_still_delivers_its_retained_tail() {
 
 #[test]
 fn stop_and_restart_take_no_lock_and_apply_in_order_in_the_dpc() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     send(&a, &t, 1, Request::Discover { delay_ms: 5 }, 24);
     let waiter = wait(&a, &t, 2, CURSOR_NOW);
     // What HwAdapterControl does at DIRQL: record only. Nothing changes until the DPC.
@@ -627,7 +627,7 @@ fn the_control_mailbox_holds_eight_and_refuses_a_ninth() {
 
 #[test]
 fn a_wait_cancelled_before_it_could_park_completes_cancelled() {
-    let (a, t) = (adapter(true), FakeTimer::new());
+    let (a, t) = (adapter(true), FakePort::new());
     let (irp, cell) = FakeIrp::new(
         1,
         Request::Wait {

@@ -119,6 +119,16 @@ impl Kernel {
     }
 
     /// The port driver.
+    /// The disk class driver of the started adapter's target (`None` before the first start).
+    pub fn disk_class(&self) -> Option<crate::class::DiskClass> {
+        let extension = self.port.extension()?;
+        Some(crate::class::DiskClass::new(
+            self.machine.clone(),
+            self.port.clone(),
+            extension,
+        ))
+    }
+
     pub fn port(&self) -> &Arc<Port> {
         &self.port
     }

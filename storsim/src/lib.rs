@@ -19,6 +19,7 @@
 //! | the machine | `machine`, `report` |
 //! | the ground | `verifier`, `faults`, `pool`, `cpu`, `loader` |
 
+pub mod class;
 pub mod cpu;
 pub mod driver;
 pub mod exports;

@@ -16,6 +16,8 @@ const LAYERS: &[&[&str]] = &[
     &["miniport"],
     // the port driver
     &["port"],
+    // the disk class driver above Storport
+    &["class"],
     // the façade: one emulated machine
     &["kernel"],
     // the driver boundary: what the driver imports, then loading it and its faults

@@ -467,9 +467,9 @@ impl<'a> Worker<'a> {
         request: &revcall_protocol::Request,
         out_len: u32,
     ) -> Option<Arc<Request>> {
-        let mut bytes = [0u8; 64];
+        let mut bytes = [0u8; revcall_protocol::MAX_REQUEST_SIZE];
         let len = revcall_protocol::encode_request(request, &mut bytes)
-            .expect("every request record fits 64 bytes");
+            .expect("every request record fits MAX_REQUEST_SIZE");
         self.raw(
             handle,
             revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP,

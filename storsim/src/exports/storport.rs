@@ -246,6 +246,12 @@ unsafe extern "win64" fn stor_port_notification(
         0 => kernel.port().srb_complete(a0),
         // NextRequest, NextLuRequest: nothing is queued behind a virtual adapter's SRBs.
         1 | 2 => {}
+        // BusChangeDetected(PathId)
+        7 => {
+            if storport_irql_at_most("StorPortNotification(BusChangeDetected)", DISPATCH_LEVEL) {
+                kernel.port().bus_changed(a0 as u8);
+            }
+        }
         // RequestTimerCall(HwTimer, MiniportTimerValue µs)
         6 => {
             if storport_irql_at_most("StorPortNotification(RequestTimerCall)", DISPATCH_LEVEL) {

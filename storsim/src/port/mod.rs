@@ -21,6 +21,7 @@ pub use dispatcher::Dispatcher;
 pub use pnp::{DIRQL, PnpState, StartError};
 pub use rundown::Rundown;
 pub use service::IOCTL_MINIPORT_PROCESS_SERVICE_IRP as IOCTL;
+pub use srb::{Direction, Srb};
 
 use crate::io::Io;
 use crate::machine::Machine;
@@ -62,6 +63,8 @@ pub struct PortCounters {
     pub timer_calls: AtomicU64,
     pub dpcs: AtomicU64,
     pub service_requests: AtomicU64,
+    /// BusChangeDetected notifications: rescans the miniport asked for.
+    pub bus_changes: AtomicU64,
 }
 
 /// Storport's state for the one adapter storsim runs.
@@ -125,6 +128,15 @@ impl Port {
 
     fn srbs_outstanding(&self) -> MutexGuard<'_, std::collections::HashSet<usize>> {
         self.srbs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// StorPortNotification(BusChangeDetected, PathId): Storport queues a rescan of the bus
+    /// (what it then sends is not documented, DISK.md §3.3: the disk class model's
+    /// enumeration plays it).
+    pub fn bus_changed(&self, path_id: u8) {
+        self.counters.bus_changes.fetch_add(1, Ordering::Relaxed);
+        self.machine
+            .note(format!("BusChangeDetected(bus {path_id}): a rescan is due"));
     }
 
     pub fn counters(&self) -> &PortCounters {

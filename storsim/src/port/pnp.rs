@@ -233,32 +233,8 @@ impl Port {
             let Some(srb) = Srb::inquiry(pool, target, miniport.srb_extension_size) else {
                 return self.machine.note("bus scan: no pool for an SRB");
             };
-            self.srbs_outstanding().insert(srb.addr());
-            self.counters.srbs.fetch_add(1, Ordering::Relaxed);
-            self.machine.call_driver("HwStartIo", DISPATCH_LEVEL, || {
-                // SAFETY: the SRB and its buffers are live pool blocks Storport owns (`Srb`),
-                // handed to the miniport until it completes it; they stay allocated until
-                // `free` below, which runs only once it is completed.
-                unsafe { miniport.start_io(extension, srb.as_ptr()) }
-            });
-            // A miniport may complete later (from a DPC or timer): wait for it, boundedly.
-            let deadline = std::time::Instant::now() + self.machine.config().rundown_limit;
-            while self.srbs_outstanding().contains(&srb.addr()) {
-                if std::time::Instant::now() > deadline {
-                    self.machine.report(BugCheck::new(
-                        Code::DriverVerifierDetectedViolation,
-                        [
-                            rules::SRB_NEVER_COMPLETED,
-                            srb.addr() as u64,
-                            u64::from(target),
-                            0,
-                        ],
-                        format!("the INQUIRY SRB to target {target} was never completed"),
-                    ));
-                    // Still the miniport's: its blocks stay allocated (not `free`d under it).
-                    return;
-                }
-                std::thread::sleep(std::time::Duration::from_millis(1));
+            if !self.execute(extension, &srb) {
+                return;
             }
             answered.push(format!(
                 "target {target}: SRB_STATUS {:#04x}",
@@ -270,6 +246,60 @@ impl Port {
             "bus scan: INQUIRY via HwStartIo → {}",
             answered.join(", ")
         ));
+    }
+
+    /// The SrbExtensionSize SRBs for this miniport need.
+    pub fn srb_extension_size(&self) -> u32 {
+        self.miniport()
+            .map_or(0, |miniport| miniport.srb_extension_size)
+    }
+
+    /// Hands `srb` to HwStartIo at DISPATCH_LEVEL and waits, boundedly, until the miniport
+    /// completes it (from HwStartIo, a DPC or a timer). `false` (reported) if it never does:
+    /// the SRB is then still the miniport's and must not be freed.
+    pub fn execute(&self, extension: Extension, srb: &Srb) -> bool {
+        let Some(miniport) = self.miniport() else {
+            return false;
+        };
+        self.srbs_outstanding().insert(srb.addr());
+        self.counters.srbs.fetch_add(1, Ordering::Relaxed);
+        self.machine.call_driver("HwStartIo", DISPATCH_LEVEL, || {
+            // SAFETY: the SRB and its buffers are live pool blocks Storport owns (`Srb`),
+            // handed to the miniport until it completes it; the caller frees them only after
+            // this returns true, that is once it is completed.
+            unsafe { miniport.start_io(extension, srb.as_ptr()) }
+        });
+        let deadline = std::time::Instant::now() + self.machine.config().rundown_limit;
+        while self.srbs_outstanding().contains(&srb.addr()) {
+            if std::time::Instant::now() > deadline {
+                self.machine.report(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
+                    [rules::SRB_NEVER_COMPLETED, srb.addr() as u64, 0, 0],
+                    format!("the SRB at {:#x} was never completed", srb.addr()),
+                ));
+                return false;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let transferred = srb.transferred(self.machine.pool());
+        if transferred > srb.requested() {
+            // The class driver would read (or believe written) bytes past its buffer.
+            self.machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [
+                    rules::SRB_TRANSFER_RAISED,
+                    srb.addr() as u64,
+                    u64::from(transferred),
+                    u64::from(srb.requested()),
+                ],
+                format!(
+                    "the miniport completed an SRB with DataTransferLength {transferred}, above \
+                     the {} bytes it asked for",
+                    srb.requested()
+                ),
+            ));
+        }
+        true
     }
 
     /// StorPortNotification(RequestComplete, ext, Srb).

@@ -1,5 +1,6 @@
-//! The SRBs Storport builds itself (the bus scan's INQUIRY), in pool memory like the real
-//! port driver's, with a data buffer and the miniport's SrbExtension.
+//! The SRBs Storport builds (its own bus scan's INQUIRY, and the SCSI commands of the disk
+//! class model above it), in pool memory like the real port driver's, with a data buffer, a
+//! sense buffer and the miniport's SrbExtension.
 
 use std::mem::offset_of;
 
@@ -14,25 +15,62 @@ pub struct Srb {
     srb: usize,
     data: usize,
     extension: usize,
+    sense: usize,
+    data_len: u32,
 }
 
+/// Which way an SRB's data moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Direction {
+    None,
+    /// Device to host (READ, INQUIRY): SRB_FLAGS_DATA_IN.
+    In,
+    /// Host to device (WRITE): SRB_FLAGS_DATA_OUT.
+    Out,
+}
+
+/// classpnp's sense buffer (SENSE_BUFFER_SIZE).
+const SENSE_LEN: usize = 18;
+
 impl Srb {
-    /// An INQUIRY (36 bytes of data in) to LUN 0 of `target`.
+    /// An INQUIRY (36 bytes of data in) to LUN 0 of `target`: the port's own bus scan.
     pub fn inquiry(pool: &Pool, target: u8, extension_size: u32) -> Option<Self> {
-        let srb = pool
-            .allocate_zeroed(size_of::<SCSI_REQUEST_BLOCK>(), TAG, Owner::Port)
-            .ok()? as usize;
-        let data = pool.allocate_zeroed(36, TAG, Owner::Port).ok()? as usize;
-        let extension = match extension_size {
-            0 => 0,
-            size => pool.allocate_zeroed(size as usize, TAG, Owner::Port).ok()? as usize,
+        Self::scsi(
+            pool,
+            (target, 0),
+            &[0x12, 0, 0, 0, 36, 0],
+            36,
+            Direction::In,
+            extension_size,
+        )
+    }
+
+    /// An EXECUTE_SCSI SRB to (`target`, `lun`) with `cdb`, a zeroed data buffer of
+    /// `data_len` bytes and an 18-byte sense buffer, all in pool memory like the port
+    /// driver's.
+    pub fn scsi(
+        pool: &Pool,
+        (target, lun): (u8, u8),
+        cdb: &[u8],
+        data_len: u32,
+        direction: Direction,
+        extension_size: u32,
+    ) -> Option<Self> {
+        let block = |size: usize| match size {
+            0 => Some(0),
+            size => pool
+                .allocate_zeroed(size, TAG, Owner::Port)
+                .ok()
+                .map(|p| p as usize),
         };
         let srb = Self {
-            srb,
-            data,
-            extension,
+            srb: block(size_of::<SCSI_REQUEST_BLOCK>())?,
+            data: block(data_len as usize)?,
+            extension: block(extension_size as usize)?,
+            sense: block(SENSE_LEN)?,
+            data_len,
         };
-        // The block is zeroed: fill the fields an INQUIRY needs.
+        // The block is zeroed: fill the fields a SCSI command needs.
         let put = |offset: usize, bytes: &[u8]| {
             pool.write_bytes(srb.srb + offset, bytes)
                 .expect("inside the SRB block");
@@ -47,27 +85,91 @@ impl Srb {
             &[storport_abi::srb_function::EXECUTE_SCSI],
         );
         put(offset_of!(SCSI_REQUEST_BLOCK, TargetId), &[target]);
-        put(offset_of!(SCSI_REQUEST_BLOCK, CdbLength), &[6]);
-        // INQUIRY, allocation length 36.
-        put(offset_of!(SCSI_REQUEST_BLOCK, Cdb), &[0x12, 0, 0, 0, 36, 0]);
+        put(offset_of!(SCSI_REQUEST_BLOCK, Lun), &[lun]);
+        put(
+            offset_of!(SCSI_REQUEST_BLOCK, CdbLength),
+            &[cdb.len() as u8],
+        );
+        put(offset_of!(SCSI_REQUEST_BLOCK, Cdb), cdb);
         put(
             offset_of!(SCSI_REQUEST_BLOCK, DataTransferLength),
-            &36u32.to_le_bytes(),
+            &data_len.to_le_bytes(),
         );
         put(
             offset_of!(SCSI_REQUEST_BLOCK, DataBuffer),
-            &(data as u64).to_le_bytes(),
+            &(srb.data as u64).to_le_bytes(),
         );
         put(
             offset_of!(SCSI_REQUEST_BLOCK, SrbExtension),
-            &(extension as u64).to_le_bytes(),
+            &(srb.extension as u64).to_le_bytes(),
         );
-        // SRB_FLAGS_DATA_IN.
+        put(
+            offset_of!(SCSI_REQUEST_BLOCK, SenseInfoBuffer),
+            &(srb.sense as u64).to_le_bytes(),
+        );
+        put(
+            offset_of!(SCSI_REQUEST_BLOCK, SenseInfoBufferLength),
+            &[SENSE_LEN as u8],
+        );
+        let flags: u32 = match direction {
+            Direction::None => 0,
+            Direction::In => 0x40,
+            Direction::Out => 0x80,
+        };
         put(
             offset_of!(SCSI_REQUEST_BLOCK, SrbFlags),
-            &0x40u32.to_le_bytes(),
+            &flags.to_le_bytes(),
+        );
+        // classpnp's default disk timeout (DISK.md §4.1).
+        put(
+            offset_of!(SCSI_REQUEST_BLOCK, TimeOutValue),
+            &10u32.to_le_bytes(),
         );
         Some(srb)
+    }
+
+    /// The data buffer's bytes (what a data-in command returned).
+    pub fn data(&self, pool: &Pool) -> Vec<u8> {
+        if self.data == 0 {
+            return Vec::new();
+        }
+        pool.read_bytes(self.data, self.data_len as usize)
+            .expect("the data buffer is a live block")
+    }
+
+    /// Fills the data buffer (a data-out command's payload).
+    pub fn set_data(&self, pool: &Pool, bytes: &[u8]) {
+        if self.data != 0 {
+            pool.write_bytes(self.data, &bytes[..bytes.len().min(self.data_len as usize)])
+                .expect("the data buffer is a live block");
+        }
+    }
+
+    /// The sense buffer's bytes.
+    pub fn sense(&self, pool: &Pool) -> Vec<u8> {
+        pool.read_bytes(self.sense, SENSE_LEN)
+            .expect("the sense buffer is a live block")
+    }
+
+    fn field(&self, pool: &Pool, offset: usize, len: usize) -> Vec<u8> {
+        pool.read_bytes(self.srb + offset, len)
+            .expect("the SRB is a live block")
+    }
+
+    /// `ScsiStatus`, once completed.
+    pub fn scsi_status(&self, pool: &Pool) -> u8 {
+        self.field(pool, offset_of!(SCSI_REQUEST_BLOCK, ScsiStatus), 1)[0]
+    }
+
+    /// `DataTransferLength`, once completed: the bytes the miniport says it moved.
+    pub fn transferred(&self, pool: &Pool) -> u32 {
+        let bytes = self.field(pool, offset_of!(SCSI_REQUEST_BLOCK, DataTransferLength), 4);
+        u32::from_le_bytes(bytes.try_into().expect("4 bytes"))
+    }
+
+    /// The data length the SRB asked for.
+    pub fn requested(&self) -> u32 {
+        self.data_len
     }
 
     pub fn addr(&self) -> usize {
@@ -85,7 +187,7 @@ impl Srb {
     }
 
     pub fn free(self, pool: &Pool) {
-        for block in [self.srb, self.data, self.extension] {
+        for block in [self.srb, self.data, self.extension, self.sense] {
             if block != 0 {
                 let _ = pool.free(block as *mut u8, None);
             }

@@ -118,9 +118,11 @@ pub const CANCEL_SPIN_LOCK_KEPT: u64 = 0x5700_000A;
 pub const SRB_NEVER_COMPLETED: u64 = 0x5700_000B;
 /// An argument a Storport routine cannot take.
 pub const BAD_ARGUMENT: u64 = 0x5700_000C;
+/// An SRB completed with DataTransferLength above the request's.
+pub const SRB_TRANSFER_RAISED: u64 = 0x5700_000D;
 
 /// Every storsim-defined P1, with the sentence the README's table gives it.
-pub const STORSIM_RULES: [Rule; 11] = [
+pub const STORSIM_RULES: [Rule; 12] = [
     Rule {
         p1: SPIN_LOCK_SAFE,
         what: "an IRP completed while a spin lock is held (SDV SpinLockSafe)",
@@ -164,6 +166,10 @@ pub const STORSIM_RULES: [Rule; 11] = [
     Rule {
         p1: BAD_ARGUMENT,
         what: "an argument a Storport routine cannot take",
+    },
+    Rule {
+        p1: SRB_TRANSFER_RAISED,
+        what: "an SRB completed with DataTransferLength above what the request asked for",
     },
 ];
 

@@ -1,0 +1,213 @@
+//! The disk class driver's side of the bus, as disk.sys and classpnp play it: after the
+//! miniport's BusChangeDetected, enumerate the logical units (REPORT LUNS, then per LUN the
+//! standard INQUIRY, the VPD pages it lists, READ CAPACITY (10, then 16 when it saturates) and
+//! MODE SENSE of all pages), and issue block commands to a disk. Each command is an SRB in pool
+//! memory through Storport's HwStartIo (`Port::execute`).
+//!
+//! What Storport sends after BusChangeDetected is not documented (DISK.md §3.3): WinSpd and
+//! WNBD answer both REPORT LUNS and per-LUN INQUIRY, so the model sends both.
+//!
+//! `Port::execute` checks every completed SRB (`DataTransferLength` never above the request).
+
+use std::sync::Arc;
+
+use revcall_scsi::{Command, PageControl, Sense};
+
+use crate::machine::Machine;
+use crate::miniport::Extension;
+use crate::port::{Direction, Port, Srb};
+
+/// One disk as the class driver sees it after enumeration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Disk {
+    pub lun: u8,
+    pub vendor: String,
+    pub product: String,
+    /// VPD 0x80.
+    pub serial: String,
+    /// VPD 0x83's descriptors, raw.
+    pub identifiers: Vec<u8>,
+    /// VPD 0x00.
+    pub vpd_pages: Vec<u8>,
+    pub block_size: u32,
+    pub block_count: u64,
+    pub write_protected: bool,
+    /// The caching page's WCE: flushes are sent.
+    pub write_cache: bool,
+    /// VPD B2's LBPU: UNMAP is sent.
+    pub unmap: bool,
+}
+
+/// How one SCSI command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Completion {
+    /// `SrbStatus` without the AUTOSENSE_VALID / QUEUE_FROZEN bits.
+    pub srb_status: u8,
+    pub scsi_status: u8,
+    /// The autosense data, when the miniport reported it valid.
+    pub sense: Option<Sense>,
+    /// The data the command returned (data-in), cut to `DataTransferLength`.
+    pub data: Vec<u8>,
+}
+
+const SRB_STATUS_SUCCESS: u8 = 0x01;
+const SRB_STATUS_AUTOSENSE_VALID: u8 = 0x80;
+
+/// The class driver for the adapter's one target.
+pub struct DiskClass {
+    machine: Arc<Machine>,
+    port: Arc<Port>,
+    extension: Extension,
+}
+
+impl DiskClass {
+    pub fn new(machine: Arc<Machine>, port: Arc<Port>, extension: Extension) -> Self {
+        Self {
+            machine,
+            port,
+            extension,
+        }
+    }
+
+    /// Sends one command to `lun`: `data_len` bytes in (or, with `payload`, out). `None` if
+    /// the SRB could not be built or was never completed (reported).
+    pub fn command(
+        &self,
+        lun: u8,
+        command: &Command,
+        data_len: u32,
+        payload: Option<&[u8]>,
+    ) -> Option<Completion> {
+        let pool = self.machine.pool();
+        let (cdb, len) = revcall_scsi::encode(command);
+        let direction = match (payload, data_len) {
+            (_, 0) => Direction::None,
+            (Some(_), _) => Direction::Out,
+            (None, _) => Direction::In,
+        };
+        let srb = Srb::scsi(
+            pool,
+            (0, lun),
+            &cdb[..len],
+            data_len,
+            direction,
+            self.port.srb_extension_size(),
+        )?;
+        if let Some(payload) = payload {
+            srb.set_data(pool, payload);
+        }
+        if !self.port.execute(self.extension, &srb) {
+            return None;
+        }
+        let status = srb.status(pool);
+        let transferred = srb.transferred(pool);
+        let mut data = srb.data(pool);
+        data.truncate(transferred.min(srb.requested()) as usize);
+        let completion = Completion {
+            srb_status: status & 0x3F,
+            scsi_status: srb.scsi_status(pool),
+            sense: (status & SRB_STATUS_AUTOSENSE_VALID != 0)
+                .then(|| Sense::parse(&srb.sense(pool)))
+                .flatten(),
+            data,
+        };
+        srb.free(pool);
+        Some(completion)
+    }
+
+    /// A data-in command that must succeed; its data.
+    fn ask(&self, lun: u8, command: Command, data_len: u32) -> Option<Vec<u8>> {
+        let done = self.command(lun, &command, data_len, None)?;
+        (done.srb_status == SRB_STATUS_SUCCESS).then_some(done.data)
+    }
+
+    /// The enumeration after BusChangeDetected: every LUN REPORT LUNS lists that answers
+    /// INQUIRY as a direct-access device, with its identity.
+    pub fn enumerate(&self) -> Vec<Disk> {
+        let Some(report) = self.ask(0, Command::ReportLuns { alloc: 512 }, 512) else {
+            self.machine
+                .note("disk class: REPORT LUNS failed; no disks");
+            return Vec::new();
+        };
+        let luns: Vec<u8> = revcall_scsi::parse_report_luns(&report)
+            .map(Iterator::collect)
+            .unwrap_or_default();
+        let disks: Vec<Disk> = luns.iter().filter_map(|&lun| self.identify(lun)).collect();
+        self.machine.note(format!(
+            "disk class: REPORT LUNS {luns:?}; disks {:?}",
+            disks.iter().map(|d| d.lun).collect::<Vec<_>>()
+        ));
+        disks
+    }
+
+    fn vpd(&self, lun: u8, page: u8) -> Option<Vec<u8>> {
+        let data = self.ask(
+            lun,
+            Command::Inquiry {
+                evpd: true,
+                page,
+                alloc: 255,
+            },
+            255,
+        )?;
+        revcall_scsi::parse_vpd_pages(&data, page).map(<[u8]>::to_vec)
+    }
+
+    fn identify(&self, lun: u8) -> Option<Disk> {
+        let standard = self.ask(
+            lun,
+            Command::Inquiry {
+                evpd: false,
+                page: 0,
+                alloc: 96,
+            },
+            96,
+        )?;
+        let inquiry = revcall_scsi::parse_inquiry(&standard)?;
+        if inquiry.qualifier != 0 || inquiry.device_type != 0 {
+            return None;
+        }
+        let vpd_pages = self.vpd(lun, 0x00)?;
+        let serial = self.vpd(lun, 0x80)?;
+        let identifiers = self.vpd(lun, 0x83)?;
+        // classpnp reads B2 only when VPD 0x00 lists it (and lists it in order).
+        let unmap = vpd_pages.contains(&0xB2)
+            && self
+                .vpd(lun, 0xB2)
+                .is_some_and(|b2| b2.get(1).is_some_and(|f| f & 0x80 != 0));
+        let rc10 =
+            revcall_scsi::parse_read_capacity10(&self.ask(lun, Command::ReadCapacity10, 8)?)?;
+        let capacity = if rc10.last_lba == u64::from(u32::MAX) {
+            revcall_scsi::parse_read_capacity16(&self.ask(
+                lun,
+                Command::ReadCapacity16 { alloc: 32 },
+                32,
+            )?)?
+        } else {
+            rc10
+        };
+        let all_pages = Command::ModeSense {
+            ten: false,
+            dbd: true,
+            page: 0x3F,
+            subpage: 0,
+            control: PageControl::Current,
+            alloc: 255,
+        };
+        let mode = revcall_scsi::parse_mode_sense(&self.ask(lun, all_pages, 255)?)?;
+        let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).trim_end().to_owned();
+        Some(Disk {
+            lun,
+            vendor: text(&inquiry.vendor),
+            product: text(&inquiry.product),
+            serial: text(&serial),
+            identifiers,
+            vpd_pages,
+            block_size: capacity.block_size,
+            block_count: capacity.last_lba + 1,
+            write_protected: mode.write_protected,
+            write_cache: mode.write_cache.unwrap_or(false),
+            unmap,
+        })
+    }
+}
