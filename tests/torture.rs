@@ -40,6 +40,7 @@ fn four_cpus_through_removal_cycles_keep_every_invariant() {
         "malformed",
         "cancel-io-foreign",
         "flood",
+        "lun",
     ] {
         assert!(
             report.ops.get(op).is_some_and(|n| *n > 0),

@@ -7,7 +7,7 @@ use revcall_protocol::status::{
     STATUS_REVISION_MISMATCH,
 };
 use revcall_protocol::{
-    DISCOVER_DELAY_MS_MAX, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Opcode, Request,
+    DISCOVER_DELAY_MS_MAX, IOCTL_MINIPORT_PROCESS_SERVICE_IRP, LunFlags, LunSpec, Opcode, Request,
 };
 
 /// A request the driver must refuse.
@@ -66,8 +66,26 @@ fn encoded(request: &Request) -> Vec<u8> {
     crate::channel::encode(request)
 }
 
+/// A LUN_CREATE the decoder accepts (its serial and id drawn from `rng`).
+fn lun_spec(rng: &mut fastrand::Rng) -> LunSpec {
+    let mut serial = [b' '; 32];
+    serial[..8].fill_with(|| rng.u8(b'A'..=b'Z'));
+    LunSpec {
+        block_count: rng.u64(1..1 << 30),
+        block_size: if rng.bool() { 512 } else { 4096 },
+        flags: rng.u32(0..=LunFlags::ALL),
+        serial,
+        unique_id: std::array::from_fn(|_| rng.u8(1..)),
+        ..LunSpec::default()
+    }
+}
+
+/// A well-formed request of any opcode, for the classes that spoil one part of it.
 fn any_request(rng: &mut fastrand::Rng) -> Request {
-    match rng.u8(0..4) {
+    match rng.u8(0..7) {
+        4 => Request::LunCreate(lun_spec(rng)),
+        5 => Request::LunRemove { lun: rng.u32(..) },
+        6 => Request::LunList,
         0 => Request::Wait {
             cursor: 0,
             max_events: 1,
@@ -127,7 +145,12 @@ pub fn sample(class: Class, rng: &mut fastrand::Rng, head_hint: u64) -> Malforme
         }
         Class::Opcode => {
             let mut bytes = encoded(&Request::Stats);
-            let opcode = if rng.bool() { 0 } else { rng.u16(5..) };
+            let opcode = loop {
+                let opcode = rng.u16(..);
+                if Opcode::try_from(opcode).is_err() {
+                    break opcode;
+                }
+            };
             bytes[6..8].copy_from_slice(&opcode.to_le_bytes());
             refused(bytes, STATUS_INVALID_DEVICE_REQUEST)
         }
@@ -138,25 +161,36 @@ pub fn sample(class: Class, rng: &mut fastrand::Rng, head_hint: u64) -> Malforme
             bytes[0..4].copy_from_slice(&size.to_le_bytes());
             refused(bytes, STATUS_INVALID_PARAMETER)
         }
-        // Reserved bits set (WAIT's reserved word follows cursor and max_events).
+        // Reserved bits set: WAIT's reserved word follows cursor and max_events, LUN_REMOVE's
+        // follows the LUN.
         Class::Reserved => {
-            let mut bytes = encoded(&Request::Wait {
-                cursor: 0,
-                max_events: 1,
-            });
-            bytes[20..24].copy_from_slice(&rng.u32(1..).to_le_bytes());
+            let (mut bytes, at) = if rng.bool() {
+                let wait = Request::Wait {
+                    cursor: 0,
+                    max_events: 1,
+                };
+                (encoded(&wait), 20)
+            } else {
+                (encoded(&Request::LunRemove { lun: 0 }), 12)
+            };
+            bytes[at..at + 4].copy_from_slice(&rng.u32(1..).to_le_bytes());
             refused(bytes, STATUS_INVALID_PARAMETER)
         }
         Class::Argument => {
-            let request = match rng.u8(0..3) {
+            let request = match rng.u8(0..4) {
                 0 => Request::Wait {
                     cursor: 0,
                     max_events: 0,
                 },
                 1 => Request::Discover { delay_ms: 0 },
-                _ => Request::Discover {
+                2 => Request::Discover {
                     delay_ms: rng.u32(DISCOVER_DELAY_MS_MAX + 1..),
                 },
+                // A LUN nobody could create: a block size Windows has no disk for.
+                _ => Request::LunCreate(LunSpec {
+                    block_size: rng.u32(..).max(4097),
+                    ..lun_spec(rng)
+                }),
             };
             refused(encoded(&request), STATUS_INVALID_PARAMETER)
         }
@@ -192,7 +226,7 @@ mod tests {
     fn each_class_is_what_the_oracle_refuses() {
         let mut rng = fastrand::Rng::with_seed(7);
         for class in Class::ALL {
-            for _ in 0..200 {
+            for _ in 0..2000 {
                 let bad = sample(class, &mut rng, 1000);
                 if class == Class::OtherIoctl {
                     assert_ne!(bad.code, IOCTL_MINIPORT_PROCESS_SERVICE_IRP);

@@ -7,8 +7,8 @@
 use std::collections::HashMap;
 
 use revcall_protocol::status::{
-    STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_NOT_SUPPORTED,
-    STATUS_QUOTA_EXCEEDED, STATUS_SUCCESS,
+    STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_NO_SUCH_DEVICE,
+    STATUS_NOT_SUPPORTED, STATUS_QUOTA_EXCEEDED, STATUS_SUCCESS,
 };
 use revcall_protocol::{CURSOR_NOW, EventKind, EventRecord, StatsReply, WaitFlags, WaitReply};
 
@@ -21,6 +21,9 @@ pub enum Path {
     Fire,
     Discover,
     Stats,
+    LunCreate,
+    LunRemove,
+    LunList,
     /// A malformed request and the one error status its defect must produce.
     Malformed(u32),
 }
@@ -56,7 +59,14 @@ pub fn allowed(path: Path, status: u32, excuses: Excuses) -> bool {
         }
         Path::Fire if status == STATUS_NOT_SUPPORTED => excuses.low_resources,
         Path::Fire | Path::Discover => status == STATUS_SUCCESS || status == STATUS_DEVICE_REMOVED,
-        Path::Stats => status == STATUS_SUCCESS,
+        Path::Stats | Path::LunList => status == STATUS_SUCCESS,
+        // Another CPU may have taken the last LUN number, or removed the LUN first.
+        Path::LunCreate => {
+            [STATUS_SUCCESS, STATUS_QUOTA_EXCEEDED, STATUS_DEVICE_REMOVED].contains(&status)
+        }
+        Path::LunRemove => {
+            [STATUS_SUCCESS, STATUS_NO_SUCH_DEVICE, STATUS_DEVICE_REMOVED].contains(&status)
+        }
         Path::Malformed(expected) => status == expected,
     }
 }
@@ -486,6 +496,10 @@ mod tests {
         assert!(allowed(Path::Fire, STATUS_NOT_SUPPORTED, low));
         assert!(!allowed(Path::Fire, STATUS_QUOTA_EXCEEDED, full));
         assert!(!allowed(Path::Stats, STATUS_DEVICE_REMOVED, none));
+        assert!(allowed(Path::LunCreate, STATUS_QUOTA_EXCEEDED, none));
+        assert!(!allowed(Path::LunCreate, STATUS_NO_SUCH_DEVICE, none));
+        assert!(allowed(Path::LunRemove, STATUS_NO_SUCH_DEVICE, none));
+        assert!(!allowed(Path::LunList, STATUS_NO_SUCH_DEVICE, none));
         let too_small = Path::Malformed(STATUS_BUFFER_TOO_SMALL);
         assert!(allowed(too_small, STATUS_BUFFER_TOO_SMALL, none));
         assert!(!allowed(too_small, STATUS_INVALID_PARAMETER, none));

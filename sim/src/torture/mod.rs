@@ -84,6 +84,7 @@ pub enum Op {
     Close,
     Exit,
     Flood,
+    Lun,
     Malformed,
 }
 
@@ -99,6 +100,7 @@ impl Op {
             Op::Close => "close-handle",
             Op::Exit => "process-exit",
             Op::Flood => "flood",
+            Op::Lun => "lun",
             Op::Malformed => "malformed",
         }
     }

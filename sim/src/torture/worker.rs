@@ -95,6 +95,8 @@ pub struct Worker<'a> {
     fires: u64,
     /// Checkpoints this CPU has served.
     served: u64,
+    /// LUN_CREATEs sent, for unique serial numbers.
+    luns_created: u64,
     pub tally: Tally,
 }
 
@@ -112,6 +114,7 @@ impl<'a> Worker<'a> {
             waiters: Vec::new(),
             fires: 0,
             served: 0,
+            luns_created: 0,
             tally: Tally::default(),
         };
         for w in 0..WAITERS {
@@ -166,6 +169,7 @@ impl<'a> Worker<'a> {
                 75..78 => self.close_handle(),
                 78 if self.rng.u32(0..50) == 0 => self.flood(),
                 78 => self.exit_process(),
+                79..81 => self.lun(),
                 _ => self.malformed(),
             }
         }
@@ -586,6 +590,70 @@ impl<'a> Worker<'a> {
                 Ok(Reply::Stats(stats)) if stats.parked_now <= stats.parked_cap => {}
                 other => self.fail(format!("STATS reply not sane: {other:?}")),
             }
+        }
+    }
+
+    /// LUN_CREATE (a serial no other LUN has), LUN_REMOVE of any LUN number, or LUN_LIST:
+    /// each CPU races the others for the eight numbers; every reply must be sane.
+    fn lun(&mut self) {
+        self.count(Op::Lun);
+        let (handle, instance) = self.any_handle();
+        let (path, request, out_len) = match self.rng.u8(0..3) {
+            0 => {
+                self.luns_created += 1;
+                let mut serial = [b' '; 32];
+                let name = format!("T{:02}-{:08}", self.index, self.luns_created);
+                serial[..name.len()].copy_from_slice(name.as_bytes());
+                let mut unique_id = [0u8; 16];
+                unique_id[..8].copy_from_slice(&self.luns_created.to_le_bytes());
+                unique_id[8] = self.index as u8 + 1;
+                let spec = revcall_protocol::LunSpec {
+                    block_count: self.rng.u64(1..1 << 24),
+                    block_size: 512,
+                    serial,
+                    unique_id,
+                    ..revcall_protocol::LunSpec::default()
+                };
+                (
+                    Path::LunCreate,
+                    revcall_protocol::Request::LunCreate(spec),
+                    64,
+                )
+            }
+            1 => {
+                let lun = self.rng.u32(0..revcall_protocol::MAX_LUNS as u32 + 1);
+                (
+                    Path::LunRemove,
+                    revcall_protocol::Request::LunRemove { lun },
+                    64,
+                )
+            }
+            _ => {
+                let room = revcall_protocol::Opcode::LunList.min_reply_size() as u32;
+                (Path::LunList, revcall_protocol::Request::LunList, room)
+            }
+        };
+        let sent = self.send(handle, &request, out_len);
+        let Some(outcome) = self.immediate(path, sent, instance) else {
+            return;
+        };
+        if outcome.status != STATUS_SUCCESS {
+            return;
+        }
+        let sane = match decode_reply(&outcome.output) {
+            Ok(Reply::LunCreate(reply)) => path == Path::LunCreate && reply.lun < 8,
+            Ok(Reply::LunRemove) => path == Path::LunRemove,
+            Ok(Reply::LunList(entries)) => {
+                let luns: Vec<u32> = entries.map(|e| e.lun).collect();
+                path == Path::LunList && luns.windows(2).all(|w| w[0] < w[1])
+            }
+            _ => false,
+        };
+        if !sane {
+            self.fail(format!(
+                "{path:?} succeeded with a reply that is not sane: {:02x?}",
+                outcome.output
+            ));
         }
     }
 
