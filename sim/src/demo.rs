@@ -3,7 +3,7 @@
 use std::time::Duration;
 use storport_abi::status::Named;
 
-use revcall_protocol::{CURSOR_NOW, EventKind, WaitFlags};
+use revcall_protocol::{CURSOR_NOW, EventKind, LunFlags, LunSpec, WaitFlags};
 
 use super::client::{Channel, Delivery, PROMPT};
 use super::{Failures, KernelRef};
@@ -197,6 +197,9 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
     kernel.note("-- a kernel-mode caller reuses one IRP with its own completion routine");
     kernel_caller(kernel, &a1, failures);
 
+    kernel.note("-- a virtual disk: LUN_CREATE, Storport rescans, the class driver identifies it");
+    virtual_disk(kernel, &b, failures);
+
     match a1.stats() {
         Ok(stats) => kernel.note(format!("STATS: {stats:?}")),
         Err(status) => {
@@ -237,6 +240,71 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
         channel.close();
     }
     Ok(())
+}
+
+/// LUN_CREATE through the channel, the disk class model's enumeration after BusChangeDetected,
+/// the LunCreated event, a READ (no server yet: NOT READY), LUN_REMOVE.
+fn virtual_disk(kernel: &KernelRef, channel: &Channel, failures: &Failures) {
+    let mut serial = [b' '; 32];
+    serial[..8].copy_from_slice(b"DEMO0001");
+    let spec = LunSpec {
+        block_count: 64 * 1024 * 1024 / 4096,
+        block_size: 4096,
+        flags: LunFlags::WRITE_CACHE | LunFlags::UNMAP,
+        serial,
+        unique_id: *b"revcall-demo-lun",
+        ..LunSpec::default()
+    };
+    let watching = channel.wait(CURSOR_NOW, 4);
+    let lun = match channel.create_lun(spec) {
+        Ok(lun) => lun,
+        Err(status) => {
+            return failures.expect(false, || {
+                format!("LUN_CREATE to succeed, got {}", Named(status))
+            });
+        }
+    };
+    let told = watching
+        .wait(PROMPT)
+        .and_then(|outcome| channel.delivery(&outcome).ok())
+        .is_some_and(|d| {
+            d.events
+                .iter()
+                .any(|e| e.kind == EventKind::LunCreated as u32 && e.arg0 == u64::from(lun))
+        });
+    failures.expect(told, || format!("a LunCreated event for LUN {lun}"));
+    let Some(class) = kernel.disk_class() else {
+        return failures.expect(false, || "a started adapter for the class driver".into());
+    };
+    let disks = class.enumerate();
+    match disks.iter().find(|d| u32::from(d.lun) == lun) {
+        Some(disk) => kernel.note(format!(
+            "disk class: LUN {}: \"{}\" \"{}\", serial {}, {} blocks of {} bytes, write cache {}, unmap {}",
+            disk.lun, disk.vendor, disk.product, disk.serial, disk.block_count, disk.block_size, disk.write_cache, disk.unmap
+        )),
+        None => failures.expect(false, || format!("the class driver to find LUN {lun}, found {disks:?}")),
+    }
+    let read = revcall_scsi::Command::Read(revcall_scsi::Transfer {
+        lba: 0,
+        blocks: 1,
+        fua: false,
+    });
+    let outcome = class.command(lun as u8, &read, 4096, None);
+    let not_ready = outcome
+        .as_ref()
+        .is_some_and(|o| o.sense == Some(revcall_scsi::Sense::NOT_READY_MANUAL_INTERVENTION));
+    failures.expect(not_ready, || {
+        format!("a READ with no server to fail NOT READY 04/03, got {outcome:?}")
+    });
+    kernel.note("READ of LUN with no server yet: CHECK CONDITION, NOT READY (04/03)");
+    if let Err(status) = channel.remove_lun(lun) {
+        failures.expect(false, || {
+            format!("LUN_REMOVE to succeed, got {}", Named(status))
+        });
+    }
+    failures.expect(class.enumerate().is_empty(), || {
+        "the removed LUN to be gone".into()
+    });
 }
 
 /// An upper driver sends WAITs with its own IRP, takes it back in its completion routine

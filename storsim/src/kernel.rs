@@ -119,8 +119,13 @@ impl Kernel {
     }
 
     /// The port driver.
-    /// The disk class driver of the started adapter's target (`None` before the first start).
+    /// The disk class driver of the adapter's target, while the adapter is started (Storport
+    /// sends SRBs to nothing else: a stopped or removed adapter's extension is not the
+    /// miniport's to use).
     pub fn disk_class(&self) -> Option<crate::class::DiskClass> {
+        if self.port.state() != crate::port::PnpState::Started {
+            return None;
+        }
         let extension = self.port.extension()?;
         Some(crate::class::DiskClass::new(
             self.machine.clone(),

@@ -6,13 +6,15 @@ use std::time::{Duration, Instant};
 
 use revcall_protocol::status::*;
 use revcall_protocol::{
-    CURSOR_NOW, EventKind, Opcode, Request, VERSION, WaitFlags, decode_request,
+    CURSOR_NOW, EventKind, LunSpec, Opcode, Request, VERSION, WaitFlags, decode_request,
 };
 use serde::Serialize;
 
 use revcall_client::malformed::{self, Class};
 
-use crate::client::{Adapter, Delivery, PROMPT, Watcher, delivery, encode, wait_reply_size};
+use crate::client::{
+    Adapter, Delivery, PROMPT, RequestError, Watcher, delivery, encode, wait_reply_size,
+};
 use crate::transport::{Lab, Transport};
 
 /// A case's result.
@@ -408,6 +410,60 @@ fn discover_coalesces<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     Ok(format!("two DISCOVERs, one discovery ({})", first.id))
 }
 
+/// LUN_CREATE, LUN_LIST, LUN_REMOVE, each refusal, and the events that tell them. The LUN is
+/// small and removed at once: on Windows the disk appears and goes (its I/O fails NOT READY
+/// while no server serves it).
+fn luns_create_list_remove<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let waiting = a.post_wait(CURSOR_NOW, 8).map_err(|e| e.to_string())?;
+    // A serial no earlier run left behind.
+    let mut serial = [b' '; 32];
+    let stamp = format!(
+        "SELFTEST-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    serial[..stamp.len()].copy_from_slice(stamp.as_bytes());
+    let mut unique_id = [0x5E; 16];
+    unique_id[..stamp.len().min(16)]
+        .copy_from_slice(&stamp.as_bytes()[stamp.len().saturating_sub(16)..]);
+    let spec = LunSpec {
+        block_count: 2048,
+        block_size: 512,
+        serial,
+        unique_id,
+        ..LunSpec::default()
+    };
+    let lun = a.create_lun(spec).map_err(|e| e.to_string())?;
+    let refused = |result: Result<u32, RequestError>, status: u32| matches!(result, Err(RequestError::Status(s)) if s == status);
+    check!(
+        refused(a.create_lun(spec), STATUS_OBJECT_NAME_COLLISION),
+        "a second LUN with the same serial was not refused OBJECT_NAME_COLLISION"
+    );
+    let listed = a.list_luns().map_err(|e| e.to_string())?;
+    check!(
+        listed
+            .iter()
+            .any(|e| e.lun == lun && e.block_count == 2048 && e.block_size == 512),
+        "LUN {lun} not in LUN_LIST: {listed:?}"
+    );
+    a.remove_lun(lun).map_err(|e| e.to_string())?;
+    check!(
+        matches!(
+            a.remove_lun(lun),
+            Err(RequestError::Status(STATUS_NO_SUCH_DEVICE))
+        ),
+        "removing LUN {lun} twice was not refused NO_SUCH_DEVICE"
+    );
+    until(ctx, &a, waiting, |e| {
+        e.kind == EventKind::LunRemoved as u32 && e.arg0 == u64::from(lun)
+    })?;
+    a.close();
+    Ok(format!("LUN {lun} created, listed, removed"))
+}
+
 fn stats_count<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     let a = ctx.open(1)?;
     let before = a.stats().map_err(|e| e.to_string())?;
@@ -616,15 +672,24 @@ fn huge_input<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
 fn lengths_around_records<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     let a = ctx.open(1)?;
     let mut checked = 0;
-    for request in [
-        Request::Wait {
-            cursor: 0,
-            max_events: 1,
-        },
-        Request::Fire { code: 0, value: 0 },
-        Request::Discover { delay_ms: 1 },
-        Request::Stats,
-    ] {
+    // Each record, the output room it gets, and what its exact form completes with.
+    let records = [
+        (
+            Request::Wait {
+                cursor: 0,
+                max_events: 1,
+            },
+            256,
+            STATUS_SUCCESS,
+        ),
+        (Request::Fire { code: 0, value: 0 }, 256, STATUS_SUCCESS),
+        (Request::Discover { delay_ms: 1 }, 256, STATUS_SUCCESS),
+        (Request::Stats, 256, STATUS_SUCCESS),
+        // No LUN 4000 exists: the exact record reaches the LUN table and is refused there.
+        (Request::LunRemove { lun: 4000 }, 256, STATUS_NO_SUCH_DEVICE),
+        (Request::LunList, 512, STATUS_SUCCESS),
+    ];
+    for (request, out_len, valid) in records {
         let exact = encode(&request);
         for len in exact.len().saturating_sub(2)..=exact.len() + 2 {
             let mut input = exact.clone();
@@ -632,21 +697,12 @@ fn lengths_around_records<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
             if len >= 4 {
                 input[..4].copy_from_slice(&(len as u32).to_le_bytes());
             }
-            let want = match decode_request(&input) {
-                Ok(_) => STATUS_SUCCESS,
-                Err(revcall_protocol::DecodeError::UnsupportedVersion { .. }) => {
-                    STATUS_REVISION_MISMATCH
-                }
-                Err(revcall_protocol::DecodeError::UnknownOpcode { .. }) => {
-                    STATUS_INVALID_DEVICE_REQUEST
-                }
-                Err(_) => STATUS_INVALID_PARAMETER,
-            };
-            expect_status(&a, &input, 256, want)?;
+            let want = decode_request(&input).map_or_else(|error| error.status(), |_| valid);
+            expect_status(&a, &input, out_len, want)?;
             checked += 1;
         }
     }
-    Ok(format!("{checked} lengths around the four record sizes"))
+    Ok(format!("{checked} lengths around six record sizes"))
 }
 
 fn handle_close_keeps_parked<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
@@ -760,6 +816,7 @@ fn cases<T: Transport>() -> Vec<Case<T>> {
         ("discover_completes_later", false, discover_completes_later),
         ("discover_coalesces", false, discover_coalesces),
         ("stats_count_events", false, stats_count),
+        ("luns_create_list_remove", false, luns_create_list_remove),
         (
             "stats_match_what_the_client_saw",
             false,
