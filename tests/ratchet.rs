@@ -16,7 +16,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     ("protocol", 0, 0, 0, 0),
     ("scsi", 0, 0, 0, 0),
     ("sim", 1, 0, 1, 0),
-    ("storsim", 270, 5, 30, 0),
+    ("storsim", 273, 5, 32, 0),
     ("tester", 27, 0, 0, 0),
     ("xtask", 0, 0, 0, 0),
 ];

@@ -28,6 +28,9 @@ pub struct Config {
     pub rundown_limit: Duration,
     /// Longest a cancelled IRP may stay uncompleted (0xC4/0x135).
     pub cancel_limit: Duration,
+    /// One second of an SRB's `TimeOutValue` (Storport times SRBs in seconds; storsim
+    /// compresses time, so disk.sys's 10 s timeout lasts 10 × this before the reset ladder).
+    pub srb_second: Duration,
     /// Registry values under the service's `Parameters\Device` key (REG_DWORD).
     pub registry: HashMap<String, u32>,
     /// Keep a timeline of what happened (off for torture and benchmarks).
@@ -45,6 +48,7 @@ impl Default for Config {
             delay_probability: 0.02,
             rundown_limit: Duration::from_secs(5),
             cancel_limit: Duration::from_secs(2),
+            srb_second: Duration::from_millis(10),
             registry: HashMap::new(),
             timeline: true,
             live: false,

@@ -45,7 +45,7 @@ pub struct Miniport {
     find_adapter: VIRTUAL_HW_FIND_ADAPTER,
     initialize: HW_INITIALIZE,
     start_io: HW_STARTIO,
-    _reset_bus: HW_RESET_BUS,
+    reset_bus: HW_RESET_BUS,
     adapter_control: Option<HW_ADAPTER_CONTROL>,
     free_adapter_resources: Option<HW_FREE_ADAPTER_RESOURCES>,
     process_service_request: Option<HW_PROCESS_SERVICE_REQUEST>,
@@ -76,7 +76,7 @@ impl Miniport {
             find_adapter: routines.find_adapter,
             initialize: routines.initialize,
             start_io: routines.start_io,
-            _reset_bus: routines.reset_bus,
+            reset_bus: routines.reset_bus,
             adapter_control: routines.adapter_control,
             free_adapter_resources: routines.free_adapter_resources,
             process_service_request: routines.process_service_request,
@@ -126,6 +126,12 @@ impl Miniport {
     pub unsafe fn start_io(&self, extension: Extension, srb: *mut SCSI_REQUEST_BLOCK) -> bool {
         // SAFETY: prototype (`new`), live extension (`Extension::new`), the caller's SRB.
         unsafe { (self.start_io)(extension.ptr(), srb) != 0 }
+    }
+
+    /// HwResetBus(PathId): the miniport completes every SRB of the bus; whether it reset it.
+    pub fn reset_bus(&self, extension: Extension, path_id: u32) -> bool {
+        // SAFETY: prototype (`new`), live extension (`Extension::new`).
+        unsafe { (self.reset_bus)(extension.ptr(), path_id) != 0 }
     }
 
     /// Whether the miniport has an HwAdapterControl.

@@ -65,6 +65,8 @@ pub struct PortCounters {
     pub service_requests: AtomicU64,
     /// BusChangeDetected notifications: rescans the miniport asked for.
     pub bus_changes: AtomicU64,
+    /// SRBs that timed out into the reset ladder.
+    pub resets: AtomicU64,
 }
 
 /// Storport's state for the one adapter storsim runs.

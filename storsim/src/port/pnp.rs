@@ -13,8 +13,9 @@ use super::{
     SCSI_STOP_ADAPTER,
 };
 use crate::cpu::{DISPATCH_LEVEL, PASSIVE_LEVEL};
-use crate::miniport::Extension;
+use crate::miniport::{Extension, Miniport};
 use crate::pool::Owner;
+use crate::verifier::locks::{LockApi, STARTIO_LOCK};
 use crate::verifier::{BugCheck, Code, rules};
 
 /// Storport's view of the device.
@@ -254,33 +255,112 @@ impl Port {
             .map_or(0, |miniport| miniport.srb_extension_size)
     }
 
-    /// Hands `srb` to HwStartIo at DISPATCH_LEVEL and waits, boundedly, until the miniport
-    /// completes it (from HwStartIo, a DPC or a timer). `false` (reported) if it never does:
-    /// the SRB is then still the miniport's and must not be freed.
+    /// Hands `srb` to HwStartIo at DISPATCH_LEVEL and waits until the miniport completes it
+    /// (from HwStartIo, a DPC, a timer or a service request). An SRB still outstanding after
+    /// its `TimeOutValue` meets Storport's reset ladder (DISK.md §4.2, §4.3): an
+    /// SRB_FUNCTION_RESET_LOGICAL_UNIT to its LUN, then HwResetBus under the StartIo lock, which
+    /// must complete it. `false` (reported) if even that does not: the SRB is then still the
+    /// miniport's and must not be freed.
     pub fn execute(&self, extension: Extension, srb: &Srb) -> bool {
         let Some(miniport) = self.miniport() else {
             return false;
         };
+        self.start_io(miniport, extension, srb);
+        let timeout = self.machine.config().srb_second * super::srb::TIMEOUT_S;
+        if !self.completes_within(srb, timeout) {
+            self.reset_ladder(miniport, extension, srb);
+            if !self.completes_within(srb, self.machine.config().srb_second) {
+                self.machine.report(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
+                    [rules::SRB_PENDING_AFTER_RESET, srb.addr() as u64, 0, 0],
+                    format!(
+                        "the SRB at {:#x} is still pending after its {} s timeout, a LUN reset \
+                         and HwResetBus: Windows would reset the bus again and again",
+                        srb.addr(),
+                        super::srb::TIMEOUT_S
+                    ),
+                ));
+                return false;
+            }
+        }
+        self.check_transfer(srb)
+    }
+
+    fn start_io(&self, miniport: Miniport, extension: Extension, srb: &Srb) {
         self.srbs_outstanding().insert(srb.addr());
         self.counters.srbs.fetch_add(1, Ordering::Relaxed);
         self.machine.call_driver("HwStartIo", DISPATCH_LEVEL, || {
             // SAFETY: the SRB and its buffers are live pool blocks Storport owns (`Srb`),
-            // handed to the miniport until it completes it; the caller frees them only after
-            // this returns true, that is once it is completed.
+            // handed to the miniport until it completes it; the caller frees them only once
+            // it is completed.
             unsafe { miniport.start_io(extension, srb.as_ptr()) }
         });
-        let deadline = std::time::Instant::now() + self.machine.config().rundown_limit;
+    }
+
+    fn completes_within(&self, srb: &Srb, limit: std::time::Duration) -> bool {
+        let deadline = std::time::Instant::now() + limit;
         while self.srbs_outstanding().contains(&srb.addr()) {
             if std::time::Instant::now() > deadline {
-                self.machine.report(BugCheck::new(
-                    Code::DriverVerifierDetectedViolation,
-                    [rules::SRB_NEVER_COMPLETED, srb.addr() as u64, 0, 0],
-                    format!("the SRB at {:#x} was never completed", srb.addr()),
-                ));
                 return false;
             }
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
+        true
+    }
+
+    /// Storport's answer to a timed-out SRB: reset its LUN with an SRB, then the bus.
+    fn reset_ladder(&self, miniport: Miniport, extension: Extension, srb: &Srb) {
+        let (target, lun) = srb.address();
+        self.counters.resets.fetch_add(1, Ordering::Relaxed);
+        self.machine.note(format!(
+            "SRB {:#x} to target {target} LUN {lun} timed out ({} s): Storport resets the LUN",
+            srb.addr(),
+            super::srb::TIMEOUT_S
+        ));
+        let pool = self.machine.pool();
+        match Srb::reset_lun(pool, (target, lun), miniport.srb_extension_size) {
+            Some(reset) => {
+                self.start_io(miniport, extension, &reset);
+                if self.completes_within(&reset, self.machine.config().rundown_limit) {
+                    reset.free(pool);
+                } else {
+                    // Still the miniport's: its blocks stay allocated.
+                    self.machine.report(BugCheck::new(
+                        Code::DriverVerifierDetectedViolation,
+                        [
+                            rules::SRB_NEVER_COMPLETED,
+                            reset.addr() as u64,
+                            u64::from(target),
+                            u64::from(lun),
+                        ],
+                        format!(
+                            "the LUN reset SRB to target {target} LUN {lun} was never completed"
+                        ),
+                    ));
+                }
+            }
+            None => self.machine.note("LUN reset: no pool for the SRB"),
+        }
+        if self.completes_within(srb, self.machine.config().srb_second) {
+            return;
+        }
+        self.machine
+            .note("the SRB survived the LUN reset: Storport resets the bus (HwResetBus)");
+        let old = self.machine.acquire_kernel_lock(
+            STARTIO_LOCK,
+            LockApi::Storport,
+            "Storport's StartIo lock",
+        );
+        self.machine.call_driver("HwResetBus", DISPATCH_LEVEL, || {
+            miniport.reset_bus(extension, 0)
+        });
+        self.machine
+            .release_kernel_lock(STARTIO_LOCK, "Storport's StartIo lock", old);
+    }
+
+    /// A completed SRB's DataTransferLength is at most what it asked for; returns true (the
+    /// SRB is Storport's again either way).
+    fn check_transfer(&self, srb: &Srb) -> bool {
         let transferred = srb.transferred(self.machine.pool());
         if transferred > srb.requested() {
             // The class driver would read (or believe written) bytes past its buffer.

@@ -17,6 +17,8 @@ pub struct Srb {
     extension: usize,
     sense: usize,
     data_len: u32,
+    /// (TargetId, Lun).
+    address: (u8, u8),
 }
 
 /// Which way an SRB's data moves.
@@ -31,6 +33,9 @@ pub enum Direction {
 
 /// classpnp's sense buffer (SENSE_BUFFER_SIZE).
 const SENSE_LEN: usize = 18;
+
+/// disk.sys's default TimeOutValue, in seconds (DISK.md §4.1).
+pub const TIMEOUT_S: u32 = 10;
 
 impl Srb {
     /// An INQUIRY (36 bytes of data in) to LUN 0 of `target`: the port's own bus scan.
@@ -50,6 +55,42 @@ impl Srb {
     /// driver's.
     pub fn scsi(
         pool: &Pool,
+        address: (u8, u8),
+        cdb: &[u8],
+        data_len: u32,
+        direction: Direction,
+        extension_size: u32,
+    ) -> Option<Self> {
+        let function = storport_abi::srb_function::EXECUTE_SCSI;
+        Self::build(
+            pool,
+            function,
+            address,
+            cdb,
+            data_len,
+            direction,
+            extension_size,
+        )
+    }
+
+    /// SRB_FUNCTION_RESET_LOGICAL_UNIT to (`target`, `lun`): the first step of Storport's
+    /// reset ladder (DISK.md §4.2).
+    pub fn reset_lun(pool: &Pool, address: (u8, u8), extension_size: u32) -> Option<Self> {
+        let function = storport_abi::srb_function::RESET_LOGICAL_UNIT;
+        Self::build(
+            pool,
+            function,
+            address,
+            &[],
+            0,
+            Direction::None,
+            extension_size,
+        )
+    }
+
+    fn build(
+        pool: &Pool,
+        function: u8,
         (target, lun): (u8, u8),
         cdb: &[u8],
         data_len: u32,
@@ -69,6 +110,7 @@ impl Srb {
             extension: block(extension_size as usize)?,
             sense: block(SENSE_LEN)?,
             data_len,
+            address: (target, lun),
         };
         // The block is zeroed: fill the fields a SCSI command needs.
         let put = |offset: usize, bytes: &[u8]| {
@@ -80,10 +122,7 @@ impl Srb {
             offset_of!(SCSI_REQUEST_BLOCK, Length),
             &length.to_le_bytes(),
         );
-        put(
-            offset_of!(SCSI_REQUEST_BLOCK, Function),
-            &[storport_abi::srb_function::EXECUTE_SCSI],
-        );
+        put(offset_of!(SCSI_REQUEST_BLOCK, Function), &[function]);
         put(offset_of!(SCSI_REQUEST_BLOCK, TargetId), &[target]);
         put(offset_of!(SCSI_REQUEST_BLOCK, Lun), &[lun]);
         put(
@@ -170,6 +209,11 @@ impl Srb {
     /// The data length the SRB asked for.
     pub fn requested(&self) -> u32 {
         self.data_len
+    }
+
+    /// (TargetId, Lun).
+    pub fn address(&self) -> (u8, u8) {
+        self.address
     }
 
     pub fn addr(&self) -> usize {

@@ -23,6 +23,9 @@ std::thread_local! {
     static PORT: RefCell<Option<Arc<Port>>> = const { RefCell::new(None) };
     /// Whether HwFindAdapter forgets ConfigInfo->VirtualDevice.
     static FORGET_VIRTUAL: Cell<bool> = const { Cell::new(false) };
+    /// Whether HwStartIo keeps SCSI commands until HwResetBus (a server that never answers).
+    static HOLD_SCSI: Cell<bool> = const { Cell::new(false) };
+    static HELD: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
 fn called(name: &'static str) {
@@ -54,7 +57,13 @@ unsafe extern "win64" fn initialize(_ext: *mut c_void) -> u8 {
 
 unsafe extern "win64" fn start_io(_ext: *mut c_void, srb: *mut SCSI_REQUEST_BLOCK) -> u8 {
     called("HwStartIo");
-    // SAFETY: the port hands over a live SRB until it is completed, just below.
+    // SAFETY: the port hands over a live SRB until it is completed.
+    let function = unsafe { (*srb).Function };
+    if HOLD_SCSI.with(Cell::get) && function == storport_abi::srb_function::EXECUTE_SCSI {
+        HELD.with(|held| held.borrow_mut().push(srb as usize));
+        return 1;
+    }
+    // SAFETY: as above, completed just below.
     unsafe { (*srb).SrbStatus = storport_abi::srb_status::SUCCESS };
     let port = PORT
         .with(|port| port.borrow().clone())
@@ -63,7 +72,17 @@ unsafe extern "win64" fn start_io(_ext: *mut c_void, srb: *mut SCSI_REQUEST_BLOC
     1
 }
 
+/// Completes every held SRB with SRB_STATUS_BUS_RESET, as HwResetBus must.
 unsafe extern "win64" fn reset_bus(_ext: *mut c_void, _path: u32) -> u8 {
+    called("HwResetBus");
+    let port = PORT
+        .with(|port| port.borrow().clone())
+        .expect("the test's port");
+    for srb in HELD.with(|held| std::mem::take(&mut *held.borrow_mut())) {
+        // SAFETY: a held SRB is live until completed here.
+        unsafe { (*(srb as *mut SCSI_REQUEST_BLOCK)).SrbStatus = 0x0E };
+        port.srb_complete(srb);
+    }
     1
 }
 
@@ -118,6 +137,8 @@ fn port() -> Arc<Port> {
     PORT.with(|slot| *slot.borrow_mut() = Some(port.clone()));
     CALLS.with(|calls| calls.borrow_mut().clear());
     FORGET_VIRTUAL.with(|forget| forget.set(false));
+    HOLD_SCSI.with(|hold| hold.set(false));
+    HELD.with(|held| held.borrow_mut().clear());
     port
 }
 
@@ -127,6 +148,38 @@ fn calls() -> Vec<(&'static str, u8)> {
 
 fn violations(port: &Port) -> Vec<(u32, u64)> {
     port.machine.verifier().codes()
+}
+
+/// An SRB nobody answers times out into Storport's ladder: a LUN reset SRB through HwStartIo,
+/// then HwResetBus at DISPATCH_LEVEL, which completes it; nothing is reported.
+#[test]
+fn a_timed_out_srb_meets_the_lun_reset_then_the_bus_reset() {
+    let port = port();
+    port.start_adapter().expect("starts");
+    HOLD_SCSI.with(|hold| hold.set(true));
+    CALLS.with(|calls| calls.borrow_mut().clear());
+    let extension = port.extension().expect("started");
+    let pool = port.machine.pool();
+    let srb = super::Srb::inquiry(pool, 0, 0).expect("pool");
+    assert!(port.execute(extension, &srb), "HwResetBus completed it");
+    assert_eq!(srb.status(pool), 0x0E, "SRB_STATUS_BUS_RESET");
+    srb.free(pool);
+    assert_eq!(
+        calls(),
+        [
+            ("HwStartIo", cpu::DISPATCH_LEVEL),
+            ("HwStartIo", cpu::DISPATCH_LEVEL),
+            ("HwResetBus", cpu::DISPATCH_LEVEL)
+        ],
+        "the INQUIRY, the LUN reset SRB, the bus reset"
+    );
+    assert_eq!(
+        port.counters
+            .resets
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+    assert!(violations(&port).is_empty(), "{:?}", violations(&port));
 }
 
 #[test]

@@ -120,9 +120,11 @@ pub const SRB_NEVER_COMPLETED: u64 = 0x5700_000B;
 pub const BAD_ARGUMENT: u64 = 0x5700_000C;
 /// An SRB completed with DataTransferLength above the request's.
 pub const SRB_TRANSFER_RAISED: u64 = 0x5700_000D;
+/// An SRB still pending after Storport's LUN reset and HwResetBus.
+pub const SRB_PENDING_AFTER_RESET: u64 = 0x5700_000E;
 
 /// Every storsim-defined P1, with the sentence the README's table gives it.
-pub const STORSIM_RULES: [Rule; 12] = [
+pub const STORSIM_RULES: [Rule; 13] = [
     Rule {
         p1: SPIN_LOCK_SAFE,
         what: "an IRP completed while a spin lock is held (SDV SpinLockSafe)",
@@ -170,6 +172,10 @@ pub const STORSIM_RULES: [Rule; 12] = [
     Rule {
         p1: SRB_TRANSFER_RAISED,
         what: "an SRB completed with DataTransferLength above what the request asked for",
+    },
+    Rule {
+        p1: SRB_PENDING_AFTER_RESET,
+        what: "an SRB still pending after its timeout, Storport's LUN reset and HwResetBus (the reset must complete every SRB of the bus)",
     },
 ];
 
