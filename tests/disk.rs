@@ -93,6 +93,11 @@ fn a_created_lun_is_enumerated_as_the_disk_it_was_described_as() {
 
     channel.remove_lun(lun).expect("LUN_REMOVE");
     assert!(class.enumerate().is_empty(), "the removed LUN is gone");
+    // Nothing answers at a removed LUN's address any more.
+    let gone = class
+        .command(0, &Command::TestUnitReady, 0, None)
+        .expect("completed");
+    assert_eq!(gone.srb_status, SRB_STATUS_NO_DEVICE);
     channel.close();
     finish(harness);
 }

@@ -10,7 +10,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     (".", 80, 0, 1, 0),
     ("abi", 2, 0, 0, 0),
     ("client", 0, 0, 0, 0),
-    ("fixtures", 143, 0, 2, 0),
+    ("fixtures", 145, 0, 2, 0),
     ("fuzz", 0, 0, 1, 0),
     ("imports", 25, 1, 0, 0),
     ("protocol", 0, 0, 0, 0),

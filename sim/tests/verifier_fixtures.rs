@@ -301,6 +301,11 @@ fn cancel_routine_keeping_the_cancel_lock() {
 }
 
 #[test]
+fn srb_completed_under_a_lock() {
+    trips("srb_completed_under_lock", 0xC4, Some(0x5700_000F));
+}
+
+#[test]
 fn srb_transfer_raised_above_the_request() {
     trips("srb_transfer_raised", 0xC4, Some(0x5700_000D));
 }

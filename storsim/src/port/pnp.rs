@@ -384,6 +384,16 @@ impl Port {
 
     /// StorPortNotification(RequestComplete, ext, Srb).
     pub fn srb_complete(&self, srb: usize) {
+        // Completing hands the SRB up to the class driver's completion, which may call back
+        // down: never under a lock of the miniport's own (its HwResetBus, under Storport's
+        // StartIo lock, is where completing is documented).
+        if let Some((lock, name)) = crate::verifier::locks::held_except(STARTIO_LOCK) {
+            self.machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [rules::SRB_COMPLETED_UNDER_LOCK, lock as u64, srb as u64, 0],
+                format!("SRB {srb:#x} completed while holding {name} {lock:#x}"),
+            ));
+        }
         if !self.srbs_outstanding().remove(&srb) {
             return self.machine.report(BugCheck::new(
                 Code::ScsiVerifierDetectedViolation,

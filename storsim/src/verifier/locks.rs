@@ -50,6 +50,18 @@ pub fn any_held() -> Option<(LockId, &'static str)> {
     HELD.with(|held| held.borrow().last().map(|h| (h.lock, h.name)))
 }
 
+/// The innermost lock this thread holds other than `except` (a lock its caller holds around
+/// it, such as Storport's StartIo lock around HwResetBus).
+pub fn held_except(except: LockId) -> Option<(LockId, &'static str)> {
+    HELD.with(|held| {
+        held.borrow()
+            .iter()
+            .rev()
+            .find(|h| h.lock != except)
+            .map(|h| (h.lock, h.name))
+    })
+}
+
 /// How long a CPU spins on a lock before storsim calls it a deadlock.
 pub const SPIN_LIMIT: Duration = Duration::from_secs(10);
 

@@ -122,9 +122,11 @@ pub const BAD_ARGUMENT: u64 = 0x5700_000C;
 pub const SRB_TRANSFER_RAISED: u64 = 0x5700_000D;
 /// An SRB still pending after Storport's LUN reset and HwResetBus.
 pub const SRB_PENDING_AFTER_RESET: u64 = 0x5700_000E;
+/// An SRB completed while the miniport holds a spin lock of its own.
+pub const SRB_COMPLETED_UNDER_LOCK: u64 = 0x5700_000F;
 
 /// Every storsim-defined P1, with the sentence the README's table gives it.
-pub const STORSIM_RULES: [Rule; 13] = [
+pub const STORSIM_RULES: [Rule; 14] = [
     Rule {
         p1: SPIN_LOCK_SAFE,
         what: "an IRP completed while a spin lock is held (SDV SpinLockSafe)",
@@ -176,6 +178,10 @@ pub const STORSIM_RULES: [Rule; 13] = [
     Rule {
         p1: SRB_PENDING_AFTER_RESET,
         what: "an SRB still pending after its timeout, Storport's LUN reset and HwResetBus (the reset must complete every SRB of the bus)",
+    },
+    Rule {
+        p1: SRB_COMPLETED_UNDER_LOCK,
+        what: "an SRB completed while the miniport holds a spin lock of its own (Storport's StartIo lock, held around HwResetBus, excepted)",
     },
 ];
 
