@@ -82,6 +82,16 @@ fn be64(b: &[u8], at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
+/// The (LBA, block count) of a 10-byte CDB (group 1 or 2) or a 16-byte one (group 4): the
+/// layouts `put_range` writes.
+fn range(cdb: &[u8]) -> (u64, u32) {
+    if group_len(cdb[0]) == 10 {
+        (be32(cdb, 2).into(), be16(cdb, 7).into())
+    } else {
+        (be64(cdb, 2), be32(cdb, 10))
+    }
+}
+
 /// The CDB length of an opcode's group (SAM: the top three bits).
 fn group_len(opcode: u8) -> usize {
     match opcode >> 5 {
@@ -158,14 +168,10 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
         op::REPORT_LUNS => Command::ReportLuns {
             alloc: be32(cdb, 6),
         },
-        op::VERIFY10 => Command::Verify {
-            lba: be32(cdb, 2).into(),
-            blocks: be16(cdb, 7).into(),
-        },
-        op::VERIFY16 => Command::Verify {
-            lba: be64(cdb, 2),
-            blocks: be32(cdb, 10),
-        },
+        op::VERIFY10 | op::VERIFY16 => {
+            let (lba, blocks) = range(cdb);
+            Command::Verify { lba, blocks }
+        }
         op::READ6 | op::WRITE6 => {
             let transfer = Transfer {
                 lba: u64::from(be32(cdb, 0) & 0x001F_FFFF),
@@ -183,22 +189,14 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
             }
         }
         op::READ10 | op::WRITE10 | op::READ12 | op::WRITE12 | op::READ16 | op::WRITE16 => {
-            let transfer = match opcode {
-                op::READ10 | op::WRITE10 => Transfer {
-                    lba: be32(cdb, 2).into(),
-                    blocks: be16(cdb, 7).into(),
-                    fua: fua(cdb[1]),
-                },
-                op::READ12 | op::WRITE12 => Transfer {
-                    lba: be32(cdb, 2).into(),
-                    blocks: be32(cdb, 6),
-                    fua: fua(cdb[1]),
-                },
-                _ => Transfer {
-                    lba: be64(cdb, 2),
-                    blocks: be32(cdb, 10),
-                    fua: fua(cdb[1]),
-                },
+            let (lba, blocks) = match opcode {
+                op::READ12 | op::WRITE12 => (be32(cdb, 2).into(), be32(cdb, 6)),
+                _ => range(cdb),
+            };
+            let transfer = Transfer {
+                lba,
+                blocks,
+                fua: fua(cdb[1]),
             };
             if matches!(opcode, op::READ10 | op::READ12 | op::READ16) {
                 Command::Read(transfer)
@@ -206,14 +204,10 @@ pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
                 Command::Write(transfer)
             }
         }
-        op::SYNCHRONIZE_CACHE10 => Command::SynchronizeCache {
-            lba: be32(cdb, 2).into(),
-            blocks: be16(cdb, 7).into(),
-        },
-        op::SYNCHRONIZE_CACHE16 => Command::SynchronizeCache {
-            lba: be64(cdb, 2),
-            blocks: be32(cdb, 10),
-        },
+        op::SYNCHRONIZE_CACHE10 | op::SYNCHRONIZE_CACHE16 => {
+            let (lba, blocks) = range(cdb);
+            Command::SynchronizeCache { lba, blocks }
+        }
         op::UNMAP => Command::Unmap {
             param_len: be16(cdb, 7),
         },
@@ -231,10 +225,6 @@ pub fn encode(command: &Command) -> ([u8; 16], usize) {
         |cdb: &mut [u8; 16], at: usize, v: u16| cdb[at..at + 2].copy_from_slice(&v.to_be_bytes());
     let put32 =
         |cdb: &mut [u8; 16], at: usize, v: u32| cdb[at..at + 4].copy_from_slice(&v.to_be_bytes());
-    let put64 =
-        |cdb: &mut [u8; 16], at: usize, v: u64| cdb[at..at + 8].copy_from_slice(&v.to_be_bytes());
-    // 10-byte form when the LBA fits 32 bits and the count 16.
-    let short = |lba: u64, blocks: u32| lba <= u64::from(u32::MAX) && blocks <= u32::from(u16::MAX);
     let len = match *command {
         Command::TestUnitReady => {
             cdb[0] = op::TEST_UNIT_READY;
@@ -298,45 +288,23 @@ pub fn encode(command: &Command) -> ([u8; 16], usize) {
             put32(&mut cdb, 6, alloc);
             12
         }
-        Command::Verify { lba, blocks } if short(lba, blocks) => {
-            cdb[0] = op::VERIFY10;
-            put32(&mut cdb, 2, lba as u32);
-            put16(&mut cdb, 7, blocks as u16);
-            10
-        }
         Command::Verify { lba, blocks } => {
-            cdb[0] = op::VERIFY16;
-            put64(&mut cdb, 2, lba);
-            put32(&mut cdb, 10, blocks);
-            16
+            put_range(&mut cdb, (op::VERIFY10, op::VERIFY16), lba, blocks)
         }
         Command::Read(t) | Command::Write(t) => {
-            let read = matches!(command, Command::Read(_));
+            let ops = match command {
+                Command::Read(_) => (op::READ10, op::READ16),
+                _ => (op::WRITE10, op::WRITE16),
+            };
             cdb[1] = if t.fua { 0x08 } else { 0 };
-            if short(t.lba, t.blocks) {
-                cdb[0] = if read { op::READ10 } else { op::WRITE10 };
-                put32(&mut cdb, 2, t.lba as u32);
-                put16(&mut cdb, 7, t.blocks as u16);
-                10
-            } else {
-                cdb[0] = if read { op::READ16 } else { op::WRITE16 };
-                put64(&mut cdb, 2, t.lba);
-                put32(&mut cdb, 10, t.blocks);
-                16
-            }
+            put_range(&mut cdb, ops, t.lba, t.blocks)
         }
-        Command::SynchronizeCache { lba, blocks } if short(lba, blocks) => {
-            cdb[0] = op::SYNCHRONIZE_CACHE10;
-            put32(&mut cdb, 2, lba as u32);
-            put16(&mut cdb, 7, blocks as u16);
-            10
-        }
-        Command::SynchronizeCache { lba, blocks } => {
-            cdb[0] = op::SYNCHRONIZE_CACHE16;
-            put64(&mut cdb, 2, lba);
-            put32(&mut cdb, 10, blocks);
-            16
-        }
+        Command::SynchronizeCache { lba, blocks } => put_range(
+            &mut cdb,
+            (op::SYNCHRONIZE_CACHE10, op::SYNCHRONIZE_CACHE16),
+            lba,
+            blocks,
+        ),
         Command::Unmap { param_len } => {
             cdb[0] = op::UNMAP;
             put16(&mut cdb, 7, param_len);
@@ -344,6 +312,25 @@ pub fn encode(command: &Command) -> ([u8; 16], usize) {
         }
     };
     (cdb, len)
+}
+
+/// Writes an (LBA, block count) command in the 10-byte form when both fit it (32-bit LBA,
+/// 16-bit count), else in the 16-byte form; returns the CDB length.
+fn put_range(cdb: &mut [u8; 16], (op10, op16): (u8, u8), lba: u64, blocks: u32) -> usize {
+    match (u32::try_from(lba), u16::try_from(blocks)) {
+        (Ok(lba), Ok(blocks)) => {
+            cdb[0] = op10;
+            cdb[2..6].copy_from_slice(&lba.to_be_bytes());
+            cdb[7..9].copy_from_slice(&blocks.to_be_bytes());
+            10
+        }
+        _ => {
+            cdb[0] = op16;
+            cdb[2..10].copy_from_slice(&lba.to_be_bytes());
+            cdb[10..14].copy_from_slice(&blocks.to_be_bytes());
+            16
+        }
+    }
 }
 
 #[cfg(test)]
