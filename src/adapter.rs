@@ -23,15 +23,23 @@ use core::sync::atomic::{AtomicU32, Ordering};
 use arrayvec::ArrayVec;
 use revcall_protocol::{
     CURSOR_NOW, DiscoverReply, EventKind, FireReply, IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
-    LunCreateReply, LunSpec, Request, StatsReply, WaitFlags, WaitReplyWriter, decode_request,
-    encode_discover_reply, encode_fire_reply, encode_lun_create_reply, encode_lun_list_reply,
-    encode_lun_remove_reply, encode_stats_reply, status,
+    LunCreateReply, LunSpec, Opcode, Request, StatsReply, WaitFlags, WaitReplyWriter,
+    decode_request, encode_discover_reply, encode_fire_reply, encode_lun_create_reply,
+    encode_lun_list_reply, encode_lun_remove_reply, encode_stats_reply, status,
 };
 
+use crate::disk::PendingSrb;
 use crate::error::Status;
 use crate::event_ring::{EventRing, RING_CAPACITY};
 use crate::lun_table::LunTable;
-use crate::service_queue::{PARK_CAP, Parkable, Refusal, ServiceQueue, Waiter};
+use crate::service_queue::{PARK_CAP, Parkable, Refusal, WaitQueue, Waiter};
+use crate::session::Sessions;
+use crate::tag_table::TagTable;
+
+mod serve;
+
+pub use serve::SERVER_PARK_CAP;
+use serve::ServerQueue;
 
 /// A lock around the adapter's state: a spin lock in the driver, a mutex in tests.
 pub trait Lock<T>: Sync {
@@ -43,6 +51,8 @@ pub trait Lock<T>: Sync {
 pub trait ServiceIrp: Parkable + Sized {
     /// The current stack location's `IoControlCode`.
     fn control_code(&self) -> u32;
+    /// The current stack location's `FileObject`: the handle a server's session is bound to.
+    fn file(&self) -> usize;
     /// The request bytes; `None` if the buffer is missing.
     fn input(&self) -> Option<&[u8]>;
     /// The reply buffer, `OutputBufferLength` bytes; `None` if missing.
@@ -104,8 +114,16 @@ struct Counters {
 ///
 /// All-zero bytes are a valid, empty, [`Lifecycle::Down`] state: every field is an integer,
 /// a `bool`, a `repr(u8)` enum whose 0 is a variant, or a null-pointer-optimized `Option`.
-pub struct State<I> {
-    queue: ServiceQueue<I>,
+pub struct State<I, R> {
+    queue: WaitQueue<I>,
+    /// Parked ATTACHes and FETCHes.
+    servers: ServerQueue<I>,
+    /// SRBs queued for servers or at a server.
+    tags: TagTable<R>,
+    sessions: Sessions,
+    /// Something may have to end (a session, a LUN, the adapter did): [`Adapter::settle`]
+    /// looks for it.
+    unsettled: bool,
     ring: EventRing,
     lifecycle: Lifecycle,
     fire_enabled: bool,
@@ -119,10 +137,14 @@ const DELIVERY_BATCH: usize = 16;
 
 type Batch<I> = ArrayVec<(I, Status, usize), DELIVERY_BATCH>;
 
-impl<I: ServiceIrp> State<I> {
+impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     pub const fn new() -> Self {
         Self {
-            queue: ServiceQueue::new(),
+            queue: WaitQueue::new(),
+            servers: ServerQueue::new(),
+            tags: TagTable::new(),
+            sessions: Sessions::new(),
+            unsettled: false,
             ring: EventRing::new(),
             lifecycle: Lifecycle::Down,
             fire_enabled: false,
@@ -203,7 +225,7 @@ impl<I: ServiceIrp> State<I> {
     }
 }
 
-impl<I: ServiceIrp> Default for State<I> {
+impl<I: ServiceIrp, R: PendingSrb> Default for State<I, R> {
     fn default() -> Self {
         Self::new()
     }
@@ -223,13 +245,17 @@ pub enum Control {
 const CONTROL_BITS: u32 = 4;
 const CONTROL_SLOTS: u32 = u32::BITS / CONTROL_BITS;
 
+/// What the adapter owns while it holds them: service IRPs and SRBs (a `fn` type, so the
+/// adapter is `Send`/`Sync` through its lock alone).
+type Owned<I, R> = fn(I, R) -> (I, R);
+
 /// The adapter: its state behind a lock, and the controls waiting for a DPC.
 ///
 /// All-zero bytes are a valid adapter (the state's invariant; no control waiting).
-pub struct Adapter<I, L> {
+pub struct Adapter<I, R, L> {
     state: L,
     controls: AtomicU32,
-    _irp: PhantomData<fn(I) -> I>,
+    _owned: PhantomData<Owned<I, R>>,
 }
 
 enum Outcome<I> {
@@ -237,12 +263,12 @@ enum Outcome<I> {
     Complete(I, Status, usize),
 }
 
-impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
+impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
     pub const fn new(state: L) -> Self {
         Self {
             state,
             controls: AtomicU32::new(0),
-            _irp: PhantomData,
+            _owned: PhantomData,
         }
     }
 
@@ -344,6 +370,12 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         // Every parked waiter's cursor is now behind the final event, so this empties the
         // queue (but for IRPs whose cancel routine is already running: that routine completes them).
         self.deliver();
+        // Every server's session ends; every SRB and parked FETCH or ATTACH completes.
+        self.state.with(|s| {
+            s.end_sessions(None);
+            s.unsettled = true;
+        });
+        self.settle();
     }
 
     /// HwProcessServiceRequest: completes the IRP now or parks it.
@@ -360,6 +392,13 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
             Request::LunCreate(spec) => self.create_lun(irp, spec, port),
             Request::LunRemove { lun } => self.remove_lun(irp, lun, port),
             Request::LunList => self.list_luns(irp),
+            Request::Attach { lun } => self.attach(irp, lun),
+            Request::Fetch { max_descriptors } => {
+                self.fetch(irp, Opcode::Fetch, max_descriptors, 0);
+            }
+            Request::CommitAndFetch {
+                max_descriptors, ..
+            } => self.commit(irp, max_descriptors),
         }
     }
 
@@ -369,7 +408,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         }
         let request = decode_request(irp.input().unwrap_or(&[]))?;
         let room = irp.output().map_or(0, |out| out.len());
-        if room < request.opcode().min_reply_size() {
+        if room < request.min_reply_size() {
             return Err(Status::BUFFER_TOO_SMALL);
         }
         Ok(request)
@@ -403,7 +442,7 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
                 return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
             }
             match s.queue.park(irp, waiter) {
-                Ok(()) => Outcome::Parked,
+                Ok(_) => Outcome::Parked,
                 Err(Refusal::Full(irp)) => {
                     Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0)
                 }
@@ -507,20 +546,22 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
         }
     }
 
-    /// LUN_REMOVE. No SRB is ever outstanding on a LUN yet (HwStartIo answers each at once),
-    /// so there is nothing to complete first.
+    /// LUN_REMOVE: its SRBs complete NO_DEVICE and its sessions end before the reply.
     fn remove_lun(&self, irp: I, lun: u32, bus: &impl Bus) {
         let removed = self.state.with(|s| {
             if s.is_closed() {
                 return Err(s.count(Status::DEVICE_REMOVED));
             }
             s.luns.remove(lun).map_err(|status| s.count(status))?;
+            s.end_sessions(Some(lun as u8));
+            s.unsettled = true;
             s.ring.publish(EventKind::LunRemoved, lun.into(), 0);
             s.count(Status::SUCCESS);
             Ok(())
         });
         match removed {
             Ok(()) => {
+                self.settle();
                 bus.changed();
                 self.deliver();
                 Self::succeed(irp, encode_lun_remove_reply);
@@ -540,7 +581,11 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     fn list_luns(&self, irp: I) {
         let entries = self.state.with(|s| {
             s.count(Status::SUCCESS);
-            s.luns.entries()
+            let mut entries = s.luns.entries();
+            for entry in &mut entries {
+                entry.outstanding = s.tags.outstanding(entry.lun as u8);
+            }
+            entries
         });
         Self::succeed(irp, |out| encode_lun_list_reply(out, &entries));
     }
@@ -581,8 +626,11 @@ impl<I: ServiceIrp, L: Lock<State<I>>> Adapter<I, L> {
     /// The cancel routine of the IRP `id`, armed with `slot`: completes it as cancelled.
     /// Returns false if the slot does not hold that IRP (nothing is completed then).
     pub fn cancel(&self, slot: u16, id: usize) -> bool {
+        if usize::from(slot) >= PARK_CAP {
+            return self.cancel_server(slot, id);
+        }
         let taken = self.state.with(|s| {
-            let irp = s.queue.take_cancelled(slot, id)?;
+            let (irp, _) = s.queue.take_cancelled(slot, id)?;
             s.count(Status::CANCELLED);
             Some(irp)
         });

@@ -1,18 +1,16 @@
 //! HwStartIo for the virtual disks: what identifies a disk (INQUIRY and its VPD pages, READ
 //! CAPACITY, MODE SENSE, REPORT LUNS, TEST UNIT READY, …) is answered here from the LUN's
-//! identity; data commands (READ, WRITE, SYNCHRONIZE CACHE, UNMAP) belong to the LUN's server.
-//! Until a server is attached — and servers are the next step of the data path
-//! (docs/DATAPATH.md) — a LUN is one whose server is gone: its data commands fail NOT READY,
-//! MANUAL INTERVENTION REQUIRED, which classpnp does not retry (DISK.md §4.4).
-//!
-//! Every SRB is completed by the caller right after [`start_io`] returns: nothing is held.
+//! identity; data commands (READ, WRITE, SYNCHRONIZE CACHE, UNMAP) are checked here and go to
+//! the LUN's server ([`Route::Server`]), which the adapter hands them to
+//! (docs/DATAPATH.md §5).
 
 use arrayvec::ArrayVec;
-use revcall_protocol::{LunFlags, LunSpec, MAX_LUNS};
-use revcall_scsi::{Command, Identity, Sense};
+use revcall_protocol::{DataOp, LunFlags, LunSpec, MAX_LUNS, UnmapRange};
+use revcall_scsi::{Command, Identity, Sense, Transfer};
 use storport_abi::{srb_function, srb_status};
 
 use crate::port;
+use crate::tag_table::Io;
 
 /// The parts of an SRB HwStartIo reads and writes.
 pub trait ScsiRequest {
@@ -21,13 +19,21 @@ pub trait ScsiRequest {
     fn address(&self) -> (u8, u8, u8);
     /// The CDB, `CdbLength` bytes.
     fn cdb(&self) -> &[u8];
-    /// The data buffer as a system address, `DataTransferLength` bytes; `None` if it has none
-    /// or it is not mapped (READ/WRITE data under `STOR_MAP_NON_READ_WRITE_BUFFERS`).
+    /// The data buffer as a system address, `DataTransferLength` bytes; `None` if it has none.
     fn data(&mut self) -> Option<&mut [u8]>;
     /// The sense buffer, unless the SRB disables autosense.
     fn sense(&mut self) -> Option<&mut [u8]>;
-    /// `SrbStatus`, `ScsiStatus` and `DataTransferLength` (the bytes actually moved).
+    /// Records that `len` bytes of sense data were written (`SenseInfoBufferLength`).
+    fn sense_written(&mut self, len: u8);
+    /// `SrbStatus`, and for a SCSI command `ScsiStatus` and `DataTransferLength` (the bytes
+    /// actually moved, never more than asked).
     fn finish(&mut self, srb_status: u8, scsi_status: u8, transferred: u32);
+}
+
+/// An SRB the miniport owns until it hands it back.
+pub trait PendingSrb: ScsiRequest + Send + Sized {
+    /// `StorPortNotification(RequestComplete)`. Never under the adapter lock.
+    fn complete(self);
 }
 
 /// A logical unit's identity and the adapter's LUNs, copied out of the adapter lock.
@@ -36,13 +42,34 @@ pub struct Units {
     pub luns: ArrayVec<u8, MAX_LUNS>,
 }
 
+/// What [`start_io`] made of an SRB.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Route {
+    /// Answered: its status is set; complete it.
+    Done,
+    /// A data command for the LUN's server, checked against the LUN.
+    Server(Io),
+}
+
+/// How an SRB the adapter held ends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ending {
+    /// GOOD; `transferred` bytes moved (capped at what the SRB asked for).
+    Good { transferred: u32 },
+    /// CHECK CONDITION with this sense.
+    Check(Sense),
+    /// This SRB status with no SCSI status (a reset, an abort, a removal, busy).
+    Status(u8),
+}
+
 const GOOD: u8 = 0x00;
 const CHECK_CONDITION: u8 = 0x02;
 const SRB_STATUS_ERROR: u8 = 0x04;
 const SRB_STATUS_AUTOSENSE_VALID: u8 = 0x80;
 
-/// Answers `srb`; `units` looks up the addressed LUN (only for a SCSI command to target 0).
-pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8) -> Units) {
+/// Answers `srb` or routes it to a server; `units` looks up the addressed LUN (only for a
+/// SCSI command to target 0).
+pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8) -> Units) -> Route {
     let (path, target, lun) = srb.address();
     let function = srb.function();
     let addressed = path < port::NUMBER_OF_BUSES
@@ -50,41 +77,130 @@ pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8) -> Units) {
         && lun < port::LUNS_PER_TARGET;
     if function != srb_function::EXECUTE_SCSI || !addressed {
         let status = port::start_io_status(function, path, target, lun);
-        return srb.finish(status, GOOD, 0);
+        srb.finish(status, GOOD, 0);
+        return Route::Done;
+    }
+    let units = units(lun);
+    // REPORT LUNS answers for the whole target, whichever LUN it is sent to (LUN 0 usually,
+    // which may not exist); anything else to a LUN that does not exist, however malformed,
+    // finds no device there (DISK.md §1.3).
+    let report_luns = srb.cdb().first() == Some(&revcall_scsi::op::REPORT_LUNS);
+    if units.unit.is_none() && !report_luns {
+        srb.finish(srb_status::NO_DEVICE, GOOD, 0);
+        return Route::Done;
     }
     let command = match revcall_scsi::decode(srb.cdb()) {
         Ok(command) => command,
         Err(sense) => return check_condition(srb, sense),
     };
-    let units = units(lun);
-    // REPORT LUNS answers for the whole target, whichever LUN it is sent to (LUN 0 usually,
-    // which may not exist).
-    if let Command::ReportLuns { .. } = command {
-        let unit = units.unit.as_ref().map(identity);
-        return answer(srb, &command, unit.as_ref(), &units.luns);
-    }
     let Some(spec) = units.unit else {
-        // No logical unit at this address: the class driver stops here (DISK.md §1.3).
-        return srb.finish(srb_status::NO_DEVICE, GOOD, 0);
+        return answer(srb, &command, None, &units.luns);
     };
     let identity = identity(&spec);
-    match command {
+    match route(srb, lun, &command, &identity) {
+        Ok(Step::Server(io)) => Route::Server(io),
+        Ok(Step::Nothing) => {
+            srb.finish(srb_status::SUCCESS, GOOD, 0);
+            Route::Done
+        }
+        Ok(Step::Answer) => answer(srb, &command, Some(&identity), &units.luns),
+        Err(sense) => check_condition(srb, sense),
+    }
+}
+
+enum Step {
+    /// The server's part of a data command.
+    Server(Io),
+    /// A data command with nothing to do: GOOD.
+    Nothing,
+    /// Answered from the LUN's identity.
+    Answer,
+}
+
+/// Where a command to an existing LUN goes; a data command is checked against the LUN.
+fn route(
+    srb: &mut impl ScsiRequest,
+    lun: u8,
+    command: &Command,
+    unit: &Identity<'_>,
+) -> Result<Step, Sense> {
+    let data_len = srb.data().map_or(0, |data| data.len());
+    let io = |op, fua, lba, blocks, bytes| Io {
+        lun,
+        op,
+        fua,
+        lba,
+        blocks,
+        bytes,
+    };
+    match *command {
         Command::Read(transfer) | Command::Write(transfer) => {
             let write = matches!(command, Command::Write(_));
-            if let Err(sense) =
-                revcall_scsi::check_range(transfer.lba, transfer.blocks, spec.block_count)
-            {
-                return check_condition(srb, sense);
+            let Transfer { lba, blocks, fua } = transfer;
+            revcall_scsi::check_range(lba, blocks, unit.block_count)?;
+            if write && unit.read_only {
+                return Err(Sense::WRITE_PROTECTED);
             }
-            if write && identity.read_only {
-                return check_condition(srb, Sense::WRITE_PROTECTED);
+            let bytes = u64::from(blocks) * u64::from(unit.block_size);
+            if blocks == 0 {
+                // A transfer of no blocks is not an error (SBC).
+                return Ok(Step::Nothing);
             }
-            check_condition(srb, Sense::NOT_READY_MANUAL_INTERVENTION);
+            // Storport splits at MaximumTransferLength, and the class driver's buffer is the
+            // transfer's size: anything else is a caller's mistake, not the server's business.
+            if bytes > u64::from(port::MAXIMUM_TRANSFER_LENGTH) || bytes != data_len as u64 {
+                return Err(Sense::INVALID_FIELD_IN_CDB);
+            }
+            let op = if write { DataOp::Write } else { DataOp::Read };
+            Ok(Step::Server(io(op, fua, lba, blocks, bytes as u32)))
         }
-        Command::SynchronizeCache { .. } | Command::Unmap { .. } => {
-            check_condition(srb, Sense::NOT_READY_MANUAL_INTERVENTION);
+        // Without a write cache every WRITE is already durable: nothing to flush.
+        Command::SynchronizeCache { .. } if !unit.write_cache => Ok(Step::Nothing),
+        Command::SynchronizeCache { .. } => Ok(Step::Server(io(DataOp::Flush, false, 0, 0, 0))),
+        Command::Unmap { .. } if !unit.unmap => Err(Sense::INVALID_OPCODE),
+        Command::Unmap { .. } if unit.read_only => Err(Sense::WRITE_PROTECTED),
+        Command::Unmap { .. } => {
+            let list = srb.data().map_or(&[][..], |data| &data[..]);
+            let mut ranges = 0u32;
+            for (lba, blocks) in revcall_scsi::unmap_ranges(list)? {
+                revcall_scsi::check_range(lba, blocks, unit.block_count)?;
+                ranges += 1;
+            }
+            if ranges > revcall_scsi::MAX_UNMAP_DESCRIPTORS {
+                return Err(Sense::INVALID_FIELD_IN_PARAMETER_LIST);
+            }
+            if ranges == 0 {
+                return Ok(Step::Nothing);
+            }
+            let bytes = ranges * size_of::<UnmapRange>() as u32;
+            Ok(Step::Server(io(DataOp::Unmap, false, 0, ranges, bytes)))
         }
-        _ => answer(srb, &command, Some(&identity), &units.luns),
+        _ => Ok(Step::Answer),
+    }
+}
+
+/// Writes an UNMAP SRB's ranges as the server reads them; `out` holds `Io::bytes` bytes.
+pub fn unmap_payload(srb: &mut impl ScsiRequest, out: &mut [u8]) {
+    let list = srb.data().map_or(&[][..], |data| &data[..]);
+    let ranges = revcall_scsi::unmap_ranges(list).into_iter().flatten();
+    for (chunk, (lba, blocks)) in out.chunks_exact_mut(size_of::<UnmapRange>()).zip(ranges) {
+        let range = UnmapRange {
+            lba,
+            blocks,
+            reserved: 0,
+        };
+        chunk.copy_from_slice(zerocopy::IntoBytes::as_bytes(&range));
+    }
+}
+
+/// Sets the status an SRB ends with.
+pub fn end(srb: &mut impl ScsiRequest, ending: Ending) {
+    match ending {
+        Ending::Good { transferred } => srb.finish(srb_status::SUCCESS, GOOD, transferred),
+        Ending::Check(sense) => {
+            check_condition(srb, sense);
+        }
+        Ending::Status(status) => srb.finish(status, GOOD, 0),
     }
 }
 
@@ -106,80 +222,48 @@ fn identity(spec: &LunSpec) -> Identity<'_> {
     }
 }
 
-fn answer(srb: &mut impl ScsiRequest, command: &Command, unit: Option<&Identity<'_>>, luns: &[u8]) {
+fn answer(
+    srb: &mut impl ScsiRequest,
+    command: &Command,
+    unit: Option<&Identity<'_>>,
+    luns: &[u8],
+) -> Route {
     let mut none: [u8; 0] = [];
     let out = srb.data().unwrap_or(&mut none);
     match revcall_scsi::answer(command, unit, luns, out) {
-        Ok(n) => srb.finish(srb_status::SUCCESS, GOOD, n as u32),
+        Ok(n) => {
+            srb.finish(srb_status::SUCCESS, GOOD, n as u32);
+            Route::Done
+        }
         Err(sense) => check_condition(srb, sense),
     }
 }
 
 /// CHECK CONDITION with autosense when the SRB has room for it (WinSpd's recipe, DISK.md
 /// §5.9); without a sense buffer, SRB_STATUS_ERROR alone.
-fn check_condition(srb: &mut impl ScsiRequest, sense: Sense) {
+fn check_condition(srb: &mut impl ScsiRequest, sense: Sense) -> Route {
     let status = match srb.sense() {
         Some(buffer) if buffer.len() >= revcall_scsi::FIXED_SENSE_LEN => {
             buffer.fill(0);
-            sense.write_fixed(buffer);
+            let len = sense.write_fixed(buffer);
+            srb.sense_written(len as u8);
             SRB_STATUS_ERROR | SRB_STATUS_AUTOSENSE_VALID
         }
         _ => SRB_STATUS_ERROR,
     };
     srb.finish(status, CHECK_CONDITION, 0);
+    Route::Done
 }
 
 #[cfg(test)]
 mod tests {
     extern crate std;
     use super::*;
-    use std::vec::Vec;
 
-    struct FakeSrb {
-        function: u8,
-        address: (u8, u8, u8),
-        cdb: Vec<u8>,
-        data: Vec<u8>,
-        sense: Vec<u8>,
-        finished: Option<(u8, u8, u32)>,
-    }
-
-    impl ScsiRequest for FakeSrb {
-        fn function(&self) -> u8 {
-            self.function
-        }
-        fn address(&self) -> (u8, u8, u8) {
-            self.address
-        }
-        fn cdb(&self) -> &[u8] {
-            &self.cdb
-        }
-        fn data(&mut self) -> Option<&mut [u8]> {
-            Some(&mut self.data)
-        }
-        fn sense(&mut self) -> Option<&mut [u8]> {
-            Some(&mut self.sense)
-        }
-        fn finish(&mut self, srb_status: u8, scsi_status: u8, transferred: u32) {
-            assert!(self.finished.is_none(), "finished twice");
-            assert!(
-                transferred as usize <= self.data.len(),
-                "more than the buffer"
-            );
-            self.finished = Some((srb_status, scsi_status, transferred));
-        }
-    }
+    use crate::testing::FakeSrb;
 
     fn srb(lun: u8, command: Command) -> FakeSrb {
-        let (cdb, len) = revcall_scsi::encode(&command);
-        FakeSrb {
-            function: srb_function::EXECUTE_SCSI,
-            address: (0, 0, lun),
-            cdb: cdb[..len].to_vec(),
-            data: std::vec![0; 96],
-            sense: std::vec![0; 18],
-            finished: None,
-        }
+        FakeSrb::scsi(lun, &command, 96)
     }
 
     fn spec(flags: u32) -> LunSpec {
@@ -195,12 +279,16 @@ mod tests {
         }
     }
 
-    fn run(srb: &mut FakeSrb, unit: Option<LunSpec>) -> (u8, u8, u32) {
+    fn route(srb: &mut FakeSrb, unit: Option<LunSpec>) -> Route {
         start_io(srb, |_| Units {
             unit,
             luns: [2u8].into_iter().collect(),
-        });
-        srb.finished.expect("every SRB is finished")
+        })
+    }
+
+    fn run(srb: &mut FakeSrb, unit: Option<LunSpec>) -> (u8, u8, u32) {
+        assert_eq!(route(srb, unit), Route::Done);
+        srb.finished.expect("every SRB answered here is finished")
     }
 
     #[test]
@@ -228,41 +316,102 @@ mod tests {
     }
 
     #[test]
-    fn data_commands_fail_not_ready_without_a_server() {
-        let read = Command::Read(revcall_scsi::Transfer {
-            lba: 0,
-            blocks: 8,
-            fua: false,
-        });
-        let mut s = srb(2, read);
-        let error = SRB_STATUS_ERROR | SRB_STATUS_AUTOSENSE_VALID;
-        assert_eq!(run(&mut s, Some(spec(0))), (error, CHECK_CONDITION, 0));
+    fn data_commands_are_checked_then_routed_to_the_server() {
+        let transfer = |lba, blocks| revcall_scsi::Transfer {
+            lba,
+            blocks,
+            fua: lba == 0,
+        };
+        let mut read = FakeSrb::scsi(2, &Command::Read(transfer(0, 8)), 4096);
         assert_eq!(
-            revcall_scsi::Sense::parse(&s.sense),
-            Some(Sense::NOT_READY_MANUAL_INTERVENTION)
+            route(&mut read, Some(spec(0))),
+            Route::Server(Io {
+                lun: 2,
+                op: DataOp::Read,
+                fua: true,
+                lba: 0,
+                blocks: 8,
+                bytes: 4096
+            })
         );
-        let past_end = Command::Write(revcall_scsi::Transfer {
-            lba: 2047,
-            blocks: 2,
-            fua: false,
-        });
-        let mut s = srb(2, past_end);
-        run(&mut s, Some(spec(0)));
+        assert!(read.finished.is_none(), "the server finishes it");
+        let check = |command: Command, len, flags| {
+            let mut s = FakeSrb::scsi(2, &command, len);
+            let error = SRB_STATUS_ERROR | SRB_STATUS_AUTOSENSE_VALID;
+            assert_eq!(run(&mut s, Some(spec(flags))), (error, CHECK_CONDITION, 0));
+            assert_eq!(
+                s.sense_len, 18,
+                "SenseInfoBufferLength says what was written"
+            );
+            Sense::parse(&s.sense)
+        };
+        let past_end = Command::Write(transfer(2047, 2));
+        assert_eq!(check(past_end, 1024, 0), Some(Sense::LBA_OUT_OF_RANGE));
+        let write = Command::Write(transfer(0, 1));
         assert_eq!(
-            revcall_scsi::Sense::parse(&s.sense),
-            Some(Sense::LBA_OUT_OF_RANGE)
-        );
-        let write = Command::Write(revcall_scsi::Transfer {
-            lba: 0,
-            blocks: 1,
-            fua: false,
-        });
-        let mut s = srb(2, write);
-        run(&mut s, Some(spec(LunFlags::READ_ONLY)));
-        assert_eq!(
-            revcall_scsi::Sense::parse(&s.sense),
+            check(write, 512, LunFlags::READ_ONLY),
             Some(Sense::WRITE_PROTECTED)
         );
+        // A buffer that is not the transfer's size is the caller's mistake.
+        let short = Command::Read(transfer(1, 8));
+        assert_eq!(check(short, 512, 0), Some(Sense::INVALID_FIELD_IN_CDB));
+        let unmap = Command::Unmap { param_len: 24 };
+        assert_eq!(
+            check(unmap, 24, 0),
+            Some(Sense::INVALID_OPCODE),
+            "UNMAP off"
+        );
+        assert_eq!(
+            check(unmap, 24, LunFlags::UNMAP | LunFlags::READ_ONLY),
+            Some(Sense::WRITE_PROTECTED)
+        );
+        // A flush without a write cache has nothing to do; with one it is the server's.
+        let flush = Command::SynchronizeCache { lba: 0, blocks: 0 };
+        let mut s = FakeSrb::scsi(2, &flush, 0);
+        assert_eq!(run(&mut s, Some(spec(0))), (srb_status::SUCCESS, GOOD, 0));
+        let mut s = FakeSrb::scsi(2, &flush, 0);
+        let routed = route(&mut s, Some(spec(LunFlags::WRITE_CACHE)));
+        assert!(matches!(
+            routed,
+            Route::Server(Io {
+                op: DataOp::Flush,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn unmap_ranges_are_checked_and_handed_over_little_endian() {
+        let mut list = [0u8; 40];
+        let n = revcall_scsi::write_unmap_list(&[(8, 16), (100, 1)], &mut list).unwrap();
+        let mut s = FakeSrb::scsi(
+            2,
+            &Command::Unmap {
+                param_len: n as u16,
+            },
+            0,
+        );
+        s.data = list[..n].to_vec();
+        let Route::Server(io) = route(&mut s, Some(spec(LunFlags::UNMAP))) else {
+            panic!("UNMAP goes to the server");
+        };
+        assert_eq!((io.op, io.blocks, io.bytes), (DataOp::Unmap, 2, 32));
+        let mut payload = [0u8; 32];
+        unmap_payload(&mut s, &mut payload);
+        assert_eq!(payload[..8], 8u64.to_le_bytes());
+        assert_eq!(payload[8..12], 16u32.to_le_bytes());
+        assert_eq!(payload[16..24], 100u64.to_le_bytes());
+        let n = revcall_scsi::write_unmap_list(&[(2047, 2)], &mut list).unwrap();
+        let mut s = FakeSrb::scsi(
+            2,
+            &Command::Unmap {
+                param_len: n as u16,
+            },
+            0,
+        );
+        s.data = list[..n].to_vec();
+        run(&mut s, Some(spec(LunFlags::UNMAP)));
+        assert_eq!(Sense::parse(&s.sense), Some(Sense::LBA_OUT_OF_RANGE));
     }
 
     #[test]
@@ -272,6 +421,10 @@ mod tests {
         let mut report = srb(0, Command::ReportLuns { alloc: 96 });
         assert_eq!(run(&mut report, None), (srb_status::SUCCESS, GOOD, 16));
         assert_eq!(report.data[9], 2);
+        // An unknown command to an absent LUN finds no device, not an unknown opcode.
+        let mut absent = srb(5, Command::TestUnitReady);
+        absent.cdb = std::vec![0xC1; 16];
+        assert_eq!(run(&mut absent, None), (srb_status::NO_DEVICE, GOOD, 0));
         let mut bad = srb(2, Command::TestUnitReady);
         bad.cdb = std::vec![0xC1; 16];
         run(&mut bad, Some(spec(0)));

@@ -8,15 +8,13 @@ use core::mem::size_of;
 use core::sync::atomic::{AtomicBool, Ordering};
 
 use crate::adapter::{Adapter, Bus, Control, State, Timer};
-use crate::disk;
 use crate::irp::{Irp, cancel_context};
 use crate::log::{ERROR, TRACE, WARNING, log};
 use crate::port;
 use crate::srb::Srb;
 use crate::sync::SpinLock;
 use nt_imports::inline::{
-    StorPortBusChangeDetected, StorPortInitializeDpc, StorPortIssueDpc, StorPortRequestComplete,
-    StorPortRequestTimerCall,
+    StorPortBusChangeDetected, StorPortInitializeDpc, StorPortIssueDpc, StorPortRequestTimerCall,
 };
 use nt_imports::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
 use nt_imports::storport::{
@@ -29,10 +27,10 @@ use storport_abi::{
     SCSI_ADAPTER_CONTROL_SUCCESS, SCSI_ADAPTER_CONTROL_UNSUCCESSFUL, SCSI_ADAPTER_SURPRISE_REMOVAL,
     SCSI_QUERY_SUPPORTED_CONTROL_TYPES, SCSI_REQUEST_BLOCK, SCSI_RESTART_ADAPTER,
     SCSI_STOP_ADAPTER, SCSI_SUPPORTED_CONTROL_TYPE_LIST, SP_RETURN_FOUND, STOR_DPC,
-    STOR_FEATURE_VIRTUAL_MINIPORT, STOR_MAP_NON_READ_WRITE_BUFFERS, TRUE, UNICODE_STRING,
+    STOR_FEATURE_VIRTUAL_MINIPORT, STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE, TRUE, UNICODE_STRING,
 };
 
-type WinAdapter = Adapter<Irp, SpinLock<State<Irp>>>;
+type WinAdapter = Adapter<Irp, Srb, SpinLock<State<Irp, Srb>>>;
 
 /// The HwDeviceExtension: the whole adapter lives in the memory Storport allocates for it.
 #[repr(C)]
@@ -121,7 +119,7 @@ pub unsafe extern "system" fn driver_entry(
     init.AdapterInterfaceType = INTERFACE_TYPE_INTERNAL;
     init.FeatureSupport = STOR_FEATURE_VIRTUAL_MINIPORT;
     init.DeviceExtensionSize = size_of::<Extension>() as u32;
-    init.MapBuffers = STOR_MAP_NON_READ_WRITE_BUFFERS;
+    init.MapBuffers = STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE;
     init.TaggedQueuing = TRUE;
     init.AutoRequestSense = TRUE;
     init.MultipleRequestPerLu = TRUE;
@@ -239,30 +237,32 @@ unsafe extern "win64" fn hw_initialize(ext: PVOID) -> BOOLEAN {
     TRUE
 }
 
-/// HwStorStartIo: every SRB is answered at once (`disk`), then completed with no lock held.
+/// HwStorStartIo: an SRB is answered at once (`disk`) or queued for the LUN's server; either
+/// way the adapter completes it, with no lock of its own held.
 ///
 /// # Safety
 ///
 /// Storport passes this adapter's extension and an SRB it owns until we complete it, at
 /// DISPATCH_LEVEL or below, with no lock held (virtual miniport, DISK.md §2.3).
 unsafe extern "win64" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -> BOOLEAN {
-    // SAFETY: the SRB of this call, not completed until after `request` is dropped.
-    if let Some(mut request) = unsafe { Srb::new(srb) } {
+    // SAFETY: the SRB of this call, handed over: it is not touched here again.
+    if let Some(srb) = unsafe { Srb::new(ext, srb) } {
         // SAFETY: this adapter's HwDeviceExtension.
-        let adapter = unsafe { adapter(ext) };
-        disk::start_io(&mut request, |lun| adapter.units(lun));
+        unsafe { adapter(ext) }.start_io(srb);
     }
-    // SAFETY: completes the SRB Storport gave this call; it is not touched afterwards.
-    unsafe { StorPortRequestComplete(ext, srb) };
     TRUE
 }
 
-/// HwStorResetBus: nothing is ever outstanding on the bus.
+/// HwStorResetBus: every SRB the servers hold or that waits for them completes
+/// SRB_STATUS_BUS_RESET (DATAPATH.md §4).
 ///
 /// # Safety
 ///
-/// None beyond the call itself.
-unsafe extern "win64" fn hw_reset_bus(_ext: PVOID, _path_id: u32) -> BOOLEAN {
+/// Storport passes this adapter's extension, at DISPATCH_LEVEL with its StartIo lock held,
+/// where completing SRBs is allowed.
+unsafe extern "win64" fn hw_reset_bus(ext: PVOID, _path_id: u32) -> BOOLEAN {
+    // SAFETY: this adapter's HwDeviceExtension.
+    unsafe { adapter(ext) }.reset(None, storport_abi::srb_status::BUS_RESET);
     TRUE
 }
 

@@ -19,6 +19,10 @@ impl Status {
     pub const DEVICE_REMOVED: Self = Self(status::STATUS_DEVICE_REMOVED);
     pub const NO_SUCH_DEVICE: Self = Self(status::STATUS_NO_SUCH_DEVICE);
     pub const OBJECT_NAME_COLLISION: Self = Self(status::STATUS_OBJECT_NAME_COLLISION);
+    pub const INVALID_DEVICE_STATE: Self = Self(status::STATUS_INVALID_DEVICE_STATE);
+    pub const INVALID_BUFFER_SIZE: Self = Self(status::STATUS_INVALID_BUFFER_SIZE);
+    pub const ACCESS_DENIED: Self = Self(status::STATUS_ACCESS_DENIED);
+    pub const NOT_FOUND: Self = Self(status::STATUS_NOT_FOUND);
 
     /// The value as the signed `NTSTATUS` Windows declares.
     pub const fn to_ntstatus(self) -> i32 {

@@ -120,6 +120,10 @@ impl ServiceIrp for Irp {
         self.stack().IoControlCode
     }
 
+    fn file(&self) -> usize {
+        self.stack().FileObject as usize
+    }
+
     fn input(&self) -> Option<&[u8]> {
         let len = self.stack().InputBufferLength as usize;
         let buffer = self.system_buffer();

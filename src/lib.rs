@@ -7,8 +7,8 @@
 //! and its fixture drivers: `storport-abi` (layouts and constants) and `nt-imports` (the
 //! imports of ntoskrnl.exe and storport.sys, and the WDK's inline helpers). `entry` holds the
 //! thin callback shims; with `irp`, `srb` and `sync` they are the driver's only `unsafe` code.
-//! `adapter`, `service_queue`, `event_ring`, `lun_table`, `disk` and `port` are safe, portable
-//! Rust, unit-tested on the host; the SCSI command set is the `revcall-scsi` crate.
+//! `adapter`, `service_queue`, `event_ring`, `lun_table`, `tag_table`, `session`, `disk` and
+//! `port` are safe, portable Rust, unit-tested on the host; the SCSI command set is the `revcall-scsi` crate.
 //!
 //! The crate is `no_std` when built for Windows (the driver); on other targets it builds
 //! against std so its portable core can be unit-tested, and nothing kernel-only is compiled.
@@ -21,6 +21,8 @@ pub mod event_ring;
 pub mod lun_table;
 pub mod port;
 pub mod service_queue;
+pub mod session;
+pub mod tag_table;
 
 #[cfg(target_os = "windows")]
 mod entry;

@@ -48,10 +48,13 @@ impl LunTable {
     ///
     /// `QUOTA_EXCEEDED` when every LUN number is taken; `OBJECT_NAME_COLLISION` when another
     /// LUN has the same serial number or unique id (Windows would take them for one disk).
+    /// Ids are compared as VPD 0x83 reports them (`revcall_scsi::naa`), so two that differ
+    /// only in the nibble the NAA designator replaces clash too.
     pub fn create(&mut self, spec: LunSpec) -> Result<u8, Status> {
+        let id = revcall_scsi::naa(spec.unique_id);
         let clash = self.slots.iter().any(|slot| {
             slot.present
-                && (slot.spec.serial == spec.serial || slot.spec.unique_id == spec.unique_id)
+                && (slot.spec.serial == spec.serial || revcall_scsi::naa(slot.spec.unique_id) == id)
         });
         if clash {
             return Err(Status::OBJECT_NAME_COLLISION);
@@ -170,6 +173,18 @@ mod tests {
             ..spec(0)
         };
         assert_eq!(table.create(same_id), Err(Status::OBJECT_NAME_COLLISION));
+        // The NAA designator keeps the low nibble of the first byte only.
+        let mut naa_twin = spec(0).unique_id;
+        naa_twin[0] ^= 0xF0;
+        let same_designator = LunSpec {
+            serial: spec(6).serial,
+            unique_id: naa_twin,
+            ..spec(0)
+        };
+        assert_eq!(
+            table.create(same_designator),
+            Err(Status::OBJECT_NAME_COLLISION)
+        );
         assert_eq!(table.luns().collect::<ArrayVec<u8, 8>>().as_slice(), [0]);
     }
 

@@ -7,8 +7,8 @@
 use storport_abi::{
     FALSE, PORT_CONFIGURATION_INFORMATION, SCSI_ADAPTER_SURPRISE_REMOVAL,
     SCSI_DMA64_MINIPORT_SUPPORTED, SCSI_QUERY_SUPPORTED_CONTROL_TYPES, SCSI_RESTART_ADAPTER,
-    SCSI_STOP_ADAPTER, STOR_MAP_NON_READ_WRITE_BUFFERS, STOR_SYNCHRONIZE_FULL_DUPLEX, TRUE,
-    srb_function, srb_status,
+    SCSI_STOP_ADAPTER, STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE, STOR_SYNCHRONIZE_FULL_DUPLEX,
+    TRUE, srb_function, srb_status,
 };
 
 pub const NUMBER_OF_BUSES: u8 = 1;
@@ -41,7 +41,7 @@ pub fn configure(config: &mut PORT_CONFIGURATION_INFORMATION) {
     config.ScatterGather = TRUE;
     config.Master = TRUE;
     config.CachesData = FALSE;
-    config.MapBuffers = STOR_MAP_NON_READ_WRITE_BUFFERS;
+    config.MapBuffers = STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE;
     config.Dma64BitAddresses = SCSI_DMA64_MINIPORT_SUPPORTED;
     config.SynchronizationModel = STOR_SYNCHRONIZE_FULL_DUPLEX;
     config.WmiDataProvider = FALSE;

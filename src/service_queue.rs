@@ -24,6 +24,22 @@ pub const PARK_CAP: usize = 1024;
 
 const _: () = assert!(PARK_CAP < u16::MAX as usize);
 
+/// The adapter's queue of parked WAITs.
+pub type WaitQueue<I> = ServiceQueue<I, Waiter, PARK_CAP, 0>;
+
+/// What a queue keeps beside each parked IRP.
+pub trait Parked: Copy {
+    /// The value of a free slot: all-zero bytes, like the rest of an empty queue.
+    const EMPTY: Self;
+}
+
+impl Parked for Waiter {
+    const EMPTY: Self = Self {
+        cursor: 0,
+        max_events: 0,
+    };
+}
+
 /// What the queue needs from an IRP to park it cancel-safely.
 pub trait Parkable {
     /// Identifies the IRP (its address) so a cancel can be matched to its slot.
@@ -63,18 +79,21 @@ enum SlotState {
     Orphaned = 2,
 }
 
-/// A FIFO node, like a `LIST_ENTRY` but with 16-bit indices into [`ServiceQueue::links`].
+/// A FIFO node, like a `LIST_ENTRY` but with 16-bit node numbers (0: the list head).
 #[derive(Clone, Copy)]
 struct Link {
     prev: u16,
     next: u16,
 }
 
-/// `links[SENTINEL]` is the list head (`LIST_ENTRY ListHead`); slot `s` is `links[s + 1]`.
+/// Node `SENTINEL` is the list head (`LIST_ENTRY ListHead`); slot `s` is node `s + 1`.
 /// A circular list through a sentinel makes insert and unlink the same few stores wherever
 /// the node is, so a cancel costs the same with 1 or 1024 parked (no head/tail special cases).
 const SENTINEL: usize = 0;
 
+/// A queue of up to `N` IRPs, each with its `W`. An IRP's cancel routine finds it by the
+/// number `BASE + slot`, so queues with disjoint ranges can share one cancel routine.
+///
 /// # Invariants
 ///
 /// * `irps[i].is_some()` ⇔ `state[i] != Free`.
@@ -84,29 +103,32 @@ const SENTINEL: usize = 0;
 /// * All-zero bytes are the empty queue: the sentinel linked to itself, every slot free
 ///   (`Option<I>` is null-pointer optimized for the driver's IRP handle), which is how the
 ///   Windows device extension starts.
-pub struct ServiceQueue<I> {
-    irps: [Option<I>; PARK_CAP],
-    waiters: [Waiter; PARK_CAP],
-    links: [Link; PARK_CAP + 1],
-    state: [SlotState; PARK_CAP],
-    free: [u16; PARK_CAP],
+pub struct ServiceQueue<I, W = Waiter, const N: usize = PARK_CAP, const BASE: u16 = 0> {
+    irps: [Option<I>; N],
+    waiters: [W; N],
+    /// `links[SENTINEL]`; slot `s`'s node is `links[s]` (node number `s + 1`).
+    head: Link,
+    links: [Link; N],
+    state: [SlotState; N],
+    free: [u16; N],
     free_len: u16,
     high_water: u16,
     parked: u16,
     peak: u16,
 }
 
-impl<I: Parkable> ServiceQueue<I> {
+impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W, N, BASE> {
+    const FITS: () = assert!(N + BASE as usize <= u16::MAX as usize);
+
     pub const fn new() -> Self {
+        let () = Self::FITS;
         Self {
-            irps: [const { None }; PARK_CAP],
-            waiters: [Waiter {
-                cursor: 0,
-                max_events: 0,
-            }; PARK_CAP],
-            links: [Link { prev: 0, next: 0 }; PARK_CAP + 1],
-            state: [SlotState::Free; PARK_CAP],
-            free: [0; PARK_CAP],
+            irps: [const { None }; N],
+            waiters: [W::EMPTY; N],
+            head: Link { prev: 0, next: 0 },
+            links: [Link { prev: 0, next: 0 }; N],
+            state: [SlotState::Free; N],
+            free: [0; N],
             free_len: 0,
             high_water: 0,
             parked: 0,
@@ -128,17 +150,17 @@ impl<I: Parkable> ServiceQueue<I> {
         self.peak.into()
     }
 
-    /// Parks `irp` at the tail, cancel-safely.
+    /// Parks `irp` at the tail, cancel-safely; returns its slot.
     ///
     /// # Errors
     ///
     /// Hands the IRP back when every slot is taken, or when it was cancelled before it could
     /// be armed and this side must complete it.
-    pub fn park(&mut self, mut irp: I, waiter: Waiter) -> Result<(), Refusal<I>> {
+    pub fn park(&mut self, mut irp: I, waiter: W) -> Result<u16, Refusal<I>> {
         let Some(slot) = self.allocate() else {
             return Err(Refusal::Full(irp));
         };
-        irp.arm_cancel(slot as u16);
+        irp.arm_cancel(BASE + slot as u16);
         if irp.cancel_requested() {
             if irp.disarm_cancel() {
                 self.release(slot);
@@ -146,50 +168,92 @@ impl<I: Parkable> ServiceQueue<I> {
             }
             // IoCancelIrp took the routine: it is waiting for this lock to take the IRP.
             self.irps[slot] = Some(irp);
+            self.waiters[slot] = waiter;
             self.state[slot] = SlotState::Orphaned;
-            return Ok(());
+            return Ok(slot as u16);
         }
         self.irps[slot] = Some(irp);
         self.waiters[slot] = waiter;
         self.link_tail(slot);
-        Ok(())
+        Ok(slot as u16)
     }
 
     /// Takes the head IRP if `ready` accepts its waiter, skipping (orphaning) IRPs whose
     /// cancellation has started.
-    pub fn pop_front_if(&mut self, ready: impl Fn(&Waiter) -> bool) -> Option<(I, Waiter)> {
+    pub fn pop_front_if(&mut self, ready: impl Fn(&W) -> bool) -> Option<(I, W)> {
         loop {
-            let slot = usize::from(self.links[SENTINEL].next.checked_sub(1)?);
+            let slot = usize::from(self.head.next.checked_sub(1)?);
             if !ready(&self.waiters[slot]) {
                 return None;
             }
-            self.unlink(slot);
-            let irp = self.irps[slot].as_mut()?;
-            if irp.disarm_cancel() {
-                let irp = self.irps[slot].take()?;
-                let waiter = self.waiters[slot];
-                self.release(slot);
-                return Some((irp, waiter));
+            if let Some(taken) = self.take_linked(slot) {
+                return Some(taken);
             }
-            self.state[slot] = SlotState::Orphaned;
         }
     }
 
-    /// Takes the IRP whose cancel routine is running, given the slot it was armed with.
-    ///
-    /// Returns `None` if that slot does not hold the IRP `id`: a stale or foreign pointer,
-    /// which the caller must not complete.
-    pub fn take_cancelled(&mut self, slot: u16, id: usize) -> Option<I> {
+    /// Takes the first IRP in FIFO order whose waiter `wanted` accepts, skipping (orphaning)
+    /// IRPs whose cancellation has started.
+    pub fn take_first(&mut self, wanted: impl Fn(&W) -> bool) -> Option<(I, W)> {
+        let mut at = self.head.next;
+        while let Some(slot) = at.checked_sub(1) {
+            let slot = usize::from(slot);
+            at = self.links[slot].next;
+            if wanted(&self.waiters[slot])
+                && let Some(taken) = self.take_linked(slot)
+            {
+                return Some(taken);
+            }
+        }
+        None
+    }
+
+    /// Takes the IRP parked in `slot` (as [`park`](Self::park) returned it); `None` if the slot
+    /// holds no linked IRP, or its cancellation has started (its cancel routine takes it).
+    pub fn take(&mut self, slot: u16) -> Option<(I, W)> {
         let slot = usize::from(slot);
+        if *self.state.get(slot)? != SlotState::Parked {
+            return None;
+        }
+        self.take_linked(slot)
+    }
+
+    /// The waiter parked in `slot`, if an IRP is parked there.
+    pub fn waiter(&self, slot: u16) -> Option<&W> {
+        let slot = usize::from(slot);
+        (*self.state.get(slot)? == SlotState::Parked).then(|| &self.waiters[slot])
+    }
+
+    /// Unlinks `slot` and disarms its IRP; orphans it if its cancel routine won the race.
+    fn take_linked(&mut self, slot: usize) -> Option<(I, W)> {
+        self.unlink(slot);
+        let irp = self.irps[slot].as_mut()?;
+        if irp.disarm_cancel() {
+            let irp = self.irps[slot].take()?;
+            let waiter = self.waiters[slot];
+            self.release(slot);
+            return Some((irp, waiter));
+        }
+        self.state[slot] = SlotState::Orphaned;
+        None
+    }
+
+    /// Takes the IRP whose cancel routine is running, given the number it was armed with.
+    ///
+    /// Returns `None` if that number is not this queue's or its slot does not hold the IRP
+    /// `id`: a stale or foreign pointer, which the caller must not complete.
+    pub fn take_cancelled(&mut self, armed: u16, id: usize) -> Option<(I, W)> {
+        let slot = usize::from(armed.checked_sub(BASE)?);
         if self.irps.get(slot)?.as_ref()?.id() != id {
             return None;
         }
         if self.state[slot] == SlotState::Parked {
             self.unlink(slot);
         }
-        let irp = self.irps[slot].take();
+        let irp = self.irps[slot].take()?;
+        let waiter = self.waiters[slot];
         self.release(slot);
-        irp
+        Some((irp, waiter))
     }
 
     fn allocate(&mut self) -> Option<usize> {
@@ -197,7 +261,7 @@ impl<I: Parkable> ServiceQueue<I> {
             self.free_len = top;
             return Some(self.free[usize::from(top)].into());
         }
-        if usize::from(self.high_water) < PARK_CAP {
+        if usize::from(self.high_water) < N {
             self.high_water += 1;
             return Some(usize::from(self.high_water) - 1);
         }
@@ -210,16 +274,23 @@ impl<I: Parkable> ServiceQueue<I> {
         self.free_len += 1;
     }
 
+    fn node(&mut self, node: u16) -> &mut Link {
+        match node.checked_sub(1) {
+            Some(slot) => &mut self.links[usize::from(slot)],
+            None => &mut self.head,
+        }
+    }
+
     /// InsertTailList.
     fn link_tail(&mut self, slot: usize) {
         let me = slot as u16 + 1;
-        let tail = self.links[SENTINEL].prev;
-        self.links[usize::from(me)] = Link {
+        let tail = self.head.prev;
+        self.links[slot] = Link {
             prev: tail,
             next: SENTINEL as u16,
         };
-        self.links[usize::from(tail)].next = me;
-        self.links[SENTINEL].prev = me;
+        self.node(tail).next = me;
+        self.head.prev = me;
         self.state[slot] = SlotState::Parked;
         self.parked += 1;
         self.peak = self.peak.max(self.parked);
@@ -227,9 +298,9 @@ impl<I: Parkable> ServiceQueue<I> {
 
     /// RemoveEntryList; the slot is left `Orphaned` until it is taken.
     fn unlink(&mut self, slot: usize) {
-        let Link { prev, next } = self.links[slot + 1];
-        self.links[usize::from(prev)].next = next;
-        self.links[usize::from(next)].prev = prev;
+        let Link { prev, next } = self.links[slot];
+        self.node(prev).next = next;
+        self.node(next).prev = prev;
         self.state[slot] = SlotState::Orphaned;
         self.parked -= 1;
     }
@@ -239,18 +310,18 @@ impl<I: Parkable> ServiceQueue<I> {
     pub fn assert_valid(&self) {
         let mut seen = 0;
         let mut prev = SENTINEL as u16;
-        let mut at = self.links[SENTINEL].next;
+        let mut at = self.head.next;
         while let Some(slot) = at.checked_sub(1) {
-            let link = self.links[usize::from(at)];
+            let link = self.links[usize::from(slot)];
             assert_eq!(self.state[usize::from(slot)], SlotState::Parked);
             assert_eq!(link.prev, prev);
             assert!(self.irps[usize::from(slot)].is_some());
             seen += 1;
-            assert!(seen <= PARK_CAP, "FIFO cycle");
+            assert!(seen <= N, "FIFO cycle");
             prev = at;
             at = link.next;
         }
-        assert_eq!(self.links[SENTINEL].prev, prev);
+        assert_eq!(self.head.prev, prev);
         assert_eq!(seen, self.len());
         let parked = self
             .state
@@ -265,7 +336,7 @@ impl<I: Parkable> ServiceQueue<I> {
             in_use + usize::from(self.free_len),
             usize::from(self.high_water)
         );
-        for slot in 0..PARK_CAP {
+        for slot in 0..N {
             assert_eq!(
                 self.irps[slot].is_some(),
                 self.state[slot] != SlotState::Free
@@ -274,7 +345,9 @@ impl<I: Parkable> ServiceQueue<I> {
     }
 }
 
-impl<I: Parkable> Default for ServiceQueue<I> {
+impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> Default
+    for ServiceQueue<I, W, N, BASE>
+{
     fn default() -> Self {
         Self::new()
     }
@@ -331,7 +404,37 @@ pub(crate) mod tests {
         }
     }
 
-    fn drain(q: &mut ServiceQueue<Mock>) -> Vec<usize> {
+    #[test]
+    fn take_first_skips_what_it_does_not_want_and_take_finds_a_slot() {
+        let mut q: ServiceQueue<Mock, Waiter, 8, 100> = ServiceQueue::new();
+        let slots: Vec<u16> = (1..=4)
+            .map(|id| q.park(Mock::new(id), waiter(id as u64)).unwrap())
+            .collect();
+        assert_eq!(
+            q.irps[0].as_ref().unwrap().slot,
+            100,
+            "armed with BASE + slot"
+        );
+        let (irp, w) = q.take_first(|w| w.cursor % 2 == 0).unwrap();
+        assert_eq!((irp.id, w.cursor), (2, 2));
+        assert_eq!(q.waiter(slots[3]).map(|w| w.cursor), Some(4));
+        assert_eq!(q.take(slots[3]).unwrap().0.id, 4);
+        assert!(q.take(slots[3]).is_none(), "taken once");
+        assert!(
+            q.take_cancelled(0, 1).is_none(),
+            "below BASE is another queue's"
+        );
+        // A cancelled IRP is skipped and left to its routine.
+        q.irps[0].as_mut().unwrap().armed = false;
+        assert!(q.take_first(|w| w.cursor == 1).is_none());
+        assert_eq!(q.take_cancelled(100, 1).unwrap().0.id, 1);
+        q.assert_valid();
+        assert_eq!(drain(&mut q), [3]);
+    }
+
+    fn drain<W: Parked, const N: usize, const B: u16>(
+        q: &mut ServiceQueue<Mock, W, N, B>,
+    ) -> Vec<usize> {
         core::iter::from_fn(|| q.pop_front_if(|_| true))
             .map(|(irp, _)| irp.id)
             .collect()
@@ -339,7 +442,7 @@ pub(crate) mod tests {
 
     #[test]
     fn fifo_order_and_counts() {
-        let mut q = ServiceQueue::new();
+        let mut q: WaitQueue<Mock> = ServiceQueue::new();
         for id in 1..=5 {
             q.park(Mock::new(id), waiter(id as u64)).unwrap();
         }
@@ -356,7 +459,7 @@ pub(crate) mod tests {
 
     #[test]
     fn the_cap_refuses_and_hands_the_irp_back() {
-        let mut q = ServiceQueue::new();
+        let mut q: WaitQueue<Mock> = ServiceQueue::new();
         for id in 0..PARK_CAP {
             q.park(Mock::new(id), waiter(0)).unwrap();
         }
@@ -373,7 +476,7 @@ pub(crate) mod tests {
 
     #[test]
     fn cancel_before_park_is_completed_by_the_parker() {
-        let mut q = ServiceQueue::new();
+        let mut q: WaitQueue<Mock> = ServiceQueue::new();
         let mut irp = Mock::new(1);
         irp.cancel = true; // IoCancelIrp ran first and found no cancel routine
         match q.park(irp, waiter(0)) {
@@ -386,7 +489,7 @@ pub(crate) mod tests {
 
     #[test]
     fn cancel_routine_takes_a_parked_irp_by_slot() {
-        let mut q = ServiceQueue::new();
+        let mut q: WaitQueue<Mock> = ServiceQueue::new();
         for id in 1..=3 {
             q.park(Mock::new(id), waiter(0)).unwrap();
         }
@@ -399,7 +502,7 @@ pub(crate) mod tests {
             q.take_cancelled(5000, 2).is_none(),
             "out-of-range slot must not match"
         );
-        let irp = q.take_cancelled(1, 2).unwrap();
+        let (irp, _) = q.take_cancelled(1, 2).unwrap();
         assert_eq!(irp.id, 2);
         q.assert_valid();
         assert_eq!(drain(&mut q), [1, 3]);
@@ -408,13 +511,16 @@ pub(crate) mod tests {
     #[test]
     fn cancel_unlinks_the_only_the_first_a_middle_and_the_last_alike() {
         for victim in [0usize, 1, 2, 3] {
-            let mut q = ServiceQueue::new();
+            let mut q: WaitQueue<Mock> = ServiceQueue::new();
             let count = if victim == 0 { 1 } else { 4 };
             for id in 0..count {
                 q.park(Mock::new(id), waiter(0)).unwrap();
             }
             let victim = victim.min(count - 1);
-            assert_eq!(q.take_cancelled(victim as u16, victim).unwrap().id, victim);
+            assert_eq!(
+                q.take_cancelled(victim as u16, victim).unwrap().0.id,
+                victim
+            );
             q.assert_valid();
             let rest: Vec<usize> = (0..count).filter(|&id| id != victim).collect();
             assert_eq!(drain(&mut q), rest);
@@ -424,7 +530,7 @@ pub(crate) mod tests {
 
     #[test]
     fn dequeue_that_loses_to_cancel_leaves_an_orphan_for_the_routine() {
-        let mut q = ServiceQueue::new();
+        let mut q: WaitQueue<Mock> = ServiceQueue::new();
         q.park(Mock::new(1), waiter(0)).unwrap();
         q.park(Mock::new(2), waiter(0)).unwrap();
         // IoCancelIrp on IRP 1 exchanged the routine away but its routine has not run yet.
@@ -433,7 +539,7 @@ pub(crate) mod tests {
         q.assert_valid();
         assert!(q.is_empty());
         // The routine now runs and finds its IRP.
-        assert_eq!(q.take_cancelled(0, 1).unwrap().id, 1);
+        assert_eq!(q.take_cancelled(0, 1).unwrap().0.id, 1);
         assert!(q.take_cancelled(0, 1).is_none(), "taken exactly once");
         q.assert_valid();
     }
@@ -458,10 +564,10 @@ pub(crate) mod tests {
                 self.0.cancel
             }
         }
-        let mut rq = ServiceQueue::new();
+        let mut rq: WaitQueue<Racing> = ServiceQueue::new();
         rq.park(Racing(Mock::new(4)), waiter(0)).unwrap();
         assert!(rq.is_empty());
-        assert_eq!(rq.take_cancelled(0, 4).map(|r| r.0.id), Some(4));
+        assert_eq!(rq.take_cancelled(0, 4).map(|(r, _)| r.0.id), Some(4));
         assert!(rq.take_cancelled(0, 4).is_none());
     }
 }

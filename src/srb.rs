@@ -1,40 +1,46 @@
-//! An SRB Storport handed HwStartIo, seen through [`ScsiRequest`]: the fields `disk` reads and
-//! writes, its CDB, its data and sense buffers as slices.
+//! An SRB Storport handed HwStartIo, owned until it is completed: the fields `disk` reads and
+//! writes, its CDB, its data and sense buffers as slices, and its completion.
 
 use core::ptr::NonNull;
 
-use crate::disk::ScsiRequest;
-use storport_abi::SCSI_REQUEST_BLOCK;
+use crate::disk::{PendingSrb, ScsiRequest};
+use nt_imports::inline::StorPortRequestComplete;
+use storport_abi::{PVOID, SCSI_REQUEST_BLOCK, srb_function};
 
 /// `SRB_FLAGS_DISABLE_AUTOSENSE`: the class driver wants no sense data.
 const SRB_FLAGS_DISABLE_AUTOSENSE: u32 = 0x20;
 
 /// # Invariants
 ///
-/// The pointer is a legacy SRB Storport passed to this driver's HwStartIo and that has not
-/// been completed; until it is, its `DataBuffer` (`DataTransferLength` bytes, a system address
-/// for every SRB but READ/WRITE under STOR_MAP_NON_READ_WRITE_BUFFERS) and `SenseInfoBuffer`
-/// (`SenseInfoBufferLength` bytes) are this driver's to read and write. The value borrows the
-/// SRB for its lifetime and completion happens after it is dropped.
-pub struct Srb<'a> {
+/// `srb` is a legacy SRB Storport passed to the HwStartIo of the adapter whose
+/// HwDeviceExtension is `ext`, and that has not been completed; this value is its only owner
+/// (neither `Copy` nor `Clone`). Until it is completed, its `DataBuffer` (`DataTransferLength`
+/// bytes, a system address for every SRB under STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE) and
+/// `SenseInfoBuffer` (`SenseInfoBufferLength` bytes) are this driver's to read and write.
+pub struct Srb {
     srb: NonNull<SCSI_REQUEST_BLOCK>,
-    _borrow: core::marker::PhantomData<&'a mut SCSI_REQUEST_BLOCK>,
+    ext: PVOID,
 }
 
-impl Srb<'_> {
+// SAFETY: an SRB may be completed from any CPU; ownership travels with the value.
+unsafe impl Send for Srb {}
+
+impl Srb {
+    /// Takes ownership of an SRB.
+    ///
     /// # Safety
     ///
-    /// `srb` is the SRB Storport passed to HwStartIo, not yet completed, and not completed
-    /// while the returned value lives.
-    pub unsafe fn new(srb: *mut SCSI_REQUEST_BLOCK) -> Option<Self> {
+    /// `srb` is the SRB Storport passed to HwStartIo of the adapter whose HwDeviceExtension is
+    /// `ext`, and the caller does not use it afterwards.
+    pub unsafe fn new(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -> Option<Self> {
         Some(Self {
             srb: NonNull::new(srb)?,
-            _borrow: core::marker::PhantomData,
+            ext,
         })
     }
 
     fn get(&self) -> &SCSI_REQUEST_BLOCK {
-        // SAFETY: the type's invariant: a live SRB this value borrows.
+        // SAFETY: the type's invariant: a live SRB this value owns.
         unsafe { self.srb.as_ref() }
     }
 
@@ -42,20 +48,9 @@ impl Srb<'_> {
         // SAFETY: as in `get`, borrowed mutably through `&mut self`.
         unsafe { self.srb.as_mut() }
     }
-
-    /// Whether READ/WRITE data is unmapped: `disk` never touches it yet (it waits for a
-    /// server), and `data` must not hand out a user-space address.
-    fn data_unmapped(&self) -> bool {
-        let opcode = self.get().Cdb[0];
-        // READ/WRITE (6, 10, 12, 16): not mapped under STOR_MAP_NON_READ_WRITE_BUFFERS.
-        matches!(
-            opcode,
-            0x08 | 0x0A | 0x28 | 0x2A | 0xA8 | 0xAA | 0x88 | 0x8A
-        )
-    }
 }
 
-impl ScsiRequest for Srb<'_> {
+impl ScsiRequest for Srb {
     fn function(&self) -> u8 {
         self.get().Function
     }
@@ -72,10 +67,10 @@ impl ScsiRequest for Srb<'_> {
     }
 
     fn data(&mut self) -> Option<&mut [u8]> {
-        if self.data_unmapped() {
+        let srb = self.get();
+        if srb.Function != srb_function::EXECUTE_SCSI {
             return None;
         }
-        let srb = self.get();
         let (buffer, len) = (srb.DataBuffer.cast::<u8>(), srb.DataTransferLength as usize);
         if buffer.is_null() || len == 0 {
             return None;
@@ -91,17 +86,37 @@ impl ScsiRequest for Srb<'_> {
             srb.SenseInfoBuffer.cast::<u8>(),
             usize::from(srb.SenseInfoBufferLength),
         );
-        if buffer.is_null() || len == 0 || srb.SrbFlags & SRB_FLAGS_DISABLE_AUTOSENSE != 0 {
+        if srb.Function != srb_function::EXECUTE_SCSI
+            || buffer.is_null()
+            || len == 0
+            || srb.SrbFlags & SRB_FLAGS_DISABLE_AUTOSENSE != 0
+        {
             return None;
         }
         // SAFETY: the type's invariant: SenseInfoBufferLength bytes, ours until completion.
         Some(unsafe { core::slice::from_raw_parts_mut(buffer, len) })
     }
 
+    fn sense_written(&mut self, len: u8) {
+        let srb = self.get_mut();
+        srb.SenseInfoBufferLength = len.min(srb.SenseInfoBufferLength);
+    }
+
     fn finish(&mut self, srb_status: u8, scsi_status: u8, transferred: u32) {
         let srb = self.get_mut();
         srb.SrbStatus = srb_status;
-        srb.ScsiStatus = scsi_status;
-        srb.DataTransferLength = transferred.min(srb.DataTransferLength);
+        // The other functions' blocks (power, PnP) use these bytes for their own fields.
+        if srb.Function == srb_function::EXECUTE_SCSI {
+            srb.ScsiStatus = scsi_status;
+            srb.DataTransferLength = transferred.min(srb.DataTransferLength);
+        }
+    }
+}
+
+impl PendingSrb for Srb {
+    fn complete(self) {
+        // SAFETY: `ext` is this SRB's adapter (invariant) and we give the SRB up here: `self`
+        // is consumed, so it cannot be touched or completed again.
+        unsafe { StorPortRequestComplete(self.ext, self.srb.as_ptr()) };
     }
 }

@@ -22,6 +22,7 @@ use std::sync::{
 use revcall_protocol::{IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, encode_request};
 
 use crate::adapter::{Adapter, Bus, Lock, ServiceIrp, State, Timer};
+use crate::disk::{PendingSrb, ScsiRequest};
 use crate::error::Status;
 use crate::service_queue::Parkable;
 
@@ -48,7 +49,7 @@ impl<T: Send> Lock<T> for MutexLock<T> {
     }
 }
 
-pub type TestAdapter = Adapter<FakeIrp, MutexLock<State<FakeIrp>>>;
+pub type TestAdapter = Adapter<FakeIrp, FakeSrb, MutexLock<State<FakeIrp, FakeSrb>>>;
 
 /// A started adapter on the heap (its state is ~40 KiB).
 pub fn adapter(fire_enabled: bool) -> std::boxed::Box<TestAdapter> {
@@ -89,7 +90,10 @@ impl IrpCell {
     }
 
     /// `IoCancelIrp`: sets Cancel, takes the cancel routine and, if there was one, runs it.
-    pub fn io_cancel_irp<L: Lock<State<FakeIrp>>>(&self, adapter: &Adapter<FakeIrp, L>) {
+    pub fn io_cancel_irp<L: Lock<State<FakeIrp, FakeSrb>>>(
+        &self,
+        adapter: &Adapter<FakeIrp, FakeSrb, L>,
+    ) {
         self.cancel.store(true, SeqCst);
         if self.armed.swap(false, SeqCst) {
             let slot = self.slot.load(SeqCst) as u16;
@@ -106,6 +110,8 @@ impl IrpCell {
 pub struct FakeIrp {
     cell: Arc<IrpCell>,
     control_code: u32,
+    /// The FILE_OBJECT: the handle it was sent on.
+    file: usize,
     input: Option<Vec<u8>>,
     output: Option<Vec<u8>>,
 }
@@ -130,6 +136,7 @@ impl FakeIrp {
         let irp = Self {
             cell: cell.clone(),
             control_code: IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+            file: 0x1000,
             input,
             output,
         };
@@ -138,10 +145,17 @@ impl FakeIrp {
 
     /// An IRP carrying `request`, with an output buffer of `output_len` bytes.
     pub fn new(id: usize, request: Request, output_len: usize) -> (Self, Arc<IrpCell>) {
-        let mut input = std::vec![0u8; 64];
+        let mut input = std::vec![0u8; revcall_protocol::MAX_REQUEST_SIZE];
         let n = encode_request(&request, &mut input).unwrap();
         input.truncate(n);
         Self::raw(id, Some(input), Some(output_len))
+    }
+
+    /// The IRP as sent on the handle `file`.
+    #[cfg_attr(loom, allow(dead_code))]
+    pub fn on(mut self, file: usize) -> Self {
+        self.file = file;
+        self
     }
 
     #[cfg_attr(loom, allow(dead_code))]
@@ -176,6 +190,10 @@ impl ServiceIrp for FakeIrp {
         self.control_code
     }
 
+    fn file(&self) -> usize {
+        self.file
+    }
+
     fn input(&self) -> Option<&[u8]> {
         self.input.as_deref()
     }
@@ -204,6 +222,111 @@ impl ServiceIrp for FakeIrp {
         );
         let bytes = out[..information].to_vec();
         *self.cell.result.lock().unwrap() = Some(Completion { status, bytes });
+    }
+}
+
+/// How an SRB ended: what the port driver sees after RequestComplete.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SrbEnd {
+    pub srb_status: u8,
+    pub scsi_status: u8,
+    /// The data buffer up to `DataTransferLength`.
+    pub data: Vec<u8>,
+    pub sense: Vec<u8>,
+}
+
+/// The port driver's record of one SRB: how often it was completed, and how.
+#[derive(Default)]
+pub struct SrbCell {
+    completions: AtomicUsize,
+    end: Mutex<Option<SrbEnd>>,
+}
+
+#[cfg_attr(loom, allow(dead_code))]
+impl SrbCell {
+    pub fn end(&self) -> Option<SrbEnd> {
+        self.end.lock().unwrap().clone()
+    }
+
+    pub fn completions(&self) -> usize {
+        self.completions.load(SeqCst)
+    }
+}
+
+/// An SRB as Storport hands it to HwStartIo, with buffers of its own.
+pub struct FakeSrb {
+    pub function: u8,
+    pub address: (u8, u8, u8),
+    pub cdb: Vec<u8>,
+    pub data: Vec<u8>,
+    pub sense: Vec<u8>,
+    /// `SenseInfoBufferLength` as the miniport left it.
+    pub sense_len: u8,
+    pub finished: Option<(u8, u8, u32)>,
+    pub cell: Arc<SrbCell>,
+}
+
+impl FakeSrb {
+    /// `command` to `lun` of target 0 with a `data_len`-byte buffer and 18 bytes of sense.
+    pub fn scsi(lun: u8, command: &revcall_scsi::Command, data_len: usize) -> Self {
+        let (cdb, len) = revcall_scsi::encode(command);
+        Self {
+            function: storport_abi::srb_function::EXECUTE_SCSI,
+            address: (0, 0, lun),
+            cdb: cdb[..len].to_vec(),
+            data: std::vec![0; data_len],
+            sense: std::vec![0; 18],
+            sense_len: 18,
+            finished: None,
+            cell: Arc::new(SrbCell::default()),
+        }
+    }
+}
+
+impl ScsiRequest for FakeSrb {
+    fn function(&self) -> u8 {
+        self.function
+    }
+    fn address(&self) -> (u8, u8, u8) {
+        self.address
+    }
+    fn cdb(&self) -> &[u8] {
+        &self.cdb
+    }
+    fn data(&mut self) -> Option<&mut [u8]> {
+        (!self.data.is_empty()).then_some(&mut self.data[..])
+    }
+    fn sense(&mut self) -> Option<&mut [u8]> {
+        Some(&mut self.sense)
+    }
+    fn sense_written(&mut self, len: u8) {
+        self.sense_len = len.min(self.sense_len);
+    }
+    fn finish(&mut self, srb_status: u8, scsi_status: u8, transferred: u32) {
+        assert!(self.finished.is_none(), "SRB status set twice");
+        let transferred = transferred.min(self.data.len() as u32);
+        self.finished = Some((srb_status, scsi_status, transferred));
+    }
+}
+
+impl PendingSrb for FakeSrb {
+    /// Storport's RequestComplete: never under the adapter lock, never twice, never without a
+    /// status.
+    fn complete(self) {
+        assert!(!lock_held(), "SRB completed under the adapter lock");
+        assert_eq!(
+            self.cell.completions.fetch_add(1, SeqCst),
+            0,
+            "SRB completed twice"
+        );
+        let (srb_status, scsi_status, transferred) =
+            self.finished.expect("completed with no status");
+        *self.cell.end.lock().unwrap() = Some(SrbEnd {
+            srb_status,
+            scsi_status,
+            data: self.data[..transferred as usize].to_vec(),
+            sense: self.sense[..usize::from(self.sense_len)].to_vec(),
+        });
     }
 }
 

@@ -338,6 +338,8 @@ pub struct SCSI_SUPPORTED_CONTROL_TYPE_LIST {
 pub const INTERFACE_TYPE_INTERNAL: i32 = 0;
 pub const STOR_FEATURE_VIRTUAL_MINIPORT: u32 = 0x1;
 pub const STOR_MAP_NON_READ_WRITE_BUFFERS: u8 = 2;
+/// Every data buffer, READ and WRITE included, is a system address (DISK.md §2.1).
+pub const STOR_MAP_ALL_BUFFERS_INCLUDING_READ_WRITE: u8 = 3;
 pub const STOR_SYNCHRONIZE_FULL_DUPLEX: u32 = 1;
 pub const SCSI_DMA64_MINIPORT_SUPPORTED: u8 = 0x01;
 /// `SP_UNINITIALIZED_VALUE`: what SDV's StorPortFindAdapter rule forbids leaving behind.
@@ -426,10 +428,14 @@ pub mod srb_function {
 pub mod srb_status {
     pub const PENDING: u8 = 0x00;
     pub const SUCCESS: u8 = 0x01;
+    pub const ABORTED: u8 = 0x02;
+    pub const ERROR: u8 = 0x04;
+    pub const BUSY: u8 = 0x05;
     pub const INVALID_REQUEST: u8 = 0x06;
     pub const INVALID_PATH_ID: u8 = 0x07;
     pub const NO_DEVICE: u8 = 0x08;
     pub const INVALID_LUN: u8 = 0x20;
+    pub const BUS_RESET: u8 = 0x0E;
     pub const INVALID_TARGET_ID: u8 = 0x21;
 }
 

@@ -51,6 +51,12 @@ statuses! {
     /// The request's revision (protocol or structure version) is not the receiver's.
     STATUS_REVISION_MISMATCH = 0xC000_0059;
     STATUS_INSUFFICIENT_RESOURCES = 0xC000_009A;
+    /// A request the handle's state does not allow (FETCH or COMMIT without an ATTACH).
+    STATUS_INVALID_DEVICE_STATE = 0xC000_0184;
+    /// A COMMIT's READ data is not the size the SRB asked for.
+    STATUS_INVALID_BUFFER_SIZE = 0xC000_0206;
+    /// A COMMIT names a tag the driver never handed out, or one already committed.
+    STATUS_NOT_FOUND = 0xC000_0225;
     STATUS_NOT_SUPPORTED = 0xC000_00BB;
     /// The request was cancelled (CancelIoEx, thread or process exit).
     STATUS_CANCELLED = 0xC000_0120;

@@ -16,6 +16,7 @@
 #[cfg(test)]
 extern crate std;
 
+mod data;
 mod event;
 mod ioctl;
 mod lun;
@@ -25,6 +26,12 @@ pub mod status;
 
 pub use status::refusal;
 
+pub use data::{
+    AttachReply, AttachRequest, Commit, CommitRequest, CommitResult, DataOp, Descriptor,
+    DescriptorFlags, FETCH_PREFIX, FetchFlags, FetchReply, FetchReplyWriter, FetchRequest, Fetched,
+    MAX_DESCRIPTORS, MAX_RESULTS, MAX_TRANSFER, ScsiStatus, UnmapRange, encode_commit,
+    fetch_reply_size,
+};
 pub use event::{EventKind, EventRecord};
 pub use ioctl::{IOCTL_MINIPORT_PROCESS_SERVICE_IRP, ctl_code};
 pub use lun::{
@@ -33,8 +40,9 @@ pub use lun::{
 };
 pub use reply::{
     DiscoverReply, FireReply, Records, Reply, ReplyError, ReplyEvents, ReplyHeader, StatsReply,
-    WaitFlags, WaitReply, WaitReplyWriter, decode_reply, encode_discover_reply, encode_fire_reply,
-    encode_lun_create_reply, encode_lun_list_reply, encode_lun_remove_reply, encode_stats_reply,
+    WaitFlags, WaitReply, WaitReplyWriter, decode_reply, encode_attach_reply,
+    encode_discover_reply, encode_fire_reply, encode_lun_create_reply, encode_lun_list_reply,
+    encode_lun_remove_reply, encode_stats_reply,
 };
 pub use request::{
     CURSOR_NOW, DISCOVER_DELAY_MS_MAX, DecodeError, DiscoverRequest, FireRequest, Header,

@@ -6,6 +6,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
+use crate::data::{AttachReply, Descriptor, FetchReply, Fetched, MAX_TRANSFER};
 use crate::lun::{LunCreateReply, LunEntry, LunListReply, MAX_LUNS};
 use crate::{EventRecord, Header, Opcode, VERSION};
 
@@ -105,6 +106,11 @@ impl Opcode {
                 Self::LunRemove => 0,
                 // Room for every LUN there can be, so a list is never cut short.
                 Self::LunList => size_of::<LunListReply>() + MAX_LUNS * size_of::<LunEntry>(),
+                Self::Attach => size_of::<AttachReply>(),
+                // One descriptor and the largest payload, so the first one always fits.
+                Self::Fetch | Self::CommitAndFetch => {
+                    size_of::<FetchReply>() + size_of::<Descriptor>() + MAX_TRANSFER as usize
+                }
             }
     }
 }
@@ -200,6 +206,11 @@ pub fn encode_stats_reply(out: &mut [u8], reply: &StatsReply) -> Option<usize> {
     encode_fixed(out, Opcode::Stats, reply.as_bytes())
 }
 
+/// Encodes an ATTACH reply (the session ended); `None` if `out` is too small.
+pub fn encode_attach_reply(out: &mut [u8], reply: &AttachReply) -> Option<usize> {
+    encode_fixed(out, Opcode::Attach, reply.as_bytes())
+}
+
 /// Encodes a LUN_CREATE reply; `None` if `out` is too small.
 pub fn encode_lun_create_reply(out: &mut [u8], reply: &LunCreateReply) -> Option<usize> {
     encode_fixed(out, Opcode::LunCreate, reply.as_bytes())
@@ -238,6 +249,9 @@ pub enum Reply<'a> {
     LunCreate(LunCreateReply),
     LunRemove,
     LunList(Records<'a, LunEntry>),
+    Attach(AttachReply),
+    /// FETCH and COMMIT_AND_FETCH.
+    Fetch(Fetched<'a>),
 }
 
 /// The records that follow a reply's body (a WAIT's events, a LUN_LIST's entries), read by
@@ -253,7 +267,7 @@ pub type ReplyEvents<'a> = Records<'a, EventRecord>;
 
 impl<'a, T: FromBytes> Records<'a, T> {
     /// `bytes` must hold exactly `count` records.
-    fn exactly(bytes: &'a [u8], count: u32) -> Option<Self> {
+    pub(crate) fn exactly(bytes: &'a [u8], count: u32) -> Option<Self> {
         // Compared by division: `count * size` could overflow a 32-bit usize.
         let record = size_of::<T>();
         (bytes.len().is_multiple_of(record) && bytes.len() / record == count as usize).then_some(
@@ -345,6 +359,15 @@ pub fn decode_reply(bytes: &[u8]) -> Result<Reply<'_>, ReplyError> {
             }
             Records::exactly(entries, list.count)
                 .map(Reply::LunList)
+                .ok_or(bad_length)
+        }
+        Opcode::Attach => AttachReply::read_from_bytes(body)
+            .map(Reply::Attach)
+            .map_err(|_| bad_length),
+        Opcode::Fetch | Opcode::CommitAndFetch => {
+            let (reply, _) = FetchReply::read_from_prefix(body).map_err(|_| bad_length)?;
+            Fetched::new(reply, bytes)
+                .map(Reply::Fetch)
                 .ok_or(bad_length)
         }
     }

@@ -3,6 +3,7 @@
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use crate::VERSION;
+use crate::data::{AttachRequest, CommitRequest, FetchRequest, MAX_DESCRIPTORS, check_commit};
 use crate::lun::{LunCreateRequest, LunRemoveRequest, LunSpec};
 
 /// The first 8 bytes of every request and every reply.
@@ -36,6 +37,12 @@ pub enum Opcode {
     LunRemove = 6,
     /// List the virtual disks.
     LunList = 7,
+    /// Become a server of a LUN: parks for the server's life.
+    Attach = 8,
+    /// Park until the session's LUN has I/O for the server.
+    Fetch = 9,
+    /// Answer earlier descriptors, then fetch like FETCH (variable length).
+    CommitAndFetch = 10,
 }
 
 impl TryFrom<u16> for Opcode {
@@ -50,6 +57,9 @@ impl TryFrom<u16> for Opcode {
             5 => Self::LunCreate,
             6 => Self::LunRemove,
             7 => Self::LunList,
+            8 => Self::Attach,
+            9 => Self::Fetch,
+            10 => Self::CommitAndFetch,
             other => return Err(other),
         })
     }
@@ -99,13 +109,35 @@ pub struct DiscoverRequest {
 /// A decoded, fully validated request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Request {
-    Wait { cursor: u64, max_events: u32 },
-    Fire { code: u32, value: u64 },
-    Discover { delay_ms: u32 },
+    Wait {
+        cursor: u64,
+        max_events: u32,
+    },
+    Fire {
+        code: u32,
+        value: u64,
+    },
+    Discover {
+        delay_ms: u32,
+    },
     Stats,
     LunCreate(LunSpec),
-    LunRemove { lun: u32 },
+    LunRemove {
+        lun: u32,
+    },
     LunList,
+    Attach {
+        lun: u32,
+    },
+    Fetch {
+        max_descriptors: u32,
+    },
+    /// The results and their data stay in the record: read them with
+    /// [`Commit::of`](crate::Commit::of).
+    CommitAndFetch {
+        count: u32,
+        max_descriptors: u32,
+    },
 }
 
 impl Request {
@@ -118,12 +150,27 @@ impl Request {
             Self::LunCreate(_) => Opcode::LunCreate,
             Self::LunRemove { .. } => Opcode::LunRemove,
             Self::LunList => Opcode::LunList,
+            Self::Attach { .. } => Opcode::Attach,
+            Self::Fetch { .. } => Opcode::Fetch,
+            Self::CommitAndFetch { .. } => Opcode::CommitAndFetch,
+        }
+    }
+
+    /// The smallest output buffer this request's reply needs: a commit that fetches nothing
+    /// needs only the reply's header and body.
+    pub const fn min_reply_size(&self) -> usize {
+        match self {
+            Self::CommitAndFetch {
+                max_descriptors: 0, ..
+            } => crate::data::fetch_reply_size(0, 0),
+            _ => self.opcode().min_reply_size(),
         }
     }
 }
 
 impl Opcode {
-    /// The exact size of this opcode's request record.
+    /// The exact size of this opcode's request record (COMMIT_AND_FETCH: without its results
+    /// and data).
     pub const fn request_size(self) -> usize {
         size_of::<Header>()
             + match self {
@@ -132,12 +179,16 @@ impl Opcode {
                 Self::Discover => size_of::<DiscoverRequest>(),
                 Self::LunCreate => size_of::<LunCreateRequest>(),
                 Self::LunRemove => size_of::<LunRemoveRequest>(),
+                Self::Attach => size_of::<AttachRequest>(),
+                Self::Fetch => size_of::<FetchRequest>(),
+                Self::CommitAndFetch => size_of::<CommitRequest>(),
                 Self::Stats | Self::LunList => 0,
             }
     }
 }
 
-/// The largest request record: a buffer this size holds any request [`encode_request`] writes.
+/// The largest request record: a buffer this size holds any request [`encode_request`] writes
+/// (a COMMIT with results is written by [`encode_commit`](crate::encode_commit)).
 pub const MAX_REQUEST_SIZE: usize = size_of::<Header>() + size_of::<LunCreateRequest>();
 
 /// Why a byte string is not a valid request. Each maps to one NTSTATUS in the driver.
@@ -201,7 +252,8 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
     let opcode =
         Opcode::try_from(header.opcode).map_err(|opcode| DecodeError::UnknownOpcode { opcode })?;
     let expected = opcode.request_size();
-    if bytes.len() != expected {
+    let variable = opcode == Opcode::CommitAndFetch && bytes.len() > expected;
+    if bytes.len() != expected && !variable {
         return Err(DecodeError::BadLength {
             opcode,
             expected,
@@ -265,6 +317,37 @@ pub fn decode_request(bytes: &[u8]) -> Result<Request, DecodeError> {
             Ok(Request::LunRemove { lun: body.lun })
         }
         Opcode::LunList => Ok(Request::LunList),
+        Opcode::Attach => {
+            let body = read_body::<AttachRequest>(body);
+            if body.reserved != 0 {
+                return Err(reserved);
+            }
+            Ok(Request::Attach { lun: body.lun })
+        }
+        Opcode::Fetch => {
+            let body = read_body::<FetchRequest>(body);
+            if body.reserved != 0 {
+                return Err(reserved);
+            }
+            if !(1..=MAX_DESCRIPTORS).contains(&body.max_descriptors) {
+                return Err(invalid("max_descriptors"));
+            }
+            Ok(Request::Fetch {
+                max_descriptors: body.max_descriptors,
+            })
+        }
+        Opcode::CommitAndFetch => match check_commit(body) {
+            Ok(commit) => Ok(Request::CommitAndFetch {
+                count: commit.count,
+                max_descriptors: commit.max_descriptors,
+            }),
+            Err(Some(field)) => Err(invalid(field)),
+            Err(None) => Err(DecodeError::BadLength {
+                opcode,
+                expected,
+                actual: bytes.len(),
+            }),
+        },
     }
 }
 
@@ -324,6 +407,32 @@ pub fn encode_request(request: &Request, out: &mut [u8]) -> Option<usize> {
         Request::LunRemove { lun } => {
             body.copy_from_slice(LunRemoveRequest { lun, reserved: 0 }.as_bytes());
         }
+        Request::Attach { lun } => {
+            body.copy_from_slice(AttachRequest { lun, reserved: 0 }.as_bytes());
+        }
+        Request::Fetch { max_descriptors } => {
+            body.copy_from_slice(
+                FetchRequest {
+                    max_descriptors,
+                    reserved: 0,
+                }
+                .as_bytes(),
+            );
+        }
+        // Results need their data: encode_commit writes those.
+        Request::CommitAndFetch {
+            count: 0,
+            max_descriptors,
+        } => {
+            body.copy_from_slice(
+                CommitRequest {
+                    count: 0,
+                    max_descriptors,
+                }
+                .as_bytes(),
+            );
+        }
+        Request::CommitAndFetch { .. } => return None,
         Request::Stats | Request::LunList => {}
     }
     Some(size)
@@ -531,9 +640,38 @@ mod tests {
                 (3, 16) => (1..=60_000).contains(&word(8)) && word(12) == 0,
                 (4 | 7, 8) => true,
                 (5, 80) => lun_create_is_valid(bytes),
-                (6, 16) => word(12) == 0,
+                (6 | 8, 16) => word(12) == 0,
+                (9, 16) => (1..=32).contains(&word(8)) && word(12) == 0,
+                (10, len) if len >= 16 => commit_is_valid(bytes),
                 _ => false,
             }
+    }
+
+    /// COMMIT_AND_FETCH as DATAPATH.md §1–§2 reads: at most 64 results of 16 bytes and at
+    /// most 32 descriptors; each result GOOD with no sense or CHECK CONDITION with a sense key
+    /// 1..=15 and no data; no tag twice; the data exactly the sum of `data_len`.
+    fn commit_is_valid(bytes: &[u8]) -> bool {
+        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap());
+        let (count, max) = (word(8) as usize, word(12));
+        if count > 64 || max > 32 || bytes.len() < 16 + count * 16 {
+            return false;
+        }
+        let results: Vec<&[u8]> = (0..count)
+            .map(|i| &bytes[16 + i * 16..32 + i * 16])
+            .collect();
+        let mut data = 0usize;
+        for (i, r) in results.iter().enumerate() {
+            let ok = match r[8] {
+                0 => r[9..12] == [0, 0, 0],
+                2 => (1..=15).contains(&r[9]) && r[12..16] == [0; 4],
+                _ => false,
+            };
+            if !ok || results[..i].iter().any(|o| o[..8] == r[..8]) {
+                return false;
+            }
+            data += u32::from_le_bytes(r[12..16].try_into().unwrap()) as usize;
+        }
+        bytes.len() == 16 + count * 16 + data
     }
 
     proptest! {
@@ -545,14 +683,23 @@ mod tests {
         fn arbitrary_bytes_decode_or_fail_specifically(bytes in proptest::collection::vec(any::<u8>(), 0..96)) {
             let result = decode_request(&bytes);
             prop_assert_eq!(result.is_ok(), expected_validity(&bytes));
-            if let Ok(request) = result {
-                prop_assert_eq!(encoded(request), bytes);
+            match result {
+                Ok(Request::CommitAndFetch { count, max_descriptors }) if count > 0 => {
+                    let commit = crate::Commit::of(&bytes).expect("an accepted commit");
+                    let (results, data): (Vec<_>, Vec<&[u8]>) = commit.results().unzip();
+                    let mut out = std::vec![0u8; bytes.len()];
+                    let n = crate::encode_commit(&mut out, max_descriptors, &results, &data.concat());
+                    prop_assert_eq!(n, Some(bytes.len()));
+                    prop_assert_eq!(out, bytes);
+                }
+                Ok(request) => prop_assert_eq!(encoded(request), bytes),
+                Err(_) => {}
             }
         }
 
         /// Headers that look right get past the header checks, so the body checks are reached.
         #[test]
-        fn plausible_headers_reach_the_body_checks(opcode in 0u16..9, len in 8usize..96, fill in any::<u8>()) {
+        fn plausible_headers_reach_the_body_checks(opcode in 0u16..12, len in 8usize..96, fill in any::<u8>()) {
             let mut bytes = std::vec![fill; len];
             bytes[0..4].copy_from_slice(&(len as u32).to_le_bytes());
             bytes[4..6].copy_from_slice(&VERSION.to_le_bytes());
@@ -561,7 +708,7 @@ mod tests {
             prop_assert_eq!(result.is_ok(), expected_validity(&bytes));
             match Opcode::try_from(opcode) {
                 Err(_) => prop_assert_eq!(result, Err(DecodeError::UnknownOpcode { opcode })),
-                Ok(op) if op.request_size() != len => prop_assert_eq!(
+                Ok(op) if op.request_size() != len && op != Opcode::CommitAndFetch => prop_assert_eq!(
                     result,
                     Err(DecodeError::BadLength { opcode: op, expected: op.request_size(), actual: len })
                 ),

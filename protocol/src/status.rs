@@ -14,14 +14,19 @@
 //! | `STATUS_CANCELLED` | the parked request was cancelled (CancelIoEx, thread or process exit) |
 //! | `STATUS_DEVICE_REMOVED` | the adapter was removed or surprise-removed before this request arrived |
 //! | `STATUS_DELETE_PENDING` | Storport's answer once the adapter's removal rundown has started |
-//! | `STATUS_NO_SUCH_DEVICE` | LUN_REMOVE of a LUN that does not exist |
+//! | `STATUS_NO_SUCH_DEVICE` | LUN_REMOVE or ATTACH of a LUN that does not exist |
 //! | `STATUS_OBJECT_NAME_COLLISION` | LUN_CREATE with another LUN's serial number or unique id |
+//! | `STATUS_INVALID_DEVICE_STATE` | FETCH or COMMIT on a handle with no ATTACH parked; a second ATTACH on one handle |
+//! | `STATUS_NOT_FOUND` | COMMIT of a tag never handed out, or already committed |
+//! | `STATUS_ACCESS_DENIED` | COMMIT of a tag another session fetched |
+//! | `STATUS_INVALID_BUFFER_SIZE` | COMMIT whose READ data is not the size the SRB asked for, or data for a non-READ |
 
 pub use storport_abi::status::is_error;
 pub use storport_abi::status::name;
 pub use storport_abi::status::user::{
-    STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED,
-    STATUS_INVALID_DEVICE_REQUEST, STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE,
+    STATUS_ACCESS_DENIED, STATUS_BUFFER_TOO_SMALL, STATUS_CANCELLED, STATUS_DELETE_PENDING,
+    STATUS_DEVICE_REMOVED, STATUS_INVALID_BUFFER_SIZE, STATUS_INVALID_DEVICE_REQUEST,
+    STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_NO_SUCH_DEVICE, STATUS_NOT_FOUND,
     STATUS_NOT_SUPPORTED, STATUS_OBJECT_NAME_COLLISION, STATUS_PENDING, STATUS_QUOTA_EXCEEDED,
     STATUS_REVISION_MISMATCH, STATUS_SUCCESS,
 };
@@ -51,7 +56,7 @@ impl DecodeError {
 pub fn refusal(input: &[u8], out_len: u32) -> Option<u32> {
     match decode_request(input) {
         Err(error) => Some(error.status()),
-        Ok(request) if (out_len as usize) < request.opcode().min_reply_size() => {
+        Ok(request) if (out_len as usize) < request.min_reply_size() => {
             Some(STATUS_BUFFER_TOO_SMALL)
         }
         Ok(_) => None,

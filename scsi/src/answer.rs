@@ -15,6 +15,14 @@ pub const REVISION: &[u8; 4] = b"0002";
 /// the FETCH reply, so they are kept few.
 pub const MAX_UNMAP_DESCRIPTORS: u32 = 64;
 
+/// The NAA IEEE Registered Extended designator VPD 0x83 reports for a LUN's unique id: its
+/// first nibble is the NAA type (6), the other 124 bits are the id's.
+pub const fn naa(unique_id: [u8; 16]) -> [u8; 16] {
+    let mut naa = unique_id;
+    naa[0] = 0x60 | (naa[0] & 0x0F);
+    naa
+}
+
 /// What a logical unit says about itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Identity<'a> {
@@ -206,8 +214,7 @@ fn vpd(reply: &mut Reply, page: u8, unit: &Identity<'_>) -> Result<(), Sense> {
         0x80 => body.push(unit.serial),
         0x83 => {
             // NAA (type 3), binary, associated with the logical unit.
-            let mut naa = unit.unique_id;
-            naa[0] = 0x60 | (naa[0] & 0x0F);
+            let naa = naa(unit.unique_id);
             body.push(&[0x01, 0x03, 0x00, 16]);
             body.push(&naa);
             // T10 vendor identification (type 1), ASCII: vendor then serial.

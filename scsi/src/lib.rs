@@ -22,7 +22,9 @@ mod parse;
 mod sense;
 mod unmap;
 
-pub use answer::{Identity, MAX_UNMAP_DESCRIPTORS, PRODUCT, REVISION, VENDOR, answer, check_range};
+pub use answer::{
+    Identity, MAX_UNMAP_DESCRIPTORS, PRODUCT, REVISION, VENDOR, answer, check_range, naa,
+};
 pub use cdb::{Command, PageControl, Transfer, decode, encode};
 pub use parse::{
     Capacity, Inquiry, ModeInfo, parse_inquiry, parse_mode_sense, parse_read_capacity10,

@@ -1,0 +1,510 @@
+//! The data path: HwStartIo hands a LUN's data commands to its servers through their parked
+//! FETCHes; COMMIT_AND_FETCH answers them; sessions end by cancellation, LUN removal or the
+//! adapter's removal; resets take back what the servers hold. docs/DATAPATH.md.
+//!
+//! The rules, beside the adapter's:
+//!
+//! * An SRB leaves the tag table exactly once ([`TagTable`](crate::tag_table::TagTable)), and
+//!   is completed after the lock is released, with its status set there too: the SRB is
+//!   exclusively ours once it left the table.
+//! * A COMMIT is checked whole before any SRB is touched; its READ data is copied into the
+//!   SRBs outside the lock, before the same buffer is written as the FETCH reply.
+//! * A WRITE's data is copied into the FETCH reply under the lock: until the reply is complete
+//!   the SRB is still in the table, where a reset may take it.
+//! * [`Adapter::settle`] brings the state to rest after anything that may leave work behind:
+//!   SRBs no server can take end, IRPs of ended sessions complete, queued SRBs meet parked
+//!   FETCHes. Each lock hold does a bounded batch.
+
+use arrayvec::ArrayVec;
+use revcall_protocol::{
+    AttachReply, Commit, CommitResult, DataOp, Descriptor, DescriptorFlags, FetchFlags,
+    FetchReplyWriter, MAX_DESCRIPTORS, MAX_RESULTS, Opcode, ScsiStatus, encode_attach_reply,
+    fetch_reply_size,
+};
+use revcall_scsi::{Sense, SenseKey};
+use storport_abi::{srb_function, srb_status};
+
+use super::{Adapter, Batch, Lock, Outcome, ServiceIrp, State};
+use crate::disk::{self, Ending, PendingSrb, Route};
+use crate::error::Status;
+use crate::service_queue::{PARK_CAP, Parked, Refusal, ServiceQueue};
+use crate::session::SessionId;
+use crate::tag_table::{Io, Lookup};
+
+/// Parked ATTACHes and FETCHes per adapter.
+pub const SERVER_PARK_CAP: usize = 256;
+
+/// The server queue's IRPs are armed with numbers above the WAIT queue's.
+pub type ServerQueue<I> = ServiceQueue<I, Server, SERVER_PARK_CAP, { PARK_CAP as u16 }>;
+
+/// A parked ATTACH, FETCH or COMMIT_AND_FETCH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Server {
+    /// The request's opcode (the reply echoes it).
+    opcode: u16,
+    lun: u8,
+    max_descriptors: u8,
+    session: SessionId,
+}
+
+impl Parked for Server {
+    const EMPTY: Self = Self {
+        opcode: 0,
+        lun: 0,
+        max_descriptors: 0,
+        session: SessionId { index: 0, epoch: 0 },
+    };
+}
+
+impl Server {
+    fn is_attach(&self) -> bool {
+        self.opcode == Opcode::Attach as u16
+    }
+}
+
+/// SRBs completed per lock hold.
+const SRB_BATCH: usize = 16;
+
+type SrbBatch<R> = ArrayVec<(R, Ending), SRB_BATCH>;
+
+/// A COMMIT's SRBs, taken from the table, with their result's position in the COMMIT.
+type Committed<R> = ArrayVec<(R, usize), { MAX_RESULTS as usize }>;
+
+impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
+    /// Fills a FETCH reply for `session` from `lun`'s queue: as many queued SRBs as
+    /// `max_descriptors` and the buffer allow (the first always fits: the buffer was checked
+    /// against the largest payload on arrival). Hands them to the session.
+    fn fill_fetch(
+        &mut self,
+        irp: &mut I,
+        server: &Server,
+        stale: u32,
+        flags: u32,
+    ) -> (Status, usize) {
+        let Some(out) = irp.output() else {
+            return (self.count(Status::BUFFER_TOO_SMALL), 0);
+        };
+        let mut chosen = ArrayVec::<u16, { MAX_DESCRIPTORS as usize }>::new();
+        let mut payload = 0usize;
+        while chosen.len() < usize::from(server.max_descriptors) && flags & FetchFlags::FINAL == 0 {
+            let Some(slot) = self.tags.first_queued(server.lun) else {
+                break;
+            };
+            let len = payload_len(&self.tags.io(slot));
+            if fetch_reply_size(chosen.len() + 1, payload + len) > out.len() {
+                break;
+            }
+            self.tags.hand_out(slot, server.session.index);
+            chosen.push(slot);
+            payload += len;
+        }
+        let opcode = Opcode::try_from(server.opcode).unwrap_or(Opcode::Fetch);
+        let Some(mut writer) = FetchReplyWriter::new(out, opcode, chosen.len(), payload) else {
+            return (self.count(Status::BUFFER_TOO_SMALL), 0);
+        };
+        for slot in chosen {
+            let io = self.tags.io(slot);
+            let descriptor = Descriptor {
+                tag: self.tags.tag(slot),
+                lba: io.lba,
+                blocks: io.blocks,
+                lun: io.lun,
+                op: io.op as u8,
+                flags: if io.fua { DescriptorFlags::FUA } else { 0 },
+                ..Descriptor::default()
+            };
+            let (Some(room), Some(srb)) = (
+                writer.push(descriptor, payload_len(&io)),
+                self.tags.srb_mut(slot),
+            ) else {
+                continue;
+            };
+            match io.op {
+                DataOp::Write => {
+                    if let Some(data) = srb.data() {
+                        room.copy_from_slice(&data[..room.len()]);
+                    }
+                }
+                DataOp::Unmap => disk::unmap_payload(srb, room),
+                DataOp::Read | DataOp::Flush => {}
+            }
+        }
+        let size = writer.finish(flags, stale);
+        (self.count(Status::SUCCESS), size)
+    }
+
+    /// One batch of the work [`Adapter::settle`] does.
+    fn settle_some(&mut self, irps: &mut Batch<I>, srbs: &mut SrbBatch<R>) {
+        if self.unsettled {
+            while !srbs.is_full() {
+                let closed = self.is_closed();
+                let (luns, sessions) = (&self.luns, &self.sessions);
+                let Some((srb, io)) = self.tags.retire_first(|lun, _| {
+                    closed || luns.get(lun).is_none() || !sessions.serves(lun)
+                }) else {
+                    break;
+                };
+                let ending = if closed || self.luns.get(io.lun).is_none() {
+                    Ending::Status(srb_status::NO_DEVICE)
+                } else {
+                    // No server: classpnp does not retry this (DISK.md §4.4).
+                    Ending::Check(Sense::NOT_READY_MANUAL_INTERVENTION)
+                };
+                srbs.push((srb, ending));
+            }
+            while !irps.is_full() {
+                let sessions = &self.sessions;
+                let Some((mut irp, server)) =
+                    self.servers.take_first(|w| !sessions.is_live(w.session))
+                else {
+                    break;
+                };
+                let (status, size) = self.end_reply(&mut irp, &server);
+                irps.push((irp, status, size));
+            }
+            self.unsettled = irps.is_full() || srbs.is_full();
+        }
+        for lun in 0..revcall_protocol::MAX_LUNS as u8 {
+            while !irps.is_full() && self.tags.first_queued(lun).is_some() {
+                let sessions = &self.sessions;
+                let Some((mut irp, server)) = self
+                    .servers
+                    .take_first(|w| !w.is_attach() && w.lun == lun && sessions.is_live(w.session))
+                else {
+                    break;
+                };
+                let (status, size) = self.fill_fetch(&mut irp, &server, 0, 0);
+                irps.push((irp, status, size));
+            }
+        }
+    }
+
+    /// The completion of a parked IRP whose session ended.
+    fn end_reply(&mut self, irp: &mut I, server: &Server) -> (Status, usize) {
+        if self.is_closed() {
+            return (self.count(Status::DEVICE_REMOVED), 0);
+        }
+        if server.is_attach() {
+            let reply = AttachReply {
+                lun: server.lun.into(),
+                reserved: 0,
+            };
+            let size = irp
+                .output()
+                .and_then(|out| encode_attach_reply(out, &reply));
+            return (self.count(Status::SUCCESS), size.unwrap_or(0));
+        }
+        self.fill_fetch(irp, server, 0, FetchFlags::FINAL)
+    }
+
+    /// Ends `session`: what it held goes back to its LUN's queue, and [`Adapter::settle`]
+    /// completes its parked IRPs (and, with no server left, the LUN's SRBs).
+    fn end_session(&mut self, session: SessionId) {
+        if let Some(ended) = self.sessions.close(session) {
+            self.tags.requeue(ended.lun, session.index);
+            self.unsettled = true;
+        }
+    }
+
+    /// Ends every session of `lun` (of every LUN when `None`).
+    pub(super) fn end_sessions(&mut self, lun: Option<u8>) {
+        let mut ended = ArrayVec::<SessionId, { crate::session::MAX_SESSIONS }>::new();
+        ended.extend(self.sessions.of_lun(lun).map(|session| session.id));
+        for session in ended {
+            self.end_session(session);
+        }
+    }
+}
+
+/// How a committed SRB ends; a GOOD READ's data is copied into it first.
+fn ending(result: &CommitResult, data: &[u8], srb: &mut impl PendingSrb) -> Ending {
+    if result.scsi_status != ScsiStatus::GOOD {
+        let key = SenseKey::try_from(result.sense_key).unwrap_or(SenseKey::HardwareError);
+        return Ending::Check(Sense {
+            key,
+            asc: result.asc,
+            ascq: result.ascq,
+        });
+    }
+    if let (Some(buffer), false) = (srb.data(), data.is_empty()) {
+        // The COMMIT's check made `data` exactly the SRB's transfer length.
+        buffer[..data.len()].copy_from_slice(data);
+    }
+    Ending::Good {
+        transferred: u32::MAX,
+    }
+}
+
+fn payload_len(io: &Io) -> usize {
+    match io.op {
+        DataOp::Write | DataOp::Unmap => io.bytes as usize,
+        DataOp::Read | DataOp::Flush => 0,
+    }
+}
+
+impl<I, R, L> Adapter<I, R, L>
+where
+    I: ServiceIrp,
+    R: PendingSrb,
+    L: Lock<State<I, R>>,
+{
+    /// HwStartIo: answers the SRB, or queues it for the LUN's servers.
+    pub fn start_io(&self, mut srb: R) {
+        let function = srb.function();
+        if matches!(
+            function,
+            srb_function::RESET_LOGICAL_UNIT | srb_function::RESET_DEVICE
+        ) {
+            // A LUN reset (one target: RESET_DEVICE resets all of its LUNs): what the
+            // servers hold is aborted; a late COMMIT for it is stale.
+            let (_, _, lun) = srb.address();
+            let scope = (function == srb_function::RESET_LOGICAL_UNIT).then_some(lun);
+            self.reset(scope, srb_status::ABORTED);
+        }
+        let units = |lun| self.units(lun);
+        let Route::Server(io) = disk::start_io(&mut srb, units) else {
+            return srb.complete();
+        };
+        let refused = self.state.with(|s| {
+            if s.is_closed() {
+                return Err((srb, Ending::Status(srb_status::NO_DEVICE)));
+            }
+            if !s.sessions.serves(io.lun) {
+                return Err((srb, Ending::Check(Sense::NOT_READY_MANUAL_INTERVENTION)));
+            }
+            // Every tag taken: Storport retries a BUSY SRB later.
+            s.tags
+                .admit(srb, io)
+                .map_err(|srb| (srb, Ending::Status(srb_status::BUSY)))
+        });
+        match refused {
+            Ok(()) => self.settle(),
+            Err((mut srb, ending)) => {
+                disk::end(&mut srb, ending);
+                srb.complete();
+            }
+        }
+    }
+
+    /// HwResetBus (`None`) or a LUN reset: every SRB of the scope ends with `status`.
+    pub fn reset(&self, lun: Option<u8>, status: u8) {
+        loop {
+            let batch: SrbBatch<R> = self.state.with(|s| {
+                let mut batch = SrbBatch::new();
+                while !batch.is_full() {
+                    let Some((srb, _)) = s
+                        .tags
+                        .retire_first(|unit, _| lun.is_none_or(|lun| lun == unit))
+                    else {
+                        break;
+                    };
+                    batch.push((srb, Ending::Status(status)));
+                }
+                batch
+            });
+            if batch.is_empty() {
+                return;
+            }
+            Self::complete_srbs(batch);
+        }
+    }
+
+    fn complete_srbs(batch: impl IntoIterator<Item = (R, Ending)>) {
+        for (mut srb, ending) in batch {
+            disk::end(&mut srb, ending);
+            srb.complete();
+        }
+    }
+
+    /// Completes, in batches with the lock released, everything the state says must end now,
+    /// and hands queued SRBs to parked FETCHes. Callers hold no spin lock.
+    pub(super) fn settle(&self) {
+        loop {
+            let (irps, srbs) = self.state.with(|s| {
+                let (mut irps, mut srbs) = (Batch::new(), SrbBatch::new());
+                s.settle_some(&mut irps, &mut srbs);
+                (irps, srbs)
+            });
+            if irps.is_empty() && srbs.is_empty() {
+                return;
+            }
+            Self::complete_srbs(srbs);
+            for (irp, status, size) in irps {
+                irp.complete(status, size);
+            }
+        }
+    }
+
+    /// ATTACH: the handle becomes a server of `lun`; the IRP stays parked until the session
+    /// ends.
+    pub(super) fn attach(&self, irp: I, lun: u32) {
+        let outcome = self.state.with(|s| {
+            if s.is_closed() {
+                return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
+            }
+            let Some(lun) = u8::try_from(lun)
+                .ok()
+                .filter(|&lun| s.luns.get(lun).is_some())
+            else {
+                return Outcome::Complete(irp, s.count(Status::NO_SUCH_DEVICE), 0);
+            };
+            let file = irp.file();
+            if s.sessions.of_file(file).is_some() {
+                return Outcome::Complete(irp, s.count(Status::INVALID_DEVICE_STATE), 0);
+            }
+            let Some(session) = s.sessions.next() else {
+                return Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0);
+            };
+            let server = Server {
+                opcode: Opcode::Attach as u16,
+                lun,
+                max_descriptors: 0,
+                session,
+            };
+            match s.servers.park(irp, server) {
+                Ok(_) => {
+                    s.sessions.open(session, file, lun);
+                    Outcome::Parked
+                }
+                Err(Refusal::Full(irp)) => {
+                    Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0)
+                }
+                Err(Refusal::Cancelled(irp)) => {
+                    Outcome::Complete(irp, s.count(Status::CANCELLED), 0)
+                }
+            }
+        });
+        if let Outcome::Complete(irp, status, size) = outcome {
+            irp.complete(status, size);
+        }
+    }
+
+    /// FETCH, and the fetch half of COMMIT_AND_FETCH: completes with the work queued for the
+    /// session's LUN, or parks until there is some. With `stale` results to report it does not
+    /// park.
+    pub(super) fn fetch(&self, irp: I, opcode: Opcode, max_descriptors: u32, stale: u32) {
+        let outcome = self.state.with(|s| {
+            if s.is_closed() {
+                return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
+            }
+            let Some(session) = s.sessions.of_file(irp.file()) else {
+                return Outcome::Complete(irp, s.count(Status::INVALID_DEVICE_STATE), 0);
+            };
+            let server = Server {
+                opcode: opcode as u16,
+                lun: session.lun,
+                max_descriptors: max_descriptors as u8,
+                session: session.id,
+            };
+            if max_descriptors == 0 || stale != 0 || s.tags.first_queued(session.lun).is_some() {
+                let mut irp = irp;
+                let (status, size) = s.fill_fetch(&mut irp, &server, stale, 0);
+                return Outcome::Complete(irp, status, size);
+            }
+            match s.servers.park(irp, server) {
+                Ok(_) => Outcome::Parked,
+                Err(Refusal::Full(irp)) => {
+                    Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0)
+                }
+                Err(Refusal::Cancelled(irp)) => {
+                    Outcome::Complete(irp, s.count(Status::CANCELLED), 0)
+                }
+            }
+        });
+        if let Outcome::Complete(irp, status, size) = outcome {
+            irp.complete(status, size);
+        }
+    }
+
+    /// COMMIT_AND_FETCH: checks every result, completes their SRBs, then fetches.
+    pub(super) fn commit(&self, irp: I, max_descriptors: u32) {
+        let mut stale = 0;
+        let checked = self.state.with(|s| -> Result<_, Status> {
+            if s.is_closed() {
+                return Err(s.count(Status::DEVICE_REMOVED));
+            }
+            let session = s
+                .sessions
+                .of_file(irp.file())
+                .ok_or_else(|| s.count(Status::INVALID_DEVICE_STATE))?;
+            let commit = irp
+                .input()
+                .and_then(Commit::of)
+                .ok_or_else(|| s.count(Status::INVALID_PARAMETER))?;
+            for (result, data) in commit.clone().results() {
+                let refusal = match s.tags.lookup(result.tag, session.id.index) {
+                    Lookup::Owed { io, .. } => {
+                        let expected = match (io.op, result.scsi_status) {
+                            (DataOp::Read, ScsiStatus::GOOD) => io.bytes as usize,
+                            _ => 0,
+                        };
+                        (data.len() != expected).then_some(Status::INVALID_BUFFER_SIZE)
+                    }
+                    Lookup::Stale => None,
+                    Lookup::Foreign => Some(Status::ACCESS_DENIED),
+                    Lookup::Unknown => Some(Status::NOT_FOUND),
+                };
+                if let Some(status) = refusal {
+                    return Err(s.count(status));
+                }
+            }
+            // Checked whole: now take the SRBs.
+            let mut taken = Committed::new();
+            for (at, (result, _)) in commit.results().enumerate() {
+                match s.tags.lookup(result.tag, session.id.index) {
+                    Lookup::Owed { slot, .. } => {
+                        taken.extend(s.tags.commit(slot).map(|srb| (srb, at)))
+                    }
+                    _ => stale += 1,
+                }
+            }
+            Ok(taken)
+        });
+        let taken = match checked {
+            Ok(taken) => taken,
+            Err(status) => return irp.complete(status, 0),
+        };
+        // The SRBs are ours alone now; the READ data is copied before the reply overwrites
+        // the buffer it sits in.
+        let mut taken = taken.into_iter().peekable();
+        let results = irp
+            .input()
+            .and_then(Commit::of)
+            .into_iter()
+            .flat_map(Commit::results);
+        for (at, (result, data)) in results.enumerate() {
+            let Some((mut srb, _)) = taken.next_if(|&(_, mine)| mine == at) else {
+                continue;
+            };
+            let ending = ending(&result, data, &mut srb);
+            disk::end(&mut srb, ending);
+            srb.complete();
+        }
+        self.fetch(irp, Opcode::CommitAndFetch, max_descriptors, stale);
+    }
+
+    /// The cancel routine of an IRP parked in the server queue. An ATTACH's cancellation ends
+    /// its session (the server died). Returns false if the queue does not hold that IRP.
+    pub(super) fn cancel_server(&self, slot: u16, id: usize) -> bool {
+        let taken = self.state.with(|s| {
+            let (irp, server) = s.servers.take_cancelled(slot, id)?;
+            // A live session's ATTACH is the one parked with its id.
+            if server.is_attach() {
+                s.end_session(server.session);
+            }
+            s.count(Status::CANCELLED);
+            Some(irp)
+        });
+        match taken {
+            Some(irp) => {
+                irp.complete(Status::CANCELLED, 0);
+                self.settle();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests;

@@ -1,0 +1,361 @@
+//! The data path on the host: a server attaches, fetches and commits; fake SRBs and IRPs check
+//! what the port driver and Driver Verifier would (each completed once, never under the lock).
+
+extern crate std;
+
+use std::sync::Arc;
+use std::vec::Vec;
+
+use revcall_protocol::{
+    CommitResult, DataOp, Descriptor, FetchFlags, LunFlags, LunSpec, MAX_TRANSFER, Reply, Request,
+    ScsiStatus, decode_reply, encode_commit, fetch_reply_size,
+};
+use revcall_scsi::{Command, Sense, Transfer};
+use storport_abi::{srb_function, srb_status};
+
+use crate::error::Status;
+use crate::testing::{FakeIrp, FakePort, FakeSrb, IrpCell, SrbCell, SrbEnd, TestAdapter, adapter};
+
+const FETCH_OUT: usize = fetch_reply_size(4, 4 * MAX_TRANSFER as usize);
+const SERVER: usize = 0x1000;
+const OTHER_SERVER: usize = 0x2000;
+
+struct Bench {
+    adapter: std::boxed::Box<TestAdapter>,
+    port: FakePort,
+    next_id: usize,
+}
+
+impl Bench {
+    fn new(flags: u32) -> Self {
+        let mut bench = Self {
+            adapter: adapter(true),
+            port: FakePort::new(),
+            next_id: 1,
+        };
+        let mut serial = [b' '; 32];
+        serial[..3].copy_from_slice(b"SV1");
+        let spec = LunSpec {
+            block_count: 1024,
+            block_size: 512,
+            flags,
+            serial,
+            unique_id: [3; 16],
+            ..LunSpec::default()
+        };
+        let done = bench.send(SERVER, Request::LunCreate(spec), 64);
+        assert_eq!(done.completion().unwrap().status, Status::SUCCESS);
+        bench
+    }
+
+    fn id(&mut self) -> usize {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn send(&mut self, file: usize, request: Request, out: usize) -> Arc<IrpCell> {
+        let (irp, cell) = FakeIrp::new(self.id(), request, out);
+        self.adapter.process(irp.on(file), &self.port);
+        cell
+    }
+
+    fn attach(&mut self, file: usize) -> Arc<IrpCell> {
+        let cell = self.send(file, Request::Attach { lun: 0 }, 16);
+        assert!(cell.completion().is_none(), "ATTACH parks for the session");
+        cell
+    }
+
+    fn fetch(&mut self, file: usize) -> Arc<IrpCell> {
+        self.send(file, Request::Fetch { max_descriptors: 4 }, FETCH_OUT)
+    }
+
+    fn commit(
+        &mut self,
+        file: usize,
+        results: &[CommitResult],
+        data: &[u8],
+        fetch: u32,
+    ) -> Arc<IrpCell> {
+        let mut input = std::vec![0u8; 16 + results.len() * 16 + data.len()];
+        let n = encode_commit(&mut input, fetch, results, data).unwrap();
+        input.truncate(n);
+        let (irp, cell) = FakeIrp::raw(self.id(), Some(input), Some(FETCH_OUT));
+        self.adapter.process(irp.on(file), &self.port);
+        cell
+    }
+
+    fn io(&self, command: Command, data: Vec<u8>) -> Arc<SrbCell> {
+        let mut srb = FakeSrb::scsi(0, &command, data.len());
+        srb.data = data;
+        let cell = srb.cell.clone();
+        self.adapter.start_io(srb);
+        cell
+    }
+}
+
+fn rw(lba: u64, blocks: u32) -> Transfer {
+    Transfer {
+        lba,
+        blocks,
+        fua: false,
+    }
+}
+
+/// The descriptors and payloads of a completed FETCH.
+fn fetched(cell: &IrpCell) -> (u32, u32, Vec<(Descriptor, Vec<u8>)>) {
+    let done = cell.completion().expect("the FETCH completed");
+    assert_eq!(done.status, Status::SUCCESS);
+    let Ok(Reply::Fetch(reply)) = decode_reply(&done.bytes) else {
+        panic!("not a FETCH reply");
+    };
+    let items = reply
+        .descriptors()
+        .map(|d| (d, reply.payload(&d).unwrap().to_vec()))
+        .collect();
+    (reply.reply.flags, reply.reply.stale, items)
+}
+
+fn good(tag: u64, data_len: u32) -> CommitResult {
+    CommitResult {
+        tag,
+        data_len,
+        ..CommitResult::default()
+    }
+}
+
+fn ended(cell: &SrbCell) -> SrbEnd {
+    assert_eq!(cell.completions(), 1, "completed exactly once");
+    cell.end().unwrap()
+}
+
+#[test]
+fn a_write_and_a_read_travel_through_a_parked_fetch_and_a_commit() {
+    let mut b = Bench::new(0);
+    let attach = b.attach(SERVER);
+    let fetch = b.fetch(SERVER);
+    assert!(fetch.completion().is_none(), "no work: the FETCH parks");
+    let write = b.io(Command::Write(rw(8, 2)), std::vec![0xA5; 1024]);
+    assert_eq!(write.completions(), 0, "the SRB waits for its server");
+    let (flags, stale, items) = fetched(&fetch);
+    assert_eq!((flags, stale, items.len()), (0, 0, 1));
+    let (descriptor, payload) = &items[0];
+    assert_eq!(
+        (descriptor.op, descriptor.lba, descriptor.blocks),
+        (DataOp::Write as u8, 8, 2)
+    );
+    assert_eq!(
+        payload,
+        &std::vec![0xA5; 1024],
+        "the WRITE's data, copied once"
+    );
+    // Queued before the next FETCH: it completes at once, with the commit of the WRITE.
+    let read = b.io(Command::Read(rw(8, 2)), std::vec![0; 1024]);
+    let next = b.commit(SERVER, &[good(descriptor.tag, 0)], &[], 4);
+    let end = ended(&write);
+    assert_eq!((end.srb_status, end.scsi_status), (srb_status::SUCCESS, 0));
+    let (_, _, items) = fetched(&next);
+    let (read_descriptor, payload) = &items[0];
+    assert_eq!(read_descriptor.op, DataOp::Read as u8);
+    assert!(payload.is_empty());
+    let last = b.commit(SERVER, &[good(read_descriptor.tag, 1024)], &[0x5A; 1024], 0);
+    assert_eq!(
+        last.completion().unwrap().status,
+        Status::SUCCESS,
+        "commit only"
+    );
+    let end = ended(&read);
+    assert_eq!(end.srb_status, srb_status::SUCCESS);
+    assert_eq!(end.data, std::vec![0x5A; 1024]);
+    assert!(attach.completion().is_none(), "the session lives on");
+}
+
+#[test]
+fn a_bad_commit_is_refused_whole_and_touches_no_srb() {
+    let mut b = Bench::new(0);
+    let _attach = b.attach(SERVER);
+    let _other = b.attach(OTHER_SERVER);
+    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let fetch = b.fetch(SERVER);
+    let (_, _, items) = fetched(&fetch);
+    let tag = items[0].0.tag;
+    let refused = |b: &mut Bench, file, results: &[CommitResult], data: &[u8]| {
+        let cell = b.commit(file, results, data, 0);
+        cell.completion().unwrap().status
+    };
+    assert_eq!(
+        refused(&mut b, SERVER, &[good(tag + (1 << 16), 0)], &[]),
+        Status::NOT_FOUND
+    );
+    assert_eq!(
+        refused(&mut b, OTHER_SERVER, &[good(tag, 512)], &[0; 512]),
+        Status::ACCESS_DENIED
+    );
+    assert_eq!(
+        refused(&mut b, SERVER, &[good(tag, 256)], &[0; 256]),
+        Status::INVALID_BUFFER_SIZE
+    );
+    assert_eq!(
+        refused(&mut b, 0x3000, &[good(tag, 512)], &[0; 512]),
+        Status::INVALID_DEVICE_STATE
+    );
+    // A good result beside a bad one: neither is applied.
+    assert_eq!(
+        refused(&mut b, SERVER, &[good(tag, 512), good(77, 0)], &[1; 512]),
+        Status::NOT_FOUND
+    );
+    assert_eq!(read.completions(), 0, "no refused COMMIT touched the SRB");
+    let check = CommitResult {
+        scsi_status: ScsiStatus::CHECK_CONDITION,
+        sense_key: 3,
+        asc: 0x11,
+        ..good(tag, 0)
+    };
+    assert_eq!(refused(&mut b, SERVER, &[check], &[]), Status::SUCCESS);
+    let end = ended(&read);
+    assert_eq!(end.scsi_status, ScsiStatus::CHECK_CONDITION);
+    assert_eq!(
+        Sense::parse(&end.sense),
+        Some(Sense::UNRECOVERED_READ_ERROR)
+    );
+    assert!(end.data.is_empty());
+    // Committed once: the tag is gone.
+    assert_eq!(
+        refused(&mut b, SERVER, &[good(tag, 0)], &[]),
+        Status::NOT_FOUND
+    );
+}
+
+#[test]
+fn a_dead_servers_srbs_go_to_the_next_server_and_without_one_fail_not_ready() {
+    let mut b = Bench::new(0);
+    let first = b.attach(SERVER);
+    let second = b.attach(OTHER_SERVER);
+    let reads: Vec<_> = (0..3)
+        .map(|n| b.io(Command::Read(rw(n, 1)), std::vec![0; 512]))
+        .collect();
+    let (_, _, held) = fetched(&b.fetch(SERVER));
+    assert_eq!(held.len(), 3);
+    // The first server dies: its ATTACH is cancelled (thread or process exit).
+    first.io_cancel_irp(&b.adapter);
+    assert_eq!(first.completion().unwrap().status, Status::CANCELLED);
+    let (_, _, again) = fetched(&b.fetch(OTHER_SERVER));
+    let lbas: Vec<u64> = again.iter().map(|(d, _)| d.lba).collect();
+    assert_eq!(lbas, [0, 1, 2], "requeued at the front, in order");
+    assert!(reads.iter().all(|r| r.completions() == 0));
+    // The dead session's tags are stale for it: it has no session to commit from anyway.
+    let late = b.commit(SERVER, &[good(held[0].0.tag, 512)], &[0; 512], 0);
+    assert_eq!(
+        late.completion().unwrap().status,
+        Status::INVALID_DEVICE_STATE
+    );
+    let twice = b.send(OTHER_SERVER, Request::Attach { lun: 0 }, 16);
+    assert_eq!(
+        twice.completion().unwrap().status,
+        Status::INVALID_DEVICE_STATE,
+        "one session per handle"
+    );
+    // The last server dies too: with no server, the SRBs fail NOT READY, 04/03 (the grace
+    // period of DATAPATH.md §3 is still to come), and its parked FETCH ends FINAL.
+    let parked = b.fetch(OTHER_SERVER);
+    second.io_cancel_irp(&b.adapter);
+    for read in &reads {
+        let end = ended(read);
+        assert_eq!(
+            Sense::parse(&end.sense),
+            Some(Sense::NOT_READY_MANUAL_INTERVENTION)
+        );
+    }
+    let (flags, _, items) = fetched(&parked);
+    assert_eq!((flags, items.len()), (FetchFlags::FINAL, 0));
+}
+
+#[test]
+fn removing_the_lun_ends_its_sessions_and_srbs() {
+    let mut b = Bench::new(LunFlags::WRITE_CACHE);
+    let attach = b.attach(SERVER);
+    let flush = b.io(Command::SynchronizeCache { lba: 0, blocks: 0 }, Vec::new());
+    let (_, _, items) = fetched(&b.fetch(SERVER));
+    assert_eq!(items[0].0.op, DataOp::Flush as u8);
+    let parked = b.fetch(SERVER);
+    let queued = b.io(Command::Write(rw(0, 1)), std::vec![1; 512]);
+    let (_, _, more) = fetched(&parked);
+    assert_eq!(more.len(), 1);
+    let removed = b.send(0x9000, Request::LunRemove { lun: 0 }, 64);
+    assert_eq!(removed.completion().unwrap().status, Status::SUCCESS);
+    assert_eq!(ended(&flush).srb_status, srb_status::NO_DEVICE);
+    assert_eq!(ended(&queued).srb_status, srb_status::NO_DEVICE);
+    let done = attach
+        .completion()
+        .expect("the ATTACH completes with its LUN");
+    assert_eq!(done.status, Status::SUCCESS);
+    assert!(matches!(decode_reply(&done.bytes), Ok(Reply::Attach(a)) if a.lun == 0));
+    // The server's late COMMIT finds no session; a FETCH neither.
+    let late = b.commit(SERVER, &[good(items[0].0.tag, 0)], &[], 0);
+    assert_eq!(
+        late.completion().unwrap().status,
+        Status::INVALID_DEVICE_STATE
+    );
+    let gone = b.send(SERVER, Request::Attach { lun: 0 }, 16);
+    assert_eq!(gone.completion().unwrap().status, Status::NO_SUCH_DEVICE);
+}
+
+#[test]
+fn a_parked_fetch_ends_final_when_its_session_ends() {
+    let mut b = Bench::new(0);
+    let attach = b.attach(SERVER);
+    let parked = b.fetch(SERVER);
+    attach.io_cancel_irp(&b.adapter);
+    let (flags, _, items) = fetched(&parked);
+    assert_eq!((flags, items.len()), (FetchFlags::FINAL, 0));
+}
+
+#[test]
+fn resets_take_back_what_the_servers_hold_and_a_late_commit_is_stale() {
+    let mut b = Bench::new(0);
+    let _attach = b.attach(SERVER);
+    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let (_, _, items) = fetched(&b.fetch(SERVER));
+    let queued = b.io(Command::Read(rw(1, 1)), std::vec![0; 512]);
+    b.adapter.reset(None, srb_status::BUS_RESET);
+    assert_eq!(ended(&read).srb_status, srb_status::BUS_RESET);
+    assert_eq!(ended(&queued).srb_status, srb_status::BUS_RESET);
+    let late = b.commit(SERVER, &[good(items[0].0.tag, 512)], &[9; 512], 4);
+    let (_, stale, more) = fetched(&late);
+    assert_eq!(
+        (stale, more.len()),
+        (1, 0),
+        "dropped and counted, not refused"
+    );
+    // A LUN reset SRB aborts the LUN's SRBs and then succeeds.
+    let held = b.io(Command::Read(rw(2, 1)), std::vec![0; 512]);
+    let mut reset = FakeSrb::scsi(0, &Command::TestUnitReady, 0);
+    reset.function = srb_function::RESET_LOGICAL_UNIT;
+    let reset_cell = reset.cell.clone();
+    b.adapter.start_io(reset);
+    assert_eq!(ended(&held).srb_status, srb_status::ABORTED);
+    assert_eq!(ended(&reset_cell).srb_status, srb_status::SUCCESS);
+}
+
+#[test]
+fn without_a_server_data_commands_fail_not_ready_and_removal_ends_everything() {
+    let mut b = Bench::new(0);
+    let early = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let end = ended(&early);
+    assert_eq!(
+        Sense::parse(&end.sense),
+        Some(Sense::NOT_READY_MANUAL_INTERVENTION)
+    );
+    let attach = b.attach(SERVER);
+    let parked = b.fetch(SERVER);
+    let fetch_cell = b.fetch(OTHER_SERVER);
+    assert_eq!(
+        fetch_cell.completion().unwrap().status,
+        Status::INVALID_DEVICE_STATE,
+        "FETCH without an ATTACH"
+    );
+    b.adapter.remove(&b.port);
+    assert_eq!(attach.completion().unwrap().status, Status::DEVICE_REMOVED);
+    assert_eq!(parked.completion().unwrap().status, Status::DEVICE_REMOVED);
+    let after = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    assert_eq!(ended(&after).srb_status, srb_status::NO_DEVICE);
+}

@@ -1,0 +1,166 @@
+//! Servers: a session is a handle (its FILE_OBJECT) with an ATTACH parked for one LUN, from
+//! the ATTACH until it completes. The ATTACH's cancellation is the server's death: a server's
+//! parked FETCHes cannot tell it (with every tag at the server none is parked), its ATTACH
+//! always can. docs/DATAPATH.md §3.
+
+/// Sessions per adapter: several servers for each of the eight LUNs.
+pub const MAX_SESSIONS: usize = 32;
+
+/// A session's slot. All-zero bytes are a free slot.
+#[derive(Clone, Copy)]
+struct Slot {
+    /// The FILE_OBJECT's address; 0: free.
+    file: usize,
+    lun: u8,
+    /// Bumped at each ATTACH in this slot, so what a parked IRP remembers of an ended session
+    /// never matches the next one.
+    epoch: u32,
+}
+
+/// Names one session for as long as it lives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SessionId {
+    pub index: u8,
+    pub epoch: u32,
+}
+
+/// A live session, as a request finds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub id: SessionId,
+    pub lun: u8,
+}
+
+/// # Invariants
+///
+/// A FILE_OBJECT is in at most one slot. All-zero bytes are the empty table.
+pub struct Sessions {
+    slots: [Slot; MAX_SESSIONS],
+}
+
+impl Sessions {
+    pub const fn new() -> Self {
+        const FREE: Slot = Slot {
+            file: 0,
+            lun: 0,
+            epoch: 0,
+        };
+        Self {
+            slots: [FREE; MAX_SESSIONS],
+        }
+    }
+
+    /// The session of the handle `file`.
+    pub fn of_file(&self, file: usize) -> Option<Session> {
+        let index = self
+            .slots
+            .iter()
+            .position(|slot| file != 0 && slot.file == file)?;
+        self.session(index)
+    }
+
+    fn session(&self, index: usize) -> Option<Session> {
+        let slot = self.slots.get(index).filter(|slot| slot.file != 0)?;
+        Some(Session {
+            id: SessionId {
+                index: index as u8,
+                epoch: slot.epoch,
+            },
+            lun: slot.lun,
+        })
+    }
+
+    /// Whether `id` names a session that is still live.
+    pub fn is_live(&self, id: SessionId) -> bool {
+        self.slots
+            .get(usize::from(id.index))
+            .is_some_and(|slot| slot.file != 0 && slot.epoch == id.epoch)
+    }
+
+    /// Whether some session serves `lun`.
+    pub fn serves(&self, lun: u8) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| slot.file != 0 && slot.lun == lun)
+    }
+
+    /// The id the next [`open`](Self::open) will give, if a slot is free.
+    pub fn next(&self) -> Option<SessionId> {
+        let index = self.slots.iter().position(|slot| slot.file == 0)?;
+        Some(SessionId {
+            index: index as u8,
+            epoch: self.slots[index].epoch.wrapping_add(1),
+        })
+    }
+
+    /// Opens the session [`next`](Self::next) named.
+    pub fn open(&mut self, id: SessionId, file: usize, lun: u8) {
+        if let Some(slot) = self.slots.get_mut(usize::from(id.index)) {
+            *slot = Slot {
+                file,
+                lun,
+                epoch: id.epoch,
+            };
+        }
+    }
+
+    /// Ends `id`; returns it if it was live.
+    pub fn close(&mut self, id: SessionId) -> Option<Session> {
+        let session = self.session(usize::from(id.index))?;
+        if session.id != id {
+            return None;
+        }
+        self.slots[usize::from(id.index)].file = 0;
+        Some(session)
+    }
+
+    /// The live sessions of `lun` (every one when `lun` is `None`).
+    pub fn of_lun(&self, lun: Option<u8>) -> impl Iterator<Item = Session> + '_ {
+        (0..MAX_SESSIONS)
+            .filter_map(|index| self.session(index))
+            .filter(move |session| lun.is_none_or(|lun| session.lun == lun))
+    }
+}
+
+impl Default for Sessions {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_session_lives_from_open_to_close_and_its_id_is_never_reused() {
+        let mut sessions = Sessions::new();
+        let first = sessions.next().expect("room");
+        sessions.open(first, 0x1000, 3);
+        assert!(sessions.serves(3) && !sessions.serves(2));
+        let found = sessions.of_file(0x1000).expect("the handle's session");
+        assert_eq!((found.id, found.lun), (first, 3));
+        assert!(sessions.of_file(0).is_none());
+        assert_eq!(sessions.close(first).map(|s| s.lun), Some(3));
+        assert!(sessions.close(first).is_none(), "closed once");
+        assert!(!sessions.is_live(first));
+        let second = sessions.next().expect("room");
+        assert_eq!(second.index, first.index);
+        assert_ne!(second, first, "a new epoch");
+        sessions.open(second, 0x2000, 3);
+        assert!(!sessions.is_live(first) && sessions.is_live(second));
+        assert_eq!(sessions.of_lun(Some(3)).count(), 1);
+        assert_eq!(sessions.of_lun(Some(4)).count(), 0);
+    }
+
+    #[test]
+    fn the_table_fills() {
+        let mut sessions = Sessions::new();
+        for n in 0..MAX_SESSIONS {
+            let id = sessions.next().expect("room");
+            sessions.open(id, 0x100 + n, 0);
+        }
+        assert!(sessions.next().is_none());
+        assert_eq!(sessions.of_lun(None).count(), MAX_SESSIONS);
+    }
+}

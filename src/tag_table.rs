@@ -1,0 +1,444 @@
+//! SRBs the servers owe: a fixed table of tags, a FIFO of queued tags per LUN, no allocation on
+//! the I/O path. docs/DATAPATH.md §2 and §5.
+//!
+//! Each slot moves Free → Queued → AtServer → Free under the adapter lock, and only the move
+//! to Free hands the SRB back (to be completed), so an SRB is completed once. A tag is the
+//! slot (low 16 bits) and the slot's generation (the rest): a COMMIT with a tag from an
+//! earlier use of the slot is told apart from one for the SRB there now. A slot freed by
+//! anything but a COMMIT (a reset, a removal, a server's death with no other server) records
+//! the generation it retired, so a late COMMIT for it is "stale", not "unknown".
+
+use revcall_protocol::{DataOp, MAX_LUNS};
+
+/// Tags per adapter: above Storport's default of 1,000 outstanding SRBs per adapter
+/// (DISK.md §3.4), so the table is never what throttles a LUN.
+pub const TAGS: usize = 1024;
+
+const _: () = assert!(TAGS <= u16::MAX as usize);
+
+/// What a server is asked to do with one SRB.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Io {
+    pub lun: u8,
+    pub op: DataOp,
+    pub fua: bool,
+    pub lba: u64,
+    /// READ/WRITE: blocks; UNMAP: the number of ranges; FLUSH: 0.
+    pub blocks: u32,
+    /// The bytes the server's answer must carry (READ) or the descriptor's payload (WRITE,
+    /// UNMAP ranges).
+    pub bytes: u32,
+}
+
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TagState {
+    Free = 0,
+    Queued = 1,
+    AtServer = 2,
+}
+
+/// A tag's slot. All-zero bytes are a free slot that was never used.
+#[derive(Clone, Copy)]
+struct Entry {
+    state: TagState,
+    lun: u8,
+    /// DataOp as a byte (0 in a free slot).
+    op: u8,
+    fua: bool,
+    /// The session that fetched it (AtServer).
+    session: u8,
+    blocks: u32,
+    bytes: u32,
+    lba: u64,
+    generation: u64,
+    /// The generation freed by a retirement rather than a COMMIT (0: none).
+    retired: u64,
+    /// FIFO links while Queued: node numbers (slot + 1; 0 is the LUN's list head).
+    prev: u16,
+    next: u16,
+}
+
+const FREE: Entry = Entry {
+    state: TagState::Free,
+    lun: 0,
+    op: 0,
+    fua: false,
+    session: 0,
+    blocks: 0,
+    bytes: 0,
+    lba: 0,
+    generation: 0,
+    retired: 0,
+    prev: 0,
+    next: 0,
+};
+
+/// A LUN's FIFO of queued tags: head and tail node numbers (0: empty).
+#[derive(Clone, Copy)]
+struct Fifo {
+    head: u16,
+    tail: u16,
+}
+
+/// What a COMMIT's tag names, for the session that sent it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The SRB at the server, fetched by this session: its slot and what it asked for.
+    Owed { slot: u16, io: Io },
+    /// Retired under the server (reset, removal), or requeued after a session ended: the
+    /// result is dropped.
+    Stale,
+    /// Fetched by another session.
+    Foreign,
+    /// Never handed out, or already committed.
+    Unknown,
+}
+
+/// # Invariants
+///
+/// * `srbs[i].is_some()` ⇔ `entries[i].state != Free`.
+/// * Each LUN's FIFO, through `prev`/`next`, visits exactly that LUN's Queued slots.
+/// * Slots `0..high_water` not in use are on the `free` stack; all-zero bytes are the empty
+///   table (`Option<R>` is null-pointer optimized for the driver's SRB handle).
+pub struct TagTable<R> {
+    srbs: [Option<R>; TAGS],
+    entries: [Entry; TAGS],
+    fifos: [Fifo; MAX_LUNS],
+    free: [u16; TAGS],
+    free_len: u16,
+    high_water: u16,
+    /// Slots in use per LUN (LUN_LIST's `outstanding`).
+    outstanding: [u16; MAX_LUNS],
+}
+
+impl<R> TagTable<R> {
+    pub const fn new() -> Self {
+        Self {
+            srbs: [const { None }; TAGS],
+            entries: [FREE; TAGS],
+            fifos: [Fifo { head: 0, tail: 0 }; MAX_LUNS],
+            free: [0; TAGS],
+            free_len: 0,
+            high_water: 0,
+            outstanding: [0; MAX_LUNS],
+        }
+    }
+
+    /// SRBs of `lun` not yet completed.
+    pub fn outstanding(&self, lun: u8) -> u32 {
+        self.outstanding
+            .get(usize::from(lun))
+            .map_or(0, |&n| n.into())
+    }
+
+    /// Queues `srb` at the tail of its LUN's FIFO.
+    ///
+    /// # Errors
+    ///
+    /// Hands the SRB back when every tag is taken (or the LUN number is out of range).
+    pub fn admit(&mut self, srb: R, io: Io) -> Result<(), R> {
+        if usize::from(io.lun) >= MAX_LUNS {
+            return Err(srb);
+        }
+        let Some(slot) = self.allocate() else {
+            return Err(srb);
+        };
+        let entry = &mut self.entries[slot];
+        *entry = Entry {
+            state: TagState::Queued,
+            lun: io.lun,
+            op: io.op as u8,
+            fua: io.fua,
+            session: 0,
+            blocks: io.blocks,
+            bytes: io.bytes,
+            lba: io.lba,
+            // 48 bits of generation: wraps after 2^48 uses of one slot.
+            generation: (entry.generation + 1) & 0xFFFF_FFFF_FFFF,
+            retired: entry.retired,
+            prev: 0,
+            next: 0,
+        };
+        self.srbs[slot] = Some(srb);
+        self.outstanding[usize::from(io.lun)] += 1;
+        self.link_tail(slot);
+        Ok(())
+    }
+
+    /// The slot at the head of `lun`'s FIFO, without taking it.
+    pub fn first_queued(&self, lun: u8) -> Option<u16> {
+        self.fifos.get(usize::from(lun))?.head.checked_sub(1)
+    }
+
+    /// Hands the queued `slot` to `session`: it leaves its FIFO.
+    pub fn hand_out(&mut self, slot: u16, session: u8) {
+        let slot = usize::from(slot);
+        if self.entries[slot].state == TagState::Queued {
+            self.unlink(slot);
+            self.entries[slot].state = TagState::AtServer;
+            self.entries[slot].session = session;
+        }
+    }
+
+    /// The tag a server sees for `slot`.
+    pub fn tag(&self, slot: u16) -> u64 {
+        self.entries[usize::from(slot)].generation << 16 | u64::from(slot)
+    }
+
+    /// What `slot` asks for.
+    pub fn io(&self, slot: u16) -> Io {
+        let entry = &self.entries[usize::from(slot)];
+        Io {
+            lun: entry.lun,
+            op: DataOp::try_from(entry.op).unwrap_or(DataOp::Flush),
+            fua: entry.fua,
+            lba: entry.lba,
+            blocks: entry.blocks,
+            bytes: entry.bytes,
+        }
+    }
+
+    /// The SRB in `slot`, to read its data while the lock is held.
+    pub fn srb_mut(&mut self, slot: u16) -> Option<&mut R> {
+        self.srbs.get_mut(usize::from(slot))?.as_mut()
+    }
+
+    /// What `tag` names for `session`.
+    pub fn lookup(&self, tag: u64, session: u8) -> Lookup {
+        let (slot, generation) = ((tag & 0xFFFF) as usize, tag >> 16);
+        let Some(entry) = self.entries.get(slot) else {
+            return Lookup::Unknown;
+        };
+        match entry.state {
+            TagState::AtServer if entry.generation == generation && entry.session != session => {
+                Lookup::Foreign
+            }
+            TagState::AtServer if entry.generation == generation => Lookup::Owed {
+                slot: slot as u16,
+                io: self.io(slot as u16),
+            },
+            // Requeued when the session that fetched it ended.
+            TagState::Queued if entry.generation == generation => Lookup::Stale,
+            _ if generation != 0 && entry.retired == generation => Lookup::Stale,
+            _ => Lookup::Unknown,
+        }
+    }
+
+    /// Frees `slot` for its COMMIT and hands its SRB back.
+    pub fn commit(&mut self, slot: u16) -> Option<R> {
+        self.free_slot(usize::from(slot), false)
+    }
+
+    /// Frees the first slot `matches` selects (by LUN and, for AtServer slots, session),
+    /// retiring its generation, and hands its SRB back with what it asked for.
+    pub fn retire_first(&mut self, matches: impl Fn(u8, Option<u8>) -> bool) -> Option<(R, Io)> {
+        let slot = (0..usize::from(self.high_water)).find(|&slot| {
+            let entry = &self.entries[slot];
+            match entry.state {
+                TagState::Free => false,
+                TagState::Queued => matches(entry.lun, None),
+                TagState::AtServer => matches(entry.lun, Some(entry.session)),
+            }
+        })?;
+        let io = self.io(slot as u16);
+        Some((self.free_slot(slot, true)?, io))
+    }
+
+    /// Puts every slot `session` holds back at the front of `lun`'s FIFO, in tag order, for
+    /// another session to fetch; returns how many.
+    pub fn requeue(&mut self, lun: u8, session: u8) -> u32 {
+        let mut requeued = 0;
+        // Highest slot first, each to the front: the FIFO starts in ascending slot order.
+        for slot in (0..usize::from(self.high_water)).rev() {
+            let entry = &self.entries[slot];
+            if entry.state == TagState::AtServer && entry.lun == lun && entry.session == session {
+                self.entries[slot].state = TagState::Queued;
+                self.link_head(slot);
+                requeued += 1;
+            }
+        }
+        requeued
+    }
+
+    fn free_slot(&mut self, slot: usize, retire: bool) -> Option<R> {
+        let srb = self.srbs.get_mut(slot)?.take()?;
+        if self.entries[slot].state == TagState::Queued {
+            self.unlink(slot);
+        }
+        let entry = &mut self.entries[slot];
+        if retire {
+            entry.retired = entry.generation;
+        }
+        entry.state = TagState::Free;
+        self.outstanding[usize::from(entry.lun)] -= 1;
+        self.free[usize::from(self.free_len)] = slot as u16;
+        self.free_len += 1;
+        Some(srb)
+    }
+
+    fn allocate(&mut self) -> Option<usize> {
+        if let Some(top) = self.free_len.checked_sub(1) {
+            self.free_len = top;
+            return Some(self.free[usize::from(top)].into());
+        }
+        if usize::from(self.high_water) < TAGS {
+            self.high_water += 1;
+            return Some(usize::from(self.high_water) - 1);
+        }
+        None
+    }
+
+    fn link_tail(&mut self, slot: usize) {
+        let node = slot as u16 + 1;
+        let fifo = &mut self.fifos[usize::from(self.entries[slot].lun)];
+        let tail = fifo.tail;
+        fifo.tail = node;
+        if tail == 0 {
+            fifo.head = node;
+        }
+        (self.entries[slot].prev, self.entries[slot].next) = (tail, 0);
+        if let Some(tail) = tail.checked_sub(1) {
+            self.entries[usize::from(tail)].next = node;
+        }
+    }
+
+    fn link_head(&mut self, slot: usize) {
+        let node = slot as u16 + 1;
+        let fifo = &mut self.fifos[usize::from(self.entries[slot].lun)];
+        let head = fifo.head;
+        fifo.head = node;
+        if head == 0 {
+            fifo.tail = node;
+        }
+        (self.entries[slot].prev, self.entries[slot].next) = (0, head);
+        if let Some(head) = head.checked_sub(1) {
+            self.entries[usize::from(head)].prev = node;
+        }
+    }
+
+    fn unlink(&mut self, slot: usize) {
+        let Entry {
+            prev, next, lun, ..
+        } = self.entries[slot];
+        let fifo = &mut self.fifos[usize::from(lun)];
+        match prev.checked_sub(1) {
+            Some(prev) => self.entries[usize::from(prev)].next = next,
+            None => fifo.head = next,
+        }
+        let fifo = &mut self.fifos[usize::from(lun)];
+        match next.checked_sub(1) {
+            Some(next) => self.entries[usize::from(next)].prev = prev,
+            None => fifo.tail = prev,
+        }
+        (self.entries[slot].prev, self.entries[slot].next) = (0, 0);
+    }
+
+    /// The queued slots of `lun`, head first; for tests.
+    #[cfg(test)]
+    fn queued(&self, lun: u8) -> std::vec::Vec<u16> {
+        let mut out = std::vec::Vec::new();
+        let mut at = self.fifos[usize::from(lun)].head;
+        while let Some(slot) = at.checked_sub(1) {
+            assert_eq!(self.entries[usize::from(slot)].state, TagState::Queued);
+            out.push(slot);
+            at = self.entries[usize::from(slot)].next;
+            assert!(out.len() <= TAGS, "FIFO cycle");
+        }
+        out
+    }
+}
+
+impl<R> Default for TagTable<R> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+    use std::boxed::Box;
+
+    fn io(lun: u8) -> Io {
+        Io {
+            lun,
+            op: DataOp::Read,
+            fua: false,
+            lba: 8,
+            blocks: 1,
+            bytes: 512,
+        }
+    }
+
+    fn table() -> Box<TagTable<u32>> {
+        Box::new(TagTable::new())
+    }
+
+    #[test]
+    fn tags_queue_per_lun_and_commit_once() {
+        let mut t = table();
+        for n in 0..4 {
+            t.admit(n, io((n % 2) as u8)).unwrap();
+        }
+        assert_eq!(t.queued(0), [0, 2]);
+        assert_eq!(t.queued(1), [1, 3]);
+        assert_eq!((t.outstanding(0), t.outstanding(1)), (2, 2));
+        t.hand_out(0, 5);
+        assert_eq!(t.queued(0), [2]);
+        let tag = t.tag(0);
+        assert_eq!(t.lookup(tag, 6), Lookup::Foreign);
+        assert_eq!(t.lookup(tag, 5), Lookup::Owed { slot: 0, io: io(0) });
+        assert_eq!(t.commit(0), Some(0));
+        assert_eq!(t.lookup(tag, 5), Lookup::Unknown, "already committed");
+        assert_eq!(
+            t.lookup(tag + (1 << 16), 5),
+            Lookup::Unknown,
+            "never handed out"
+        );
+        assert_eq!(t.outstanding(0), 1);
+        // The slot's next use has another tag; the old one stays unknown.
+        t.admit(9, io(0)).unwrap();
+        assert_ne!(t.tag(0), tag);
+        assert_eq!(t.queued(0), [2, 0]);
+    }
+
+    #[test]
+    fn a_retired_tag_is_stale_and_a_dead_sessions_tags_go_first() {
+        let mut t = table();
+        for n in 0..4 {
+            t.admit(n, io(0)).unwrap();
+        }
+        t.hand_out(1, 7);
+        t.hand_out(3, 7);
+        t.hand_out(0, 8);
+        assert_eq!(t.requeue(0, 7), 2);
+        assert_eq!(t.queued(0), [1, 3, 2]);
+        assert_eq!(t.lookup(t.tag(1), 7), Lookup::Stale, "requeued");
+        let tag = t.tag(0);
+        let (srb, retired) = t
+            .retire_first(|lun, session| lun == 0 && session == Some(8))
+            .unwrap();
+        assert_eq!((srb, retired.lba), (0, 8));
+        assert_eq!(t.lookup(tag, 8), Lookup::Stale);
+        let mut left = std::vec::Vec::new();
+        while let Some((srb, _)) = t.retire_first(|_, _| true) {
+            left.push(srb);
+        }
+        assert_eq!(left, [1, 2, 3]);
+        assert!(t.queued(0).is_empty());
+        assert_eq!(t.outstanding(0), 0);
+    }
+
+    #[test]
+    fn the_table_refuses_when_full() {
+        let mut t = table();
+        for n in 0..TAGS as u32 {
+            t.admit(n, io(3)).unwrap();
+        }
+        assert_eq!(t.admit(7777, io(3)), Err(7777));
+        assert_eq!(t.admit(1, io(MAX_LUNS as u8)), Err(1));
+        assert_eq!(t.first_queued(3), Some(0));
+    }
+}
