@@ -15,6 +15,8 @@ use crate::error::Status;
 #[derive(Clone, Copy)]
 struct Slot {
     present: bool,
+    /// A server has attached since the LUN was created.
+    served: bool,
     spec: LunSpec,
 }
 
@@ -26,6 +28,7 @@ impl LunTable {
     pub const fn new() -> Self {
         const EMPTY: Slot = Slot {
             present: false,
+            served: false,
             spec: LunSpec {
                 block_count: 0,
                 block_size: 0,
@@ -67,6 +70,7 @@ impl LunTable {
             .ok_or(Status::QUOTA_EXCEEDED)?;
         *slot = Slot {
             present: true,
+            served: false,
             spec,
         };
         Ok(lun as u8)
@@ -93,6 +97,22 @@ impl LunTable {
             .get(usize::from(lun))
             .filter(|slot| slot.present)
             .map(|slot| &slot.spec)
+    }
+
+    /// Records that a server attached to `lun`.
+    pub fn mark_served(&mut self, lun: u8) {
+        if let Some(slot) = self.slots.get_mut(usize::from(lun)) {
+            slot.served = slot.present;
+        }
+    }
+
+    /// Whether a server ever attached to `lun` since it was created: until one does, its
+    /// SRBs wait for the server its creator is about to start; once its last server is gone
+    /// they fail (docs/DATAPATH.md §3).
+    pub fn was_served(&self, lun: u8) -> bool {
+        self.slots
+            .get(usize::from(lun))
+            .is_some_and(|slot| slot.present && slot.served)
     }
 
     /// The LUNs in ascending order (REPORT LUNS, LUN_LIST).
@@ -151,7 +171,10 @@ mod tests {
         assert_eq!(table.remove(3), Ok(()));
         assert_eq!(table.remove(3), Err(Status::NO_SUCH_DEVICE));
         assert_eq!(table.remove(99), Err(Status::NO_SUCH_DEVICE));
+        table.mark_served(4);
+        assert!(table.was_served(4) && !table.was_served(5));
         assert_eq!(table.create(spec(21)), Ok(3));
+        assert!(!table.was_served(3), "a new LUN has not been served yet");
         assert_eq!(table.get(3).map(|s| s.block_count), Some(1021));
         assert_eq!(table.entries().len(), MAX_LUNS);
     }

@@ -25,7 +25,7 @@ pub const PARK_CAP: usize = 1024;
 const _: () = assert!(PARK_CAP < u16::MAX as usize);
 
 /// The adapter's queue of parked WAITs.
-pub type WaitQueue<I> = ServiceQueue<I, Waiter, PARK_CAP, 0>;
+pub type WaitQueue<I> = ServiceQueue<I, Waiter, { PARK_CAP + 1 }, 0>;
 
 /// What a queue keeps beside each parked IRP.
 pub trait Parked: Copy {
@@ -91,8 +91,12 @@ struct Link {
 /// the node is, so a cancel costs the same with 1 or 1024 parked (no head/tail special cases).
 const SENTINEL: usize = 0;
 
-/// A queue of up to `N` IRPs, each with its `W`. An IRP's cancel routine finds it by the
+/// A queue of up to `N - 1` IRPs, each with its `W`. An IRP's cancel routine finds it by the
 /// number `BASE + slot`, so queues with disjoint ranges can share one cancel routine.
+///
+/// `N` counts the list's nodes, the head included, so every node is an element of one array
+/// and unlinking costs the same wherever the node is (no branch on "is this the head"); the
+/// other arrays keep one unused element for it.
 ///
 /// # Invariants
 ///
@@ -106,8 +110,7 @@ const SENTINEL: usize = 0;
 pub struct ServiceQueue<I, W = Waiter, const N: usize = PARK_CAP, const BASE: u16 = 0> {
     irps: [Option<I>; N],
     waiters: [W; N],
-    /// `links[SENTINEL]`; slot `s`'s node is `links[s]` (node number `s + 1`).
-    head: Link,
+    /// `links[SENTINEL]` is the head; slot `s` is node `s + 1`.
     links: [Link; N],
     state: [SlotState; N],
     free: [u16; N],
@@ -118,14 +121,16 @@ pub struct ServiceQueue<I, W = Waiter, const N: usize = PARK_CAP, const BASE: u1
 }
 
 impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W, N, BASE> {
-    const FITS: () = assert!(N + BASE as usize <= u16::MAX as usize);
+    const FITS: () = assert!(N >= 2 && N + BASE as usize <= u16::MAX as usize);
+
+    /// How many IRPs the queue holds at most.
+    pub const CAPACITY: usize = N - 1;
 
     pub const fn new() -> Self {
         let () = Self::FITS;
         Self {
             irps: [const { None }; N],
             waiters: [W::EMPTY; N],
-            head: Link { prev: 0, next: 0 },
             links: [Link { prev: 0, next: 0 }; N],
             state: [SlotState::Free; N],
             free: [0; N],
@@ -182,7 +187,7 @@ impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W,
     /// cancellation has started.
     pub fn pop_front_if(&mut self, ready: impl Fn(&W) -> bool) -> Option<(I, W)> {
         loop {
-            let slot = usize::from(self.head.next.checked_sub(1)?);
+            let slot = usize::from(self.links[SENTINEL].next.checked_sub(1)?);
             if !ready(&self.waiters[slot]) {
                 return None;
             }
@@ -195,10 +200,10 @@ impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W,
     /// Takes the first IRP in FIFO order whose waiter `wanted` accepts, skipping (orphaning)
     /// IRPs whose cancellation has started.
     pub fn take_first(&mut self, wanted: impl Fn(&W) -> bool) -> Option<(I, W)> {
-        let mut at = self.head.next;
+        let mut at = self.links[SENTINEL].next;
         while let Some(slot) = at.checked_sub(1) {
             let slot = usize::from(slot);
-            at = self.links[slot].next;
+            at = self.links[slot + 1].next;
             if wanted(&self.waiters[slot])
                 && let Some(taken) = self.take_linked(slot)
             {
@@ -261,7 +266,7 @@ impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W,
             self.free_len = top;
             return Some(self.free[usize::from(top)].into());
         }
-        if usize::from(self.high_water) < N {
+        if usize::from(self.high_water) < Self::CAPACITY {
             self.high_water += 1;
             return Some(usize::from(self.high_water) - 1);
         }
@@ -274,23 +279,16 @@ impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W,
         self.free_len += 1;
     }
 
-    fn node(&mut self, node: u16) -> &mut Link {
-        match node.checked_sub(1) {
-            Some(slot) => &mut self.links[usize::from(slot)],
-            None => &mut self.head,
-        }
-    }
-
     /// InsertTailList.
     fn link_tail(&mut self, slot: usize) {
         let me = slot as u16 + 1;
-        let tail = self.head.prev;
-        self.links[slot] = Link {
+        let tail = self.links[SENTINEL].prev;
+        self.links[usize::from(me)] = Link {
             prev: tail,
             next: SENTINEL as u16,
         };
-        self.node(tail).next = me;
-        self.head.prev = me;
+        self.links[usize::from(tail)].next = me;
+        self.links[SENTINEL].prev = me;
         self.state[slot] = SlotState::Parked;
         self.parked += 1;
         self.peak = self.peak.max(self.parked);
@@ -298,9 +296,9 @@ impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W,
 
     /// RemoveEntryList; the slot is left `Orphaned` until it is taken.
     fn unlink(&mut self, slot: usize) {
-        let Link { prev, next } = self.links[slot];
-        self.node(prev).next = next;
-        self.node(next).prev = prev;
+        let Link { prev, next } = self.links[slot + 1];
+        self.links[usize::from(prev)].next = next;
+        self.links[usize::from(next)].prev = prev;
         self.state[slot] = SlotState::Orphaned;
         self.parked -= 1;
     }
@@ -310,9 +308,9 @@ impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W,
     pub fn assert_valid(&self) {
         let mut seen = 0;
         let mut prev = SENTINEL as u16;
-        let mut at = self.head.next;
+        let mut at = self.links[SENTINEL].next;
         while let Some(slot) = at.checked_sub(1) {
-            let link = self.links[usize::from(slot)];
+            let link = self.links[usize::from(at)];
             assert_eq!(self.state[usize::from(slot)], SlotState::Parked);
             assert_eq!(link.prev, prev);
             assert!(self.irps[usize::from(slot)].is_some());
@@ -321,7 +319,7 @@ impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W,
             prev = at;
             at = link.next;
         }
-        assert_eq!(self.head.prev, prev);
+        assert_eq!(self.links[SENTINEL].prev, prev);
         assert_eq!(seen, self.len());
         let parked = self
             .state
@@ -336,7 +334,7 @@ impl<I: Parkable, W: Parked, const N: usize, const BASE: u16> ServiceQueue<I, W,
             in_use + usize::from(self.free_len),
             usize::from(self.high_water)
         );
-        for slot in 0..N {
+        for slot in 0..Self::CAPACITY {
             assert_eq!(
                 self.irps[slot].is_some(),
                 self.state[slot] != SlotState::Free
@@ -406,7 +404,7 @@ pub(crate) mod tests {
 
     #[test]
     fn take_first_skips_what_it_does_not_want_and_take_finds_a_slot() {
-        let mut q: ServiceQueue<Mock, Waiter, 8, 100> = ServiceQueue::new();
+        let mut q: ServiceQueue<Mock, Waiter, 9, 100> = ServiceQueue::new();
         let slots: Vec<u16> = (1..=4)
             .map(|id| q.park(Mock::new(id), waiter(id as u64)).unwrap())
             .collect();

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// (crate folder, unsafe sites, transmutes, statics, `static mut`s)
 const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
-    (".", 80, 0, 1, 0),
+    (".", 82, 0, 1, 0),
     ("abi", 2, 0, 0, 0),
     ("client", 0, 0, 0, 0),
     ("fixtures", 145, 0, 2, 0),

@@ -15,6 +15,7 @@ use storsim::io::{Access, Handle, Outcome, ProcessId, Request};
 use storsim::kernel::Kernel;
 
 pub use revcall_client::channel::{Delivery, PROMPT};
+use revcall_client::server::{self, Answer, Work};
 
 /// A client error as the scripts compare it: the completion status, or `u32::MAX` when there
 /// was no decodable reply (a timeout or a malformed answer).
@@ -97,6 +98,33 @@ impl Channel {
         let room = revcall_protocol::Opcode::LunList.min_reply_size() as u32;
         let outcome = self.call(&Wire::LunList, room)?;
         protocol::luns_listed(outcome.status, &outcome.output).map_err(status_of)
+    }
+
+    /// Posts an ATTACH: it stays pending for the session's life.
+    pub fn attach(&self, lun: u32) -> Arc<Request> {
+        self.send(&Wire::Attach { lun }, 16)
+    }
+
+    /// Posts a FETCH for up to `max_descriptors`.
+    pub fn fetch(&self, max_descriptors: u32) -> Arc<Request> {
+        self.send(
+            &Wire::Fetch { max_descriptors },
+            server::fetch_room(max_descriptors),
+        )
+    }
+
+    /// Posts a COMMIT_AND_FETCH with `answer`, fetching up to `max_descriptors` more.
+    pub fn commit(&self, answer: &Answer, max_descriptors: u32) -> Arc<Request> {
+        self.send_raw(
+            &answer.encode(max_descriptors),
+            server::fetch_room(max_descriptors),
+        )
+        .expect("a read/write handle to the adapter accepts the service IOCTL")
+    }
+
+    /// Decodes a completed FETCH or COMMIT_AND_FETCH.
+    pub fn work(&self, outcome: &Outcome) -> Result<Work, u32> {
+        server::work(outcome.status, &outcome.output).map_err(status_of)
     }
 
     /// Sends and waits for the outcome (`Err(u32::MAX)`: none within [`PROMPT`]).

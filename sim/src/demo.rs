@@ -7,6 +7,7 @@ use revcall_protocol::{CURSOR_NOW, EventKind, LunFlags, LunSpec, WaitFlags};
 
 use super::client::{Channel, Delivery, PROMPT};
 use super::{Failures, KernelRef};
+use revcall_client::server::{MemoryDisk, answer};
 use revcall_protocol::status::STATUS_CANCELLED;
 use storsim::cpu;
 use storsim::driver::RunError;
@@ -242,8 +243,32 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
     Ok(())
 }
 
+/// Serves a LUN from memory until its session ends: how many SRBs it answered, or `None` if a
+/// FETCH or the ATTACH never completed or a reply did not decode.
+fn serve(
+    server: &Channel,
+    attach: &storsim::io::Request,
+    block_size: u32,
+    blocks: u64,
+) -> Option<usize> {
+    let mut disk = MemoryDisk::new(block_size, blocks);
+    let mut pending = server.fetch(4);
+    let mut served = 0;
+    loop {
+        let work = server.work(&pending.wait(PROMPT)?).ok()?;
+        if work.last {
+            break;
+        }
+        let answer = answer(&work, block_size, &mut disk);
+        served += answer.results.len();
+        pending = server.commit(&answer, 4);
+    }
+    attach.wait(PROMPT)?;
+    Some(served)
+}
+
 /// LUN_CREATE through the channel, the disk class model's enumeration after BusChangeDetected,
-/// the LunCreated event, a READ (no server yet: NOT READY), LUN_REMOVE.
+/// the LunCreated event, a server attaching and serving a WRITE and a READ, LUN_REMOVE.
 fn virtual_disk(kernel: &KernelRef, channel: &Channel, failures: &Failures) {
     let mut serial = [b' '; 32];
     serial[..8].copy_from_slice(b"DEMO0001");
@@ -284,24 +309,53 @@ fn virtual_disk(kernel: &KernelRef, channel: &Channel, failures: &Failures) {
         )),
         None => failures.expect(false, || format!("the class driver to find LUN {lun}, found {disks:?}")),
     }
-    let read = revcall_scsi::Command::Read(revcall_scsi::Transfer {
-        lba: 0,
-        blocks: 1,
-        fua: false,
-    });
-    let outcome = class.command(lun as u8, &read, 4096, None);
-    let not_ready = outcome
-        .as_ref()
-        .is_some_and(|o| o.sense == Some(revcall_scsi::Sense::NOT_READY_MANUAL_INTERVENTION));
-    failures.expect(not_ready, || {
-        format!("a READ with no server to fail NOT READY 04/03, got {outcome:?}")
-    });
-    kernel.note("READ of LUN with no server yet: CHECK CONDITION, NOT READY (04/03)");
-    if let Err(status) = channel.remove_lun(lun) {
-        failures.expect(false, || {
-            format!("LUN_REMOVE to succeed, got {}", Named(status))
+    // A server attaches from another handle and serves the disk from memory while the class
+    // driver writes a block and reads it back; LUN_REMOVE then ends its session.
+    let server = Channel::open(kernel, channel.process + 1);
+    let attach = server.attach(lun);
+    std::thread::scope(|scope| {
+        let serving = scope.spawn(|| serve(&server, &attach, 4096, spec.block_count));
+        let transfer = revcall_scsi::Transfer {
+            lba: 7,
+            blocks: 1,
+            fua: false,
+        };
+        let block: Vec<u8> = (0..4096u32).map(|i| (i * 13 + 5) as u8).collect();
+        let wrote = class.command(
+            lun as u8,
+            &revcall_scsi::Command::Write(transfer),
+            4096,
+            Some(&block),
+        );
+        let read = class.command(
+            lun as u8,
+            &revcall_scsi::Command::Read(transfer),
+            4096,
+            None,
+        );
+        let round_trip = wrote.is_some_and(|w| w.srb_status == 1)
+            && read
+                .as_ref()
+                .is_some_and(|r| r.srb_status == 1 && r.data == block);
+        failures.expect(round_trip, || {
+            format!("a WRITE then a READ of block 7 served from user mode, got {read:?}")
         });
-    }
+        kernel.note(
+            "WRITE and READ of block 7: each handed to the server by completing its parked FETCH, \
+             answered by its COMMIT_AND_FETCH; the same bytes came back",
+        );
+        if let Err(status) = channel.remove_lun(lun) {
+            failures.expect(false, || {
+                format!("LUN_REMOVE to succeed, got {}", Named(status))
+            });
+        }
+        let served = serving.join().ok().flatten();
+        failures.expect(served == Some(2), || {
+            format!("the server to answer 2 SRBs and see its session end, got {served:?}")
+        });
+        kernel.note("LUN_REMOVE: the server's FETCH came back FINAL and its ATTACH completed");
+    });
+    server.close();
     failures.expect(class.enumerate().is_empty(), || {
         "the removed LUN to be gone".into()
     });

@@ -35,7 +35,7 @@ use crate::tag_table::{Io, Lookup};
 pub const SERVER_PARK_CAP: usize = 256;
 
 /// The server queue's IRPs are armed with numbers above the WAIT queue's.
-pub type ServerQueue<I> = ServiceQueue<I, Server, SERVER_PARK_CAP, { PARK_CAP as u16 }>;
+pub type ServerQueue<I> = ServiceQueue<I, Server, { SERVER_PARK_CAP + 1 }, { PARK_CAP as u16 }>;
 
 /// A parked ATTACH, FETCH or COMMIT_AND_FETCH.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,7 +140,9 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
                 let closed = self.is_closed();
                 let (luns, sessions) = (&self.luns, &self.sessions);
                 let Some((srb, io)) = self.tags.retire_first(|lun, _| {
-                    closed || luns.get(lun).is_none() || !sessions.serves(lun)
+                    closed
+                        || luns.get(lun).is_none()
+                        || (luns.was_served(lun) && !sessions.serves(lun))
                 }) else {
                     break;
                 };
@@ -269,7 +271,8 @@ where
             if s.is_closed() {
                 return Err((srb, Ending::Status(srb_status::NO_DEVICE)));
             }
-            if !s.sessions.serves(io.lun) {
+            // Its last server is gone. A LUN not served yet queues for the first one.
+            if s.luns.was_served(io.lun) && !s.sessions.serves(io.lun) {
                 return Err((srb, Ending::Check(Sense::NOT_READY_MANUAL_INTERVENTION)));
             }
             // Every tag taken: Storport retries a BUSY SRB later.
@@ -364,6 +367,7 @@ where
             match s.servers.park(irp, server) {
                 Ok(_) => {
                     s.sessions.open(session, file, lun);
+                    s.luns.mark_served(lun);
                     Outcome::Parked
                 }
                 Err(Refusal::Full(irp)) => {

@@ -71,9 +71,20 @@ pub struct Label {
 pub struct Moment {
     /// Milliseconds since boot.
     pub ms: f64,
-    /// The emulated CPU it happened on.
+    /// The emulated CPU it happened on (`u32::MAX`: a host thread that is none of them, such
+    /// as a test's server thread).
     pub cpu: u32,
     pub what: String,
+}
+
+impl Moment {
+    /// Where it happened, as the timeline shows it: `cpu0`, or `host` off the emulated CPUs.
+    pub fn place(&self) -> String {
+        match self.cpu {
+            u32::MAX => "host".into(),
+            cpu => format!("cpu{cpu}"),
+        }
+    }
 }
 
 /// What a bug check prints before the process ends (installed by the kernel, which knows the
@@ -170,7 +181,12 @@ impl Machine {
             what: what.into(),
         };
         if self.config.live {
-            println!("{:>9.3} ms  cpu{}  {}", moment.ms, moment.cpu, moment.what);
+            println!(
+                "{:>9.3} ms  {:<5} {}",
+                moment.ms,
+                moment.place(),
+                moment.what
+            );
         }
         self.timeline
             .lock()

@@ -64,8 +64,10 @@ impl Summary {
         if with_timeline {
             for moment in &self.timeline {
                 out += &format!(
-                    "{:>9.3} ms  cpu{:<2} {}\n",
-                    moment.ms, moment.cpu, moment.what
+                    "{:>9.3} ms  {:<5} {}\n",
+                    moment.ms,
+                    moment.place(),
+                    moment.what
                 );
             }
             out += "\n";

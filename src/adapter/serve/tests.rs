@@ -337,23 +337,23 @@ fn resets_take_back_what_the_servers_hold_and_a_late_commit_is_stale() {
 }
 
 #[test]
-fn without_a_server_data_commands_fail_not_ready_and_removal_ends_everything() {
+fn a_new_lun_queues_for_its_first_server_and_removal_ends_everything() {
     let mut b = Bench::new(0);
+    // Before any server: the SRB waits for the one its creator is about to start.
     let early = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
-    let end = ended(&early);
-    assert_eq!(
-        Sense::parse(&end.sense),
-        Some(Sense::NOT_READY_MANUAL_INTERVENTION)
-    );
-    let attach = b.attach(SERVER);
-    let parked = b.fetch(SERVER);
+    assert_eq!(early.completions(), 0);
     let fetch_cell = b.fetch(OTHER_SERVER);
     assert_eq!(
         fetch_cell.completion().unwrap().status,
         Status::INVALID_DEVICE_STATE,
         "FETCH without an ATTACH"
     );
+    let attach = b.attach(SERVER);
+    let (_, _, items) = fetched(&b.fetch(SERVER));
+    assert_eq!(items[0].0.lba, 0, "the early READ");
+    let parked = b.fetch(SERVER);
     b.adapter.remove(&b.port);
+    assert_eq!(ended(&early).srb_status, srb_status::NO_DEVICE);
     assert_eq!(attach.completion().unwrap().status, Status::DEVICE_REMOVED);
     assert_eq!(parked.completion().unwrap().status, Status::DEVICE_REMOVED);
     let after = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);

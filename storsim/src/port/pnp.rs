@@ -394,20 +394,26 @@ impl Port {
                 format!("SRB {srb:#x} completed while holding {name} {lock:#x}"),
             ));
         }
-        if !self.srbs_outstanding().remove(&srb) {
+        let status = {
+            let mut outstanding = self.srbs_outstanding();
+            // Read before it leaves the set: its issuer frees the SRB as soon as it has.
+            let status = outstanding.contains(&srb).then(|| {
+                self.machine
+                    .pool()
+                    .read_bytes(srb + std::mem::offset_of!(SCSI_REQUEST_BLOCK, SrbStatus), 1)
+                    .map_or(0, |status| status[0])
+                    & 0x3F
+            });
+            outstanding.remove(&srb);
+            status
+        };
+        let Some(status) = status else {
             return self.machine.report(BugCheck::new(
                 Code::ScsiVerifierDetectedViolation,
                 [0x2004, srb as u64, 0, 0],
                 format!("the miniport completed SRB {srb:#x}, which is not outstanding (completed twice?)"),
             ));
-        }
-        // The SRB was outstanding, so it is one of Storport's pool blocks.
-        let status = self
-            .machine
-            .pool()
-            .read_bytes(srb + std::mem::offset_of!(SCSI_REQUEST_BLOCK, SrbStatus), 1)
-            .map_or(0, |status| status[0])
-            & 0x3F;
+        };
         if status == storport_abi::srb_status::PENDING {
             self.machine.report(BugCheck::new(
                 Code::DriverVerifierDetectedViolation,

@@ -1,0 +1,271 @@
+//! A disk server's side of the data path, independent of how requests travel: the work a
+//! FETCH reply carries, and the COMMIT that answers it from a [`Backend`] (docs/DATAPATH.md).
+
+use revcall_protocol::{
+    CommitResult, DataOp, Descriptor, FetchFlags, MAX_TRANSFER, Reply, ScsiStatus, UnmapRange,
+    decode_reply, encode_commit, fetch_reply_size,
+};
+use zerocopy::FromBytes;
+
+use crate::channel::RequestError;
+
+/// Room for a FETCH reply with up to `max_descriptors` descriptors, each with the largest
+/// payload.
+pub fn fetch_room(max_descriptors: u32) -> u32 {
+    let n = max_descriptors.max(1) as usize;
+    fetch_reply_size(n, n * MAX_TRANSFER as usize) as u32
+}
+
+/// The work of one FETCH (or COMMIT_AND_FETCH) reply.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    pub items: Vec<(Descriptor, Vec<u8>)>,
+    /// The session ended: stop serving.
+    pub last: bool,
+    /// Results of the last COMMIT the driver dropped (their SRB was reset or removed).
+    pub stale: u32,
+}
+
+/// Decodes a completed FETCH or COMMIT_AND_FETCH.
+pub fn work(status: u32, output: &[u8]) -> Result<Work, RequestError> {
+    if status != revcall_protocol::status::STATUS_SUCCESS {
+        return Err(RequestError::Status(status));
+    }
+    match decode_reply(output) {
+        Ok(Reply::Fetch(fetched)) => Ok(Work {
+            items: fetched
+                .descriptors()
+                .map(|d| (d, fetched.payload(&d).unwrap_or_default().to_vec()))
+                .collect(),
+            last: fetched.reply.flags & FetchFlags::FINAL != 0,
+            stale: fetched.reply.stale,
+        }),
+        other => Err(RequestError::BadReply(format!("{other:?}"))),
+    }
+}
+
+/// A SCSI error a backend answers with: sense key, ASC, ASCQ.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Failure {
+    pub key: u8,
+    pub asc: u8,
+    pub ascq: u8,
+}
+
+impl Failure {
+    pub const UNRECOVERED_READ_ERROR: Self = Self {
+        key: 3,
+        asc: 0x11,
+        ascq: 0,
+    };
+    pub const WRITE_ERROR: Self = Self {
+        key: 3,
+        asc: 0x0C,
+        ascq: 0,
+    };
+    pub const LBA_OUT_OF_RANGE: Self = Self {
+        key: 5,
+        asc: 0x21,
+        ascq: 0,
+    };
+}
+
+/// Where a server keeps a LUN's blocks.
+pub trait Backend {
+    /// Fills `out` from `lba` on.
+    fn read(&mut self, lba: u64, out: &mut [u8]) -> Result<(), Failure>;
+    fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), Failure>;
+    fn flush(&mut self) -> Result<(), Failure>;
+    /// Deallocates `blocks` blocks from `lba` on.
+    fn unmap(&mut self, lba: u64, blocks: u32) -> Result<(), Failure>;
+}
+
+/// A LUN's bytes in memory; unmapped blocks read back as zeros.
+pub struct MemoryDisk {
+    block_size: u32,
+    bytes: Vec<u8>,
+}
+
+impl MemoryDisk {
+    pub fn new(block_size: u32, block_count: u64) -> Self {
+        Self {
+            block_size,
+            bytes: vec![0; (u64::from(block_size) * block_count) as usize],
+        }
+    }
+
+    fn range(&self, lba: u64, len: usize) -> Result<std::ops::Range<usize>, Failure> {
+        let start = lba
+            .checked_mul(u64::from(self.block_size))
+            .and_then(|start| usize::try_from(start).ok())
+            .ok_or(Failure::LBA_OUT_OF_RANGE)?;
+        let end = start.checked_add(len).ok_or(Failure::LBA_OUT_OF_RANGE)?;
+        (end <= self.bytes.len())
+            .then_some(start..end)
+            .ok_or(Failure::LBA_OUT_OF_RANGE)
+    }
+
+    /// The bytes of `blocks` blocks from `lba` on.
+    pub fn blocks(&self, lba: u64, blocks: u32) -> &[u8] {
+        let len = blocks as usize * self.block_size as usize;
+        self.range(lba, len)
+            .map_or(&[][..], |range| &self.bytes[range])
+    }
+}
+
+impl Backend for MemoryDisk {
+    fn read(&mut self, lba: u64, out: &mut [u8]) -> Result<(), Failure> {
+        let range = self.range(lba, out.len())?;
+        out.copy_from_slice(&self.bytes[range]);
+        Ok(())
+    }
+
+    fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), Failure> {
+        let range = self.range(lba, data.len())?;
+        self.bytes[range].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn unmap(&mut self, lba: u64, blocks: u32) -> Result<(), Failure> {
+        let range = self.range(lba, blocks as usize * self.block_size as usize)?;
+        self.bytes[range].fill(0);
+        Ok(())
+    }
+}
+
+/// A COMMIT's results and READ data, in the order the driver wants them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Answer {
+    pub results: Vec<CommitResult>,
+    pub data: Vec<u8>,
+}
+
+impl Answer {
+    pub fn is_empty(&self) -> bool {
+        self.results.is_empty()
+    }
+
+    /// The COMMIT_AND_FETCH record that sends this answer and asks for up to
+    /// `max_descriptors` more (0: commit only).
+    pub fn encode(&self, max_descriptors: u32) -> Vec<u8> {
+        let mut out = vec![0; 16 + self.results.len() * 16 + self.data.len()];
+        let len = encode_commit(&mut out, max_descriptors, &self.results, &self.data)
+            .expect("sized for the record");
+        out.truncate(len);
+        out
+    }
+}
+
+/// Serves every descriptor of `work` from `backend`.
+pub fn answer(work: &Work, block_size: u32, backend: &mut impl Backend) -> Answer {
+    let mut answer = Answer::default();
+    for (descriptor, payload) in &work.items {
+        let bytes = descriptor.blocks as usize * block_size as usize;
+        let outcome = match DataOp::try_from(descriptor.op) {
+            Ok(DataOp::Read) => {
+                let start = answer.data.len();
+                answer.data.resize(start + bytes, 0);
+                let done = backend.read(descriptor.lba, &mut answer.data[start..]);
+                if done.is_err() {
+                    answer.data.truncate(start);
+                }
+                done.map(|()| bytes as u32)
+            }
+            Ok(DataOp::Write) => backend.write(descriptor.lba, payload).map(|()| 0),
+            Ok(DataOp::Flush) => backend.flush().map(|()| 0),
+            Ok(DataOp::Unmap) => payload
+                .chunks_exact(size_of::<UnmapRange>())
+                .filter_map(|chunk| UnmapRange::read_from_bytes(chunk).ok())
+                .try_for_each(|range| backend.unmap(range.lba, range.blocks))
+                .map(|()| 0),
+            // An op this server does not know: refuse it as the device would.
+            Err(_) => Err(Failure {
+                key: 5,
+                asc: 0x20,
+                ascq: 0,
+            }),
+        };
+        answer.results.push(match outcome {
+            Ok(data_len) => CommitResult {
+                tag: descriptor.tag,
+                data_len,
+                ..CommitResult::default()
+            },
+            Err(failure) => CommitResult {
+                tag: descriptor.tag,
+                scsi_status: ScsiStatus::CHECK_CONDITION,
+                sense_key: failure.key,
+                asc: failure.asc,
+                ascq: failure.ascq,
+                data_len: 0,
+            },
+        });
+    }
+    answer
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use revcall_protocol::{FetchReplyWriter, Opcode};
+
+    fn reply(items: &[(Descriptor, &[u8])]) -> Vec<u8> {
+        let payload: usize = items.iter().map(|(_, p)| p.len()).sum();
+        let mut out = vec![0; fetch_reply_size(items.len(), payload)];
+        let mut writer =
+            FetchReplyWriter::new(&mut out, Opcode::Fetch, items.len(), payload).expect("sized");
+        for (descriptor, payload) in items {
+            writer
+                .push(*descriptor, payload.len())
+                .expect("room")
+                .copy_from_slice(payload);
+        }
+        let len = writer.finish(0, 0);
+        out.truncate(len);
+        out
+    }
+
+    fn descriptor(tag: u64, op: DataOp, lba: u64, blocks: u32) -> Descriptor {
+        Descriptor {
+            tag,
+            op: op as u8,
+            lba,
+            blocks,
+            ..Descriptor::default()
+        }
+    }
+
+    #[test]
+    fn a_memory_disk_serves_writes_reads_unmaps_and_errors() {
+        let mut disk = MemoryDisk::new(512, 16);
+        let unmap = UnmapRange {
+            lba: 1,
+            blocks: 1,
+            reserved: 0,
+        };
+        let bytes = reply(&[
+            (descriptor(1, DataOp::Write, 0, 2), &[7; 1024]),
+            (
+                descriptor(2, DataOp::Unmap, 0, 1),
+                zerocopy::IntoBytes::as_bytes(&unmap),
+            ),
+            (descriptor(3, DataOp::Read, 0, 2), &[]),
+            (descriptor(4, DataOp::Read, 15, 2), &[]),
+        ]);
+        let work = work(0, &bytes).expect("decodes");
+        assert_eq!(work.items.len(), 4);
+        let answer = answer(&work, 512, &mut disk);
+        let statuses: Vec<_> = answer.results.iter().map(|r| r.scsi_status).collect();
+        assert_eq!(statuses, [0, 0, 0, ScsiStatus::CHECK_CONDITION]);
+        assert_eq!(answer.results[2].data_len, 1024);
+        assert_eq!(answer.data[..512], [7; 512]);
+        assert_eq!(answer.data[512..], [0; 512], "block 1 was unmapped");
+        assert_eq!(answer.results[3].sense_key, Failure::LBA_OUT_OF_RANGE.key);
+        let record = answer.encode(4);
+        assert!(revcall_protocol::decode_request(&record).is_ok());
+    }
+}

@@ -1,0 +1,335 @@
+//! Disks served from user mode, end to end on the real revcall.sys under storsim: servers
+//! ATTACH, FETCH and COMMIT_AND_FETCH over the service IOCTL while storsim's disk class model
+//! sends READ / WRITE / SYNCHRONIZE CACHE / UNMAP SRBs through HwStartIo (docs/DATAPATH.md).
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::revcall_sys;
+use revcall_client::server::{Answer, Backend, MemoryDisk, answer};
+use revcall_protocol::status::*;
+use revcall_protocol::{CommitResult, LunFlags, LunSpec};
+use revcall_scsi::{Command, Sense, Transfer};
+use revcall_sim::client::Channel;
+use storsim::class::DiskClass;
+use storsim::harness::Harness;
+use storsim::io::Request;
+use storsim::machine::Config;
+
+const BLOCK: u32 = 512;
+const BLOCKS: u64 = 64 * 1024 * 1024 / BLOCK as u64;
+const SRB_STATUS_SUCCESS: u8 = 0x01;
+const SRB_STATUS_ABORTED: u8 = 0x02;
+/// Long enough for any FETCH the test expects to complete.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn start() -> Harness {
+    Harness::start(
+        &revcall_sys(),
+        Config {
+            timeline: false,
+            delay_probability: 0.05,
+            ..Config::default()
+        },
+    )
+    .expect("revcall.sys loads and starts")
+}
+
+fn finish(harness: Harness) {
+    let summary = harness.finish();
+    assert!(summary.violations.is_empty(), "{}", summary.text(false));
+    assert_eq!(summary.irps.outstanding, Some(0));
+    assert_eq!(summary.pool_outstanding, 0);
+}
+
+fn spec(flags: u32) -> LunSpec {
+    let mut serial = [b' '; 32];
+    serial[..6].copy_from_slice(b"SERVED");
+    LunSpec {
+        block_count: BLOCKS,
+        block_size: BLOCK,
+        flags,
+        serial,
+        unique_id: [0x42; 16],
+        ..LunSpec::default()
+    }
+}
+
+/// Serves from `disk` the LUN `attach` (already posted on `channel`) made this handle a server
+/// of, until the session ends; returns how many SRBs it answered and how the ATTACH completed.
+fn serve(channel: &Channel, attach: Arc<Request>, disk: &Mutex<MemoryDisk>) -> (usize, u32) {
+    let mut pending = channel.fetch(8);
+    let mut served = 0;
+    loop {
+        let outcome = pending.wait(PATIENCE).expect("a FETCH completes");
+        let Ok(work) = channel.work(&outcome) else {
+            break;
+        };
+        if work.last {
+            break;
+        }
+        let answer = answer(&work, BLOCK, &mut *disk.lock().unwrap());
+        served += answer.results.len();
+        pending = channel.commit(&answer, 8);
+    }
+    let ended = attach.wait(PATIENCE).expect("the ATTACH completes");
+    (served, ended.status)
+}
+
+fn transfer(lba: u64, blocks: u32) -> Transfer {
+    Transfer {
+        lba,
+        blocks,
+        fua: false,
+    }
+}
+
+/// The bytes a writer puts at `lba`: different for every block and every writer.
+fn pattern(writer: u8, lba: u64, blocks: u32) -> Vec<u8> {
+    (0..blocks as u64 * u64::from(BLOCK))
+        .map(|i| (lba.wrapping_mul(31) ^ i.wrapping_mul(7) ^ u64::from(writer) << 5) as u8)
+        .collect()
+}
+
+fn read(class: &DiskClass, lba: u64, blocks: u32) -> (u8, Vec<u8>) {
+    let done = class
+        .command(
+            0,
+            &Command::Read(transfer(lba, blocks)),
+            blocks * BLOCK,
+            None,
+        )
+        .expect("the READ completes");
+    (done.srb_status, done.data)
+}
+
+fn write(class: &DiskClass, lba: u64, data: &[u8]) -> u8 {
+    let blocks = data.len() as u32 / BLOCK;
+    class
+        .command(
+            0,
+            &Command::Write(transfer(lba, blocks)),
+            data.len() as u32,
+            Some(data),
+        )
+        .expect("the WRITE completes")
+        .srb_status
+}
+
+/// Whether `request` completes within `limit`.
+fn wait_for(request: &Arc<Request>, limit: Duration) -> bool {
+    request.wait(limit).is_some()
+}
+
+#[test]
+fn sixteen_mib_written_and_read_back_from_four_cpus_through_two_servers() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin
+        .create_lun(spec(LunFlags::WRITE_CACHE | LunFlags::UNMAP))
+        .expect("LUN_CREATE");
+    let disk = Mutex::new(MemoryDisk::new(BLOCK, BLOCKS));
+    let class = kernel.disk_class().expect("a started adapter");
+    const CHUNK: u32 = 128; // 64 KiB: MaximumTransferLength
+    const PER_WRITER: u64 = 4 * 1024 * 1024 / BLOCK as u64;
+    let servers: Vec<Channel> = (0..2).map(|n| Channel::open(&kernel, 10 + n)).collect();
+    std::thread::scope(|scope| {
+        let serving: Vec<_> = servers
+            .iter()
+            .map(|channel| {
+                let attach = channel.attach(lun);
+                scope.spawn(|| serve(channel, attach, &disk))
+            })
+            .collect();
+        let writers: Vec<_> = (0..4u8)
+            .map(|writer| {
+                let class = &class;
+                scope.spawn(move || {
+                    let base = u64::from(writer) * PER_WRITER;
+                    for lba in (base..base + PER_WRITER).step_by(CHUNK as usize) {
+                        let data = pattern(writer, lba, CHUNK);
+                        assert_eq!(write(class, lba, &data), SRB_STATUS_SUCCESS, "WRITE {lba}");
+                    }
+                    let flush = class
+                        .command(0, &Command::SynchronizeCache { lba: 0, blocks: 0 }, 0, None)
+                        .expect("the flush completes");
+                    assert_eq!(flush.srb_status, SRB_STATUS_SUCCESS);
+                    for lba in (base..base + PER_WRITER).step_by(CHUNK as usize) {
+                        let (status, data) = read(class, lba, CHUNK);
+                        assert_eq!(status, SRB_STATUS_SUCCESS, "READ {lba}");
+                        assert!(
+                            data == pattern(writer, lba, CHUNK),
+                            "READ {lba}: other bytes"
+                        );
+                    }
+                })
+            })
+            .collect();
+        for writer in writers {
+            writer.join().expect("a writer's checks hold");
+        }
+        // UNMAP the first writer's first chunk: it reads back as the server's zeros.
+        let mut list = [0u8; 24];
+        let len = revcall_scsi::write_unmap_list(&[(0, CHUNK)], &mut list).unwrap();
+        let unmap = class
+            .command(
+                0,
+                &Command::Unmap {
+                    param_len: len as u16,
+                },
+                len as u32,
+                Some(&list[..len]),
+            )
+            .expect("the UNMAP completes");
+        assert_eq!(unmap.srb_status, SRB_STATUS_SUCCESS);
+        assert_eq!(read(&class, 0, CHUNK).1, vec![0; (CHUNK * BLOCK) as usize]);
+        let listed = admin.list_luns().expect("LUN_LIST");
+        assert_eq!(listed[0].outstanding, 0, "nothing left at the servers");
+        // Removing the LUN ends both sessions: FINAL, then the ATTACH completes.
+        admin.remove_lun(lun).expect("LUN_REMOVE");
+        let served: usize = serving
+            .into_iter()
+            .map(|server| {
+                let (served, ended) = server.join().expect("a server");
+                assert_eq!(ended, STATUS_SUCCESS, "the ATTACH ends with its LUN");
+                served
+            })
+            .sum();
+        // 4 writers × (64 WRITEs + 64 READs + 1 flush), the UNMAP and its READ.
+        assert_eq!(served, 4 * (64 + 64 + 1) + 2);
+    });
+    for channel in servers {
+        channel.close();
+    }
+    admin.close();
+    finish(harness);
+}
+
+#[test]
+fn a_dead_servers_srbs_are_served_by_the_next_one() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let class = kernel.disk_class().expect("started");
+    let disk = Mutex::new(MemoryDisk::new(BLOCK, BLOCKS));
+    disk.lock().unwrap().write(40, &[0x77; 4096]).unwrap();
+    let doomed = Channel::open(&kernel, 20);
+    let heir = Channel::open(&kernel, 21);
+    std::thread::scope(|scope| {
+        let attach = doomed.attach(lun);
+        let fetch = doomed.fetch(8);
+        let reader = scope.spawn(|| read(&class, 40, 8));
+        assert!(
+            wait_for(&fetch, PATIENCE),
+            "the doomed server gets the READ"
+        );
+        let held = doomed.work(&fetch.wait(PATIENCE).unwrap()).expect("work");
+        assert_eq!(held.items.len(), 1);
+        // Bad answers are refused whole and touch nothing.
+        let tag = held.items[0].0.tag;
+        let short = Answer {
+            results: vec![CommitResult {
+                tag,
+                data_len: 512,
+                ..CommitResult::default()
+            }],
+            data: vec![0; 512],
+        };
+        let refused = doomed.commit(&short, 0).wait(PATIENCE).unwrap();
+        assert_eq!(refused.status, STATUS_INVALID_BUFFER_SIZE);
+        let unknown = Answer {
+            results: vec![CommitResult {
+                tag: tag ^ 0x1_0000,
+                ..CommitResult::default()
+            }],
+            data: Vec::new(),
+        };
+        let refused = doomed.commit(&unknown, 0).wait(PATIENCE).unwrap();
+        assert_eq!(refused.status, STATUS_NOT_FOUND);
+        let foreign = heir.commit(&short, 0).wait(PATIENCE).unwrap();
+        assert_eq!(
+            foreign.status, STATUS_INVALID_DEVICE_STATE,
+            "no session yet"
+        );
+        // The heir attaches; the doomed server dies with the READ in hand.
+        let heir_attach = heir.attach(lun);
+        let heir_thread = scope.spawn(|| serve(&heir, heir_attach, &disk));
+        assert_eq!(doomed.cancel(&attach), 1, "the ATTACH is cancelled");
+        let ended = attach.wait(PATIENCE).expect("cancelled");
+        assert_eq!(ended.status, STATUS_CANCELLED);
+        let (status, data) = reader.join().unwrap();
+        assert_eq!(status, SRB_STATUS_SUCCESS);
+        assert_eq!(data, vec![0x77; 4096], "served by the heir");
+        admin.remove_lun(lun).expect("LUN_REMOVE");
+        let (served, ended) = heir_thread.join().unwrap();
+        assert_eq!((served, ended), (1, STATUS_SUCCESS));
+    });
+    doomed.close();
+    heir.close();
+    admin.close();
+    finish(harness);
+}
+
+#[test]
+fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let class = kernel.disk_class().expect("started");
+    let server = Channel::open(&kernel, 30);
+    let attach = server.attach(lun);
+    let fetch = server.fetch(8);
+    let resets = || {
+        kernel
+            .port()
+            .counters()
+            .resets
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    let before = resets();
+    // Nobody answers: after its timeout Storport resets the LUN, which aborts the READ.
+    let (status, _) = read(&class, 0, 1);
+    assert_eq!(status, SRB_STATUS_ABORTED);
+    assert_eq!(resets(), before + 1);
+    let held = server.work(&fetch.wait(PATIENCE).unwrap()).expect("work");
+    let late = Answer {
+        results: vec![CommitResult {
+            tag: held.items[0].0.tag,
+            data_len: BLOCK,
+            ..CommitResult::default()
+        }],
+        data: vec![1; BLOCK as usize],
+    };
+    let reply = server.commit(&late, 1).wait(PATIENCE).expect("completes");
+    let work = server.work(&reply).expect("a FETCH reply");
+    assert_eq!((work.stale, work.items.len()), (1, 0), "dropped, counted");
+    // The server dies: its parked FETCH ends FINAL, and the LUN, served once and now with
+    // no server, fails its I/O at once: NOT READY, manual intervention required.
+    let parked = server.fetch(8);
+    assert_eq!(server.cancel(&attach), 1);
+    assert_eq!(attach.wait(PATIENCE).unwrap().status, STATUS_CANCELLED);
+    let ended = server
+        .work(&parked.wait(PATIENCE).unwrap())
+        .expect("a FETCH reply");
+    assert!(ended.last && ended.items.is_empty());
+    let orphaned = class
+        .command(0, &Command::Read(transfer(0, 1)), BLOCK, None)
+        .expect("completes");
+    assert_eq!(orphaned.sense, Some(Sense::NOT_READY_MANUAL_INTERVENTION));
+    // A new server, then the adapter's removal: its ATTACH and FETCH end DEVICE_REMOVED.
+    let next = Channel::open(&kernel, 31);
+    let attach = next.attach(lun);
+    let parked = next.fetch(8);
+    kernel.remove_adapter(|| {});
+    assert_eq!(attach.wait(PATIENCE).unwrap().status, STATUS_DEVICE_REMOVED);
+    assert_eq!(parked.wait(PATIENCE).unwrap().status, STATUS_DEVICE_REMOVED);
+    next.close();
+    server.close();
+    admin.close();
+    finish(harness);
+}
