@@ -22,6 +22,7 @@ const BLOCK: u32 = 512;
 const BLOCKS: u64 = 64 * 1024 * 1024 / BLOCK as u64;
 const SRB_STATUS_SUCCESS: u8 = 0x01;
 const SRB_STATUS_ABORTED: u8 = 0x02;
+const SRB_STATUS_NO_DEVICE: u8 = 0x08;
 /// Long enough for any FETCH the test expects to complete.
 const PATIENCE: Duration = Duration::from_secs(60);
 
@@ -257,6 +258,11 @@ fn a_dead_servers_srbs_are_served_by_the_next_one() {
         );
         // The heir attaches; the doomed server dies with the READ in hand.
         let heir_attach = heir.attach(lun);
+        let foreign = heir.commit(&short, 0).wait(PATIENCE).unwrap();
+        assert_eq!(
+            foreign.status, STATUS_ACCESS_DENIED,
+            "another session's tag"
+        );
         let heir_thread = scope.spawn(|| serve(&heir, heir_attach, &disk));
         assert_eq!(doomed.cancel(&attach), 1, "the ATTACH is cancelled");
         let ended = attach.wait(PATIENCE).expect("cancelled");
@@ -321,13 +327,21 @@ fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
         .command(0, &Command::Read(transfer(0, 1)), BLOCK, None)
         .expect("completes");
     assert_eq!(orphaned.sense, Some(Sense::NOT_READY_MANUAL_INTERVENTION));
-    // A new server, then the adapter's removal: its ATTACH and FETCH end DEVICE_REMOVED.
+    // A new server takes a READ and holds it; the adapter's removal completes the READ
+    // NO_DEVICE, and the server's ATTACH and parked FETCH DEVICE_REMOVED.
     let next = Channel::open(&kernel, 31);
     let attach = next.attach(lun);
-    let parked = next.fetch(8);
-    kernel.remove_adapter(|| {});
-    assert_eq!(attach.wait(PATIENCE).unwrap().status, STATUS_DEVICE_REMOVED);
-    assert_eq!(parked.wait(PATIENCE).unwrap().status, STATUS_DEVICE_REMOVED);
+    let fetch = next.fetch(8);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| read(&class, 3, 1));
+        let held = next.work(&fetch.wait(PATIENCE).unwrap()).expect("work");
+        assert_eq!(held.items.len(), 1);
+        let parked = next.fetch(8);
+        kernel.remove_adapter(|| {});
+        assert_eq!(reader.join().unwrap().0, SRB_STATUS_NO_DEVICE);
+        assert_eq!(attach.wait(PATIENCE).unwrap().status, STATUS_DEVICE_REMOVED);
+        assert_eq!(parked.wait(PATIENCE).unwrap().status, STATUS_DEVICE_REMOVED);
+    });
     next.close();
     server.close();
     admin.close();

@@ -356,12 +356,14 @@ fn driver_bug_check_ends_the_run() {
 #[test]
 fn srb_never_completed_meets_the_reset_ladder() {
     // The INQUIRY times out; the LUN reset SRB is never completed either (0x5700000B), and
-    // HwResetBus completes nothing, so the INQUIRY is still pending after it (0x5700000E).
+    // HwResetBus completes nothing, so the INQUIRY is still pending after it (0x5700000E),
+    // and both still are when the adapter is removed (0x57000010).
     trips_all(
         "srb_never_completed",
         &[
             (0xC4, Some(0x5700_000B), None),
             (0xC4, Some(0x5700_000E), None),
+            (0xC4, Some(0x5700_0010), None),
         ],
     );
 }

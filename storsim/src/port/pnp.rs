@@ -536,6 +536,16 @@ impl Port {
                     miniport.free_adapter_resources(extension)
                 });
         }
+        // The class driver's SRBs outlive the adapter only as dangling pointers: Storport
+        // would complete them into freed memory, or never.
+        let srbs: Vec<usize> = self.srbs_outstanding().iter().copied().collect();
+        for srb in srbs {
+            self.machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [rules::SRB_PENDING_AT_REMOVAL, srb as u64, 0, 0],
+                format!("SRB {srb:#x} still pending after the adapter's removal"),
+            ));
+        }
         let left = self.io.referenced_in_flight();
         if left > 0 {
             self.machine.report(BugCheck::new(

@@ -124,9 +124,11 @@ pub const SRB_TRANSFER_RAISED: u64 = 0x5700_000D;
 pub const SRB_PENDING_AFTER_RESET: u64 = 0x5700_000E;
 /// An SRB completed while the miniport holds a spin lock of its own.
 pub const SRB_COMPLETED_UNDER_LOCK: u64 = 0x5700_000F;
+/// An SRB still pending when the adapter's removal is over.
+pub const SRB_PENDING_AT_REMOVAL: u64 = 0x5700_0010;
 
 /// Every storsim-defined P1, with the sentence the README's table gives it.
-pub const STORSIM_RULES: [Rule; 14] = [
+pub const STORSIM_RULES: [Rule; 15] = [
     Rule {
         p1: SPIN_LOCK_SAFE,
         what: "an IRP completed while a spin lock is held (SDV SpinLockSafe)",
@@ -182,6 +184,10 @@ pub const STORSIM_RULES: [Rule; 14] = [
     Rule {
         p1: SRB_COMPLETED_UNDER_LOCK,
         what: "an SRB completed while the miniport holds a spin lock of its own (Storport's StartIo lock, held around HwResetBus, excepted)",
+    },
+    Rule {
+        p1: SRB_PENDING_AT_REMOVAL,
+        what: "an SRB still pending when the adapter's removal reaches HwFreeAdapterResources (a removal must complete every SRB, SRB_STATUS_NO_DEVICE)",
     },
 ];
 
