@@ -33,7 +33,15 @@ pub fn describe(status: u32) -> String {
         STATUS_REVISION_MISMATCH => ": the driver speaks another protocol version",
         STATUS_NOT_SUPPORTED => ": FIRE is disabled by EnableFireInjection",
         STATUS_DELETE_PENDING => ": the adapter is being removed",
-        STATUS_QUOTA_EXCEEDED => ": too many requests parked",
+        STATUS_QUOTA_EXCEEDED => ": too many requests parked (or disks, or servers)",
+        STATUS_NO_SUCH_DEVICE => ": no such LUN",
+        STATUS_OBJECT_NAME_COLLISION => ": another disk has that serial number or unique id",
+        STATUS_INVALID_DEVICE_STATE => {
+            ": this handle serves no LUN (ATTACH first), or already serves one"
+        }
+        STATUS_NOT_FOUND => ": no such tag is outstanding (never fetched, or already committed)",
+        STATUS_ACCESS_DENIED => ": the tag was fetched by another server",
+        STATUS_INVALID_BUFFER_SIZE => ": the READ data is not the size the SRB asked for",
         _ => "",
     };
     name(status).map_or_else(String::new, |name| format!(" ({name}{meaning})"))

@@ -7,7 +7,12 @@ use revcall_protocol::{
 };
 use zerocopy::FromBytes;
 
-use crate::channel::RequestError;
+use std::time::Duration;
+
+use revcall_protocol::Request;
+
+use crate::channel::{Adapter, PROMPT, RequestError, encode};
+use crate::transport::Transport;
 
 /// Room for a FETCH reply with up to `max_descriptors` descriptors, each with the largest
 /// payload.
@@ -206,6 +211,125 @@ pub fn answer(work: &Work, block_size: u32, backend: &mut impl Backend) -> Answe
         });
     }
     answer
+}
+
+/// What one [`Session::step`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Answered this many SRBs (and fetched again).
+    Served(usize),
+    /// Nothing arrived in time.
+    Idle,
+    /// The session is over: its LUN or the adapter went away (FINAL, or the FETCH failed).
+    Ended,
+}
+
+/// Whether a FETCH's status says the session ended under it (rather than that the driver
+/// refused what this server sent).
+fn session_over(status: u32) -> bool {
+    use revcall_protocol::status::*;
+    matches!(
+        status,
+        STATUS_DEVICE_REMOVED
+            | STATUS_DELETE_PENDING
+            | STATUS_CANCELLED
+            | STATUS_INVALID_DEVICE_STATE
+    )
+}
+
+/// A server's session on one handle: its ATTACH stays pending while it serves, one FETCH (or
+/// COMMIT_AND_FETCH) is always outstanding (docs/DATAPATH.md §3).
+pub struct Session<'a, 't, T: Transport> {
+    adapter: &'a Adapter<'t, T>,
+    attach: T::Pending,
+    fetch: Option<T::Pending>,
+    max_descriptors: u32,
+}
+
+impl<'a, 't, T: Transport> Session<'a, 't, T> {
+    /// ATTACHes `adapter`'s handle to `lun` and posts the first FETCH.
+    ///
+    /// # Errors
+    ///
+    /// The ATTACH's status when the driver refused it at once (no such LUN, a handle that
+    /// already serves one, …).
+    pub fn attach(
+        adapter: &'a Adapter<'t, T>,
+        lun: u32,
+        max_descriptors: u32,
+    ) -> Result<Self, RequestError> {
+        let transport = adapter.transport;
+        let attach = transport
+            .submit(adapter.handle, &encode(&Request::Attach { lun }), 16)
+            .map_err(RequestError::Status)?;
+        // A refused ATTACH completes at once; a good one stays pending.
+        if let Some(done) = transport.wait(&attach, Duration::ZERO) {
+            return Err(RequestError::Status(done.status));
+        }
+        let fetch = transport
+            .submit(
+                adapter.handle,
+                &encode(&Request::Fetch { max_descriptors }),
+                fetch_room(max_descriptors),
+            )
+            .map_err(RequestError::Status)?;
+        Ok(Self {
+            adapter,
+            attach,
+            fetch: Some(fetch),
+            max_descriptors,
+        })
+    }
+
+    /// Waits up to `limit` for work, serves it from `backend` and sends the answer (which
+    /// fetches again).
+    ///
+    /// # Errors
+    ///
+    /// A reply that does not decode, or a COMMIT the driver refused.
+    pub fn step(
+        &mut self,
+        block_size: u32,
+        backend: &mut impl Backend,
+        limit: Duration,
+    ) -> Result<Step, RequestError> {
+        let transport = self.adapter.transport;
+        let Some(fetch) = &self.fetch else {
+            return Ok(Step::Ended);
+        };
+        let Some(done) = transport.wait(fetch, limit) else {
+            return Ok(Step::Idle);
+        };
+        self.fetch = None;
+        let work = match work(done.status, &done.output) {
+            Ok(work) if !work.last => work,
+            Ok(_) => return Ok(Step::Ended),
+            Err(RequestError::Status(status)) if session_over(status) => return Ok(Step::Ended),
+            Err(other) => return Err(other),
+        };
+        let answer = answer(&work, block_size, backend);
+        let next = transport
+            .submit(
+                self.adapter.handle,
+                &answer.encode(self.max_descriptors),
+                fetch_room(self.max_descriptors),
+            )
+            .map_err(RequestError::Status)?;
+        self.fetch = Some(next);
+        Ok(Step::Served(answer.results.len()))
+    }
+
+    /// Ends the session: cancels the ATTACH and the outstanding FETCH (the driver gives what
+    /// this server held to another server of the LUN) and waits for both. The ATTACH's status.
+    pub fn stop(self) -> Option<u32> {
+        let transport = self.adapter.transport;
+        transport.cancel(self.adapter.handle, &self.attach);
+        if let Some(fetch) = &self.fetch {
+            transport.cancel(self.adapter.handle, fetch);
+            transport.wait(fetch, PROMPT);
+        }
+        transport.wait(&self.attach, PROMPT).map(|done| done.status)
+    }
 }
 
 #[cfg(test)]

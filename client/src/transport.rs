@@ -65,7 +65,7 @@ pub trait Transport: Send + Sync {
 }
 
 /// Powers over the machine itself, which only storsim has.
-pub trait Lab {
+pub trait Lab: Sync {
     /// Ends an emulated process: the I/O manager cancels its requests and closes its handles.
     fn exit_process(&self, process: u32);
     /// PnP removal (HwCompleteServiceIrp, then Storport's rundown wait).
@@ -76,4 +76,7 @@ pub trait Lab {
     fn restart(&self) -> anyhow::Result<()>;
     /// The verifier's reports so far, one line each.
     fn violations(&self) -> Vec<String>;
+    /// The disk class driver writes `data` to `lun` at `lba` and reads it back (blocking
+    /// until a server answers both): the bytes read, or why either failed.
+    fn disk_write_read(&self, lun: u8, lba: u64, data: &[u8]) -> Result<Vec<u8>, String>;
 }

@@ -1,11 +1,12 @@
-//! The `revcall-tester` command line: `list`, `watch`, `fire`, `discover`, `stats`, `selftest`,
-//! each with `--json`; `--sim <revcall.sys>` runs against storsim instead of Windows.
+//! The `revcall-tester` command line: `list`, `watch`, `fire`, `discover`, `stats`, `disk`,
+//! `selftest`, each with `--json`; `--sim <revcall.sys>` runs against storsim instead of Windows.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
 use revcall_protocol::{CURSOR_NOW, EventKind};
 use serde_json::json;
@@ -72,8 +73,53 @@ enum Command {
     },
     /// The channel's counters.
     Stats,
+    /// Virtual disks: create, list, remove, and serve one from memory.
+    Disk {
+        #[command(subcommand)]
+        action: DiskAction,
+    },
     /// The self-test suite (exit 0 only if every case passed).
     Selftest,
+}
+
+#[derive(Subcommand)]
+enum DiskAction {
+    /// Create a disk; with --serve, serve it from memory until Ctrl-C, then remove it.
+    Create {
+        /// Size in MiB.
+        #[arg(long, default_value_t = 64)]
+        mib: u64,
+        /// 512 or 4096.
+        #[arg(long, default_value_t = 512)]
+        block_size: u32,
+        /// The disk's serial number (VPD 0x80); default: one of this run.
+        #[arg(long)]
+        serial: Option<String>,
+        #[arg(long)]
+        read_only: bool,
+        /// Report a write cache: Windows then sends SYNCHRONIZE CACHE.
+        #[arg(long)]
+        write_cache: bool,
+        /// Report UNMAP support: Windows then trims.
+        #[arg(long)]
+        unmap: bool,
+        #[arg(long)]
+        serve: bool,
+        /// With --serve: stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
+    /// List the disks.
+    List,
+    /// Remove a disk: its outstanding I/O fails and its servers' sessions end.
+    Remove { lun: u32 },
+    /// Serve an existing disk from memory until Ctrl-C (its contents start zeroed).
+    Serve {
+        lun: u32,
+        /// Stop after this many seconds.
+        #[arg(long)]
+        seconds: Option<u64>,
+    },
 }
 
 /// Runs the command; the process exit code.
@@ -179,6 +225,7 @@ fn command<T: Transport>(cli: &Cli, transport: &T) -> anyhow::Result<i32> {
             0
         }
         Command::Discover { delay_ms, wait } => discover(cli, &adapter, *delay_ms, *wait)?,
+        Command::Disk { action } => disk(cli, transport, &adapter, action)?,
         Command::Stats => {
             let stats = adapter.stats()?;
             print(
@@ -274,6 +321,75 @@ fn stats_table(s: &revcall_protocol::StatsReply) -> String {
         .map(|(l, v)| format!("{l:<label$}  {v:>value$}"))
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+fn disk<T: Transport>(
+    cli: &Cli,
+    transport: &T,
+    adapter: &Adapter<'_, T>,
+    action: &DiskAction,
+) -> anyhow::Result<i32> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let serve = |lun, seconds| {
+        let flag = stop.clone();
+        let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
+        crate::disk::serve(transport, lun, seconds, &stop, cli.json)
+    };
+    match action {
+        DiskAction::Create {
+            mib,
+            block_size,
+            serial,
+            read_only,
+            write_cache,
+            unmap,
+            serve: serving,
+            seconds,
+        } => {
+            let shape = crate::disk::Shape {
+                mib: *mib,
+                block_size: *block_size,
+                serial: serial.clone(),
+                read_only: *read_only,
+                write_cache: *write_cache,
+                unmap: *unmap,
+            };
+            let lun = adapter.create_lun(shape.spec()?)?;
+            if !serving {
+                print(cli, json!({ "lun": lun }), format!("LUN {lun} created"));
+                return Ok(0);
+            }
+            if !cli.json {
+                eprintln!(
+                    "LUN {lun} created; serving it from memory (Ctrl-C stops and removes it)"
+                );
+            }
+            let served = serve(lun, *seconds);
+            // The disk goes with its server, whatever ended the serving.
+            let removed = adapter.remove_lun(lun);
+            let served = served?;
+            if let Err(error) = removed
+                && !served.ended_by_driver
+            {
+                return Err(error).context(format!("cannot remove LUN {lun}"));
+            }
+            print(cli, served.json(), served.text());
+        }
+        DiskAction::List => {
+            let entries = adapter.list_luns()?;
+            let list: Vec<_> = entries.iter().map(crate::disk::entry_json).collect();
+            print(cli, json!({ "luns": list }), crate::disk::table(&entries));
+        }
+        DiskAction::Remove { lun } => {
+            adapter.remove_lun(*lun)?;
+            print(cli, json!({ "removed": lun }), format!("LUN {lun} removed"));
+        }
+        DiskAction::Serve { lun, seconds } => {
+            let served = serve(*lun, *seconds)?;
+            print(cli, served.json(), served.text());
+        }
+    }
+    Ok(0)
 }
 
 fn print(cli: &Cli, value: serde_json::Value, text: String) {

@@ -7,6 +7,7 @@ pub use revcall_client::transport;
 
 pub mod cli;
 pub mod discovery;
+pub mod disk;
 pub mod overlapped;
 pub mod selftest;
 #[cfg(target_os = "linux")]

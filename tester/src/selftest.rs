@@ -4,9 +4,11 @@
 
 use std::time::{Duration, Instant};
 
+use revcall_client::server::{Answer, MemoryDisk, Session, Step, fetch_room};
 use revcall_protocol::status::*;
 use revcall_protocol::{
-    CURSOR_NOW, EventKind, LunSpec, Opcode, Request, VERSION, WaitFlags, decode_request,
+    CURSOR_NOW, CommitResult, EventKind, LunSpec, Opcode, Request, VERSION, WaitFlags,
+    decode_request,
 };
 use serde::Serialize;
 
@@ -410,32 +412,144 @@ fn discover_coalesces<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     Ok(format!("two DISCOVERs, one discovery ({})", first.id))
 }
 
+/// A small LUN whose serial and unique id no earlier run left behind: `tag`, the process and
+/// the clock.
+fn unique_spec(tag: &str) -> LunSpec {
+    let mut serial = [b' '; 32];
+    let stamp = format!(
+        "{tag}-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    let stamp = &stamp.as_bytes()[..stamp.len().min(32)];
+    serial[..stamp.len()].copy_from_slice(stamp);
+    let mut unique_id = [0x5E; 16];
+    unique_id[..stamp.len().min(16)].copy_from_slice(&stamp[stamp.len().saturating_sub(16)..]);
+    LunSpec {
+        block_count: 2048,
+        block_size: 512,
+        serial,
+        unique_id,
+        ..LunSpec::default()
+    }
+}
+
+/// A disk served from user mode: the refusals a server meets (FETCH before ATTACH, a second
+/// ATTACH, an unknown tag, a LUN that does not exist), the I/O the system sends served from
+/// memory (on storsim the disk class model writes and reads back a block; on Windows the
+/// system reads the new disk), and LUN_REMOVE ending the session.
+fn disk_served_from_user_mode<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
+    let a = ctx.open(1)?;
+    let lun = a
+        .create_lun(unique_spec("SERVED"))
+        .map_err(|e| e.to_string())?;
+    let server = ctx.open(1)?;
+    let status = |adapter: &Adapter<'_, T>, record: &[u8], out: u32| {
+        adapter
+            .raw(record, out, PROMPT)
+            .map(|done| done.status)
+            .map_err(|e| e.to_string())
+    };
+    let fetch = crate::client::encode(&Request::Fetch { max_descriptors: 1 });
+    check!(
+        status(&server, &fetch, fetch_room(1))? == STATUS_INVALID_DEVICE_STATE,
+        "a FETCH before any ATTACH was not refused INVALID_DEVICE_STATE"
+    );
+    let mut session = Session::attach(&server, lun, 8).map_err(|e| e.to_string())?;
+    let again = crate::client::encode(&Request::Attach { lun });
+    check!(
+        status(&server, &again, 16)? == STATUS_INVALID_DEVICE_STATE,
+        "a second ATTACH on one handle was not refused INVALID_DEVICE_STATE"
+    );
+    let unknown = Answer {
+        results: vec![CommitResult {
+            tag: u64::MAX << 16,
+            ..CommitResult::default()
+        }],
+        data: Vec::new(),
+    };
+    check!(
+        status(&server, &unknown.encode(0), fetch_room(0))? == STATUS_NOT_FOUND,
+        "a COMMIT of a tag never handed out was not refused NOT_FOUND"
+    );
+    let luns = a.list_luns().map_err(|e| e.to_string())?;
+    if let Some(absent) = (0..8).find(|n| luns.iter().all(|e| e.lun != *n)) {
+        let other = ctx.open(1)?;
+        let attach = crate::client::encode(&Request::Attach { lun: absent });
+        check!(
+            status(&other, &attach, 16)? == STATUS_NO_SUCH_DEVICE,
+            "ATTACH to LUN {absent}, which does not exist, was not refused NO_SUCH_DEVICE"
+        );
+        other.close();
+    }
+    let mut disk = MemoryDisk::new(512, 2048);
+    let mut served = 0;
+    let mut step = |served: &mut usize| -> Result<bool, String> {
+        match session
+            .step(512, &mut disk, Duration::from_millis(50))
+            .map_err(|e| e.to_string())?
+        {
+            Step::Served(n) => *served += n,
+            Step::Idle => {}
+            Step::Ended => return Ok(false),
+        }
+        Ok(true)
+    };
+    let io = match ctx.transport.lab() {
+        Some(lab) => {
+            let block: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
+            let read = std::thread::scope(|scope| {
+                let io = scope.spawn(|| lab.disk_write_read(lun as u8, 16, &block));
+                while !io.is_finished() {
+                    step(&mut served)?;
+                }
+                io.join()
+                    .map_err(|_| "the disk class thread panicked".to_string())?
+            })?;
+            check!(read == block, "block 16 read back other bytes");
+            check!(
+                served == 2,
+                "{served} SRBs served for one WRITE and one READ"
+            );
+            "a WRITE and a READ back served".to_string()
+        }
+        None => {
+            // Windows reads a new disk (its partition table) at once.
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while served == 0 && Instant::now() < deadline {
+                step(&mut served)?;
+            }
+            check!(served > 0, "Windows sent the new disk no I/O within 15 s");
+            format!("{served} SRBs of Windows' own served")
+        }
+    };
+    a.remove_lun(lun).map_err(|e| e.to_string())?;
+    let deadline = Instant::now() + PROMPT;
+    while step(&mut served)? {
+        check!(
+            Instant::now() < deadline,
+            "the session did not end with its LUN"
+        );
+    }
+    let ended = session.stop();
+    check!(
+        ended == Some(STATUS_SUCCESS),
+        "the ATTACH ended {ended:?}, not SUCCESS with its LUN"
+    );
+    server.close();
+    a.close();
+    Ok(format!("LUN {lun}: {io}; the session ended with the LUN"))
+}
+
 /// LUN_CREATE, LUN_LIST, LUN_REMOVE, each refusal, and the events that tell them. The LUN is
 /// small and removed at once: on Windows the disk appears and goes (its I/O fails NOT READY
 /// while no server serves it).
 fn luns_create_list_remove<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     let a = ctx.open(1)?;
     let waiting = a.post_wait(CURSOR_NOW, 8).map_err(|e| e.to_string())?;
-    // A serial no earlier run left behind.
-    let mut serial = [b' '; 32];
-    let stamp = format!(
-        "SELFTEST-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    );
-    serial[..stamp.len()].copy_from_slice(stamp.as_bytes());
-    let mut unique_id = [0x5E; 16];
-    unique_id[..stamp.len().min(16)]
-        .copy_from_slice(&stamp.as_bytes()[stamp.len().saturating_sub(16)..]);
-    let spec = LunSpec {
-        block_count: 2048,
-        block_size: 512,
-        serial,
-        unique_id,
-        ..LunSpec::default()
-    };
+    let spec = unique_spec("SELFTEST");
     let lun = a.create_lun(spec).map_err(|e| e.to_string())?;
     let refused = |result: Result<u32, RequestError>, status: u32| matches!(result, Err(RequestError::Status(s)) if s == status);
     check!(
@@ -817,6 +931,11 @@ fn cases<T: Transport>() -> Vec<Case<T>> {
         ("discover_coalesces", false, discover_coalesces),
         ("stats_count_events", false, stats_count),
         ("luns_create_list_remove", false, luns_create_list_remove),
+        (
+            "disk_served_from_user_mode",
+            false,
+            disk_served_from_user_mode,
+        ),
         (
             "stats_match_what_the_client_saw",
             false,

@@ -150,6 +150,42 @@ impl Lab for Sim {
         Ok(())
     }
 
+    fn disk_write_read(&self, lun: u8, lba: u64, data: &[u8]) -> Result<Vec<u8>, String> {
+        let class = self
+            .kernel()
+            .disk_class()
+            .ok_or("the adapter is not started")?;
+        let blocks = data.len() as u32 / 512;
+        let transfer = revcall_scsi::Transfer {
+            lba,
+            blocks,
+            fua: false,
+        };
+        let wrote = class
+            .command(
+                lun,
+                &revcall_scsi::Command::Write(transfer),
+                data.len() as u32,
+                Some(data),
+            )
+            .ok_or("the WRITE never completed")?;
+        if wrote.srb_status != 1 {
+            return Err(format!("the WRITE ended {wrote:?}"));
+        }
+        let read = class
+            .command(
+                lun,
+                &revcall_scsi::Command::Read(transfer),
+                data.len() as u32,
+                None,
+            )
+            .ok_or("the READ never completed")?;
+        if read.srb_status != 1 {
+            return Err(format!("the READ ended {read:?}"));
+        }
+        Ok(read.data)
+    }
+
     fn violations(&self) -> Vec<String> {
         let mut all = self
             .earlier
