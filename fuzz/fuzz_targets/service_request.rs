@@ -114,6 +114,22 @@ fuzz_target!(|data: &[u8]| {
                         &[STATUS_SUCCESS, STATUS_QUOTA_EXCEEDED, STATUS_OBJECT_NAME_COLLISION]
                     }
                     Ok(Request::LunRemove { .. }) => &[STATUS_SUCCESS, STATUS_NO_SUCH_DEVICE],
+                    // The data path depends on the handle's session and the tags out.
+                    Ok(Request::Attach { .. }) => &[
+                        STATUS_CANCELLED,
+                        STATUS_NO_SUCH_DEVICE,
+                        STATUS_INVALID_DEVICE_STATE,
+                        STATUS_QUOTA_EXCEEDED,
+                    ],
+                    Ok(Request::Fetch { .. } | Request::CommitAndFetch { .. }) => &[
+                        STATUS_SUCCESS,
+                        STATUS_CANCELLED,
+                        STATUS_QUOTA_EXCEEDED,
+                        STATUS_INVALID_DEVICE_STATE,
+                        STATUS_NOT_FOUND,
+                        STATUS_ACCESS_DENIED,
+                        STATUS_INVALID_BUFFER_SIZE,
+                    ],
                     _ => &[STATUS_SUCCESS, STATUS_CANCELLED, STATUS_QUOTA_EXCEEDED],
                 };
                 assert!(
