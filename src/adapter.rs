@@ -68,6 +68,14 @@ pub trait Timer {
     fn cancel(&self);
 }
 
+/// A second Storport timer (`StorPortRequestTimer`): one tick a second while a LUN's grace
+/// period runs (docs/DATAPATH.md §3). Never called with the adapter lock held.
+pub trait GraceTimer {
+    /// Calls [`Adapter::grace_tick`] once, a second from now. `false` if the adapter has no
+    /// such timer (StorPortInitializeTimer failed): grace periods then end at once.
+    fn arm(&self) -> bool;
+}
+
 /// Storport's bus notifications. Never called with the adapter lock held.
 pub trait Bus {
     /// `StorPortNotification(BusChangeDetected)`: a LUN appeared or went away; Storport
@@ -625,9 +633,9 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
 
     /// The cancel routine of the IRP `id`, armed with `slot`: completes it as cancelled.
     /// Returns false if the slot does not hold that IRP (nothing is completed then).
-    pub fn cancel(&self, slot: u16, id: usize) -> bool {
+    pub fn cancel(&self, slot: u16, id: usize, grace: &impl GraceTimer) -> bool {
         if usize::from(slot) >= PARK_CAP {
-            return self.cancel_server(slot, id);
+            return self.cancel_server(slot, id, grace);
         }
         let taken = self.state.with(|s| {
             let (irp, _) = s.queue.take_cancelled(slot, id)?;

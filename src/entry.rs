@@ -5,16 +5,17 @@
 
 use core::cell::UnsafeCell;
 use core::mem::size_of;
-use core::sync::atomic::{AtomicBool, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
-use crate::adapter::{Adapter, Bus, Control, State, Timer};
+use crate::adapter::{Adapter, Bus, Control, GraceTimer, State, Timer};
 use crate::irp::{Irp, cancel_context};
 use crate::log::{ERROR, TRACE, WARNING, log};
 use crate::port;
 use crate::srb::Srb;
 use crate::sync::SpinLock;
 use nt_imports::inline::{
-    StorPortBusChangeDetected, StorPortInitializeDpc, StorPortIssueDpc, StorPortRequestTimerCall,
+    StorPortBusChangeDetected, StorPortFreeTimer, StorPortInitializeDpc, StorPortInitializeTimer,
+    StorPortIssueDpc, StorPortRequestTimer, StorPortRequestTimerCall,
 };
 use nt_imports::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
 use nt_imports::storport::{
@@ -42,6 +43,9 @@ struct Extension {
     /// The DPC was initialized (once per extension: re-initializing a queued DPC would corrupt
     /// the DPC queue, and a stop's DPC may still be queued when the next start comes).
     dpc_initialized: AtomicBool,
+    /// The grace timer's handle (StorPortInitializeTimer), null if there is none: created at
+    /// the extension's first HwFindAdapter, freed by HwFreeAdapterResources.
+    grace_timer: AtomicPtr<core::ffi::c_void>,
 }
 
 const _: () = assert!(size_of::<Extension>() < u32::MAX as usize);
@@ -90,6 +94,29 @@ impl Timer for Storport {
     fn cancel(&self) {
         // SAFETY: as in `arm`; a zero interval cancels the pending call.
         unsafe { StorPortRequestTimerCall(self.0, hw_timer, 0) };
+    }
+}
+
+impl GraceTimer for Storport {
+    fn arm(&self) -> bool {
+        // SAFETY: `self.0` is the HwDeviceExtension of the adapter whose callback made this.
+        let handle = unsafe { extension(self.0) }
+            .grace_timer
+            .load(Ordering::Acquire);
+        // SAFETY: the handle came from StorPortInitializeTimer for this adapter and is freed
+        // only by HwFreeAdapterResources, after every callback that arms it; a second of delay,
+        // with a tenth of it tolerated for coalescing.
+        !handle.is_null()
+            && unsafe {
+                StorPortRequestTimer(
+                    self.0,
+                    handle,
+                    hw_grace_tick,
+                    core::ptr::null_mut(),
+                    1_000_000,
+                    100_000,
+                )
+            } == storport_abi::STOR_STATUS_SUCCESS
     }
 }
 
@@ -213,6 +240,17 @@ unsafe extern "win64" fn hw_find_adapter(
         // SAFETY: the DPC lives in this adapter's extension, which outlives it; this is the
         // extension's first HwFindAdapter, so the DPC was never initialized or queued.
         unsafe { StorPortInitializeDpc(ext, extension.delivery_dpc.get(), hw_delivery_dpc) };
+        let mut handle = core::ptr::null_mut();
+        // SAFETY: PASSIVE_LEVEL, this adapter's extension, a writable handle.
+        if unsafe { StorPortInitializeTimer(ext, &mut handle) } == storport_abi::STOR_STATUS_SUCCESS
+        {
+            extension.grace_timer.store(handle, Ordering::Release);
+        } else {
+            log!(
+                WARNING,
+                "no grace timer: a LUN whose server dies fails its I/O at once"
+            );
+        }
     }
     log!(
         TRACE,
@@ -327,7 +365,16 @@ unsafe extern "win64" fn hw_adapter_control(
 /// PASSIVE_LEVEL, this adapter's extension, after the removal rundown completed.
 unsafe extern "win64" fn hw_free_adapter_resources(ext: PVOID) {
     // SAFETY: this adapter's HwDeviceExtension, still valid during this last call.
-    let stats = unsafe { adapter(ext) }.stats();
+    let extension = unsafe { extension(ext) };
+    let timer = extension
+        .grace_timer
+        .swap(core::ptr::null_mut(), Ordering::AcqRel);
+    if !timer.is_null() {
+        // SAFETY: the handle StorPortInitializeTimer gave this adapter, freed once (swapped
+        // out); nothing arms it after the removal (every session has ended).
+        unsafe { StorPortFreeTimer(ext, timer) };
+    }
+    let stats = extension.adapter.stats();
     if stats.parked_now != 0 {
         log!(ERROR, "freed with %I64u requests parked", stats.parked_now);
     }
@@ -392,7 +439,33 @@ unsafe extern "win64" fn hw_delivery_dpc(
     // SAFETY: this adapter's HwDeviceExtension.
     let adapter = unsafe { adapter(ext) };
     adapter.apply_controls(&Storport(ext));
+    adapter.settle();
     adapter.deliver();
+}
+
+/// HwStorTimerEx of the grace timer: a second of a LUN's grace period has passed. It may run
+/// under Storport's StartIo lock, so what a grace period's end completes is left to the DPC.
+///
+/// # Safety
+///
+/// Storport calls it at DISPATCH_LEVEL with this adapter's extension and the null context
+/// StorPortRequestTimer was given.
+unsafe extern "win64" fn hw_grace_tick(ext: PVOID, _context: PVOID) {
+    // SAFETY: this adapter's HwDeviceExtension.
+    let extension = unsafe { extension(ext) };
+    let adapter = &extension.adapter;
+    let (again, mut orphaned) = adapter.grace_tick();
+    if again && !GraceTimer::arm(&Storport(ext)) {
+        log!(
+            ERROR,
+            "the grace timer could not be re-armed: grace periods end now"
+        );
+        orphaned |= adapter.end_grace();
+    }
+    if orphaned {
+        // SAFETY: HwFindAdapter initialized this DPC for this adapter.
+        unsafe { StorPortIssueDpc(ext, extension.delivery_dpc.get()) };
+    }
 }
 
 /// The cancel routine of a parked service IRP.
@@ -411,7 +484,7 @@ pub unsafe extern "win64" fn hw_cancel_service_irp(_device: *mut DEVICE_OBJECT, 
     let (ext, slot) = unsafe { cancel_context(irp) };
     // SAFETY: the context names the HwDeviceExtension of the IRP's adapter, which stays
     // valid: the IRP holds Storport's removal rundown until it is completed.
-    if !unsafe { adapter(ext) }.cancel(slot, irp as usize) {
+    if !unsafe { adapter(ext) }.cancel(slot, irp as usize, &Storport(ext)) {
         log!(
             ERROR,
             "cancel routine found no parked IRP %p in slot %u",

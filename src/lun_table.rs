@@ -7,6 +7,10 @@ use revcall_protocol::{LunEntry, LunSpec, MAX_LUNS};
 
 use crate::error::Status;
 
+/// Ticks of the grace timer (one a second) a LUN whose last server died waits for another.
+/// 5 s: below disk.sys's 10 s TimeOutValue, so Storport's resets do not start meanwhile.
+pub const GRACE_TICKS: u8 = 5;
+
 /// One logical unit's slot.
 ///
 /// # Invariants
@@ -17,6 +21,8 @@ struct Slot {
     present: bool,
     /// A server has attached since the LUN was created.
     served: bool,
+    /// Grace ticks left since its last server died (0: none running).
+    grace: u8,
     spec: LunSpec,
 }
 
@@ -29,6 +35,7 @@ impl LunTable {
         const EMPTY: Slot = Slot {
             present: false,
             served: false,
+            grace: 0,
             spec: LunSpec {
                 block_count: 0,
                 block_size: 0,
@@ -71,6 +78,7 @@ impl LunTable {
         *slot = Slot {
             present: true,
             served: false,
+            grace: 0,
             spec,
         };
         Ok(lun as u8)
@@ -99,20 +107,61 @@ impl LunTable {
             .map(|slot| &slot.spec)
     }
 
-    /// Records that a server attached to `lun`.
+    /// Records that a server attached to `lun`: a grace period running ends.
     pub fn mark_served(&mut self, lun: u8) {
         if let Some(slot) = self.slots.get_mut(usize::from(lun)) {
             slot.served = slot.present;
+            slot.grace = 0;
         }
     }
 
-    /// Whether a server ever attached to `lun` since it was created: until one does, its
-    /// SRBs wait for the server its creator is about to start; once its last server is gone
-    /// they fail (docs/DATAPATH.md §3).
-    pub fn was_served(&self, lun: u8) -> bool {
+    /// The last server of `lun` died: its grace period starts ([`GRACE_TICKS`] ticks).
+    pub fn start_grace(&mut self, lun: u8) {
+        if let Some(slot) = self.slots.get_mut(usize::from(lun))
+            && slot.present
+            && slot.served
+        {
+            slot.grace = GRACE_TICKS;
+        }
+    }
+
+    /// Whether a grace period is running for some LUN.
+    pub fn in_grace(&self) -> bool {
+        self.slots
+            .iter()
+            .any(|slot| slot.present && slot.grace != 0)
+    }
+
+    /// One tick of the grace timer: the LUNs whose grace period just ended.
+    pub fn tick(&mut self) -> ArrayVec<u8, MAX_LUNS> {
+        self.end_grace(|grace| grace.saturating_sub(1))
+    }
+
+    /// Ends every grace period at once (there is no timer to measure them).
+    pub fn expire(&mut self) -> ArrayVec<u8, MAX_LUNS> {
+        self.end_grace(|_| 0)
+    }
+
+    fn end_grace(&mut self, next: impl Fn(u8) -> u8) -> ArrayVec<u8, MAX_LUNS> {
+        let mut ended = ArrayVec::new();
+        for (lun, slot) in self.slots.iter_mut().enumerate() {
+            if slot.present && slot.grace != 0 {
+                slot.grace = next(slot.grace);
+                if slot.grace == 0 {
+                    ended.push(lun as u8);
+                }
+            }
+        }
+        ended
+    }
+
+    /// Whether `lun`'s I/O fails while it has no server: it had one, and the grace period
+    /// after the last one died is over. A LUN not served yet waits for the server its creator
+    /// is about to start; one in its grace period for a restarted server (docs/DATAPATH.md §3).
+    pub fn fails_without_server(&self, lun: u8) -> bool {
         self.slots
             .get(usize::from(lun))
-            .is_some_and(|slot| slot.present && slot.served)
+            .is_some_and(|slot| slot.present && slot.served && slot.grace == 0)
     }
 
     /// The LUNs in ascending order (REPORT LUNS, LUN_LIST).
@@ -171,12 +220,35 @@ mod tests {
         assert_eq!(table.remove(3), Ok(()));
         assert_eq!(table.remove(3), Err(Status::NO_SUCH_DEVICE));
         assert_eq!(table.remove(99), Err(Status::NO_SUCH_DEVICE));
-        table.mark_served(4);
-        assert!(table.was_served(4) && !table.was_served(5));
         assert_eq!(table.create(spec(21)), Ok(3));
-        assert!(!table.was_served(3), "a new LUN has not been served yet");
+        assert!(
+            !table.fails_without_server(3),
+            "a new LUN waits for its first server"
+        );
         assert_eq!(table.get(3).map(|s| s.block_count), Some(1021));
         assert_eq!(table.entries().len(), MAX_LUNS);
+    }
+
+    #[test]
+    fn a_lun_whose_server_died_waits_out_its_grace_then_fails() {
+        let mut table = LunTable::new();
+        let lun = table.create(spec(0)).unwrap();
+        table.start_grace(lun);
+        assert!(!table.in_grace(), "never served: no grace to run");
+        table.mark_served(lun);
+        assert!(table.fails_without_server(lun));
+        table.start_grace(lun);
+        assert!(table.in_grace() && !table.fails_without_server(lun));
+        for _ in 1..GRACE_TICKS {
+            assert!(table.tick().is_empty());
+        }
+        assert_eq!(table.tick().as_slice(), [lun]);
+        assert!(!table.in_grace() && table.fails_without_server(lun));
+        table.start_grace(lun);
+        table.mark_served(lun);
+        assert!(!table.in_grace(), "a server came back");
+        table.start_grace(lun);
+        assert_eq!(table.expire().as_slice(), [lun]);
     }
 
     #[test]

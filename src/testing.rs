@@ -21,7 +21,7 @@ use std::sync::{
 
 use revcall_protocol::{IOCTL_MINIPORT_PROCESS_SERVICE_IRP, Request, encode_request};
 
-use crate::adapter::{Adapter, Bus, Lock, ServiceIrp, State, Timer};
+use crate::adapter::{Adapter, Bus, GraceTimer, Lock, ServiceIrp, State, Timer};
 use crate::disk::{PendingSrb, ScsiRequest};
 use crate::error::Status;
 use crate::service_queue::Parkable;
@@ -98,7 +98,7 @@ impl IrpCell {
         if self.armed.swap(false, SeqCst) {
             let slot = self.slot.load(SeqCst) as u16;
             assert!(
-                adapter.cancel(slot, self.id),
+                adapter.cancel(slot, self.id, &FakePort::new()),
                 "cancel routine did not find IRP {}",
                 self.id
             );
@@ -336,6 +336,7 @@ pub struct FakePort {
     pub arms: AtomicUsize,
     pub cancels: AtomicUsize,
     pub bus_changes: AtomicUsize,
+    pub grace_arms: AtomicUsize,
 }
 
 impl FakePort {
@@ -345,6 +346,7 @@ impl FakePort {
             arms: AtomicUsize::new(0),
             cancels: AtomicUsize::new(0),
             bus_changes: AtomicUsize::new(0),
+            grace_arms: AtomicUsize::new(0),
         }
     }
 }
@@ -362,6 +364,15 @@ impl Timer for FakePort {
         assert!(!lock_held(), "the timer cancelled under the adapter lock");
         self.cancels.fetch_add(1, SeqCst);
         *self.armed.lock().unwrap() = None;
+    }
+}
+
+impl GraceTimer for FakePort {
+    /// The test ticks it by hand ([`Adapter::grace_tick`]).
+    fn arm(&self) -> bool {
+        assert!(!lock_held(), "the grace timer armed under the adapter lock");
+        self.grace_arms.fetch_add(1, SeqCst);
+        true
     }
 }
 

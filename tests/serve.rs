@@ -10,7 +10,7 @@ use std::time::Duration;
 use common::revcall_sys;
 use revcall_client::server::{Answer, Backend, MemoryDisk, answer};
 use revcall_protocol::status::*;
-use revcall_protocol::{CommitResult, LunFlags, LunSpec};
+use revcall_protocol::{CURSOR_NOW, CommitResult, EventKind, LunFlags, LunSpec};
 use revcall_scsi::{Command, Sense, Transfer};
 use revcall_sim::client::Channel;
 use storsim::class::DiskClass;
@@ -27,11 +27,17 @@ const SRB_STATUS_NO_DEVICE: u8 = 0x08;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn start() -> Harness {
+    start_with(Config::default().srb_second)
+}
+
+/// A machine where one second of an SRB's timeout lasts `srb_second`.
+fn start_with(srb_second: Duration) -> Harness {
     Harness::start(
         &revcall_sys(),
         Config {
             timeline: false,
             delay_probability: 0.05,
+            srb_second,
             ..Config::default()
         },
     )
@@ -281,6 +287,42 @@ fn a_dead_servers_srbs_are_served_by_the_next_one() {
 }
 
 #[test]
+fn a_server_restarted_within_the_grace_period_serves_what_the_dead_one_held() {
+    // Storport's timeouts at their real length here: 10 s, longer than the grace period.
+    let harness = start_with(Duration::from_secs(1));
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let class = kernel.disk_class().expect("started");
+    let disk = Mutex::new(MemoryDisk::new(BLOCK, BLOCKS));
+    disk.lock().unwrap().write(64, &[0x3C; 512]).unwrap();
+    let first = Channel::open(&kernel, 40);
+    let second = Channel::open(&kernel, 41);
+    std::thread::scope(|scope| {
+        let attach = first.attach(lun);
+        let fetch = first.fetch(8);
+        let reader = scope.spawn(|| read(&class, 64, 1));
+        let held = first.work(&fetch.wait(PATIENCE).unwrap()).expect("work");
+        assert_eq!(held.items.len(), 1);
+        // The only server dies holding the READ; a second later another attaches.
+        assert_eq!(first.cancel(&attach), 1);
+        assert_eq!(attach.wait(PATIENCE).unwrap().status, STATUS_CANCELLED);
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(!reader.is_finished(), "held through the grace period");
+        let restarted = second.attach(lun);
+        let serving = scope.spawn(|| serve(&second, restarted, &disk));
+        let (status, data) = reader.join().unwrap();
+        assert_eq!((status, data), (SRB_STATUS_SUCCESS, vec![0x3C; 512]));
+        admin.remove_lun(lun).expect("LUN_REMOVE");
+        assert_eq!(serving.join().unwrap(), (1, STATUS_SUCCESS));
+    });
+    first.close();
+    second.close();
+    admin.close();
+    finish(harness);
+}
+
+#[test]
 fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
     let harness = start();
     let kernel = harness.kernel.clone();
@@ -314,8 +356,10 @@ fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
     let reply = server.commit(&late, 1).wait(PATIENCE).expect("completes");
     let work = server.work(&reply).expect("a FETCH reply");
     assert_eq!((work.stale, work.items.len()), (1, 0), "dropped, counted");
-    // The server dies: its parked FETCH ends FINAL, and the LUN, served once and now with
-    // no server, fails its I/O at once: NOT READY, manual intervention required.
+    // The server dies: its parked FETCH ends FINAL and the LUN's grace period starts. A READ
+    // meanwhile waits for a server (here Storport's compressed timeout aborts it first); once
+    // the grace period is over (LunOrphaned), the LUN's I/O fails at once: NOT READY, 04/03.
+    let events = admin.wait(CURSOR_NOW, 16);
     let parked = server.fetch(8);
     assert_eq!(server.cancel(&attach), 1);
     assert_eq!(attach.wait(PATIENCE).unwrap().status, STATUS_CANCELLED);
@@ -323,10 +367,32 @@ fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
         .work(&parked.wait(PATIENCE).unwrap())
         .expect("a FETCH reply");
     assert!(ended.last && ended.items.is_empty());
+    let waited = read(&class, 0, 1);
+    assert_eq!(
+        waited.0, SRB_STATUS_ABORTED,
+        "held for a server, then reset"
+    );
+    let mut seen = Vec::new();
+    let mut pending = events;
+    let started = std::time::Instant::now();
+    while !seen.contains(&(EventKind::LunOrphaned as u32)) {
+        let delivery = admin
+            .delivery(&pending.wait(Duration::from_secs(10)).expect("events come"))
+            .expect("a WAIT reply");
+        seen.extend(delivery.events.iter().map(|e| e.kind));
+        pending = admin.wait(delivery.reply.cursor, 16);
+    }
+    let grace = started.elapsed();
+    assert!(
+        grace >= Duration::from_secs(4) && grace < Duration::from_secs(8),
+        "a grace period of about 5 s, took {grace:?}"
+    );
+    assert!(seen.contains(&(EventKind::ServerLost as u32)), "{seen:?}");
     let orphaned = class
         .command(0, &Command::Read(transfer(0, 1)), BLOCK, None)
         .expect("completes");
     assert_eq!(orphaned.sense, Some(Sense::NOT_READY_MANUAL_INTERVENTION));
+    assert_eq!(admin.cancel(&pending), 1);
     // A new server takes a READ and holds it; the adapter's removal completes the READ
     // NO_DEVICE, and the server's ATTACH and parked FETCH DEVICE_REMOVED.
     let next = Channel::open(&kernel, 31);

@@ -61,6 +61,8 @@ pub type HW_FREE_ADAPTER_RESOURCES = unsafe extern "win64" fn(DeviceExtension: P
 pub type HW_PROCESS_SERVICE_REQUEST = unsafe extern "win64" fn(DeviceExtension: PVOID, Irp: PVOID);
 pub type HW_COMPLETE_SERVICE_IRP = unsafe extern "win64" fn(DeviceExtension: PVOID);
 pub type HW_TIMER = unsafe extern "win64" fn(DeviceExtension: PVOID);
+/// `HW_TIMER_EX`: the callback of a timer from StorPortInitializeTimer.
+pub type HW_TIMER_EX = unsafe extern "win64" fn(DeviceExtension: PVOID, Context: PVOID);
 pub type HW_DPC_ROUTINE = unsafe extern "win64" fn(
     Dpc: *mut STOR_DPC,
     HwDeviceExtension: PVOID,
@@ -366,6 +368,12 @@ pub const INITIALIZE_DPC: u32 = 0x1001;
 pub const ISSUE_DPC: u32 = 0x1002;
 /// `STORPORT_FUNCTION_CODE`: `ExtFunctionCompleteServiceIrp`.
 pub const EXT_FUNCTION_COMPLETE_SERVICE_IRP: u32 = 7;
+/// `STORPORT_FUNCTION_CODE`: `ExtFunctionInitializeTimer`, `RequestTimer`, `FreeTimer`.
+pub const EXT_FUNCTION_INITIALIZE_TIMER: u32 = 32;
+pub const EXT_FUNCTION_REQUEST_TIMER: u32 = 33;
+pub const EXT_FUNCTION_FREE_TIMER: u32 = 34;
+/// `STOR_STATUS_SUCCESS`: what StorPortExtendedFunction returns when it did what was asked.
+pub const STOR_STATUS_SUCCESS: u32 = 0;
 
 /// `MINIPORT_REG_DWORD` (StorPortRegistryRead's `Type`).
 pub const MINIPORT_REG_DWORD: u32 = 4;

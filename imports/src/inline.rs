@@ -4,9 +4,10 @@
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use storport_abi::{
-    BOOLEAN, BUS_CHANGE_DETECTED, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP, HW_DPC_ROUTINE,
-    HW_TIMER, INITIALIZE_DPC, IO_STACK_LOCATION, IRP, ISSUE_DPC, PVOID, REQUEST_COMPLETE,
-    REQUEST_TIMER_CALL, SCSI_REQUEST_BLOCK, STOR_DPC,
+    BOOLEAN, BUS_CHANGE_DETECTED, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP,
+    EXT_FUNCTION_FREE_TIMER, EXT_FUNCTION_INITIALIZE_TIMER, EXT_FUNCTION_REQUEST_TIMER,
+    HW_DPC_ROUTINE, HW_TIMER, HW_TIMER_EX, INITIALIZE_DPC, IO_STACK_LOCATION, IRP, ISSUE_DPC,
+    PVOID, REQUEST_COMPLETE, REQUEST_TIMER_CALL, SCSI_REQUEST_BLOCK, STOR_DPC,
 };
 
 use crate::storport::{StorPortExtendedFunction, StorPortNotification};
@@ -72,6 +73,59 @@ pub unsafe fn IrpCancelRequested(irp: *mut IRP) -> bool {
 pub unsafe fn StorPortCompleteServiceIrp(ext: PVOID, irp: *mut IRP) -> u32 {
     // SAFETY: the caller's contract is the DDI's; code 7 takes exactly one pointer argument.
     unsafe { StorPortExtendedFunction(EXT_FUNCTION_COMPLETE_SERVICE_IRP, ext, irp) }
+}
+
+/// `StorPortInitializeTimer(ext, &TimerHandle)`: a timer of the adapter's own beside the
+/// RequestTimerCall one; STOR_STATUS.
+///
+/// # Safety
+///
+/// `ext` is the adapter's HwDeviceExtension; at most DISPATCH_LEVEL; `handle` writable.
+#[inline]
+pub unsafe fn StorPortInitializeTimer(ext: PVOID, handle: *mut PVOID) -> u32 {
+    // SAFETY: the caller's contract is the DDI's; code 32 takes the handle's address.
+    unsafe { StorPortExtendedFunction(EXT_FUNCTION_INITIALIZE_TIMER, ext, handle) }
+}
+
+/// `StorPortRequestTimer(ext, TimerHandle, Callback, Context, TimerValue µs, TolerableDelay µs)`:
+/// calls `callback` once after `delay_us`, replacing a pending request; STOR_STATUS.
+///
+/// # Safety
+///
+/// `handle` came from [`StorPortInitializeTimer`] for `ext` and was not freed.
+#[inline]
+pub unsafe fn StorPortRequestTimer(
+    ext: PVOID,
+    handle: PVOID,
+    callback: HW_TIMER_EX,
+    context: PVOID,
+    delay_us: u64,
+    tolerable_us: u64,
+) -> u32 {
+    // SAFETY: the caller's contract is the DDI's; code 33 takes the handle, a PHW_TIMER_EX,
+    // a context pointer and two ULONGLONGs.
+    unsafe {
+        StorPortExtendedFunction(
+            EXT_FUNCTION_REQUEST_TIMER,
+            ext,
+            handle,
+            callback,
+            context,
+            delay_us,
+            tolerable_us,
+        )
+    }
+}
+
+/// `StorPortFreeTimer(ext, TimerHandle)`: cancels and frees it; STOR_STATUS.
+///
+/// # Safety
+///
+/// `handle` came from [`StorPortInitializeTimer`] for `ext`; it is not used afterwards.
+#[inline]
+pub unsafe fn StorPortFreeTimer(ext: PVOID, handle: PVOID) -> u32 {
+    // SAFETY: the caller's contract is the DDI's; code 34 takes the handle.
+    unsafe { StorPortExtendedFunction(EXT_FUNCTION_FREE_TIMER, ext, handle) }
 }
 
 /// `StorPortNotification(RequestComplete, ext, Srb)`.

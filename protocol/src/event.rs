@@ -57,6 +57,14 @@ pub enum EventKind {
     LunCreated = 8,
     /// LUN_REMOVE: LUN `arg0` is gone; Storport was told the bus changed.
     LunRemoved = 9,
+    /// A server ATTACHed to LUN `arg0`, which now has `arg1` servers.
+    ServerAttached = 10,
+    /// A server of LUN `arg0` died (its ATTACH was cancelled); the `arg1` SRBs it held went
+    /// back to the LUN's queue. With no server left the LUN's grace period starts.
+    ServerLost = 11,
+    /// LUN `arg0`'s grace period ended with no server: its `arg1` queued SRBs, and its I/O
+    /// from now until a server attaches, fail NOT READY.
+    LunOrphaned = 12,
 }
 
 impl EventKind {
@@ -80,6 +88,9 @@ impl TryFrom<u32> for EventKind {
             7 => Self::AdapterRemoved,
             8 => Self::LunCreated,
             9 => Self::LunRemoved,
+            10 => Self::ServerAttached,
+            11 => Self::ServerLost,
+            12 => Self::LunOrphaned,
             other => return Err(other),
         })
     }
@@ -96,7 +107,7 @@ mod tests {
                 Ok(kind) => assert_eq!(kind as u32, raw),
                 Err(v) => {
                     assert_eq!(v, raw);
-                    assert!(raw == 0 || raw > 9);
+                    assert!(raw == 0 || raw > 12);
                 }
             }
         }

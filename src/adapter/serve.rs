@@ -17,14 +17,14 @@
 
 use arrayvec::ArrayVec;
 use revcall_protocol::{
-    AttachReply, Commit, CommitResult, DataOp, Descriptor, DescriptorFlags, FetchFlags,
+    AttachReply, Commit, CommitResult, DataOp, Descriptor, DescriptorFlags, EventKind, FetchFlags,
     FetchReplyWriter, MAX_DESCRIPTORS, MAX_RESULTS, Opcode, ScsiStatus, encode_attach_reply,
     fetch_reply_size,
 };
 use revcall_scsi::{Sense, SenseKey};
 use storport_abi::{srb_function, srb_status};
 
-use super::{Adapter, Batch, Lock, Outcome, ServiceIrp, State};
+use super::{Adapter, Batch, GraceTimer, Lock, Outcome, ServiceIrp, State};
 use crate::disk::{self, Ending, PendingSrb, Route};
 use crate::error::Status;
 use crate::service_queue::{PARK_CAP, Parked, Refusal, ServiceQueue};
@@ -142,7 +142,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
                 let Some((srb, io)) = self.tags.retire_first(|lun, _| {
                     closed
                         || luns.get(lun).is_none()
-                        || (luns.was_served(lun) && !sessions.serves(lun))
+                        || (luns.fails_without_server(lun) && !sessions.serves(lun))
                 }) else {
                     break;
                 };
@@ -200,12 +200,16 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     }
 
     /// Ends `session`: what it held goes back to its LUN's queue, and [`Adapter::settle`]
-    /// completes its parked IRPs (and, with no server left, the LUN's SRBs).
-    fn end_session(&mut self, session: SessionId) {
-        if let Some(ended) = self.sessions.close(session) {
-            self.tags.requeue(ended.lun, session.index);
-            self.unsettled = true;
+    /// completes its parked IRPs; a LUN left with no server starts its grace period. The LUN
+    /// and how many SRBs went back, if the session was live.
+    fn end_session(&mut self, session: SessionId) -> Option<(u8, u32)> {
+        let ended = self.sessions.close(session)?;
+        let requeued = self.tags.requeue(ended.lun, session.index);
+        self.unsettled = true;
+        if !self.is_closed() && !self.sessions.serves(ended.lun) {
+            self.luns.start_grace(ended.lun);
         }
+        Some((ended.lun, requeued))
     }
 
     /// Ends every session of `lun` (of every LUN when `None`).
@@ -213,7 +217,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         let mut ended = ArrayVec::<SessionId, { crate::session::MAX_SESSIONS }>::new();
         ended.extend(self.sessions.of_lun(lun).map(|session| session.id));
         for session in ended {
-            self.end_session(session);
+            let _ = self.end_session(session);
         }
     }
 }
@@ -271,8 +275,9 @@ where
             if s.is_closed() {
                 return Err((srb, Ending::Status(srb_status::NO_DEVICE)));
             }
-            // Its last server is gone. A LUN not served yet queues for the first one.
-            if s.luns.was_served(io.lun) && !s.sessions.serves(io.lun) {
+            // Its last server is gone and its grace period over. A LUN not served yet, or in
+            // its grace period, queues for the next server.
+            if s.luns.fails_without_server(io.lun) && !s.sessions.serves(io.lun) {
                 return Err((srb, Ending::Check(Sense::NOT_READY_MANUAL_INTERVENTION)));
             }
             // Every tag taken: Storport retries a BUSY SRB later.
@@ -321,7 +326,7 @@ where
 
     /// Completes, in batches with the lock released, everything the state says must end now,
     /// and hands queued SRBs to parked FETCHes. Callers hold no spin lock.
-    pub(super) fn settle(&self) {
+    pub fn settle(&self) {
         loop {
             let (irps, srbs) = self.state.with(|s| {
                 let (mut irps, mut srbs) = (Batch::new(), SrbBatch::new());
@@ -368,6 +373,9 @@ where
                 Ok(_) => {
                     s.sessions.open(session, file, lun);
                     s.luns.mark_served(lun);
+                    let servers = s.sessions.of_lun(Some(lun)).count() as u64;
+                    s.ring
+                        .publish(EventKind::ServerAttached, lun.into(), servers);
                     Outcome::Parked
                 }
                 Err(Refusal::Full(irp)) => {
@@ -378,8 +386,9 @@ where
                 }
             }
         });
-        if let Outcome::Complete(irp, status, size) = outcome {
-            irp.complete(status, size);
+        match outcome {
+            Outcome::Complete(irp, status, size) => irp.complete(status, size),
+            Outcome::Parked => self.deliver(),
         }
     }
 
@@ -488,25 +497,69 @@ where
     }
 
     /// The cancel routine of an IRP parked in the server queue. An ATTACH's cancellation ends
-    /// its session (the server died). Returns false if the queue does not hold that IRP.
-    pub(super) fn cancel_server(&self, slot: u16, id: usize) -> bool {
+    /// its session (the server died); a LUN left with no server starts its grace period on
+    /// `grace`. Returns false if the queue does not hold that IRP.
+    pub(super) fn cancel_server(&self, slot: u16, id: usize, grace: &impl GraceTimer) -> bool {
         let taken = self.state.with(|s| {
             let (irp, server) = s.servers.take_cancelled(slot, id)?;
             // A live session's ATTACH is the one parked with its id.
-            if server.is_attach() {
-                s.end_session(server.session);
+            let lost = server
+                .is_attach()
+                .then(|| s.end_session(server.session))
+                .flatten();
+            if let Some((lun, requeued)) = lost {
+                s.ring
+                    .publish(EventKind::ServerLost, lun.into(), requeued.into());
             }
             s.count(Status::CANCELLED);
-            Some(irp)
+            Some((irp, lost.is_some() && s.luns.in_grace()))
         });
-        match taken {
-            Some(irp) => {
-                irp.complete(Status::CANCELLED, 0);
-                self.settle();
-                true
-            }
-            None => false,
+        let Some((irp, tick)) = taken else {
+            return false;
+        };
+        irp.complete(Status::CANCELLED, 0);
+        if tick && !grace.arm() {
+            self.end_grace();
         }
+        self.settle();
+        self.deliver();
+        true
+    }
+
+    /// The grace timer ticked (at DISPATCH_LEVEL, perhaps under Storport's StartIo lock: it
+    /// only publishes and marks). Returns (whether to arm it again, whether LUNs were orphaned:
+    /// then [`settle`](Self::settle) and [`deliver`](Self::deliver) must run where no spin
+    /// lock is held — the driver's DPC).
+    pub fn grace_tick(&self) -> (bool, bool) {
+        self.state.with(|s| {
+            let orphaned = s.orphan(|luns| luns.tick());
+            (s.luns.in_grace(), orphaned)
+        })
+    }
+
+    /// Ends every grace period now (no timer to measure them): whether LUNs were orphaned,
+    /// as for [`grace_tick`](Self::grace_tick).
+    pub fn end_grace(&self) -> bool {
+        self.state.with(|s| s.orphan(|luns| luns.expire()))
+    }
+}
+
+impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
+    /// Ends the grace periods `end` says are over: their LUNs' I/O fails from now on.
+    fn orphan(
+        &mut self,
+        end: impl FnOnce(
+            &mut crate::lun_table::LunTable,
+        ) -> ArrayVec<u8, { revcall_protocol::MAX_LUNS }>,
+    ) -> bool {
+        let ended = end(&mut self.luns);
+        for &lun in &ended {
+            let queued = self.tags.outstanding(lun);
+            self.ring
+                .publish(EventKind::LunOrphaned, lun.into(), queued.into());
+        }
+        self.unsettled |= !ended.is_empty();
+        !ended.is_empty()
     }
 }
 

@@ -10,7 +10,7 @@ use std::ffi::c_void;
 
 use storport_abi::{
     HW_ADAPTER_CONTROL, HW_COMPLETE_SERVICE_IRP, HW_DPC_ROUTINE, HW_FREE_ADAPTER_RESOURCES,
-    HW_INITIALIZE, HW_PROCESS_SERVICE_REQUEST, HW_RESET_BUS, HW_STARTIO, HW_TIMER,
+    HW_INITIALIZE, HW_PROCESS_SERVICE_REQUEST, HW_RESET_BUS, HW_STARTIO, HW_TIMER, HW_TIMER_EX,
     PORT_CONFIGURATION_INFORMATION, SCSI_REQUEST_BLOCK, VIRTUAL_HW_FIND_ADAPTER,
 };
 
@@ -229,6 +229,25 @@ impl Timer {
     pub fn call(self, extension: Extension) {
         // SAFETY: prototype (`new`), live extension.
         unsafe { (self.0)(extension.ptr()) }
+    }
+}
+
+/// The HwStorTimerEx a StorPortRequestTimer named, with its context.
+#[derive(Clone, Copy)]
+pub struct TimerEx(HW_TIMER_EX, usize);
+
+impl TimerEx {
+    /// # Safety
+    ///
+    /// `routine` is driver code with the HW_TIMER_EX prototype, in an image that stays loaded
+    /// while the timer is queued; `context` is the miniport's own value.
+    pub unsafe fn new(routine: HW_TIMER_EX, context: usize) -> Self {
+        Self(routine, context)
+    }
+
+    pub fn call(self, extension: Extension) {
+        // SAFETY: prototype (`new`), live extension, the context handed back unchanged.
+        unsafe { (self.0)(extension.ptr(), self.1 as *mut c_void) }
     }
 }
 

@@ -226,7 +226,7 @@ fn a_bad_commit_is_refused_whole_and_touches_no_srb() {
 }
 
 #[test]
-fn a_dead_servers_srbs_go_to_the_next_server_and_without_one_fail_not_ready() {
+fn a_dead_servers_srbs_go_to_the_next_server_or_wait_out_the_grace_period() {
     let mut b = Bench::new(0);
     let first = b.attach(SERVER);
     let second = b.attach(OTHER_SERVER);
@@ -254,19 +254,48 @@ fn a_dead_servers_srbs_go_to_the_next_server_and_without_one_fail_not_ready() {
         Status::INVALID_DEVICE_STATE,
         "one session per handle"
     );
-    // The last server dies too: with no server, the SRBs fail NOT READY, 04/03 (the grace
-    // period of DATAPATH.md §3 is still to come), and its parked FETCH ends FINAL.
+    // The last server dies too: the LUN's grace period starts; its parked FETCH ends FINAL.
     let parked = b.fetch(OTHER_SERVER);
     second.io_cancel_irp(&b.adapter);
-    for read in &reads {
+    let (flags, _, items) = fetched(&parked);
+    assert_eq!((flags, items.len()), (FetchFlags::FINAL, 0));
+    let late = b.io(Command::Read(rw(9, 1)), std::vec![0; 512]);
+    for _ in 1..crate::lun_table::GRACE_TICKS {
+        assert_eq!(b.adapter.grace_tick(), (true, false), "still in grace");
+    }
+    assert!(
+        reads.iter().chain([&late]).all(|r| r.completions() == 0),
+        "held for a server"
+    );
+    // A restarted server within the grace period gets them all.
+    let third = b.attach(0x4000);
+    let (_, _, again) = fetched(&b.fetch(0x4000));
+    assert_eq!(again.len(), 4);
+    assert_eq!(
+        b.adapter.grace_tick(),
+        (false, false),
+        "the grace period ended"
+    );
+    // It dies with them, and no server comes: when the grace period is over they fail NOT
+    // READY, 04/03, and so does what comes next.
+    third.io_cancel_irp(&b.adapter);
+    for _ in 1..crate::lun_table::GRACE_TICKS {
+        assert_eq!(b.adapter.grace_tick(), (true, false));
+    }
+    assert_eq!(b.adapter.grace_tick(), (false, true), "orphaned");
+    b.adapter.settle();
+    for read in reads.iter().chain([&late]) {
         let end = ended(read);
         assert_eq!(
             Sense::parse(&end.sense),
             Some(Sense::NOT_READY_MANUAL_INTERVENTION)
         );
     }
-    let (flags, _, items) = fetched(&parked);
-    assert_eq!((flags, items.len()), (FetchFlags::FINAL, 0));
+    let after = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    assert_eq!(
+        Sense::parse(&ended(&after).sense),
+        Some(Sense::NOT_READY_MANUAL_INTERVENTION)
+    );
 }
 
 #[test]

@@ -13,7 +13,8 @@ use storport_abi::status::user::{
 };
 
 use storport_abi::{
-    HW_DPC_ROUTINE, HW_INITIALIZATION_DATA, HW_TIMER, IRP, STOR_FEATURE_VIRTUAL_MINIPORT,
+    HW_DPC_ROUTINE, HW_INITIALIZATION_DATA, HW_TIMER, HW_TIMER_EX, IRP,
+    STOR_FEATURE_VIRTUAL_MINIPORT,
 };
 
 use super::{Export, enter};
@@ -22,7 +23,7 @@ use crate::faults::Site;
 use crate::io::Via;
 use crate::io::objects::Slot;
 use crate::kernel::Kernel;
-use crate::miniport::{DpcRoutine, Miniport, Routines, Timer};
+use crate::miniport::{DpcRoutine, Miniport, Routines, Timer, TimerEx};
 use crate::pool::Owner;
 use crate::verifier::{BugCheck, Code, rules};
 
@@ -301,17 +302,26 @@ unsafe extern "win64" fn stor_port_notification(
 }
 
 /// `StorPortExtendedFunction(FunctionCode, HwDeviceExtension, …)` → STOR_STATUS.
+///
+/// Five variadic arguments are read, the most a function here takes (RequestTimer); a call
+/// that passes fewer leaves the rest as whatever its stack holds, never looked at.
 unsafe extern "win64" fn stor_port_extended_function(
     code: u32,
     _extension: *mut c_void,
     a0: usize,
     a1: usize,
     a2: usize,
+    a3: usize,
+    // RequestTimer's TolerableDelay: storsim fires timers on time.
+    _a4: usize,
 ) -> u32 {
     let (kernel, _call) = enter(match code {
         7 => "StorPortCompleteServiceIrp",
         0 => "StorPortAllocatePool",
         1 => "StorPortFreePool",
+        32 => "StorPortInitializeTimer",
+        33 => "StorPortRequestTimer",
+        34 => "StorPortFreeTimer",
         _ => "StorPortExtendedFunction",
     });
     match code {
@@ -369,6 +379,72 @@ unsafe extern "win64" fn stor_port_extended_function(
             if kernel.io().complete(a0, Via::StorPortCompleteServiceIrp) {
                 kernel.port().rundown_release();
             }
+            STOR_STATUS_SUCCESS
+        }
+        // InitializeTimer(&TimerHandle): the handle is a block of Storport's pool, so a timer
+        // never freed shows as a leak at unload.
+        32 => {
+            if !storport_irql_at_most("StorPortInitializeTimer", DISPATCH_LEVEL) {
+                return STOR_STATUS_INVALID_IRQL;
+            }
+            if a0 == 0 {
+                return STOR_STATUS_INVALID_PARAMETER;
+            }
+            let Ok(handle) = kernel.machine().pool().allocate_zeroed(
+                64,
+                u32::from_le_bytes(*b"Tmr "),
+                Owner::Port,
+            ) else {
+                return STOR_STATUS_INSUFFICIENT_RESOURCES;
+            };
+            let handle = handle as *const () as usize;
+            kernel.port().dispatcher().init_timer(handle);
+            // SAFETY: the wrapper's out-parameter.
+            unsafe { (a0 as *mut usize).write(handle) };
+            STOR_STATUS_SUCCESS
+        }
+        // RequestTimer(TimerHandle, HwStorTimerEx, Context, TimerValue µs, TolerableDelay µs)
+        33 => {
+            if !storport_irql_at_most("StorPortRequestTimer", DISPATCH_LEVEL) {
+                return STOR_STATUS_INVALID_IRQL;
+            }
+            if a1 == 0 {
+                kernel.machine().report(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
+                    [rules::BAD_ARGUMENT, 33, a0 as u64, 0],
+                    "StorPortRequestTimer with a NULL callback",
+                ));
+                return STOR_STATUS_INVALID_PARAMETER;
+            }
+            // SAFETY: non-NULL (checked above); RequestTimer's second argument is the
+            // miniport's HW_TIMER_EX, passed in an integer register by the shim.
+            let routine = unsafe { std::mem::transmute::<usize, HW_TIMER_EX>(a1) };
+            // SAFETY: the miniport's callback, in its loaded image, with its own context.
+            let timer = unsafe { TimerEx::new(routine, a2) };
+            if kernel.port().request_timer_ex(a0, timer, a3 as u64) {
+                return STOR_STATUS_SUCCESS;
+            }
+            kernel.machine().report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [rules::BAD_ARGUMENT, 33, a0 as u64, 0],
+                format!("StorPortRequestTimer on {a0:#x}, which is no timer (never initialized, or freed)"),
+            ));
+            STOR_STATUS_INVALID_PARAMETER
+        }
+        // FreeTimer(TimerHandle)
+        34 => {
+            if !storport_irql_at_most("StorPortFreeTimer", DISPATCH_LEVEL) {
+                return STOR_STATUS_INVALID_IRQL;
+            }
+            if !kernel.port().dispatcher().free_timer(a0) {
+                kernel.machine().report(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
+                    [rules::BAD_ARGUMENT, 34, a0 as u64, 0],
+                    format!("StorPortFreeTimer on {a0:#x}, which is no timer (freed twice?)"),
+                ));
+                return STOR_STATUS_INVALID_PARAMETER;
+            }
+            let _ = kernel.machine().pool().free(a0 as *mut u8, None);
             STOR_STATUS_SUCCESS
         }
         // DelayExecution(µs)

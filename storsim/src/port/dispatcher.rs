@@ -3,6 +3,9 @@
 //!
 //! HwTimer runs holding the StartIo lock, as RaidpAdapterTimerDpcRoutine does; DPC routines
 //! run with no Storport lock. A timer request replaces the previous one; 0 cancels it.
+//! Timers from StorPortInitializeTimer work alike, each with its own pending request; their
+//! HwStorTimerEx runs under the StartIo lock too (the strict reading: nothing documents it
+//! either way).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering;
@@ -12,12 +15,14 @@ use std::time::{Duration, Instant};
 
 use super::Port;
 use crate::cpu::{self, DISPATCH_LEVEL};
-use crate::miniport::{DpcRoutine, Timer};
+use crate::miniport::{DpcRoutine, Timer, TimerEx};
 use crate::verifier::locks::{LockApi, STARTIO_LOCK};
 
 #[derive(Default)]
 struct State {
     timer: Option<(Instant, Timer)>,
+    /// StorPortInitializeTimer's timers by handle, each with its pending request.
+    timers_ex: HashMap<usize, Option<(Instant, TimerEx)>>,
     dpcs: VecDeque<(usize, usize, usize)>,
     queued: HashSet<usize>,
     routines: HashMap<usize, DpcRoutine>,
@@ -72,6 +77,34 @@ impl Dispatcher {
         self.state().timer = None;
     }
 
+    /// StorPortInitializeTimer: a new timer with this handle.
+    pub fn init_timer(&self, handle: usize) {
+        self.state().timers_ex.insert(handle, None);
+    }
+
+    /// StorPortRequestTimer: `false` if `handle` is no timer (never initialized, or freed).
+    pub fn request_timer_ex(
+        &self,
+        port: &Arc<Port>,
+        handle: usize,
+        timer: TimerEx,
+        micros: u64,
+    ) -> bool {
+        self.ensure_thread(port);
+        let mut state = self.state();
+        let Some(pending) = state.timers_ex.get_mut(&handle) else {
+            return false;
+        };
+        *pending = Some((Instant::now() + Duration::from_micros(micros), timer));
+        self.wake.notify_all();
+        true
+    }
+
+    /// StorPortFreeTimer: cancels and forgets the timer; `false` if it was none.
+    pub fn free_timer(&self, handle: usize) -> bool {
+        self.state().timers_ex.remove(&handle).is_some()
+    }
+
     /// InitializeDpc.
     /// `false` (and nothing changes) if the DPC is queued: KeInitializeDpc on a queued DPC
     /// would unlink the kernel's DPC queue.
@@ -110,7 +143,9 @@ impl Dispatcher {
     /// A timer or DPC still queued.
     pub fn pending(&self) -> bool {
         let state = self.state();
-        state.timer.is_some() || !state.dpcs.is_empty()
+        state.timer.is_some()
+            || !state.dpcs.is_empty()
+            || state.timers_ex.values().any(Option::is_some)
     }
 
     /// From now on nothing queued runs (the adapter's resources are being freed).
@@ -128,6 +163,7 @@ impl Dispatcher {
     pub fn discard(&self) {
         let mut state = self.state();
         state.timer = None;
+        state.timers_ex.clear();
         state.dpcs.clear();
         state.queued.clear();
     }
@@ -146,6 +182,19 @@ impl Dispatcher {
 enum Work {
     Dpc(usize, DpcRoutine, usize, usize),
     Timer(Timer),
+    TimerEx(TimerEx),
+}
+
+impl State {
+    /// The timer request due first: RequestTimerCall's (`None` handle) or a timer's.
+    fn next_due(&self) -> Option<(Instant, Option<usize>)> {
+        let call = self.timer.map(|(due, _)| (due, None));
+        let timers = self
+            .timers_ex
+            .iter()
+            .filter_map(|(&handle, pending)| pending.map(|(due, _)| (due, Some(handle))));
+        call.into_iter().chain(timers).min_by_key(|&(due, _)| due)
+    }
 }
 
 fn run(port: Weak<Port>) {
@@ -176,11 +225,18 @@ fn run(port: Weak<Port>) {
                     break Some(Work::Dpc(dpc, routine, arg1, arg2));
                 }
                 let now = Instant::now();
-                match state.timer {
-                    Some((due, routine)) if due <= now => {
-                        state.timer = None;
+                match state.next_due() {
+                    Some((due, handle)) if due <= now => {
+                        let work = match handle {
+                            None => state.timer.take().map(|(_, routine)| Work::Timer(routine)),
+                            Some(handle) => state
+                                .timers_ex
+                                .get_mut(&handle)
+                                .and_then(Option::take)
+                                .map(|(_, timer)| Work::TimerEx(timer)),
+                        };
                         state.running = true;
-                        break Some(Work::Timer(routine));
+                        break work;
                     }
                     _ if state.stop => break None,
                     Some((due, _)) => {
@@ -215,13 +271,17 @@ fn run(port: Weak<Port>) {
                 }
                 Work::Timer(routine) => {
                     port.counters.timer_calls.fetch_add(1, Ordering::Relaxed);
-                    let old = machine.acquire_kernel_lock(
-                        STARTIO_LOCK,
-                        LockApi::Storport,
-                        "Storport's StartIo lock",
-                    );
-                    machine.call_driver("HwTimer", DISPATCH_LEVEL, || routine.call(extension));
-                    machine.release_kernel_lock(STARTIO_LOCK, "Storport's StartIo lock", old);
+                    under_startio_lock(machine, || {
+                        machine.call_driver("HwTimer", DISPATCH_LEVEL, || routine.call(extension));
+                    });
+                }
+                Work::TimerEx(timer) => {
+                    port.counters.timer_calls.fetch_add(1, Ordering::Relaxed);
+                    under_startio_lock(machine, || {
+                        machine.call_driver("HwStorTimerEx", DISPATCH_LEVEL, || {
+                            timer.call(extension);
+                        });
+                    });
                 }
             }
         }
@@ -229,4 +289,11 @@ fn run(port: Weak<Port>) {
         state.running = false;
         dispatcher.idle.notify_all();
     }
+}
+
+fn under_startio_lock(machine: &crate::machine::Machine, f: impl FnOnce()) {
+    let old =
+        machine.acquire_kernel_lock(STARTIO_LOCK, LockApi::Storport, "Storport's StartIo lock");
+    f();
+    machine.release_kernel_lock(STARTIO_LOCK, "Storport's StartIo lock", old);
 }

@@ -25,7 +25,7 @@ pub use srb::{Direction, Srb};
 
 use crate::io::Io;
 use crate::machine::Machine;
-use crate::miniport::{Extension, Miniport, Timer};
+use crate::miniport::{Extension, Miniport, Timer, TimerEx};
 use crate::verifier::locks::{self, LockApi, STARTIO_LOCK};
 
 /// SCSI_ADAPTER_CONTROL_TYPE values storsim uses.
@@ -166,6 +166,21 @@ impl Port {
     /// holds it, asks), so a miniport that requests its timer under a lock its HwStorTimer also
     /// takes shows the lock-order cycle it would deadlock on (0xC4/0x1001).
     pub fn request_timer(self: &Arc<Self>, timer: Option<Timer>, micros: u64) {
+        self.as_timer_request(|| self.dispatcher.request_timer(self, timer, micros));
+    }
+
+    /// StorPortRequestTimer on the timer `handle` (StorPortInitializeTimer's): `false` if it is
+    /// no timer. Serialised with its callback by the StartIo lock, as RequestTimerCall is.
+    pub fn request_timer_ex(self: &Arc<Self>, handle: usize, timer: TimerEx, micros: u64) -> bool {
+        self.as_timer_request(|| {
+            self.dispatcher
+                .request_timer_ex(self, handle, timer, micros)
+        })
+    }
+
+    /// Runs a timer request holding the StartIo lock, unless a timer callback (which holds
+    /// it) makes the request.
+    fn as_timer_request<R>(&self, request: impl FnOnce() -> R) -> R {
         let inside_timer = locks::holds(STARTIO_LOCK);
         let old = (!inside_timer).then(|| {
             self.machine.acquire_kernel_lock(
@@ -174,11 +189,12 @@ impl Port {
                 "Storport's StartIo lock",
             )
         });
-        self.dispatcher.request_timer(self, timer, micros);
+        let result = request();
         if let Some(old) = old {
             self.machine
                 .release_kernel_lock(STARTIO_LOCK, "Storport's StartIo lock", old);
         }
+        result
     }
 
     /// Timer calls made so far.
