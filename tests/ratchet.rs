@@ -7,16 +7,16 @@ use std::path::{Path, PathBuf};
 
 /// (crate folder, unsafe sites, transmutes, statics, `static mut`s)
 const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
-    (".", 82, 0, 1, 0),
+    (".", 89, 0, 1, 0),
     ("abi", 2, 0, 0, 0),
     ("client", 0, 0, 0, 0),
-    ("fixtures", 145, 0, 2, 0),
+    ("fixtures", 146, 0, 2, 0),
     ("fuzz", 0, 0, 1, 0),
-    ("imports", 25, 1, 0, 0),
+    ("imports", 31, 1, 0, 0),
     ("protocol", 0, 0, 0, 0),
     ("scsi", 0, 0, 0, 0),
     ("sim", 1, 0, 1, 0),
-    ("storsim", 273, 5, 32, 0),
+    ("storsim", 278, 6, 32, 0),
     ("tester", 27, 0, 0, 0),
     ("xtask", 0, 0, 0, 0),
 ];

@@ -369,6 +369,11 @@ fn srb_never_completed_meets_the_reset_ladder() {
 }
 
 #[test]
+fn a_timer_never_freed_is_0xc4_57000011() {
+    trips("timer_not_freed", 0xC4, Some(0x5700_0011));
+}
+
+#[test]
 fn acquire_at_dpc_level_below_dispatch_is_0xc4_40() {
     trips("acquire_at_dpc_level_below_dispatch", 0xC4, Some(0x40));
 }

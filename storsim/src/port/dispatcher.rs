@@ -100,6 +100,11 @@ impl Dispatcher {
         true
     }
 
+    /// The timers StorPortInitializeTimer made and StorPortFreeTimer has not freed.
+    pub fn timers(&self) -> Vec<usize> {
+        self.state().timers_ex.keys().copied().collect()
+    }
+
     /// StorPortFreeTimer: cancels and forgets the timer; `false` if it was none.
     pub fn free_timer(&self, handle: usize) -> bool {
         self.state().timers_ex.remove(&handle).is_some()

@@ -536,6 +536,15 @@ impl Port {
                     miniport.free_adapter_resources(extension)
                 });
         }
+        for timer in self.dispatcher.timers() {
+            self.machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [rules::TIMER_NOT_FREED, timer as u64, 0, 0],
+                format!("the timer {timer:#x} from StorPortInitializeTimer was never freed"),
+            ));
+            self.dispatcher.free_timer(timer);
+            let _ = self.machine.pool().free(timer as *mut u8, None);
+        }
         // The class driver's SRBs outlive the adapter only as dangling pointers: Storport
         // would complete them into freed memory, or never.
         let srbs: Vec<usize> = self.srbs_outstanding().iter().copied().collect();

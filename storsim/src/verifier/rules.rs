@@ -126,9 +126,11 @@ pub const SRB_PENDING_AFTER_RESET: u64 = 0x5700_000E;
 pub const SRB_COMPLETED_UNDER_LOCK: u64 = 0x5700_000F;
 /// An SRB still pending when the adapter's removal is over.
 pub const SRB_PENDING_AT_REMOVAL: u64 = 0x5700_0010;
+/// A StorPortInitializeTimer timer the miniport did not free.
+pub const TIMER_NOT_FREED: u64 = 0x5700_0011;
 
 /// Every storsim-defined P1, with the sentence the README's table gives it.
-pub const STORSIM_RULES: [Rule; 15] = [
+pub const STORSIM_RULES: [Rule; 16] = [
     Rule {
         p1: SPIN_LOCK_SAFE,
         what: "an IRP completed while a spin lock is held (SDV SpinLockSafe)",
@@ -188,6 +190,10 @@ pub const STORSIM_RULES: [Rule; 15] = [
     Rule {
         p1: SRB_PENDING_AT_REMOVAL,
         what: "an SRB still pending when the adapter's removal reaches HwFreeAdapterResources (a removal must complete every SRB, SRB_STATUS_NO_DEVICE)",
+    },
+    Rule {
+        p1: TIMER_NOT_FREED,
+        what: "a timer from StorPortInitializeTimer still allocated after HwFreeAdapterResources (StorPortFreeTimer frees it)",
     },
 ];
 
