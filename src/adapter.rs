@@ -81,6 +81,9 @@ pub trait Bus {
     /// `StorPortNotification(BusChangeDetected)`: a LUN appeared or went away; Storport
     /// rescans the bus.
     fn changed(&self);
+    /// `StorPortSetDeviceQueueDepth`: how many SRBs Storport may have outstanding on `lun`
+    /// (allowed on or after its first INQUIRY).
+    fn set_queue_depth(&self, lun: u8, depth: u32);
 }
 
 /// Where the adapter is in its PnP life.

@@ -47,6 +47,9 @@ pub struct Units {
 pub enum Route {
     /// Answered: its status is set; complete it.
     Done,
+    /// A successful INQUIRY of an existing LUN, answered: complete it, then tell Storport
+    /// the LUN's queue depth (the DDI allows it from the first INQUIRY on).
+    Inquired { depth: u32 },
     /// A data command for the LUN's server, checked against the LUN.
     Server(Io),
 }
@@ -103,7 +106,14 @@ pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8) -> Units) -> 
             srb.finish(srb_status::SUCCESS, GOOD, 0);
             Route::Done
         }
-        Ok(Step::Answer) => answer(srb, &command, Some(&identity), &units.luns),
+        Ok(Step::Answer) => match answer(srb, &command, Some(&identity), &units.luns) {
+            Route::Done if matches!(command, Command::Inquiry { evpd: false, .. }) => {
+                Route::Inquired {
+                    depth: spec.depth(),
+                }
+            }
+            route => route,
+        },
         Err(sense) => check_condition(srb, sense),
     }
 }

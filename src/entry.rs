@@ -20,7 +20,7 @@ use nt_imports::inline::{
 use nt_imports::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
 use nt_imports::storport::{
     StorPortAllocateRegistryBuffer, StorPortFreeRegistryBuffer, StorPortInitialize,
-    StorPortRegistryRead,
+    StorPortRegistryRead, StorPortSetDeviceQueueDepth,
 };
 use storport_abi::{
     BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, HW_INITIALIZATION_DATA, INTERFACE_TYPE_INTERNAL, IRP,
@@ -125,6 +125,12 @@ impl Bus for Storport {
         // SAFETY: `self.0` is the HwDeviceExtension of the adapter whose callback made this;
         // the LUNs live on bus 0.
         unsafe { StorPortBusChangeDetected(self.0, 0) };
+    }
+
+    fn set_queue_depth(&self, lun: u8, depth: u32) {
+        // SAFETY: as in `changed`; HwStartIo calls this, at ≤ DISPATCH_LEVEL, right after the
+        // LUN's INQUIRY, with a depth of 1..=250 (LUN_CREATE's range).
+        unsafe { StorPortSetDeviceQueueDepth(self.0, 0, 0, lun, depth) };
     }
 }
 
@@ -286,7 +292,7 @@ unsafe extern "win64" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -
     // SAFETY: the SRB of this call, handed over: it is not touched here again.
     if let Some(srb) = unsafe { Srb::new(ext, srb) } {
         // SAFETY: this adapter's HwDeviceExtension.
-        unsafe { adapter(ext) }.start_io(srb);
+        unsafe { adapter(ext) }.start_io(srb, &Storport(ext));
     }
     TRUE
 }

@@ -337,6 +337,7 @@ pub struct FakePort {
     pub cancels: AtomicUsize,
     pub bus_changes: AtomicUsize,
     pub grace_arms: AtomicUsize,
+    pub queue_depths: Mutex<Vec<(u8, u32)>>,
 }
 
 impl FakePort {
@@ -347,6 +348,7 @@ impl FakePort {
             cancels: AtomicUsize::new(0),
             bus_changes: AtomicUsize::new(0),
             grace_arms: AtomicUsize::new(0),
+            queue_depths: Mutex::new(Vec::new()),
         }
     }
 }
@@ -381,5 +383,10 @@ impl Bus for FakePort {
     fn changed(&self) {
         assert!(!lock_held(), "BusChangeDetected under the adapter lock");
         self.bus_changes.fetch_add(1, SeqCst);
+    }
+
+    fn set_queue_depth(&self, lun: u8, depth: u32) {
+        assert!(!lock_held(), "SetDeviceQueueDepth under the adapter lock");
+        self.queue_depths.lock().unwrap().push((lun, depth));
     }
 }

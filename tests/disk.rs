@@ -75,6 +75,11 @@ fn a_created_lun_is_enumerated_as_the_disk_it_was_described_as() {
     assert!(!disk.identifiers.is_empty(), "VPD 0x83 never empty");
     assert_eq!(disk.vpd_pages, [0x00, 0x80, 0x83, 0xB0, 0xB1, 0xB2]);
     assert_eq!(disk.vendor, "revcall");
+    assert_eq!(
+        kernel.port().queue_depth(0, 0),
+        Some(128),
+        "StorPortSetDeviceQueueDepth after the INQUIRY, LUN_CREATE's default depth"
+    );
 
     // The event channel tells the disk's life.
     let events = channel

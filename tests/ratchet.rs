@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// (crate folder, unsafe sites, transmutes, statics, `static mut`s)
 const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
-    (".", 89, 0, 1, 0),
+    (".", 90, 0, 1, 0),
     ("abi", 2, 0, 0, 0),
     ("client", 0, 0, 0, 0),
     ("fixtures", 146, 0, 2, 0),
@@ -16,7 +16,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     ("protocol", 0, 0, 0, 0),
     ("scsi", 0, 0, 0, 0),
     ("sim", 1, 0, 1, 0),
-    ("storsim", 278, 6, 32, 0),
+    ("storsim", 279, 6, 32, 0),
     ("tester", 27, 0, 0, 0),
     ("xtask", 0, 0, 0, 0),
 ];

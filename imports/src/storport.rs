@@ -30,6 +30,16 @@ unsafe extern "system" {
     /// Busy-waits `Delay` microseconds, at any IRQL.
     /// <https://learn.microsoft.com/windows-hardware/drivers/ddi/storport/nf-storport-storportstallexecution>
     pub fn StorPortStallExecution(Delay: u32);
+    /// How many SRBs Storport may have outstanding on one logical unit; ≤ DISPATCH_LEVEL, on
+    /// or after the unit's first INQUIRY.
+    /// <https://learn.microsoft.com/windows-hardware/drivers/ddi/storport/nf-storport-storportsetdevicequeuedepth>
+    pub fn StorPortSetDeviceQueueDepth(
+        HwDeviceExtension: PVOID,
+        PathId: u8,
+        TargetId: u8,
+        Lun: u8,
+        Depth: u32,
+    ) -> BOOLEAN;
 }
 
 #[link(name = "storport.sys", kind = "raw-dylib", modifiers = "+verbatim")]

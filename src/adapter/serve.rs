@@ -255,7 +255,7 @@ where
     L: Lock<State<I, R>>,
 {
     /// HwStartIo: answers the SRB, or queues it for the LUN's servers.
-    pub fn start_io(&self, mut srb: R) {
+    pub fn start_io(&self, mut srb: R, bus: &impl super::Bus) {
         let function = srb.function();
         if matches!(
             function,
@@ -268,8 +268,14 @@ where
             self.reset(scope, srb_status::ABORTED);
         }
         let units = |lun| self.units(lun);
-        let Route::Server(io) = disk::start_io(&mut srb, units) else {
-            return srb.complete();
+        let io = match disk::start_io(&mut srb, units) {
+            Route::Server(io) => io,
+            Route::Done => return srb.complete(),
+            Route::Inquired { depth } => {
+                let (_, _, lun) = srb.address();
+                srb.complete();
+                return bus.set_queue_depth(lun, depth);
+            }
         };
         let refused = self.state.with(|s| {
             if s.is_closed() {

@@ -88,7 +88,7 @@ impl Bench {
         let mut srb = FakeSrb::scsi(0, &command, data.len());
         srb.data = data;
         let cell = srb.cell.clone();
-        self.adapter.start_io(srb);
+        self.adapter.start_io(srb, &self.port);
         cell
     }
 }
@@ -360,7 +360,7 @@ fn resets_take_back_what_the_servers_hold_and_a_late_commit_is_stale() {
     let mut reset = FakeSrb::scsi(0, &Command::TestUnitReady, 0);
     reset.function = srb_function::RESET_LOGICAL_UNIT;
     let reset_cell = reset.cell.clone();
-    b.adapter.start_io(reset);
+    b.adapter.start_io(reset, &b.port);
     assert_eq!(ended(&held).srb_status, srb_status::ABORTED);
     assert_eq!(ended(&reset_cell).srb_status, srb_status::SUCCESS);
 }
@@ -387,4 +387,32 @@ fn a_new_lun_queues_for_its_first_server_and_removal_ends_everything() {
     assert_eq!(parked.completion().unwrap().status, Status::DEVICE_REMOVED);
     let after = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
     assert_eq!(ended(&after).srb_status, srb_status::NO_DEVICE);
+}
+
+#[test]
+fn an_inquiry_tells_storport_the_luns_queue_depth() {
+    let b = Bench::new(0);
+    let inquiry = b.io(
+        Command::Inquiry {
+            evpd: false,
+            page: 0,
+            alloc: 96,
+        },
+        std::vec![0; 96],
+    );
+    assert_eq!(ended(&inquiry).srb_status, srb_status::SUCCESS);
+    assert_eq!(
+        *b.port.queue_depths.lock().unwrap(),
+        [(0, revcall_protocol::DEFAULT_QUEUE_DEPTH)]
+    );
+    // A VPD page is no first INQUIRY: nothing more is said.
+    b.io(
+        Command::Inquiry {
+            evpd: true,
+            page: 0x80,
+            alloc: 96,
+        },
+        std::vec![0; 96],
+    );
+    assert_eq!(b.port.queue_depths.lock().unwrap().len(), 1);
 }

@@ -561,6 +561,18 @@ unsafe extern "win64" fn stor_port_registry_read(
     u8::from(found)
 }
 
+unsafe extern "win64" fn stor_port_set_device_queue_depth(
+    _extension: *mut c_void,
+    path: u8,
+    target: u8,
+    lun: u8,
+    depth: u32,
+) -> u8 {
+    let (kernel, _call) = enter("StorPortSetDeviceQueueDepth");
+    storport_irql_at_most("StorPortSetDeviceQueueDepth", DISPATCH_LEVEL);
+    u8::from(kernel.port().set_queue_depth((path, target, lun), depth))
+}
+
 unsafe extern "win64" fn stor_port_stall_execution(micros: u32) {
     let (kernel, _call) = enter("StorPortStallExecution");
     if micros > 100_000 {
@@ -603,6 +615,10 @@ pub fn exports() -> Vec<Export> {
         (
             "StorPortStallExecution",
             stor_port_stall_execution as *const () as usize,
+        ),
+        (
+            "StorPortSetDeviceQueueDepth",
+            stor_port_set_device_queue_depth as *const () as usize,
         ),
         (
             "StorPortDebugPrint",

@@ -27,6 +27,7 @@ use crate::io::Io;
 use crate::machine::Machine;
 use crate::miniport::{Extension, Miniport, Timer, TimerEx};
 use crate::verifier::locks::{self, LockApi, STARTIO_LOCK};
+use crate::verifier::{BugCheck, Code, rules};
 
 /// SCSI_ADAPTER_CONTROL_TYPE values storsim uses.
 pub const SCSI_QUERY_SUPPORTED_CONTROL_TYPES: u32 = 0;
@@ -78,6 +79,9 @@ pub struct Port {
     rundown: Rundown,
     dispatcher: Dispatcher,
     srbs: Mutex<std::collections::HashSet<usize>>,
+    /// Logical units Storport has sent an INQUIRY, with the queue depth the miniport set for
+    /// each (0: not set).
+    units: Mutex<std::collections::HashMap<(u8, u8), u32>>,
     counters: PortCounters,
 }
 
@@ -91,6 +95,7 @@ impl Port {
             rundown: Rundown::default(),
             dispatcher: Dispatcher::default(),
             srbs: Mutex::new(std::collections::HashSet::new()),
+            units: Mutex::new(std::collections::HashMap::new()),
             counters: PortCounters::default(),
         }
     }
@@ -195,6 +200,42 @@ impl Port {
                 .release_kernel_lock(STARTIO_LOCK, "Storport's StartIo lock", old);
         }
         result
+    }
+
+    /// StorPortSetDeviceQueueDepth: `false` (reported) for a depth of 0 or a logical unit
+    /// Storport has not sent an INQUIRY yet — the DDI allows it only on or after the first.
+    pub fn set_queue_depth(&self, (path, target, lun): (u8, u8, u8), depth: u32) -> bool {
+        let mut units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        let problem = match units.get_mut(&(target, lun)) {
+            _ if path != 0 || depth == 0 => Some("a depth of 0 or a bus that does not exist"),
+            None => Some("before Storport sent the logical unit its first INQUIRY"),
+            Some(set) => {
+                *set = depth;
+                None
+            }
+        };
+        if let Some(problem) = problem {
+            self.machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [
+                    rules::BAD_ARGUMENT,
+                    u64::from(target),
+                    u64::from(lun),
+                    u64::from(depth),
+                ],
+                format!("StorPortSetDeviceQueueDepth({path}, {target}, {lun}, {depth}): {problem}"),
+            ));
+        }
+        problem.is_none()
+    }
+
+    /// The queue depth the miniport set for (`target`, `lun`), if it did.
+    pub fn queue_depth(&self, target: u8, lun: u8) -> Option<u32> {
+        let units = self.units.lock().unwrap_or_else(|p| p.into_inner());
+        units
+            .get(&(target, lun))
+            .copied()
+            .filter(|&depth| depth != 0)
     }
 
     /// Timer calls made so far.

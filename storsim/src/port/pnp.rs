@@ -287,6 +287,13 @@ impl Port {
     }
 
     fn start_io(&self, miniport: Miniport, extension: Extension, srb: &Srb) {
+        if srb.opcode(self.machine.pool()) == 0x12 {
+            self.units
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .entry(srb.address())
+                .or_insert(0);
+        }
         self.srbs_outstanding().insert(srb.addr());
         self.counters.srbs.fetch_add(1, Ordering::Relaxed);
         self.machine.call_driver("HwStartIo", DISPATCH_LEVEL, || {

@@ -211,6 +211,11 @@ impl Srb {
         self.data_len
     }
 
+    /// The CDB's operation code.
+    pub fn opcode(&self, pool: &Pool) -> u8 {
+        self.field(pool, offset_of!(SCSI_REQUEST_BLOCK, Cdb), 1)[0]
+    }
+
     /// (TargetId, Lun).
     pub fn address(&self) -> (u8, u8) {
         self.address
