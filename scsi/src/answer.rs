@@ -31,7 +31,8 @@ pub struct Identity<'a> {
     pub read_only: bool,
     /// The caching page says WCE, so Windows sends SYNCHRONIZE CACHE.
     pub write_cache: bool,
-    /// VPD B2 says LBPU (and LBPRZ: unmapped blocks read as zeros), so Windows sends UNMAP.
+    /// VPD B2 says LBPU, so Windows sends UNMAP. LBPRZ (unmapped blocks read as zeros) is
+    /// not claimed: that would be a promise about every server's backend.
     pub unmap: bool,
     /// Printable ASCII (VPD 0x80), trailing spaces allowed.
     pub serial: &'a [u8],
@@ -152,8 +153,8 @@ pub fn answer(
             reply.push(&(unit.block_count - 1).to_be_bytes());
             reply.push(&unit.block_size.to_be_bytes());
             reply.push(&[0, 0]);
-            // LBPME and LBPRZ when unmap is on.
-            reply.push(&[if unit.unmap { 0xC0 } else { 0 }, 0]);
+            // LBPME when unmap is on; no LBPRZ (see `Identity::unmap`).
+            reply.push(&[if unit.unmap { 0x80 } else { 0 }, 0]);
             reply.push(&[0; 16]);
             alloc as usize
         }
@@ -241,8 +242,10 @@ fn vpd(reply: &mut Reply, page: u8, unit: &Identity<'_>) -> Result<(), Sense> {
             body.push(&characteristics);
         }
         _ => {
-            // 0xB2: LBPU, LBPRZ; provisioning type 0 (full: no thin-provisioning thresholds).
-            body.push(&[0, 0x84, 0, 0]);
+            // 0xB2: LBPU, no LBPRZ; provisioning type 1 (resource provisioned: logical block
+            // provisioning without thin-provisioning thresholds; type 0 with LBPU would
+            // contradict itself).
+            body.push(&[0, 0x80, 0x01, 0]);
         }
     }
     let length = body.len as u16;
@@ -345,6 +348,31 @@ mod tests {
         let mut out = [0u8; 512];
         let n = answer(&command, unit, &[0, 3], &mut out).expect("answered");
         out[..n].to_vec()
+    }
+
+    #[test]
+    fn unmap_is_announced_without_promising_zeros() {
+        let u = unit(1000);
+        let b2 = ask(
+            Command::Inquiry {
+                evpd: true,
+                page: 0xB2,
+                alloc: 64,
+            },
+            Some(&u),
+        );
+        assert_eq!(b2[5], 0x80, "LBPU, no LBPRZ");
+        assert_eq!(b2[6] & 0x07, 1, "resource provisioned");
+        let rc16 = ask(Command::ReadCapacity16 { alloc: 32 }, Some(&u));
+        assert_eq!(rc16[14] & 0xC0, 0x80, "LBPME, no LBPRZ");
+        let plain = Identity {
+            unmap: false,
+            ..unit(1000)
+        };
+        assert_eq!(
+            ask(Command::ReadCapacity16 { alloc: 32 }, Some(&plain))[14],
+            0
+        );
     }
 
     #[test]
