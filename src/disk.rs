@@ -25,6 +25,8 @@ pub trait ScsiRequest {
     fn sense(&mut self) -> Option<&mut [u8]>;
     /// Records that `len` bytes of sense data were written (`SenseInfoBufferLength`).
     fn sense_written(&mut self, len: u8);
+    /// SRB_FUNCTION_ABORT_COMMAND's `NextSrb`: the address of the SRB to abort.
+    fn next_srb(&self) -> usize;
     /// `SrbStatus`, and for a SCSI command `ScsiStatus` and `DataTransferLength` (the bytes
     /// actually moved, never more than asked).
     fn finish(&mut self, srb_status: u8, scsi_status: u8, transferred: u32);
@@ -32,6 +34,8 @@ pub trait ScsiRequest {
 
 /// An SRB the miniport owns until it hands it back.
 pub trait PendingSrb: ScsiRequest + Send + Sized {
+    /// The SRB's address: what an ABORT_COMMAND's `NextSrb` names.
+    fn id(&self) -> usize;
     /// `StorPortNotification(RequestComplete)`. Never under the adapter lock.
     fn complete(self);
 }

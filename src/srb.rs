@@ -97,6 +97,10 @@ impl ScsiRequest for Srb {
         Some(unsafe { core::slice::from_raw_parts_mut(buffer, len) })
     }
 
+    fn next_srb(&self) -> usize {
+        self.get().NextSrb as usize
+    }
+
     fn sense_written(&mut self, len: u8) {
         let srb = self.get_mut();
         srb.SenseInfoBufferLength = len.min(srb.SenseInfoBufferLength);
@@ -114,6 +118,10 @@ impl ScsiRequest for Srb {
 }
 
 impl PendingSrb for Srb {
+    fn id(&self) -> usize {
+        self.srb.as_ptr() as usize
+    }
+
     fn complete(self) {
         // SAFETY: `ext` is this SRB's adapter (invariant) and we give the SRB up here: `self`
         // is consumed, so it cannot be touched or completed again.

@@ -245,6 +245,14 @@ impl<R> TagTable<R> {
         Some((self.free_slot(slot, true)?, io))
     }
 
+    /// Frees the slot holding the SRB `matches` selects (an ABORT_COMMAND's target), retiring
+    /// its generation.
+    pub fn retire_srb(&mut self, matches: impl Fn(&R) -> bool) -> Option<R> {
+        let slot = (0..usize::from(self.high_water))
+            .find(|&slot| self.srbs[slot].as_ref().is_some_and(&matches))?;
+        self.free_slot(slot, true)
+    }
+
     /// Puts every slot `session` holds back at the front of `lun`'s FIFO, in tag order, for
     /// another session to fetch; returns how many.
     pub fn requeue(&mut self, lun: u8, session: u8) -> u32 {

@@ -263,6 +263,7 @@ pub struct FakeSrb {
     /// `SenseInfoBufferLength` as the miniport left it.
     pub sense_len: u8,
     pub finished: Option<(u8, u8, u32)>,
+    pub next_srb: usize,
     pub cell: Arc<SrbCell>,
 }
 
@@ -278,6 +279,7 @@ impl FakeSrb {
             sense: std::vec![0; 18],
             sense_len: 18,
             finished: None,
+            next_srb: 0,
             cell: Arc::new(SrbCell::default()),
         }
     }
@@ -302,6 +304,9 @@ impl ScsiRequest for FakeSrb {
     fn sense_written(&mut self, len: u8) {
         self.sense_len = len.min(self.sense_len);
     }
+    fn next_srb(&self) -> usize {
+        self.next_srb
+    }
     fn finish(&mut self, srb_status: u8, scsi_status: u8, transferred: u32) {
         assert!(self.finished.is_none(), "SRB status set twice");
         let transferred = transferred.min(self.data.len() as u32);
@@ -310,6 +315,11 @@ impl ScsiRequest for FakeSrb {
 }
 
 impl PendingSrb for FakeSrb {
+    /// The record the port keeps of it: unique while the SRB lives.
+    fn id(&self) -> usize {
+        Arc::as_ptr(&self.cell) as usize
+    }
+
     /// Storport's RequestComplete: never under the adapter lock, never twice, never without a
     /// status.
     fn complete(self) {

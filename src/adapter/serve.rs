@@ -267,6 +267,15 @@ where
             let scope = (function == srb_function::RESET_LOGICAL_UNIT).then_some(lun);
             self.reset(scope, srb_status::ABORTED);
         }
+        if function == srb_function::ABORT_COMMAND {
+            // The SRB it names ends ABORTED if it is still ours; the abort itself succeeds
+            // either way (one completed meanwhile needs no abort).
+            let target = srb.next_srb();
+            let aborted = self
+                .state
+                .with(|s| s.tags.retire_srb(|held| held.id() == target));
+            Self::complete_srbs(aborted.map(|srb| (srb, Ending::Status(srb_status::ABORTED))));
+        }
         let units = |lun| self.units(lun);
         let io = match disk::start_io(&mut srb, units) {
             Route::Server(io) => io,

@@ -416,3 +416,29 @@ fn an_inquiry_tells_storport_the_luns_queue_depth() {
     );
     assert_eq!(b.port.queue_depths.lock().unwrap().len(), 1);
 }
+
+#[test]
+fn abort_command_aborts_the_srb_it_names_and_nothing_else() {
+    let mut b = Bench::new(0);
+    let _attach = b.attach(SERVER);
+    let mut doomed = FakeSrb::scsi(0, &Command::Read(rw(0, 1)), 512);
+    let target = crate::disk::PendingSrb::id(&doomed);
+    doomed.data = std::vec![0; 512];
+    let doomed_cell = doomed.cell.clone();
+    b.adapter.start_io(doomed, &b.port);
+    let other = b.io(Command::Read(rw(1, 1)), std::vec![0; 512]);
+    let abort = |target| {
+        let mut abort = FakeSrb::scsi(0, &Command::TestUnitReady, 0);
+        abort.function = srb_function::ABORT_COMMAND;
+        abort.next_srb = target;
+        let cell = abort.cell.clone();
+        b.adapter.start_io(abort, &b.port);
+        ended(&cell).srb_status
+    };
+    assert_eq!(abort(target), srb_status::SUCCESS);
+    assert_eq!(ended(&doomed_cell).srb_status, srb_status::ABORTED);
+    assert_eq!(other.completions(), 0, "only the named SRB");
+    // Aborting one that is gone already is no error, and touches nothing.
+    assert_eq!(abort(target), srb_status::SUCCESS);
+    assert_eq!(other.completions(), 0);
+}
