@@ -291,9 +291,10 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
 
     /// HwInitialize: the adapter is up (first start, or again after a PnP stop). Controls still
     /// waiting for the DPC (Storport flushes DPCs before a restart, so normally none) come first.
-    pub fn start(&self, timer: &impl Timer) {
-        self.apply_controls(timer);
-        self.transition(Lifecycle::Running, EventKind::AdapterStarted, Some(timer));
+    pub fn start(&self, port: &(impl Timer + GraceTimer)) {
+        self.apply_controls(port);
+        self.transition(Lifecycle::Running, EventKind::AdapterStarted, Some(port));
+        self.resume_grace(port);
     }
 
     /// `ScsiStopAdapter` / `ScsiRestartAdapter`, possibly at DIRQL: records the control without
@@ -310,12 +311,15 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
 
     /// Applies every recorded control in order (the DPC, at DISPATCH_LEVEL; HwInitialize).
     /// A stop is not a removal: parked requests stay parked.
-    pub fn apply_controls(&self, timer: &impl Timer) {
+    pub fn apply_controls(&self, port: &(impl Timer + GraceTimer)) {
         let mut waiting = self.controls.swap(0, Ordering::AcqRel);
         while waiting != 0 {
             match waiting & ((1 << CONTROL_BITS) - 1) {
                 1 => self.transition(Lifecycle::Stopped, EventKind::AdapterStopped, None),
-                _ => self.transition(Lifecycle::Running, EventKind::AdapterRestarted, Some(timer)),
+                _ => {
+                    self.transition(Lifecycle::Running, EventKind::AdapterRestarted, Some(port));
+                    self.resume_grace(port);
+                }
             }
             waiting >>= CONTROL_BITS;
         }

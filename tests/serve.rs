@@ -413,3 +413,37 @@ fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
     admin.close();
     finish(harness);
 }
+
+#[test]
+fn a_surprise_removal_completes_the_srbs_servers_hold_and_queue() {
+    let harness = start_with(Duration::from_secs(1));
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let class = kernel.disk_class().expect("started");
+    let server = Channel::open(&kernel, 50);
+    let attach = server.attach(lun);
+    let fetch = server.fetch(1);
+    std::thread::scope(|scope| {
+        // Two READs: the server takes one (it fetches one at a time) and holds it; the
+        // other waits in the LUN's queue.
+        let class = &class;
+        let readers: Vec<_> = (0..2)
+            .map(|n| scope.spawn(move || read(class, n * 8, 1)))
+            .collect();
+        let held = server.work(&fetch.wait(PATIENCE).unwrap()).expect("work");
+        assert_eq!(held.items.len(), 1);
+        while admin.list_luns().expect("LUN_LIST")[0].outstanding < 2 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        kernel.surprise_remove_adapter();
+        for reader in readers {
+            assert_eq!(reader.join().unwrap().0, SRB_STATUS_NO_DEVICE);
+        }
+        assert_eq!(attach.wait(PATIENCE).unwrap().status, STATUS_DEVICE_REMOVED);
+        kernel.remove_adapter(|| {});
+    });
+    server.close();
+    admin.close();
+    finish(harness);
+}

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod client;
 mod demo;
+mod disk;
 pub mod faults;
 mod fixture;
 pub mod torture;
@@ -26,6 +27,9 @@ pub enum Scenario {
     Demo,
     /// revcall with parked waiters and a surprise removal, then the removal.
     SurpriseRemoval,
+    /// A LUN served from user mode: RAM servers, every CPU writing and verifying, a flush, an
+    /// unmap, a server's process exit with I/O held, LUN and adapter removal with I/O held.
+    Disk,
     /// The fixture drivers' protocol (PARK / FLUSH / ECHO) through every path, for proving
     /// the verifier's checks with deliberately broken drivers.
     Fixture,
@@ -36,6 +40,7 @@ impl Scenario {
         match self {
             Scenario::Demo => "demo",
             Scenario::SurpriseRemoval => "surprise-removal",
+            Scenario::Disk => "disk",
             Scenario::Fixture => "fixture",
         }
     }
@@ -87,6 +92,7 @@ pub fn run(options: &Options) -> Summary {
             let result = match options.scenario {
                 Scenario::Demo => demo::run(&kernel, options.cpus, &failures),
                 Scenario::SurpriseRemoval => demo::surprise_removal(&kernel, &failures),
+                Scenario::Disk => disk::run(&kernel, options.cpus, &failures),
                 Scenario::Fixture => fixture::run(&kernel, &failures),
             };
             kernel.unload();

@@ -552,6 +552,15 @@ where
         })
     }
 
+    /// Coming up again after a PnP stop (which may have cancelled the grace timer): a grace
+    /// period still running gets its timer back, or ends if there is none.
+    pub(super) fn resume_grace(&self, grace: &impl GraceTimer) {
+        if self.state.with(|s| s.luns.in_grace()) && !grace.arm() && self.end_grace() {
+            self.settle();
+            self.deliver();
+        }
+    }
+
     /// Ends every grace period now (no timer to measure them): whether LUNs were orphaned,
     /// as for [`grace_tick`](Self::grace_tick).
     pub fn end_grace(&self) -> bool {

@@ -103,6 +103,14 @@ impl DiskClass {
         let transferred = srb.transferred(pool);
         let mut data = srb.data(pool);
         data.truncate(transferred.min(srb.requested()) as usize);
+        if status & 0x3F == SRB_STATUS_SUCCESS {
+            let (moved, counter) = match (payload, data_len) {
+                (_, 0) => (0, &self.port.counters().bytes_read),
+                (Some(_), _) => (transferred, &self.port.counters().bytes_written),
+                (None, _) => (data.len() as u32, &self.port.counters().bytes_read),
+            };
+            counter.fetch_add(u64::from(moved), std::sync::atomic::Ordering::Relaxed);
+        }
         let completion = Completion {
             srb_status: status & 0x3F,
             scsi_status: srb.scsi_status(pool),
@@ -113,6 +121,15 @@ impl DiskClass {
         };
         srb.free(pool);
         Some(completion)
+    }
+
+    /// A script compared `bytes` read back with what it had written (the run's summary
+    /// reports the total).
+    pub fn verified(&self, bytes: u64) {
+        self.port
+            .counters()
+            .bytes_verified
+            .fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// A data-in command that must succeed; its data.

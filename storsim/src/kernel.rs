@@ -258,8 +258,12 @@ impl Kernel {
             port: PortWork {
                 service_requests: load(&port.service_requests),
                 srbs: load(&port.srbs),
+                srbs_outstanding: self.port.srbs_in_flight() as u64,
                 timer_calls: load(&port.timer_calls),
                 dpcs: load(&port.dpcs),
+                bytes_written: load(&port.bytes_written),
+                bytes_read: load(&port.bytes_read),
+                bytes_verified: load(&port.bytes_verified),
             },
             pool_outstanding: self.machine.pool().outstanding(Owner::Driver).len(),
             delays_injected: self.machine.delays_injected(),

@@ -26,8 +26,14 @@ pub struct Events {
 pub struct PortWork {
     pub service_requests: u64,
     pub srbs: u64,
+    /// SRBs the miniport still had at the end.
+    pub srbs_outstanding: u64,
     pub timer_calls: u64,
     pub dpcs: u64,
+    /// The disk class model's successful data transfers, and what a script verified.
+    pub bytes_written: u64,
+    pub bytes_read: u64,
+    pub bytes_verified: u64,
 }
 
 /// Everything a run reports.
@@ -100,6 +106,15 @@ impl Summary {
                 self.port.dpcs,
                 self.delays_injected
             );
+            if self.port.bytes_written + self.port.bytes_read > 0 {
+                out += &format!(
+                    "disk: {} bytes written, {} read, {} verified; {} SRBs outstanding\n",
+                    self.port.bytes_written,
+                    self.port.bytes_read,
+                    self.port.bytes_verified,
+                    self.port.srbs_outstanding
+                );
+            }
         }
         for failure in &self.failures {
             out += &format!("scenario: expected {failure}\n");

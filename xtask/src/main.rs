@@ -24,8 +24,9 @@ enum Task {
     Build,
     /// Link revcall-tester.exe for Windows (x86_64-pc-windows-gnu, Debian's mingw-w64 linker).
     TesterExe,
-    /// The main job: build revcall.sys and run it in storsim (`storsim run … --scenario demo`);
-    /// arguments after `--` go to storsim (e.g. `-- --json`, `-- --cpus 4`).
+    /// The main job: build revcall.sys and run it in storsim (`storsim run … --scenario demo`,
+    /// then `--scenario disk`); arguments after `--` go to storsim (e.g. `-- --json`,
+    /// `-- --cpus 4`).
     Run {
         #[arg(last = true)]
         storsim_args: Vec<String>,
@@ -63,6 +64,12 @@ fn main() -> Result<()> {
                 "storsim: revcall.sys, demo scenario",
                 storsim_run(&sys)
                     .args(["--scenario", "demo"])
+                    .args(&storsim_args),
+            )?;
+            run(
+                "storsim: revcall.sys, disk scenario (a LUN served from user mode)",
+                storsim_run(&sys)
+                    .args(["--scenario", "disk"])
                     .args(storsim_args),
             )?;
         }
@@ -301,6 +308,7 @@ fn test() -> Result<()> {
     )?;
     scenario_is_clean(&sys, "demo")?;
     scenario_is_clean(&sys, "surprise-removal")?;
+    scenario_is_clean(&sys, "disk")?;
     torture_is_clean(&sys)?;
     faults_are_handled(&sys)?;
     selftest_passes(&sys)?;
@@ -570,6 +578,8 @@ fn scenario_is_clean(sys: &Path, scenario: &str) -> Result<()> {
     let report = json_report(&output, "storsim")?;
     let violations = report["violations"].as_array().map_or(usize::MAX, Vec::len);
     let outstanding = report["irps"]["outstanding"].as_u64();
+    let srbs = report["port"]["srbs_outstanding"].as_u64();
+    let verified = report["port"]["bytes_verified"].as_u64().unwrap_or(0);
     eprintln!(
         "    violations: {violations}, IRPs issued {} / completed {} / outstanding {:?}, events fired {} / delivered {}",
         report["irps"]["issued"],
@@ -578,7 +588,19 @@ fn scenario_is_clean(sys: &Path, scenario: &str) -> Result<()> {
         report["events"]["fired"],
         report["events"]["delivered"]
     );
-    if !output.status.success() || violations != 0 || outstanding != Some(0) {
+    if scenario == "disk" {
+        eprintln!(
+            "    disk: {} bytes written, {verified} verified, SRBs outstanding {srbs:?}",
+            report["port"]["bytes_written"]
+        );
+    }
+    let disk_ok = scenario != "disk" || verified > 0;
+    if !output.status.success()
+        || violations != 0
+        || outstanding != Some(0)
+        || srbs != Some(0)
+        || !disk_ok
+    {
         bail!(
             "the {scenario} scenario is not clean:\n{}",
             String::from_utf8_lossy(&output.stdout)

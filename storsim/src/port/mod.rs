@@ -68,6 +68,11 @@ pub struct PortCounters {
     pub bus_changes: AtomicU64,
     /// SRBs that timed out into the reset ladder.
     pub resets: AtomicU64,
+    /// Bytes the disk class model's WRITEs moved, and its READs brought back, successfully.
+    pub bytes_written: AtomicU64,
+    pub bytes_read: AtomicU64,
+    /// Bytes a script compared, after reading them back, with what it had written.
+    pub bytes_verified: AtomicU64,
 }
 
 /// Storport's state for the one adapter storsim runs.
@@ -227,6 +232,11 @@ impl Port {
             ));
         }
         problem.is_none()
+    }
+
+    /// SRBs handed to the miniport and not completed yet.
+    pub fn srbs_in_flight(&self) -> usize {
+        self.srbs_outstanding().len()
     }
 
     /// The queue depth the miniport set for (`target`, `lun`), if it did.
