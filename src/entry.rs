@@ -298,7 +298,7 @@ unsafe extern "win64" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -
 }
 
 /// HwStorResetBus: every SRB the servers hold or that waits for them completes
-/// SRB_STATUS_BUS_RESET (DATAPATH.md §4).
+/// SRB_STATUS_BUS_RESET (DATAPATH.md §4), and waiters hear of it.
 ///
 /// # Safety
 ///
@@ -306,7 +306,13 @@ unsafe extern "win64" fn hw_start_io(ext: PVOID, srb: *mut SCSI_REQUEST_BLOCK) -
 /// where completing SRBs is allowed.
 unsafe extern "win64" fn hw_reset_bus(ext: PVOID, _path_id: u32) -> BOOLEAN {
     // SAFETY: this adapter's HwDeviceExtension.
-    unsafe { adapter(ext) }.reset(None, storport_abi::srb_status::BUS_RESET);
+    let extension = unsafe { extension(ext) };
+    extension
+        .adapter
+        .reset(None, storport_abi::srb_status::BUS_RESET);
+    // The Reset event reaches waiters from the DPC: no IRP completes under the StartIo lock.
+    // SAFETY: HwFindAdapter initialized this DPC for this adapter.
+    unsafe { StorPortIssueDpc(ext, extension.delivery_dpc.get()) };
     TRUE
 }
 

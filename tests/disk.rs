@@ -179,9 +179,25 @@ fn data_commands_wait_for_a_first_server_and_never_hang() {
     // No server has attached yet: the READ waits for one, and when none comes, Storport's
     // timeout resets the LUN, which aborts it (classpnp retries it).
     let before = resets();
+    let watching = channel.wait(revcall_protocol::CURSOR_NOW, 16);
     let waited = read(rw, 0, 8);
     assert_eq!(waited.srb_status, SRB_STATUS_ABORTED);
     assert_eq!(resets(), before + 1);
+    // The event channel says so: a Reset of that LUN, one SRB completed.
+    let events = channel
+        .delivery(
+            &watching
+                .wait(revcall_sim::client::PROMPT)
+                .expect("an event"),
+        )
+        .expect("a WAIT reply")
+        .events;
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == EventKind::Reset as u32 && e.arg0 == u64::from(rw) && e.arg1 == 1),
+        "{events:?}"
+    );
     assert!(waited.data.is_empty(), "no data reported moved");
     assert_eq!(read(rw, 131_071, 2).sense, Some(Sense::LBA_OUT_OF_RANGE));
     let write = class

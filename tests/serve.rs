@@ -447,3 +447,171 @@ fn a_surprise_removal_completes_the_srbs_servers_hold_and_queue() {
     admin.close();
     finish(harness);
 }
+
+#[test]
+fn every_malformed_commit_is_refused_with_its_status_and_touches_no_srb() {
+    let harness = start_with(Duration::from_secs(1));
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let class = kernel.disk_class().expect("started");
+    let server = Channel::open(&kernel, 60);
+    let other = Channel::open(&kernel, 61);
+    let stranger = Channel::open(&kernel, 62);
+    let _attach = server.attach(lun);
+    let _other_attach = other.attach(lun);
+    let fetch = server.fetch(8);
+    std::thread::scope(|scope| {
+        let reader = scope.spawn(|| read(&class, 5, 1));
+        let held = server.work(&fetch.wait(PATIENCE).unwrap()).expect("work");
+        let tag = held.items[0].0.tag;
+        let good = |data_len| CommitResult {
+            tag,
+            data_len,
+            ..CommitResult::default()
+        };
+        let encode = |results: &[CommitResult], data: &[u8]| {
+            Answer {
+                results: results.to_vec(),
+                data: data.to_vec(),
+            }
+            .encode(0)
+        };
+        let block = vec![0x42; BLOCK as usize];
+        let mut wrong_size = encode(&[good(BLOCK)], &block);
+        wrong_size[0] ^= 1;
+        let mut left_over = encode(&[good(BLOCK)], &block);
+        left_over.push(0);
+        let len = left_over.len() as u32;
+        left_over[..4].copy_from_slice(&len.to_le_bytes());
+        let mut short = encode(&[good(BLOCK)], &block);
+        short.pop();
+        let len = short.len() as u32;
+        short[..4].copy_from_slice(&len.to_le_bytes());
+        let twice = encode(
+            &[good(BLOCK), good(BLOCK)],
+            &[block.clone(), block.clone()].concat(),
+        );
+        let odd_status = encode(
+            &[CommitResult {
+                scsi_status: 8,
+                ..good(0)
+            }],
+            &[],
+        );
+        let no_sense = encode(
+            &[CommitResult {
+                scsi_status: 2,
+                ..good(0)
+            }],
+            &[],
+        );
+        let too_many: Vec<_> = (0..65u64)
+            .map(|n| CommitResult {
+                tag: tag + (n << 16),
+                ..good(0)
+            })
+            .collect();
+        let too_many = encode(&too_many, &[]);
+        let unknown = encode(
+            &[CommitResult {
+                tag: tag ^ (7 << 16),
+                ..good(0)
+            }],
+            &[],
+        );
+        let wrong_len = encode(&[good(256)], &block[..256]);
+        let right = encode(&[good(BLOCK)], &block);
+        let cases: [(&str, &Channel, &[u8], u32, u32); 12] = [
+            (
+                "size field",
+                &server,
+                &wrong_size,
+                64,
+                STATUS_INVALID_PARAMETER,
+            ),
+            (
+                "data left over",
+                &server,
+                &left_over,
+                64,
+                STATUS_INVALID_PARAMETER,
+            ),
+            ("data short", &server, &short, 64, STATUS_INVALID_PARAMETER),
+            ("a tag twice", &server, &twice, 64, STATUS_INVALID_PARAMETER),
+            (
+                "a SCSI status",
+                &server,
+                &odd_status,
+                64,
+                STATUS_INVALID_PARAMETER,
+            ),
+            (
+                "CHECK CONDITION without a sense key",
+                &server,
+                &no_sense,
+                64,
+                STATUS_INVALID_PARAMETER,
+            ),
+            (
+                "65 results",
+                &server,
+                &too_many,
+                64,
+                STATUS_INVALID_PARAMETER,
+            ),
+            ("an unknown tag", &server, &unknown, 64, STATUS_NOT_FOUND),
+            (
+                "another server's tag",
+                &other,
+                &right,
+                64,
+                STATUS_ACCESS_DENIED,
+            ),
+            (
+                "READ data of another size",
+                &server,
+                &wrong_len,
+                64,
+                STATUS_INVALID_BUFFER_SIZE,
+            ),
+            (
+                "no session",
+                &stranger,
+                &right,
+                64,
+                STATUS_INVALID_DEVICE_STATE,
+            ),
+            (
+                "no room for the reply",
+                &server,
+                &right,
+                16,
+                STATUS_BUFFER_TOO_SMALL,
+            ),
+        ];
+        for (what, channel, record, out_len, status) in cases {
+            let done = channel
+                .send_raw(record, out_len)
+                .expect("sent")
+                .wait(PATIENCE)
+                .expect("completed");
+            assert_eq!(done.status, status, "{what}");
+            assert!(done.output.is_empty(), "{what}: an error carries no bytes");
+            assert_eq!(
+                admin.list_luns().expect("LUN_LIST")[0].outstanding,
+                1,
+                "{what}: the SRB was touched"
+            );
+        }
+        let done = server.send_raw(&right, 64).unwrap().wait(PATIENCE).unwrap();
+        assert_eq!(done.status, STATUS_SUCCESS);
+        assert_eq!(reader.join().unwrap(), (SRB_STATUS_SUCCESS, block));
+        admin.remove_lun(lun).expect("LUN_REMOVE");
+    });
+    for channel in [server, other, stranger] {
+        channel.close();
+    }
+    admin.close();
+    finish(harness);
+}

@@ -65,6 +65,10 @@ pub enum EventKind {
     /// LUN `arg0`'s grace period ended with no server: its `arg1` queued SRBs, and its I/O
     /// from now until a server attaches, fail NOT READY.
     LunOrphaned = 12,
+    /// Storport reset LUN `arg0` (`u64::MAX`: the whole bus, HwResetBus): the `arg1` SRBs
+    /// queued for or held by servers were completed (ABORTED or BUS_RESET). Storport resets
+    /// what timed out: a server too slow, or stalled.
+    Reset = 13,
 }
 
 impl EventKind {
@@ -91,6 +95,7 @@ impl TryFrom<u32> for EventKind {
             10 => Self::ServerAttached,
             11 => Self::ServerLost,
             12 => Self::LunOrphaned,
+            13 => Self::Reset,
             other => return Err(other),
         })
     }
@@ -107,7 +112,7 @@ mod tests {
                 Ok(kind) => assert_eq!(kind as u32, raw),
                 Err(v) => {
                     assert_eq!(v, raw);
-                    assert!(raw == 0 || raw > 12);
+                    assert!(raw == 0 || raw > 13);
                 }
             }
         }

@@ -266,6 +266,7 @@ where
             let (_, _, lun) = srb.address();
             let scope = (function == srb_function::RESET_LOGICAL_UNIT).then_some(lun);
             self.reset(scope, srb_status::ABORTED);
+            self.deliver();
         }
         if function == srb_function::ABORT_COMMAND {
             // The SRB it names ends ABORTED if it is still ours; the abort itself succeeds
@@ -309,8 +310,11 @@ where
         }
     }
 
-    /// HwResetBus (`None`) or a LUN reset: every SRB of the scope ends with `status`.
+    /// HwResetBus (`None`) or a LUN reset: every SRB of the scope ends with `status`, and a
+    /// Reset event says so. The caller delivers it ([`deliver`](Self::deliver)) where no spin
+    /// lock is held: HwResetBus runs under Storport's StartIo lock.
     pub fn reset(&self, lun: Option<u8>, status: u8) {
+        let mut completed = 0u64;
         loop {
             let batch: SrbBatch<R> = self.state.with(|s| {
                 let mut batch = SrbBatch::new();
@@ -326,10 +330,14 @@ where
                 batch
             });
             if batch.is_empty() {
-                return;
+                break;
             }
+            completed += batch.len() as u64;
             Self::complete_srbs(batch);
         }
+        let scope = lun.map_or(u64::MAX, u64::from);
+        self.state
+            .with(|s| s.ring.publish(EventKind::Reset, scope, completed));
     }
 
     fn complete_srbs(batch: impl IntoIterator<Item = (R, Ending)>) {
