@@ -237,26 +237,29 @@ fn session_over(status: u32) -> bool {
     )
 }
 
-/// A server's session on one handle: its ATTACH stays pending while it serves, one FETCH (or
-/// COMMIT_AND_FETCH) is always outstanding (docs/DATAPATH.md §3).
+/// A server's session on one handle: its ATTACH stays pending while it serves, and `depth`
+/// FETCHes (or COMMIT_AND_FETCHes) are always outstanding, so the driver can hand out new work
+/// while the server is busy with the last (docs/DATAPATH.md §3).
 pub struct Session<'a, 't, T: Transport> {
     adapter: &'a Adapter<'t, T>,
     attach: T::Pending,
-    fetch: Option<T::Pending>,
+    /// Outstanding, in the order the driver completes them (it fills the longest parked first).
+    fetches: std::collections::VecDeque<T::Pending>,
     max_descriptors: u32,
 }
 
 impl<'a, 't, T: Transport> Session<'a, 't, T> {
-    /// ATTACHes `adapter`'s handle to `lun` and posts the first FETCH.
+    /// ATTACHes `adapter`'s handle to `lun` and posts `depth` FETCHes (at least one).
     ///
     /// # Errors
     ///
     /// The ATTACH's status when the driver refused it at once (no such LUN, a handle that
-    /// already serves one, …).
+    /// already serves one, …), or a FETCH's that could not be sent.
     pub fn attach(
         adapter: &'a Adapter<'t, T>,
         lun: u32,
         max_descriptors: u32,
+        depth: usize,
     ) -> Result<Self, RequestError> {
         let transport = adapter.transport;
         let attach = transport
@@ -266,19 +269,20 @@ impl<'a, 't, T: Transport> Session<'a, 't, T> {
         if let Some(done) = transport.wait(&attach, Duration::ZERO) {
             return Err(RequestError::Status(done.status));
         }
-        let fetch = transport
-            .submit(
-                adapter.handle,
-                &encode(&Request::Fetch { max_descriptors }),
-                fetch_room(max_descriptors),
-            )
-            .map_err(RequestError::Status)?;
-        Ok(Self {
+        let mut session = Self {
             adapter,
             attach,
-            fetch: Some(fetch),
+            fetches: std::collections::VecDeque::new(),
             max_descriptors,
-        })
+        };
+        let fetch = encode(&Request::Fetch { max_descriptors });
+        for _ in 0..depth.max(1) {
+            let pending = transport
+                .submit(adapter.handle, &fetch, fetch_room(max_descriptors))
+                .map_err(RequestError::Status)?;
+            session.fetches.push_back(pending);
+        }
+        Ok(session)
     }
 
     /// Waits up to `limit` for work, serves it from `backend` and sends the answer (which
@@ -294,13 +298,13 @@ impl<'a, 't, T: Transport> Session<'a, 't, T> {
         limit: Duration,
     ) -> Result<Step, RequestError> {
         let transport = self.adapter.transport;
-        let Some(fetch) = &self.fetch else {
+        let Some(fetch) = self.fetches.front() else {
             return Ok(Step::Ended);
         };
         let Some(done) = transport.wait(fetch, limit) else {
             return Ok(Step::Idle);
         };
-        self.fetch = None;
+        self.fetches.pop_front();
         let work = match work(done.status, &done.output) {
             Ok(work) if !work.last => work,
             Ok(_) => return Ok(Step::Ended),
@@ -315,20 +319,95 @@ impl<'a, 't, T: Transport> Session<'a, 't, T> {
                 fetch_room(self.max_descriptors),
             )
             .map_err(RequestError::Status)?;
-        self.fetch = Some(next);
+        self.fetches.push_back(next);
         Ok(Step::Served(answer.results.len()))
     }
 
-    /// Ends the session: cancels the ATTACH and the outstanding FETCH (the driver gives what
-    /// this server held to another server of the LUN) and waits for both. The ATTACH's status.
+    /// Ends the session: cancels the ATTACH and the outstanding FETCHes (the driver gives what
+    /// this server held to another server of the LUN) and waits for them. The ATTACH's status.
     pub fn stop(self) -> Option<u32> {
         let transport = self.adapter.transport;
         transport.cancel(self.adapter.handle, &self.attach);
-        if let Some(fetch) = &self.fetch {
+        for fetch in &self.fetches {
             transport.cancel(self.adapter.handle, fetch);
             transport.wait(fetch, PROMPT);
         }
         transport.wait(&self.attach, PROMPT).map(|done| done.status)
+    }
+}
+
+/// A LUN's blocks in a file (created or extended to the LUN's size), for a disk whose contents
+/// outlive its server.
+pub struct FileDisk {
+    file: std::fs::File,
+    block_size: u32,
+    bytes: u64,
+}
+
+impl FileDisk {
+    /// Opens (creating if needed) `path` and sizes it to `block_count` blocks.
+    ///
+    /// # Errors
+    ///
+    /// The file system's.
+    pub fn open(
+        path: &std::path::Path,
+        block_size: u32,
+        block_count: u64,
+    ) -> std::io::Result<Self> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)?;
+        let bytes = u64::from(block_size) * block_count;
+        if file.metadata()?.len() < bytes {
+            file.set_len(bytes)?;
+        }
+        Ok(Self {
+            file,
+            block_size,
+            bytes,
+        })
+    }
+
+    fn at(&mut self, lba: u64, len: usize) -> Result<(), Failure> {
+        use std::io::Seek;
+        let start = lba
+            .checked_mul(u64::from(self.block_size))
+            .filter(|start| start + len as u64 <= self.bytes)
+            .ok_or(Failure::LBA_OUT_OF_RANGE)?;
+        self.file
+            .seek(std::io::SeekFrom::Start(start))
+            .map(|_| ())
+            .map_err(|_| Failure::UNRECOVERED_READ_ERROR)
+    }
+}
+
+impl Backend for FileDisk {
+    fn read(&mut self, lba: u64, out: &mut [u8]) -> Result<(), Failure> {
+        use std::io::Read;
+        self.at(lba, out.len())?;
+        self.file
+            .read_exact(out)
+            .map_err(|_| Failure::UNRECOVERED_READ_ERROR)
+    }
+
+    fn write(&mut self, lba: u64, data: &[u8]) -> Result<(), Failure> {
+        use std::io::Write;
+        self.at(lba, data.len())?;
+        self.file.write_all(data).map_err(|_| Failure::WRITE_ERROR)
+    }
+
+    fn flush(&mut self) -> Result<(), Failure> {
+        self.file.sync_data().map_err(|_| Failure::WRITE_ERROR)
+    }
+
+    fn unmap(&mut self, lba: u64, blocks: u32) -> Result<(), Failure> {
+        // Zeroes the range; a file system with holes would punch one (not portable in std).
+        let zeros = vec![0; blocks as usize * self.block_size as usize];
+        self.write(lba, &zeros)
     }
 }
 
@@ -391,5 +470,24 @@ mod tests {
         assert_eq!(answer.results[3].sense_key, Failure::LBA_OUT_OF_RANGE.key);
         let record = answer.encode(4);
         assert!(revcall_protocol::decode_request(&record).is_ok());
+    }
+
+    #[test]
+    fn a_file_disk_keeps_its_blocks_and_refuses_past_the_end() {
+        let path = std::env::temp_dir().join(format!("revcall-filedisk-{}", std::process::id()));
+        {
+            let mut disk = FileDisk::open(&path, 512, 8).expect("created");
+            disk.write(3, &[9; 1024]).expect("written");
+            disk.unmap(4, 1).expect("unmapped");
+            disk.flush().expect("flushed");
+            assert_eq!(disk.write(8, &[1; 512]), Err(Failure::LBA_OUT_OF_RANGE));
+        }
+        let mut again = FileDisk::open(&path, 512, 8).expect("reopened");
+        let mut out = [0u8; 1024];
+        again.read(3, &mut out).expect("read");
+        assert_eq!(out[..512], [9; 512]);
+        assert_eq!(out[512..], [0; 512], "block 4 was unmapped");
+        drop(again);
+        let _ = std::fs::remove_file(&path);
     }
 }

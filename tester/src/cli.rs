@@ -84,11 +84,19 @@ enum Command {
 
 #[derive(Subcommand)]
 enum DiskAction {
-    /// Create a disk; with --serve, serve it from memory until Ctrl-C, then remove it.
+    /// Create a disk; with --serve, serve it (from memory, or --file) until Ctrl-C, then
+    /// remove it.
     Create {
-        /// Size in MiB.
-        #[arg(long, default_value_t = 64)]
-        mib: u64,
+        /// Size: 64MiB, 1GiB, or bytes.
+        #[arg(long, default_value = "64MiB")]
+        size: String,
+        /// SRBs Storport may have outstanding on it (1..=250; default 128).
+        #[arg(long, default_value_t = 0)]
+        queue_depth: u32,
+        /// With --serve: keep the blocks in this file (created, or extended to the size)
+        /// instead of memory.
+        #[arg(long)]
+        file: Option<PathBuf>,
         /// 512 or 4096.
         #[arg(long, default_value_t = 512)]
         block_size: u32,
@@ -113,9 +121,12 @@ enum DiskAction {
     List,
     /// Remove a disk: its outstanding I/O fails and its servers' sessions end.
     Remove { lun: u32 },
-    /// Serve an existing disk from memory until Ctrl-C (its contents start zeroed).
+    /// Serve an existing disk until Ctrl-C: from memory (its contents start zeroed) or --file.
     Serve {
         lun: u32,
+        /// Keep the blocks in this file instead of memory.
+        #[arg(long)]
+        file: Option<PathBuf>,
         /// Stop after this many seconds.
         #[arg(long)]
         seconds: Option<u64>,
@@ -330,14 +341,16 @@ fn disk<T: Transport>(
     action: &DiskAction,
 ) -> anyhow::Result<i32> {
     let stop = Arc::new(AtomicBool::new(false));
-    let serve = |lun, seconds| {
+    let serve = |lun, file: &Option<PathBuf>, seconds| {
         let flag = stop.clone();
         let _ = ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst));
-        crate::disk::serve(transport, lun, seconds, &stop, cli.json)
+        crate::disk::serve(transport, lun, file.as_deref(), seconds, &stop, cli.json)
     };
     match action {
         DiskAction::Create {
-            mib,
+            size,
+            queue_depth,
+            file,
             block_size,
             serial,
             read_only,
@@ -347,7 +360,8 @@ fn disk<T: Transport>(
             seconds,
         } => {
             let shape = crate::disk::Shape {
-                mib: *mib,
+                size: crate::disk::parse_size(size)?,
+                queue_depth: *queue_depth,
                 block_size: *block_size,
                 serial: serial.clone(),
                 read_only: *read_only,
@@ -360,11 +374,14 @@ fn disk<T: Transport>(
                 return Ok(0);
             }
             if !cli.json {
+                let from = file
+                    .as_ref()
+                    .map_or("memory".to_owned(), |path| path.display().to_string());
                 eprintln!(
-                    "LUN {lun} created; serving it from memory (Ctrl-C stops and removes it)"
+                    "LUN {lun} created; serving it from {from} (Ctrl-C stops and removes it)"
                 );
             }
-            let served = serve(lun, *seconds);
+            let served = serve(lun, file, *seconds);
             // The disk goes with its server, whatever ended the serving.
             let removed = adapter.remove_lun(lun);
             let served = served?;
@@ -384,8 +401,8 @@ fn disk<T: Transport>(
             adapter.remove_lun(*lun)?;
             print(cli, json!({ "removed": lun }), format!("LUN {lun} removed"));
         }
-        DiskAction::Serve { lun, seconds } => {
-            let served = serve(*lun, *seconds)?;
+        DiskAction::Serve { lun, file, seconds } => {
+            let served = serve(*lun, file, *seconds)?;
             print(cli, served.json(), served.text());
         }
     }

@@ -13,14 +13,41 @@ use serde_json::json;
 
 use crate::client::Adapter;
 use crate::transport::Transport;
-use revcall_client::server::{MemoryDisk, Session, Step};
+use revcall_client::server::{Backend, FileDisk, MemoryDisk, Session, Step};
 
 /// The largest disk `--serve` keeps in memory.
 const MAX_SERVED_MIB: u64 = 4096;
 
+/// A size as people write it: `64MiB`, `1GiB`, `512KiB`, `4096` (bytes); `K`/`M`/`G`/`T`
+/// and their `iB` forms are powers of 1024.
+pub fn parse_size(text: &str) -> anyhow::Result<u64> {
+    let text = text.trim();
+    let digits = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(digits);
+    let number: u64 = number
+        .parse()
+        .with_context(|| format!("{text:?} is not a size (64MiB, 1GiB, 4096)"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        "t" | "tib" | "tb" => 40,
+        other => bail!("unknown size unit {other:?} (KiB, MiB, GiB, TiB)"),
+    };
+    number
+        .checked_mul(1 << shift)
+        .with_context(|| format!("{text} is too large"))
+}
+
 /// What `disk create` asks for.
 pub struct Shape {
-    pub mib: u64,
+    /// Bytes.
+    pub size: u64,
+    /// SRBs Storport may have outstanding on the LUN (0: the driver's default, 128).
+    pub queue_depth: u32,
     pub block_size: u32,
     pub serial: Option<String>,
     pub read_only: bool,
@@ -34,12 +61,15 @@ impl Shape {
         if self.block_size != 512 && self.block_size != 4096 {
             bail!("--block-size must be 512 or 4096");
         }
-        let bytes = self
-            .mib
-            .checked_mul(1024 * 1024)
-            .context("--mib is too large")?;
-        if bytes == 0 {
-            bail!("--mib must be at least 1");
+        let bytes = self.size;
+        if bytes == 0 || !bytes.is_multiple_of(u64::from(self.block_size)) {
+            bail!("--size must be a non-zero multiple of the block size");
+        }
+        if self.queue_depth > revcall_protocol::MAX_QUEUE_DEPTH {
+            bail!(
+                "--queue-depth must be at most {}",
+                revcall_protocol::MAX_QUEUE_DEPTH
+            );
         }
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -69,6 +99,7 @@ impl Shape {
             block_count: bytes / u64::from(self.block_size),
             block_size: self.block_size,
             flags,
+            queue_depth: self.queue_depth,
             serial,
             unique_id,
             ..LunSpec::default()
@@ -154,11 +185,15 @@ impl Served {
     }
 }
 
-/// Serves `lun` from memory on a handle of its own until `stop`, `seconds` or the session's
-/// end; shows progress on stderr once a second unless `quiet`.
+/// FETCHes a server keeps outstanding: one being answered while the driver fills the next.
+const FETCH_DEPTH: usize = 4;
+
+/// Serves `lun` from memory, or from the file `file`, on a handle of its own until `stop`,
+/// `seconds` or the session's end; shows progress on stderr once a second unless `quiet`.
 pub fn serve<T: Transport>(
     transport: &T,
     lun: u32,
+    file: Option<&std::path::Path>,
     seconds: Option<u64>,
     stop: &Arc<AtomicBool>,
     quiet: bool,
@@ -170,14 +205,38 @@ pub fn serve<T: Transport>(
         .find(|e| e.lun == lun)
         .with_context(|| format!("there is no LUN {lun}"))?;
     admin.close();
-    let mib = entry.block_count * u64::from(entry.block_size) / (1024 * 1024);
-    if mib > MAX_SERVED_MIB {
-        bail!("LUN {lun} has {mib} MiB: serving from memory stops at {MAX_SERVED_MIB} MiB");
+    match file {
+        Some(path) => {
+            let disk = FileDisk::open(path, entry.block_size, entry.block_count)
+                .with_context(|| format!("cannot open {}", path.display()))?;
+            serve_from(transport, &entry, disk, seconds, stop, quiet)
+        }
+        None => {
+            let mib = entry.block_count * u64::from(entry.block_size) / (1024 * 1024);
+            if mib > MAX_SERVED_MIB {
+                bail!(
+                    "LUN {lun} has {mib} MiB: serving from memory stops at {MAX_SERVED_MIB} MiB \
+                     (use --file)"
+                );
+            }
+            let disk = MemoryDisk::new(entry.block_size, entry.block_count);
+            serve_from(transport, &entry, disk, seconds, stop, quiet)
+        }
     }
-    let mut disk = MemoryDisk::new(entry.block_size, entry.block_count);
+}
+
+fn serve_from<T: Transport>(
+    transport: &T,
+    entry: &LunEntry,
+    mut disk: impl Backend,
+    seconds: Option<u64>,
+    stop: &Arc<AtomicBool>,
+    quiet: bool,
+) -> anyhow::Result<Served> {
+    let lun = entry.lun;
     let handle = Adapter::open(transport, std::process::id())?;
-    let mut session =
-        Session::attach(&handle, lun, 8).with_context(|| format!("cannot serve LUN {lun}"))?;
+    let mut session = Session::attach(&handle, lun, 8, FETCH_DEPTH)
+        .with_context(|| format!("cannot serve LUN {lun}"))?;
     let started = Instant::now();
     let deadline = seconds.map(|s| started + Duration::from_secs(s));
     let (mut srbs, mut shown, mut ended_by_driver) = (0u64, Instant::now(), false);
@@ -218,7 +277,8 @@ mod tests {
 
     fn shape() -> Shape {
         Shape {
-            mib: 8,
+            size: 8 << 20,
+            queue_depth: 32,
             block_size: 4096,
             serial: Some("SN-1".into()),
             read_only: false,
@@ -242,7 +302,15 @@ mod tests {
             s.spec().is_err()
         };
         assert!(bad(|s| s.block_size = 1024));
-        assert!(bad(|s| s.mib = 0));
+        assert!(bad(|s| s.size = 0));
+        assert!(bad(|s| s.size = 4097));
+        assert!(bad(|s| s.queue_depth = 251));
+        assert_eq!(spec.queue_depth, 32);
+        assert_eq!(parse_size("64MiB").unwrap(), 64 << 20);
+        assert_eq!(parse_size("1g").unwrap(), 1 << 30);
+        assert_eq!(parse_size("4096").unwrap(), 4096);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("MiB").is_err());
         assert!(bad(|s| s.serial = Some("has space".into())));
         assert!(bad(|s| s.serial = Some("X".repeat(33))));
     }

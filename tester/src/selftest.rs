@@ -457,7 +457,7 @@ fn disk_served_from_user_mode<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
         status(&server, &fetch, fetch_room(1))? == STATUS_INVALID_DEVICE_STATE,
         "a FETCH before any ATTACH was not refused INVALID_DEVICE_STATE"
     );
-    let mut session = Session::attach(&server, lun, 8).map_err(|e| e.to_string())?;
+    let mut session = Session::attach(&server, lun, 8, 2).map_err(|e| e.to_string())?;
     let again = crate::client::encode(&Request::Attach { lun });
     check!(
         status(&server, &again, 16)? == STATUS_INVALID_DEVICE_STATE,
