@@ -18,6 +18,10 @@ use revcall_protocol::status::{STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED};
 
 pub fn run(kernel: &KernelRef, failures: &Failures) -> Result<(), RunError> {
     kernel.start_adapter()?;
+    // The class driver's enumeration, as after a bus change: REPORT LUNS, then each LUN.
+    if let Some(class) = kernel.disk_class() {
+        class.enumerate();
+    }
     // ScsiStopAdapter and ScsiRestartAdapter, at the DIRQL storsim models for them.
     kernel.power_cycle_adapter();
     let handle = kernel.open(1, Access::READ_WRITE);

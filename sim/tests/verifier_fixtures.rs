@@ -369,6 +369,16 @@ fn srb_never_completed_meets_the_reset_ladder() {
 }
 
 #[test]
+fn srb_data_past_its_buffer_hits_the_guard_page() {
+    trips("srb_data_overrun", 0xCD, None);
+}
+
+#[test]
+fn a_lun_report_luns_leaves_out_but_that_answers_is_0xc4_57000012() {
+    trips("lun_ghost", 0xC4, Some(0x5700_0012));
+}
+
+#[test]
 fn a_timer_never_freed_is_0xc4_57000011() {
     trips("timer_not_freed", 0xC4, Some(0x5700_0011));
 }

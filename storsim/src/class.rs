@@ -16,6 +16,7 @@ use revcall_scsi::{Command, PageControl, Sense};
 use crate::machine::Machine;
 use crate::miniport::Extension;
 use crate::port::{Direction, Port, Srb};
+use crate::verifier::{BugCheck, Code, rules};
 
 /// One disk as the class driver sees it after enumeration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,6 +52,8 @@ pub struct Completion {
 }
 
 const SRB_STATUS_SUCCESS: u8 = 0x01;
+/// The LUNs the class model probes for one REPORT LUNS did not list (SCSI-2's eight).
+const GHOST_PROBE_LUNS: u8 = 8;
 const SRB_STATUS_AUTOSENSE_VALID: u8 = 0x80;
 
 /// The class driver for the adapter's one target.
@@ -150,11 +153,39 @@ impl DiskClass {
             .map(Iterator::collect)
             .unwrap_or_default();
         let disks: Vec<Disk> = luns.iter().filter_map(|&lun| self.identify(lun)).collect();
+        self.no_ghosts(&luns);
         self.machine.note(format!(
             "disk class: REPORT LUNS {luns:?}; disks {:?}",
             disks.iter().map(|d| d.lun).collect::<Vec<_>>()
         ));
         disks
+    }
+
+    /// Every other LUN of the target must not answer INQUIRY as a connected device: a LUN
+    /// REPORT LUNS leaves out but that still answers is one removed and still served, or one a
+    /// REPORT LUNS forgot — either way Windows' view of the bus and the miniport's disagree.
+    fn no_ghosts(&self, listed: &[u8]) {
+        for lun in (0..GHOST_PROBE_LUNS).filter(|lun| !listed.contains(lun)) {
+            let inquiry = Command::Inquiry {
+                evpd: false,
+                page: 0,
+                alloc: 36,
+            };
+            let Some(data) = self.ask(lun, inquiry, 36) else {
+                continue;
+            };
+            // Peripheral qualifier 0: a device is connected at this LUN.
+            if data.first().is_some_and(|&b| b >> 5 == 0) {
+                self.machine.report(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
+                    [rules::LUN_NOT_REPORTED, u64::from(lun), 0, 0],
+                    format!(
+                        "LUN {lun} answers INQUIRY as a connected device, but REPORT LUNS does \
+                         not list it (listed: {listed:?})"
+                    ),
+                ));
+            }
+        }
     }
 
     fn vpd(&self, lun: u8, page: u8) -> Option<Vec<u8>> {

@@ -128,9 +128,11 @@ pub const SRB_COMPLETED_UNDER_LOCK: u64 = 0x5700_000F;
 pub const SRB_PENDING_AT_REMOVAL: u64 = 0x5700_0010;
 /// A StorPortInitializeTimer timer the miniport did not free.
 pub const TIMER_NOT_FREED: u64 = 0x5700_0011;
+/// A LUN answering INQUIRY as connected that REPORT LUNS does not list.
+pub const LUN_NOT_REPORTED: u64 = 0x5700_0012;
 
 /// Every storsim-defined P1, with the sentence the README's table gives it.
-pub const STORSIM_RULES: [Rule; 16] = [
+pub const STORSIM_RULES: [Rule; 17] = [
     Rule {
         p1: SPIN_LOCK_SAFE,
         what: "an IRP completed while a spin lock is held (SDV SpinLockSafe)",
@@ -194,6 +196,10 @@ pub const STORSIM_RULES: [Rule; 16] = [
     Rule {
         p1: TIMER_NOT_FREED,
         what: "a timer from StorPortInitializeTimer still allocated after HwFreeAdapterResources (StorPortFreeTimer frees it)",
+    },
+    Rule {
+        p1: LUN_NOT_REPORTED,
+        what: "a LUN answers INQUIRY as a connected device but REPORT LUNS does not list it (a removed LUN still answering)",
     },
 ];
 
