@@ -194,6 +194,19 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         status
     }
 
+    /// What a park attempt leaves to do: nothing, or complete a refused IRP (counted).
+    fn parked(&mut self, result: Result<u16, Refusal<I>>) -> Outcome<I> {
+        match result {
+            Ok(_) => Outcome::Parked,
+            Err(Refusal::Full(irp)) => {
+                Outcome::Complete(irp, self.count(Status::QUOTA_EXCEEDED), 0)
+            }
+            Err(Refusal::Cancelled(irp)) => {
+                Outcome::Complete(irp, self.count(Status::CANCELLED), 0)
+            }
+        }
+    }
+
     /// Writes the WAIT reply for `waiter` into the IRP's buffer; returns its size.
     fn fill(&self, irp: &mut I, waiter: &Waiter) -> Option<usize> {
         let mut writer = WaitReplyWriter::new(irp.output()?, waiter.max_events)?;
@@ -456,15 +469,8 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
             if s.is_closed() {
                 return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
             }
-            match s.queue.park(irp, waiter) {
-                Ok(_) => Outcome::Parked,
-                Err(Refusal::Full(irp)) => {
-                    Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0)
-                }
-                Err(Refusal::Cancelled(irp)) => {
-                    Outcome::Complete(irp, s.count(Status::CANCELLED), 0)
-                }
-            }
+            let parked = s.queue.park(irp, waiter);
+            s.parked(parked)
         });
         if let Outcome::Complete(irp, status, size) = outcome {
             irp.complete(status, size);

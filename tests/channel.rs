@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::revcall_sys;
+use common::{finish, start_with};
 use revcall_protocol::status::*;
 use revcall_protocol::{CURSOR_NOW, EventKind, WaitFlags};
 use revcall_sim::client::{Channel, Delivery, PROMPT};
@@ -14,30 +14,11 @@ use storsim::harness::Harness;
 use storsim::io::{Access, Outcome};
 use storsim::machine::Config;
 
-fn start_with(config: Config) -> Harness {
-    Harness::start(
-        &revcall_sys(),
-        Config {
-            timeline: false,
-            ..config
-        },
-    )
-    .expect("revcall.sys loads and starts")
-}
-
 fn start() -> Harness {
     start_with(Config {
         delay_probability: 0.05,
         ..Config::default()
     })
-}
-
-/// Removal, unload and the verdict: no violation, nothing outstanding, no pool left.
-fn finish(harness: Harness) {
-    let summary = harness.finish();
-    assert!(summary.violations.is_empty(), "{}", summary.text(false));
-    assert_eq!(summary.irps.outstanding, Some(0));
-    assert_eq!(summary.pool_outstanding, 0);
 }
 
 fn delivery(channel: &Channel, outcome: Option<Outcome>) -> Delivery {

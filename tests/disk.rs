@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::revcall_sys;
+use common::{finish, start_with};
 use revcall_protocol::status::*;
 use revcall_protocol::{EventKind, LunFlags, LunSpec, MAX_LUNS};
 use revcall_scsi::{Command, Sense, Transfer};
@@ -14,22 +14,10 @@ use storsim::harness::Harness;
 use storsim::machine::Config;
 
 fn start() -> Harness {
-    Harness::start(
-        &revcall_sys(),
-        Config {
-            timeline: false,
-            delay_probability: 0.05,
-            ..Config::default()
-        },
-    )
-    .expect("revcall.sys loads and starts")
-}
-
-fn finish(harness: Harness) {
-    let summary = harness.finish();
-    assert!(summary.violations.is_empty(), "{}", summary.text(false));
-    assert_eq!(summary.irps.outstanding, Some(0));
-    assert_eq!(summary.pool_outstanding, 0);
+    start_with(Config {
+        delay_probability: 0.05,
+        ..Config::default()
+    })
 }
 
 fn spec(n: u8, flags: u32) -> LunSpec {

@@ -7,7 +7,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::revcall_sys;
+use common::{finish, start_with};
 use revcall_client::server::{Answer, Backend, MemoryDisk, answer};
 use revcall_protocol::status::*;
 use revcall_protocol::{CURSOR_NOW, CommitResult, EventKind, LunFlags, LunSpec};
@@ -27,28 +27,16 @@ const SRB_STATUS_NO_DEVICE: u8 = 0x08;
 const PATIENCE: Duration = Duration::from_secs(60);
 
 fn start() -> Harness {
-    start_with(Config::default().srb_second)
+    start_at(Config::default().srb_second)
 }
 
 /// A machine where one second of an SRB's timeout lasts `srb_second`.
-fn start_with(srb_second: Duration) -> Harness {
-    Harness::start(
-        &revcall_sys(),
-        Config {
-            timeline: false,
-            delay_probability: 0.05,
-            srb_second,
-            ..Config::default()
-        },
-    )
-    .expect("revcall.sys loads and starts")
-}
-
-fn finish(harness: Harness) {
-    let summary = harness.finish();
-    assert!(summary.violations.is_empty(), "{}", summary.text(false));
-    assert_eq!(summary.irps.outstanding, Some(0));
-    assert_eq!(summary.pool_outstanding, 0);
+fn start_at(srb_second: Duration) -> Harness {
+    start_with(Config {
+        delay_probability: 0.05,
+        srb_second,
+        ..Config::default()
+    })
 }
 
 fn spec(flags: u32) -> LunSpec {
@@ -67,21 +55,12 @@ fn spec(flags: u32) -> LunSpec {
 /// Serves from `disk` the LUN `attach` (already posted on `channel`) made this handle a server
 /// of, until the session ends; returns how many SRBs it answered and how the ATTACH completed.
 fn serve(channel: &Channel, attach: Arc<Request>, disk: &Mutex<MemoryDisk>) -> (usize, u32) {
-    let mut pending = channel.fetch(8);
-    let mut served = 0;
-    loop {
-        let outcome = pending.wait(PATIENCE).expect("a FETCH completes");
-        let Ok(work) = channel.work(&outcome) else {
-            break;
-        };
-        if work.last {
-            break;
-        }
-        let answer = answer(&work, BLOCK, &mut *disk.lock().unwrap());
-        served += answer.results.len();
-        pending = channel.commit(&answer, 8);
-    }
-    let ended = attach.wait(PATIENCE).expect("the ATTACH completes");
+    let served = channel
+        .serve(&attach, 8, PATIENCE, |work| {
+            answer(work, BLOCK, &mut *disk.lock().unwrap())
+        })
+        .expect("every FETCH and the ATTACH complete");
+    let ended = attach.wait(PATIENCE).expect("the ATTACH completed");
     (served, ended.status)
 }
 
@@ -289,7 +268,7 @@ fn a_dead_servers_srbs_are_served_by_the_next_one() {
 #[test]
 fn a_server_restarted_within_the_grace_period_serves_what_the_dead_one_held() {
     // Storport's timeouts at their real length here: 10 s, longer than the grace period.
-    let harness = start_with(Duration::from_secs(1));
+    let harness = start_at(Duration::from_secs(1));
     let kernel = harness.kernel.clone();
     let admin = Channel::open(&kernel, 1);
     let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
@@ -416,7 +395,7 @@ fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
 
 #[test]
 fn a_surprise_removal_completes_the_srbs_servers_hold_and_queue() {
-    let harness = start_with(Duration::from_secs(1));
+    let harness = start_at(Duration::from_secs(1));
     let kernel = harness.kernel.clone();
     let admin = Channel::open(&kernel, 1);
     let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
@@ -450,7 +429,7 @@ fn a_surprise_removal_completes_the_srbs_servers_hold_and_queue() {
 
 #[test]
 fn every_malformed_commit_is_refused_with_its_status_and_touches_no_srb() {
-    let harness = start_with(Duration::from_secs(1));
+    let harness = start_at(Duration::from_secs(1));
     let kernel = harness.kernel.clone();
     let admin = Channel::open(&kernel, 1);
     let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");

@@ -122,6 +122,35 @@ impl Channel {
         .expect("a read/write handle to the adapter accepts the service IOCTL")
     }
 
+    /// A server's loop: serves the session `attach` made this handle a server of, answering
+    /// each FETCH's work with `answer` in a COMMIT_AND_FETCH (up to `max_descriptors`), until
+    /// the session ends (FINAL, or a FETCH failing: the adapter went away); then waits for the
+    /// ATTACH. How many SRBs it answered, or `None` if a request did not complete within
+    /// `patience` or a reply did not decode.
+    pub fn serve(
+        &self,
+        attach: &Request,
+        max_descriptors: u32,
+        patience: std::time::Duration,
+        mut answer: impl FnMut(&Work) -> Answer,
+    ) -> Option<usize> {
+        let mut pending = self.fetch(max_descriptors);
+        let mut served = 0;
+        loop {
+            let work = match self.work(&pending.wait(patience)?) {
+                Ok(work) if !work.last => work,
+                Ok(_) => break,
+                Err(u32::MAX) => return None,
+                Err(_) => break,
+            };
+            let answer = answer(&work);
+            served += answer.results.len();
+            pending = self.commit(&answer, max_descriptors);
+        }
+        attach.wait(patience)?;
+        Some(served)
+    }
+
     /// Decodes a completed FETCH or COMMIT_AND_FETCH.
     pub fn work(&self, outcome: &Outcome) -> Result<Work, u32> {
         server::work(outcome.status, &outcome.output).map_err(status_of)

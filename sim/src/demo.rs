@@ -243,30 +243,6 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
     Ok(())
 }
 
-/// Serves a LUN from memory until its session ends: how many SRBs it answered, or `None` if a
-/// FETCH or the ATTACH never completed or a reply did not decode.
-fn serve(
-    server: &Channel,
-    attach: &storsim::io::Request,
-    block_size: u32,
-    blocks: u64,
-) -> Option<usize> {
-    let mut disk = MemoryDisk::new(block_size, blocks);
-    let mut pending = server.fetch(4);
-    let mut served = 0;
-    loop {
-        let work = server.work(&pending.wait(PROMPT)?).ok()?;
-        if work.last {
-            break;
-        }
-        let answer = answer(&work, block_size, &mut disk);
-        served += answer.results.len();
-        pending = server.commit(&answer, 4);
-    }
-    attach.wait(PROMPT)?;
-    Some(served)
-}
-
 /// LUN_CREATE through the channel, the disk class model's enumeration after BusChangeDetected,
 /// the LunCreated event, a server attaching and serving a WRITE and a READ, LUN_REMOVE.
 fn virtual_disk(kernel: &KernelRef, channel: &Channel, failures: &Failures) {
@@ -314,7 +290,10 @@ fn virtual_disk(kernel: &KernelRef, channel: &Channel, failures: &Failures) {
     let server = Channel::open(kernel, channel.process + 1);
     let attach = server.attach(lun);
     std::thread::scope(|scope| {
-        let serving = scope.spawn(|| serve(&server, &attach, 4096, spec.block_count));
+        let serving = scope.spawn(|| {
+            let mut disk = MemoryDisk::new(4096, spec.block_count);
+            server.serve(&attach, 4, PROMPT, |work| answer(work, 4096, &mut disk))
+        });
         let transfer = revcall_scsi::Transfer {
             lba: 7,
             blocks: 1,

@@ -6,12 +6,11 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use revcall_client::server::{MemoryDisk, answer};
+use revcall_client::server::{Answer, MemoryDisk, Work, answer};
 use revcall_protocol::{CURSOR_NOW, LunFlags, LunSpec};
 use revcall_scsi::{Command, Transfer};
 use storsim::class::DiskClass;
 use storsim::driver::RunError;
-use storsim::io::Request;
 
 use super::client::{Channel, PROMPT};
 use super::{Failures, KernelRef};
@@ -38,25 +37,15 @@ fn spec(tag: &[u8], unique: u8) -> LunSpec {
     }
 }
 
-/// A server: serves its session from `disk` until it ends; how many SRBs it answered.
-fn serve(channel: &Channel, attach: &Request, disk: &Mutex<MemoryDisk>) -> Option<usize> {
-    let mut pending = channel.fetch(8);
-    let mut served = 0;
-    loop {
-        let work = channel.work(&pending.wait(PATIENCE)?).ok()?;
-        if work.last {
-            break;
-        }
-        let answer = answer(
-            &work,
+/// A RAM server's answers: `disk`, shared by every server of the LUN.
+fn from_ram(disk: &Mutex<MemoryDisk>) -> impl FnMut(&Work) -> Answer + '_ {
+    |work| {
+        answer(
+            work,
             BLOCK,
             &mut *disk.lock().unwrap_or_else(|p| p.into_inner()),
-        );
-        served += answer.results.len();
-        pending = channel.commit(&answer, 8);
+        )
     }
-    attach.wait(PATIENCE)?;
-    Some(served)
 }
 
 /// The bytes CPU `cpu` writes at `lba`: a function of each byte's place on the disk, different
@@ -164,7 +153,7 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
             .map(|channel| {
                 let attach = channel.attach(lun);
                 let disk = &disk;
-                scope.spawn(move || serve(channel, &attach, disk))
+                scope.spawn(move || channel.serve(&attach, 8, PATIENCE, from_ram(disk)))
             })
             .collect();
         let class = &class;

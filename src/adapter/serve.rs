@@ -27,7 +27,7 @@ use storport_abi::{srb_function, srb_status};
 use super::{Adapter, Batch, GraceTimer, Lock, Outcome, ServiceIrp, State};
 use crate::disk::{self, Ending, PendingSrb, Route};
 use crate::error::Status;
-use crate::service_queue::{PARK_CAP, Parked, Refusal, ServiceQueue};
+use crate::service_queue::{PARK_CAP, Parked, ServiceQueue};
 use crate::session::SessionId;
 use crate::tag_table::{Io, Lookup};
 
@@ -392,22 +392,15 @@ where
                 max_descriptors: 0,
                 session,
             };
-            match s.servers.park(irp, server) {
-                Ok(_) => {
-                    s.sessions.open(session, file, lun);
-                    s.luns.mark_served(lun);
-                    let servers = s.sessions.of_lun(Some(lun)).count() as u64;
-                    s.ring
-                        .publish(EventKind::ServerAttached, lun.into(), servers);
-                    Outcome::Parked
-                }
-                Err(Refusal::Full(irp)) => {
-                    Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0)
-                }
-                Err(Refusal::Cancelled(irp)) => {
-                    Outcome::Complete(irp, s.count(Status::CANCELLED), 0)
-                }
+            let parked = s.servers.park(irp, server);
+            if parked.is_ok() {
+                s.sessions.open(session, file, lun);
+                s.luns.mark_served(lun);
+                let servers = s.sessions.of_lun(Some(lun)).count() as u64;
+                s.ring
+                    .publish(EventKind::ServerAttached, lun.into(), servers);
             }
+            s.parked(parked)
         });
         match outcome {
             Outcome::Complete(irp, status, size) => irp.complete(status, size),
@@ -437,15 +430,8 @@ where
                 let (status, size) = s.fill_fetch(&mut irp, &server, stale, 0);
                 return Outcome::Complete(irp, status, size);
             }
-            match s.servers.park(irp, server) {
-                Ok(_) => Outcome::Parked,
-                Err(Refusal::Full(irp)) => {
-                    Outcome::Complete(irp, s.count(Status::QUOTA_EXCEEDED), 0)
-                }
-                Err(Refusal::Cancelled(irp)) => {
-                    Outcome::Complete(irp, s.count(Status::CANCELLED), 0)
-                }
-            }
+            let parked = s.servers.park(irp, server);
+            s.parked(parked)
         });
         if let Outcome::Complete(irp, status, size) = outcome {
             irp.complete(status, size);

@@ -18,3 +18,31 @@ pub fn revcall_sys() -> PathBuf {
     );
     path
 }
+
+/// revcall.sys loaded and its adapter started, with `config` (no timeline).
+#[allow(
+    dead_code,
+    reason = "each test crate compiles this module; not all of them boot"
+)]
+pub fn start_with(config: storsim::machine::Config) -> storsim::harness::Harness {
+    storsim::harness::Harness::start(
+        &revcall_sys(),
+        storsim::machine::Config {
+            timeline: false,
+            ..config
+        },
+    )
+    .expect("revcall.sys loads and starts")
+}
+
+/// Removal, unload and the verdict: no violation, nothing outstanding, no pool left.
+#[allow(
+    dead_code,
+    reason = "each test crate compiles this module; not all of them boot"
+)]
+pub fn finish(harness: storsim::harness::Harness) {
+    let summary = harness.finish();
+    assert!(summary.violations.is_empty(), "{}", summary.text(false));
+    assert_eq!(summary.irps.outstanding, Some(0));
+    assert_eq!(summary.pool_outstanding, 0);
+}
