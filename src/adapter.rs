@@ -595,6 +595,7 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
     pub fn units(&self, lun: u8) -> crate::disk::Units {
         self.state.with(|s| crate::disk::Units {
             unit: s.luns.get(lun).copied(),
+            incarnation: s.luns.incarnation(lun).unwrap_or(0),
             luns: s.luns.luns().collect(),
         })
     }

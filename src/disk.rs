@@ -43,6 +43,9 @@ pub trait PendingSrb: ScsiRequest + Send + Sized {
 /// A logical unit's identity and the adapter's LUNs, copied out of the adapter lock.
 pub struct Units {
     pub unit: Option<LunSpec>,
+    /// Which LUN of its number `unit` is ([`LunTable::incarnation`](crate::lun_table::LunTable::incarnation); 0 with no unit): the SRB
+    /// is queued only if that LUN is still there.
+    pub incarnation: u32,
     pub luns: ArrayVec<u8, MAX_LUNS>,
 }
 
@@ -296,6 +299,7 @@ mod tests {
     fn route(srb: &mut FakeSrb, unit: Option<LunSpec>) -> Route {
         start_io(srb, |_| Units {
             unit,
+            incarnation: 1,
             luns: [2u8].into_iter().collect(),
         })
     }

@@ -23,6 +23,9 @@ struct Slot {
     served: bool,
     /// Grace ticks left since its last server died (0: none running).
     grace: u8,
+    /// Bumped by each LUN_CREATE in this slot (never 0 for a present LUN): SRBs sent to a
+    /// removed LUN are never served by the next one created under its number.
+    incarnation: u32,
     spec: LunSpec,
 }
 
@@ -36,6 +39,7 @@ impl LunTable {
             present: false,
             served: false,
             grace: 0,
+            incarnation: 0,
             spec: LunSpec {
                 block_count: 0,
                 block_size: 0,
@@ -79,6 +83,7 @@ impl LunTable {
             present: true,
             served: false,
             grace: 0,
+            incarnation: slot.incarnation.wrapping_add(1).max(1),
             spec,
         };
         Ok(lun as u8)
@@ -105,6 +110,19 @@ impl LunTable {
             .get(usize::from(lun))
             .filter(|slot| slot.present)
             .map(|slot| &slot.spec)
+    }
+
+    /// Which LUN of its number `lun` is now: `None` if there is none.
+    pub fn incarnation(&self, lun: u8) -> Option<u32> {
+        self.slots
+            .get(usize::from(lun))
+            .filter(|slot| slot.present)
+            .map(|slot| slot.incarnation)
+    }
+
+    /// Whether `incarnation` of `lun` is the one present now.
+    pub fn is_current(&self, lun: u8, incarnation: u32) -> bool {
+        self.incarnation(lun) == Some(incarnation)
     }
 
     /// Records that a server attached to `lun`: a grace period running ends.
@@ -217,10 +235,17 @@ mod tests {
             assert_eq!(table.create(spec(n)), Ok(n));
         }
         assert_eq!(table.create(spec(20)), Err(Status::QUOTA_EXCEEDED));
+        let first = table.incarnation(3).expect("LUN 3");
         assert_eq!(table.remove(3), Ok(()));
+        assert_eq!(table.incarnation(3), None);
         assert_eq!(table.remove(3), Err(Status::NO_SUCH_DEVICE));
         assert_eq!(table.remove(99), Err(Status::NO_SUCH_DEVICE));
         assert_eq!(table.create(spec(21)), Ok(3));
+        assert!(
+            !table.is_current(3, first),
+            "another LUN under the same number"
+        );
+        assert!(table.is_current(3, table.incarnation(3).unwrap()));
         assert!(
             !table.fails_without_server(3),
             "a new LUN waits for its first server"

@@ -15,6 +15,8 @@ struct Slot {
     /// Bumped at each ATTACH in this slot, so what a parked IRP remembers of an ended session
     /// never matches the next one.
     epoch: u32,
+    /// The session's FETCHes parked now: a later one takes no work before them.
+    fetches: u16,
 }
 
 /// Names one session for as long as it lives.
@@ -44,6 +46,7 @@ impl Sessions {
             file: 0,
             lun: 0,
             epoch: 0,
+            fetches: 0,
         };
         Self {
             slots: [FREE; MAX_SESSIONS],
@@ -100,8 +103,30 @@ impl Sessions {
                 file,
                 lun,
                 epoch: id.epoch,
+                fetches: 0,
             };
         }
+    }
+
+    /// Counts a FETCH of `id` parked (`parked`) or taken from the queue (`!parked`); a session
+    /// no longer live is not counted.
+    pub fn count_fetch(&mut self, id: SessionId, parked: bool) {
+        if let Some(slot) = self
+            .slots
+            .get_mut(usize::from(id.index))
+            .filter(|slot| slot.file != 0 && slot.epoch == id.epoch)
+        {
+            slot.fetches = if parked {
+                slot.fetches.saturating_add(1)
+            } else {
+                slot.fetches.saturating_sub(1)
+            };
+        }
+    }
+
+    /// Whether a FETCH of `id` is parked, which a newer one must not overtake.
+    pub fn has_fetch_parked(&self, id: SessionId) -> bool {
+        self.is_live(id) && self.slots[usize::from(id.index)].fetches != 0
     }
 
     /// Ends `id`; returns it if it was live.
@@ -149,6 +174,15 @@ mod tests {
         assert_ne!(second, first, "a new epoch");
         sessions.open(second, 0x2000, 3);
         assert!(!sessions.is_live(first) && sessions.is_live(second));
+        sessions.count_fetch(second, true);
+        sessions.count_fetch(first, true);
+        assert!(sessions.has_fetch_parked(second));
+        assert!(
+            !sessions.has_fetch_parked(first),
+            "an ended session counts nothing"
+        );
+        sessions.count_fetch(second, false);
+        assert!(!sessions.has_fetch_parked(second));
         assert_eq!(sessions.of_lun(Some(3)).count(), 1);
         assert_eq!(sessions.of_lun(Some(4)).count(), 0);
     }

@@ -4,9 +4,11 @@
 //! Each slot moves Free → Queued → AtServer → Free under the adapter lock, and only the move
 //! to Free hands the SRB back (to be completed), so an SRB is completed once. A tag is the
 //! slot (low 16 bits) and the slot's generation (the rest): a COMMIT with a tag from an
-//! earlier use of the slot is told apart from one for the SRB there now. A slot freed by
-//! anything but a COMMIT (a reset, a removal, a server's death with no other server) records
-//! the generation it retired, so a late COMMIT for it is "stale", not "unknown".
+//! earlier use of the slot is told apart from one for the SRB there now. For each of the last
+//! [`HISTORY`] generations a slot remembers whether its SRB was taken from the server (retired
+//! by a reset, a removal, an abort, or requeued when its session ended) rather than committed,
+//! so a late COMMIT for it is "stale" while a second COMMIT of a committed tag is "unknown",
+//! however many times the slot was reset meanwhile.
 
 use revcall_protocol::{DataOp, MAX_LUNS};
 
@@ -15,6 +17,11 @@ use revcall_protocol::{DataOp, MAX_LUNS};
 pub const TAGS: usize = 1024;
 
 const _: () = assert!(TAGS <= u16::MAX as usize);
+
+/// Generations of a slot whose fate a lookup can tell (bits of [`Entry::taken`]). A tag older
+/// than that is taken for stale: nothing is touched either way, and refusing a whole COMMIT
+/// for a result the server could not have known was late would strand the live ones in it.
+pub const HISTORY: u64 = 64;
 
 /// What a server is asked to do with one SRB.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -50,10 +57,13 @@ struct Entry {
     session: u8,
     blocks: u32,
     bytes: u32,
+    /// Which LUN of its number the SRB was sent to (a LUN removed and created again under
+    /// the same number is another one: [`LunTable`](crate::lun_table::LunTable)).
+    incarnation: u32,
     lba: u64,
     generation: u64,
-    /// The generation freed by a retirement rather than a COMMIT (0: none).
-    retired: u64,
+    /// Bit `d`: generation `generation - d` was taken from its server rather than committed.
+    taken: u64,
     /// FIFO links while Queued: node numbers (slot + 1; 0 is the LUN's list head).
     prev: u16,
     next: u16,
@@ -67,9 +77,10 @@ const FREE: Entry = Entry {
     session: 0,
     blocks: 0,
     bytes: 0,
+    incarnation: 0,
     lba: 0,
     generation: 0,
-    retired: 0,
+    taken: 0,
     prev: 0,
     next: 0,
 };
@@ -86,13 +97,22 @@ struct Fifo {
 pub enum Lookup {
     /// The SRB at the server, fetched by this session: its slot and what it asked for.
     Owed { slot: u16, io: Io },
-    /// Retired under the server (reset, removal), or requeued after a session ended: the
-    /// result is dropped.
+    /// Taken from the server (reset, removal, abort, requeued after its session ended), or
+    /// more than [`HISTORY`] uses of the slot ago: the result is dropped.
     Stale,
     /// Fetched by another session.
     Foreign,
     /// Never handed out, or already committed.
     Unknown,
+}
+
+/// A slot in use, as [`TagTable::retire_first`] shows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub lun: u8,
+    pub incarnation: u32,
+    /// The session that fetched it; `None` while queued.
+    pub session: Option<u8>,
 }
 
 /// # Invariants
@@ -132,12 +152,12 @@ impl<R> TagTable<R> {
             .map_or(0, |&n| n.into())
     }
 
-    /// Queues `srb` at the tail of its LUN's FIFO.
+    /// Queues `srb`, sent to the `incarnation` of its LUN, at the tail of its LUN's FIFO.
     ///
     /// # Errors
     ///
     /// Hands the SRB back when every tag is taken (or the LUN number is out of range).
-    pub fn admit(&mut self, srb: R, io: Io) -> Result<(), R> {
+    pub fn admit(&mut self, srb: R, io: Io, incarnation: u32) -> Result<(), R> {
         if usize::from(io.lun) >= MAX_LUNS {
             return Err(srb);
         }
@@ -153,10 +173,11 @@ impl<R> TagTable<R> {
             session: 0,
             blocks: io.blocks,
             bytes: io.bytes,
+            incarnation,
             lba: io.lba,
             // 48 bits of generation: wraps after 2^48 uses of one slot.
             generation: (entry.generation + 1) & 0xFFFF_FFFF_FFFF,
-            retired: entry.retired,
+            taken: entry.taken << 1,
             prev: 0,
             next: 0,
         };
@@ -179,6 +200,11 @@ impl<R> TagTable<R> {
             self.entries[slot].state = TagState::AtServer;
             self.entries[slot].session = session;
         }
+    }
+
+    /// The LUN incarnation `slot`'s SRB was sent to.
+    pub fn incarnation(&self, slot: u16) -> u32 {
+        self.entries[usize::from(slot)].incarnation
     }
 
     /// The tag a server sees for `slot`.
@@ -210,39 +236,46 @@ impl<R> TagTable<R> {
         let Some(entry) = self.entries.get(slot) else {
             return Lookup::Unknown;
         };
+        if generation == 0 || generation > entry.generation {
+            return Lookup::Unknown;
+        }
+        let age = entry.generation - generation;
         match entry.state {
-            TagState::AtServer if entry.generation == generation && entry.session != session => {
-                Lookup::Foreign
-            }
-            TagState::AtServer if entry.generation == generation => Lookup::Owed {
+            TagState::AtServer if age == 0 && entry.session != session => Lookup::Foreign,
+            TagState::AtServer if age == 0 => Lookup::Owed {
                 slot: slot as u16,
                 io: self.io(slot as u16),
             },
-            // Requeued when the session that fetched it ended.
-            TagState::Queued if entry.generation == generation => Lookup::Stale,
-            _ if generation != 0 && entry.retired == generation => Lookup::Stale,
+            _ if age >= HISTORY || entry.taken >> age & 1 == 1 => Lookup::Stale,
             _ => Lookup::Unknown,
         }
     }
 
     /// Frees `slot` for its COMMIT and hands its SRB back.
     pub fn commit(&mut self, slot: u16) -> Option<R> {
+        // A requeued SRB committed by its second server: this generation was committed.
+        self.entries[usize::from(slot)].taken &= !1;
         self.free_slot(usize::from(slot), false)
     }
 
-    /// Frees the first slot `matches` selects (by LUN and, for AtServer slots, session),
-    /// retiring its generation, and hands its SRB back with what it asked for.
-    pub fn retire_first(&mut self, matches: impl Fn(u8, Option<u8>) -> bool) -> Option<(R, Io)> {
-        let slot = (0..usize::from(self.high_water)).find(|&slot| {
+    /// Frees the first slot `matches` selects, retiring its generation, and hands its SRB
+    /// back with what held it.
+    pub fn retire_first(&mut self, matches: impl Fn(Held) -> bool) -> Option<(R, Held)> {
+        let (slot, held) = (0..usize::from(self.high_water)).find_map(|slot| {
             let entry = &self.entries[slot];
-            match entry.state {
-                TagState::Free => false,
-                TagState::Queued => matches(entry.lun, None),
-                TagState::AtServer => matches(entry.lun, Some(entry.session)),
-            }
+            let session = match entry.state {
+                TagState::Free => return None,
+                TagState::Queued => None,
+                TagState::AtServer => Some(entry.session),
+            };
+            let held = Held {
+                lun: entry.lun,
+                incarnation: entry.incarnation,
+                session,
+            };
+            matches(held).then_some((slot, held))
         })?;
-        let io = self.io(slot as u16);
-        Some((self.free_slot(slot, true)?, io))
+        Some((self.free_slot(slot, true)?, held))
     }
 
     /// Frees the slot holding the SRB `matches` selects (an ABORT_COMMAND's target), retiring
@@ -262,6 +295,7 @@ impl<R> TagTable<R> {
             let entry = &self.entries[slot];
             if entry.state == TagState::AtServer && entry.lun == lun && entry.session == session {
                 self.entries[slot].state = TagState::Queued;
+                self.entries[slot].taken |= 1;
                 self.link_head(slot);
                 requeued += 1;
             }
@@ -276,7 +310,7 @@ impl<R> TagTable<R> {
         }
         let entry = &mut self.entries[slot];
         if retire {
-            entry.retired = entry.generation;
+            entry.taken |= 1;
         }
         entry.state = TagState::Free;
         self.outstanding[usize::from(entry.lun)] -= 1;
@@ -388,7 +422,7 @@ mod tests {
     fn tags_queue_per_lun_and_commit_once() {
         let mut t = table();
         for n in 0..4 {
-            t.admit(n, io((n % 2) as u8)).unwrap();
+            t.admit(n, io((n % 2) as u8), 1).unwrap();
         }
         assert_eq!(t.queued(0), [0, 2]);
         assert_eq!(t.queued(1), [1, 3]);
@@ -407,7 +441,7 @@ mod tests {
         );
         assert_eq!(t.outstanding(0), 1);
         // The slot's next use has another tag; the old one stays unknown.
-        t.admit(9, io(0)).unwrap();
+        t.admit(9, io(0), 1).unwrap();
         assert_ne!(t.tag(0), tag);
         assert_eq!(t.queued(0), [2, 0]);
     }
@@ -416,8 +450,13 @@ mod tests {
     fn a_retired_tag_is_stale_and_a_dead_sessions_tags_go_first() {
         let mut t = table();
         for n in 0..4 {
-            t.admit(n, io(0)).unwrap();
+            t.admit(n, io(0), 1).unwrap();
         }
+        assert_eq!(
+            t.lookup(t.tag(1), 7),
+            Lookup::Unknown,
+            "queued, never fetched"
+        );
         t.hand_out(1, 7);
         t.hand_out(3, 7);
         t.hand_out(0, 8);
@@ -425,13 +464,23 @@ mod tests {
         assert_eq!(t.queued(0), [1, 3, 2]);
         assert_eq!(t.lookup(t.tag(1), 7), Lookup::Stale, "requeued");
         let tag = t.tag(0);
-        let (srb, retired) = t
-            .retire_first(|lun, session| lun == 0 && session == Some(8))
+        let (srb, held) = t
+            .retire_first(|held| held.lun == 0 && held.session == Some(8))
             .unwrap();
-        assert_eq!((srb, retired.lba), (0, 8));
+        assert_eq!(
+            (srb, held),
+            (
+                0,
+                Held {
+                    lun: 0,
+                    incarnation: 1,
+                    session: Some(8)
+                }
+            )
+        );
         assert_eq!(t.lookup(tag, 8), Lookup::Stale);
         let mut left = std::vec::Vec::new();
-        while let Some((srb, _)) = t.retire_first(|_, _| true) {
+        while let Some((srb, _)) = t.retire_first(|_| true) {
             left.push(srb);
         }
         assert_eq!(left, [1, 2, 3]);
@@ -443,10 +492,50 @@ mod tests {
     fn the_table_refuses_when_full() {
         let mut t = table();
         for n in 0..TAGS as u32 {
-            t.admit(n, io(3)).unwrap();
+            t.admit(n, io(3), 1).unwrap();
         }
-        assert_eq!(t.admit(7777, io(3)), Err(7777));
-        assert_eq!(t.admit(1, io(MAX_LUNS as u8)), Err(1));
+        assert_eq!(t.admit(7777, io(3), 1), Err(7777));
+        assert_eq!(t.admit(1, io(MAX_LUNS as u8), 1), Err(1));
         assert_eq!(t.first_queued(3), Some(0));
+    }
+
+    #[test]
+    fn a_tag_stays_stale_through_later_resets_and_a_committed_one_stays_unknown() {
+        let mut t = table();
+        let fetch = |t: &mut TagTable<u32>, n| {
+            t.admit(n, io(0), 1).unwrap();
+            t.hand_out(0, 5);
+            t.tag(0)
+        };
+        let retired = fetch(&mut t, 1);
+        assert!(t.retire_first(|_| true).is_some());
+        let committed = fetch(&mut t, 2);
+        assert_eq!(t.commit(0), Some(2));
+        // Two more resets of the same slot.
+        for n in 3..5 {
+            fetch(&mut t, n);
+            assert!(t.retire_first(|_| true).is_some());
+        }
+        assert_eq!(t.lookup(retired, 5), Lookup::Stale);
+        assert_eq!(t.lookup(committed, 5), Lookup::Unknown, "committed once");
+        assert_eq!(
+            t.lookup(t.tag(0) + (1 << 16), 5),
+            Lookup::Unknown,
+            "not yet"
+        );
+        // A requeued SRB committed by the next server counts as committed.
+        let requeued = fetch(&mut t, 6);
+        assert_eq!(t.requeue(0, 5), 1);
+        t.hand_out(0, 6);
+        assert_eq!(t.lookup(requeued, 5), Lookup::Foreign);
+        assert_eq!(t.commit(0), Some(6));
+        assert_eq!(t.lookup(requeued, 6), Lookup::Unknown);
+        // Past the history, an old tag is stale whatever its fate.
+        for n in 0..HISTORY as u32 {
+            fetch(&mut t, n);
+            t.commit(0);
+        }
+        assert_eq!(t.lookup(committed, 5), Lookup::Stale);
+        assert_eq!(t.incarnation(0), 1);
     }
 }

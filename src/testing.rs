@@ -39,8 +39,51 @@ pub fn lock_held() -> bool {
     LOCKED.with(|locked| locked.get())
 }
 
+/// A step and how many of this thread's adapter lock acquisitions to let pass before it.
+#[cfg(not(loom))]
+type Interleaving = (u32, std::boxed::Box<dyn FnOnce()>);
+
+#[cfg(not(loom))]
+std::thread_local! {
+    static INTERLEAVE: core::cell::RefCell<Option<Interleaving>> =
+        const { core::cell::RefCell::new(None) };
+}
+
+/// Runs `step` on this thread just before its adapter lock acquisition number `skip` (0: the
+/// next one), with no lock held: the other side of a race, at the one point between two lock
+/// holds where it hurts.
+#[cfg(not(loom))]
+pub fn before_lock(skip: u32, step: impl FnOnce() + 'static) {
+    INTERLEAVE.with(|slot| *slot.borrow_mut() = Some((skip, std::boxed::Box::new(step))));
+}
+
+/// Whether the step [`before_lock`] set is still waiting (the acquisition never came).
+#[cfg(not(loom))]
+pub fn interleaving_pending() -> bool {
+    INTERLEAVE.with(|slot| slot.borrow().is_some())
+}
+
+#[cfg(not(loom))]
+fn interleave() {
+    let step = INTERLEAVE.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        match slot.as_mut()? {
+            (0, _) => slot.take().map(|(_, step)| step),
+            (skip, _) => {
+                *skip -= 1;
+                None
+            }
+        }
+    });
+    if let Some(step) = step {
+        step();
+    }
+}
+
 impl<T: Send> Lock<T> for MutexLock<T> {
     fn with<R>(&self, f: impl FnOnce(&mut T) -> R) -> R {
+        #[cfg(not(loom))]
+        interleave();
         let mut state = self.0.lock().unwrap();
         let outer = LOCKED.with(|locked| locked.replace(true));
         let result = f(&mut state);
@@ -94,11 +137,20 @@ impl IrpCell {
         &self,
         adapter: &Adapter<FakeIrp, FakeSrb, L>,
     ) {
+        self.io_cancel_irp_on(adapter, &FakePort::new());
+    }
+
+    /// [`io_cancel_irp`](Self::io_cancel_irp), with the grace timer a server's death arms.
+    pub fn io_cancel_irp_on<L: Lock<State<FakeIrp, FakeSrb>>>(
+        &self,
+        adapter: &Adapter<FakeIrp, FakeSrb, L>,
+        grace: &impl GraceTimer,
+    ) {
         self.cancel.store(true, SeqCst);
         if self.armed.swap(false, SeqCst) {
             let slot = self.slot.load(SeqCst) as u16;
             assert!(
-                adapter.cancel(slot, self.id, &FakePort::new()),
+                adapter.cancel(slot, self.id, grace),
                 "cancel routine did not find IRP {}",
                 self.id
             );

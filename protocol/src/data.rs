@@ -67,7 +67,8 @@ pub struct CommitResult {
     pub tag: u64,
     /// [`ScsiStatus::GOOD`] or [`ScsiStatus::CHECK_CONDITION`].
     pub scsi_status: u8,
-    /// With CHECK CONDITION: the sense key (1..=0xF), ASC and ASCQ; zero with GOOD.
+    /// With CHECK CONDITION: the sense key (1..=0xE, but not the obsolete 0xC), ASC and ASCQ;
+    /// zero with GOOD.
     pub sense_key: u8,
     pub asc: u8,
     pub ascq: u8,
@@ -83,7 +84,8 @@ impl CommitResult {
                 Some("sense_key")
             }
             ScsiStatus::GOOD => None,
-            ScsiStatus::CHECK_CONDITION if self.sense_key == 0 || self.sense_key > 0xF => {
+            // NO SENSE is no failure; 0xC is obsolete and 0xF reserved (SPC-4 §4.5.6).
+            ScsiStatus::CHECK_CONDITION if matches!(self.sense_key, 0 | 0xC | 0xF..) => {
                 Some("sense_key")
             }
             ScsiStatus::CHECK_CONDITION if self.data_len != 0 => Some("data_len"),
@@ -492,11 +494,13 @@ mod tests {
             data_len,
             ..result(1, 0)
         };
-        assert_eq!(decode(&[check(0, 0)], b"", &mut out), invalid("sense_key"));
-        assert_eq!(
-            decode(&[check(0x10, 0)], b"", &mut out),
-            invalid("sense_key")
-        );
+        for key in [0, 0xC, 0xF, 0x10] {
+            assert_eq!(
+                decode(&[check(key, 0)], b"", &mut out),
+                invalid("sense_key")
+            );
+        }
+        assert!(decode(&[check(0xE, 0)], b"", &mut out).is_ok());
         assert_eq!(decode(&[check(3, 2)], b"zz", &mut out), invalid("data_len"));
         assert!(decode(&[check(3, 0)], b"", &mut out).is_ok());
         let odd = CommitResult {

@@ -29,7 +29,7 @@ use crate::disk::{self, Ending, PendingSrb, Route};
 use crate::error::Status;
 use crate::service_queue::{PARK_CAP, Parked, ServiceQueue};
 use crate::session::SessionId;
-use crate::tag_table::{Io, Lookup};
+use crate::tag_table::{Held, Io, Lookup};
 
 /// Parked ATTACHes and FETCHes per adapter.
 pub const SERVER_PARK_CAP: usize = 256;
@@ -87,7 +87,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         let mut chosen = ArrayVec::<u16, { MAX_DESCRIPTORS as usize }>::new();
         let mut payload = 0usize;
         while chosen.len() < usize::from(server.max_descriptors) && flags & FetchFlags::FINAL == 0 {
-            let Some(slot) = self.tags.first_queued(server.lun) else {
+            let Some(slot) = self.ready(server.lun) else {
                 break;
             };
             let len = payload_len(&self.tags.io(slot));
@@ -133,20 +133,30 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         (self.count(Status::SUCCESS), size)
     }
 
+    /// The first SRB queued for `lun` that a server may take. None while SRBs sent to a removed
+    /// LUN of that number wait at its head for [`Adapter::settle`] to end them: a LUN created
+    /// again under the number must never serve them.
+    fn ready(&self, lun: u8) -> Option<u16> {
+        let slot = self.tags.first_queued(lun)?;
+        self.luns
+            .is_current(lun, self.tags.incarnation(slot))
+            .then_some(slot)
+    }
+
     /// One batch of the work [`Adapter::settle`] does.
     fn settle_some(&mut self, irps: &mut Batch<I>, srbs: &mut SrbBatch<R>) {
         if self.unsettled {
             while !srbs.is_full() {
                 let closed = self.is_closed();
                 let (luns, sessions) = (&self.luns, &self.sessions);
-                let Some((srb, io)) = self.tags.retire_first(|lun, _| {
-                    closed
-                        || luns.get(lun).is_none()
-                        || (luns.fails_without_server(lun) && !sessions.serves(lun))
+                let gone = |held: Held| closed || !luns.is_current(held.lun, held.incarnation);
+                let Some((srb, held)) = self.tags.retire_first(|held| {
+                    gone(held)
+                        || (luns.fails_without_server(held.lun) && !sessions.serves(held.lun))
                 }) else {
                     break;
                 };
-                let ending = if closed || self.luns.get(io.lun).is_none() {
+                let ending = if gone(held) {
                     Ending::Status(srb_status::NO_DEVICE)
                 } else {
                     // No server: classpnp does not retry this (DISK.md §4.4).
@@ -167,7 +177,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
             self.unsettled = irps.is_full() || srbs.is_full();
         }
         for lun in 0..revcall_protocol::MAX_LUNS as u8 {
-            while !irps.is_full() && self.tags.first_queued(lun).is_some() {
+            while !irps.is_full() && self.ready(lun).is_some() {
                 let sessions = &self.sessions;
                 let Some((mut irp, server)) = self
                     .servers
@@ -175,6 +185,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
                 else {
                     break;
                 };
+                self.sessions.count_fetch(server.session, false);
                 let (status, size) = self.fill_fetch(&mut irp, &server, 0, 0);
                 irps.push((irp, status, size));
             }
@@ -277,7 +288,12 @@ where
                 .with(|s| s.tags.retire_srb(|held| held.id() == target));
             Self::complete_srbs(aborted.map(|srb| (srb, Ending::Status(srb_status::ABORTED))));
         }
-        let units = |lun| self.units(lun);
+        let mut incarnation = 0;
+        let units = |lun| {
+            let units = self.units(lun);
+            incarnation = units.incarnation;
+            units
+        };
         let io = match disk::start_io(&mut srb, units) {
             Route::Server(io) => io,
             Route::Done => return srb.complete(),
@@ -288,7 +304,9 @@ where
             }
         };
         let refused = self.state.with(|s| {
-            if s.is_closed() {
+            // The LUN may have been removed (and another created under its number) since it was
+            // looked up: the SRB was checked against a LUN that is gone.
+            if s.is_closed() || !s.luns.is_current(io.lun, incarnation) {
                 return Err((srb, Ending::Status(srb_status::NO_DEVICE)));
             }
             // Its last server is gone and its grace period over. A LUN not served yet, or in
@@ -298,7 +316,7 @@ where
             }
             // Every tag taken: Storport retries a BUSY SRB later.
             s.tags
-                .admit(srb, io)
+                .admit(srb, io, incarnation)
                 .map_err(|srb| (srb, Ending::Status(srb_status::BUSY)))
         });
         match refused {
@@ -321,7 +339,7 @@ where
                 while !batch.is_full() {
                     let Some((srb, _)) = s
                         .tags
-                        .retire_first(|unit, _| lun.is_none_or(|lun| lun == unit))
+                        .retire_first(|held| lun.is_none_or(|lun| lun == held.lun))
                     else {
                         break;
                     };
@@ -380,7 +398,9 @@ where
                 return Outcome::Complete(irp, s.count(Status::NO_SUCH_DEVICE), 0);
             };
             let file = irp.file();
-            if s.sessions.of_file(file).is_some() {
+            // A session is a handle: an IRP with no FILE_OBJECT (a kernel caller's, built
+            // without one) could never be told apart from another.
+            if file == 0 || s.sessions.of_file(file).is_some() {
                 return Outcome::Complete(irp, s.count(Status::INVALID_DEVICE_STATE), 0);
             }
             let Some(session) = s.sessions.next() else {
@@ -410,31 +430,55 @@ where
 
     /// FETCH, and the fetch half of COMMIT_AND_FETCH: completes with the work queued for the
     /// session's LUN, or parks until there is some. With `stale` results to report it does not
-    /// park.
+    /// park. A session's FETCHes take work in the order they came: one that finds an older
+    /// FETCH of its session parked leaves the work to it.
     pub(super) fn fetch(&self, irp: I, opcode: Opcode, max_descriptors: u32, stale: u32) {
+        let mut overtaken = false;
         let outcome = self.state.with(|s| {
             if s.is_closed() {
                 return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
             }
             let Some(session) = s.sessions.of_file(irp.file()) else {
+                if opcode == Opcode::CommitAndFetch {
+                    // The session ended after its COMMIT was applied: say so, successfully.
+                    let mut irp = irp;
+                    let ended = Server {
+                        opcode: opcode as u16,
+                        ..Server::EMPTY
+                    };
+                    let (status, size) = s.fill_fetch(&mut irp, &ended, stale, FetchFlags::FINAL);
+                    return Outcome::Complete(irp, status, size);
+                }
                 return Outcome::Complete(irp, s.count(Status::INVALID_DEVICE_STATE), 0);
             };
-            let server = Server {
+            let ahead = s.sessions.has_fetch_parked(session.id);
+            let mut server = Server {
                 opcode: opcode as u16,
                 lun: session.lun,
                 max_descriptors: max_descriptors as u8,
                 session: session.id,
             };
-            if max_descriptors == 0 || stale != 0 || s.tags.first_queued(session.lun).is_some() {
+            let ready = s.ready(session.lun).is_some();
+            if max_descriptors == 0 || stale != 0 || (ready && !ahead) {
+                if ahead {
+                    server.max_descriptors = 0;
+                }
                 let mut irp = irp;
                 let (status, size) = s.fill_fetch(&mut irp, &server, stale, 0);
                 return Outcome::Complete(irp, status, size);
             }
             let parked = s.servers.park(irp, server);
+            if parked.is_ok() {
+                s.sessions.count_fetch(session.id, true);
+                overtaken = ready;
+            }
             s.parked(parked)
         });
-        if let Outcome::Complete(irp, status, size) = outcome {
-            irp.complete(status, size);
+        match outcome {
+            Outcome::Complete(irp, status, size) => irp.complete(status, size),
+            // The work goes to the older FETCHes.
+            Outcome::Parked if overtaken => self.settle(),
+            Outcome::Parked => {}
         }
     }
 
@@ -511,6 +555,12 @@ where
     pub(super) fn cancel_server(&self, slot: u16, id: usize, grace: &impl GraceTimer) -> bool {
         let taken = self.state.with(|s| {
             let (irp, server) = s.servers.take_cancelled(slot, id)?;
+            if !server.is_attach() {
+                s.sessions.count_fetch(server.session, false);
+            }
+            // One timer measures every LUN's grace period: a server's death while one runs
+            // must not restart it, or deaths a second apart would hold off every expiry.
+            let ticking = s.luns.in_grace();
             // A live session's ATTACH is the one parked with its id.
             let lost = server
                 .is_attach()
@@ -521,7 +571,7 @@ where
                     .publish(EventKind::ServerLost, lun.into(), requeued.into());
             }
             s.count(Status::CANCELLED);
-            Some((irp, lost.is_some() && s.luns.in_grace()))
+            Some((irp, lost.is_some() && !ticking && s.luns.in_grace()))
         });
         let Some((irp, tick)) = taken else {
             return false;
@@ -541,6 +591,11 @@ where
     /// lock is held — the driver's DPC).
     pub fn grace_tick(&self) -> (bool, bool) {
         self.state.with(|s| {
+            // The removal ended every LUN's I/O, and HwFreeAdapterResources frees the timer:
+            // it must not be armed again.
+            if s.is_closed() {
+                return (false, false);
+            }
             let orphaned = s.orphan(|luns| luns.tick());
             (s.luns.in_grace(), orphaned)
         })

@@ -3,7 +3,8 @@
 
 extern crate std;
 
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
 use std::vec::Vec;
 
 use revcall_protocol::{
@@ -14,7 +15,10 @@ use revcall_scsi::{Command, Sense, Transfer};
 use storport_abi::{srb_function, srb_status};
 
 use crate::error::Status;
-use crate::testing::{FakeIrp, FakePort, FakeSrb, IrpCell, SrbCell, SrbEnd, TestAdapter, adapter};
+use crate::testing::{
+    FakeIrp, FakePort, FakeSrb, IrpCell, SrbCell, SrbEnd, TestAdapter, adapter, before_lock,
+    interleaving_pending,
+};
 
 const FETCH_OUT: usize = fetch_reply_size(4, 4 * MAX_TRANSFER as usize);
 const SERVER: usize = 0x1000;
@@ -23,54 +27,67 @@ const OTHER_SERVER: usize = 0x2000;
 struct Bench {
     adapter: std::boxed::Box<TestAdapter>,
     port: FakePort,
-    next_id: usize,
+    next_id: AtomicUsize,
 }
 
 impl Bench {
     fn new(flags: u32) -> Self {
-        let mut bench = Self {
+        let bench = Self {
             adapter: adapter(true),
             port: FakePort::new(),
-            next_id: 1,
+            next_id: AtomicUsize::new(1),
         };
+        assert_eq!(bench.create(flags, 1), Ok(0));
+        bench
+    }
+
+    /// LUN_CREATE with serial SV`n`: its number or the status.
+    fn create(&self, flags: u32, n: u8) -> Result<u32, Status> {
         let mut serial = [b' '; 32];
-        serial[..3].copy_from_slice(b"SV1");
+        serial[..3].copy_from_slice(&[b'S', b'V', b'0' + n]);
         let spec = LunSpec {
             block_count: 1024,
             block_size: 512,
             flags,
             serial,
-            unique_id: [3; 16],
+            unique_id: [n + 2; 16],
             ..LunSpec::default()
         };
-        let done = bench.send(SERVER, Request::LunCreate(spec), 64);
-        assert_eq!(done.completion().unwrap().status, Status::SUCCESS);
-        bench
+        let done = self.send(SERVER, Request::LunCreate(spec), 64);
+        let done = done.completion().unwrap();
+        match decode_reply(&done.bytes) {
+            Ok(Reply::LunCreate(reply)) => Ok(reply.lun),
+            _ => Err(done.status),
+        }
     }
 
-    fn id(&mut self) -> usize {
-        self.next_id += 1;
-        self.next_id
+    fn remove(&self, lun: u32) -> Status {
+        let done = self.send(SERVER, Request::LunRemove { lun }, 64);
+        done.completion().unwrap().status
     }
 
-    fn send(&mut self, file: usize, request: Request, out: usize) -> Arc<IrpCell> {
+    fn id(&self) -> usize {
+        self.next_id.fetch_add(1, SeqCst) + 1
+    }
+
+    fn send(&self, file: usize, request: Request, out: usize) -> Arc<IrpCell> {
         let (irp, cell) = FakeIrp::new(self.id(), request, out);
         self.adapter.process(irp.on(file), &self.port);
         cell
     }
 
-    fn attach(&mut self, file: usize) -> Arc<IrpCell> {
+    fn attach(&self, file: usize) -> Arc<IrpCell> {
         let cell = self.send(file, Request::Attach { lun: 0 }, 16);
         assert!(cell.completion().is_none(), "ATTACH parks for the session");
         cell
     }
 
-    fn fetch(&mut self, file: usize) -> Arc<IrpCell> {
+    fn fetch(&self, file: usize) -> Arc<IrpCell> {
         self.send(file, Request::Fetch { max_descriptors: 4 }, FETCH_OUT)
     }
 
     fn commit(
-        &mut self,
+        &self,
         file: usize,
         results: &[CommitResult],
         data: &[u8],
@@ -130,7 +147,7 @@ fn ended(cell: &SrbCell) -> SrbEnd {
 
 #[test]
 fn a_write_and_a_read_travel_through_a_parked_fetch_and_a_commit() {
-    let mut b = Bench::new(0);
+    let b = Bench::new(0);
     let attach = b.attach(SERVER);
     let fetch = b.fetch(SERVER);
     assert!(fetch.completion().is_none(), "no work: the FETCH parks");
@@ -171,36 +188,36 @@ fn a_write_and_a_read_travel_through_a_parked_fetch_and_a_commit() {
 
 #[test]
 fn a_bad_commit_is_refused_whole_and_touches_no_srb() {
-    let mut b = Bench::new(0);
+    let b = Bench::new(0);
     let _attach = b.attach(SERVER);
     let _other = b.attach(OTHER_SERVER);
     let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
     let fetch = b.fetch(SERVER);
     let (_, _, items) = fetched(&fetch);
     let tag = items[0].0.tag;
-    let refused = |b: &mut Bench, file, results: &[CommitResult], data: &[u8]| {
+    let refused = |b: &Bench, file, results: &[CommitResult], data: &[u8]| {
         let cell = b.commit(file, results, data, 0);
         cell.completion().unwrap().status
     };
     assert_eq!(
-        refused(&mut b, SERVER, &[good(tag + (1 << 16), 0)], &[]),
+        refused(&b, SERVER, &[good(tag + (1 << 16), 0)], &[]),
         Status::NOT_FOUND
     );
     assert_eq!(
-        refused(&mut b, OTHER_SERVER, &[good(tag, 512)], &[0; 512]),
+        refused(&b, OTHER_SERVER, &[good(tag, 512)], &[0; 512]),
         Status::ACCESS_DENIED
     );
     assert_eq!(
-        refused(&mut b, SERVER, &[good(tag, 256)], &[0; 256]),
+        refused(&b, SERVER, &[good(tag, 256)], &[0; 256]),
         Status::INVALID_BUFFER_SIZE
     );
     assert_eq!(
-        refused(&mut b, 0x3000, &[good(tag, 512)], &[0; 512]),
+        refused(&b, 0x3000, &[good(tag, 512)], &[0; 512]),
         Status::INVALID_DEVICE_STATE
     );
     // A good result beside a bad one: neither is applied.
     assert_eq!(
-        refused(&mut b, SERVER, &[good(tag, 512), good(77, 0)], &[1; 512]),
+        refused(&b, SERVER, &[good(tag, 512), good(77, 0)], &[1; 512]),
         Status::NOT_FOUND
     );
     assert_eq!(read.completions(), 0, "no refused COMMIT touched the SRB");
@@ -210,7 +227,7 @@ fn a_bad_commit_is_refused_whole_and_touches_no_srb() {
         asc: 0x11,
         ..good(tag, 0)
     };
-    assert_eq!(refused(&mut b, SERVER, &[check], &[]), Status::SUCCESS);
+    assert_eq!(refused(&b, SERVER, &[check], &[]), Status::SUCCESS);
     let end = ended(&read);
     assert_eq!(end.scsi_status, ScsiStatus::CHECK_CONDITION);
     assert_eq!(
@@ -219,15 +236,12 @@ fn a_bad_commit_is_refused_whole_and_touches_no_srb() {
     );
     assert!(end.data.is_empty());
     // Committed once: the tag is gone.
-    assert_eq!(
-        refused(&mut b, SERVER, &[good(tag, 0)], &[]),
-        Status::NOT_FOUND
-    );
+    assert_eq!(refused(&b, SERVER, &[good(tag, 0)], &[]), Status::NOT_FOUND);
 }
 
 #[test]
 fn a_dead_servers_srbs_go_to_the_next_server_or_wait_out_the_grace_period() {
-    let mut b = Bench::new(0);
+    let b = Bench::new(0);
     let first = b.attach(SERVER);
     let second = b.attach(OTHER_SERVER);
     let reads: Vec<_> = (0..3)
@@ -300,7 +314,7 @@ fn a_dead_servers_srbs_go_to_the_next_server_or_wait_out_the_grace_period() {
 
 #[test]
 fn removing_the_lun_ends_its_sessions_and_srbs() {
-    let mut b = Bench::new(LunFlags::WRITE_CACHE);
+    let b = Bench::new(LunFlags::WRITE_CACHE);
     let attach = b.attach(SERVER);
     let flush = b.io(Command::SynchronizeCache { lba: 0, blocks: 0 }, Vec::new());
     let (_, _, items) = fetched(&b.fetch(SERVER));
@@ -330,7 +344,7 @@ fn removing_the_lun_ends_its_sessions_and_srbs() {
 
 #[test]
 fn a_parked_fetch_ends_final_when_its_session_ends() {
-    let mut b = Bench::new(0);
+    let b = Bench::new(0);
     let attach = b.attach(SERVER);
     let parked = b.fetch(SERVER);
     attach.io_cancel_irp(&b.adapter);
@@ -340,7 +354,7 @@ fn a_parked_fetch_ends_final_when_its_session_ends() {
 
 #[test]
 fn resets_take_back_what_the_servers_hold_and_a_late_commit_is_stale() {
-    let mut b = Bench::new(0);
+    let b = Bench::new(0);
     let _attach = b.attach(SERVER);
     let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
     let (_, _, items) = fetched(&b.fetch(SERVER));
@@ -367,7 +381,7 @@ fn resets_take_back_what_the_servers_hold_and_a_late_commit_is_stale() {
 
 #[test]
 fn a_new_lun_queues_for_its_first_server_and_removal_ends_everything() {
-    let mut b = Bench::new(0);
+    let b = Bench::new(0);
     // Before any server: the SRB waits for the one its creator is about to start.
     let early = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
     assert_eq!(early.completions(), 0);
@@ -419,7 +433,7 @@ fn an_inquiry_tells_storport_the_luns_queue_depth() {
 
 #[test]
 fn abort_command_aborts_the_srb_it_names_and_nothing_else() {
-    let mut b = Bench::new(0);
+    let b = Bench::new(0);
     let _attach = b.attach(SERVER);
     let mut doomed = FakeSrb::scsi(0, &Command::Read(rw(0, 1)), 512);
     let target = crate::disk::PendingSrb::id(&doomed);
@@ -441,4 +455,145 @@ fn abort_command_aborts_the_srb_it_names_and_nothing_else() {
     // Aborting one that is gone already is no error, and touches nothing.
     assert_eq!(abort(target), srb_status::SUCCESS);
     assert_eq!(other.completions(), 0);
+}
+
+/// A value the other side of a race leaves for the test to check.
+type Left<T> = Arc<Mutex<Option<T>>>;
+
+fn left<T>() -> (Left<T>, Left<T>) {
+    let cell = Arc::new(Mutex::new(None));
+    (cell.clone(), cell)
+}
+
+fn take<T>(cell: &Left<T>) -> T {
+    assert!(!interleaving_pending(), "the race's other side never ran");
+    cell.lock().unwrap().take().expect("left by the other side")
+}
+
+#[test]
+fn an_srb_routed_to_a_lun_removed_before_it_was_queued_ends_no_device() {
+    let b = Arc::new(Bench::new(0));
+    let (mine, theirs) = left();
+    let other = b.clone();
+    // Between HwStartIo's lookup of LUN 0 and the queueing: LUN 0 is removed and another
+    // created under its number, whose server waits for work.
+    before_lock(1, move || {
+        assert_eq!(other.remove(0), Status::SUCCESS);
+        assert_eq!(other.create(0, 2), Ok(0));
+        *theirs.lock().unwrap() = Some((other.attach(SERVER), other.fetch(SERVER)));
+    });
+    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let (_attach, fetch) = take(&mine);
+    assert_eq!(ended(&read).srb_status, srb_status::NO_DEVICE);
+    assert!(fetch.completion().is_none(), "the new LUN never sees it");
+}
+
+#[test]
+fn srbs_of_a_removed_lun_are_never_served_by_the_next_one_under_its_number() {
+    let b = Arc::new(Bench::new(0));
+    let _attach = b.attach(SERVER);
+    let old = b.io(Command::Write(rw(0, 1)), std::vec![0xAA; 512]);
+    let (mine, theirs) = left();
+    let other = b.clone();
+    // Between LUN_REMOVE's lock hold and the settling that ends the LUN's SRBs: a new LUN 0
+    // and its server.
+    before_lock(1, move || {
+        assert_eq!(other.create(0, 2), Ok(0));
+        *theirs.lock().unwrap() = Some((other.attach(OTHER_SERVER), other.fetch(OTHER_SERVER)));
+    });
+    assert_eq!(b.remove(0), Status::SUCCESS);
+    let (_attach, fetch) = take(&mine);
+    assert_eq!(ended(&old).srb_status, srb_status::NO_DEVICE);
+    assert!(
+        fetch.completion().is_none(),
+        "the old LUN's WRITE is not its"
+    );
+    let new = b.io(Command::Write(rw(0, 1)), std::vec![0xBB; 512]);
+    let (_, _, items) = fetched(&fetch);
+    assert_eq!(items.len(), 1);
+    assert_eq!(items[0].1, std::vec![0xBB; 512]);
+    assert_eq!(new.completions(), 0);
+}
+
+#[test]
+fn a_sessions_fetches_take_work_in_the_order_they_came() {
+    let b = Arc::new(Bench::new(0));
+    let _attach = b.attach(SERVER);
+    let first = b.fetch(SERVER);
+    let (mine, theirs) = left();
+    let other = b.clone();
+    // Between the WRITE's queueing and the settling that hands it to the parked FETCH, the
+    // same server's COMMIT_AND_FETCH arrives.
+    before_lock(2, move || {
+        *theirs.lock().unwrap() = Some(other.commit(SERVER, &[], &[], 4));
+    });
+    let _write = b.io(Command::Write(rw(3, 1)), std::vec![0x11; 512]);
+    let second = take(&mine);
+    let (_, _, items) = fetched(&first);
+    assert_eq!(items.len(), 1, "the older FETCH gets the work");
+    assert!(second.completion().is_none(), "the newer one waits");
+    // A commit-only request never waits, and takes nothing ahead of the parked one.
+    let only = b.commit(SERVER, &[good(items[0].0.tag, 0)], &[], 0);
+    assert_eq!(only.completion().unwrap().status, Status::SUCCESS);
+    let _read = b.io(Command::Read(rw(4, 1)), std::vec![0; 512]);
+    assert_eq!(fetched(&second).2.len(), 1);
+}
+
+#[test]
+fn a_commit_whose_session_ends_before_its_fetch_half_is_applied_and_says_final() {
+    let b = Arc::new(Bench::new(0));
+    let attach = b.attach(SERVER);
+    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let (_, _, items) = fetched(&b.fetch(SERVER));
+    let other = b.clone();
+    let dying = attach.clone();
+    before_lock(1, move || dying.io_cancel_irp(&other.adapter));
+    let next = b.commit(SERVER, &[good(items[0].0.tag, 512)], &[7; 512], 4);
+    assert!(!interleaving_pending());
+    assert_eq!(attach.completion().unwrap().status, Status::CANCELLED);
+    let end = ended(&read);
+    assert_eq!(
+        (end.srb_status, end.data),
+        (srb_status::SUCCESS, std::vec![7; 512])
+    );
+    let (flags, stale, items) = fetched(&next);
+    assert_eq!((flags, stale, items.len()), (FetchFlags::FINAL, 0, 0));
+}
+
+#[test]
+fn an_attach_without_a_file_object_is_refused() {
+    let b = Bench::new(0);
+    let attach = b.send(0, Request::Attach { lun: 0 }, 16);
+    assert_eq!(
+        attach.completion().unwrap().status,
+        Status::INVALID_DEVICE_STATE
+    );
+    assert_eq!(b.adapter.stats().parked_now, 0);
+    // Nothing serves LUN 0: its I/O still waits for a first server.
+    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    assert_eq!(read.completions(), 0);
+}
+
+#[test]
+fn one_grace_timer_is_not_restarted_by_each_death_and_stops_at_removal() {
+    let b = Bench::new(0);
+    assert_eq!(b.create(0, 2), Ok(1));
+    let first = b.attach(SERVER);
+    let second = b.send(OTHER_SERVER, Request::Attach { lun: 1 }, 16);
+    first.io_cancel_irp_on(&b.adapter, &b.port);
+    assert_eq!(b.port.grace_arms.load(SeqCst), 1);
+    assert_eq!(b.adapter.grace_tick(), (true, false));
+    second.io_cancel_irp_on(&b.adapter, &b.port);
+    assert_eq!(
+        b.port.grace_arms.load(SeqCst),
+        1,
+        "the running timer measures LUN 1 too"
+    );
+    for _ in 2..crate::lun_table::GRACE_TICKS {
+        assert_eq!(b.adapter.grace_tick(), (true, false));
+    }
+    assert_eq!(b.adapter.grace_tick(), (true, true), "LUN 0 on time");
+    // Removed while LUN 1's grace period runs: the timer is not armed again.
+    b.adapter.remove(&b.port);
+    assert_eq!(b.adapter.grace_tick(), (false, false));
 }
