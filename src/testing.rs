@@ -43,6 +43,8 @@ pub fn lock_held() -> bool {
 #[cfg(not(loom))]
 type Interleaving = (u32, std::boxed::Box<dyn FnOnce()>);
 
+// A thread-local, as LOCKED is: the step must run inside `Lock::with`, which the test cannot
+// reach otherwise, and per thread, so tests running in parallel never meet each other's steps.
 #[cfg(not(loom))]
 std::thread_local! {
     static INTERLEAVE: core::cell::RefCell<Option<Interleaving>> =

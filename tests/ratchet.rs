@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 /// (crate folder, unsafe sites, transmutes, statics, `static mut`s)
 const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
-    (".", 91, 0, 1, 0),
+    (".", 91, 0, 2, 0),
     ("abi", 2, 0, 0, 0),
     ("client", 0, 0, 0, 0),
     ("fixtures", 148, 0, 2, 0),

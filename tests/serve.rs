@@ -324,17 +324,28 @@ fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
     assert_eq!(status, SRB_STATUS_ABORTED);
     assert_eq!(resets(), before + 1);
     let held = server.work(&fetch.wait(PATIENCE).unwrap()).expect("work");
+    // Reset again in the same tag slot (a later generation) before the server answers: both
+    // of its late results are stale, however often the slot was reset meanwhile.
+    let refetch = server.fetch(8);
+    let (status, _) = read(&class, 0, 1);
+    assert_eq!(status, SRB_STATUS_ABORTED);
+    let again = server.work(&refetch.wait(PATIENCE).unwrap()).expect("work");
+    let (first, second) = (held.items[0].0.tag, again.items[0].0.tag);
+    assert_eq!(first & 0xFFFF, second & 0xFFFF, "one slot");
+    assert!(second > first, "a later generation");
     let late = Answer {
-        results: vec![CommitResult {
-            tag: held.items[0].0.tag,
-            data_len: BLOCK,
-            ..CommitResult::default()
-        }],
-        data: vec![1; BLOCK as usize],
+        results: [first, second]
+            .map(|tag| CommitResult {
+                tag,
+                data_len: BLOCK,
+                ..CommitResult::default()
+            })
+            .to_vec(),
+        data: vec![1; 2 * BLOCK as usize],
     };
     let reply = server.commit(&late, 1).wait(PATIENCE).expect("completes");
     let work = server.work(&reply).expect("a FETCH reply");
-    assert_eq!((work.stale, work.items.len()), (1, 0), "dropped, counted");
+    assert_eq!((work.stale, work.items.len()), (2, 0), "dropped, counted");
     // The server dies: its parked FETCH ends FINAL and the LUN's grace period starts. A READ
     // meanwhile waits for a server (here Storport's compressed timeout aborts it first); once
     // the grace period is over (LunOrphaned), the LUN's I/O fails at once: NOT READY, 04/03.
@@ -591,6 +602,136 @@ fn every_malformed_commit_is_refused_with_its_status_and_touches_no_srb() {
     for channel in [server, other, stranger] {
         channel.close();
     }
+    admin.close();
+    finish(harness);
+}
+
+/// Waits on `admin` (a WAIT parked as `pending`) until an event of `kind` for `lun`; returns
+/// when it came, and the next WAIT.
+fn event_of(
+    admin: &Channel,
+    mut pending: Arc<Request>,
+    kind: EventKind,
+    lun: u64,
+    limit: Duration,
+) -> (Option<std::time::Instant>, Arc<Request>) {
+    let deadline = std::time::Instant::now() + limit;
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        let Some(done) = pending.wait(left) else {
+            break;
+        };
+        let delivery = admin.delivery(&done).expect("a WAIT reply");
+        pending = admin.wait(delivery.reply.cursor, 16);
+        if delivery
+            .events
+            .iter()
+            .any(|e| e.kind == kind as u32 && e.arg0 == lun)
+        {
+            return (Some(std::time::Instant::now()), pending);
+        }
+    }
+    (None, pending)
+}
+
+#[test]
+fn a_crash_looping_server_does_not_hold_off_another_luns_grace_period() {
+    let harness = start_at(Duration::from_secs(1));
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let mut other = spec(0);
+    other.serial[..6].copy_from_slice(b"LOOPER");
+    other.unique_id = [0x43; 16];
+    let looping = admin.create_lun(other).expect("LUN_CREATE");
+    let events = admin.wait(CURSOR_NOW, 16);
+    let server = Channel::open(&kernel, 70);
+    let attach = server.attach(lun);
+    assert_eq!(server.cancel(&attach), 1);
+    let died = std::time::Instant::now();
+    // LUN 1's server dies every 300 ms meanwhile, each death starting its grace period anew.
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (orphaned, pending) = std::thread::scope(|scope| {
+        let looper = scope.spawn(|| {
+            let mut deaths = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let channel = Channel::open(&kernel, 71 + deaths);
+                let attach = channel.attach(looping);
+                std::thread::sleep(Duration::from_millis(300));
+                assert_eq!(channel.cancel(&attach), 1);
+                channel.close();
+                deaths += 1;
+            }
+            deaths
+        });
+        let seen = event_of(
+            &admin,
+            events,
+            EventKind::LunOrphaned,
+            lun.into(),
+            Duration::from_secs(7),
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(looper.join().unwrap() >= 12, "a death every 300 ms");
+        seen
+    });
+    let grace = orphaned.expect("LUN 0 orphaned within 7 s") - died;
+    assert!(
+        grace >= Duration::from_secs(4) && grace < Duration::from_secs(7),
+        "LUN 0's grace period took {grace:?}"
+    );
+    // Later events (LUN 1's own orphaning) may have completed it already.
+    admin.cancel(&pending);
+    server.close();
+    admin.close();
+    finish(harness);
+}
+
+#[test]
+fn the_grace_timer_is_not_armed_again_after_a_surprise_removal() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let server = Channel::open(&kernel, 80);
+    let attach = server.attach(lun);
+    assert_eq!(server.cancel(&attach), 1);
+    let dispatcher = kernel.port().dispatcher();
+    assert_eq!(dispatcher.timers_armed(), 1, "the grace period runs");
+    kernel.surprise_remove_adapter();
+    // Its next tick finds the adapter removed and does not arm it again.
+    std::thread::sleep(Duration::from_millis(1_600));
+    assert_eq!(dispatcher.timers_armed(), 0);
+    kernel.remove_adapter(|| {});
+    server.close();
+    admin.close();
+    finish(harness);
+}
+
+#[test]
+fn a_kernel_caller_without_a_file_object_cannot_attach() {
+    let harness = start();
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let caller = storsim::io::KernelCaller::new(kernel.io(), 1024).expect("IRP");
+    let mut attach = [0u8; 64];
+    let len =
+        revcall_protocol::encode_request(&revcall_protocol::Request::Attach { lun }, &mut attach)
+            .expect("fits");
+    let request = caller
+        .send(
+            kernel.io(),
+            revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
+            &attach[..len],
+            64,
+        )
+        .expect("sent");
+    let done = request
+        .wait(Duration::from_secs(5))
+        .expect("refused at once");
+    assert_eq!(done.status, STATUS_INVALID_DEVICE_STATE);
+    assert_eq!(admin.stats().expect("STATS").parked_now, 0);
+    caller.free(kernel.io());
     admin.close();
     finish(harness);
 }

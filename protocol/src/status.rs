@@ -16,10 +16,10 @@
 //! | `STATUS_DELETE_PENDING` | Storport's answer once the adapter's removal rundown has started |
 //! | `STATUS_NO_SUCH_DEVICE` | LUN_REMOVE or ATTACH of a LUN that does not exist |
 //! | `STATUS_OBJECT_NAME_COLLISION` | LUN_CREATE with another LUN's serial number or unique id |
-//! | `STATUS_INVALID_DEVICE_STATE` | FETCH or COMMIT on a handle with no ATTACH parked; a second ATTACH on one handle |
+//! | `STATUS_INVALID_DEVICE_STATE` | FETCH or COMMIT on a handle with no ATTACH parked; a second ATTACH on one handle; an ATTACH with no FILE_OBJECT |
 //! | `STATUS_NOT_FOUND` | COMMIT of a tag never handed out, or already committed |
 //! | `STATUS_ACCESS_DENIED` | COMMIT of a tag another session fetched |
-//! | `STATUS_INVALID_BUFFER_SIZE` | COMMIT whose READ data is not the size the SRB asked for, or data for a non-READ |
+//! | `STATUS_INVALID_BUFFER_SIZE` | COMMIT whose GOOD READ data is not the size the SRB asked for, or data for a GOOD non-READ |
 
 pub use storport_abi::status::is_error;
 pub use storport_abi::status::name;

@@ -105,6 +105,15 @@ impl Dispatcher {
         self.state().timers_ex.keys().copied().collect()
     }
 
+    /// The StorPortInitializeTimer timers armed now (requested and not yet fired).
+    pub fn timers_armed(&self) -> usize {
+        self.state()
+            .timers_ex
+            .values()
+            .filter(|t| t.is_some())
+            .count()
+    }
+
     /// StorPortFreeTimer: cancels and forgets the timer; `false` if it was none.
     pub fn free_timer(&self, handle: usize) -> bool {
         self.state().timers_ex.remove(&handle).is_some()
