@@ -79,6 +79,35 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The data path under fire: N emulated CPUs issue random READ / WRITE / SYNCHRONIZE
+    /// CACHE / UNMAP to several LUNs served by misbehaving user-mode servers (batching, out of
+    /// order, split and malformed COMMITs, medium errors, deaths with SRBs in hand), LUNs
+    /// removed and re-created with I/O in flight, each cycle ending with a removal or surprise
+    /// removal; every READ checked block by block against a model of what was written.
+    DiskTorture {
+        driver: PathBuf,
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        cpus: u16,
+        /// SRBs in all.
+        #[arg(long, default_value_t = 100_000)]
+        ios: u64,
+        /// Adapter removal (or surprise-removal) cycles, each followed by a new instance.
+        #[arg(long, default_value_t = 10)]
+        removals: u32,
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=8))]
+        luns: u16,
+        /// Servers per LUN at once, each in its own process.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=3))]
+        servers: u16,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Probability of an injected delay at each emulated call.
+        #[arg(long, default_value_t = 0.02)]
+        delay: f64,
+        /// One JSON object instead of the table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Low-resources simulation, systematically: a short script runs once per fallible call
     /// site (allocations, registry, StorPortInitialize, Storport's and the I/O manager's
     /// allocations) with the first call there failing; each must degrade with a clear status,
@@ -171,6 +200,32 @@ pub fn run(cli: Cli) -> i32 {
                 println!("{export}");
             }
             0
+        }
+        Command::DiskTorture {
+            driver,
+            cpus,
+            ios,
+            removals,
+            luns,
+            servers,
+            seed,
+            delay,
+            json,
+        } => {
+            report_panics();
+            let options = crate::disk_torture::DiskTortureOptions {
+                driver,
+                cpus: cpus.into(),
+                ios,
+                removals,
+                luns: luns.into(),
+                servers: servers.into(),
+                seed,
+                delay,
+                progress: true,
+            };
+            let report = crate::disk_torture::run(&options);
+            emit(json, report.passed, || report.json(), || report.text())
         }
         Command::Faults { driver, seed, json } => {
             report_panics();

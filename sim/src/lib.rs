@@ -5,8 +5,10 @@
 pub mod bench;
 pub mod cli;
 pub mod client;
+pub mod commit_fuzz;
 mod demo;
 mod disk;
+pub mod disk_torture;
 pub mod faults;
 mod fixture;
 pub mod torture;

@@ -38,6 +38,13 @@ enum Task {
         #[arg(last = true)]
         storsim_args: Vec<String>,
     },
+    /// The full disk torture of docs/RELIABILITY.md: 4 emulated CPUs, 1,000,000 SRBs to two
+    /// LUNs served by misbehaving servers, 100 removal / surprise-removal cycles; arguments
+    /// after `--` replace those (e.g. `-- --ios 50000 --seed 7`).
+    DiskTorture {
+        #[arg(last = true)]
+        storsim_args: Vec<String>,
+    },
     /// Measure the channel: build revcall.sys and the floor fixture, run `storsim bench`
     /// (throughput against the floor, latency, instructions per operation under callgrind,
     /// memory); arguments after `--` go to storsim bench (e.g. `-- --json`, `-- --no-cost`).
@@ -83,6 +90,18 @@ fn main() -> Result<()> {
             run(
                 "storsim torture: revcall.sys",
                 storsim(&["torture"]).arg(&sys).args(args),
+            )?;
+        }
+        Task::DiskTorture { storsim_args } => {
+            let sys = build_driver()?;
+            let args = if storsim_args.is_empty() {
+                FULL_DISK_TORTURE.iter().map(|a| (*a).to_owned()).collect()
+            } else {
+                storsim_args
+            };
+            run(
+                "storsim disk-torture: revcall.sys",
+                storsim(&["disk-torture"]).arg(&sys).args(args),
             )?;
         }
         Task::TesterExe => {
@@ -507,6 +526,9 @@ fn json_report(output: &std::process::Output, tool: &str) -> Result<serde_json::
 
 /// The full run docs/RELIABILITY.md reports (`cargo xtask torture`).
 const FULL_TORTURE: [&str; 6] = ["--cpus", "4", "--ops", "1000000", "--removals", "100"];
+
+/// The full disk torture docs/RELIABILITY.md reports (`cargo xtask disk-torture`).
+const FULL_DISK_TORTURE: [&str; 6] = ["--cpus", "4", "--ios", "1000000", "--removals", "100"];
 
 /// A short torture run in the test command: 4 CPUs, 20,000 operations, 5 removal cycles; it
 /// must pass with no violation, no broken invariant and nothing outstanding.
