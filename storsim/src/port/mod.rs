@@ -68,6 +68,8 @@ pub struct PortCounters {
     pub bus_changes: AtomicU64,
     /// SRBs that timed out into the reset ladder.
     pub resets: AtomicU64,
+    /// SRBs sent after the adapter was (surprise-)removed: failed NO_DEVICE by the port.
+    pub srbs_refused: AtomicU64,
     /// Bytes the disk class model's WRITEs moved, and its READs brought back, successfully.
     pub bytes_written: AtomicU64,
     pub bytes_read: AtomicU64,
@@ -84,6 +86,10 @@ pub struct Port {
     rundown: Rundown,
     dispatcher: Dispatcher,
     srbs: Mutex<std::collections::HashSet<usize>>,
+    /// Held (read) by each SRB handed to HwStartIo for the length of the call; a removal takes
+    /// it (write) once the adapter's state says no more SRBs go to the miniport, so none is
+    /// still on its way in when the extension goes.
+    start_io_gate: std::sync::RwLock<()>,
     /// Logical units Storport has sent an INQUIRY, with the queue depth the miniport set for
     /// each (0: not set).
     units: Mutex<std::collections::HashMap<(u8, u8), u32>>,
@@ -100,6 +106,7 @@ impl Port {
             rundown: Rundown::default(),
             dispatcher: Dispatcher::default(),
             srbs: Mutex::new(std::collections::HashSet::new()),
+            start_io_gate: std::sync::RwLock::new(()),
             units: Mutex::new(std::collections::HashMap::new()),
             counters: PortCounters::default(),
         }

@@ -287,6 +287,20 @@ impl Port {
     }
 
     fn start_io(&self, miniport: Miniport, extension: Extension, srb: &Srb) {
+        let _in_flight = self.start_io_gate.read().unwrap_or_else(|p| p.into_inner());
+        if matches!(
+            self.adapter().state,
+            PnpState::SurpriseRemoved | PnpState::Removed
+        ) {
+            // The device is gone: Storport fails the request itself; the miniport never sees it.
+            let status = std::mem::offset_of!(SCSI_REQUEST_BLOCK, SrbStatus);
+            let _ = self
+                .machine
+                .pool()
+                .write_bytes(srb.addr() + status, &[storport_abi::srb_status::NO_DEVICE]);
+            self.counters.srbs_refused.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         if srb.opcode(self.machine.pool()) == 0x12 {
             self.units
                 .lock()
@@ -458,6 +472,7 @@ impl Port {
         between();
         if state != PnpState::SurpriseRemoved {
             self.adapter().state = PnpState::Removed;
+            self.wait_for_start_io();
             self.wait_rundown("REMOVE_DEVICE");
             self.dispatcher.cancel_timer();
             self.adapter_control(SCSI_STOP_ADAPTER, "ScsiStopAdapter");
@@ -482,6 +497,7 @@ impl Port {
     /// IRP_MN_SURPRISE_REMOVAL: ScsiAdapterSurpriseRemoval only if supported, then the wait.
     pub fn surprise_remove_adapter(&self) {
         self.adapter().state = PnpState::SurpriseRemoved;
+        self.wait_for_start_io();
         self.machine.note("PnP SURPRISE_REMOVAL");
         if !self.adapter_control(SCSI_ADAPTER_SURPRISE_REMOVAL, "ScsiAdapterSurpriseRemoval") {
             self.machine.note(
@@ -491,6 +507,15 @@ impl Port {
         self.wait_rundown("SURPRISE_REMOVAL");
         self.dispatcher.cancel_timer();
         self.adapter_control(SCSI_STOP_ADAPTER, "ScsiStopAdapter");
+    }
+
+    /// Waits until no HwStartIo call that began before the state change is still running.
+    fn wait_for_start_io(&self) {
+        drop(
+            self.start_io_gate
+                .write()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
     }
 
     fn complete_service_irps(&self) {
