@@ -35,14 +35,31 @@ pub enum Op {
     Fire,
     /// Removal (HwCompleteServiceIrp … HwFreeAdapterResources) with `parked` WAITs parked.
     Remove,
+    /// `parked` 4 KiB READs, one after another, each through the data path: HwStartIo, the
+    /// server's parked FETCH completed, its COMMIT_AND_FETCH, the SRB completed.
+    DiskRead,
+    /// The same with 4 KiB WRITEs.
+    DiskWrite,
 }
 
 /// One measured phase, in the order the profiles were dumped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Phase {
     pub op: Op,
+    /// WAITs parked; for a disk phase, the I/Os it ran.
     pub parked: usize,
+    /// The driver's payload copies during the phase (a block or more between a SystemBuffer
+    /// and an SRB's buffer).
+    pub copies: u64,
 }
+
+/// Runs one phase: its op, its size, what it does.
+type Measure<'a> = dyn FnMut(Op, usize, &mut dyn FnMut()) + 'a;
+
+/// I/Os in each disk phase.
+pub const DISK_IOS: usize = 64;
+const DISK_BLOCK: u32 = 512;
+const DISK_IO_BLOCKS: u32 = 8;
 
 /// What the measured child reports: where the driver lies and which phases it ran.
 #[derive(Debug, Serialize, Deserialize)]
@@ -66,7 +83,14 @@ pub fn phase_boundary() {
 ///
 /// The driver does not start, or an operation does not end as the channel promises.
 pub fn phases(driver: &Path) -> Result<Plan, BenchError> {
-    let harness = Harness::start(driver, quiet_config())?;
+    // Under callgrind a round trip through a server is slow: no SRB may time out meanwhile.
+    let harness = Harness::start(
+        driver,
+        storsim::machine::Config {
+            srb_second: std::time::Duration::from_secs(60),
+            ..quiet_config()
+        },
+    )?;
     let kernel = harness.kernel.clone();
     let image = harness.image();
     let mut plan = Plan {
@@ -74,11 +98,23 @@ pub fn phases(driver: &Path) -> Result<Plan, BenchError> {
         image_end: (image.base() + image.size()) as u64,
         phases: Vec::new(),
     };
+    let copies = || {
+        kernel
+            .port()
+            .counters()
+            .payload_copies
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
     let mut measure = |op, parked, phase: &mut dyn FnMut()| {
+        let before = copies();
         phase_boundary();
         phase();
         phase_boundary();
-        plan.phases.push(Phase { op, parked });
+        plan.phases.push(Phase {
+            op,
+            parked,
+            copies: copies() - before,
+        });
     };
     for (round, &size) in SIZES.iter().enumerate() {
         if round > 0 {
@@ -125,8 +161,107 @@ pub fn phases(driver: &Path) -> Result<Plan, BenchError> {
         firer.close();
         waiter.close();
     }
+    kernel.add_adapter()?;
+    kernel.start_adapter()?;
+    disk_phases(&kernel, &mut measure)?;
     super::clean(harness.finish())?;
     Ok(plan)
+}
+
+/// The data path's phases: a LUN, one null server (answers READ with zeros it does not copy
+/// from a store, WRITE with GOOD), [`DISK_IOS`] 4 KiB READs then WRITEs from one CPU.
+fn disk_phases(
+    kernel: &Arc<storsim::kernel::Kernel>,
+    measure: &mut Measure<'_>,
+) -> Result<(), BenchError> {
+    let admin = Channel::open(kernel, 1);
+    let mut serial = [b' '; 32];
+    serial[..5].copy_from_slice(b"COSTS");
+    let lun = admin
+        .create_lun(revcall_protocol::LunSpec {
+            block_count: 1 << 16,
+            block_size: DISK_BLOCK,
+            serial,
+            unique_id: [0x77; 16],
+            ..revcall_protocol::LunSpec::default()
+        })
+        .map_err(|status| BenchError::Unexpected(format!("LUN_CREATE: {}", Named(status))))?;
+    let class = kernel
+        .disk_class()
+        .ok_or_else(|| BenchError::Unexpected("no disk class".into()))?;
+    class.enumerate();
+    let server = Channel::open(kernel, 3);
+    let attach = server.attach(lun);
+    let failed = std::sync::atomic::AtomicU64::new(0);
+    let io = |write: bool, n: usize| {
+        let transfer = revcall_scsi::Transfer {
+            lba: (n as u64 % 4096) * u64::from(DISK_IO_BLOCKS),
+            blocks: DISK_IO_BLOCKS,
+            fua: false,
+        };
+        let len = DISK_IO_BLOCKS * DISK_BLOCK;
+        let payload = vec![0x5A; len as usize];
+        let done = if write {
+            class.command(
+                0,
+                &revcall_scsi::Command::Write(transfer),
+                len,
+                Some(&payload),
+            )
+        } else {
+            class.command(0, &revcall_scsi::Command::Read(transfer), len, None)
+        };
+        if done.as_ref().is_none_or(|d| d.srb_status != 0x01) {
+            eprintln!("cost-phases: disk I/O {n} (write: {write}) ended {done:?}");
+            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    };
+    std::thread::scope(|scope| {
+        let serving = scope.spawn(|| server.serve(&attach, 8, PROMPT, null_answer));
+        // Warm: the first I/Os of a LUN are not what every later one costs.
+        for n in 0..8 {
+            io(n % 2 == 0, n);
+        }
+        measure(Op::DiskRead, DISK_IOS, &mut || {
+            (0..DISK_IOS).for_each(|n| io(false, n));
+        });
+        measure(Op::DiskWrite, DISK_IOS, &mut || {
+            (0..DISK_IOS).for_each(|n| io(true, n));
+        });
+        let removed = admin.remove_lun(lun);
+        let served = serving.join();
+        (removed.is_ok() && matches!(served, Ok(Some(_))))
+            .then_some(())
+            .ok_or_else(|| {
+                BenchError::Unexpected("the null server did not end with its LUN".into())
+            })
+    })?;
+    server.close();
+    admin.close();
+    match failed.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => Ok(()),
+        n => Err(BenchError::Unexpected(format!("{n} disk I/Os failed"))),
+    }
+}
+
+/// A null server's answer: zeros for a READ, GOOD for the rest; nothing stored.
+fn null_answer(work: &revcall_client::server::Work) -> revcall_client::server::Answer {
+    let mut answer = revcall_client::server::Answer::default();
+    for (descriptor, _) in &work.items {
+        let read = descriptor.op == revcall_protocol::DataOp::Read as u8;
+        let data_len = if read {
+            descriptor.blocks * DISK_BLOCK
+        } else {
+            0
+        };
+        answer.data.resize(answer.data.len() + data_len as usize, 0);
+        answer.results.push(revcall_protocol::CommitResult {
+            tag: descriptor.tag,
+            data_len,
+            ..revcall_protocol::CommitResult::default()
+        });
+    }
+    answer
 }
 
 fn park(waiter: &Channel, count: usize) -> Vec<Arc<Request>> {
@@ -172,12 +307,32 @@ pub struct CostRow {
     pub removal_per_parked: Option<f64>,
 }
 
+/// The data path's cost per 4 KiB I/O, one CPU, one null server.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct DiskCost {
+    /// Instructions in revcall.sys per READ (HwStartIo to the SRB's completion, the FETCH
+    /// and COMMIT_AND_FETCH between), payload copies excluded (memcpy is ntoskrnl's).
+    pub read_instr_per_io: f64,
+    pub write_instr_per_io: f64,
+    /// The driver's payload copies (a block or more between a SystemBuffer and an SRB's
+    /// buffer) per I/O.
+    pub read_copies_per_io: f64,
+    pub write_copies_per_io: f64,
+}
+
+/// Everything the callgrind run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Costs {
+    pub rows: Vec<CostRow>,
+    pub disk: Option<DiskCost>,
+}
+
 /// Runs [`phases`] in a child `storsim cost-phases` under callgrind and reads its profiles.
 ///
 /// # Errors
 ///
 /// valgrind is missing or fails, the child fails, or a profile cannot be read.
-pub fn measure(driver: &Path, work: &Path) -> Result<Vec<CostRow>, BenchError> {
+pub fn measure(driver: &Path, work: &Path) -> Result<Costs, BenchError> {
     let exe = std::env::current_exe().map_err(BenchError::Io)?;
     let out_file = work.join("callgrind.out");
     let output = Command::new("valgrind")
@@ -211,7 +366,28 @@ pub fn measure(driver: &Path, work: &Path) -> Result<Vec<CostRow>, BenchError> {
         let counted = super::callgrind::instructions_in(&text, plan.image_start..plan.image_end)?;
         costs.push((*phase, counted.inside));
     }
-    tabulate(&costs)
+    Ok(Costs {
+        rows: tabulate(&costs)?,
+        disk: disk_cost(&costs),
+    })
+}
+
+/// Per-I/O figures of the disk phases, if both ran.
+fn disk_cost(costs: &[(Phase, u64)]) -> Option<DiskCost> {
+    let per_io = |op| {
+        costs.iter().find(|(p, _)| p.op == op).map(|(p, c)| {
+            let ios = p.parked.max(1) as f64;
+            (*c as f64 / ios, p.copies as f64 / ios)
+        })
+    };
+    let (read_instr_per_io, read_copies_per_io) = per_io(Op::DiskRead)?;
+    let (write_instr_per_io, write_copies_per_io) = per_io(Op::DiskWrite)?;
+    Some(DiskCost {
+        read_instr_per_io,
+        write_instr_per_io,
+        read_copies_per_io,
+        write_copies_per_io,
+    })
 }
 
 /// callgrind names the n-th dump `<out-file>.<n>`.
@@ -265,6 +441,7 @@ mod tests {
                 Phase {
                     op: Op::Fire,
                     parked,
+                    copies: 0,
                 },
                 500 + 200 * n,
             ));
@@ -272,6 +449,7 @@ mod tests {
                 Phase {
                     op: Op::Remove,
                     parked,
+                    copies: 0,
                 },
                 900 + 150 * n,
             ));
@@ -280,6 +458,7 @@ mod tests {
                     Phase {
                         op: Op::Park,
                         parked,
+                        copies: 0,
                     },
                     180,
                 ));
@@ -287,6 +466,7 @@ mod tests {
                     Phase {
                         op: Op::Cancel,
                         parked,
+                        copies: 0,
                     },
                     120,
                 ));
@@ -309,6 +489,7 @@ mod tests {
             Phase {
                 op: Op::Fire,
                 parked: 0,
+                copies: 0,
             },
             10,
         )];

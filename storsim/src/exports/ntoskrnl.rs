@@ -515,6 +515,22 @@ unsafe extern "win64" fn ke_stall_execution_processor(micros: u32) {
 unsafe extern "win64" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut u8 {
     // SAFETY: the C contract; `copy` also tolerates the overlap real memcpy forbids.
     unsafe { std::ptr::copy(src, dest, n) };
+    if n >= crate::port::BULK_COPY
+        && let Some(kernel) = crate::kernel::current()
+    {
+        // Between a service IRP's SystemBuffer and Storport's memory (an SRB's data buffer):
+        // a payload copy. A copy within the driver's own stack or extension is not one.
+        let pool = kernel.machine().pool();
+        let owner = |at: usize| pool.block(at).map(|block| block.owner);
+        let ends = [owner(src as usize), owner(dest as usize)];
+        if ends.contains(&Some(Owner::SystemBuffer)) && ends.contains(&Some(Owner::Port)) {
+            kernel
+                .port()
+                .counters()
+                .payload_copies
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
     dest
 }
 

@@ -57,6 +57,10 @@ impl Default for Adapter {
     }
 }
 
+/// A copy this long or longer may be a payload copy ([`PortCounters::payload_copies`]): one
+/// 512-byte block.
+pub const BULK_COPY: usize = 512;
+
 /// Counters of the port's work.
 #[derive(Default)]
 pub struct PortCounters {
@@ -70,6 +74,9 @@ pub struct PortCounters {
     pub resets: AtomicU64,
     /// SRBs sent after the adapter was (surprise-)removed: failed NO_DEVICE by the port.
     pub srbs_refused: AtomicU64,
+    /// The driver's memcpy / memmove calls of at least [`BULK_COPY`] bytes between a service
+    /// IRP's SystemBuffer and Storport's memory: its payload copies.
+    pub payload_copies: AtomicU64,
     /// Bytes the disk class model's WRITEs moved, and its READs brought back, successfully.
     pub bytes_written: AtomicU64,
     pub bytes_read: AtomicU64,
