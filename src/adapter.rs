@@ -422,7 +422,7 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
             Request::LunList => self.list_luns(irp),
             Request::Attach { lun } => self.attach(irp, lun),
             Request::Fetch { max_descriptors } => {
-                self.fetch(irp, Opcode::Fetch, max_descriptors, 0);
+                self.fetch(irp, Opcode::Fetch, max_descriptors, 0, None);
             }
             Request::CommitAndFetch {
                 max_descriptors, ..

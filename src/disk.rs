@@ -106,14 +106,14 @@ pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8) -> Units) -> 
     let Some(spec) = units.unit else {
         return answer(srb, &command, None, &units.luns);
     };
-    let identity = identity(&spec);
-    match route(srb, lun, &command, &identity) {
+    match route(srb, lun, &command, &spec) {
         Ok(Step::Server(io)) => Route::Server(io),
         Ok(Step::Nothing) => {
             srb.finish(srb_status::SUCCESS, GOOD, 0);
             Route::Done
         }
-        Ok(Step::Answer) => match answer(srb, &command, Some(&identity), &units.luns) {
+        // The identity (its serial trimmed) only for what is answered here, not for every I/O.
+        Ok(Step::Answer) => match answer(srb, &command, Some(&identity(&spec)), &units.luns) {
             Route::Done if matches!(command, Command::Inquiry { evpd: false, .. }) => {
                 Route::Inquired {
                     depth: spec.depth(),
@@ -139,8 +139,9 @@ fn route(
     srb: &mut impl ScsiRequest,
     lun: u8,
     command: &Command,
-    unit: &Identity<'_>,
+    unit: &LunSpec,
 ) -> Result<Step, Sense> {
+    let read_only = unit.flags & LunFlags::READ_ONLY != 0;
     let data_len = srb.data().map_or(0, |data| data.len());
     let io = |op, fua, lba, blocks, bytes| Io {
         lun,
@@ -155,7 +156,7 @@ fn route(
             let write = matches!(command, Command::Write(_));
             let Transfer { lba, blocks, fua } = transfer;
             revcall_scsi::check_range(lba, blocks, unit.block_count)?;
-            if write && unit.read_only {
+            if write && read_only {
                 return Err(Sense::WRITE_PROTECTED);
             }
             let bytes = u64::from(blocks) * u64::from(unit.block_size);
@@ -172,10 +173,12 @@ fn route(
             Ok(Step::Server(io(op, fua, lba, blocks, bytes as u32)))
         }
         // Without a write cache every WRITE is already durable: nothing to flush.
-        Command::SynchronizeCache { .. } if !unit.write_cache => Ok(Step::Nothing),
+        Command::SynchronizeCache { .. } if unit.flags & LunFlags::WRITE_CACHE == 0 => {
+            Ok(Step::Nothing)
+        }
         Command::SynchronizeCache { .. } => Ok(Step::Server(io(DataOp::Flush, false, 0, 0, 0))),
-        Command::Unmap { .. } if !unit.unmap => Err(Sense::INVALID_OPCODE),
-        Command::Unmap { .. } if unit.read_only => Err(Sense::WRITE_PROTECTED),
+        Command::Unmap { .. } if unit.flags & LunFlags::UNMAP == 0 => Err(Sense::INVALID_OPCODE),
+        Command::Unmap { .. } if read_only => Err(Sense::WRITE_PROTECTED),
         Command::Unmap { .. } => {
             let list = srb.data().map_or(&[][..], |data| &data[..]);
             let mut ranges = 0u32;

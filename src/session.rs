@@ -73,6 +73,12 @@ impl Sessions {
         })
     }
 
+    /// The session `id` names, if it is still live.
+    pub fn live(&self, id: SessionId) -> Option<Session> {
+        self.session(usize::from(id.index))
+            .filter(|session| session.id == id)
+    }
+
     /// Whether `id` names a session that is still live.
     pub fn is_live(&self, id: SessionId) -> bool {
         self.slots
@@ -174,6 +180,11 @@ mod tests {
         assert_ne!(second, first, "a new epoch");
         sessions.open(second, 0x2000, 3);
         assert!(!sessions.is_live(first) && sessions.is_live(second));
+        assert_eq!(sessions.live(second).map(|s| s.lun), Some(3));
+        assert!(
+            sessions.live(first).is_none(),
+            "another session in its slot"
+        );
         sessions.count_fetch(second, true);
         sessions.count_fetch(first, true);
         assert!(sessions.has_fetch_parked(second));

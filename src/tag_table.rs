@@ -130,7 +130,11 @@ pub struct TagTable<R> {
     high_water: u16,
     /// Slots in use per LUN (LUN_LIST's `outstanding`).
     outstanding: [u16; MAX_LUNS],
+    /// Bit `lun`: that LUN's FIFO is not empty (what settling looks at, instead of every LUN).
+    queued_luns: u8,
 }
+
+const _: () = assert!(MAX_LUNS <= u8::BITS as usize);
 
 impl<R> TagTable<R> {
     pub const fn new() -> Self {
@@ -142,6 +146,7 @@ impl<R> TagTable<R> {
             free_len: 0,
             high_water: 0,
             outstanding: [0; MAX_LUNS],
+            queued_luns: 0,
         }
     }
 
@@ -185,6 +190,11 @@ impl<R> TagTable<R> {
         self.outstanding[usize::from(io.lun)] += 1;
         self.link_tail(slot);
         Ok(())
+    }
+
+    /// The LUNs with SRBs queued: bit `lun` set.
+    pub fn queued_luns(&self) -> u8 {
+        self.queued_luns
     }
 
     /// The slot at the head of `lun`'s FIFO, without taking it.
@@ -333,7 +343,9 @@ impl<R> TagTable<R> {
 
     fn link_tail(&mut self, slot: usize) {
         let node = slot as u16 + 1;
-        let fifo = &mut self.fifos[usize::from(self.entries[slot].lun)];
+        let lun = self.entries[slot].lun;
+        self.queued_luns |= 1 << lun;
+        let fifo = &mut self.fifos[usize::from(lun)];
         let tail = fifo.tail;
         fifo.tail = node;
         if tail == 0 {
@@ -347,7 +359,9 @@ impl<R> TagTable<R> {
 
     fn link_head(&mut self, slot: usize) {
         let node = slot as u16 + 1;
-        let fifo = &mut self.fifos[usize::from(self.entries[slot].lun)];
+        let lun = self.entries[slot].lun;
+        self.queued_luns |= 1 << lun;
+        let fifo = &mut self.fifos[usize::from(lun)];
         let head = fifo.head;
         fifo.head = node;
         if head == 0 {
@@ -372,6 +386,9 @@ impl<R> TagTable<R> {
         match next.checked_sub(1) {
             Some(next) => self.entries[usize::from(next)].prev = prev,
             None => fifo.tail = prev,
+        }
+        if fifo.head == 0 {
+            self.queued_luns &= !(1 << lun);
         }
         (self.entries[slot].prev, self.entries[slot].next) = (0, 0);
     }
@@ -426,6 +443,7 @@ mod tests {
         }
         assert_eq!(t.queued(0), [0, 2]);
         assert_eq!(t.queued(1), [1, 3]);
+        assert_eq!(t.queued_luns(), 0b11);
         assert_eq!((t.outstanding(0), t.outstanding(1)), (2, 2));
         t.hand_out(0, 5);
         assert_eq!(t.queued(0), [2]);
@@ -485,6 +503,7 @@ mod tests {
         }
         assert_eq!(left, [1, 2, 3]);
         assert!(t.queued(0).is_empty());
+        assert_eq!(t.queued_luns(), 0);
         assert_eq!(t.outstanding(0), 0);
     }
 

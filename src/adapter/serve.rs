@@ -143,8 +143,9 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
             .then_some(slot)
     }
 
-    /// One batch of the work [`Adapter::settle`] does.
-    fn settle_some(&mut self, irps: &mut Batch<I>, srbs: &mut SrbBatch<R>) {
+    /// One batch of the work [`Adapter::settle`] does; whether there may be more (a batch
+    /// filled up, or something is left to end).
+    fn settle_some(&mut self, irps: &mut Batch<I>, srbs: &mut SrbBatch<R>) -> bool {
         if self.unsettled {
             while !srbs.is_full() {
                 let closed = self.is_closed();
@@ -176,7 +177,10 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
             }
             self.unsettled = irps.is_full() || srbs.is_full();
         }
-        for lun in 0..revcall_protocol::MAX_LUNS as u8 {
+        let mut queued = self.tags.queued_luns();
+        while queued != 0 {
+            let lun = queued.trailing_zeros() as u8;
+            queued &= queued - 1;
             while !irps.is_full() && self.ready(lun).is_some() {
                 let sessions = &self.sessions;
                 let Some((mut irp, server)) = self
@@ -190,6 +194,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
                 irps.push((irp, status, size));
             }
         }
+        self.unsettled || irps.is_full() || srbs.is_full()
     }
 
     /// The completion of a parked IRP whose session ended.
@@ -369,17 +374,18 @@ where
     /// and hands queued SRBs to parked FETCHes. Callers hold no spin lock.
     pub fn settle(&self) {
         loop {
-            let (irps, srbs) = self.state.with(|s| {
+            let (irps, srbs, more) = self.state.with(|s| {
                 let (mut irps, mut srbs) = (Batch::new(), SrbBatch::new());
-                s.settle_some(&mut irps, &mut srbs);
-                (irps, srbs)
+                let more = s.settle_some(&mut irps, &mut srbs);
+                (irps, srbs, more)
             });
-            if irps.is_empty() && srbs.is_empty() {
-                return;
-            }
             Self::complete_srbs(srbs);
             for (irp, status, size) in irps {
                 irp.complete(status, size);
+            }
+            // What changes after this lock hold settles itself: its caller calls settle too.
+            if !more {
+                return;
             }
         }
     }
@@ -432,13 +438,25 @@ where
     /// session's LUN, or parks until there is some. With `stale` results to report it does not
     /// park. A session's FETCHes take work in the order they came: one that finds an older
     /// FETCH of its session parked leaves the work to it.
-    pub(super) fn fetch(&self, irp: I, opcode: Opcode, max_descriptors: u32, stale: u32) {
+    /// `session`: the one the COMMIT half found (still to be checked live), if any.
+    pub(super) fn fetch(
+        &self,
+        irp: I,
+        opcode: Opcode,
+        max_descriptors: u32,
+        stale: u32,
+        session: Option<SessionId>,
+    ) {
         let mut overtaken = false;
         let outcome = self.state.with(|s| {
             if s.is_closed() {
                 return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
             }
-            let Some(session) = s.sessions.of_file(irp.file()) else {
+            let found = match session {
+                Some(id) => s.sessions.live(id),
+                None => s.sessions.of_file(irp.file()),
+            };
+            let Some(session) = found else {
                 if opcode == Opcode::CommitAndFetch {
                     // The session ended after its COMMIT was applied: say so, successfully.
                     let mut irp = irp;
@@ -497,37 +515,39 @@ where
                 .input()
                 .and_then(Commit::of)
                 .ok_or_else(|| s.count(Status::INVALID_PARAMETER))?;
-            for (result, data) in commit.clone().results() {
-                let refusal = match s.tags.lookup(result.tag, session.id.index) {
-                    Lookup::Owed { io, .. } => {
+            // Each result's slot, or None for a stale one.
+            let mut owed = ArrayVec::<Option<u16>, { MAX_RESULTS as usize }>::new();
+            for (result, data) in commit.results() {
+                let slot = match s.tags.lookup(result.tag, session.id.index) {
+                    Lookup::Owed { slot, io } => {
                         let expected = match (io.op, result.scsi_status) {
                             (DataOp::Read, ScsiStatus::GOOD) => io.bytes as usize,
                             _ => 0,
                         };
-                        (data.len() != expected).then_some(Status::INVALID_BUFFER_SIZE)
+                        if data.len() != expected {
+                            return Err(s.count(Status::INVALID_BUFFER_SIZE));
+                        }
+                        Some(slot)
                     }
                     Lookup::Stale => None,
-                    Lookup::Foreign => Some(Status::ACCESS_DENIED),
-                    Lookup::Unknown => Some(Status::NOT_FOUND),
+                    Lookup::Foreign => return Err(s.count(Status::ACCESS_DENIED)),
+                    Lookup::Unknown => return Err(s.count(Status::NOT_FOUND)),
                 };
-                if let Some(status) = refusal {
-                    return Err(s.count(status));
-                }
+                // The decoder bounds the results at MAX_RESULTS.
+                owed.push(slot);
             }
             // Checked whole: now take the SRBs.
             let mut taken = Committed::new();
-            for (at, (result, _)) in commit.results().enumerate() {
-                match s.tags.lookup(result.tag, session.id.index) {
-                    Lookup::Owed { slot, .. } => {
-                        taken.extend(s.tags.commit(slot).map(|srb| (srb, at)))
-                    }
-                    _ => stale += 1,
+            for (at, slot) in owed.into_iter().enumerate() {
+                match slot {
+                    Some(slot) => taken.extend(s.tags.commit(slot).map(|srb| (srb, at))),
+                    None => stale += 1,
                 }
             }
-            Ok(taken)
+            Ok((taken, session.id))
         });
-        let taken = match checked {
-            Ok(taken) => taken,
+        let (taken, session) = match checked {
+            Ok(checked) => checked,
             Err(status) => return irp.complete(status, 0),
         };
         // The SRBs are ours alone now; the READ data is copied before the reply overwrites
@@ -546,7 +566,13 @@ where
             disk::end(&mut srb, ending);
             srb.complete();
         }
-        self.fetch(irp, Opcode::CommitAndFetch, max_descriptors, stale);
+        self.fetch(
+            irp,
+            Opcode::CommitAndFetch,
+            max_descriptors,
+            stale,
+            Some(session),
+        );
     }
 
     /// The cancel routine of an IRP parked in the server queue. An ATTACH's cancellation ends
