@@ -32,7 +32,7 @@ fn the_cost_script_measures_every_operation_at_every_size() {
         let ops: Vec<Op> = plan
             .phases
             .iter()
-            .filter(|p| p.parked == parked)
+            .filter(|p| p.parked == parked && !matches!(p.op, Op::DiskRead | Op::DiskWrite))
             .map(|p| p.op)
             .collect();
         let expected: &[Op] = if parked == 0 {
@@ -42,6 +42,21 @@ fn the_cost_script_measures_every_operation_at_every_size() {
         };
         assert_eq!(ops, expected, "phases with {parked} parked");
     }
+    // The data path: 4 KiB READs, then WRITEs, each with exactly one payload copy.
+    let disk: Vec<_> = plan
+        .phases
+        .iter()
+        .filter(|p| matches!(p.op, Op::DiskRead | Op::DiskWrite))
+        .map(|p| (p.op, p.parked, p.copies))
+        .collect();
+    let ios = cost::DISK_IOS;
+    assert_eq!(
+        disk,
+        [
+            (Op::DiskRead, ios, ios as u64),
+            (Op::DiskWrite, ios, ios as u64)
+        ]
+    );
 }
 
 #[test]
