@@ -180,8 +180,9 @@ impl<R> TagTable<R> {
             bytes: io.bytes,
             incarnation,
             lba: io.lba,
-            // 48 bits of generation: wraps after 2^48 uses of one slot.
-            generation: (entry.generation + 1) & 0xFFFF_FFFF_FFFF,
+            // 48 bits of generation: wraps after 2^48 uses of one slot, past 0 (no tag has
+            // generation 0).
+            generation: ((entry.generation + 1) & 0xFFFF_FFFF_FFFF).max(1),
             taken: entry.taken << 1,
             prev: 0,
             next: 0,
@@ -290,10 +291,16 @@ impl<R> TagTable<R> {
 
     /// Frees the slot holding the SRB `matches` selects (an ABORT_COMMAND's target), retiring
     /// its generation.
-    pub fn retire_srb(&mut self, matches: impl Fn(&R) -> bool) -> Option<R> {
+    pub fn retire_srb(&mut self, matches: impl Fn(&R) -> bool) -> Option<(R, Held)> {
         let slot = (0..usize::from(self.high_water))
             .find(|&slot| self.srbs[slot].as_ref().is_some_and(&matches))?;
-        self.free_slot(slot, true)
+        let entry = &self.entries[slot];
+        let held = Held {
+            lun: entry.lun,
+            incarnation: entry.incarnation,
+            session: (entry.state == TagState::AtServer).then_some(entry.session),
+        };
+        Some((self.free_slot(slot, true)?, held))
     }
 
     /// Puts every slot `session` holds back at the front of `lun`'s FIFO, in tag order, for
@@ -319,7 +326,8 @@ impl<R> TagTable<R> {
             self.unlink(slot);
         }
         let entry = &mut self.entries[slot];
-        if retire {
+        // Taken from a server: a late COMMIT of it is stale. One never fetched stays unknown.
+        if retire && entry.state == TagState::AtServer {
             entry.taken |= 1;
         }
         entry.state = TagState::Free;
@@ -556,5 +564,25 @@ mod tests {
         }
         assert_eq!(t.lookup(committed, 5), Lookup::Stale);
         assert_eq!(t.incarnation(0), 1);
+    }
+
+    #[test]
+    fn a_tag_retired_before_any_server_fetched_it_stays_unknown() {
+        let mut t = table();
+        t.admit(1, io(0), 1).unwrap();
+        let tag = t.tag(0);
+        assert!(t.retire_first(|_| true).is_some());
+        assert_eq!(t.lookup(tag, 5), Lookup::Unknown, "never handed out");
+    }
+
+    #[test]
+    fn the_generation_skips_zero_when_it_wraps() {
+        let mut t = table();
+        t.entries[0].generation = 0xFFFF_FFFF_FFFF;
+        t.high_water = 1;
+        t.free[0] = 0;
+        t.free_len = 1;
+        t.admit(1, io(0), 1).unwrap();
+        assert_eq!(t.tag(0) >> 16, 1);
     }
 }

@@ -133,6 +133,17 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         (self.count(Status::SUCCESS), size)
     }
 
+    /// How an SRB taken back by a reset or an abort ends: `status`, unless its LUN was removed
+    /// meanwhile. ABORTED and BUS_RESET are retried by the class driver, and the retry would
+    /// reach the LUN created next under the number.
+    fn retired_status(&self, held: Held, status: u8) -> u8 {
+        if self.luns.is_current(held.lun, held.incarnation) {
+            status
+        } else {
+            srb_status::NO_DEVICE
+        }
+    }
+
     /// The first SRB queued for `lun` that a server may take. None while SRBs sent to a removed
     /// LUN of that number wait at its head for [`Adapter::settle`] to end them: a LUN created
     /// again under the number must never serve them.
@@ -288,10 +299,11 @@ where
             // The SRB it names ends ABORTED if it is still ours; the abort itself succeeds
             // either way (one completed meanwhile needs no abort).
             let target = srb.next_srb();
-            let aborted = self
-                .state
-                .with(|s| s.tags.retire_srb(|held| held.id() == target));
-            Self::complete_srbs(aborted.map(|srb| (srb, Ending::Status(srb_status::ABORTED))));
+            let aborted = self.state.with(|s| {
+                let (srb, held) = s.tags.retire_srb(|held| held.id() == target)?;
+                Some((srb, s.retired_status(held, srb_status::ABORTED)))
+            });
+            Self::complete_srbs(aborted.map(|(srb, status)| (srb, Ending::Status(status))));
         }
         let mut incarnation = 0;
         let units = |lun| {
@@ -342,13 +354,13 @@ where
             let batch: SrbBatch<R> = self.state.with(|s| {
                 let mut batch = SrbBatch::new();
                 while !batch.is_full() {
-                    let Some((srb, _)) = s
+                    let Some((srb, held)) = s
                         .tags
                         .retire_first(|held| lun.is_none_or(|lun| lun == held.lun))
                     else {
                         break;
                     };
-                    batch.push((srb, Ending::Status(status)));
+                    batch.push((srb, Ending::Status(s.retired_status(held, status))));
                 }
                 batch
             });
@@ -449,10 +461,12 @@ where
     ) {
         let mut overtaken = false;
         let outcome = self.state.with(|s| {
-            if s.is_closed() {
+            // A COMMIT already applied is answered FINAL even if the adapter went meanwhile.
+            if s.is_closed() && session.is_none() {
                 return Outcome::Complete(irp, s.count(Status::DEVICE_REMOVED), 0);
             }
             let found = match session {
+                _ if s.is_closed() => None,
                 Some(id) => s.sessions.live(id),
                 None => s.sessions.of_file(irp.file()),
             };
@@ -602,12 +616,14 @@ where
         let Some((irp, tick)) = taken else {
             return false;
         };
-        irp.complete(Status::CANCELLED, 0);
         if tick && !grace.arm() {
             self.end_grace();
         }
         self.settle();
         self.deliver();
+        // Last: the IRP holds Storport's removal rundown until it is completed, so nothing of
+        // this adapter (its timer, its lock) may be touched after.
+        irp.complete(Status::CANCELLED, 0);
         true
     }
 

@@ -597,3 +597,70 @@ fn one_grace_timer_is_not_restarted_by_each_death_and_stops_at_removal() {
     b.adapter.remove(&b.port);
     assert_eq!(b.adapter.grace_tick(), (false, false));
 }
+
+/// A grace timer that records whether the ATTACH whose cancellation armed it had already been
+/// completed (after which Storport's removal rundown may have finished and freed the timer).
+struct WatchingGrace {
+    watched: Arc<IrpCell>,
+    armed_after_completion: AtomicUsize,
+    arms: AtomicUsize,
+}
+
+impl crate::adapter::GraceTimer for WatchingGrace {
+    fn arm(&self) -> bool {
+        self.arms.fetch_add(1, SeqCst);
+        if self.watched.completions() != 0 {
+            self.armed_after_completion.fetch_add(1, SeqCst);
+        }
+        true
+    }
+}
+
+#[test]
+fn a_dead_servers_attach_completes_only_after_its_grace_timer_is_armed() {
+    let b = Bench::new(0);
+    let attach = b.attach(SERVER);
+    let grace = WatchingGrace {
+        watched: attach.clone(),
+        armed_after_completion: AtomicUsize::new(0),
+        arms: AtomicUsize::new(0),
+    };
+    attach.io_cancel_irp_on(&b.adapter, &grace);
+    assert_eq!(grace.arms.load(SeqCst), 1);
+    assert_eq!(grace.armed_after_completion.load(SeqCst), 0);
+    assert_eq!(attach.completion().unwrap().status, Status::CANCELLED);
+}
+
+#[test]
+fn a_reset_ends_a_removed_luns_srbs_no_device_not_aborted() {
+    let b = Arc::new(Bench::new(0));
+    let _attach = b.attach(SERVER);
+    let old = b.io(Command::Write(rw(0, 1)), std::vec![0xAA; 512]);
+    let other = b.clone();
+    // Between LUN_REMOVE's lock hold and its settle: a new LUN 0, and Storport's LUN reset.
+    // ABORTED would be retried, at the new LUN.
+    before_lock(1, move || {
+        assert_eq!(other.create(0, 2), Ok(0));
+        let mut reset = FakeSrb::scsi(0, &Command::TestUnitReady, 0);
+        reset.function = srb_function::RESET_LOGICAL_UNIT;
+        other.adapter.start_io(reset, &other.port);
+    });
+    assert_eq!(b.remove(0), Status::SUCCESS);
+    assert!(!interleaving_pending());
+    assert_eq!(ended(&old).srb_status, srb_status::NO_DEVICE);
+}
+
+#[test]
+fn a_commit_applied_before_the_adapter_went_is_answered_final() {
+    let b = Arc::new(Bench::new(0));
+    let _attach = b.attach(SERVER);
+    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let (_, _, items) = fetched(&b.fetch(SERVER));
+    let other = b.clone();
+    before_lock(1, move || other.adapter.remove(&other.port));
+    let next = b.commit(SERVER, &[good(items[0].0.tag, 512)], &[7; 512], 4);
+    assert!(!interleaving_pending());
+    assert_eq!(ended(&read).srb_status, srb_status::SUCCESS, "applied");
+    let (flags, _, items) = fetched(&next);
+    assert_eq!((flags, items.len()), (FetchFlags::FINAL, 0));
+}
