@@ -10,7 +10,6 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
 use revcall_sim::commit_fuzz::CommitRig;
@@ -20,21 +19,11 @@ thread_local! {
     static RIG: RefCell<Option<CommitRig>> = const { RefCell::new(None) };
 }
 
-fn driver() -> PathBuf {
-    std::env::var_os("REVCALL_SYS").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/x86_64-pc-windows-msvc/release/revcall.sys")
-        },
-        PathBuf::from,
-    )
-}
-
 fuzz_target!(|data: &[u8]| {
     RIG.with(|cell| {
         let mut cell = cell.borrow_mut();
         let rig = cell.get_or_insert_with(|| {
-            CommitRig::start(&driver())
+            CommitRig::start(&revcall_sim::built_driver())
                 .expect("revcall.sys loads and starts (build it with `cargo xtask build`)")
         });
         if let Err(error) = rig.check(data) {

@@ -14,7 +14,6 @@
 #![no_main]
 
 use std::cell::RefCell;
-use std::path::PathBuf;
 
 use libfuzzer_sys::fuzz_target;
 use revcall_protocol::status::*;
@@ -36,19 +35,9 @@ thread_local! {
     static RIG: RefCell<Option<Rig>> = const { RefCell::new(None) };
 }
 
-fn driver() -> PathBuf {
-    std::env::var_os("REVCALL_SYS").map_or_else(
-        || {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../target/x86_64-pc-windows-msvc/release/revcall.sys")
-        },
-        PathBuf::from,
-    )
-}
-
 fn rig() -> Rig {
     let harness = Harness::start(
-        &driver(),
+        &revcall_sim::built_driver(),
         Config {
             // Few delays: throughput matters more here than widening races.
             delay_probability: 0.0,

@@ -11,6 +11,7 @@ mod disk;
 pub mod disk_torture;
 pub mod faults;
 mod fixture;
+mod progress;
 pub mod torture;
 
 use std::path::PathBuf;
@@ -108,3 +109,14 @@ pub fn run(options: &Options) -> Summary {
 
 /// Shared by scripts: the kernel handle they pass around.
 pub type KernelRef = Arc<Kernel>;
+
+/// revcall.sys as `cargo xtask build` leaves it, or `$REVCALL_SYS`: what the fuzz targets load.
+pub fn built_driver() -> std::path::PathBuf {
+    std::env::var_os("REVCALL_SYS").map_or_else(
+        || {
+            std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../target/x86_64-pc-windows-msvc/release/revcall.sys")
+        },
+        std::path::PathBuf::from,
+    )
+}

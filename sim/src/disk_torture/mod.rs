@@ -33,6 +33,7 @@ use storsim::report::Summary;
 
 use crate::Failures;
 use crate::client::Channel;
+use crate::progress::Progress;
 use model::{Region, Stamp};
 use server::{ServerCounts, ServerPlan};
 
@@ -242,7 +243,7 @@ pub fn run(options: &DiskTortureOptions) -> DiskTortureReport {
     };
     let cycles = options.removals.max(1);
     let per_cycle = options.ios / u64::from(cycles);
-    let progress = Progress::new(options.progress, options.ios);
+    let progress = Progress::new(options.progress, options.ios, "disk-torture", "SRBs");
     for cycle in 0..cycles {
         let left = if cycle + 1 == cycles {
             run.budget.load(Ordering::Relaxed)
@@ -255,7 +256,7 @@ pub fn run(options: &DiskTortureOptions) -> DiskTortureReport {
             break;
         }
     }
-    progress.finish();
+    progress.finish(format!("{} failures", run.failures.list().len()));
     kernel.unload();
     let summary: Summary = kernel.summary(None, run.failures.list());
     drop(loaded);
@@ -368,10 +369,8 @@ impl Run<'_> {
                 && self.failures.list().is_empty()
             {
                 std::thread::sleep(Duration::from_millis(rng.u64(20..120)));
-                progress.show(
-                    self.options.ios - self.budget.load(Ordering::Relaxed),
-                    cycle,
-                );
+                let done = self.options.ios - self.budget.load(Ordering::Relaxed);
+                progress.update(done, || format!("adapter cycle {}", cycle + 1));
                 if rng.u32(0..4) == 0 {
                     let n = rng.usize(..self.luns.len());
                     let lun = &self.luns[n];
@@ -634,60 +633,6 @@ impl Run<'_> {
                 19 => maybe[n].push((lba, blocks, None)),
                 _ => {}
             }
-        }
-    }
-}
-
-/// Progress on stderr: a bar on a terminal, a line per tenth of the run otherwise.
-struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    lines: bool,
-    total: u64,
-    next: AtomicU64,
-}
-
-impl Progress {
-    fn new(show: bool, total: u64) -> Self {
-        use std::io::IsTerminal;
-        let bar = (show && std::io::stderr().is_terminal()).then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:40}] {pos}/{len} SRBs (eta {eta}) {msg}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
-        Self {
-            lines: show && bar.is_none(),
-            bar,
-            total,
-            next: AtomicU64::new(1),
-        }
-    }
-
-    fn show(&self, done: u64, cycle: u32) {
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
-            bar.set_message(format!("adapter cycle {}", cycle + 1));
-        } else if self.lines {
-            let tenth = self.next.load(Ordering::Relaxed);
-            if tenth <= 10 && done >= self.total * tenth / 10 {
-                self.next.store(tenth + 1, Ordering::Relaxed);
-                eprintln!(
-                    "disk-torture: {done}/{} SRBs, adapter cycle {}",
-                    self.total,
-                    cycle + 1
-                );
-            }
-        }
-    }
-
-    fn finish(&self) {
-        if let Some(bar) = &self.bar {
-            bar.finish_and_clear();
         }
     }
 }

@@ -15,7 +15,6 @@ mod report;
 mod worker;
 
 use std::collections::{BTreeMap, HashSet};
-use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -30,6 +29,8 @@ use storsim::machine::{Config, Label};
 use storsim::port::PnpState;
 use storsim::report::Summary;
 use worker::{Tally, Worker};
+
+use crate::progress::Progress;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -220,7 +221,7 @@ fn hammer(
     options: &TortureOptions,
 ) -> (Vec<Tally>, Removals, u64) {
     let cpus = options.cpus.max(1);
-    let progress = report::Progress::new(options.ops, options.removals, options.progress);
+    let progress = Progress::new(options.progress, options.ops, "torture", "ops");
     let mut reconciler = Reconciler::default();
     std::thread::scope(|scope| {
         let workers: Vec<_> = (0..cpus)
@@ -252,7 +253,10 @@ fn hammer(
             .into_iter()
             .map(|w| w.join().unwrap_or_default())
             .collect();
-        progress.finish(shared);
+        progress.finish(format!(
+            "done, failures {}",
+            shared.failure_count.load(Ordering::Relaxed)
+        ));
         (tallies, removals, reconciler.reconciled)
     })
 }
@@ -358,7 +362,7 @@ fn cycles(
     kernel: &std::sync::Arc<Kernel>,
     shared: &Shared,
     options: &TortureOptions,
-    progress: &report::Progress,
+    progress: &Progress,
     cpus: usize,
     reconciler: &mut Reconciler,
 ) -> Removals {
@@ -371,7 +375,13 @@ fn cycles(
     loop {
         let done = shared.ops_done.load(Ordering::Relaxed);
         let finished = shared.workers_done.load(Ordering::Acquire) == cpus;
-        progress.update(done, next, shared);
+        progress.update(done, || {
+            format!(
+                "removals {next}/{}, failures {}",
+                options.removals,
+                shared.failure_count.load(Ordering::Relaxed)
+            )
+        });
         if next == options.removals && finished {
             return removals;
         }
@@ -649,9 +659,4 @@ pub fn shrink(failing: &TortureOptions, budget: Duration) -> TortureOptions {
         progress: failing.progress,
         ..best
     }
-}
-
-/// Whether stderr is a terminal (where the progress bar draws).
-pub fn interactive() -> bool {
-    std::io::stderr().is_terminal()
 }

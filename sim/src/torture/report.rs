@@ -1,7 +1,6 @@
 //! The torture's progress display and its report: a summary table, or one JSON object.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -256,67 +255,5 @@ impl TortureReport {
         }
         out += if self.passed { "PASS\n" } else { "FAIL\n" };
         out
-    }
-}
-
-/// Progress on stderr: a bar on a terminal, a line per tenth of the run otherwise.
-pub(super) struct Progress {
-    bar: Option<indicatif::ProgressBar>,
-    lines: bool,
-    total: u64,
-    removals: u32,
-    next_line: std::sync::atomic::AtomicU64,
-}
-
-impl Progress {
-    pub fn new(total: u64, removals: u32, show: bool) -> Self {
-        let bar = (show && super::interactive()).then(|| {
-            let bar = indicatif::ProgressBar::new(total);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{elapsed_precise} [{bar:40}] {pos}/{len} ops (eta {eta}) {msg}",
-                )
-                .expect("a valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
-        Self {
-            lines: show && bar.is_none(),
-            bar,
-            total,
-            removals,
-            next_line: std::sync::atomic::AtomicU64::new(1),
-        }
-    }
-
-    pub fn update(&self, done: u64, removals: u32, shared: &Shared) {
-        let failures = shared.failure_count.load(Ordering::Relaxed);
-        if let Some(bar) = &self.bar {
-            bar.set_position(done);
-            bar.set_message(format!(
-                "{:.0} ops/s, removals {removals}/{}, failures {failures}",
-                done as f64 / bar.elapsed().as_secs_f64().max(1e-3),
-                self.removals
-            ));
-        } else if self.lines {
-            let tenth = self.next_line.load(Ordering::Relaxed);
-            if tenth <= 10 && done >= self.total * tenth / 10 {
-                self.next_line.store(tenth + 1, Ordering::Relaxed);
-                eprintln!(
-                    "torture: {done}/{} ops, {removals}/{} removals, {failures} failures",
-                    self.total, self.removals
-                );
-            }
-        }
-    }
-
-    pub fn finish(&self, shared: &Shared) {
-        if let Some(bar) = &self.bar {
-            bar.finish_with_message(format!(
-                "done, failures {}",
-                shared.failure_count.load(Ordering::Relaxed)
-            ));
-        }
     }
 }
