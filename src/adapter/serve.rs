@@ -547,8 +547,10 @@ where
                     Lookup::Foreign => return Err(s.count(Status::ACCESS_DENIED)),
                     Lookup::Unknown => return Err(s.count(Status::NOT_FOUND)),
                 };
-                // The decoder bounds the results at MAX_RESULTS.
-                owed.push(slot);
+                // The request decoder bounded the results at MAX_RESULTS; refuse, never panic.
+                if owed.try_push(slot).is_err() {
+                    return Err(s.count(Status::INVALID_PARAMETER));
+                }
             }
             // Checked whole: now take the SRBs.
             let mut taken = Committed::new();
