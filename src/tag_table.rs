@@ -273,18 +273,9 @@ impl<R> TagTable<R> {
     /// back with what held it.
     pub fn retire_first(&mut self, matches: impl Fn(Held) -> bool) -> Option<(R, Held)> {
         let (slot, held) = (0..usize::from(self.high_water)).find_map(|slot| {
-            let entry = &self.entries[slot];
-            let session = match entry.state {
-                TagState::Free => return None,
-                TagState::Queued => None,
-                TagState::AtServer => Some(entry.session),
-            };
-            let held = Held {
-                lun: entry.lun,
-                incarnation: entry.incarnation,
-                session,
-            };
-            matches(held).then_some((slot, held))
+            self.held(slot)
+                .filter(|&held| matches(held))
+                .map(|held| (slot, held))
         })?;
         Some((self.free_slot(slot, true)?, held))
     }
@@ -294,13 +285,23 @@ impl<R> TagTable<R> {
     pub fn retire_srb(&mut self, matches: impl Fn(&R) -> bool) -> Option<(R, Held)> {
         let slot = (0..usize::from(self.high_water))
             .find(|&slot| self.srbs[slot].as_ref().is_some_and(&matches))?;
+        let held = self.held(slot)?;
+        Some((self.free_slot(slot, true)?, held))
+    }
+
+    /// What holds `slot`, if it is in use.
+    fn held(&self, slot: usize) -> Option<Held> {
         let entry = &self.entries[slot];
-        let held = Held {
+        let session = match entry.state {
+            TagState::Free => return None,
+            TagState::Queued => None,
+            TagState::AtServer => Some(entry.session),
+        };
+        Some(Held {
             lun: entry.lun,
             incarnation: entry.incarnation,
-            session: (entry.state == TagState::AtServer).then_some(entry.session),
-        };
-        Some((self.free_slot(slot, true)?, held))
+            session,
+        })
     }
 
     /// Puts every slot `session` holds back at the front of `lun`'s FIFO, in tag order, for

@@ -362,17 +362,19 @@ fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
         waited.0, SRB_STATUS_ABORTED,
         "held for a server, then reset"
     );
-    let mut seen = Vec::new();
-    let mut pending = events;
     let started = std::time::Instant::now();
-    while !seen.contains(&(EventKind::LunOrphaned as u32)) {
-        let delivery = admin
-            .delivery(&pending.wait(Duration::from_secs(10)).expect("events come"))
-            .expect("a WAIT reply");
-        seen.extend(delivery.events.iter().map(|e| e.kind));
-        pending = admin.wait(delivery.reply.cursor, 16);
-    }
-    let grace = started.elapsed();
+    let Awaited {
+        at,
+        kinds: seen,
+        pending,
+    } = event_of(
+        &admin,
+        events,
+        EventKind::LunOrphaned,
+        lun.into(),
+        Duration::from_secs(10),
+    );
+    let grace = at.expect("LunOrphaned within 10 s") - started;
     assert!(
         grace >= Duration::from_secs(4) && grace < Duration::from_secs(8),
         "a grace period of about 5 s, took {grace:?}"
@@ -606,31 +608,50 @@ fn every_malformed_commit_is_refused_with_its_status_and_touches_no_srb() {
     finish(harness);
 }
 
-/// Waits on `admin` (a WAIT parked as `pending`) until an event of `kind` for `lun`; returns
-/// when it came, and the next WAIT.
+/// What [`event_of`] saw.
+struct Awaited {
+    /// When the event came, if it did within the limit.
+    at: Option<std::time::Instant>,
+    /// The kinds of every event delivered meanwhile.
+    kinds: Vec<u32>,
+    /// The next WAIT, parked.
+    pending: Arc<Request>,
+}
+
+/// Waits on `admin` (a WAIT parked as `pending`) until an event of `kind` for `lun`.
 fn event_of(
     admin: &Channel,
     mut pending: Arc<Request>,
     kind: EventKind,
     lun: u64,
     limit: Duration,
-) -> (Option<std::time::Instant>, Arc<Request>) {
+) -> Awaited {
     let deadline = std::time::Instant::now() + limit;
+    let mut kinds = Vec::new();
     while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
         let Some(done) = pending.wait(left) else {
             break;
         };
         let delivery = admin.delivery(&done).expect("a WAIT reply");
         pending = admin.wait(delivery.reply.cursor, 16);
+        kinds.extend(delivery.events.iter().map(|e| e.kind));
         if delivery
             .events
             .iter()
             .any(|e| e.kind == kind as u32 && e.arg0 == lun)
         {
-            return (Some(std::time::Instant::now()), pending);
+            return Awaited {
+                at: Some(std::time::Instant::now()),
+                kinds,
+                pending,
+            };
         }
     }
-    (None, pending)
+    Awaited {
+        at: None,
+        kinds,
+        pending,
+    }
 }
 
 #[test]
@@ -650,7 +671,11 @@ fn a_crash_looping_server_does_not_hold_off_another_luns_grace_period() {
     let died = std::time::Instant::now();
     // LUN 1's server dies every 300 ms meanwhile, each death starting its grace period anew.
     let stop = std::sync::atomic::AtomicBool::new(false);
-    let (orphaned, pending) = std::thread::scope(|scope| {
+    let Awaited {
+        at: orphaned,
+        pending,
+        ..
+    } = std::thread::scope(|scope| {
         let looper = scope.spawn(|| {
             let mut deaths = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {

@@ -7,6 +7,7 @@
 //! emulated Storport and ntoskrnl, whose cost is the emulator's, not Windows') is not counted;
 //! inline WDK helpers compiled into the driver are.
 
+use revcall_client::server::{Backend, Failure, answer};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -217,7 +218,11 @@ fn disk_phases(
         }
     };
     std::thread::scope(|scope| {
-        let serving = scope.spawn(|| server.serve(&attach, 8, PROMPT, null_answer));
+        let serving = scope.spawn(|| {
+            server.serve(&attach, 8, PROMPT, |work| {
+                answer(work, DISK_BLOCK, &mut NullDisk)
+            })
+        });
         // Warm: the first I/Os of a LUN are not what every later one costs.
         for n in 0..8 {
             io(n % 2 == 0, n);
@@ -244,24 +249,26 @@ fn disk_phases(
     }
 }
 
-/// A null server's answer: zeros for a READ, GOOD for the rest; nothing stored.
-fn null_answer(work: &revcall_client::server::Work) -> revcall_client::server::Answer {
-    let mut answer = revcall_client::server::Answer::default();
-    for (descriptor, _) in &work.items {
-        let read = descriptor.op == revcall_protocol::DataOp::Read as u8;
-        let data_len = if read {
-            descriptor.blocks * DISK_BLOCK
-        } else {
-            0
-        };
-        answer.data.resize(answer.data.len() + data_len as usize, 0);
-        answer.results.push(revcall_protocol::CommitResult {
-            tag: descriptor.tag,
-            data_len,
-            ..revcall_protocol::CommitResult::default()
-        });
+/// A null server's store: a READ gets the zeros `answer` lays out (nothing is copied in), the
+/// rest succeeds; nothing is stored.
+struct NullDisk;
+
+impl Backend for NullDisk {
+    fn read(&mut self, _lba: u64, _out: &mut [u8]) -> Result<(), Failure> {
+        Ok(())
     }
-    answer
+
+    fn write(&mut self, _lba: u64, _data: &[u8]) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    fn unmap(&mut self, _lba: u64, _blocks: u32) -> Result<(), Failure> {
+        Ok(())
+    }
 }
 
 fn park(waiter: &Channel, count: usize) -> Vec<Arc<Request>> {

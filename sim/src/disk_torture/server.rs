@@ -144,7 +144,7 @@ impl ServerPlan<'_> {
     /// Serves `work` from the store, failing one in 64 with a medium error (unapplied).
     fn answer(&self, work: &Work, rng: &mut fastrand::Rng) -> Answer {
         let mut store = self.store.lock().unwrap_or_else(|p| p.into_inner());
-        let mut served = answer(
+        let served = answer(
             work,
             BLOCK,
             &mut Failing {
@@ -163,7 +163,6 @@ impl ServerPlan<'_> {
         self.counts
             .injected_errors
             .fetch_add(injected as u64, Ordering::Relaxed);
-        served.data.shrink_to_fit();
         served
     }
 
