@@ -2,7 +2,10 @@
 //! the I/O path. docs/DATAPATH.md §2 and §5.
 //!
 //! Each slot moves Free → Queued → AtServer → Free under the adapter lock, and only the move
-//! to Free hands the SRB back (to be completed), so an SRB is completed once. A tag is the
+//! out of AtServer or Queued hands the SRB back (to be completed), so an SRB is completed once.
+//! A WRITE or UNMAP taken from a live server (a reset, an abort) is **fenced** on the way:
+//! AtServer → Fenced → Free. Its SRB is completed, but the server may still change the blocks,
+//! so its LUN hands out nothing until that server commits the tag or its session ends. A tag is the
 //! slot (low 16 bits) and the slot's generation (the rest): a COMMIT with a tag from an
 //! earlier use of the slot is told apart from one for the SRB there now. For each of the last
 //! [`HISTORY`] generations a slot remembers whether its SRB was taken from the server (retired
@@ -43,6 +46,8 @@ enum TagState {
     Free = 0,
     Queued = 1,
     AtServer = 2,
+    /// Completed, but its server may still be writing: see [`TagTable::fenced`].
+    Fenced = 3,
 }
 
 /// A tag's slot. All-zero bytes are a free slot that was never used.
@@ -53,7 +58,7 @@ struct Entry {
     /// DataOp as a byte (0 in a free slot).
     op: u8,
     fua: bool,
-    /// The session that fetched it (AtServer).
+    /// The session that fetched it (AtServer, Fenced).
     session: u8,
     blocks: u32,
     bytes: u32,
@@ -100,6 +105,9 @@ pub enum Lookup {
     /// Taken from the server (reset, removal, abort, requeued after its session ended), or
     /// more than [`HISTORY`] uses of the slot ago: the result is dropped.
     Stale,
+    /// Fetched by this session, then taken from it while it may still change the blocks: the
+    /// result is dropped, and this COMMIT lifts the fence ([`TagTable::unfence`]).
+    Fenced { slot: u16 },
     /// Fetched by another session.
     Foreign,
     /// Never handed out, or already committed.
@@ -117,7 +125,8 @@ pub struct Held {
 
 /// # Invariants
 ///
-/// * `srbs[i].is_some()` ⇔ `entries[i].state != Free`.
+/// * `srbs[i].is_some()` ⇔ `entries[i].state` is Queued or AtServer.
+/// * `fences[lun]` counts the Fenced slots whose `lun` it is; they are on no list.
 /// * Each LUN's FIFO, through `prev`/`next`, visits exactly that LUN's Queued slots.
 /// * Slots `0..high_water` not in use are on the `free` stack; all-zero bytes are the empty
 ///   table (`Option<R>` is null-pointer optimized for the driver's SRB handle).
@@ -132,6 +141,8 @@ pub struct TagTable<R> {
     outstanding: [u16; MAX_LUNS],
     /// Bit `lun`: that LUN's FIFO is not empty (what settling looks at, instead of every LUN).
     queued_luns: u8,
+    /// Fenced slots per LUN.
+    fences: [u16; MAX_LUNS],
 }
 
 const _: () = assert!(MAX_LUNS <= u8::BITS as usize);
@@ -147,6 +158,7 @@ impl<R> TagTable<R> {
             high_water: 0,
             outstanding: [0; MAX_LUNS],
             queued_luns: 0,
+            fences: [0; MAX_LUNS],
         }
     }
 
@@ -196,6 +208,15 @@ impl<R> TagTable<R> {
     /// The LUNs with SRBs queued: bit `lun` set.
     pub fn queued_luns(&self) -> u8 {
         self.queued_luns
+    }
+
+    /// Whether a server may still be changing `lun`'s blocks for an SRB already completed
+    /// (a WRITE or UNMAP taken from it by a reset or an abort). Until it commits that tag or
+    /// its session ends, nothing else of the LUN may be handed out: a later WRITE acknowledged
+    /// before the late one lands would be overwritten by it, a READ would see the blocks change
+    /// with no WRITE acknowledged.
+    pub fn fenced(&self, lun: u8) -> bool {
+        self.fences.get(usize::from(lun)).is_some_and(|&n| n != 0)
     }
 
     /// The slot at the head of `lun`'s FIFO, without taking it.
@@ -257,6 +278,9 @@ impl<R> TagTable<R> {
                 slot: slot as u16,
                 io: self.io(slot as u16),
             },
+            TagState::Fenced if age == 0 && entry.session == session => {
+                Lookup::Fenced { slot: slot as u16 }
+            }
             _ if age >= HISTORY || entry.taken >> age & 1 == 1 => Lookup::Stale,
             _ => Lookup::Unknown,
         }
@@ -289,11 +313,35 @@ impl<R> TagTable<R> {
         Some((self.free_slot(slot, true)?, held))
     }
 
+    /// Lifts the fence of `slot` (its server committed the tag: it is done with the blocks);
+    /// returns whether it was fenced.
+    pub fn unfence(&mut self, slot: u16) -> bool {
+        let slot = usize::from(slot);
+        if self.entries.get(slot).map(|e| e.state) != Some(TagState::Fenced) {
+            return false;
+        }
+        let lun = usize::from(self.entries[slot].lun);
+        self.entries[slot].state = TagState::Free;
+        self.fences[lun] -= 1;
+        self.push_free(slot);
+        true
+    }
+
+    /// Lifts every fence `session` holds (it ended: the server is gone or let go of its LUN).
+    pub fn unfence_session(&mut self, session: u8) {
+        for slot in 0..self.high_water {
+            let entry = &self.entries[usize::from(slot)];
+            if entry.state == TagState::Fenced && entry.session == session {
+                self.unfence(slot);
+            }
+        }
+    }
+
     /// What holds `slot`, if it is in use.
     fn held(&self, slot: usize) -> Option<Held> {
         let entry = &self.entries[slot];
         let session = match entry.state {
-            TagState::Free => return None,
+            TagState::Free | TagState::Fenced => return None,
             TagState::Queued => None,
             TagState::AtServer => Some(entry.session),
         };
@@ -327,15 +375,25 @@ impl<R> TagTable<R> {
             self.unlink(slot);
         }
         let entry = &mut self.entries[slot];
+        let lun = usize::from(entry.lun);
+        self.outstanding[lun] -= 1;
         // Taken from a server: a late COMMIT of it is stale. One never fetched stays unknown.
         if retire && entry.state == TagState::AtServer {
             entry.taken |= 1;
+            if entry.op == DataOp::Write as u8 || entry.op == DataOp::Unmap as u8 {
+                entry.state = TagState::Fenced;
+                self.fences[lun] += 1;
+                return Some(srb);
+            }
         }
         entry.state = TagState::Free;
-        self.outstanding[usize::from(entry.lun)] -= 1;
+        self.push_free(slot);
+        Some(srb)
+    }
+
+    fn push_free(&mut self, slot: usize) {
         self.free[usize::from(self.free_len)] = slot as u16;
         self.free_len += 1;
-        Some(srb)
     }
 
     fn allocate(&mut self) -> Option<usize> {
@@ -565,6 +623,53 @@ mod tests {
         }
         assert_eq!(t.lookup(committed, 5), Lookup::Stale);
         assert_eq!(t.incarnation(0), 1);
+    }
+
+    #[test]
+    fn a_write_taken_from_its_server_fences_the_lun_until_that_server_lets_go() {
+        let mut t = table();
+        let write = Io {
+            op: DataOp::Write,
+            ..io(0)
+        };
+        for (n, io) in [(0, write), (1, io(0)), (2, write), (3, write)] {
+            t.admit(n, io, 1).unwrap();
+        }
+        t.admit(4, io(1), 1).unwrap();
+        t.hand_out(0, 5);
+        t.hand_out(1, 5);
+        t.hand_out(2, 6);
+        let (w0, r1, w2) = (t.tag(0), t.tag(1), t.tag(2));
+        // A LUN reset: the READ is simply stale, each WRITE fences LUN 0.
+        let mut reset = std::vec::Vec::new();
+        while let Some((srb, _)) = t.retire_first(|held| held.lun == 0 && held.session.is_some()) {
+            reset.push(srb);
+        }
+        assert_eq!(reset, [0, 1, 2], "every SRB handed back once");
+        assert!(t.fenced(0) && !t.fenced(1));
+        assert_eq!(t.outstanding(0), 1, "a fence is no SRB");
+        assert_eq!(t.lookup(r1, 5), Lookup::Stale);
+        assert_eq!(t.lookup(w0, 6), Lookup::Stale, "only its server lifts it");
+        assert_eq!(t.lookup(w0, 5), Lookup::Fenced { slot: 0 });
+        // Its server commits it: one fence left, and the tag is stale from now on.
+        assert!(t.unfence(0));
+        assert!(!t.unfence(0), "once");
+        assert_eq!(t.lookup(w0, 5), Lookup::Stale);
+        assert!(t.fenced(0));
+        // The other server's session ends: its fence goes.
+        t.unfence_session(6);
+        assert!(!t.fenced(0));
+        assert_eq!(t.lookup(w2, 6), Lookup::Stale);
+        // The fenced slots are free again, the queued WRITE was never fenced.
+        let mut left = std::vec::Vec::new();
+        while let Some((srb, _)) = t.retire_first(|_| true) {
+            left.push(srb);
+        }
+        assert_eq!(left, [3, 4]);
+        assert!(!t.fenced(0));
+        for n in 0..TAGS as u32 {
+            t.admit(n, io(2), 1).unwrap();
+        }
     }
 
     #[test]

@@ -406,6 +406,65 @@ fn a_stalled_server_meets_storports_reset_and_its_late_commit_is_stale() {
     finish(harness);
 }
 
+/// The zombie WRITE: a reset completes a WRITE its server still holds, and that server
+/// writes the blocks later. Until it has answered (or died), nothing else of the LUN is handed
+/// out: a READ served meanwhile would see the blocks change under it, a later WRITE would be
+/// overwritten by the late one.
+#[test]
+fn a_write_reset_under_its_live_server_holds_the_lun_until_that_server_answers() {
+    // Long SRB timeouts (5 s): the waiting READ must not meet the reset ladder.
+    let harness = start_at(Duration::from_millis(500));
+    let kernel = harness.kernel.clone();
+    let admin = Channel::open(&kernel, 1);
+    let lun = admin.create_lun(spec(0)).expect("LUN_CREATE");
+    let class = kernel.disk_class().expect("started");
+    let disk = Mutex::new(MemoryDisk::new(BLOCK, BLOCKS));
+    let slow = Channel::open(&kernel, 40);
+    let other = Channel::open(&kernel, 41);
+    let written = pattern(1, 0, 1);
+    std::thread::scope(|scope| {
+        let slow_attach = slow.attach(lun);
+        let fetch = slow.fetch(8);
+        let writer = scope.spawn(|| write(&class, 0, &written));
+        let held = slow.work(&fetch.wait(PATIENCE).unwrap()).expect("work");
+        assert_eq!(held.items.len(), 1);
+        // Storport resets the LUN: the WRITE ends ABORTED while its server still has it.
+        kernel.reset_lun(0, lun as u8);
+        assert_eq!(writer.join().unwrap(), SRB_STATUS_ABORTED);
+        let other_attach = other.attach(lun);
+        let other_fetch = other.fetch(8);
+        let reader = scope.spawn(|| read(&class, 0, 1));
+        assert!(
+            !wait_for(&other_fetch, Duration::from_millis(500)),
+            "the READ is handed out while the slow server may still write block 0"
+        );
+        // The slow server writes its store late, then commits: stale, and the LUN moves on.
+        let late = answer(&held, BLOCK, &mut *disk.lock().unwrap());
+        let reply = slow.commit(&late, 0).wait(PATIENCE).expect("completes");
+        assert_eq!(reply.status, STATUS_SUCCESS);
+        assert_eq!(slow.work(&reply).expect("a reply").stale, 1);
+        let work = other
+            .work(&other_fetch.wait(PATIENCE).expect("now the READ"))
+            .expect("work");
+        let served = answer(&work, BLOCK, &mut *disk.lock().unwrap());
+        other.commit(&served, 0).wait(PATIENCE).expect("completes");
+        let (status, data) = reader.join().unwrap();
+        assert_eq!(status, SRB_STATUS_SUCCESS);
+        assert_eq!(
+            data, written,
+            "the late WRITE, and no change after the READ"
+        );
+        kernel.remove_adapter(|| {});
+        for attach in [slow_attach, other_attach] {
+            assert_eq!(attach.wait(PATIENCE).unwrap().status, STATUS_DEVICE_REMOVED);
+        }
+    });
+    slow.close();
+    other.close();
+    admin.close();
+    finish(harness);
+}
+
 #[test]
 fn a_surprise_removal_completes_the_srbs_servers_hold_and_queue() {
     let harness = start_at(Duration::from_secs(1));

@@ -62,6 +62,17 @@ impl Server {
     }
 }
 
+/// What a COMMIT's result names, once checked.
+#[derive(Clone, Copy)]
+enum Owed {
+    /// The SRB in this slot: completed with the result.
+    Srb(u16),
+    /// A fenced slot: dropped as stale, and the fence lifts.
+    Fence(u16),
+    /// Dropped.
+    Stale,
+}
+
 /// SRBs completed per lock hold.
 const SRB_BATCH: usize = 16;
 
@@ -147,7 +158,11 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     /// The first SRB queued for `lun` that a server may take. None while SRBs sent to a removed
     /// LUN of that number wait at its head for [`Adapter::settle`] to end them: a LUN created
     /// again under the number must never serve them.
+    /// None too while the LUN is fenced ([`TagTable::fenced`](crate::tag_table::TagTable::fenced)).
     fn ready(&self, lun: u8) -> Option<u16> {
+        if self.tags.fenced(lun) {
+            return None;
+        }
         let slot = self.tags.first_queued(lun)?;
         self.luns
             .is_current(lun, self.tags.incarnation(slot))
@@ -232,6 +247,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     fn end_session(&mut self, session: SessionId) -> Option<(u8, u32)> {
         let ended = self.sessions.close(session)?;
         let requeued = self.tags.requeue(ended.lun, session.index);
+        self.tags.unfence_session(session.index);
         self.unsettled = true;
         if !self.is_closed() && !self.sessions.serves(ended.lun) {
             self.luns.start_grace(ended.lun);
@@ -516,7 +532,7 @@ where
 
     /// COMMIT_AND_FETCH: checks every result, completes their SRBs, then fetches.
     pub(super) fn commit(&self, irp: I, max_descriptors: u32) {
-        let mut stale = 0;
+        let (mut stale, mut unfenced) = (0, false);
         let checked = self.state.with(|s| -> Result<_, Status> {
             if s.is_closed() {
                 return Err(s.count(Status::DEVICE_REMOVED));
@@ -529,8 +545,7 @@ where
                 .input()
                 .and_then(Commit::of)
                 .ok_or_else(|| s.count(Status::INVALID_PARAMETER))?;
-            // Each result's slot, or None for a stale one.
-            let mut owed = ArrayVec::<Option<u16>, { MAX_RESULTS as usize }>::new();
+            let mut owed = ArrayVec::<Owed, { MAX_RESULTS as usize }>::new();
             for (result, data) in commit.results() {
                 let slot = match s.tags.lookup(result.tag, session.id.index) {
                     Lookup::Owed { slot, io } => {
@@ -541,9 +556,10 @@ where
                         if data.len() != expected {
                             return Err(s.count(Status::INVALID_BUFFER_SIZE));
                         }
-                        Some(slot)
+                        Owed::Srb(slot)
                     }
-                    Lookup::Stale => None,
+                    Lookup::Fenced { slot } => Owed::Fence(slot),
+                    Lookup::Stale => Owed::Stale,
                     Lookup::Foreign => return Err(s.count(Status::ACCESS_DENIED)),
                     Lookup::Unknown => return Err(s.count(Status::NOT_FOUND)),
                 };
@@ -554,10 +570,14 @@ where
             }
             // Checked whole: now take the SRBs.
             let mut taken = Committed::new();
-            for (at, slot) in owed.into_iter().enumerate() {
-                match slot {
-                    Some(slot) => taken.extend(s.tags.commit(slot).map(|srb| (srb, at))),
-                    None => stale += 1,
+            for (at, owed) in owed.into_iter().enumerate() {
+                match owed {
+                    Owed::Srb(slot) => taken.extend(s.tags.commit(slot).map(|srb| (srb, at))),
+                    Owed::Fence(slot) => {
+                        stale += 1;
+                        unfenced |= s.tags.unfence(slot);
+                    }
+                    Owed::Stale => stale += 1,
                 }
             }
             Ok((taken, session.id))
@@ -581,6 +601,10 @@ where
             let ending = ending(&result, data, &mut srb);
             disk::end(&mut srb, ending);
             srb.complete();
+        }
+        // The LUN's queue moves again: its parked FETCHes, older than this one, go first.
+        if unfenced {
+            self.settle();
         }
         self.fetch(
             irp,

@@ -199,6 +199,16 @@ impl Kernel {
         self.port.stop_adapter()
     }
 
+    /// Storport resets a LUN (SRB_FUNCTION_RESET_LOGICAL_UNIT), as after an SRB timeout.
+    pub fn reset_lun(&self, target: u8, lun: u8) {
+        self.port.reset_lun((target, lun))
+    }
+
+    /// Storport resets the bus (HwResetBus).
+    pub fn reset_bus(&self) {
+        self.port.reset_bus()
+    }
+
     /// D0 → D3 → D0.
     pub fn power_cycle_adapter(&self) {
         self.port.power_cycle_adapter()

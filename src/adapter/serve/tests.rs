@@ -380,6 +380,80 @@ fn resets_take_back_what_the_servers_hold_and_a_late_commit_is_stale() {
 }
 
 #[test]
+fn a_write_reset_under_a_live_server_holds_the_lun_until_that_server_lets_go() {
+    let b = Bench::new(0);
+    let _slow = b.attach(SERVER);
+    let _other = b.attach(OTHER_SERVER);
+    let write = b.io(Command::Write(rw(0, 1)), std::vec![1; 512]);
+    let (_, _, held) = fetched(&b.fetch(SERVER));
+    // The slow server still holds the WRITE when the bus is reset: the SRB ends, but the
+    // server may yet write block 0.
+    b.adapter.reset(None, srb_status::BUS_RESET);
+    assert_eq!(ended(&write).srb_status, srb_status::BUS_RESET);
+    // The class driver's retry, and a READ of the same block, wait: the other server's FETCH
+    // parks with them queued.
+    let retry = b.io(Command::Write(rw(0, 1)), std::vec![1; 512]);
+    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let parked = b.fetch(OTHER_SERVER);
+    assert!(parked.completion().is_none(), "fenced: nothing handed out");
+    // A stale COMMIT of another tag does not lift it; the slow server's own COMMIT does.
+    let (_, stale, _) = fetched(&b.commit(OTHER_SERVER, &[good(held[0].0.tag, 0)], &[], 0));
+    assert_eq!(stale, 1);
+    assert!(parked.completion().is_none(), "only the holder lifts it");
+    let late = b.commit(SERVER, &[good(held[0].0.tag, 0)], &[], 0);
+    assert_eq!(fetched(&late).1, 1, "stale");
+    let (_, _, items) = fetched(&parked);
+    let ops: Vec<u8> = items.iter().map(|(d, _)| d.op).collect();
+    assert_eq!(ops, [DataOp::Write as u8, DataOp::Read as u8]);
+    assert!(retry.completions() == 0 && read.completions() == 0);
+    // Committed again by the slow server: stale, and no fence to lift twice.
+    let again = b.commit(SERVER, &[good(held[0].0.tag, 0)], &[], 0);
+    assert_eq!(fetched(&again).1, 1);
+}
+
+#[test]
+fn a_fence_lifts_when_its_servers_session_ends_and_a_read_never_fences() {
+    let b = Bench::new(LunFlags::UNMAP);
+    let slow = b.attach(SERVER);
+    let _other = b.attach(OTHER_SERVER);
+    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let unmap_list = {
+        let mut list = [0u8; 24];
+        let n = revcall_scsi::write_unmap_list(&[(4, 2)], &mut list).unwrap();
+        list[..n].to_vec()
+    };
+    let _ = fetched(&b.fetch(SERVER));
+    // A READ taken back is merely stale: the LUN goes on.
+    let mut reset = FakeSrb::scsi(0, &Command::TestUnitReady, 0);
+    reset.function = srb_function::RESET_LOGICAL_UNIT;
+    b.adapter.start_io(reset, &b.port);
+    assert_eq!(ended(&read).srb_status, srb_status::ABORTED);
+    let next = b.io(Command::Read(rw(1, 1)), std::vec![0; 512]);
+    let (_, _, items) = fetched(&b.fetch(OTHER_SERVER));
+    assert_eq!(items.len(), 1, "not fenced by a READ");
+    b.commit(OTHER_SERVER, &[good(items[0].0.tag, 512)], &[0; 512], 0);
+    assert_eq!(ended(&next).srb_status, srb_status::SUCCESS);
+    // An UNMAP taken back fences; the slow server dies holding it: the process is gone, so
+    // is the fence.
+    let unmap = b.io(
+        Command::Unmap {
+            param_len: unmap_list.len() as u16,
+        },
+        unmap_list,
+    );
+    let _ = fetched(&b.fetch(SERVER));
+    b.adapter.reset(None, srb_status::BUS_RESET);
+    assert_eq!(ended(&unmap).srb_status, srb_status::BUS_RESET);
+    let after = b.io(Command::Read(rw(4, 1)), std::vec![0; 512]);
+    let parked = b.fetch(OTHER_SERVER);
+    assert!(parked.completion().is_none(), "fenced");
+    slow.io_cancel_irp(&b.adapter);
+    let (_, _, items) = fetched(&parked);
+    assert_eq!(items.len(), 1);
+    assert_eq!(after.completions(), 0);
+}
+
+#[test]
 fn a_new_lun_queues_for_its_first_server_and_removal_ends_everything() {
     let b = Bench::new(0);
     // Before any server: the SRB waits for the one its creator is about to start.

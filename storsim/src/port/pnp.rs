@@ -338,35 +338,55 @@ impl Port {
             srb.addr(),
             super::srb::TIMEOUT_S
         ));
-        let pool = self.machine.pool();
-        match Srb::reset_lun(pool, (target, lun), miniport.srb_extension_size) {
-            Some(reset) => {
-                self.start_io(miniport, extension, &reset);
-                if self.completes_within(&reset, self.machine.config().rundown_limit) {
-                    reset.free(pool);
-                } else {
-                    // Still the miniport's: its blocks stay allocated.
-                    self.machine.report(BugCheck::new(
-                        Code::DriverVerifierDetectedViolation,
-                        [
-                            rules::SRB_NEVER_COMPLETED,
-                            reset.addr() as u64,
-                            u64::from(target),
-                            u64::from(lun),
-                        ],
-                        format!(
-                            "the LUN reset SRB to target {target} LUN {lun} was never completed"
-                        ),
-                    ));
-                }
-            }
-            None => self.machine.note("LUN reset: no pool for the SRB"),
-        }
+        self.reset_lun_with(miniport, extension, (target, lun));
         if self.completes_within(srb, self.machine.config().srb_second) {
             return;
         }
         self.machine
             .note("the SRB survived the LUN reset: Storport resets the bus (HwResetBus)");
+        self.reset_bus_with(miniport, extension);
+    }
+
+    /// The first step of the reset ladder on its own, as Storport takes it when an SRB to
+    /// (`target`, `lun`) times out: SRB_FUNCTION_RESET_LOGICAL_UNIT through HwStartIo, which
+    /// must complete it (reported if not).
+    pub fn reset_lun(&self, (target, lun): (u8, u8)) {
+        if let (Some(miniport), Some(extension)) = (self.miniport(), self.extension()) {
+            self.reset_lun_with(miniport, extension, (target, lun));
+        }
+    }
+
+    /// The last step on its own: HwResetBus at DISPATCH_LEVEL under the StartIo lock.
+    pub fn reset_bus(&self) {
+        if let (Some(miniport), Some(extension)) = (self.miniport(), self.extension()) {
+            self.reset_bus_with(miniport, extension);
+        }
+    }
+
+    fn reset_lun_with(&self, miniport: Miniport, extension: Extension, (target, lun): (u8, u8)) {
+        let pool = self.machine.pool();
+        let Some(reset) = Srb::reset_lun(pool, (target, lun), miniport.srb_extension_size) else {
+            return self.machine.note("LUN reset: no pool for the SRB");
+        };
+        self.start_io(miniport, extension, &reset);
+        if self.completes_within(&reset, self.machine.config().rundown_limit) {
+            reset.free(pool);
+        } else {
+            // Still the miniport's: its blocks stay allocated.
+            self.machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [
+                    rules::SRB_NEVER_COMPLETED,
+                    reset.addr() as u64,
+                    u64::from(target),
+                    u64::from(lun),
+                ],
+                format!("the LUN reset SRB to target {target} LUN {lun} was never completed"),
+            ));
+        }
+    }
+
+    fn reset_bus_with(&self, miniport: Miniport, extension: Extension) {
         let old = self.machine.acquire_kernel_lock(
             STARTIO_LOCK,
             LockApi::Storport,
