@@ -1,8 +1,10 @@
 //! `storsim disk-torture`: the data path under fire. N emulated CPUs issue random READ, WRITE,
 //! SYNCHRONIZE CACHE and UNMAP of 1 to 128 blocks to several LUNs while misbehaving servers
-//! ([`server`]) serve them; the main thread removes and re-creates LUNs with I/O in flight and
-//! ends each cycle with a removal or surprise removal of the adapter (then a new instance); the
-//! event channel carries FIRE and WAIT traffic throughout.
+//! ([`server`]) serve them; the main thread removes and re-creates LUNs with I/O in flight,
+//! resets LUNs and the bus as Storport does after a timeout (often while a server sits on a
+//! WRITE it will still carry out: the zombie WRITE), power-cycles the adapter, and ends each
+//! cycle with a removal or surprise removal of the adapter (then a new instance); the event
+//! channel carries FIRE and WAIT traffic throughout.
 //!
 //! Checked: every SRB completes (storsim reports one that never does, and one completed twice),
 //! with a status its moment allows; every READ returns, block by block, the bytes of the last
@@ -13,7 +15,9 @@
 //! Each CPU owns a region of each LUN and has one SRB in flight at a time, so its own order is
 //! the truth. A LUN's *generation* is odd while it is being removed and re-created (and while
 //! the adapter goes): an SRB that overlaps a change may end NO_DEVICE, and its WRITE may or may
-//! not be in the new LUN.
+//! not be in the new LUN. The run's *reset epoch* is odd while a reset runs: an SRB that
+//! overlaps one may end ABORTED or BUS_RESET, and its WRITE may or may not have landed — but
+//! once a READ has seen a block, nothing but a later WRITE may change it.
 
 mod model;
 mod server;
@@ -42,7 +46,9 @@ const BLOCK: u32 = 512;
 const LUN_BLOCKS: u64 = 16 * 1024;
 const MAX_BLOCKS: u32 = 128;
 const SRB_STATUS_SUCCESS: u8 = 0x01;
+const SRB_STATUS_ABORTED: u8 = 0x02;
 const SRB_STATUS_ERROR: u8 = 0x04;
+const SRB_STATUS_BUS_RESET: u8 = 0x0E;
 const SRB_STATUS_NO_DEVICE: u8 = 0x08;
 
 /// What to run.
@@ -76,6 +82,12 @@ pub struct DiskTortureReport {
     pub failed_ios: u64,
     pub removals: u32,
     pub lun_recreations: u64,
+    pub lun_resets: u64,
+    pub bus_resets: u64,
+    /// Servers that sat on a WRITE or UNMAP through a reset, wrote the blocks anyway, and
+    /// found their COMMIT stale (at least: a split COMMIT's first half is not counted).
+    pub late_writes: u64,
+    pub power_cycles: u64,
     pub server_deaths: u64,
     pub commits: u64,
     pub answered: u64,
@@ -115,6 +127,12 @@ impl DiskTortureReport {
                 "LUNs removed and re-created",
                 self.lun_recreations.to_string(),
             ),
+            (
+                "resets (LUN / bus)",
+                format!("{} / {}", self.lun_resets, self.bus_resets),
+            ),
+            ("  late WRITEs after a reset", self.late_writes.to_string()),
+            ("power cycles", self.power_cycles.to_string()),
             ("server deaths", self.server_deaths.to_string()),
             ("COMMITs", self.commits.to_string()),
             ("  results", self.answered.to_string()),
@@ -140,6 +158,12 @@ impl DiskTortureReport {
         };
         out
     }
+}
+
+/// What a CPU does next to the blocks of a WRITE a reset ended: LUN slot, (lba, blocks).
+enum FollowUp {
+    Rewrite(usize, (u64, u32)),
+    Reread(usize, (u64, u32)),
 }
 
 /// A LUN of the current cycle: its number, its store and its generation.
@@ -177,6 +201,13 @@ struct Run<'a> {
     pids: AtomicU32,
     recreations: AtomicU64,
     fired: AtomicU64,
+    /// Odd while the main thread resets a LUN or the bus.
+    reset_epoch: AtomicU64,
+    /// Servers sitting on a WRITE or UNMAP until a reset takes it.
+    stalled: AtomicU32,
+    lun_resets: AtomicU64,
+    bus_resets: AtomicU64,
+    power_cycles: AtomicU64,
 }
 
 fn spec(lun: usize, cycle: u32, round: u64) -> LunSpec {
@@ -240,6 +271,11 @@ pub fn run(options: &DiskTortureOptions) -> DiskTortureReport {
         pids: AtomicU32::new(100),
         recreations: AtomicU64::new(0),
         fired: AtomicU64::new(0),
+        reset_epoch: AtomicU64::new(0),
+        stalled: AtomicU32::new(0),
+        lun_resets: AtomicU64::new(0),
+        bus_resets: AtomicU64::new(0),
+        power_cycles: AtomicU64::new(0),
     };
     let cycles = options.removals.max(1);
     let per_cycle = options.ios / u64::from(cycles);
@@ -272,6 +308,10 @@ pub fn run(options: &DiskTortureOptions) -> DiskTortureReport {
     report.failed_ios = io.failed.load(Ordering::Relaxed);
     report.wrong_bytes = io.wrong.load(Ordering::Relaxed);
     report.lun_recreations = run.recreations.load(Ordering::Relaxed);
+    report.lun_resets = run.lun_resets.load(Ordering::Relaxed);
+    report.bus_resets = run.bus_resets.load(Ordering::Relaxed);
+    report.late_writes = servers.late_writes.load(Ordering::Relaxed);
+    report.power_cycles = run.power_cycles.load(Ordering::Relaxed);
     report.server_deaths = servers.deaths.load(Ordering::Relaxed);
     report.commits = servers.commits.load(Ordering::Relaxed);
     report.answered = servers.answered.load(Ordering::Relaxed);
@@ -388,6 +428,15 @@ impl Run<'_> {
                     round += 1;
                     self.recreations.fetch_add(1, Ordering::Relaxed);
                 }
+                // Storport's reset ladder, as after a timeout: surely when a server sits on a
+                // WRITE waiting for one.
+                if self.stalled.load(Ordering::Relaxed) > 0 || rng.u32(0..8) == 0 {
+                    self.reset(&mut rng);
+                }
+                if rng.u32(0..16) == 0 {
+                    self.kernel.power_cycle_adapter();
+                    self.power_cycles.fetch_add(1, Ordering::Relaxed);
+                }
             }
             // The adapter goes with I/O in flight.
             for lun in &self.luns {
@@ -408,6 +457,22 @@ impl Run<'_> {
             }
         });
         admin.close();
+    }
+
+    /// A LUN reset of a random LUN (SRB_FUNCTION_RESET_LOGICAL_UNIT) or, one time in three, a
+    /// bus reset (HwResetBus), inside an odd reset epoch.
+    fn reset(&self, rng: &mut fastrand::Rng) {
+        self.reset_epoch.fetch_add(1, Ordering::AcqRel);
+        if rng.u32(0..3) == 0 {
+            self.kernel.reset_bus();
+            self.bus_resets.fetch_add(1, Ordering::Relaxed);
+        } else {
+            let lun = &self.luns[rng.usize(..self.luns.len())];
+            self.kernel
+                .reset_lun(0, lun.number.load(Ordering::Relaxed) as u8);
+            self.lun_resets.fetch_add(1, Ordering::Relaxed);
+        }
+        self.reset_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     /// LUN_CREATE for slot `n` (a new store, zeros) and the generation made even again.
@@ -453,6 +518,8 @@ impl Run<'_> {
                 generation,
                 current: &lun.generation,
                 changing: &lun.changing,
+                reset_epoch: &self.reset_epoch,
+                stalled: &self.stalled,
             }
             .run();
         }
@@ -506,6 +573,7 @@ impl Run<'_> {
         // Writes and unmaps that overlapped a LUN change, to apply to the next one's region.
         let mut maybe: Vec<Vec<(u64, u32, Option<Stamp>)>> = vec![Vec::new(); self.luns.len()];
         let mut seq = 0u32;
+        let mut follow = None;
         while !stop.load(Ordering::Relaxed) {
             if self
                 .budget
@@ -515,9 +583,20 @@ impl Run<'_> {
                 std::thread::sleep(Duration::from_millis(1));
                 continue;
             }
-            let n = rng.usize(..self.luns.len());
+            // After a WRITE a reset ended, what the class driver's retry and the application
+            // do next: write the blocks again, then, a little later, read them. A late WRITE
+            // from the server the reset took it from must not land in between.
+            let (n, range, choice) = match follow.take() {
+                Some(FollowUp::Rewrite(n, range)) => (n, Some(range), 9),
+                Some(FollowUp::Reread(n, range)) => {
+                    std::thread::sleep(Duration::from_millis(10));
+                    (n, Some(range), 0)
+                }
+                None => (rng.usize(..self.luns.len()), None, rng.u32(0..20)),
+            };
             let lun = &self.luns[n];
             let before = lun.generation.load(Ordering::Acquire);
+            let resets_before = self.reset_epoch.load(Ordering::Acquire);
             let (region, described) = &mut regions[n];
             if before.is_multiple_of(2) && before != *described {
                 // A LUN created since: zeros, but for what may have reached it meanwhile.
@@ -531,8 +610,10 @@ impl Run<'_> {
                 *described = before;
             }
             let number = lun.number.load(Ordering::Relaxed) as u8;
-            let blocks = rng.u32(1..=MAX_BLOCKS).min(per_lun as u32);
-            let lba = first + rng.u64(0..=per_lun - u64::from(blocks));
+            let (lba, blocks) = range.unwrap_or_else(|| {
+                let blocks = rng.u32(1..=MAX_BLOCKS).min(per_lun as u32);
+                (first + rng.u64(0..=per_lun - u64::from(blocks)), blocks)
+            });
             let transfer = Transfer {
                 lba,
                 blocks,
@@ -544,7 +625,6 @@ impl Run<'_> {
                 cpu: cpu as u16,
                 seq,
             };
-            let choice = rng.u32(0..20);
             let done = match choice {
                 0..=8 => {
                     self.io.reads.fetch_add(1, Ordering::Relaxed);
@@ -584,6 +664,8 @@ impl Run<'_> {
             self.io.ios.fetch_add(1, Ordering::Relaxed);
             let after = lun.generation.load(Ordering::Acquire);
             let steady = before == after && before.is_multiple_of(2);
+            let resets_after = self.reset_epoch.load(Ordering::Acquire);
+            let reset = resets_before != resets_after || !resets_before.is_multiple_of(2);
             let Some(done) = done else {
                 self.failures.expect(stop.load(Ordering::Relaxed), || {
                     format!("CPU {cpu}: an SRB to LUN {number} never completed")
@@ -601,13 +683,20 @@ impl Run<'_> {
                             ascq: 0,
                         });
                 let gone = done.srb_status == SRB_STATUS_NO_DEVICE && !steady;
-                self.failures
-                    .expect(medium || gone || stop.load(Ordering::Relaxed), || {
+                let was_reset =
+                    reset && [SRB_STATUS_ABORTED, SRB_STATUS_BUS_RESET].contains(&done.srb_status);
+                if was_reset && (9..=17).contains(&choice) && range.is_none() {
+                    follow = Some(FollowUp::Rewrite(n, (lba, blocks)));
+                }
+                self.failures.expect(
+                    medium || gone || was_reset || stop.load(Ordering::Relaxed),
+                    || {
                         format!(
                             "CPU {cpu}: SRB to LUN {number} ended {:#x} {:?} with the LUN steady",
                             done.srb_status, done.sense
                         )
-                    });
+                    },
+                );
             }
             let region = &mut regions[n].0;
             match choice {
@@ -627,7 +716,12 @@ impl Run<'_> {
                         });
                     }
                 },
-                9..=17 if steady => region.wrote(lba, blocks, stamp, good),
+                9..=17 if steady => {
+                    region.wrote(lba, blocks, stamp, good);
+                    if good && range.is_some() {
+                        follow = Some(FollowUp::Reread(n, (lba, blocks)));
+                    }
+                }
                 9..=17 => maybe[n].push((lba, blocks, Some(stamp))),
                 19 if steady => region.unmapped(lba, blocks),
                 19 => maybe[n].push((lba, blocks, None)),

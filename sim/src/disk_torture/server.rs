@@ -12,7 +12,7 @@ use revcall_protocol::status::{
     STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED, STATUS_INVALID_BUFFER_SIZE,
     STATUS_INVALID_DEVICE_STATE, STATUS_INVALID_PARAMETER, STATUS_NOT_FOUND, STATUS_SUCCESS,
 };
-use revcall_protocol::{CommitResult, ScsiStatus};
+use revcall_protocol::{CommitResult, DataOp, ScsiStatus};
 use storport_abi::status::Named;
 use storsim::io::Request;
 use storsim::kernel::Kernel;
@@ -33,6 +33,7 @@ pub struct ServerCounts {
     pub malformed_refused: AtomicU64,
     pub deaths: AtomicU64,
     pub injected_errors: AtomicU64,
+    pub late_writes: AtomicU64,
 }
 
 /// One server slot of a LUN: it serves until its LUN or the adapter goes, dying and coming
@@ -55,6 +56,10 @@ pub struct ServerPlan<'a> {
     pub generation: u64,
     pub current: &'a AtomicU64,
     pub changing: &'a RwLock<()>,
+    /// The run's reset epoch (odd while a reset runs), and how many servers sit on a WRITE
+    /// waiting for one: the main thread resets when some do.
+    pub reset_epoch: &'a AtomicU64,
+    pub stalled: &'a AtomicU32,
 }
 
 impl ServerPlan<'_> {
@@ -90,6 +95,8 @@ impl ServerPlan<'_> {
         rng: &mut fastrand::Rng,
     ) -> bool {
         let mut pending = channel.fetch(rng.u32(1..=8));
+        // The last answer was written after a stall through a reset.
+        let mut late = false;
         loop {
             let Some(outcome) = pending.wait(PATIENCE) else {
                 self.failures
@@ -104,6 +111,10 @@ impl ServerPlan<'_> {
             self.counts
                 .stale
                 .fetch_add(work.stale.into(), Ordering::Relaxed);
+            if late && work.stale > 0 {
+                // What it wrote late was stale: a reset had taken it.
+                self.counts.late_writes.fetch_add(1, Ordering::Relaxed);
+            }
             if !work.items.is_empty() && rng.f64() < self.death_rate {
                 // Dies holding them: the process exit cancels the ATTACH.
                 self.counts.deaths.fetch_add(1, Ordering::Relaxed);
@@ -116,6 +127,12 @@ impl ServerPlan<'_> {
             }
             if rng.u32(0..8) == 0 {
                 std::thread::sleep(Duration::from_millis(rng.u64(1..30)));
+            }
+            late = rng.u32(0..12) == 0 && self.stall_for_reset(&work, rng);
+            if late {
+                // The reset may have completed them; this server goes on and writes the blocks
+                // anyway, a little later: the driver must not have let the LUN move on.
+                std::thread::sleep(Duration::from_millis(rng.u64(0..5)));
             }
             let mut answer = self.answer(&work, rng);
             if rng.u32(0..6) == 0 {
@@ -139,6 +156,33 @@ impl ServerPlan<'_> {
             format!("server {pid}: its ATTACH never completed after its session ended")
         });
         false
+    }
+
+    /// Sits on `work`, if it changes blocks, until a reset comes (at most 150 ms); whether one
+    /// came.
+    fn stall_for_reset(&self, work: &Work, rng: &mut fastrand::Rng) -> bool {
+        let writes = work
+            .items
+            .iter()
+            .any(|(d, _)| [DataOp::Write as u8, DataOp::Unmap as u8].contains(&d.op));
+        if !writes {
+            return false;
+        }
+        let epoch = self.reset_epoch.load(Ordering::Acquire);
+        self.stalled.fetch_add(1, Ordering::Relaxed);
+        let deadline = std::time::Instant::now() + Duration::from_millis(rng.u64(50..150));
+        let mut reset = false;
+        while std::time::Instant::now() < deadline && !self.stop.load(Ordering::Relaxed) {
+            let now = self.reset_epoch.load(Ordering::Acquire);
+            // A reset that began after the stall and has ended.
+            if now >= epoch + 2 && now.is_multiple_of(2) {
+                reset = true;
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.stalled.fetch_sub(1, Ordering::Relaxed);
+        reset
     }
 
     /// Serves `work` from the store, failing one in 64 with a medium error (unapplied).
@@ -217,8 +261,12 @@ impl ServerPlan<'_> {
             STATUS_DELETE_PENDING,
         ]
         .contains(&outcome.status);
+        // A reset may have taken the tag meanwhile: a stale result is dropped unchecked.
+        let stale = expected == STATUS_INVALID_BUFFER_SIZE
+            && outcome.status == STATUS_SUCCESS
+            && channel.work(&outcome).is_ok_and(|work| work.stale > 0);
         self.failures
-            .expect(outcome.status == expected || gone, || {
+            .expect(outcome.status == expected || gone || stale, || {
                 format!(
                     "a malformed COMMIT ({}) completed {} instead of {}",
                     Named(expected),
