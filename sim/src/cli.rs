@@ -81,8 +81,9 @@ enum Command {
     },
     /// The data path under fire: N emulated CPUs issue random READ / WRITE / SYNCHRONIZE
     /// CACHE / UNMAP to several LUNs served by misbehaving user-mode servers (batching, out of
-    /// order, split and malformed COMMITs, medium errors, deaths with SRBs in hand), LUNs
-    /// removed and re-created with I/O in flight, each cycle ending with a removal or surprise
+    /// order, split and malformed COMMITs, medium errors, deaths with SRBs in hand, WRITEs
+    /// carried out after a reset took them), LUNs removed and re-created, LUN and bus resets
+    /// and power cycles with I/O in flight, each cycle ending with a removal or surprise
     /// removal; every READ checked block by block against a model of what was written.
     DiskTorture {
         driver: PathBuf,
@@ -104,6 +105,9 @@ enum Command {
         /// Probability of an injected delay at each emulated call.
         #[arg(long, default_value_t = 0.02)]
         delay: f64,
+        /// On failure, do not look for a smaller failing run.
+        #[arg(long)]
+        no_shrink: bool,
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
@@ -210,6 +214,7 @@ pub fn run(cli: Cli) -> i32 {
             servers,
             seed,
             delay,
+            no_shrink,
             json,
         } => {
             report_panics();
@@ -224,7 +229,12 @@ pub fn run(cli: Cli) -> i32 {
                 delay,
                 progress: true,
             };
-            let report = crate::disk_torture::run(&options);
+            let mut report = crate::disk_torture::run(&options);
+            if !report.passed && !no_shrink {
+                eprintln!("disk-torture: FAILED (seed {seed}); looking for a smaller failing run…");
+                let smaller = crate::disk_torture::shrink(&options, Duration::from_secs(120));
+                report.reproduce = Some(smaller.command());
+            }
             emit(json, report.passed, || report.json(), || report.text())
         }
         Command::Faults { driver, seed, json } => {

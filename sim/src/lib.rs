@@ -12,6 +12,7 @@ pub mod disk_torture;
 pub mod faults;
 mod fixture;
 mod progress;
+mod shrink;
 pub mod torture;
 
 use std::path::PathBuf;

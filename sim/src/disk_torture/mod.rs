@@ -102,6 +102,8 @@ pub struct DiskTortureReport {
     pub irps_outstanding: Option<u64>,
     pub seconds: f64,
     pub passed: bool,
+    /// After a failure: the smallest failing command [`shrink`] found.
+    pub reproduce: Option<String>,
 }
 
 impl DiskTortureReport {
@@ -150,6 +152,9 @@ impl DiskTortureReport {
         }
         for failure in self.failures.iter().take(20) {
             out += &format!("  FAILED: {failure}\n");
+        }
+        if let Some(smaller) = &self.reproduce {
+            out += &format!("  smallest failing run found: {smaller}\n");
         }
         out += if self.passed {
             "disk-torture: passed\n"
@@ -335,6 +340,51 @@ pub fn run(options: &DiskTortureOptions) -> DiskTortureReport {
         && report.irps_outstanding == Some(0)
         && report.ios > 0;
     report
+}
+
+/// A failing run again with fewer SRBs (and removals), then fewer CPUs, LUNs and servers, the
+/// seed and the rest kept: the smallest failing options found within `budget`.
+pub fn shrink(failing: &DiskTortureOptions, budget: std::time::Duration) -> DiskTortureOptions {
+    let quiet = DiskTortureOptions {
+        progress: false,
+        ..failing.clone()
+    };
+    let best = crate::shrink::shrink(
+        &quiet,
+        &[
+            |o| {
+                (o.ios > 1000).then(|| DiskTortureOptions {
+                    ios: o.ios / 2,
+                    removals: o.removals.div_ceil(2),
+                    ..o.clone()
+                })
+            },
+            |o| {
+                (o.cpus > 1).then(|| DiskTortureOptions {
+                    cpus: o.cpus / 2,
+                    ..o.clone()
+                })
+            },
+            |o| {
+                (o.luns > 1).then(|| DiskTortureOptions {
+                    luns: o.luns / 2,
+                    ..o.clone()
+                })
+            },
+            |o| {
+                (o.servers > 1).then(|| DiskTortureOptions {
+                    servers: o.servers - 1,
+                    ..o.clone()
+                })
+            },
+        ],
+        |o| !run(o).passed,
+        budget,
+    );
+    DiskTortureOptions {
+        progress: failing.progress,
+        ..best
+    }
 }
 
 impl DiskTortureOptions {

@@ -621,40 +621,32 @@ fn conclude(
 }
 
 /// A failing run again with fewer operations, then fewer CPUs (same seed and the rest),
-/// halving while it still fails: the smallest failing command found. Interleavings are not
-/// deterministic, so each candidate gets two tries; the search stops after `budget`.
+/// halving while it still fails: the smallest failing command found ([`crate::shrink`]).
 pub fn shrink(failing: &TortureOptions, budget: Duration) -> TortureOptions {
-    let started = Instant::now();
-    let mut best = TortureOptions {
+    let quiet = TortureOptions {
         progress: false,
         ..failing.clone()
     };
-    // First fewer operations (and removals), then fewer CPUs.
-    let halvings: [fn(&TortureOptions) -> Option<TortureOptions>; 2] = [
-        |o| {
-            (o.ops > 1000).then(|| TortureOptions {
-                ops: o.ops / 2,
-                removals: o.removals.div_ceil(2),
-                ..o.clone()
-            })
-        },
-        |o| {
-            (o.cpus > 1).then(|| TortureOptions {
-                cpus: o.cpus / 2,
-                ..o.clone()
-            })
-        },
-    ];
-    for halve in halvings {
-        while started.elapsed() < budget
-            && let Some(candidate) = halve(&best)
-        {
-            if !(0..2).any(|_| !run(&candidate).passed) {
-                break;
-            }
-            best = candidate;
-        }
-    }
+    let best = crate::shrink::shrink(
+        &quiet,
+        &[
+            |o| {
+                (o.ops > 1000).then(|| TortureOptions {
+                    ops: o.ops / 2,
+                    removals: o.removals.div_ceil(2),
+                    ..o.clone()
+                })
+            },
+            |o| {
+                (o.cpus > 1).then(|| TortureOptions {
+                    cpus: o.cpus / 2,
+                    ..o.clone()
+                })
+            },
+        ],
+        |o| !run(o).passed,
+        budget,
+    );
     TortureOptions {
         progress: failing.progress,
         ..best
