@@ -10,6 +10,7 @@
 //! `Port::execute` checks every completed SRB (`DataTransferLength` never above the request).
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use revcall_scsi::{Command, PageControl, Sense};
 
@@ -37,6 +38,12 @@ pub struct Disk {
     pub write_cache: bool,
     /// VPD B2's LBPU: UNMAP is sent.
     pub unmap: bool,
+}
+
+/// A command handed to HwStartIo and not yet collected ([`DiskClass::submit`]).
+pub struct InFlight {
+    srb: Srb,
+    direction: Direction,
 }
 
 /// How one SCSI command ended.
@@ -81,6 +88,20 @@ impl DiskClass {
         data_len: u32,
         payload: Option<&[u8]>,
     ) -> Option<Completion> {
+        let flight = self.submit(lun, command, data_len, payload)?;
+        self.finish(flight)
+    }
+
+    /// Hands one command to HwStartIo and returns with it in flight, so that a caller can
+    /// keep a queue depth: [`DiskClass::first_done`] tells which of its SRBs completed,
+    /// [`DiskClass::finish`] collects each. `None` if the SRB could not be built.
+    pub fn submit(
+        &self,
+        lun: u8,
+        command: &Command,
+        data_len: u32,
+        payload: Option<&[u8]>,
+    ) -> Option<InFlight> {
         let pool = self.machine.pool();
         let (cdb, len) = revcall_scsi::encode(command);
         let direction = match (payload, data_len) {
@@ -99,7 +120,25 @@ impl DiskClass {
         if let Some(payload) = payload {
             srb.set_data(pool, payload);
         }
-        if !self.port.execute(self.extension, &srb) {
+        if !self.port.submit(self.extension, &srb) {
+            srb.free(pool);
+            return None;
+        }
+        Some(InFlight { srb, direction })
+    }
+
+    /// Waits (at most `limit`) until one of `flights` is completed by the miniport: its index.
+    pub fn first_done(&self, flights: &[InFlight], limit: Duration) -> Option<usize> {
+        let srbs: Vec<&Srb> = flights.iter().map(|flight| &flight.srb).collect();
+        self.port.first_done(&srbs, limit)
+    }
+
+    /// Waits for `flight` (through Storport's reset ladder if it times out) and collects how
+    /// it ended. `None` if it was never completed (reported; the SRB stays the miniport's).
+    pub fn finish(&self, flight: InFlight) -> Option<Completion> {
+        let pool = self.machine.pool();
+        let InFlight { srb, direction } = flight;
+        if !self.port.finish_srb(self.extension, &srb) {
             return None;
         }
         let status = srb.status(pool);
@@ -107,10 +146,10 @@ impl DiskClass {
         let mut data = srb.data(pool);
         data.truncate(transferred.min(srb.requested()) as usize);
         if status & 0x3F == SRB_STATUS_SUCCESS {
-            let (moved, counter) = match (payload, data_len) {
-                (_, 0) => (0, &self.port.counters().bytes_read),
-                (Some(_), _) => (transferred, &self.port.counters().bytes_written),
-                (None, _) => (data.len() as u32, &self.port.counters().bytes_read),
+            let (moved, counter) = match direction {
+                Direction::None => (0, &self.port.counters().bytes_read),
+                Direction::Out => (transferred, &self.port.counters().bytes_written),
+                Direction::In => (data.len() as u32, &self.port.counters().bytes_read),
             };
             counter.fetch_add(u64::from(moved), std::sync::atomic::Ordering::Relaxed);
         }

@@ -236,11 +236,16 @@ impl ServerPlan<'_> {
                 STATUS_INVALID_PARAMETER
             }
             _ => {
-                broken.results[0] = CommitResult {
-                    data_len: first.data_len + BLOCK,
-                    ..first
+                // This result alone: should a reset have made it stale meanwhile, the COMMIT
+                // is accepted, and it must carry nothing the real one still has to commit.
+                let data = answer.data[..first.data_len as usize].to_vec();
+                broken = Answer {
+                    results: vec![CommitResult {
+                        data_len: first.data_len + BLOCK,
+                        ..first
+                    }],
+                    data: [vec![0xEE; BLOCK as usize], data].concat(),
                 };
-                broken.data.splice(0..0, vec![0xEE; BLOCK as usize]);
                 // A GOOD result with the wrong data; CHECK CONDITION with data is malformed.
                 if first.scsi_status == ScsiStatus::GOOD {
                     STATUS_INVALID_BUFFER_SIZE

@@ -93,6 +93,8 @@ pub struct Port {
     rundown: Rundown,
     dispatcher: Dispatcher,
     srbs: Mutex<std::collections::HashSet<usize>>,
+    /// Signalled each time an SRB leaves `srbs`: whoever waits for one wakes at once.
+    srb_done: std::sync::Condvar,
     /// Held (read) by each SRB handed to HwStartIo for the length of the call; a removal takes
     /// it (write) once the adapter's state says no more SRBs go to the miniport, so none is
     /// still on its way in when the extension goes.
@@ -113,6 +115,7 @@ impl Port {
             rundown: Rundown::default(),
             dispatcher: Dispatcher::default(),
             srbs: Mutex::new(std::collections::HashSet::new()),
+            srb_done: std::sync::Condvar::new(),
             start_io_gate: std::sync::RwLock::new(()),
             units: Mutex::new(std::collections::HashMap::new()),
             counters: PortCounters::default(),

@@ -266,6 +266,48 @@ impl Port {
             return false;
         };
         self.start_io(miniport, extension, srb);
+        self.finish(miniport, extension, srb)
+    }
+
+    /// Hands `srb` to HwStartIo at DISPATCH_LEVEL and returns: the caller keeps several in
+    /// flight and learns of their completion with [`Port::first_done`], then
+    /// [`Port::finish_srb`]s each.
+    pub fn submit(&self, extension: Extension, srb: &Srb) -> bool {
+        let Some(miniport) = self.miniport() else {
+            return false;
+        };
+        self.start_io(miniport, extension, srb);
+        true
+    }
+
+    /// Waits until one of `srbs` is completed (at most `limit`): its index.
+    pub fn first_done(&self, srbs: &[&Srb], limit: std::time::Duration) -> Option<usize> {
+        let deadline = std::time::Instant::now() + limit;
+        let mut outstanding = self.srbs_outstanding();
+        loop {
+            if let Some(done) = srbs
+                .iter()
+                .position(|srb| !outstanding.contains(&srb.addr()))
+            {
+                return Some(done);
+            }
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            outstanding = self
+                .srb_done
+                .wait_timeout(outstanding, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+    }
+
+    /// What [`Port::execute`] does once the SRB is in HwStartIo, for one [`Port::submit`]ted:
+    /// waits for it (through the reset ladder if it times out) and checks its transfer.
+    pub fn finish_srb(&self, extension: Extension, srb: &Srb) -> bool {
+        self.miniport()
+            .is_some_and(|miniport| self.finish(miniport, extension, srb))
+    }
+
+    fn finish(&self, miniport: Miniport, extension: Extension, srb: &Srb) -> bool {
         let timeout = self.machine.config().srb_second * super::srb::TIMEOUT_S;
         if !self.completes_within(srb, timeout) {
             self.reset_ladder(miniport, extension, srb);
@@ -319,14 +361,7 @@ impl Port {
     }
 
     fn completes_within(&self, srb: &Srb, limit: std::time::Duration) -> bool {
-        let deadline = std::time::Instant::now() + limit;
-        while self.srbs_outstanding().contains(&srb.addr()) {
-            if std::time::Instant::now() > deadline {
-                return false;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        true
+        self.first_done(&[srb], limit).is_some()
     }
 
     /// Storport's answer to a timed-out SRB: reset its LUN with an SRB, then the bus.
@@ -448,6 +483,7 @@ impl Port {
             outstanding.remove(&srb);
             status
         };
+        self.srb_done.notify_all();
         let Some(status) = status else {
             return self.machine.report(BugCheck::new(
                 Code::ScsiVerifierDetectedViolation,
