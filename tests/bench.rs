@@ -7,15 +7,20 @@ mod common;
 use std::path::PathBuf;
 
 use revcall_sim::bench::cost::{self, Op, SIZES};
+use revcall_sim::bench::disk::{self, DiskCase, Pattern};
 use revcall_sim::bench::throughput::{self, Case, Driver};
 
 fn floor_sys() -> PathBuf {
+    fixture("floor")
+}
+
+fn fixture(name: &str) -> PathBuf {
     let path = std::env::var_os("STORSIM_FIXTURES")
         .map_or_else(
             || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/fixtures"),
             PathBuf::from,
         )
-        .join("floor.sys");
+        .join(format!("{name}.sys"));
     assert!(
         path.exists(),
         "{} missing: run `cargo xtask test`",
@@ -81,4 +86,34 @@ fn a_floor_that_delivers_nothing_fails_revcalls_checks() {
         batch: 1,
     };
     assert!(throughput::run(&floor_sys(), Driver::Revcall, case, 2).is_err());
+}
+
+#[test]
+fn the_disk_script_completes_every_srb_on_both_drivers() {
+    for (pattern, cpus, depth, batch) in [
+        (Pattern::RandRead4k, 1, 32, true),
+        (Pattern::RandWrite4k, 2, 8, false),
+        (Pattern::SeqRead64k, 1, 1, true),
+    ] {
+        let case = DiskCase {
+            pattern,
+            cpus,
+            depth,
+            batch,
+        };
+        let revcall = disk::run(&common::revcall_sys(), disk::Driver::Revcall, case, 300)
+            .expect("revcall serves every SRB through its null server, clean");
+        assert_eq!((revcall.ios, revcall.latencies.len()), (300, 300));
+        let floor = disk::run(&fixture("nulldisk"), disk::Driver::NullDisk, case, 300)
+            .expect("nulldisk answers every SRB, clean");
+        assert_eq!(floor.latencies.len(), 300);
+    }
+    // The floor has no service channel: revcall's script cannot create its LUN there.
+    let case = DiskCase {
+        pattern: Pattern::RandRead4k,
+        cpus: 1,
+        depth: 1,
+        batch: false,
+    };
+    assert!(disk::run(&fixture("nulldisk"), disk::Driver::Revcall, case, 10).is_err());
 }

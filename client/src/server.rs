@@ -14,11 +14,18 @@ use revcall_protocol::Request;
 use crate::channel::{Adapter, PROMPT, RequestError, encode};
 use crate::transport::Transport;
 
-/// Room for a FETCH reply with up to `max_descriptors` descriptors, each with the largest
-/// payload.
+/// WRITE payloads one FETCH reply makes room for, in transfers of the largest size: the
+/// driver hands out descriptors while their payloads fit, and always one (it checked the
+/// buffer against the largest payload on arrival). Room for all 32 at 64 KiB would be a 2 MiB
+/// METHOD_BUFFERED SystemBuffer per FETCH, allocated by the I/O manager each time, for
+/// payloads that are mostly 4 KiB.
+pub const FETCH_PAYLOAD_TRANSFERS: usize = 4;
+
+/// Room for a FETCH reply with up to `max_descriptors` descriptors and
+/// [`FETCH_PAYLOAD_TRANSFERS`] largest payloads (fewer if fewer descriptors).
 pub fn fetch_room(max_descriptors: u32) -> u32 {
     let n = max_descriptors.max(1) as usize;
-    fetch_reply_size(n, n * MAX_TRANSFER as usize) as u32
+    fetch_reply_size(n, n.min(FETCH_PAYLOAD_TRANSFERS) * MAX_TRANSFER as usize) as u32
 }
 
 /// The work of one FETCH (or COMMIT_AND_FETCH) reply.

@@ -132,12 +132,19 @@ enum Command {
         /// The floor fixture (target/fixtures/floor.sys): completes every service IRP at once.
         #[arg(long)]
         floor: PathBuf,
+        /// The disk floor fixture (target/fixtures/nulldisk.sys): answers READ and WRITE in
+        /// HwStartIo. Without it there is no disk table.
+        #[arg(long)]
+        nulldisk: Option<PathBuf>,
         /// IRPs each throughput run sends.
         #[arg(long, default_value_t = 20_000)]
         irps: u64,
-        /// Runs per driver and case (the best counts).
-        #[arg(long, default_value_t = 3)]
-        reps: usize,
+        /// SRBs each disk run sends (a quarter at queue depth 1).
+        #[arg(long, default_value_t = 20_000)]
+        disk_ios: u64,
+        /// Interleaved revcall / floor pairs per case; each figure is the median over them.
+        #[arg(long, default_value_t = 5)]
+        pairs: usize,
         /// Latency samples per measurement.
         #[arg(long, default_value_t = 2000)]
         samples: usize,
@@ -278,8 +285,10 @@ pub fn run(cli: Cli) -> i32 {
         Command::Bench {
             driver,
             floor,
+            nulldisk,
             irps,
-            reps,
+            disk_ios,
+            pairs,
             samples,
             no_cost,
             json,
@@ -288,8 +297,10 @@ pub fn run(cli: Cli) -> i32 {
             let options = crate::bench::Options {
                 driver,
                 floor,
+                nulldisk,
                 irps,
-                reps,
+                disk_ios,
+                pairs,
                 samples,
                 cost: !no_cost,
             };

@@ -122,6 +122,11 @@ fn clean_fixture_passes_every_check() {
 }
 
 #[test]
+fn the_disk_floor_passes_every_check() {
+    passes("nulldisk");
+}
+
+#[test]
 fn cancel_safe_queue_passes_every_check() {
     passes("clean_csq");
 }

@@ -45,9 +45,10 @@ enum Task {
         #[arg(last = true)]
         storsim_args: Vec<String>,
     },
-    /// Measure the channel: build revcall.sys and the floor fixture, run `storsim bench`
-    /// (throughput against the floor, latency, instructions per operation under callgrind,
-    /// memory); arguments after `--` go to storsim bench (e.g. `-- --json`, `-- --no-cost`).
+    /// Measure the channel: build revcall.sys and the floor fixtures, run `storsim bench`
+    /// (event throughput against the floor, the data path's IOPS against nulldisk, latency,
+    /// instructions per operation under callgrind, memory); arguments after `--` go to storsim
+    /// bench (e.g. `-- --json`, `-- --no-cost`).
     Bench {
         #[arg(last = true)]
         bench_args: Vec<String>,
@@ -110,7 +111,7 @@ fn main() -> Result<()> {
         }
         Task::Bench { bench_args } => {
             let sys = build_driver()?;
-            let floor = build_fixtures()?.join("floor.sys");
+            let fixtures = build_fixtures()?;
             let wants_cost = !bench_args.iter().any(|a| a == "--no-cost");
             if wants_cost && !have("valgrind") {
                 bail!(
@@ -119,11 +120,13 @@ fn main() -> Result<()> {
                 );
             }
             run(
-                "storsim bench: revcall.sys against the floor fixture",
+                "storsim bench: revcall.sys against the floor and nulldisk fixtures",
                 storsim(&["bench"])
                     .arg(&sys)
                     .arg("--floor")
-                    .arg(floor)
+                    .arg(fixtures.join("floor.sys"))
+                    .arg("--nulldisk")
+                    .arg(fixtures.join("nulldisk.sys"))
                     .args(bench_args),
             )?;
         }
@@ -331,7 +334,11 @@ fn test() -> Result<()> {
     torture_is_clean(&sys)?;
     faults_are_handled(&sys)?;
     selftest_passes(&sys)?;
-    bench_runs(&sys, &fixtures.join("floor.sys"))?;
+    bench_runs(
+        &sys,
+        &fixtures.join("floor.sys"),
+        &fixtures.join("nulldisk.sys"),
+    )?;
     if have_mingw() {
         build_tester_exe()?;
     } else {
@@ -455,7 +462,7 @@ fn storsim_run(sys: &Path) -> Command {
 /// A short `storsim bench --json`: every figure is produced, and the driver's instruction counts
 /// (deterministic, unlike wall time) stay within the targets. Without valgrind only the
 /// throughput and latency scripts run.
-fn bench_runs(sys: &Path, floor: &Path) -> Result<()> {
+fn bench_runs(sys: &Path, floor: &Path, nulldisk: &Path) -> Result<()> {
     let cost = have("valgrind");
     eprintln!(
         "==> storsim bench (short, --json{})",
@@ -466,15 +473,23 @@ fn bench_runs(sys: &Path, floor: &Path) -> Result<()> {
         }
     );
     let mut command = storsim(&["bench"]);
-    command.arg(sys).arg("--floor").arg(floor).args([
-        "--irps",
-        "500",
-        "--reps",
-        "1",
-        "--samples",
-        "50",
-        "--json",
-    ]);
+    command
+        .arg(sys)
+        .arg("--floor")
+        .arg(floor)
+        .arg("--nulldisk")
+        .arg(nulldisk)
+        .args([
+            "--irps",
+            "500",
+            "--disk-ios",
+            "400",
+            "--pairs",
+            "1",
+            "--samples",
+            "50",
+            "--json",
+        ]);
     if !cost {
         command.arg("--no-cost");
     }
@@ -487,6 +502,13 @@ fn bench_runs(sys: &Path, floor: &Path) -> Result<()> {
                 && r["floor_events_per_s"].as_f64().is_some_and(|v| v > 0.0)
         })
     });
+    let disk_rows = report["disk"].as_array().map_or(0, Vec::len);
+    let disk_ok = report["disk"].as_array().is_some_and(|rows| {
+        rows.iter().all(|r| {
+            r["revcall_iops"].as_f64().is_some_and(|v| v > 0.0)
+                && r["floor_iops"].as_f64().is_some_and(|v| v > 0.0)
+        })
+    });
     let headline = &report["headline"];
     eprintln!(
         "    {}",
@@ -496,7 +518,7 @@ fn bench_runs(sys: &Path, floor: &Path) -> Result<()> {
             .last()
             .unwrap_or("")
     );
-    if !output.status.success() || rows != 6 || !rates_ok {
+    if !output.status.success() || rows != 6 || !rates_ok || disk_rows != 19 || !disk_ok {
         bail!(
             "storsim bench did not measure every case:\n{}",
             String::from_utf8_lossy(&output.stderr)

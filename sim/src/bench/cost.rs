@@ -7,7 +7,7 @@
 //! emulated Storport and ntoskrnl, whose cost is the emulator's, not Windows') is not counted;
 //! inline WDK helpers compiled into the driver are.
 
-use revcall_client::server::{Backend, Failure, answer};
+use revcall_client::server::answer;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -16,6 +16,7 @@ use storport_abi::status::Named;
 use revcall_protocol::{CURSOR_NOW, WaitFlags};
 use serde::{Deserialize, Serialize};
 
+use super::disk::NullDisk;
 use super::{BenchError, quiet_config};
 use crate::client::{Channel, PROMPT};
 use revcall_protocol::status::STATUS_CANCELLED;
@@ -246,28 +247,6 @@ fn disk_phases(
     match failed.load(std::sync::atomic::Ordering::Relaxed) {
         0 => Ok(()),
         n => Err(BenchError::Unexpected(format!("{n} disk I/Os failed"))),
-    }
-}
-
-/// A null server's store: a READ gets the zeros `answer` lays out (nothing is copied in), the
-/// rest succeeds; nothing is stored.
-struct NullDisk;
-
-impl Backend for NullDisk {
-    fn read(&mut self, _lba: u64, _out: &mut [u8]) -> Result<(), Failure> {
-        Ok(())
-    }
-
-    fn write(&mut self, _lba: u64, _data: &[u8]) -> Result<(), Failure> {
-        Ok(())
-    }
-
-    fn flush(&mut self) -> Result<(), Failure> {
-        Ok(())
-    }
-
-    fn unmap(&mut self, _lba: u64, _blocks: u32) -> Result<(), Failure> {
-        Ok(())
     }
 }
 

@@ -2,7 +2,12 @@
 //! in one run against the floor (a fixture that completes every service IRP at once).
 //!
 //! * throughput ([`throughput`]): events/s with 1, 8 and 64 waiters, batching off and on,
-//!   revcall and the floor interleaved, best of `reps` each; revcall as a ratio of the floor;
+//!   revcall and the floor interleaved in `pairs` pairs; revcall as the median of the
+//!   per-pair ratios to the floor, with their spread (a pair shares the machine's mood, so
+//!   its ratio holds when other work slows both);
+//! * the data path ([`disk`]): 4 KiB random READ and WRITE IOPS at queue depth 1, 32 and
+//!   128 from one and two CPUs, batching off and on, and 64 KiB sequential READ MB/s, against
+//!   the `nulldisk` fixture, paired the same way; p50/p99 from SRB issue to completion;
 //! * latency ([`latency`]): FIRE → waiter wake-up, p50/p99, and each driver's IRP round trip;
 //! * driver cost ([`cost`]): instructions per park, delivered event per waiter, cancel and
 //!   parked IRP at removal, from 0 to 1024 parked waiters, counted by callgrind;
@@ -10,6 +15,7 @@
 
 pub mod callgrind;
 pub mod cost;
+pub mod disk;
 pub mod latency;
 pub mod throughput;
 
@@ -19,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use cost::{CostRow, Costs, DiskCost};
+use disk::{DiskCase, Pattern};
 use latency::Percentiles;
 use storsim::machine::Config;
 use storsim::report::Summary;
@@ -45,6 +52,9 @@ pub enum BenchError {
 
 /// Targets the channel is held to (issue 6).
 pub const TARGET_RATIO: f64 = 0.8;
+/// 4 KiB random READ at queue depth 32, batching on, as a share of the nulldisk floor
+/// (issue 14).
+pub const TARGET_DISK_RATIO: f64 = 0.5;
 pub const TARGET_INSTR_PER_EVENT: f64 = 300.0;
 pub const TARGET_INSTR_PER_PARK: u64 = 200;
 pub const TARGET_CANCEL_GROWTH: f64 = 1.10;
@@ -57,10 +67,14 @@ pub const TARGET_INSTR_PER_DISK_IO: f64 = 600.0;
 pub struct Options {
     pub driver: PathBuf,
     pub floor: PathBuf,
+    /// The disk floor (the `nulldisk` fixture); no disk table without it.
+    pub nulldisk: Option<PathBuf>,
     /// IRPs each throughput run sends (rounded to whole rounds).
     pub irps: u64,
-    /// Runs per driver and case; the best counts.
-    pub reps: usize,
+    /// SRBs each disk run sends (a quarter at queue depth 1).
+    pub disk_ios: u64,
+    /// Interleaved revcall / floor pairs per case.
+    pub pairs: usize,
     /// Latency samples per measurement.
     pub samples: usize,
     /// Count instructions under callgrind.
@@ -70,6 +84,62 @@ pub struct Options {
 /// Waiter counts and batch sizes of the throughput table.
 const WAITERS: [usize; 3] = [1, 8, 64];
 const BATCHES: [u32; 2] = [1, 16];
+
+/// The disk table's cases: (pattern, CPUs, queue depth, batching).
+const DISK_CASES: [(Pattern, usize, usize, bool); 19] = {
+    use Pattern::{RandRead4k as R, RandWrite4k as W, SeqRead64k as S};
+    [
+        (R, 1, 1, false),
+        (R, 1, 32, false),
+        (R, 1, 32, true),
+        (R, 1, 128, false),
+        (R, 1, 128, true),
+        (R, 2, 32, false),
+        (R, 2, 32, true),
+        (R, 2, 128, false),
+        (R, 2, 128, true),
+        (W, 1, 1, false),
+        (W, 1, 32, false),
+        (W, 1, 32, true),
+        (W, 1, 128, false),
+        (W, 1, 128, true),
+        (W, 2, 32, false),
+        (W, 2, 32, true),
+        (W, 2, 128, false),
+        (W, 2, 128, true),
+        (S, 1, 32, true),
+    ]
+};
+
+/// The median and the range of a set of figures.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Spread {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+}
+
+impl Spread {
+    /// The middle value (the mean of the two middle ones for an even count).
+    pub fn of(values: &[f64]) -> Self {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        let n = sorted.len();
+        if n == 0 {
+            return Self::default();
+        }
+        let median = if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Self {
+            median,
+            min: sorted[0],
+            max: sorted[n - 1],
+        }
+    }
+}
 
 /// Storsim with nothing that slows the I/O path for its own sake: no timeline, no delay
 /// injection. Every verifier check stays on.
@@ -102,10 +172,31 @@ fn clean(summary: Summary) -> Result<(), BenchError> {
 pub struct ThroughputRow {
     pub waiters: usize,
     pub batch: u32,
+    /// Medians over the pairs.
     pub revcall_events_per_s: f64,
     pub floor_events_per_s: f64,
+    /// The median of the per-pair ratios.
     pub ratio_to_floor: f64,
+    pub ratio_spread: Spread,
+    pub pairs: usize,
     pub irps_per_run: u64,
+}
+
+#[derive(Clone, Copy, Debug, Serialize)]
+pub struct DiskRow {
+    pub case: DiskCase,
+    /// Medians over the pairs.
+    pub revcall_iops: f64,
+    pub floor_iops: f64,
+    pub revcall_mb_per_s: f64,
+    /// The median of the per-pair ratios.
+    pub ratio_to_floor: f64,
+    pub ratio_spread: Spread,
+    /// SRB issue → the submitting CPU collects it, over every revcall run of the case.
+    pub revcall_latency: Percentiles,
+    pub floor_latency: Percentiles,
+    pub pairs: usize,
+    pub ios_per_run: u64,
 }
 
 #[derive(Clone, Copy, Debug, Serialize)]
@@ -129,8 +220,12 @@ pub struct Memory {
 /// The figures the issue's summary line names.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Headline {
-    /// revcall / floor events/s with 8 waiters, the worse of batching off and on.
+    /// revcall / floor events/s with 8 waiters (median of the pairs), the worse of batching
+    /// off and on.
     pub ratio_to_floor: f64,
+    /// revcall / nulldisk IOPS, 4 KiB random READ at queue depth 32, batching on (median of
+    /// the pairs), the worse of one and two CPUs; none without the disk table.
+    pub disk_ratio_to_floor: Option<f64>,
     /// The most instructions per delivered event per waiter, over every size.
     pub instr_per_event: Option<f64>,
     /// The most instructions per park, over every size.
@@ -153,6 +248,8 @@ pub struct Headline {
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub throughput: Vec<ThroughputRow>,
+    /// Empty without `nulldisk`.
+    pub disk: Vec<DiskRow>,
     pub latency: Latency,
     pub memory: Memory,
     /// Instructions by parked waiters; empty with `--no-cost`.
@@ -179,6 +276,23 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, 
             throughput.push(measure_case(options, case)?);
         }
     }
+    let mut disk = Vec::new();
+    if let Some(nulldisk) = &options.nulldisk {
+        for (pattern, cpus, depth, batch) in DISK_CASES {
+            let case = DiskCase {
+                pattern,
+                cpus,
+                depth,
+                batch,
+            };
+            progress(&format!(
+                "data path: {}, {cpus} CPU(s), queue depth {depth}, batching {}",
+                pattern.name(),
+                if batch { "on" } else { "off" }
+            ));
+            disk.push(measure_disk_case(options, nulldisk, case)?);
+        }
+    }
     progress("latency: FIRE → wake-up, round trips");
     let latency = Latency {
         fire_to_wake: latency::wake(&options.driver, options.samples)?,
@@ -200,9 +314,10 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, 
     } else {
         Costs::default()
     };
-    let headline = headline(&throughput, &cost);
+    let headline = headline(&throughput, &disk, &cost);
     Ok(Report {
         throughput,
+        disk,
         latency,
         memory,
         cost: cost.rows,
@@ -211,23 +326,76 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, 
     })
 }
 
-/// revcall and the floor, interleaved `reps` times; the best rate of each.
+/// Rates of revcall and of its floor, `pairs` times one after the other: each rate's median,
+/// and the median and spread of the per-pair ratios.
+fn paired(
+    pairs: usize,
+    mut measure: impl FnMut() -> Result<(f64, f64), BenchError>,
+) -> Result<(Spread, Spread, Spread), BenchError> {
+    let runs = (0..pairs.max(1))
+        .map(|_| measure())
+        .collect::<Result<Vec<_>, _>>()?;
+    let revcall: Vec<f64> = runs.iter().map(|r| r.0).collect();
+    let floor: Vec<f64> = runs.iter().map(|r| r.1).collect();
+    let ratios: Vec<f64> = runs.iter().map(|r| r.0 / r.1).collect();
+    Ok((
+        Spread::of(&revcall),
+        Spread::of(&floor),
+        Spread::of(&ratios),
+    ))
+}
+
+/// revcall and the floor, interleaved in pairs.
 fn measure_case(options: &Options, case: Case) -> Result<ThroughputRow, BenchError> {
     let rounds = (options.irps / case.irps_per_round()).max(1);
-    let (mut revcall, mut floor) = (0.0f64, 0.0f64);
-    for _ in 0..options.reps.max(1) {
-        let run = throughput::run(&options.driver, Driver::Revcall, case, rounds)?;
-        revcall = revcall.max(run.events_per_second());
-        let run = throughput::run(&options.floor, Driver::Floor, case, rounds)?;
-        floor = floor.max(run.events_per_second());
-    }
+    let (revcall, floor, ratio) = paired(options.pairs, || {
+        let revcall = throughput::run(&options.driver, Driver::Revcall, case, rounds)?;
+        let floor = throughput::run(&options.floor, Driver::Floor, case, rounds)?;
+        Ok((revcall.events_per_second(), floor.events_per_second()))
+    })?;
     Ok(ThroughputRow {
         waiters: case.waiters,
         batch: case.batch,
-        revcall_events_per_s: revcall,
-        floor_events_per_s: floor,
-        ratio_to_floor: revcall / floor,
+        revcall_events_per_s: revcall.median,
+        floor_events_per_s: floor.median,
+        ratio_to_floor: ratio.median,
+        ratio_spread: ratio,
+        pairs: options.pairs.max(1),
         irps_per_run: rounds * case.irps_per_round(),
+    })
+}
+
+/// revcall (null server) and nulldisk, interleaved in pairs.
+fn measure_disk_case(
+    options: &Options,
+    nulldisk: &Path,
+    case: DiskCase,
+) -> Result<DiskRow, BenchError> {
+    let ios = if case.depth == 1 {
+        options.disk_ios / 4
+    } else {
+        options.disk_ios
+    }
+    .max(case.depth as u64);
+    let (mut revcall_latency, mut floor_latency) = (Vec::new(), Vec::new());
+    let (revcall, floor, ratio) = paired(options.pairs, || {
+        let revcall = disk::run(&options.driver, disk::Driver::Revcall, case, ios)?;
+        let floor = disk::run(nulldisk, disk::Driver::NullDisk, case, ios)?;
+        revcall_latency.extend(revcall.latencies.iter().copied());
+        floor_latency.extend(floor.latencies.iter().copied());
+        Ok((revcall.iops(), floor.iops()))
+    })?;
+    Ok(DiskRow {
+        case,
+        revcall_iops: revcall.median,
+        floor_iops: floor.median,
+        revcall_mb_per_s: revcall.median * f64::from(case.pattern.bytes()) / 1e6,
+        ratio_to_floor: ratio.median,
+        ratio_spread: ratio,
+        revcall_latency: Percentiles::of(revcall_latency),
+        floor_latency: Percentiles::of(floor_latency),
+        pairs: options.pairs.max(1),
+        ios_per_run: ios,
     })
 }
 
@@ -245,8 +413,15 @@ fn peak_rss_kib() -> Option<u64> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn headline(throughput: &[ThroughputRow], costs: &Costs) -> Headline {
+fn headline(throughput: &[ThroughputRow], disk: &[DiskRow], costs: &Costs) -> Headline {
     let cost = &costs.rows;
+    let disk_ratio_to_floor = disk
+        .iter()
+        .filter(|row| {
+            row.case.pattern == Pattern::RandRead4k && row.case.depth == 32 && row.case.batch
+        })
+        .map(|row| row.ratio_to_floor)
+        .reduce(f64::min);
     let ratio_to_floor = throughput
         .iter()
         .filter(|row| row.waiters == 8)
@@ -281,6 +456,7 @@ fn headline(throughput: &[ThroughputRow], costs: &Costs) -> Headline {
         });
     Headline {
         ratio_to_floor,
+        disk_ratio_to_floor,
         instr_per_event,
         instr_per_park,
         cancel_growth,
@@ -290,6 +466,11 @@ fn headline(throughput: &[ThroughputRow], costs: &Costs) -> Headline {
         cost_targets_met,
         targets_met: cost_targets_met && ratio_to_floor >= TARGET_RATIO,
     }
+}
+
+/// `min–max` of a spread of ratios.
+fn range(spread: Spread) -> String {
+    format!("{:.3}–{:.3}", spread.min, spread.max)
 }
 
 impl Report {
@@ -303,14 +484,14 @@ impl Report {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "Throughput (events delivered/s, best of the runs; same IRP script on both drivers)\n\
-             {:>8} {:>7} {:>14} {:>14} {:>9} {:>10}",
-            "waiters", "batch", "revcall", "floor", "ratio", "IRPs/run"
+            "Throughput (events delivered/s, median of the pairs; same IRP script on both drivers)\n\
+             {:>8} {:>7} {:>14} {:>14} {:>9} {:>15} {:>10}",
+            "waiters", "batch", "revcall", "floor", "ratio", "ratio min–max", "IRPs/run"
         );
         for row in &self.throughput {
             let _ = writeln!(
                 out,
-                "{:>8} {:>7} {:>14.0} {:>14.0} {:>9.3} {:>10}",
+                "{:>8} {:>7} {:>14.0} {:>14.0} {:>9.3} {:>15} {:>10}",
                 row.waiters,
                 if row.batch > 1 {
                     format!("on/{}", row.batch)
@@ -320,8 +501,48 @@ impl Report {
                 row.revcall_events_per_s,
                 row.floor_events_per_s,
                 row.ratio_to_floor,
+                range(row.ratio_spread),
                 row.irps_per_run
             );
+        }
+        if !self.disk.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nData path (SRBs/s, median of the pairs; revcall with a null server, floor: \
+                 nulldisk answers in HwStartIo)\n\
+                 {:<20} {:>4} {:>5} {:>5} {:>10} {:>10} {:>8} {:>7} {:>13} {:>9} {:>9} {:>9}",
+                "pattern",
+                "CPUs",
+                "QD",
+                "batch",
+                "revcall",
+                "floor",
+                "MB/s",
+                "ratio",
+                "ratio min–max",
+                "p50 µs",
+                "p99 µs",
+                "floor p99"
+            );
+            for row in &self.disk {
+                let c = row.case;
+                let _ = writeln!(
+                    out,
+                    "{:<20} {:>4} {:>5} {:>5} {:>10.0} {:>10.0} {:>8.1} {:>7.3} {:>13} {:>9.1} {:>9.1} {:>9.1}",
+                    c.pattern.name(),
+                    c.cpus,
+                    c.depth,
+                    if c.batch { "on" } else { "off" },
+                    row.revcall_iops,
+                    row.floor_iops,
+                    row.revcall_mb_per_s,
+                    row.ratio_to_floor,
+                    range(row.ratio_spread),
+                    row.revcall_latency.p50_us,
+                    row.revcall_latency.p99_us,
+                    row.floor_latency.p99_us
+                );
+            }
         }
         let l = &self.latency;
         let _ = writeln!(
@@ -397,6 +618,18 @@ impl Report {
             ))
         );
         let h = &self.headline;
+        if let Some(ratio) = h.disk_ratio_to_floor {
+            let _ = writeln!(
+                out,
+                "Data path target: 4K random READ at QD 32, batching on, ≥ {TARGET_DISK_RATIO} × \
+                 nulldisk: {ratio:.3} ({})",
+                if ratio >= TARGET_DISK_RATIO {
+                    "met"
+                } else {
+                    "NOT met"
+                }
+            );
+        }
         let _ = writeln!(
             out,
             "Targets: ratio ≥ {TARGET_RATIO}, ≤ {TARGET_INSTR_PER_EVENT} instr/event/waiter, \
@@ -414,9 +647,10 @@ impl Report {
         let h = &self.headline;
         let na = |v: Option<String>| v.unwrap_or_else(|| "n/a".into());
         format!(
-            "ratio_to_floor={:.3} instr_per_event={} instr_per_park={} cancel_growth={} \
-             instr_per_disk_io={} copies_per_disk_io={}",
+            "ratio_to_floor={:.3} disk_ratio_to_floor={} instr_per_event={} instr_per_park={} \
+             cancel_growth={} instr_per_disk_io={} copies_per_disk_io={}",
             h.ratio_to_floor,
+            na(h.disk_ratio_to_floor.map(|v| format!("{v:.3}"))),
             na(h.instr_per_event.map(|v| format!("{v:.1}"))),
             na(h.instr_per_park.map(|v| v.to_string())),
             na(h.cancel_growth.map(|v| format!("{v:.3}"))),

@@ -447,7 +447,8 @@ impl Io {
         let system_buffer = if buffer_len == 0 {
             0
         } else {
-            let Ok(buffer) = self.machine.pool().allocate(
+            // prepare_irp writes every byte of it.
+            let Ok(buffer) = self.machine.pool().allocate_to_fill(
                 buffer_len,
                 u32::from_le_bytes(*b"SysB"),
                 Owner::SystemBuffer,
@@ -493,14 +494,25 @@ impl Io {
             // Output bytes past the input hold a marker the driver must overwrite before it
             // reports them in Information (the real buffer holds stale kernel memory).
             let pattern = self.pattern.to_le_bytes();
-            let contents: Vec<u8> = input
-                .iter()
-                .copied()
-                .chain((input.len()..input.len().max(out_len as usize)).map(|at| pattern[at % 8]))
-                .collect();
             self.machine
                 .pool()
-                .write_bytes(system_buffer, &contents)
+                .fill(system_buffer, input.len().max(out_len as usize), |buffer| {
+                    let (given, marked) = buffer.split_at_mut(input.len());
+                    given.copy_from_slice(input);
+                    // Byte `at` of the buffer holds pattern[at % 8]: whole words from the
+                    // first multiple of 8 on.
+                    let head = input.len().next_multiple_of(8) - input.len();
+                    let (first, words) = marked.split_at_mut(head.min(marked.len()));
+                    for (n, byte) in first.iter_mut().enumerate() {
+                        *byte = pattern[(input.len() + n) % 8];
+                    }
+                    let mut words = words.chunks_exact_mut(8);
+                    for word in &mut words {
+                        word.copy_from_slice(&pattern);
+                    }
+                    let tail = words.into_remainder();
+                    tail.copy_from_slice(&pattern[..tail.len()]);
+                })
                 .expect("the SystemBuffer holds max(input, output) bytes");
         }
         irp.set(header::SYSTEM_BUFFER, system_buffer as *mut _);

@@ -169,7 +169,23 @@ impl Pool {
     /// [`PoolError::ZeroSize`] for `size == 0`, [`PoolError::Exhausted`] if the host refuses.
     pub fn allocate(&self, size: usize, tag: u32, owner: Owner) -> Result<*mut u8, PoolError> {
         let contents = if owner == Owner::Driver { FILL_BYTE } else { 0 };
-        self.place(size, tag, owner, contents)
+        self.place(size, tag, owner, Some(contents))
+    }
+
+    /// As [`Pool::allocate`], with the block's bytes left as they are (a recycled mapping's
+    /// old contents): for a buffer storsim fills whole ([`Pool::fill`]) before anyone reads
+    /// it, so a big SystemBuffer is not written twice.
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::allocate`].
+    pub fn allocate_to_fill(
+        &self,
+        size: usize,
+        tag: u32,
+        owner: Owner,
+    ) -> Result<*mut u8, PoolError> {
+        self.place(size, tag, owner, None)
     }
 
     /// As [`Pool::allocate`], with the block zeroed whatever its owner.
@@ -183,7 +199,7 @@ impl Pool {
         tag: u32,
         owner: Owner,
     ) -> Result<*mut u8, PoolError> {
-        self.place(size, tag, owner, 0)
+        self.place(size, tag, owner, Some(0))
     }
 
     fn place(
@@ -191,7 +207,7 @@ impl Pool {
         size: usize,
         tag: u32,
         owner: Owner,
-        contents: u8,
+        contents: Option<u8>,
     ) -> Result<*mut u8, PoolError> {
         if size == 0 {
             return Err(PoolError::ZeroSize);
@@ -225,7 +241,7 @@ impl Pool {
         // was made read-write above; the block is not handed out yet.
         unsafe { region.fill(region.base()..start, GUARD_BYTE) };
         // A fresh anonymous mapping is already zero.
-        if !(fresh && contents == 0) {
+        if let Some(contents) = contents.filter(|&c| !(fresh && c == 0)) {
             // SAFETY: the block's own bytes, in the same thread-owned read-write mapping.
             unsafe { region.fill(start..end, contents) };
         }
@@ -380,11 +396,26 @@ impl Pool {
     ///
     /// [`PoolError::OutOfBlock`] unless `addr..addr + bytes.len()` lies inside one live block.
     pub fn write_bytes(&self, addr: usize, bytes: &[u8]) -> Result<(), PoolError> {
-        self.with_live_bytes(addr, bytes.len(), |place| {
-            // SAFETY: `with_live_bytes` hands out `bytes.len()` bytes of a live, read-write
-            // block, kept live (the table lock is held) for the copy; storsim's own slice does
-            // not overlap pool memory.
-            unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), place, bytes.len()) }
+        self.fill(addr, bytes.len(), |place| place.copy_from_slice(bytes))
+    }
+
+    /// Lets `write` fill `len` bytes of a live block at `addr` in place (storsim preparing a
+    /// buffer it allocated, before any driver sees it).
+    ///
+    /// # Errors
+    ///
+    /// As for [`Pool::write_bytes`].
+    pub fn fill(
+        &self,
+        addr: usize,
+        len: usize,
+        write: impl FnOnce(&mut [u8]),
+    ) -> Result<(), PoolError> {
+        self.with_live_bytes(addr, len, |place| {
+            // SAFETY: `with_live_bytes` hands out `len` bytes of a live, read-write block, kept
+            // live (the table lock is held) for the call; storsim's callers fill blocks no
+            // driver holds yet, so nothing else reads or writes them meanwhile.
+            write(unsafe { std::slice::from_raw_parts_mut(place, len) })
         })
     }
 

@@ -21,9 +21,13 @@ use super::region::Region;
 /// 25% slower than the floor in `storsim bench` for storsim's own reason.
 pub const SPARE_BLOCKS: usize = 1024;
 
-/// Only mappings with at most this many bytes of data pages are kept as spares: the common
-/// sizes (IRPs, small buffers, driver structures) are recycled, big buffers are returned.
-pub(super) const SPARE_MAX_DATA: usize = 4 * 4096;
+/// Only mappings with at most this many bytes of data pages are kept as spares: IRPs, driver
+/// structures and SystemBuffers up to a FETCH reply's (a few hundred KiB) are recycled without
+/// an `mmap` and fresh zeroed pages each time; bigger ones are returned.
+pub(super) const SPARE_MAX_DATA: usize = 1024 * 1024;
+
+/// Data bytes the spare mappings may hold in all (their pages stay allocated).
+pub(super) const SPARE_BYTES: usize = 64 * 1024 * 1024;
 
 /// How much freed memory the quarantine holds before the oldest blocks are released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -77,6 +81,8 @@ pub(super) struct Table {
     quarantine_bytes: usize,
     /// Evicted mappings, all no-access, oldest first.
     spares: VecDeque<Region>,
+    /// Sum of the spares' data bytes.
+    spare_bytes: usize,
     limits: Limits,
 }
 
@@ -89,6 +95,7 @@ impl Table {
             quarantine: VecDeque::with_capacity(limits.quarantine_blocks.min(1 << 16) + 1),
             quarantine_bytes: 0,
             spares: VecDeque::with_capacity(SPARE_BLOCKS + 1),
+            spare_bytes: 0,
             limits,
         }
     }
@@ -152,13 +159,22 @@ impl Table {
         self.spares.len()
     }
 
-    /// Releases quarantined blocks beyond the limits, oldest first: small ones become spares,
-    /// the rest (and spares beyond [`SPARE_BLOCKS`]) come back for the caller to unmap, one per
-    /// call; `None` once within the limits.
+    /// Releases quarantined blocks beyond the limits, oldest first: those up to
+    /// [`SPARE_MAX_DATA`] become spares, the rest (and the oldest spares beyond
+    /// [`SPARE_BLOCKS`] or [`SPARE_BYTES`]) come back for the caller to unmap, one per call;
+    /// `None` once within the limits.
     pub(super) fn evict(&mut self) -> Option<Region> {
-        while self.quarantine.len() > self.limits.quarantine_blocks
-            || self.quarantine_bytes > self.limits.quarantine_bytes
-        {
+        loop {
+            if self.spares.len() > SPARE_BLOCKS || self.spare_bytes > SPARE_BYTES {
+                let region = self.spares.pop_front()?;
+                self.spare_bytes -= region.data_len();
+                return Some(region);
+            }
+            if self.quarantine.len() <= self.limits.quarantine_blocks
+                && self.quarantine_bytes <= self.limits.quarantine_bytes
+            {
+                return None;
+            }
             let base = self.quarantine.pop_front()?;
             let Some(slot) = self.blocks.remove(&base) else {
                 debug_assert!(false, "quarantined block missing from the table");
@@ -168,12 +184,9 @@ impl Table {
             if slot.region.data_len() > SPARE_MAX_DATA {
                 return Some(slot.region);
             }
+            self.spare_bytes += slot.region.data_len();
             self.spares.push_back(slot.region);
-            if self.spares.len() > SPARE_BLOCKS {
-                return self.spares.pop_front();
-            }
         }
-        None
     }
 
     /// A spare mapping with exactly `data_len` bytes of data pages, newest first.
@@ -182,13 +195,16 @@ impl Table {
             .spares
             .iter()
             .rposition(|region| region.data_len() == data_len)?;
-        self.spares.remove(index)
+        let region = self.spares.remove(index)?;
+        self.spare_bytes -= region.data_len();
+        Some(region)
     }
 
     /// Empties the table, handing back every mapping it owned.
     pub(super) fn drain(&mut self) -> impl Iterator<Item = Region> + use<> {
         self.quarantine.clear();
         self.quarantine_bytes = 0;
+        self.spare_bytes = 0;
         let blocks = std::mem::take(&mut self.blocks)
             .into_values()
             .map(|slot| slot.region);
