@@ -10,7 +10,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     (".", 91, 0, 2, 0),
     ("abi", 2, 0, 0, 0),
     ("client", 0, 0, 0, 0),
-    ("fixtures", 148, 0, 2, 0),
+    ("fixtures", 150, 0, 2, 0),
     ("fuzz", 0, 0, 2, 0),
     ("imports", 31, 1, 0, 0),
     ("protocol", 0, 0, 0, 0),

@@ -42,7 +42,7 @@ pub use reply::{
     DiscoverReply, FireReply, Records, Reply, ReplyError, ReplyEvents, ReplyHeader, StatsReply,
     WaitFlags, WaitReply, WaitReplyWriter, decode_reply, encode_attach_reply,
     encode_discover_reply, encode_fire_reply, encode_lun_create_reply, encode_lun_list_reply,
-    encode_lun_remove_reply, encode_stats_reply,
+    encode_lun_remove_reply, encode_stats_reply, wait_reply_len,
 };
 pub use request::{
     CURSOR_NOW, DISCOVER_DELAY_MS_MAX, DecodeError, DiscoverRequest, FireRequest, Header,

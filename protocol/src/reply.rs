@@ -161,7 +161,7 @@ impl<'a> WaitReplyWriter<'a> {
 
     /// Writes the header and body; returns the reply's size in bytes.
     pub fn finish(self, cursor: u64, lost: u64, flags: u32) -> usize {
-        let size = WAIT_PREFIX + self.count * size_of::<EventRecord>();
+        let size = wait_reply_len(self.count);
         let body = WaitReply {
             cursor,
             lost,
@@ -171,6 +171,11 @@ impl<'a> WaitReplyWriter<'a> {
         write_prefix(self.out, Opcode::Wait, size, body.as_bytes());
         size
     }
+}
+
+/// The size of a WAIT reply carrying `events` events (its IoStatus.Information).
+pub const fn wait_reply_len(events: usize) -> usize {
+    WAIT_PREFIX + events * size_of::<EventRecord>()
 }
 
 fn write_prefix(out: &mut [u8], opcode: Opcode, size: usize, body: &[u8]) {

@@ -4,16 +4,20 @@
 //! The script, per round: the firer sends `batch` FIREs; every waiter collects its parked WAIT
 //! (completed by the first FIRE), with batching also sends one WAIT that takes the rest of the
 //! burst at once, and parks a new WAIT for the next round. Every waiter has its own handle and
-//! process. The floor completes each of those IRPs at once, so the same script on it costs
-//! exactly storsim's I/O path for the same IRPs: the ratio of the two rates is what revcall
-//! itself adds. One thread drives it all, so the figure is CPU cost, not scheduling luck.
+//! process. The floor completes each of those IRPs at once, with a reply of the size revcall's
+//! reply to it has (the script knows it: one event for a parked WAIT, the rest of the burst for
+//! the catch-up; it checks revcall's replies have exactly those sizes), so the same script on
+//! it costs exactly storsim's I/O path for the same IRPs and the same bytes copied back: the
+//! ratio of the two rates is what revcall itself adds. One thread drives it all, so the figure
+//! is CPU cost, not scheduling luck.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use storport_abi::status::Named;
 
-use revcall_protocol::{CURSOR_NOW, Request as Wire};
+use revcall_client::channel::{encode, wait_reply_size};
+use revcall_protocol::{CURSOR_NOW, Opcode, Request as Wire, wait_reply_len};
 use serde::Serialize;
 
 use super::{BenchError, quiet_config};
@@ -26,7 +30,9 @@ use storsim::io::Request;
 pub enum Driver {
     /// revcall: every WAIT's events are checked (count and sequence).
     Revcall,
-    /// The floor fixture: replies carry nothing; events are counted as the script promises.
+    /// The floor fixture: each request carries the length of revcall's reply where revcall's
+    /// requests have their opcode, and the reply is that many zero bytes; events are counted
+    /// as the script promises.
     Floor,
 }
 
@@ -79,23 +85,47 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
         .map(|i| Channel::open(&kernel, 2 + i as u32))
         .collect();
     let mut cursors = vec![CURSOR_NOW; case.waiters];
-    let mut parked: Vec<Arc<Request>> = waiters
-        .iter()
-        .map(|w| w.wait(CURSOR_NOW, case.batch))
-        .collect();
+    let wait = |waiter: &Channel, cursor: u64, events: u32| {
+        let request = Wire::Wait {
+            cursor,
+            max_events: case.batch,
+        };
+        send(
+            driver,
+            waiter,
+            &request,
+            wait_reply_size(case.batch),
+            wait_reply_len(events as usize),
+        )
+    };
+    let mut parked: Vec<Arc<Request>> = waiters.iter().map(|w| wait(w, CURSOR_NOW, 1)).collect();
+    let fire_reply = Opcode::Fire.min_reply_size();
     let mut delivered = 0;
     let start = Instant::now();
     for _ in 0..rounds {
         for _ in 0..case.batch {
-            finish(&firer.send(&Wire::Fire { code: 1, value: 0 }, 64))?;
+            let fired = finish(&send(
+                driver,
+                &firer,
+                &Wire::Fire { code: 1, value: 0 },
+                64,
+                fire_reply,
+            ))?;
+            if fired.information != fire_reply {
+                return Err(BenchError::Unexpected(format!(
+                    "a FIRE reply of {} bytes, not the {fire_reply} the floor writes",
+                    fired.information
+                )));
+            }
         }
         for (i, waiter) in waiters.iter().enumerate() {
-            delivered += take(driver, waiter, &parked[i], &mut cursors[i])?;
+            // The parked WAIT took the burst's first event.
+            delivered += take(driver, waiter, &parked[i], &mut cursors[i], 1)?;
             if case.batch > 1 {
-                let catch_up = waiter.wait(cursors[i], case.batch);
-                delivered += take(driver, waiter, &catch_up, &mut cursors[i])?;
+                let catch_up = wait(waiter, cursors[i], case.batch - 1);
+                delivered += take(driver, waiter, &catch_up, &mut cursors[i], case.batch - 1)?;
             }
-            parked[i] = waiter.wait(cursors[i], case.batch);
+            parked[i] = wait(waiter, cursors[i], 1);
         }
     }
     let elapsed = start.elapsed();
@@ -131,16 +161,43 @@ fn finish(request: &Request) -> Result<storsim::io::Outcome, BenchError> {
     }
 }
 
-/// Collects a completed WAIT: revcall's events must continue the waiter's sequence exactly.
+/// Sends `request` with `out_len` bytes of room; to the floor, with `reply_len` (the size of
+/// revcall's reply) in its first four bytes instead of the opcode.
+fn send(
+    driver: Driver,
+    channel: &Channel,
+    request: &Wire,
+    out_len: u32,
+    reply_len: usize,
+) -> Arc<Request> {
+    let mut input = encode(request);
+    if driver == Driver::Floor {
+        input[..4].copy_from_slice(&(reply_len as u32).to_le_bytes());
+    }
+    channel
+        .send_raw(&input, out_len)
+        .expect("a read/write handle to the adapter accepts the service IOCTL")
+}
+
+/// Collects a completed WAIT that should carry `events` events: revcall's must continue the
+/// waiter's sequence exactly, in a reply of the size the floor is told to write.
 fn take(
     driver: Driver,
     waiter: &Channel,
     request: &Request,
     cursor: &mut u64,
+    events: u32,
 ) -> Result<u64, BenchError> {
     let outcome = finish(request)?;
     if driver == Driver::Floor {
         return Ok(0);
+    }
+    if outcome.information != wait_reply_len(events as usize) {
+        return Err(BenchError::Unexpected(format!(
+            "a WAIT reply of {} bytes, not the {} the floor writes for {events} event(s)",
+            outcome.information,
+            wait_reply_len(events as usize)
+        )));
     }
     let delivery = waiter
         .delivery(&outcome)
