@@ -46,6 +46,7 @@ pub struct Units {
     /// Which LUN of its number `unit` is ([`LunTable::incarnation`](crate::lun_table::LunTable::incarnation); 0 with no unit): the SRB
     /// is queued only if that LUN is still there.
     pub incarnation: u32,
+    /// Every LUN, if they were asked for; else empty.
     pub luns: ArrayVec<u8, MAX_LUNS>,
 }
 
@@ -78,8 +79,9 @@ const SRB_STATUS_ERROR: u8 = 0x04;
 const SRB_STATUS_AUTOSENSE_VALID: u8 = 0x80;
 
 /// Answers `srb` or routes it to a server; `units` looks up the addressed LUN (only for a
-/// SCSI command to target 0).
-pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8) -> Units) -> Route {
+/// SCSI command to target 0), and lists every LUN only when asked (REPORT LUNS): the data path
+/// does not pay for the scan.
+pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8, bool) -> Units) -> Route {
     let (path, target, lun) = srb.address();
     let function = srb.function();
     let addressed = path < port::NUMBER_OF_BUSES
@@ -90,11 +92,11 @@ pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8) -> Units) -> 
         srb.finish(status, GOOD, 0);
         return Route::Done;
     }
-    let units = units(lun);
     // REPORT LUNS answers for the whole target, whichever LUN it is sent to (LUN 0 usually,
     // which may not exist); anything else to a LUN that does not exist, however malformed,
     // finds no device there (DISK.md §1.3).
     let report_luns = srb.cdb().first() == Some(&revcall_scsi::op::REPORT_LUNS);
+    let units = units(lun, report_luns);
     if units.unit.is_none() && !report_luns {
         srb.finish(srb_status::NO_DEVICE, GOOD, 0);
         return Route::Done;
@@ -300,10 +302,10 @@ mod tests {
     }
 
     fn route(srb: &mut FakeSrb, unit: Option<LunSpec>) -> Route {
-        start_io(srb, |_| Units {
+        start_io(srb, |_, all| Units {
             unit,
             incarnation: 1,
-            luns: [2u8].into_iter().collect(),
+            luns: [2u8].into_iter().filter(|_| all).collect(),
         })
     }
 

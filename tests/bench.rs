@@ -37,7 +37,13 @@ fn the_cost_script_measures_every_operation_at_every_size() {
         let ops: Vec<Op> = plan
             .phases
             .iter()
-            .filter(|p| p.parked == parked && !matches!(p.op, Op::DiskRead | Op::DiskWrite))
+            .filter(|p| {
+                p.parked == parked
+                    && !matches!(
+                        p.op,
+                        Op::DiskRead | Op::DiskWrite | Op::DiskReadQueued | Op::DiskWriteQueued
+                    )
+            })
             .map(|p| p.op)
             .collect();
         let expected: &[Op] = if parked == 0 {
@@ -47,21 +53,22 @@ fn the_cost_script_measures_every_operation_at_every_size() {
         };
         assert_eq!(ops, expected, "phases with {parked} parked");
     }
-    // The data path: 4 KiB READs, then WRITEs, each with exactly one payload copy.
+    // The data path: 4 KiB READs, then WRITEs, one at a time and then 32 in flight, each
+    // with exactly one payload copy.
+    let disk_ops = [
+        Op::DiskRead,
+        Op::DiskWrite,
+        Op::DiskReadQueued,
+        Op::DiskWriteQueued,
+    ];
     let disk: Vec<_> = plan
         .phases
         .iter()
-        .filter(|p| matches!(p.op, Op::DiskRead | Op::DiskWrite))
+        .filter(|p| disk_ops.contains(&p.op))
         .map(|p| (p.op, p.parked, p.copies))
         .collect();
     let ios = cost::DISK_IOS;
-    assert_eq!(
-        disk,
-        [
-            (Op::DiskRead, ios, ios as u64),
-            (Op::DiskWrite, ios, ios as u64)
-        ]
-    );
+    assert_eq!(disk, disk_ops.map(|op| (op, ios, ios as u64)).to_vec(),);
 }
 
 #[test]

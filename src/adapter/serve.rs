@@ -207,20 +207,27 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         while queued != 0 {
             let lun = queued.trailing_zeros() as u8;
             queued &= queued - 1;
-            while !irps.is_full() && self.ready(lun).is_some() {
-                let sessions = &self.sessions;
-                let Some((mut irp, server)) = self
-                    .servers
-                    .take_first(|w| !w.is_attach() && w.lun == lun && sessions.is_live(w.session))
-                else {
+            while !irps.is_full() {
+                let Some(fed) = self.feed(lun) else {
                     break;
                 };
-                self.sessions.count_fetch(server.session, false);
-                let (status, size) = self.fill_fetch(&mut irp, &server, 0, 0);
-                irps.push((irp, status, size));
+                irps.push(fed);
             }
         }
         self.unsettled || irps.is_full() || srbs.is_full()
+    }
+
+    /// Hands `lun`'s queued work to its oldest parked FETCH of a live session: the FETCH
+    /// to complete, if there were both.
+    fn feed(&mut self, lun: u8) -> Option<(I, Status, usize)> {
+        self.ready(lun)?;
+        let sessions = &self.sessions;
+        let (mut irp, server) = self
+            .servers
+            .take_first(|w| !w.is_attach() && w.lun == lun && sessions.is_live(w.session))?;
+        self.sessions.count_fetch(server.session, false);
+        let (status, size) = self.fill_fetch(&mut irp, &server, 0, 0);
+        Some((irp, status, size))
     }
 
     /// The completion of a parked IRP whose session ended.
@@ -322,8 +329,8 @@ where
             Self::complete_srbs(aborted.map(|(srb, status)| (srb, Ending::Status(status))));
         }
         let mut incarnation = 0;
-        let units = |lun| {
-            let units = self.units(lun);
+        let units = |lun, all| {
+            let units = self.units(lun, all);
             incarnation = units.incarnation;
             units
         };
@@ -350,10 +357,23 @@ where
             // Every tag taken: Storport retries a BUSY SRB later.
             s.tags
                 .admit(srb, io, incarnation)
-                .map_err(|srb| (srb, Ending::Status(srb_status::BUSY)))
+                .map_err(|srb| (srb, Ending::Status(srb_status::BUSY)))?;
+            // The SRB meets a parked FETCH in this lock hold: after the last settle no FETCH
+            // of the LUN waited beside ready work, so one FETCH is all it can need (it takes
+            // at least this SRB). Anything else left to settle, settle does.
+            Ok(if s.unsettled {
+                None
+            } else {
+                Some(s.feed(io.lun))
+            })
         });
         match refused {
-            Ok(()) => self.settle(),
+            Ok(Some(fed)) => {
+                if let Some((irp, status, size)) = fed {
+                    irp.complete(status, size);
+                }
+            }
+            Ok(None) => self.settle(),
             Err((mut srb, ending)) => {
                 disk::end(&mut srb, ending);
                 srb.complete();

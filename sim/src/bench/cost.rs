@@ -42,6 +42,11 @@ pub enum Op {
     DiskRead,
     /// The same with 4 KiB WRITEs.
     DiskWrite,
+    /// `parked` 4 KiB READs in bursts of [`DISK_QUEUE_DEPTH`] in flight, the server fetching
+    /// up to 32 at once: the FETCH and the COMMIT shared by a burst's I/Os.
+    DiskReadQueued,
+    /// The same with 4 KiB WRITEs.
+    DiskWriteQueued,
 }
 
 /// One measured phase, in the order the profiles were dumped.
@@ -60,6 +65,8 @@ type Measure<'a> = dyn FnMut(Op, usize, &mut dyn FnMut()) + 'a;
 
 /// I/Os in each disk phase.
 pub const DISK_IOS: usize = 64;
+/// SRBs in flight in a queued disk phase's bursts.
+pub const DISK_QUEUE_DEPTH: usize = 32;
 const DISK_BLOCK: u32 = 512;
 const DISK_IO_BLOCKS: u32 = 8;
 
@@ -195,45 +202,60 @@ fn disk_phases(
     let server = Channel::open(kernel, 3);
     let attach = server.attach(lun);
     let failed = std::sync::atomic::AtomicU64::new(0);
-    let io = |write: bool, n: usize| {
-        let transfer = revcall_scsi::Transfer {
-            lba: (n as u64 % 4096) * u64::from(DISK_IO_BLOCKS),
-            blocks: DISK_IO_BLOCKS,
-            fua: false,
-        };
+    // I/Os `first..first + count`, `depth` in flight at a time.
+    let burst = |write: bool, first: usize, count: usize, depth: usize| {
         let len = DISK_IO_BLOCKS * DISK_BLOCK;
         let payload = vec![0x5A; len as usize];
-        let done = if write {
-            class.command(
-                0,
-                &revcall_scsi::Command::Write(transfer),
-                len,
-                Some(&payload),
-            )
-        } else {
-            class.command(0, &revcall_scsi::Command::Read(transfer), len, None)
-        };
-        if done.as_ref().is_none_or(|d| d.srb_status != 0x01) {
-            eprintln!("cost-phases: disk I/O {n} (write: {write}) ended {done:?}");
-            failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut flights = Vec::with_capacity(depth);
+        let mut next = first;
+        while next < first + count || !flights.is_empty() {
+            while next < first + count && flights.len() < depth {
+                let transfer = revcall_scsi::Transfer {
+                    lba: (next as u64 % 4096) * u64::from(DISK_IO_BLOCKS),
+                    blocks: DISK_IO_BLOCKS,
+                    fua: false,
+                };
+                let (command, data) = if write {
+                    (revcall_scsi::Command::Write(transfer), Some(&payload[..]))
+                } else {
+                    (revcall_scsi::Command::Read(transfer), None)
+                };
+                flights.extend(class.submit(0, &command, len, data));
+                next += 1;
+            }
+            let done = class
+                .first_done(&flights, PROMPT)
+                .and_then(|done| class.finish(flights.remove(done)));
+            if done.as_ref().is_none_or(|d| d.srb_status != 0x01) {
+                eprintln!("cost-phases: a disk I/O (write: {write}) ended {done:?}");
+                failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
         }
     };
     std::thread::scope(|scope| {
         let serving = scope.spawn(|| {
-            server.serve(&attach, 8, PROMPT, |work| {
+            server.serve(&attach, 32, PROMPT, |work| {
                 answer(work, DISK_BLOCK, &mut NullDisk)
             })
         });
         // Warm: the first I/Os of a LUN are not what every later one costs.
         for n in 0..8 {
-            io(n % 2 == 0, n);
+            burst(n % 2 == 0, n, 1, 1);
         }
-        measure(Op::DiskRead, DISK_IOS, &mut || {
-            (0..DISK_IOS).for_each(|n| io(false, n));
-        });
-        measure(Op::DiskWrite, DISK_IOS, &mut || {
-            (0..DISK_IOS).for_each(|n| io(true, n));
-        });
+        for (op, write, depth) in [
+            (Op::DiskRead, false, 1),
+            (Op::DiskWrite, true, 1),
+            (Op::DiskReadQueued, false, DISK_QUEUE_DEPTH),
+            (Op::DiskWriteQueued, true, DISK_QUEUE_DEPTH),
+        ] {
+            measure(op, DISK_IOS, &mut || {
+                // Bursts: each fills the queue, then drains it.
+                for first in (0..DISK_IOS).step_by(depth) {
+                    burst(write, first, depth.min(DISK_IOS - first), depth);
+                }
+            });
+        }
         let removed = admin.remove_lun(lun);
         let served = serving.join();
         (removed.is_ok() && matches!(served, Ok(Some(_))))
@@ -304,6 +326,9 @@ pub struct DiskCost {
     /// buffer) per I/O.
     pub read_copies_per_io: f64,
     pub write_copies_per_io: f64,
+    /// The same per I/O in bursts of [`DISK_QUEUE_DEPTH`] (the server batching).
+    pub queued_read_instr_per_io: f64,
+    pub queued_write_instr_per_io: f64,
 }
 
 /// Everything the callgrind run measured.
@@ -373,6 +398,8 @@ fn disk_cost(costs: &[(Phase, u64)]) -> Option<DiskCost> {
         write_instr_per_io,
         read_copies_per_io,
         write_copies_per_io,
+        queued_read_instr_per_io: per_io(Op::DiskReadQueued)?.0,
+        queued_write_instr_per_io: per_io(Op::DiskWriteQueued)?.0,
     })
 }
 

@@ -431,7 +431,10 @@ impl Run<'_> {
         }
         class.enumerate();
         let mut rng = fastrand::Rng::with_seed(self.options.seed ^ u64::from(cycle) << 32);
-        let target = self.options.ios - self.budget.load(Ordering::Relaxed) + ios;
+        // The CPUs go on issuing while a cycle ends, so earlier cycles may have used this
+        // one's share: never wait for more SRBs than the run has.
+        let target =
+            (self.options.ios - self.budget.load(Ordering::Relaxed) + ios).min(self.options.ios);
         let stop = AtomicBool::new(false);
         let servers_stop = AtomicBool::new(false);
         std::thread::scope(|scope| {

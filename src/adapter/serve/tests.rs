@@ -596,9 +596,9 @@ fn a_sessions_fetches_take_work_in_the_order_they_came() {
     let first = b.fetch(SERVER);
     let (mine, theirs) = left();
     let other = b.clone();
-    // Between the WRITE's queueing and the settling that hands it to the parked FETCH, the
-    // same server's COMMIT_AND_FETCH arrives.
-    before_lock(2, move || {
+    // Just before the WRITE is queued (and, in the same lock hold, handed to a parked
+    // FETCH), the same server's COMMIT_AND_FETCH arrives and parks behind its older FETCH.
+    before_lock(1, move || {
         *theirs.lock().unwrap() = Some(other.commit(SERVER, &[], &[], 4));
     });
     let _write = b.io(Command::Write(rw(3, 1)), std::vec![0x11; 512]);
