@@ -12,6 +12,7 @@
 #![no_std]
 #![allow(non_camel_case_types, non_snake_case, clippy::upper_case_acronyms)]
 
+pub mod init;
 pub mod status;
 
 use core::ffi::c_void;
@@ -374,6 +375,9 @@ pub const EXT_FUNCTION_REQUEST_TIMER: u32 = 33;
 pub const EXT_FUNCTION_FREE_TIMER: u32 = 34;
 /// `STOR_STATUS_SUCCESS`: what StorPortExtendedFunction returns when it did what was asked.
 pub const STOR_STATUS_SUCCESS: u32 = 0;
+pub const STOR_STATUS_NOT_IMPLEMENTED: u32 = 0xC100_0002;
+pub const STOR_STATUS_INSUFFICIENT_RESOURCES: u32 = 0xC100_0003;
+pub const STOR_STATUS_INVALID_PARAMETER: u32 = 0xC100_0006;
 
 /// `MINIPORT_REG_DWORD` (StorPortRegistryRead's `Type`).
 pub const MINIPORT_REG_DWORD: u32 = 4;

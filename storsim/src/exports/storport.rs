@@ -14,7 +14,8 @@ use storport_abi::status::user::{
 
 use storport_abi::{
     HW_DPC_ROUTINE, HW_INITIALIZATION_DATA, HW_TIMER, HW_TIMER_EX, IRP,
-    STOR_FEATURE_VIRTUAL_MINIPORT,
+    STOR_STATUS_INSUFFICIENT_RESOURCES, STOR_STATUS_INVALID_PARAMETER, STOR_STATUS_NOT_IMPLEMENTED,
+    init::InitData,
 };
 
 use super::{Export, enter};
@@ -28,9 +29,6 @@ use crate::pool::Owner;
 use crate::verifier::{BugCheck, Code, rules};
 
 const STOR_STATUS_SUCCESS: u32 = 0;
-const STOR_STATUS_NOT_IMPLEMENTED: u32 = 0xC100_0002;
-const STOR_STATUS_INSUFFICIENT_RESOURCES: u32 = 0xC100_0003;
-const STOR_STATUS_INVALID_PARAMETER: u32 = 0xC100_0006;
 const STOR_STATUS_INVALID_IRQL: u32 = 0xC100_0008;
 
 /// StorPortIrql: a Storport routine called above its documented IRQL.
@@ -52,31 +50,6 @@ unsafe extern "win64" fn stor_port_initialize(
     storport_initialize(&kernel, driver, registry, init)
 }
 
-/// Reads field `offset` of the driver's init data, typed as the field is, if the declared size
-/// covers it.
-///
-/// # Safety
-///
-/// `init` points to at least `size` readable bytes, and a field of type `T` at `offset` holds a
-/// valid `T` (storport.h's layout: integers, or NULL-or-routine pointers read as `Option<fn>`).
-unsafe fn field<T: Copy>(
-    init: *const HW_INITIALIZATION_DATA,
-    size: usize,
-    offset: usize,
-) -> Option<T> {
-    if offset + size_of::<T>() > size {
-        return None;
-    }
-    // SAFETY: inside the `size` readable bytes (checked above); the value's validity is the
-    // caller's promise.
-    Some(unsafe {
-        init.cast::<u8>()
-            .wrapping_add(offset)
-            .cast::<T>()
-            .read_unaligned()
-    })
-}
-
 /// StorPortInitialize's validation (docs/STORPORT-NOTES.md §6.1): the structure's size (the
 /// three revisions Storport accepts), the required routines, a virtual miniport; then Storport
 /// keeps a typed copy of the routines and fills the driver object's dispatch table.
@@ -94,19 +67,17 @@ fn storport_initialize(
         ));
         return STATUS_INVALID_PARAMETER;
     }
-    // SAFETY: the driver passes its HW_INITIALIZATION_DATA; the u32 size field comes first.
-    let size = unsafe { init.cast::<u32>().read_unaligned() } as usize;
-    if ![0x88, 0xB0, 0xD0].contains(&size) {
+    // SAFETY: the driver passes its HW_INITIALIZATION_DATA; the u32 size field comes first,
+    // and the driver's structure is as long as the revision it names.
+    let Some(data) = (unsafe { InitData::new(init) }) else {
+        // SAFETY: as above: the size field is readable.
+        let size = unsafe { init.cast::<u32>().read_unaligned() };
         kernel.note(format!(
             "StorPortInitialize: HwInitializationDataSize {size:#x} → STATUS_REVISION_MISMATCH"
         ));
         return STATUS_REVISION_MISMATCH;
-    }
-    let read = |offset| {
-        // SAFETY: `size` is one of the structure's revisions, all of which the driver's
-        // structure holds; a routine field is NULL or a routine: `Option<fn>`.
-        unsafe { field::<Option<unsafe extern "win64" fn()>>(init, size, offset) }.flatten()
     };
+    let size = data.size();
     let routine_named = [
         (
             "HwInitialize",
@@ -121,28 +92,21 @@ fn storport_initialize(
     ];
     if let Some((name, _)) = routine_named
         .iter()
-        .find(|(_, offset)| read(*offset).is_none())
+        .find(|(_, offset)| data.routine(*offset).is_none())
     {
         kernel.note(format!(
             "StorPortInitialize: {name} is NULL → STATUS_INVALID_PARAMETER"
         ));
         return STATUS_INVALID_PARAMETER;
     }
-    let u32_at = |offset| {
-        // SAFETY: inside the structure's revision (as for `read`); any u32 is valid.
-        unsafe { field::<u32>(init, size, offset) }.unwrap_or(0)
-    };
-    let feature_support = u32_at(offset_of!(HW_INITIALIZATION_DATA, FeatureSupport));
-    let is_virtual =
-        size == 0xB0 || (size == 0xD0 && feature_support & STOR_FEATURE_VIRTUAL_MINIPORT != 0);
-    if !is_virtual {
+    if !data.is_virtual() {
         kernel.note("StorPortInitialize: not a virtual miniport; storsim emulates no HBA hardware");
         return STATUS_NOT_SUPPORTED;
     }
     macro_rules! routine {
         ($field:ident) => {
-            // SAFETY: the field is `Option<routine>` in storport.h's layout, inside `size`.
-            unsafe { field(init, size, offset_of!(HW_INITIALIZATION_DATA, $field)) }.flatten()
+            // SAFETY: the field is `Option<routine>` in storport.h's layout.
+            unsafe { data.field(offset_of!(HW_INITIALIZATION_DATA, $field)) }.flatten()
         };
     }
     let (Some(find_adapter), Some(initialize), Some(start_io), Some(reset_bus)) = (
@@ -163,14 +127,14 @@ fn storport_initialize(
         process_service_request: routine!(HwProcessServiceRequest),
         complete_service_irp: routine!(HwCompleteServiceIrp),
     };
-    let extension_size = u32_at(offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize));
+    let extension_size = data.u32_at(offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize));
     // SAFETY: every routine was read from the miniport's HW_INITIALIZATION_DATA with its
     // storport.h prototype, and its image stays loaded while storsim runs the adapter.
     let miniport = unsafe {
         Miniport::new(
             routines,
             extension_size,
-            u32_at(offset_of!(HW_INITIALIZATION_DATA, SrbExtensionSize)),
+            data.u32_at(offset_of!(HW_INITIALIZATION_DATA, SrbExtensionSize)),
         )
     };
     // Storport marks the caller's copy (PortVersionFlags |= 0x10) [DECOMP].
