@@ -129,10 +129,12 @@ impl Rundown {
     }
 }
 
-/// Milliseconds of interrupt time.
+/// Milliseconds of system time (the stand-in's only clock: see `nt`).
 pub fn now_ms() -> u64 {
-    // SAFETY: reads the clock; no arguments.
-    unsafe { nt::KeQueryInterruptTime() / 10_000 }
+    let mut time = 0i64;
+    // SAFETY: writes the time into a local.
+    unsafe { nt::KeQuerySystemTime(&mut time) };
+    time as u64 / 10_000
 }
 
 fn sleep_ms(ms: u64) {

@@ -4,8 +4,8 @@
 //! each offset asserted.
 //!
 //! Wine 8's ntoskrnl.exe exports every routine here. It has no `ExAllocatePool2`, so pool comes
-//! from `ExAllocatePoolWithTag`; `KeQueryInterruptTime` is a real export there (an inline read
-//! of KUSER_SHARED_DATA in the WDK), and the stand-in runs nowhere else.
+//! from `ExAllocatePoolWithTag`. Its `KeQueryInterruptTime` returns the tick count rather than
+//! 100 ns units, so the clock here is `KeQuerySystemTime` (100 ns units, read through NtQuerySystemTime).
 #![allow(non_snake_case, non_camel_case_types)]
 
 use core::ffi::c_void;
@@ -219,7 +219,7 @@ unsafe extern "system" {
     ) -> NTSTATUS;
     pub fn KeDelayExecutionThread(WaitMode: i8, Alertable: BOOLEAN, Interval: *const i64)
     -> NTSTATUS;
-    pub fn KeQueryInterruptTime() -> u64;
+    pub fn KeQuerySystemTime(CurrentTime: *mut i64);
     pub fn ZwWaitForSingleObject(Handle: PVOID, Alertable: BOOLEAN, Timeout: *const i64)
     -> NTSTATUS;
     pub fn ZwClose(Handle: PVOID) -> NTSTATUS;
