@@ -81,8 +81,10 @@ impl InitData {
     pub fn is_virtual(&self) -> bool {
         self.size == 0xB0
             || (self.size == 0xD0
-                && self.u32_at(core::mem::offset_of!(HW_INITIALIZATION_DATA, FeatureSupport))
-                    & STOR_FEATURE_VIRTUAL_MINIPORT
+                && self.u32_at(core::mem::offset_of!(
+                    HW_INITIALIZATION_DATA,
+                    FeatureSupport
+                )) & STOR_FEATURE_VIRTUAL_MINIPORT
                     != 0)
     }
 }

@@ -200,7 +200,11 @@ impl Adapter {
     /// `fdo` is a live device object created by [`add_device`].
     pub unsafe fn from_fdo<'a>(fdo: *mut DEVICE_OBJECT) -> &'a Self {
         // SAFETY: the FDO's extension holds an Adapter (`add_device`) until `delete`.
-        unsafe { &*(*fdo.cast::<DeviceObject>()).DeviceExtension.cast::<Adapter>() }
+        unsafe {
+            &*(*fdo.cast::<DeviceObject>())
+                .DeviceExtension
+                .cast::<Adapter>()
+        }
     }
 
     /// The PnP-only state.
@@ -241,7 +245,11 @@ impl Adapter {
             }
             // SAFETY: a fresh block of at least the header's 16 bytes; the adapter's address
             // stays valid while the FDO exists, and the block is freed before the FDO.
-            unsafe { block.cast::<*const Adapter>().write(core::ptr::from_ref(self)) };
+            unsafe {
+                block
+                    .cast::<*const Adapter>()
+                    .write(core::ptr::from_ref(self))
+            };
             self.extension.store(
                 block.cast::<u8>().wrapping_add(EXTENSION_HEADER).cast(),
                 Ordering::Release,

@@ -15,10 +15,10 @@ use core::mem::{offset_of, transmute};
 
 use storport_abi::init::InitData;
 use storport_abi::{
-    BUS_CHANGE_DETECTED, DRIVER_OBJECT, EXT_FUNCTION_COMPLETE_SERVICE_IRP,
-    EXT_FUNCTION_FREE_TIMER, EXT_FUNCTION_INITIALIZE_TIMER, EXT_FUNCTION_REQUEST_TIMER,
-    HW_DPC_ROUTINE, HW_INITIALIZATION_DATA, HW_TIMER, HW_TIMER_EX, INITIALIZE_DPC, IRP,
-    ISSUE_DPC, REQUEST_COMPLETE, REQUEST_TIMER_CALL, STOR_DPC, STOR_STATUS_INSUFFICIENT_RESOURCES,
+    BUS_CHANGE_DETECTED, DRIVER_OBJECT, EXT_FUNCTION_COMPLETE_SERVICE_IRP, EXT_FUNCTION_FREE_TIMER,
+    EXT_FUNCTION_INITIALIZE_TIMER, EXT_FUNCTION_REQUEST_TIMER, HW_DPC_ROUTINE,
+    HW_INITIALIZATION_DATA, HW_TIMER, HW_TIMER_EX, INITIALIZE_DPC, IRP, ISSUE_DPC,
+    REQUEST_COMPLETE, REQUEST_TIMER_CALL, STOR_DPC, STOR_STATUS_INSUFFICIENT_RESOURCES,
     STOR_STATUS_INVALID_PARAMETER, STOR_STATUS_NOT_IMPLEMENTED, STOR_STATUS_SUCCESS,
     UNICODE_STRING,
 };
@@ -54,9 +54,13 @@ pub unsafe extern "system" fn StorPortInitialize(
         Ok(miniport) => miniport,
         Err(refusal) => {
             let (why, status) = match refusal {
-                Refusal::MissingRoutine => (c"a required routine is NULL", nt::STATUS_INVALID_PARAMETER),
+                Refusal::MissingRoutine => {
+                    (c"a required routine is NULL", nt::STATUS_INVALID_PARAMETER)
+                }
                 Refusal::NotVirtual => (c"not a virtual miniport", nt::STATUS_NOT_SUPPORTED),
-                Refusal::RegistryPathTooLong => (c"registry path too long", nt::STATUS_INVALID_PARAMETER),
+                Refusal::RegistryPathTooLong => {
+                    (c"registry path too long", nt::STATUS_INVALID_PARAMETER)
+                }
             };
             log!("StorPortInitialize: %s", why.as_ptr());
             return status as u32;
@@ -113,9 +117,10 @@ pub unsafe extern "system" fn StorPortNotification(
             }
         }
         ISSUE_DPC => {
-            let queued = adapter
-                .worker
-                .issue_dpc(a0 as *mut STOR_DPC, a1 as *mut c_void, a2 as *mut c_void);
+            let queued =
+                adapter
+                    .worker
+                    .issue_dpc(a0 as *mut STOR_DPC, a1 as *mut c_void, a2 as *mut c_void);
             let out = a3 as *mut u8;
             if !out.is_null() {
                 // SAFETY: IssueDpc's fourth argument is the caller's PBOOLEAN.

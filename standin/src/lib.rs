@@ -62,12 +62,7 @@ const PANIC_BUG_CHECK_CODE: u32 = 0x5350_0001;
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let (file, line) = info.location().map_or(("", 0), |l| (l.file(), l.line()));
-    log!(
-        "panic at %.*s:%u",
-        file.len() as u32,
-        file.as_ptr(),
-        line
-    );
+    log!("panic at %.*s:%u", file.len() as u32, file.as_ptr(), line);
     // SAFETY: KeBugCheckEx takes plain values and does not return.
     unsafe {
         nt_imports::ntoskrnl::KeBugCheckEx(

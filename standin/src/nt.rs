@@ -11,7 +11,9 @@
 use core::ffi::c_void;
 use core::mem::offset_of;
 
-use storport_abi::{BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP, NTSTATUS, PVOID};
+use storport_abi::{
+    BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP, NTSTATUS, PVOID,
+};
 
 pub const STATUS_SUCCESS: NTSTATUS = 0;
 pub const STATUS_PENDING: NTSTATUS = 0x103;
@@ -157,9 +159,7 @@ pub struct KEVENT {
 
 impl KEVENT {
     pub const fn new() -> Self {
-        Self {
-            _opaque: [0; 0x18],
-        }
+        Self { _opaque: [0; 0x18] }
     }
 }
 
@@ -217,11 +217,17 @@ unsafe extern "system" {
         Alertable: BOOLEAN,
         Timeout: *const i64,
     ) -> NTSTATUS;
-    pub fn KeDelayExecutionThread(WaitMode: i8, Alertable: BOOLEAN, Interval: *const i64)
-    -> NTSTATUS;
+    pub fn KeDelayExecutionThread(
+        WaitMode: i8,
+        Alertable: BOOLEAN,
+        Interval: *const i64,
+    ) -> NTSTATUS;
     pub fn KeQuerySystemTime(CurrentTime: *mut i64);
-    pub fn ZwWaitForSingleObject(Handle: PVOID, Alertable: BOOLEAN, Timeout: *const i64)
-    -> NTSTATUS;
+    pub fn ZwWaitForSingleObject(
+        Handle: PVOID,
+        Alertable: BOOLEAN,
+        Timeout: *const i64,
+    ) -> NTSTATUS;
     pub fn ZwClose(Handle: PVOID) -> NTSTATUS;
     pub fn ZwOpenKey(
         KeyHandle: *mut PVOID,
@@ -322,7 +328,13 @@ pub unsafe fn forward_and_wait(lower: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTST
     if unsafe { IofCallDriver(lower, irp) } == STATUS_PENDING {
         // SAFETY: the local event, set by `forwarded`.
         unsafe {
-            KeWaitForSingleObject((&raw mut done).cast(), EXECUTIVE, KERNEL_MODE, 0, core::ptr::null())
+            KeWaitForSingleObject(
+                (&raw mut done).cast(),
+                EXECUTIVE,
+                KERNEL_MODE,
+                0,
+                core::ptr::null(),
+            )
         };
     }
     // SAFETY: the IRP is back with the caller (`forwarded` stopped its completion).

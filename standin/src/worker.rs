@@ -164,7 +164,10 @@ impl Worker {
         if status == nt::STATUS_SUCCESS {
             self.thread.store(handle, Ordering::Release);
         } else {
-            log!("PsCreateSystemThread failed: %#x: no timers or DPCs", status);
+            log!(
+                "PsCreateSystemThread failed: %#x: no timers or DPCs",
+                status
+            );
         }
     }
 
@@ -185,12 +188,10 @@ impl Worker {
     }
 
     pub fn request_timer_call(&self, routine: Option<HW_TIMER>, delay_us: u32) {
-        let call = routine
-            .filter(|_| delay_us != 0)
-            .map(|routine| TimerCall {
-                routine,
-                due_ms: now_ms() + u64::from(delay_us).div_ceil(1000),
-            });
+        let call = routine.filter(|_| delay_us != 0).map(|routine| TimerCall {
+            routine,
+            due_ms: now_ms() + u64::from(delay_us).div_ceil(1000),
+        });
         self.locked().timer_call = call;
         self.wake();
     }
@@ -273,12 +274,7 @@ impl Worker {
     pub fn issue_dpc(&self, dpc: *mut STOR_DPC, arg1: *mut c_void, arg2: *mut c_void) -> bool {
         let queued = {
             let mut locked = self.locked();
-            match locked
-                .dpcs
-                .iter_mut()
-                .flatten()
-                .find(|d| d.dpc == dpc)
-            {
+            match locked.dpcs.iter_mut().flatten().find(|d| d.dpc == dpc) {
                 Some(entry) if entry.queued.is_none() => {
                     entry.queued = Some((arg1, arg2));
                     true

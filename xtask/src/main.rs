@@ -9,6 +9,8 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 
+mod wine;
+
 const DRIVER_TARGET: &str = "x86_64-pc-windows-msvc";
 
 #[derive(Parser)]
@@ -53,6 +55,11 @@ enum Task {
         #[arg(last = true)]
         bench_args: Vec<String>,
     },
+    /// The unchanged revcall.sys and the real revcall-tester.exe under Wine (a second runtime,
+    /// written by others): a fresh prefix, the stand-in storport.sys, a foreign adapter, the
+    /// tester's commands and self-test, a process killed with WAITs parked (docs/WINDOWS.md,
+    /// "Wine"). Needs wine64 and mingw-w64.
+    Wine,
     /// Build revcall.sys and storsim's fixture drivers (target/fixtures), then run the whole
     /// test suite: unit, property, model (loom) and PE-image tests, clippy for the host and the
     /// driver target, rustfmt, the demo and surprise-removal scenarios, a short torture run, the systematic
@@ -130,6 +137,14 @@ fn main() -> Result<()> {
                     .args(bench_args),
             )?;
         }
+        Task::Wine => {
+            let wine64 =
+                wine::wine64().context("Wine is not installed (apt-get install wine wine64)")?;
+            if !have_mingw() {
+                bail!("revcall-tester.exe needs mingw-w64 (apt-get install gcc-mingw-w64-x86-64)");
+            }
+            wine_run(&wine64)?;
+        }
         Task::Test => test()?,
     }
     Ok(())
@@ -181,6 +196,44 @@ fn build_driver() -> Result<PathBuf> {
     std::fs::copy(out.join("revcall.dll"), &sys)
         .with_context(|| format!("copying revcall.dll to {}", sys.display()))?;
     Ok(sys)
+}
+
+/// Builds the stand-in storport.sys for Wine (crate `storport-standin`); returns its path.
+fn build_standin() -> Result<PathBuf> {
+    run(
+        "build the stand-in storport.sys (Wine)",
+        cargo().args([
+            "build",
+            "--package",
+            "storport-standin",
+            "--release",
+            "--target",
+            DRIVER_TARGET,
+        ]),
+    )?;
+    let out = workspace_root()
+        .join("target")
+        .join(DRIVER_TARGET)
+        .join("release");
+    let sys = out.join("storport.sys");
+    std::fs::copy(out.join("storport.dll"), &sys)
+        .with_context(|| format!("copying storport.dll to {}", sys.display()))?;
+    Ok(sys)
+}
+
+/// Builds everything the Wine run installs and runs it.
+fn wine_run(wine64: &Path) -> Result<()> {
+    let images = wine::Images {
+        revcall: build_driver()?,
+        storport: build_standin()?,
+        foreign: build_fixtures()?.join("foreign.sys"),
+        tester: build_tester_exe()?,
+    };
+    eprintln!(
+        "==> revcall.sys and revcall-tester.exe under Wine ({})",
+        wine64.display()
+    );
+    wine::run(wine64, &images, &workspace_root().join("target"))
 }
 
 /// Builds storsim's fixture drivers (crate `storsim-fixtures`, one example each) and installs
