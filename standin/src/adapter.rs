@@ -182,15 +182,14 @@ impl Adapter {
     /// `extension` is a HwDeviceExtension this stand-in gave a miniport, of an adapter whose
     /// FDO has not been deleted.
     pub unsafe fn from_extension<'a>(extension: *mut c_void) -> &'a Self {
-        // SAFETY: the header in front of every extension holds its adapter's address
-        // (`start`), and that adapter lives as long as its FDO (the caller's promise).
-        unsafe {
-            &*extension
-                .cast::<u8>()
-                .wrapping_sub(EXTENSION_HEADER)
-                .cast::<*const Adapter>()
-                .read()
-        }
+        let header = extension
+            .cast::<u8>()
+            .wrapping_sub(EXTENSION_HEADER)
+            .cast::<*const Adapter>();
+        // SAFETY: the header in front of every extension holds its adapter's address (`start`).
+        let adapter = unsafe { header.read() };
+        // SAFETY: that adapter lives as long as its FDO (the caller's promise).
+        unsafe { &*adapter }
     }
 
     /// The adapter of an FDO this stand-in created.
@@ -199,12 +198,10 @@ impl Adapter {
     ///
     /// `fdo` is a live device object created by [`add_device`].
     pub unsafe fn from_fdo<'a>(fdo: *mut DEVICE_OBJECT) -> &'a Self {
+        // SAFETY: a live device object (the caller's promise).
+        let extension = unsafe { (*fdo.cast::<DeviceObject>()).DeviceExtension };
         // SAFETY: the FDO's extension holds an Adapter (`add_device`) until `delete`.
-        unsafe {
-            &*(*fdo.cast::<DeviceObject>())
-                .DeviceExtension
-                .cast::<Adapter>()
-        }
+        unsafe { &*extension.cast::<Adapter>() }
     }
 
     /// The PnP-only state.
@@ -489,13 +486,14 @@ pub unsafe extern "system" fn add_device(
         rundown: Rundown::new(),
         worker: Worker::new(),
     };
-    // SAFETY: the FDO's extension has room for an Adapter (IoCreateDevice above) and nothing
-    // else uses it yet; clearing DO_DEVICE_INITIALIZING lets opens through.
-    unsafe {
-        let object = fdo.cast::<DeviceObject>();
-        (*object).DeviceExtension.cast::<Adapter>().write(adapter);
-        (*object).Flags &= !nt::DO_DEVICE_INITIALIZING;
-    }
+    let object = fdo.cast::<DeviceObject>();
+    // SAFETY: the FDO IoCreateDevice just created.
+    let extension = unsafe { (*object).DeviceExtension };
+    // SAFETY: the extension has room for an Adapter (IoCreateDevice above) and nothing else
+    // uses it yet.
+    unsafe { extension.cast::<Adapter>().write(adapter) };
+    // SAFETY: the new FDO; clearing DO_DEVICE_INITIALIZING lets opens through.
+    unsafe { (*object).Flags &= !nt::DO_DEVICE_INITIALIZING };
     log!(
         "AddDevice: \\Device\\RaidPort%u, link %s",
         port,

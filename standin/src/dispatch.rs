@@ -33,8 +33,10 @@ pub unsafe fn install(driver: *mut DriverObject) {
         // SAFETY: the caller's live driver object; MajorFunction has 28 entries.
         unsafe { (*driver).MajorFunction[major] = Some(routine) };
     }
-    // SAFETY: as above; the I/O manager allocated the driver extension with the object.
-    unsafe { (*(*driver).DriverExtension).AddDevice = Some(crate::adapter::add_device) };
+    // SAFETY: as above.
+    let extension = unsafe { (*driver).DriverExtension };
+    // SAFETY: the I/O manager allocated the driver extension with the object.
+    unsafe { (*extension).AddDevice = Some(crate::adapter::add_device) };
     // SAFETY: as above. A driver without DriverUnload cannot be stopped.
     unsafe { (*driver).DriverUnload = Some(unload) };
 }
@@ -97,8 +99,10 @@ unsafe extern "system" fn device_control(device: *mut DEVICE_OBJECT, irp: *mut I
 /// IRP_MJ_PNP: START goes down first and the adapter starts on the way up; the removals run
 /// the adapter's part first and then go down (§6.7); everything else goes down unchanged.
 unsafe extern "system" fn pnp(device: *mut DEVICE_OBJECT, irp: *mut IRP) -> i32 {
-    // SAFETY: the I/O manager's IRP at its current location.
-    let minor = unsafe { (*nt::current_stack(irp)).MinorFunction };
+    // SAFETY: the I/O manager's IRP.
+    let stack = unsafe { nt::current_stack(irp) };
+    // SAFETY: its current location.
+    let minor = unsafe { (*stack).MinorFunction };
     // SAFETY: only the stand-in's FDOs reach here.
     let adapter = unsafe { Adapter::from_fdo(device) };
     match minor {

@@ -73,9 +73,10 @@ pub unsafe extern "system" fn StorPortInitialize(
         .cast::<u8>()
         .wrapping_add(offset_of!(HW_INITIALIZATION_DATA, PortVersionFlags))
         .cast::<u16>();
-    // SAFETY: inside the caller's structure (every revision is longer than 0x6A bytes),
-    // writable (a non-const pointer): Storport ORs 0x10 into it.
-    unsafe { flags.write_unaligned(flags.read_unaligned() | 0x10) };
+    // SAFETY: inside the caller's structure (every revision is longer than 0x6A bytes).
+    let old = unsafe { flags.read_unaligned() };
+    // SAFETY: as above, writable (a non-const pointer): Storport ORs 0x10 into it.
+    unsafe { flags.write_unaligned(old | 0x10) };
     // SAFETY: the miniport's live driver object.
     unsafe { crate::dispatch::install(driver.cast::<DriverObject>()) };
     log!(

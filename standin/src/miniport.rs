@@ -79,12 +79,8 @@ impl Miniport {
             return Err(Refusal::NotVirtual);
         }
         // SAFETY: DriverEntry's registry path (the caller's promise): Length bytes of UTF-16.
-        let (units, length) = unsafe {
-            (
-                (*registry_path).Buffer,
-                usize::from((*registry_path).Length) / 2,
-            )
-        };
+        let path_string = unsafe { &*registry_path };
+        let (units, length) = (path_string.Buffer, usize::from(path_string.Length) / 2);
         if length > REGISTRY_PATH_UNITS {
             return Err(Refusal::RegistryPathTooLong);
         }
@@ -170,8 +166,8 @@ pub fn lookup(driver: *mut DRIVER_OBJECT) -> Option<&'static Miniport> {
 pub fn forget(driver: *mut DRIVER_OBJECT) {
     for slot in &MINIPORTS {
         let entry = slot.load(Ordering::Acquire);
-        // SAFETY: as in `lookup`.
         if !entry.is_null()
+            // SAFETY: as in `lookup`.
             && unsafe { (*entry).driver } == driver
             && slot
                 .compare_exchange(entry, null_mut(), Ordering::AcqRel, Ordering::Acquire)

@@ -6,7 +6,7 @@
 //! Wine 8's ntoskrnl.exe exports every routine here. It has no `ExAllocatePool2`, so pool comes
 //! from `ExAllocatePoolWithTag`. Its `KeQueryInterruptTime` returns the tick count rather than
 //! 100 ns units, so the clock here is `KeQuerySystemTime` (100 ns units, read through NtQuerySystemTime).
-#![allow(non_snake_case, non_camel_case_types)]
+#![allow(non_snake_case, non_camel_case_types, clippy::upper_case_acronyms)]
 
 use core::ffi::c_void;
 use core::mem::offset_of;
@@ -282,10 +282,9 @@ pub unsafe fn complete(irp: *mut IRP, status: NTSTATUS, information: usize) -> N
 pub unsafe fn pass_down(lower: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTSTATUS {
     // SAFETY: the caller owns the IRP; skipping makes the lower driver reuse this location,
     // which IofCallDriver then advances past again.
-    unsafe {
-        (*irp).CurrentLocation += 1;
-        (*irp).CurrentStackLocation = (*irp).CurrentStackLocation.wrapping_add(1);
-    }
+    let irp = unsafe { &mut *irp };
+    irp.CurrentLocation += 1;
+    irp.CurrentStackLocation = irp.CurrentStackLocation.wrapping_add(1);
     // SAFETY: the IRP now belongs to `lower` (the caller's promise for both).
     unsafe { IofCallDriver(lower, irp) }
 }

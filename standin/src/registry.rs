@@ -32,7 +32,7 @@ pub unsafe fn read_dword(miniport: &Miniport, name: *const u8) -> Option<u32> {
     let mut name_len = 0;
     loop {
         // SAFETY: a NUL-terminated string (the caller's promise), read up to its NUL.
-        let byte = unsafe { name.add(name_len).read() };
+        let byte = unsafe { name.wrapping_add(name_len).read() };
         if byte == 0 {
             break;
         }

@@ -399,6 +399,13 @@ fn test() -> Result<()> {
             "==> skipped: revcall-tester.exe (install mingw-w64: apt-get install gcc-mingw-w64-x86-64)"
         );
     }
+    match wine::wine64() {
+        Some(wine64) if have_mingw() => wine_run(&wine64)?,
+        _ => eprintln!(
+            "==> skipped: revcall.sys under Wine (install wine, wine64 and mingw-w64: \
+             apt-get install --no-install-recommends wine wine64 gcc-mingw-w64-x86-64)"
+        ),
+    }
     Ok(())
 }
 
