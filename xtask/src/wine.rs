@@ -248,15 +248,13 @@ pub fn run(wine64: &Path, images: &Images, target: &Path) -> Result<()> {
     }
     let boot = session.wine(&["wineboot", "--init"], Duration::from_secs(180))?;
     ensure!(boot.status.success(), "wineboot --init failed");
-    // A clean wineserver, so the one started below carries the log settings.
-    output_within(
-        {
-            let mut kill = session.command(Path::new("wineserver"));
-            kill.arg("-k");
-            kill
-        },
-        Duration::from_secs(60),
-    )?;
+    // A clean wineserver, so the one the session's first process starts below carries the log
+    // settings: kill wineboot's, and wait until it has gone (`-k` does not wait).
+    for flag in ["-k", "-w"] {
+        let mut server = session.command(Path::new("wineserver"));
+        server.arg(flag);
+        output_within(server, Duration::from_secs(60))?;
+    }
     step(
         "prefix",
         format!(
@@ -266,15 +264,22 @@ pub fn run(wine64: &Path, images: &Images, target: &Path) -> Result<()> {
         ),
     );
 
-    // The session's first process: its stderr is where winedevice's DbgPrint lines land.
+    // The session's first process: its stderr is where winedevice's DbgPrint lines land. No
+    // other Wine process may start before it is up, or that one starts the session instead.
     let log = std::fs::File::create(&session.log)?;
+    let ready = root.join("session.out");
     let mut keep = session.command(&session.wine64);
-    keep.args(["cmd", "/k"])
+    keep.args(["cmd", "/k", "echo", "session ready"])
         .env("WINEDEBUG", "+debugstr")
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(File::create(&ready)?)
         .stderr(log);
     session.keep_alive = Some(keep.spawn().context("starting the session's cmd")?);
+    wait_for("the session's cmd", Duration::from_secs(60), || {
+        Ok(std::fs::read_to_string(&ready)
+            .is_ok_and(|out| out.contains("session ready"))
+            .then_some(()))
+    })?;
     let drivers = session.prefix.join("drive_c/windows/system32/drivers");
     for (image, name) in [
         (&images.revcall, "revcall.sys"),
