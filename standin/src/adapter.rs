@@ -303,11 +303,14 @@ impl Adapter {
                 &mut pnp.interface,
             )
         };
-        if registered == nt::STATUS_SUCCESS {
+        let enabled = if registered == nt::STATUS_SUCCESS {
             // SAFETY: the link IoRegisterDeviceInterface just returned.
-            unsafe { nt::IoSetDeviceInterfaceState(&pnp.interface, 1) };
+            unsafe { nt::IoSetDeviceInterfaceState(&pnp.interface, 1) }
         } else {
-            log!("IoRegisterDeviceInterface failed: %#x", registered);
+            registered
+        };
+        if enabled != nt::STATUS_SUCCESS {
+            log!("GUID_DEVINTERFACE_STORAGEPORT not enabled: %#x", enabled);
         }
         pnp.state = PnpState::Started;
         self.rundown.open();

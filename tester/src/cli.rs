@@ -80,6 +80,10 @@ enum Command {
     },
     /// The self-test suite (exit 0 only if every case passed).
     Selftest,
+    /// Remove revcall's adapters from the system, as Device Manager's "Uninstall device" does
+    /// (SetupAPI DIF_REMOVE; elevated): parked requests end with the adapter-gone event. With
+    /// --sim: storsim's PnP removal.
+    Remove,
 }
 
 #[derive(Subcommand)]
@@ -171,6 +175,23 @@ fn execute(cli: &Cli) -> anyhow::Result<i32> {
     if cli.sim.is_some() {
         anyhow::bail!("--sim needs Linux: storsim runs the driver in a Linux process");
     }
+    if matches!(cli.command, Command::Remove) {
+        let removed = crate::windows::remove_adapters()?;
+        print(
+            cli,
+            json!({ "removed": removed }),
+            if removed.is_empty() {
+                "no revcall adapter to remove".to_owned()
+            } else {
+                removed
+                    .iter()
+                    .map(|path| format!("removed {path}"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            },
+        );
+        return Ok(i32::from(removed.is_empty()));
+    }
     if matches!(cli.command, Command::List) {
         let found = match cli.port {
             None => crate::windows::list()?,
@@ -236,6 +257,19 @@ fn command<T: Transport>(cli: &Cli, transport: &T) -> anyhow::Result<i32> {
             0
         }
         Command::Discover { delay_ms, wait } => discover(cli, &adapter, *delay_ms, *wait)?,
+        Command::Remove => {
+            let Some(lab) = transport.lab() else {
+                anyhow::bail!("the {} backend cannot remove its adapter", transport.name());
+            };
+            lab.remove();
+            let removed = format!("{} adapter", transport.name());
+            print(
+                cli,
+                json!({ "removed": [removed] }),
+                format!("removed the {removed}"),
+            );
+            0
+        }
         Command::Disk { action } => disk(cli, transport, &adapter, action)?,
         Command::Stats => {
             let stats = adapter.stats()?;

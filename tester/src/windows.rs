@@ -14,10 +14,10 @@ use std::time::Duration;
 
 use revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP;
 use windows_sys::Win32::Devices::DeviceAndDriverInstallation::{
-    DIGCF_DEVICEINTERFACE, DIGCF_PRESENT, HDEVINFO, SP_DEVICE_INTERFACE_DATA,
+    DIF_REMOVE, DIGCF_DEVICEINTERFACE, DIGCF_PRESENT, HDEVINFO, SP_DEVICE_INTERFACE_DATA,
     SP_DEVICE_INTERFACE_DETAIL_DATA_W, SP_DEVINFO_DATA, SPDRP_HARDWAREID,
-    SetupDiDestroyDeviceInfoList, SetupDiEnumDeviceInterfaces, SetupDiGetClassDevsW,
-    SetupDiGetDeviceInterfaceDetailW, SetupDiGetDeviceRegistryPropertyW,
+    SetupDiCallClassInstaller, SetupDiDestroyDeviceInfoList, SetupDiEnumDeviceInterfaces,
+    SetupDiGetClassDevsW, SetupDiGetDeviceInterfaceDetailW, SetupDiGetDeviceRegistryPropertyW,
 };
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_ACCESS_DENIED, GENERIC_READ, GENERIC_WRITE, GetLastError, HANDLE,
@@ -249,6 +249,32 @@ pub fn list() -> Result<Vec<Found>, TransportError> {
     )
 }
 
+/// Removes every revcall adapter's devnode, as Device Manager's "Uninstall device" does
+/// (SetupAPI's DIF_REMOVE: PnP removes the device, Storport calls HwCompleteServiceIrp, parked
+/// requests end). Returns the interface paths of the adapters removed.
+///
+/// # Errors
+///
+/// SetupAPI failing to enumerate, or DIF_REMOVE failing on one (not elevated: access denied).
+pub fn remove_adapters() -> Result<Vec<String>, TransportError> {
+    let (set, adapters) = adapters()?;
+    let mut removed = Vec::new();
+    for (path, device) in adapters {
+        // SAFETY: `device` belongs to `set`, which is live; DIF_REMOVE takes nothing else.
+        if unsafe { SetupDiCallClassInstaller(DIF_REMOVE, set.0, &device) } == 0 {
+            // SAFETY: reads this thread's last-error value.
+            let error = unsafe { GetLastError() };
+            return Err(if error == ERROR_ACCESS_DENIED {
+                TransportError::AccessDenied(path)
+            } else {
+                TransportError::System(format!("DIF_REMOVE on {path} failed with error {error:#x}"))
+            });
+        }
+        removed.push(path);
+    }
+    Ok(removed)
+}
+
 /// A SetupAPI device information set, destroyed when dropped.
 struct DeviceInfoSet(HDEVINFO);
 
@@ -262,6 +288,13 @@ impl Drop for DeviceInfoSet {
 /// The interface paths of the started Storport adapters whose devnode is revcall's (by
 /// hardware id): only these are ever sent revcall's requests.
 fn interfaces() -> Result<Vec<String>, TransportError> {
+    let (_set, adapters) = adapters()?;
+    Ok(adapters.into_iter().map(|(path, _)| path).collect())
+}
+
+/// The started Storport adapters whose devnode is revcall's: each interface path with its
+/// devnode, which lives as long as the set returned with it.
+fn adapters() -> Result<(DeviceInfoSet, Vec<(String, SP_DEVINFO_DATA)>), TransportError> {
     // SAFETY: a valid interface class GUID; no enumerator filter, no parent window.
     let set = unsafe {
         SetupDiGetClassDevsW(
@@ -279,7 +312,7 @@ fn interfaces() -> Result<Vec<String>, TransportError> {
         )));
     }
     let set = DeviceInfoSet(set);
-    let mut paths = Vec::new();
+    let mut found = Vec::new();
     for index in 0.. {
         let mut interface = SP_DEVICE_INTERFACE_DATA {
             cbSize: size_of::<SP_DEVICE_INTERFACE_DATA>() as u32,
@@ -302,10 +335,10 @@ fn interfaces() -> Result<Vec<String>, TransportError> {
         if let Some((path, device)) = interface_detail(&set, &interface)
             && hardware_ids(&set, &device).is_some_and(|ids| discovery::is_revcall(&ids))
         {
-            paths.push(path);
+            found.push((path, device));
         }
     }
-    Ok(paths)
+    Ok((set, found))
 }
 
 /// The interface's path (what CreateFileW opens) and its devnode.

@@ -125,6 +125,12 @@ impl Session {
             Duration::from_secs(30),
         )?;
         ensure!(output.status.success(), "sc create {name} failed");
+        self.add_devnode(name)
+    }
+
+    /// The root devnode `ROOT\<NAME>\0000` with hardware id `root\<name>`, whose service
+    /// `name` is (what `devcon install` leaves in the registry).
+    fn add_devnode(&self, name: &str) -> Result<()> {
         let devnode = format!(
             r"HKLM\System\CurrentControlSet\Enum\ROOT\{}\0000",
             name.to_uppercase()
@@ -338,25 +344,7 @@ pub fn run(wine64: &Path, images: &Images, target: &Path) -> Result<()> {
 
     // Both adapters' \\.\ScsiN: links: revcall's answers STATS, the foreign one refuses the
     // service IOCTL at once (STATUS_NOT_SUPPORTED) and the probe returns.
-    let (mut ours, mut foreign) = (Vec::new(), Vec::new());
-    for port in 0..4u32 {
-        let port_arg = port.to_string();
-        let probe_started = Instant::now();
-        let output = session.tester(
-            &["--port", &port_arg, "--json", "stats"],
-            Duration::from_secs(15),
-        )?;
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        if output.status.success() {
-            ours.push(port);
-        } else if text.contains("STATUS_NOT_SUPPORTED") {
-            foreign.push((port, probe_started.elapsed()));
-        }
-    }
+    let (ours, foreign) = probe_ports(&session)?;
     ensure!(
         ours.len() == 1 && foreign.len() == 1,
         "ports: expected one revcall adapter and one foreign one, got revcall {ours:?}, foreign {foreign:?}"
@@ -391,12 +379,14 @@ pub fn run(wine64: &Path, images: &Images, target: &Path) -> Result<()> {
 
     process_exit(&session)?;
     selftest(&session)?;
+    removal_and_restart(&session)?;
 
     let log = session.log_text();
+    // foreign's, revcall's, and revcall's again after the restart.
     let started_adapters = log.matches("storport: adapter started").count();
     ensure!(
-        started_adapters == 2,
-        "winedevice's log shows {started_adapters} adapters started, not 2:\n{log}"
+        started_adapters == 3,
+        "winedevice's log shows {started_adapters} adapter starts, not 3:\n{log}"
     );
     for bad in ["storport: panic", "RUNDOWN STUCK", "revcall: panic"] {
         ensure!(!log.contains(bad), "winedevice's log has `{bad}`:\n{log}");
@@ -446,6 +436,146 @@ fn process_exit(session: &Session) -> Result<()> {
     step(
         "process exit",
         "watch killed with 3 WAITs parked: 3 cancelled through revcall's cancel routine, 0 parked",
+    );
+    Ok(())
+}
+
+/// Probes `\\.\Scsi0:` … `\\.\Scsi3:` with STATS: the ports that answered as revcall, and
+/// those that refused the service IOCTL with STATUS_NOT_SUPPORTED (with how long the probe
+/// took); a port with no adapter fails to open and is in neither.
+fn probe_ports(session: &Session) -> Result<(Vec<u32>, Vec<(u32, Duration)>)> {
+    let (mut ours, mut foreign) = (Vec::new(), Vec::new());
+    for port in 0..4u32 {
+        let port_arg = port.to_string();
+        let probe_started = Instant::now();
+        let output = session.tester(
+            &["--port", &port_arg, "--json", "stats"],
+            Duration::from_secs(15),
+        )?;
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if output.status.success() {
+            ours.push(port);
+        } else if text.contains("STATUS_NOT_SUPPORTED") {
+            foreign.push((port, probe_started.elapsed()));
+        }
+    }
+    Ok((ours, foreign))
+}
+
+/// A `watch` parks WAITs; `revcall-tester remove` removes the devnode (SetupAPI DIF_REMOVE:
+/// Wine's PnP manager sends SURPRISE_REMOVAL, then REMOVE_DEVICE); the watch must see the
+/// adapter go and end by itself, the stand-in's rundown wait must end, the service must then
+/// stop (Wine refuses while a PnP device is left). Restarted with `EnableFireInjection=0`,
+/// revcall must refuse FIRE.
+fn removal_and_restart(session: &Session) -> Result<()> {
+    let watch_out = session.prefix.with_file_name("watch.out");
+    let mut watch = session.command(&session.wine64);
+    watch
+        .args([
+            r"C:\revcall-tester.exe",
+            "--json",
+            "watch",
+            "--waiters",
+            "3",
+        ])
+        .stdout(File::create(&watch_out)?)
+        .stderr(Stdio::null());
+    let mut child = watch.spawn().context("starting watch")?;
+    let parked = wait_for("3 WAITs parked by watch", Duration::from_secs(20), || {
+        let stats = session.stats()?;
+        Ok((stats["parked_now"].as_u64() == Some(3)).then_some(()))
+    });
+    if let Err(error) = parked {
+        let _ = child.kill();
+        return Err(error);
+    }
+    let removed = session.tester_json(&["remove"])?;
+    ensure!(
+        removed["removed"].as_array().is_some_and(
+            |r| r.len() == 1 && r[0].as_str().is_some_and(|p| p.contains("root#revcall#"))
+        ),
+        "remove: {removed}"
+    );
+    let ended = wait_for("watch to end by itself", Duration::from_secs(20), || {
+        Ok(child.try_wait()?)
+    });
+    if ended.is_err() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    ended?;
+    let lines = std::fs::read_to_string(&watch_out)?;
+    let last: Value = lines
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .last()
+        .context("watch printed no JSON")?;
+    ensure!(
+        last["adapter_gone"] == true && lines.contains("SurpriseRemoved"),
+        "watch did not see the adapter go:\n{lines}"
+    );
+    let log = session.log_text();
+    ensure!(
+        log.contains("surprise-removed") && log.contains(": removed"),
+        "winedevice's log shows no surprise removal and removal:\n{log}"
+    );
+    let list = session.tester(&["--json", "list"], Duration::from_secs(20))?;
+    ensure!(
+        String::from_utf8_lossy(&list.stdout).contains(r#""adapters":[]"#),
+        "list after removal: {}",
+        String::from_utf8_lossy(&list.stdout)
+    );
+    step(
+        "removal",
+        "DIF_REMOVE with 3 WAITs parked: SurpriseRemoved delivered, watch ended (adapter gone), rundown done, no adapter listed",
+    );
+
+    session.wine(&["sc", "stop", "revcall"], Duration::from_secs(30))?;
+    wait_for("revcall's service to stop", Duration::from_secs(30), || {
+        let query = session.wine(&["sc", "query", "revcall"], Duration::from_secs(20))?;
+        Ok(String::from_utf8_lossy(&query.stdout)
+            .contains("STOPPED")
+            .then_some(()))
+    })?;
+    session.reg_add(
+        r"HKLM\System\CurrentControlSet\Services\revcall\Parameters\Device",
+        "EnableFireInjection",
+        "REG_DWORD",
+        "0",
+    )?;
+    session.add_devnode("revcall")?;
+    session.wine(&["sc", "start", "revcall"], Duration::from_secs(60))?;
+    // Wine 8 does not enable the storage-port interface of a devnode a second time in one
+    // session (IoSetDeviceInterfaceState fails with STATUS_OBJECT_TYPE_MISMATCH; the stand-in
+    // logs it), so the restarted adapter is reached by its \\.\ScsiN: link.
+    let port = wait_for(
+        "the restarted adapter's port",
+        Duration::from_secs(60),
+        || Ok(probe_ports(session)?.0.first().copied()),
+    )?;
+    let port_arg = port.to_string();
+    let stats = session.tester_json(&["--port", &port_arg, "stats"])?;
+    ensure!(
+        stats["events_injected"].as_u64() == Some(0) && stats["parked_now"].as_u64() == Some(0),
+        "the restarted adapter is not a fresh one: {stats}"
+    );
+    let fire = session.tester(&["--port", &port_arg, "fire"], Duration::from_secs(20))?;
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&fire.stdout),
+        String::from_utf8_lossy(&fire.stderr)
+    );
+    ensure!(
+        !fire.status.success() && text.contains("STATUS_NOT_SUPPORTED"),
+        "FIRE with EnableFireInjection=0: {text}"
+    );
+    step(
+        "restart",
+        "service stopped, devnode re-added, service started: a fresh adapter; EnableFireInjection=0 → FIRE refused with STATUS_NOT_SUPPORTED",
     );
     Ok(())
 }
