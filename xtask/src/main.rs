@@ -387,6 +387,7 @@ fn test() -> Result<()> {
     torture_is_clean(&sys)?;
     faults_are_handled(&sys)?;
     selftest_passes(&sys)?;
+    remove_on_storsim(&sys)?;
     bench_runs(
         &sys,
         &fixtures.join("floor.sys"),
@@ -464,7 +465,26 @@ fn have(program: &str) -> bool {
 /// The tester's suite against storsim, as users run it: zero failed, at least 25 passed.
 fn selftest_passes(sys: &Path) -> Result<()> {
     eprintln!("==> revcall-tester --sim revcall.sys selftest --json");
-    let output = cargo()
+    let output = tester_on_storsim(sys, &["selftest", "--json"])?;
+    let report = json_report(&output, "revcall-tester")?;
+    let (passed, failed) = (report["passed"].as_u64(), report["failed"].as_u64());
+    eprintln!(
+        "    backend {}, passed {passed:?}, failed {failed:?}, skipped {}",
+        report["backend"], report["skipped"]
+    );
+    if !output.status.success() || failed != Some(0) || passed.is_none_or(|p| p < 25) {
+        bail!(
+            "the self-test did not pass:\n{}\n{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// `revcall-tester --sim revcall.sys <args>`.
+fn tester_on_storsim(sys: &Path, args: &[&str]) -> Result<std::process::Output> {
+    cargo()
         .args([
             "run",
             "--quiet",
@@ -475,18 +495,20 @@ fn selftest_passes(sys: &Path) -> Result<()> {
             "--sim",
         ])
         .arg(sys)
-        .args(["selftest", "--json"])
+        .args(args)
         .output()
-        .context("running revcall-tester")?;
+        .context("running revcall-tester")
+}
+
+/// `revcall-tester remove` on storsim: the PnP removal, and a verifier with nothing to say
+/// after it (the exit status).
+fn remove_on_storsim(sys: &Path) -> Result<()> {
+    eprintln!("==> revcall-tester --sim revcall.sys remove --json");
+    let output = tester_on_storsim(sys, &["--json", "remove"])?;
     let report = json_report(&output, "revcall-tester")?;
-    let (passed, failed) = (report["passed"].as_u64(), report["failed"].as_u64());
-    eprintln!(
-        "    backend {}, passed {passed:?}, failed {failed:?}, skipped {}",
-        report["backend"], report["skipped"]
-    );
-    if !output.status.success() || failed != Some(0) || passed.is_none_or(|p| p < 25) {
+    if !output.status.success() || report["removed"] != serde_json::json!(["storsim adapter"]) {
         bail!(
-            "the self-test did not pass:\n{}\n{}",
+            "remove did not remove the adapter cleanly:\n{}\n{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );

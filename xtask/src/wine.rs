@@ -440,10 +440,13 @@ fn process_exit(session: &Session) -> Result<()> {
     Ok(())
 }
 
+/// Ports that answered as revcall; ports that refused the service IOCTL, with the probe's time.
+type Ports = (Vec<u32>, Vec<(u32, Duration)>);
+
 /// Probes `\\.\Scsi0:` … `\\.\Scsi3:` with STATS: the ports that answered as revcall, and
 /// those that refused the service IOCTL with STATUS_NOT_SUPPORTED (with how long the probe
 /// took); a port with no adapter fails to open and is in neither.
-fn probe_ports(session: &Session) -> Result<(Vec<u32>, Vec<(u32, Duration)>)> {
+fn probe_ports(session: &Session) -> Result<Ports> {
     let (mut ours, mut foreign) = (Vec::new(), Vec::new());
     for port in 0..4u32 {
         let port_arg = port.to_string();
@@ -511,8 +514,8 @@ fn removal_and_restart(session: &Session) -> Result<()> {
     let lines = std::fs::read_to_string(&watch_out)?;
     let last: Value = lines
         .lines()
-        .filter_map(|line| serde_json::from_str(line).ok())
-        .last()
+        .rev()
+        .find_map(|line| serde_json::from_str(line).ok())
         .context("watch printed no JSON")?;
     ensure!(
         last["adapter_gone"] == true && lines.contains("SurpriseRemoved"),
