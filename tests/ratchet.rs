@@ -8,17 +8,17 @@ use std::path::{Path, PathBuf};
 /// (crate folder, unsafe sites, transmutes, statics, `static mut`s)
 const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     (".", 91, 0, 2, 0),
-    ("abi", 8, 0, 0, 0),
+    ("abi", 12, 0, 0, 0),
     ("client", 0, 0, 0, 0),
     ("fixtures", 150, 0, 2, 0),
     ("fuzz", 0, 0, 2, 0),
     ("imports", 31, 1, 0, 0),
     ("protocol", 0, 0, 0, 0),
     ("scsi", 0, 0, 0, 0),
-    ("standin", 161, 4, 1, 0),
+    ("standin", 159, 4, 1, 0),
     ("sim", 1, 0, 1, 0),
-    ("storsim", 276, 6, 32, 0),
-    ("tester", 27, 0, 0, 0),
+    ("storsim", 274, 6, 32, 0),
+    ("tester", 29, 0, 0, 0),
     ("xtask", 0, 0, 1, 0),
 ];
 

@@ -6,7 +6,25 @@
 use core::ffi::c_void;
 use core::mem::size_of;
 
-use crate::{HW_INITIALIZATION_DATA, STOR_FEATURE_VIRTUAL_MINIPORT};
+use crate::{
+    HW_ADAPTER_CONTROL, HW_COMPLETE_SERVICE_IRP, HW_FREE_ADAPTER_RESOURCES, HW_INITIALIZATION_DATA,
+    HW_INITIALIZE, HW_PROCESS_SERVICE_REQUEST, HW_RESET_BUS, HW_STARTIO,
+    STOR_FEATURE_VIRTUAL_MINIPORT, VIRTUAL_HW_FIND_ADAPTER,
+};
+
+/// A miniport's routines as StorPortInitialize keeps them (typed, the four it requires
+/// present).
+#[derive(Clone, Copy)]
+pub struct Routines {
+    pub find_adapter: VIRTUAL_HW_FIND_ADAPTER,
+    pub initialize: HW_INITIALIZE,
+    pub start_io: HW_STARTIO,
+    pub reset_bus: HW_RESET_BUS,
+    pub adapter_control: Option<HW_ADAPTER_CONTROL>,
+    pub free_adapter_resources: Option<HW_FREE_ADAPTER_RESOURCES>,
+    pub process_service_request: Option<HW_PROCESS_SERVICE_REQUEST>,
+    pub complete_service_irp: Option<HW_COMPLETE_SERVICE_IRP>,
+}
 
 /// The sizes Storport accepts: 0x88 (no virtual fields), 0xB0 (VIRTUAL_HW_INITIALIZATION_DATA),
 /// 0xD0 (the Windows 8 structure, virtual when FeatureSupport says so).
@@ -86,5 +104,46 @@ impl InitData {
                     FeatureSupport
                 )) & STOR_FEATURE_VIRTUAL_MINIPORT
                     != 0)
+    }
+
+    /// The routines, typed; `Err` names the first of HwInitialize, HwStartIo, HwFindAdapter,
+    /// HwResetBus that is NULL (Storport then answers STATUS_INVALID_PARAMETER).
+    pub fn routines(&self) -> Result<Routines, &'static str> {
+        macro_rules! routine {
+            ($field:ident) => {
+                // SAFETY: the field holds NULL or a routine with this storport.h prototype.
+                unsafe { self.field(core::mem::offset_of!(HW_INITIALIZATION_DATA, $field)) }
+                    .flatten()
+            };
+        }
+        Ok(Routines {
+            initialize: routine!(HwInitialize).ok_or("HwInitialize")?,
+            start_io: routine!(HwStartIo).ok_or("HwStartIo")?,
+            find_adapter: routine!(HwFindAdapter).ok_or("HwFindAdapter")?,
+            reset_bus: routine!(HwResetBus).ok_or("HwResetBus")?,
+            adapter_control: routine!(HwAdapterControl),
+            free_adapter_resources: routine!(HwFreeAdapterResources),
+            process_service_request: routine!(HwProcessServiceRequest),
+            complete_service_irp: routine!(HwCompleteServiceIrp),
+        })
+    }
+
+    /// Storport marks the caller's structure: PortVersionFlags |= 0x10 [DECOMP].
+    ///
+    /// # Safety
+    ///
+    /// `init` is the structure this value reads, and writable.
+    pub unsafe fn mark_seen(&self, init: *mut HW_INITIALIZATION_DATA) {
+        let flags = init
+            .cast::<u8>()
+            .wrapping_add(core::mem::offset_of!(
+                HW_INITIALIZATION_DATA,
+                PortVersionFlags
+            ))
+            .cast::<u16>();
+        // SAFETY: inside the caller's structure (every revision is longer than 0x6A bytes).
+        let old = unsafe { flags.read_unaligned() };
+        // SAFETY: as above, and writable (the caller's promise).
+        unsafe { flags.write_unaligned(old | 0x10) };
     }
 }

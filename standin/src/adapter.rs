@@ -264,7 +264,7 @@ impl Adapter {
         // LowerDevice are the PDO, BusInformation the FDO (as storsim passes them), no
         // argument string; config and again are locals.
         let found = unsafe {
-            (self.miniport().find_adapter)(
+            (self.miniport().routines.find_adapter)(
                 extension,
                 self.pdo.cast(),
                 self.fdo.cast(),
@@ -279,7 +279,7 @@ impl Adapter {
             return nt::STATUS_UNSUCCESSFUL;
         }
         // SAFETY: the miniport's routine on its extension, after HwFindAdapter found it.
-        if unsafe { (self.miniport().initialize)(extension) } == 0 {
+        if unsafe { (self.miniport().routines.initialize)(extension) } == 0 {
             log!("HwInitialize returned FALSE: adapter not started");
             return nt::STATUS_UNSUCCESSFUL;
         }
@@ -378,7 +378,7 @@ impl Adapter {
     pub unsafe fn remove(&self) {
         let extension = self.extension();
         if !extension.is_null()
-            && let Some(complete) = self.miniport().complete_service_irp
+            && let Some(complete) = self.miniport().routines.complete_service_irp
         {
             // SAFETY: the miniport's routine on its live extension, at PASSIVE_LEVEL.
             unsafe { complete(extension) };
@@ -392,7 +392,7 @@ impl Adapter {
         }
         self.worker.stop();
         if !extension.is_null() {
-            if let Some(free) = self.miniport().free_adapter_resources {
+            if let Some(free) = self.miniport().routines.free_adapter_resources {
                 // SAFETY: the miniport's routine, last of all its calls.
                 unsafe { free(extension) };
             }

@@ -83,7 +83,7 @@ unsafe extern "system" fn device_control(device: *mut DEVICE_OBJECT, irp: *mut I
         // SAFETY: as in `open_close`.
         return unsafe { nt::complete(irp, nt::STATUS_DELETE_PENDING, 0) };
     }
-    let Some(process) = adapter.miniport().process_service_request else {
+    let Some(process) = adapter.miniport().routines.process_service_request else {
         adapter.rundown.release();
         // SAFETY: as in `open_close`.
         return unsafe { nt::complete(irp, nt::STATUS_NOT_SUPPORTED, 0) };

@@ -69,14 +69,8 @@ pub unsafe extern "system" fn StorPortInitialize(
     if !crate::miniport::register(driver, miniport) {
         return nt::STATUS_INSUFFICIENT_RESOURCES as u32;
     }
-    let flags = init
-        .cast::<u8>()
-        .wrapping_add(offset_of!(HW_INITIALIZATION_DATA, PortVersionFlags))
-        .cast::<u16>();
-    // SAFETY: inside the caller's structure (every revision is longer than 0x6A bytes).
-    let old = unsafe { flags.read_unaligned() };
-    // SAFETY: as above, writable (a non-const pointer): Storport ORs 0x10 into it.
-    unsafe { flags.write_unaligned(old | 0x10) };
+    // SAFETY: the miniport's own structure, writable (a non-const pointer).
+    unsafe { data.mark_seen(init) };
     // SAFETY: the miniport's live driver object.
     unsafe { crate::dispatch::install(driver.cast::<DriverObject>()) };
     log!(

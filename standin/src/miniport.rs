@@ -11,12 +11,8 @@ use core::mem::offset_of;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
-use storport_abi::init::InitData;
-use storport_abi::{
-    DRIVER_OBJECT, HW_ADAPTER_CONTROL, HW_COMPLETE_SERVICE_IRP, HW_FREE_ADAPTER_RESOURCES,
-    HW_INITIALIZATION_DATA, HW_INITIALIZE, HW_PROCESS_SERVICE_REQUEST, HW_RESET_BUS, HW_STARTIO,
-    VIRTUAL_HW_FIND_ADAPTER,
-};
+use storport_abi::init::{InitData, Routines};
+use storport_abi::{DRIVER_OBJECT, HW_INITIALIZATION_DATA};
 
 use crate::adapter::POOL_TAG;
 use crate::nt::{self, UNICODE_STRING};
@@ -24,16 +20,8 @@ use crate::nt::{self, UNICODE_STRING};
 /// The longest service registry path kept, in UTF-16 units.
 const REGISTRY_PATH_UNITS: usize = 256;
 
-#[repr(C)]
 pub struct Miniport {
-    pub find_adapter: VIRTUAL_HW_FIND_ADAPTER,
-    pub initialize: HW_INITIALIZE,
-    pub start_io: HW_STARTIO,
-    pub reset_bus: HW_RESET_BUS,
-    pub adapter_control: Option<HW_ADAPTER_CONTROL>,
-    pub free_adapter_resources: Option<HW_FREE_ADAPTER_RESOURCES>,
-    pub process_service_request: Option<HW_PROCESS_SERVICE_REQUEST>,
-    pub complete_service_irp: Option<HW_COMPLETE_SERVICE_IRP>,
+    pub routines: Routines,
     pub extension_size: u32,
     registry_path: [u16; REGISTRY_PATH_UNITS],
     registry_path_len: usize,
@@ -60,21 +48,7 @@ impl Miniport {
         data: &InitData,
         registry_path: *const UNICODE_STRING,
     ) -> Result<Self, Refusal> {
-        macro_rules! routine {
-            ($field:ident) => {
-                // SAFETY: the field is `Option<routine>` in storport.h's layout, and the
-                // routine has that prototype (this function's contract).
-                unsafe { data.field(offset_of!(HW_INITIALIZATION_DATA, $field)) }.flatten()
-            };
-        }
-        let (Some(find_adapter), Some(initialize), Some(start_io), Some(reset_bus)) = (
-            routine!(HwFindAdapter),
-            routine!(HwInitialize),
-            routine!(HwStartIo),
-            routine!(HwResetBus),
-        ) else {
-            return Err(Refusal::MissingRoutine);
-        };
+        let routines = data.routines().map_err(|_| Refusal::MissingRoutine)?;
         if !data.is_virtual() {
             return Err(Refusal::NotVirtual);
         }
@@ -89,14 +63,7 @@ impl Miniport {
         // a local array at least that long.
         unsafe { core::ptr::copy_nonoverlapping(units, path.as_mut_ptr(), length) };
         Ok(Self {
-            find_adapter,
-            initialize,
-            start_io,
-            reset_bus,
-            adapter_control: routine!(HwAdapterControl),
-            free_adapter_resources: routine!(HwFreeAdapterResources),
-            process_service_request: routine!(HwProcessServiceRequest),
-            complete_service_irp: routine!(HwCompleteServiceIrp),
+            routines,
             extension_size: data.u32_at(offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize)),
             registry_path: path,
             registry_path_len: length,
@@ -110,7 +77,7 @@ impl Miniport {
 
     /// HwAdapterControl, FALSE-like `None` when the miniport has none.
     pub fn adapter_control(&self, extension: *mut c_void, control: u32, parameters: *mut c_void) {
-        if let Some(routine) = self.adapter_control {
+        if let Some(routine) = self.routines.adapter_control {
             // SAFETY: the miniport's routine (`from_init`) on its live extension.
             unsafe { routine(extension, control, parameters) };
         }

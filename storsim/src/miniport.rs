@@ -55,16 +55,7 @@ pub struct Miniport {
 }
 
 /// The routines of a [`Miniport`], as read from HW_INITIALIZATION_DATA.
-pub struct Routines {
-    pub find_adapter: VIRTUAL_HW_FIND_ADAPTER,
-    pub initialize: HW_INITIALIZE,
-    pub start_io: HW_STARTIO,
-    pub reset_bus: HW_RESET_BUS,
-    pub adapter_control: Option<HW_ADAPTER_CONTROL>,
-    pub free_adapter_resources: Option<HW_FREE_ADAPTER_RESOURCES>,
-    pub process_service_request: Option<HW_PROCESS_SERVICE_REQUEST>,
-    pub complete_service_irp: Option<HW_COMPLETE_SERVICE_IRP>,
-}
+pub use storport_abi::init::Routines;
 
 impl Miniport {
     /// # Safety

@@ -176,36 +176,27 @@ fn run(step: &str, command: &mut Command) -> Result<()> {
 
 /// Builds the driver and gives it its Windows name; returns the path of revcall.sys.
 fn build_driver() -> Result<PathBuf> {
-    run(
-        "build revcall.sys",
-        cargo().args([
-            "build",
-            "--package",
-            "revcall",
-            "--release",
-            "--target",
-            DRIVER_TARGET,
-        ]),
-    )?;
-    let out = workspace_root()
-        .join("target")
-        .join(DRIVER_TARGET)
-        .join("release");
-    let sys = out.join("revcall.sys");
-    // Like windows-drivers-rs: the linker writes a .dll, the driver is the same file as .sys.
-    std::fs::copy(out.join("revcall.dll"), &sys)
-        .with_context(|| format!("copying revcall.dll to {}", sys.display()))?;
-    Ok(sys)
+    build_sys("build revcall.sys", "revcall", "revcall")
 }
 
 /// Builds the stand-in storport.sys for Wine (crate `storport-standin`); returns its path.
 fn build_standin() -> Result<PathBuf> {
-    run(
+    build_sys(
         "build the stand-in storport.sys (Wine)",
+        "storport-standin",
+        "storport",
+    )
+}
+
+/// Builds `package` for the driver target and gives its `<image>.dll` the driver's name
+/// (like windows-drivers-rs: the linker writes a .dll, the driver is the same file as .sys).
+fn build_sys(step: &str, package: &str, image: &str) -> Result<PathBuf> {
+    run(
+        step,
         cargo().args([
             "build",
             "--package",
-            "storport-standin",
+            package,
             "--release",
             "--target",
             DRIVER_TARGET,
@@ -215,9 +206,9 @@ fn build_standin() -> Result<PathBuf> {
         .join("target")
         .join(DRIVER_TARGET)
         .join("release");
-    let sys = out.join("storport.sys");
-    std::fs::copy(out.join("storport.dll"), &sys)
-        .with_context(|| format!("copying storport.dll to {}", sys.display()))?;
+    let sys = out.join(format!("{image}.sys"));
+    std::fs::copy(out.join(format!("{image}.dll")), &sys)
+        .with_context(|| format!("copying {image}.dll to {}", sys.display()))?;
     Ok(sys)
 }
 

@@ -35,6 +35,15 @@ const LAB_CASES: &[&str] = &[
     "verifier_clean",
 ];
 
+/// wineserver: on PATH through Debian's alternatives, or where libwine puts it.
+fn wineserver() -> PathBuf {
+    if crate::have("wineserver") {
+        PathBuf::from("wineserver")
+    } else {
+        PathBuf::from("/usr/lib/wine/wineserver")
+    }
+}
+
 /// wine64's path, if Wine is installed.
 pub fn wine64() -> Option<PathBuf> {
     let debian = PathBuf::from(WINE64);
@@ -164,7 +173,7 @@ impl Drop for Session {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let mut kill = self.command(Path::new("wineserver"));
+        let mut kill = self.command(&wineserver());
         kill.arg("-k");
         let _ = output_within(kill, Duration::from_secs(30));
         let _ = std::fs::remove_dir_all(&self.prefix);
@@ -257,7 +266,7 @@ pub fn run(wine64: &Path, images: &Images, target: &Path) -> Result<()> {
     // A clean wineserver, so the one the session's first process starts below carries the log
     // settings: kill wineboot's, and wait until it has gone (`-k` does not wait).
     for flag in ["-k", "-w"] {
-        let mut server = session.command(Path::new("wineserver"));
+        let mut server = session.command(&wineserver());
         server.arg(flag);
         output_within(server, Duration::from_secs(60))?;
     }

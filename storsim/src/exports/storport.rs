@@ -24,7 +24,7 @@ use crate::faults::Site;
 use crate::io::Via;
 use crate::io::objects::Slot;
 use crate::kernel::Kernel;
-use crate::miniport::{DpcRoutine, Miniport, Routines, Timer, TimerEx};
+use crate::miniport::{DpcRoutine, Miniport, Timer, TimerEx};
 use crate::pool::Owner;
 use crate::verifier::{BugCheck, Code, rules};
 
@@ -78,55 +78,19 @@ fn storport_initialize(
         return STATUS_REVISION_MISMATCH;
     };
     let size = data.size();
-    let routine_named = [
-        (
-            "HwInitialize",
-            offset_of!(HW_INITIALIZATION_DATA, HwInitialize),
-        ),
-        ("HwStartIo", offset_of!(HW_INITIALIZATION_DATA, HwStartIo)),
-        (
-            "HwFindAdapter",
-            offset_of!(HW_INITIALIZATION_DATA, HwFindAdapter),
-        ),
-        ("HwResetBus", offset_of!(HW_INITIALIZATION_DATA, HwResetBus)),
-    ];
-    if let Some((name, _)) = routine_named
-        .iter()
-        .find(|(_, offset)| data.routine(*offset).is_none())
-    {
-        kernel.note(format!(
-            "StorPortInitialize: {name} is NULL → STATUS_INVALID_PARAMETER"
-        ));
-        return STATUS_INVALID_PARAMETER;
-    }
+    let routines = match data.routines() {
+        Ok(routines) => routines,
+        Err(name) => {
+            kernel.note(format!(
+                "StorPortInitialize: {name} is NULL → STATUS_INVALID_PARAMETER"
+            ));
+            return STATUS_INVALID_PARAMETER;
+        }
+    };
     if !data.is_virtual() {
         kernel.note("StorPortInitialize: not a virtual miniport; storsim emulates no HBA hardware");
         return STATUS_NOT_SUPPORTED;
     }
-    macro_rules! routine {
-        ($field:ident) => {
-            // SAFETY: the field is `Option<routine>` in storport.h's layout.
-            unsafe { data.field(offset_of!(HW_INITIALIZATION_DATA, $field)) }.flatten()
-        };
-    }
-    let (Some(find_adapter), Some(initialize), Some(start_io), Some(reset_bus)) = (
-        routine!(HwFindAdapter),
-        routine!(HwInitialize),
-        routine!(HwStartIo),
-        routine!(HwResetBus),
-    ) else {
-        unreachable!("checked non-NULL above");
-    };
-    let routines = Routines {
-        find_adapter,
-        initialize,
-        start_io,
-        reset_bus,
-        adapter_control: routine!(HwAdapterControl),
-        free_adapter_resources: routine!(HwFreeAdapterResources),
-        process_service_request: routine!(HwProcessServiceRequest),
-        complete_service_irp: routine!(HwCompleteServiceIrp),
-    };
     let extension_size = data.u32_at(offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize));
     // SAFETY: every routine was read from the miniport's HW_INITIALIZATION_DATA with its
     // storport.h prototype, and its image stays loaded while storsim runs the adapter.
@@ -137,15 +101,8 @@ fn storport_initialize(
             data.u32_at(offset_of!(HW_INITIALIZATION_DATA, SrbExtensionSize)),
         )
     };
-    // Storport marks the caller's copy (PortVersionFlags |= 0x10) [DECOMP].
-    let flags = init
-        .cast::<u8>()
-        .wrapping_add(offset_of!(HW_INITIALIZATION_DATA, PortVersionFlags))
-        .cast::<u16>();
-    // SAFETY: inside the driver's structure (every revision is ≥ 0x88 > 0x6A bytes).
-    let old = unsafe { flags.read_unaligned() };
-    // SAFETY: the same field of the driver's own structure, writable (a non-const pointer).
-    unsafe { flags.write_unaligned(old | 0x10) };
+    // SAFETY: the driver's own structure, writable (a non-const pointer).
+    unsafe { data.mark_seen(init) };
     kernel.port().register(miniport);
     let objects = kernel.io().objects();
     for major in [
