@@ -21,6 +21,7 @@ use storport_abi::{
 
 use crate::miniport::Miniport;
 use crate::nt::{self, DeviceObject, UNICODE_STRING};
+use crate::scan::Scanner;
 use crate::worker::Worker;
 
 /// Pool tag of the stand-in's blocks ("StPt").
@@ -172,6 +173,7 @@ pub struct Adapter {
     pnp: UnsafeCell<Pnp>,
     pub rundown: Rundown,
     pub worker: Worker,
+    pub scanner: Scanner,
 }
 
 impl Adapter {
@@ -314,6 +316,7 @@ impl Adapter {
         }
         pnp.state = PnpState::Started;
         self.rundown.open();
+        self.scanner.start(self);
         log!(
             "adapter started: \\\\.\\Scsi%u:, MaximumTransferLength %#x, surprise removal %s",
             self.port,
@@ -361,8 +364,9 @@ impl Adapter {
         log!("adapter \\\\.\\Scsi%u: surprise-removed", self.port);
     }
 
-    /// ScsiStopAdapter (when supported) and the timers' thread ended.
+    /// The scan ended, ScsiStopAdapter (when supported), the timers' thread ended.
     fn stop_adapter(&self) {
+        self.scanner.stop();
         self.miniport()
             .adapter_control(self.extension(), SCSI_STOP_ADAPTER, null_mut());
         self.worker.stop();
@@ -390,6 +394,7 @@ impl Adapter {
             self.rundown.close_and_wait();
             self.stop_adapter();
         }
+        self.scanner.stop();
         self.worker.stop();
         if !extension.is_null() {
             if let Some(free) = self.miniport().routines.free_adapter_resources {
@@ -488,6 +493,7 @@ pub unsafe extern "system" fn add_device(
         }),
         rundown: Rundown::new(),
         worker: Worker::new(),
+        scanner: Scanner::new(),
     };
     let object = fdo.cast::<DeviceObject>();
     // SAFETY: the FDO IoCreateDevice just created.

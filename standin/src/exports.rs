@@ -18,9 +18,9 @@ use storport_abi::{
     BUS_CHANGE_DETECTED, DRIVER_OBJECT, EXT_FUNCTION_COMPLETE_SERVICE_IRP, EXT_FUNCTION_FREE_TIMER,
     EXT_FUNCTION_INITIALIZE_TIMER, EXT_FUNCTION_REQUEST_TIMER, HW_DPC_ROUTINE,
     HW_INITIALIZATION_DATA, HW_TIMER, HW_TIMER_EX, INITIALIZE_DPC, IRP, ISSUE_DPC,
-    REQUEST_COMPLETE, REQUEST_TIMER_CALL, STOR_DPC, STOR_STATUS_INSUFFICIENT_RESOURCES,
-    STOR_STATUS_INVALID_PARAMETER, STOR_STATUS_NOT_IMPLEMENTED, STOR_STATUS_SUCCESS,
-    UNICODE_STRING,
+    REQUEST_COMPLETE, REQUEST_TIMER_CALL, SCSI_REQUEST_BLOCK, STOR_DPC,
+    STOR_STATUS_INSUFFICIENT_RESOURCES, STOR_STATUS_INVALID_PARAMETER, STOR_STATUS_NOT_IMPLEMENTED,
+    STOR_STATUS_SUCCESS, UNICODE_STRING,
 };
 
 use crate::adapter::{Adapter, POOL_TAG};
@@ -122,8 +122,15 @@ pub unsafe extern "system" fn StorPortNotification(
                 unsafe { out.write(u8::from(queued)) };
             }
         }
-        BUS_CHANGE_DETECTED => log!("BusChangeDetected on path %u", a0 as u32),
-        REQUEST_COMPLETE => log!("RequestComplete for SRB %p: the stand-in issued none", a0),
+        BUS_CHANGE_DETECTED => adapter.scanner.rescan(),
+        REQUEST_COMPLETE => {
+            if !adapter.scanner.completed(a0 as *mut SCSI_REQUEST_BLOCK) {
+                log!(
+                    "RequestComplete for SRB %p, which the stand-in did not send",
+                    a0
+                );
+            }
+        }
         other => log!("StorPortNotification(%#x) is not emulated", other),
     }
 }
@@ -262,7 +269,7 @@ pub unsafe extern "system" fn StorPortFreeRegistryBuffer(_extension: *mut c_void
     }
 }
 
-/// Nothing to tell: the stand-in queues no SRBs yet; the depth is accepted.
+/// The depth is accepted: the stand-in sends one SRB at a time anyway.
 #[unsafe(no_mangle)]
 pub extern "system" fn StorPortSetDeviceQueueDepth(
     _extension: *mut c_void,

@@ -16,6 +16,8 @@
 //! * [`worker`]: RequestTimerCall, the extended timers and the DPCs run on a thread of the
 //!   adapter's own, because Wine 8's KeInsertQueueDpc never runs a DPC.
 //! * [`registry`]: StorPortRegistryRead from the service's `Parameters\Device` key.
+//! * [`scan`]: the INQUIRY scan after start and BusChangeDetected, and the first READ a disk
+//!   class driver would send a new disk (Wine has no disk.sys).
 //!
 //! Only built for `x86_64-pc-windows-msvc`; on the host the crate is empty.
 #![cfg_attr(target_os = "windows", no_std)]
@@ -36,6 +38,8 @@ mod miniport;
 mod nt;
 #[cfg(target_os = "windows")]
 mod registry;
+#[cfg(target_os = "windows")]
+mod scan;
 #[cfg(target_os = "windows")]
 mod worker;
 

@@ -23,6 +23,7 @@ const REGISTRY_PATH_UNITS: usize = 256;
 pub struct Miniport {
     pub routines: Routines,
     pub extension_size: u32,
+    pub srb_extension_size: u32,
     registry_path: [u16; REGISTRY_PATH_UNITS],
     registry_path_len: usize,
 }
@@ -65,6 +66,7 @@ impl Miniport {
         Ok(Self {
             routines,
             extension_size: data.u32_at(offset_of!(HW_INITIALIZATION_DATA, DeviceExtensionSize)),
+            srb_extension_size: data.u32_at(offset_of!(HW_INITIALIZATION_DATA, SrbExtensionSize)),
             registry_path: path,
             registry_path_len: length,
         })
