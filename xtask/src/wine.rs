@@ -168,11 +168,37 @@ impl Drop for Session {
             let _ = child.kill();
             let _ = child.wait();
         }
-        let mut kill = self.command(&wineserver());
-        kill.arg("-k");
-        let _ = output_within(kill, Duration::from_secs(30));
+        for flag in ["-k", "-w"] {
+            let mut server = self.command(&wineserver());
+            server.arg(flag);
+            let _ = output_within(server, Duration::from_secs(30));
+        }
+        // wineserver -k has been seen to leave a winedevice.exe behind: end whatever still
+        // runs in this prefix before the prefix goes.
+        for pid in processes_in(&self.prefix) {
+            let _ = Command::new("kill").args(["-9", &pid]).status();
+        }
         let _ = std::fs::remove_dir_all(&self.prefix);
     }
+}
+
+/// The processes whose environment names `prefix` as their WINEPREFIX.
+fn processes_in(prefix: &Path) -> Vec<String> {
+    let wanted = format!("WINEPREFIX={}", prefix.display());
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name().into_string().ok()?;
+            name.parse::<u32>().ok()?;
+            let environ = std::fs::read(format!("/proc/{name}/environ")).ok()?;
+            environ
+                .split(|&b| b == 0)
+                .any(|var| var == wanted.as_bytes())
+                .then_some(name)
+        })
+        .collect()
 }
 
 /// Runs `command` to the end, or kills it at `limit`. Its output goes through files, not
