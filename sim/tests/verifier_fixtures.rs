@@ -126,6 +126,30 @@ fn the_disk_floor_passes_every_check() {
     passes("nulldisk");
 }
 
+/// A miniport without HwProcessServiceRequest (storahci's kind): Storport refuses every
+/// service IOCTL at once with STATUS_NOT_SUPPORTED, nothing is pended, nothing is violated. The
+/// same image is `cargo xtask wine`'s foreign adapter.
+#[test]
+fn an_adapter_without_service_requests_refuses_them_at_once() {
+    let (exit, report) = run("foreign");
+    assert_eq!(report["violations"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["irps"]["outstanding"], 0, "{report:#}");
+    let failures = report["failures"].as_array().expect("failures array");
+    assert!(!failures.is_empty(), "{report:#}");
+    let not_supported = format!("status: {}", 0xC000_00BB_u32);
+    for failure in failures {
+        let text = failure.as_str().unwrap_or_default();
+        assert!(
+            text.contains(&not_supported) || text == "PARK requests to stay pending",
+            "{text}"
+        );
+    }
+    assert_ne!(
+        exit, 0,
+        "the fixture scenario expects a service-IRP miniport"
+    );
+}
+
 #[test]
 fn cancel_safe_queue_passes_every_check() {
     passes("clean_csq");
