@@ -157,6 +157,7 @@ struct Pnp {
     /// GUID_DEVINTERFACE_STORAGEPORT's link, once registered (Buffer NULL before).
     interface: UNICODE_STRING,
     supports_surprise_removal: bool,
+    supports_stop: bool,
 }
 
 /// The FDO's device extension, shared by the dispatch routines, the StorPort* routines the
@@ -295,6 +296,7 @@ impl Adapter {
         // SAFETY: the PnP path (this function's contract).
         let pnp = unsafe { self.pnp() };
         pnp.supports_surprise_removal = list[4 + SCSI_ADAPTER_SURPRISE_REMOVAL as usize] != 0;
+        pnp.supports_stop = list[4 + SCSI_STOP_ADAPTER as usize] != 0;
         // SAFETY: the PDO below this FDO, a static GUID, no reference string; the link string
         // is the adapter's own and freed at removal.
         let registered = unsafe {
@@ -360,15 +362,18 @@ impl Adapter {
             );
         }
         self.rundown.close_and_wait();
-        self.stop_adapter();
+        self.stop_adapter(pnp);
         log!("adapter \\\\.\\Scsi%u: surprise-removed", self.port);
     }
 
-    /// The scan ended, ScsiStopAdapter (when supported), the timers' thread ended.
-    fn stop_adapter(&self) {
+    /// The scan ended, ScsiStopAdapter (when the query said it is supported), the timers'
+    /// thread ended.
+    fn stop_adapter(&self, pnp: &Pnp) {
         self.scanner.stop();
-        self.miniport()
-            .adapter_control(self.extension(), SCSI_STOP_ADAPTER, null_mut());
+        if pnp.supports_stop {
+            self.miniport()
+                .adapter_control(self.extension(), SCSI_STOP_ADAPTER, null_mut());
+        }
         self.worker.stop();
     }
 
@@ -392,7 +397,7 @@ impl Adapter {
         if pnp.state == PnpState::Started {
             Self::disable_interface(pnp);
             self.rundown.close_and_wait();
-            self.stop_adapter();
+            self.stop_adapter(pnp);
         }
         self.scanner.stop();
         self.worker.stop();
@@ -490,6 +495,7 @@ pub unsafe extern "system" fn add_device(
                 Buffer: null_mut(),
             },
             supports_surprise_removal: false,
+            supports_stop: false,
         }),
         rundown: Rundown::new(),
         worker: Worker::new(),
