@@ -79,4 +79,20 @@ pub trait Lab: Sync {
     /// The disk class driver writes `data` to `lun` at `lba` and reads it back (blocking
     /// until a server answers both): the bytes read, or why either failed.
     fn disk_write_read(&self, lun: u8, lba: u64, data: &[u8]) -> Result<Vec<u8>, String>;
+    /// How long after one of the lab's actions its effect on requests may still be on its way:
+    /// zero in storsim, whose lab acts synchronously; under Wine, completions reach the
+    /// process through wineserver.
+    fn settle(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+    /// The status of a request sent on a handle opened before the adapter's removal: Storport
+    /// refuses it (STATUS_DELETE_PENDING, its remove rundown).
+    fn refusal_after_removal(&self) -> u32 {
+        revcall_protocol::status::STATUS_DELETE_PENDING
+    }
+    /// Whether [`Self::disk_write_read`] has a disk class driver behind it (storsim's model
+    /// has; Wine has none, and its stand-in port driver only reads a new disk's first block).
+    fn has_disk_class(&self) -> bool {
+        true
+    }
 }

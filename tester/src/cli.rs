@@ -200,7 +200,7 @@ fn execute(cli: &Cli) -> anyhow::Result<i32> {
                 let adapter = crate::windows::Windows::open_adapter(cli.port)?;
                 vec![crate::discovery::Found {
                     note: crate::discovery::probe(&adapter)?,
-                    path: adapter.path().to_owned(),
+                    path: adapter.path(),
                 }]
             }
         };

@@ -14,3 +14,5 @@ pub mod selftest;
 pub mod sim;
 #[cfg(windows)]
 pub mod windows;
+#[cfg(windows)]
+pub mod wine_lab;

@@ -497,7 +497,7 @@ fn disk_served_from_user_mode<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
         }
         Ok(true)
     };
-    let io = match ctx.transport.lab() {
+    let io = match ctx.transport.lab().filter(|lab| lab.has_disk_class()) {
         Some(lab) => {
             let block: Vec<u8> = (0..4096u32).map(|i| (i * 7 + 3) as u8).collect();
             let read = std::thread::scope(|scope| {
@@ -850,7 +850,7 @@ fn process_exit_cancels<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     for wait in &waits {
         let got = ctx
             .transport
-            .wait(wait, Duration::ZERO)
+            .wait(wait, ctx.lab().settle())
             .ok_or("still pending after process exit")?;
         check!(got.status == STATUS_CANCELLED, "status {:#x}", got.status);
     }
@@ -868,7 +868,7 @@ fn removal<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     for wait in &waits {
         let got = ctx
             .transport
-            .wait(wait, Duration::ZERO)
+            .wait(wait, ctx.lab().settle())
             .ok_or("a parked WAIT survived removal")?;
         let final_reply = delivery(&got).is_ok_and(|d| d.reply.flags & WaitFlags::FINAL != 0);
         check!(
@@ -877,17 +877,19 @@ fn removal<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
             got.status
         );
     }
-    let late = a
-        .raw(&encode(&Request::Stats), 256, PROMPT)
-        .map_err(|e| e.to_string())?;
+    // Refused when it completes, or already in the call (no IRP pended either way).
+    let late = match a.raw(&encode(&Request::Stats), 256, PROMPT) {
+        Ok(done) => done.status,
+        Err(RequestError::Status(status)) => status,
+        Err(other) => return Err(other.to_string()),
+    };
     check!(
-        late.status == STATUS_DELETE_PENDING,
-        "a request after removal: {:#x}",
-        late.status
+        late == ctx.lab().refusal_after_removal(),
+        "a request after removal: {late:#x}"
     );
     a.close();
     ctx.lab().restart().map_err(|e| e.to_string())?;
-    Ok("removal completed 3 parked WAITs; later requests get STATUS_DELETE_PENDING".into())
+    Ok("removal completed 3 parked WAITs; a later request is refused".into())
 }
 
 fn surprise_removal<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
@@ -899,7 +901,7 @@ fn surprise_removal<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     ctx.lab().surprise_remove();
     for wait in &waits {
         check!(
-            ctx.transport.wait(wait, Duration::ZERO).is_some(),
+            ctx.transport.wait(wait, ctx.lab().settle()).is_some(),
             "a parked WAIT survived surprise removal"
         );
     }

@@ -10,35 +10,40 @@
 
 use std::mem::{offset_of, size_of};
 use std::ptr::{NonNull, null, null_mut};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP;
 use windows_sys::Win32::Devices::DeviceAndDriverInstallation::{
-    DIF_REMOVE, DIGCF_DEVICEINTERFACE, DIGCF_PRESENT, HDEVINFO, SP_DEVICE_INTERFACE_DATA,
-    SP_DEVICE_INTERFACE_DETAIL_DATA_W, SP_DEVINFO_DATA, SPDRP_HARDWAREID,
-    SetupDiCallClassInstaller, SetupDiDestroyDeviceInfoList, SetupDiEnumDeviceInterfaces,
-    SetupDiGetClassDevsW, SetupDiGetDeviceInterfaceDetailW, SetupDiGetDeviceRegistryPropertyW,
+    DIF_REMOVE, DIGCF_ALLCLASSES, DIGCF_DEVICEINTERFACE, DIGCF_PRESENT, HDEVINFO,
+    SP_DEVICE_INTERFACE_DATA, SP_DEVICE_INTERFACE_DETAIL_DATA_W, SP_DEVINFO_DATA, SPDRP_HARDWAREID,
+    SetupDiCallClassInstaller, SetupDiDestroyDeviceInfoList, SetupDiEnumDeviceInfo,
+    SetupDiEnumDeviceInterfaces, SetupDiGetClassDevsW, SetupDiGetDeviceInstanceIdW,
+    SetupDiGetDeviceInterfaceDetailW, SetupDiGetDeviceRegistryPropertyW,
 };
 use windows_sys::Win32::Foundation::{
     CloseHandle, ERROR_ACCESS_DENIED, GENERIC_READ, GENERIC_WRITE, GetLastError, HANDLE,
-    INVALID_HANDLE_VALUE,
+    INVALID_HANDLE_VALUE, WAIT_OBJECT_0,
 };
 use windows_sys::Win32::Storage::FileSystem::{
     CreateFileW, FILE_FLAG_OVERLAPPED, FILE_SHARE_READ, FILE_SHARE_WRITE, OPEN_EXISTING,
 };
-use windows_sys::Win32::System::IO::{
-    CancelIoEx, DeviceIoControl, GetOverlappedResult, GetOverlappedResultEx, OVERLAPPED,
-};
+use windows_sys::Win32::System::IO::{CancelIoEx, DeviceIoControl, OVERLAPPED};
 use windows_sys::Win32::System::Ioctl::GUID_DEVINTERFACE_STORAGEPORT;
-use windows_sys::Win32::System::Threading::CreateEventW;
+use windows_sys::Win32::System::Threading::{CreateEventW, INFINITE, WaitForSingleObject};
 
 use crate::discovery::{self, Found};
-use crate::overlapped::{self, Io, Request, status_from_win32, win32};
+use crate::overlapped::{self, Io, Request, status_from_win32};
 use crate::transport::{Completion, Transport, TransportError};
 
 /// One revcall adapter, by the path that opens it.
 pub struct Windows {
-    path: String,
+    /// Changes only when the Wine lab restarts the adapter.
+    path: Mutex<String>,
+    /// Every open handle with the process id it was opened for (the lab's process exit).
+    handles: Mutex<Vec<(u32, Handle)>>,
+    /// Running under Wine: [`crate::wine_lab`] is this transport's lab.
+    wine: bool,
 }
 
 /// An open handle (a kernel HANDLE as an integer, so it is Copy + Send).
@@ -69,7 +74,8 @@ pub struct Win32Io {
 // process-wide, usable from any thread.
 unsafe impl Send for Win32Io {}
 // SAFETY: shared access reads the status word (volatile), calls the thread-safe
-// GetOverlappedResult[Ex]/CancelIoEx, or reads `output` after completion, when nothing writes it.
+// WaitForSingleObject on the event/CancelIoEx, or reads `output` after completion, when nothing
+// writes it.
 unsafe impl Sync for Win32Io {}
 
 impl Win32Io {
@@ -117,28 +123,21 @@ impl Io for Win32Io {
     }
 
     fn result(&self, ms: u32) -> Option<u32> {
-        let mut bytes = 0u32;
-        // SAFETY: the OVERLAPPED of an I/O issued on this handle, live until this value drops
-        // (Invariants); `bytes` is a local the call writes.
-        let done = unsafe {
-            GetOverlappedResultEx(
-                self.file as HANDLE,
-                self.overlapped.as_ptr(),
-                &mut bytes,
-                ms,
-                0,
-            )
-        };
-        if done != 0 {
-            return Some(bytes);
+        // What GetOverlappedResultEx does, without the file handle (which the owner may have
+        // closed with the request still in flight): the kernel sets the event when the request
+        // completes, after writing Internal and InternalHigh.
+        // SAFETY: the request's own manual-reset event, live until this value drops.
+        if unsafe { WaitForSingleObject(self.event as HANDLE, ms) } != WAIT_OBJECT_0 {
+            return None;
         }
-        // SAFETY: reads this thread's last-error value.
-        match unsafe { GetLastError() } {
-            // Still in flight.
-            win32::WAIT_TIMEOUT | win32::ERROR_IO_INCOMPLETE => None,
-            // Completed with an error status: the count is still the out-parameter's.
-            _ => Some(bytes),
-        }
+        let internal_high = self
+            .overlapped
+            .as_ptr()
+            .wrapping_byte_add(offset_of!(OVERLAPPED, InternalHigh))
+            .cast::<usize>();
+        // SAFETY: `InternalHigh` of our live, aligned OVERLAPPED (Invariants), written by the
+        // kernel before it set the event: the bytes transferred.
+        Some(unsafe { internal_high.read_volatile() } as u32)
     }
 
     fn cancel(&self) {
@@ -147,12 +146,9 @@ impl Io for Win32Io {
     }
 
     fn wait_done(&self) {
-        let mut bytes = 0u32;
-        // SAFETY: an OVERLAPPED in flight on this handle (only `Request` calls this); bWait =
-        // TRUE returns once the I/O has completed, after which the kernel no longer writes it.
-        unsafe {
-            GetOverlappedResult(self.file as HANDLE, self.overlapped.as_ptr(), &mut bytes, 1)
-        };
+        // SAFETY: the request's own event (see `result`); it is set once the I/O has
+        // completed, after which the kernel no longer writes the OVERLAPPED or the buffer.
+        unsafe { WaitForSingleObject(self.event as HANDLE, INFINITE) };
     }
 
     fn output(&self, bytes: u32) -> Vec<u8> {
@@ -195,7 +191,7 @@ impl Windows {
             Some(port) => Some(format!(r"\\.\Scsi{port}:")),
             None => interfaces()?.into_iter().next(),
         };
-        path.map(|path| Self { path }).ok_or_else(|| {
+        path.map(Self::at).ok_or_else(|| {
             TransportError::NoAdapter(
                 " (is revcall installed and started? `pnputil /enum-devices /class SCSIAdapter`)"
                     .into(),
@@ -204,8 +200,33 @@ impl Windows {
     }
 
     /// The path this adapter is opened by.
-    pub fn path(&self) -> &str {
-        &self.path
+    /// The transport for the adapter at `path`.
+    pub(crate) fn at(path: String) -> Self {
+        Self {
+            path: Mutex::new(path),
+            handles: Mutex::new(Vec::new()),
+            wine: crate::wine_lab::running_under_wine(),
+        }
+    }
+
+    pub fn path(&self) -> String {
+        self.path.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Points the transport at another path (the Wine lab's restart).
+    pub(crate) fn set_path(&self, path: String) {
+        *self.path.lock().unwrap_or_else(|e| e.into_inner()) = path;
+    }
+
+    /// The open handles of `process`.
+    pub(crate) fn handles_of(&self, process: u32) -> Vec<Handle> {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .filter(|(owner, _)| *owner == process)
+            .map(|(_, handle)| *handle)
+            .collect()
     }
 
     fn open_path(path: &str) -> Result<Handle, TransportError> {
@@ -245,34 +266,81 @@ pub fn list() -> Result<Vec<Found>, TransportError> {
     discovery::survey(
         interfaces()?
             .into_iter()
-            .map(|path| (path.clone(), Windows { path })),
+            .map(|path| (path.clone(), Windows::at(path))),
     )
 }
 
-/// Removes every revcall adapter's devnode, as Device Manager's "Uninstall device" does
-/// (SetupAPI's DIF_REMOVE: PnP removes the device, Storport calls HwCompleteServiceIrp, parked
-/// requests end). Returns the interface paths of the adapters removed.
+/// Removes every revcall devnode, as Device Manager's "Uninstall device" does (SetupAPI's
+/// DIF_REMOVE: PnP removes the device, Storport calls HwCompleteServiceIrp, parked requests
+/// end). The devnodes are found by hardware id among the root-enumerated ones, not through the
+/// storage-port interface, so one whose interface is not enabled is found too. Returns their
+/// device instance ids.
 ///
 /// # Errors
 ///
 /// SetupAPI failing to enumerate, or DIF_REMOVE failing on one (not elevated: access denied).
 pub fn remove_adapters() -> Result<Vec<String>, TransportError> {
-    let (set, adapters) = adapters()?;
+    let root = wide("ROOT");
+    // SAFETY: no class GUID, a NUL-terminated enumerator, no parent window.
+    let set = unsafe { SetupDiGetClassDevsW(null(), root.as_ptr(), null_mut(), DIGCF_ALLCLASSES) };
+    if set == INVALID_HANDLE_VALUE as HDEVINFO {
+        // SAFETY: reads this thread's last-error value.
+        let error = unsafe { GetLastError() };
+        return Err(TransportError::System(format!(
+            "SetupDiGetClassDevsW(ROOT) failed with error {error}"
+        )));
+    }
+    let set = DeviceInfoSet(set);
+    let mut ours = Vec::new();
+    for index in 0.. {
+        let mut device = SP_DEVINFO_DATA {
+            cbSize: size_of::<SP_DEVINFO_DATA>() as u32,
+            ..SP_DEVINFO_DATA::default()
+        };
+        // SAFETY: `set` is live; `device` is a local with its cbSize set. FALSE ends the
+        // enumeration (ERROR_NO_MORE_ITEMS).
+        if unsafe { SetupDiEnumDeviceInfo(set.0, index, &mut device) } == 0 {
+            break;
+        }
+        if hardware_ids(&set, &device).is_some_and(|ids| discovery::is_revcall(&ids)) {
+            ours.push((instance_id(&set, &device), device));
+        }
+    }
     let mut removed = Vec::new();
-    for (path, device) in adapters {
+    for (id, device) in ours {
         // SAFETY: `device` belongs to `set`, which is live; DIF_REMOVE takes nothing else.
         if unsafe { SetupDiCallClassInstaller(DIF_REMOVE, set.0, &device) } == 0 {
             // SAFETY: reads this thread's last-error value.
             let error = unsafe { GetLastError() };
             return Err(if error == ERROR_ACCESS_DENIED {
-                TransportError::AccessDenied(path)
+                TransportError::AccessDenied(id)
             } else {
-                TransportError::System(format!("DIF_REMOVE on {path} failed with error {error:#x}"))
+                TransportError::System(format!("DIF_REMOVE on {id} failed with error {error:#x}"))
             });
         }
-        removed.push(path);
+        removed.push(id);
     }
     Ok(removed)
+}
+
+/// The devnode's instance id (`ROOT\REVCALL\0000`), or "" if SetupAPI will not say.
+fn instance_id(set: &DeviceInfoSet, device: &SP_DEVINFO_DATA) -> String {
+    let mut buffer = [0u16; 256];
+    // SAFETY: `device` belongs to the live `set`; the buffer's length is given in units.
+    let ok = unsafe {
+        SetupDiGetDeviceInstanceIdW(
+            set.0,
+            device,
+            buffer.as_mut_ptr(),
+            buffer.len() as u32,
+            null_mut(),
+        )
+    };
+    if ok == 0 {
+        return String::new();
+    }
+    let units: Vec<u16> = buffer.iter().copied().take_while(|&u| u != 0).collect();
+    String::from_utf16_lossy(&units)
 }
 
 /// A SetupAPI device information set, destroyed when dropped.
@@ -288,13 +356,6 @@ impl Drop for DeviceInfoSet {
 /// The interface paths of the started Storport adapters whose devnode is revcall's (by
 /// hardware id): only these are ever sent revcall's requests.
 fn interfaces() -> Result<Vec<String>, TransportError> {
-    let (_set, adapters) = adapters()?;
-    Ok(adapters.into_iter().map(|(path, _)| path).collect())
-}
-
-/// The started Storport adapters whose devnode is revcall's: each interface path with its
-/// devnode, which lives as long as the set returned with it.
-fn adapters() -> Result<(DeviceInfoSet, Vec<(String, SP_DEVINFO_DATA)>), TransportError> {
     // SAFETY: a valid interface class GUID; no enumerator filter, no parent window.
     let set = unsafe {
         SetupDiGetClassDevsW(
@@ -335,10 +396,10 @@ fn adapters() -> Result<(DeviceInfoSet, Vec<(String, SP_DEVINFO_DATA)>), Transpo
         if let Some((path, device)) = interface_detail(&set, &interface)
             && hardware_ids(&set, &device).is_some_and(|ids| discovery::is_revcall(&ids))
         {
-            found.push((path, device));
+            found.push(path);
         }
     }
-    Ok((set, found))
+    Ok(found)
 }
 
 /// The interface's path (what CreateFileW opens) and its devnode.
@@ -436,8 +497,13 @@ impl Transport for Windows {
         "windows"
     }
 
-    fn open(&self, _process: u32) -> Result<Handle, TransportError> {
-        Self::open_path(&self.path)
+    fn open(&self, process: u32) -> Result<Handle, TransportError> {
+        let handle = Self::open_path(&self.path())?;
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((process, handle));
+        Ok(handle)
     }
 
     fn submit(&self, handle: Handle, input: &[u8], out_len: u32) -> Result<Pending, u32> {
@@ -486,7 +552,15 @@ impl Transport for Windows {
     }
 
     fn close(&self, handle: Handle) {
+        self.handles
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(_, open)| *open != handle);
         // SAFETY: a handle from CreateFileW, closed once by its owner.
         unsafe { CloseHandle(handle as HANDLE) };
+    }
+
+    fn lab(&self) -> Option<&dyn crate::transport::Lab> {
+        self.wine.then_some(self as &dyn crate::transport::Lab)
     }
 }
