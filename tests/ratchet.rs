@@ -15,7 +15,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     ("imports", 31, 1, 0, 0),
     ("protocol", 0, 0, 0, 0),
     ("scsi", 0, 0, 0, 0),
-    ("standin", 178, 4, 1, 0),
+    ("standin", 181, 4, 1, 0),
     ("sim", 1, 0, 1, 0),
     ("storsim", 274, 6, 32, 0),
     ("tester", 46, 0, 0, 0),

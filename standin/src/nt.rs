@@ -351,6 +351,48 @@ unsafe extern "system" fn forwarded(
     STATUS_MORE_PROCESSING_REQUIRED
 }
 
+/// A system thread running `routine(context)`: its handle, or the failing status.
+///
+/// # Safety
+///
+/// `context` stays valid for `routine` until the thread is joined with [`join_thread`].
+pub unsafe fn spawn_thread(
+    routine: KSTART_ROUTINE,
+    context: *mut c_void,
+) -> Result<PVOID, NTSTATUS> {
+    let mut handle = core::ptr::null_mut();
+    // SAFETY: a local for the handle, no object attributes, the system process; the context's
+    // lifetime is the caller's promise.
+    let status = unsafe {
+        PsCreateSystemThread(
+            &mut handle,
+            0x1F_03FF,
+            core::ptr::null(),
+            core::ptr::null_mut(),
+            core::ptr::null_mut(),
+            routine,
+            context,
+        )
+    };
+    if status == STATUS_SUCCESS {
+        Ok(handle)
+    } else {
+        Err(status)
+    }
+}
+
+/// Waits for a thread from [`spawn_thread`] to end and closes its handle.
+///
+/// # Safety
+///
+/// `thread` came from [`spawn_thread`], is joined once, and is not the calling thread.
+pub unsafe fn join_thread(thread: PVOID) {
+    // SAFETY: the thread's handle (the caller's promise), waited on once.
+    unsafe { ZwWaitForSingleObject(thread, 0, core::ptr::null()) };
+    // SAFETY: as above, closed once.
+    unsafe { ZwClose(thread) };
+}
+
 /// A UNICODE_STRING over `units` (no terminating NUL counted).
 pub fn unicode(units: &[u16]) -> UNICODE_STRING {
     let bytes = (units.len() * 2) as u16;

@@ -70,24 +70,11 @@ impl Scanner {
         unsafe { nt::KeInitializeEvent(self.rescan.get(), nt::SYNCHRONIZATION_EVENT, 1) };
         // SAFETY: as above.
         unsafe { nt::KeInitializeEvent(self.done.get(), nt::SYNCHRONIZATION_EVENT, 0) };
-        let mut handle = null_mut();
-        // SAFETY: a system thread running `run` on this adapter, which lives in the FDO's
-        // extension until after `stop` has joined the thread.
-        let status = unsafe {
-            nt::PsCreateSystemThread(
-                &mut handle,
-                0x1F_03FF,
-                core::ptr::null(),
-                null_mut(),
-                null_mut(),
-                run,
-                core::ptr::from_ref(adapter).cast_mut().cast(),
-            )
-        };
-        if status == nt::STATUS_SUCCESS {
-            self.thread.store(handle, Ordering::Release);
-        } else {
-            log!("PsCreateSystemThread failed: %#x: no bus scan", status);
+        // SAFETY: `run` on this adapter, which lives in the FDO's extension until after
+        // `stop` has joined the thread.
+        match unsafe { nt::spawn_thread(run, core::ptr::from_ref(adapter).cast_mut().cast()) } {
+            Ok(thread) => self.thread.store(thread, Ordering::Release),
+            Err(status) => log!("PsCreateSystemThread failed: %#x: no bus scan", status),
         }
     }
 
@@ -122,10 +109,8 @@ impl Scanner {
         }
         self.stopping.store(true, Ordering::Release);
         self.rescan();
-        // SAFETY: the thread's handle from PsCreateSystemThread, waited on and closed once.
-        unsafe { nt::ZwWaitForSingleObject(thread, 0, core::ptr::null()) };
-        // SAFETY: as above.
-        unsafe { nt::ZwClose(thread) };
+        // SAFETY: the thread `start` spawned, joined once (PnP path), from another thread.
+        unsafe { nt::join_thread(thread) };
         self.thread.store(null_mut(), Ordering::Release);
     }
 

@@ -147,27 +147,14 @@ impl Worker {
         self.locked().stopping = false;
         // SAFETY: the worker's own event, initialized while no thread can wait on it.
         unsafe { nt::KeInitializeEvent(self.wake.get(), nt::SYNCHRONIZATION_EVENT, 0) };
-        let mut handle = null_mut();
-        // SAFETY: a system thread running `run` on this worker, which lives in the FDO's
-        // extension until `stop` has joined the thread.
-        let status = unsafe {
-            nt::PsCreateSystemThread(
-                &mut handle,
-                0x1F_03FF,
-                core::ptr::null(),
-                null_mut(),
-                null_mut(),
-                run,
-                core::ptr::from_ref(self).cast_mut().cast(),
-            )
-        };
-        if status == nt::STATUS_SUCCESS {
-            self.thread.store(handle, Ordering::Release);
-        } else {
-            log!(
+        // SAFETY: `run` on this worker, which lives in the FDO's extension until `stop` has
+        // joined the thread.
+        match unsafe { nt::spawn_thread(run, core::ptr::from_ref(self).cast_mut().cast()) } {
+            Ok(thread) => self.thread.store(thread, Ordering::Release),
+            Err(status) => log!(
                 "PsCreateSystemThread failed: %#x: no timers or DPCs",
                 status
-            );
+            ),
         }
     }
 
@@ -180,10 +167,8 @@ impl Worker {
         }
         self.locked().stopping = true;
         self.wake();
-        // SAFETY: the thread's handle from PsCreateSystemThread, waited on and closed once.
-        unsafe { nt::ZwWaitForSingleObject(thread, 0, core::ptr::null()) };
-        // SAFETY: as above.
-        unsafe { nt::ZwClose(thread) };
+        // SAFETY: the thread `start` spawned, joined once (PnP path), from another thread.
+        unsafe { nt::join_thread(thread) };
         self.thread.store(null_mut(), Ordering::Release);
     }
 
