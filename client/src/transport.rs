@@ -58,7 +58,8 @@ pub trait Transport: Send + Sync {
     /// CloseHandle.
     fn close(&self, handle: Self::Handle);
 
-    /// What only an emulated machine can do (process exit, removal); `None` on Windows.
+    /// What only a lab can do (process exit, removal, restart, a verdict): storsim's, or the
+    /// tester's Wine lab; `None` on Windows.
     fn lab(&self) -> Option<&dyn Lab> {
         None
     }
