@@ -259,9 +259,10 @@ impl Lab for Windows {
         PROMPT
     }
 
-    /// Wine's IoDeleteDevice takes the device away at once (Windows keeps it while handles
-    /// reference it, and Storport answers STATUS_DELETE_PENDING): the I/O manager itself
-    /// refuses a request on an older handle, before any driver sees it.
+    /// Seen under Wine: a request on an older handle fails in the call with
+    /// STATUS_INVALID_DEVICE_REQUEST, not with the stand-in's STATUS_DELETE_PENDING [INFERRED:
+    /// Wine's IoDeleteDevice takes the device away at once, where Windows keeps it while
+    /// handles reference it and Storport answers STATUS_DELETE_PENDING].
     fn refusal_after_removal(&self) -> u32 {
         revcall_protocol::status::STATUS_INVALID_DEVICE_REQUEST
     }
