@@ -18,7 +18,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     ("standin", 181, 4, 1, 0),
     ("sim", 1, 0, 1, 0),
     ("storsim", 274, 6, 32, 0),
-    ("tester", 46, 0, 0, 0),
+    ("tester", 44, 0, 0, 0),
     ("xtask", 0, 0, 1, 0),
 ];
 

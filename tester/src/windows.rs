@@ -31,6 +31,7 @@ use windows_sys::Win32::Storage::FileSystem::{
 use windows_sys::Win32::System::IO::{CancelIoEx, DeviceIoControl, OVERLAPPED};
 use windows_sys::Win32::System::Ioctl::GUID_DEVINTERFACE_STORAGEPORT;
 use windows_sys::Win32::System::Threading::{CreateEventW, INFINITE, WaitForSingleObject};
+use windows_sys::core::GUID;
 
 use crate::discovery::{self, Found};
 use crate::overlapped::{self, Io, Request, status_from_win32};
@@ -280,17 +281,7 @@ pub fn list() -> Result<Vec<Found>, TransportError> {
 ///
 /// SetupAPI failing to enumerate, or DIF_REMOVE failing on one (not elevated: access denied).
 pub fn remove_adapters() -> Result<Vec<String>, TransportError> {
-    let root = wide("ROOT");
-    // SAFETY: no class GUID, a NUL-terminated enumerator, no parent window.
-    let set = unsafe { SetupDiGetClassDevsW(null(), root.as_ptr(), null_mut(), DIGCF_ALLCLASSES) };
-    if set == INVALID_HANDLE_VALUE as HDEVINFO {
-        // SAFETY: reads this thread's last-error value.
-        let error = unsafe { GetLastError() };
-        return Err(TransportError::System(format!(
-            "SetupDiGetClassDevsW(ROOT) failed with error {error}"
-        )));
-    }
-    let set = DeviceInfoSet(set);
+    let set = DeviceInfoSet::of(None, Some("ROOT"), DIGCF_ALLCLASSES, "ROOT")?;
     let mut ours = Vec::new();
     for index in 0.. {
         let mut device = SP_DEVINFO_DATA {
@@ -346,6 +337,32 @@ fn instance_id(set: &DeviceInfoSet, device: &SP_DEVINFO_DATA) -> String {
 /// A SetupAPI device information set, destroyed when dropped.
 struct DeviceInfoSet(HDEVINFO);
 
+impl DeviceInfoSet {
+    /// `SetupDiGetClassDevsW(class, enumerator, NULL, flags)`; `what` names the query in the
+    /// error.
+    fn of(
+        class: Option<&GUID>,
+        enumerator: Option<&str>,
+        flags: u32,
+        what: &str,
+    ) -> Result<Self, TransportError> {
+        let enumerator = enumerator.map(wide);
+        let class = class.map_or(null(), std::ptr::from_ref);
+        let enumerator = enumerator.as_ref().map_or(null(), |e| e.as_ptr());
+        // SAFETY: `class` is NULL or a live GUID, `enumerator` NULL or a live NUL-terminated
+        // string; no parent window.
+        let set = unsafe { SetupDiGetClassDevsW(class, enumerator, null_mut(), flags) };
+        if set == INVALID_HANDLE_VALUE as HDEVINFO {
+            // SAFETY: reads this thread's last-error value.
+            let error = unsafe { GetLastError() };
+            return Err(TransportError::System(format!(
+                "SetupDiGetClassDevsW({what}) failed with error {error}"
+            )));
+        }
+        Ok(Self(set))
+    }
+}
+
 impl Drop for DeviceInfoSet {
     fn drop(&mut self) {
         // SAFETY: a set from SetupDiGetClassDevsW, destroyed once.
@@ -356,23 +373,12 @@ impl Drop for DeviceInfoSet {
 /// The interface paths of the started Storport adapters whose devnode is revcall's (by
 /// hardware id): only these are ever sent revcall's requests.
 fn interfaces() -> Result<Vec<String>, TransportError> {
-    // SAFETY: a valid interface class GUID; no enumerator filter, no parent window.
-    let set = unsafe {
-        SetupDiGetClassDevsW(
-            &GUID_DEVINTERFACE_STORAGEPORT,
-            null(),
-            null_mut(),
-            DIGCF_PRESENT | DIGCF_DEVICEINTERFACE,
-        )
-    };
-    if set == INVALID_HANDLE_VALUE as HDEVINFO {
-        // SAFETY: reads this thread's last-error value.
-        let error = unsafe { GetLastError() };
-        return Err(TransportError::System(format!(
-            "SetupDiGetClassDevsW(GUID_DEVINTERFACE_STORAGEPORT) failed with error {error}"
-        )));
-    }
-    let set = DeviceInfoSet(set);
+    let set = DeviceInfoSet::of(
+        Some(&GUID_DEVINTERFACE_STORAGEPORT),
+        None,
+        DIGCF_PRESENT | DIGCF_DEVICEINTERFACE,
+        "GUID_DEVINTERFACE_STORAGEPORT",
+    )?;
     let mut found = Vec::new();
     for index in 0.. {
         let mut interface = SP_DEVICE_INTERFACE_DATA {
