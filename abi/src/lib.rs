@@ -36,10 +36,63 @@ pub struct DRIVER_OBJECT {
 pub struct DEVICE_OBJECT {
     _opaque: [u8; 0],
 }
+/// `DEVICE_OBJECT.StackSize` (CCHAR): the locations an IRP sent to this device needs.
+pub const DEVICE_OBJECT_STACK_SIZE: usize = 0x4C;
+/// `UNICODE_STRING`: counted UTF-16, not NUL-terminated.
 #[repr(C)]
 pub struct UNICODE_STRING {
+    /// In bytes, without a terminating NUL.
+    pub Length: u16,
+    pub MaximumLength: u16,
+    pub Buffer: *mut u16,
+}
+const _: () = assert!(size_of::<UNICODE_STRING>() == 0x10);
+
+/// `FILE_OBJECT`: opaque; a kernel-mode caller holds a referenced one for the device it sends
+/// IRPs to (IoGetDeviceObjectPointer) and names it in each IRP's stack location.
+#[repr(C)]
+pub struct FILE_OBJECT {
     _opaque: [u8; 0],
 }
+
+/// `KEVENT` (a DISPATCHER_HEADER and a list head): storage only, initialised by
+/// KeInitializeEvent.
+#[repr(C, align(8))]
+pub struct KEVENT {
+    _opaque: [u8; 0x18],
+}
+
+impl KEVENT {
+    pub const fn new() -> Self {
+        Self { _opaque: [0; 0x18] }
+    }
+}
+
+impl Default for KEVENT {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// `IO_WORKITEM`: opaque, `IoSizeofWorkItem()` bytes the caller provides
+/// (IoInitializeWorkItem).
+#[repr(C)]
+pub struct IO_WORKITEM {
+    _opaque: [u8; 0],
+}
+
+/// `IO_WORKITEM_ROUTINE_EX`: runs at PASSIVE_LEVEL in a system worker thread; `IoObject` is
+/// the driver or device object the item was initialised with.
+pub type IO_WORKITEM_ROUTINE_EX =
+    unsafe extern "win64" fn(IoObject: PVOID, Context: PVOID, IoWorkItem: *mut IO_WORKITEM);
+
+/// `IO_COMPLETION_ROUTINE`: the device above (NULL at the top), the IRP, the context given to
+/// IoSetCompletionRoutine.
+pub type IO_COMPLETION_ROUTINE = unsafe extern "win64" fn(
+    DeviceObject: *mut DEVICE_OBJECT,
+    Irp: *mut IRP,
+    Context: PVOID,
+) -> NTSTATUS;
 
 // ---- Storport callbacks (storport.h).
 
@@ -401,6 +454,24 @@ pub const POOL_FLAG_NON_PAGED: u64 = 0x40;
 pub const POOL_FLAG_PAGED: u64 = 0x100;
 /// `POOL_FLAG_UNINITIALIZED`: the block's contents are not zeroed.
 pub const POOL_FLAG_UNINITIALIZED: u64 = 0x2;
+
+/// `IRP_MJ_DEVICE_CONTROL`: the major function of every service IRP.
+pub const IRP_MJ_DEVICE_CONTROL: u8 = 0x0E;
+/// `IO_STACK_LOCATION.Control` bits IoSetCompletionRoutine sets: call the routine when the
+/// IRP is cancelled, succeeds, fails.
+pub const SL_INVOKE_ON_CANCEL: u8 = 0x20;
+pub const SL_INVOKE_ON_SUCCESS: u8 = 0x40;
+pub const SL_INVOKE_ON_ERROR: u8 = 0x80;
+/// `DelayedWorkQueue` (WORK_QUEUE_TYPE).
+pub const DELAYED_WORK_QUEUE: u32 = 1;
+/// `FILE_READ_DATA | FILE_WRITE_DATA`: what a caller of the read/write service IOCTL opens with.
+pub const FILE_READ_WRITE_DATA: u32 = 0x3;
+/// `KWAIT_REASON::Executive` and `KPROCESSOR_MODE::KernelMode` (KeWaitForSingleObject).
+pub const EXECUTIVE: u32 = 0;
+pub const KERNEL_MODE: i8 = 0;
+/// `EVENT_TYPE`: NotificationEvent stays signalled; SynchronizationEvent wakes one waiter.
+pub const NOTIFICATION_EVENT: u32 = 0;
+pub const SYNCHRONIZATION_EVENT: u32 = 1;
 
 /// `SRB_FUNCTION_*`.
 pub mod srb_function {

@@ -6,8 +6,9 @@ use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 use storport_abi::{
     BOOLEAN, BUS_CHANGE_DETECTED, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP,
     EXT_FUNCTION_FREE_TIMER, EXT_FUNCTION_INITIALIZE_TIMER, EXT_FUNCTION_REQUEST_TIMER,
-    HW_DPC_ROUTINE, HW_TIMER, HW_TIMER_EX, INITIALIZE_DPC, IO_STACK_LOCATION, IRP, ISSUE_DPC,
-    PVOID, REQUEST_COMPLETE, REQUEST_TIMER_CALL, SCSI_REQUEST_BLOCK, STOR_DPC,
+    HW_DPC_ROUTINE, HW_TIMER, HW_TIMER_EX, INITIALIZE_DPC, IO_COMPLETION_ROUTINE,
+    IO_STACK_LOCATION, IRP, ISSUE_DPC, PVOID, REQUEST_COMPLETE, REQUEST_TIMER_CALL,
+    SCSI_REQUEST_BLOCK, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, STOR_DPC,
 };
 
 use crate::storport::{StorPortExtendedFunction, StorPortNotification};
@@ -21,6 +22,39 @@ use crate::storport::{StorPortExtendedFunction, StorPortNotification};
 pub unsafe fn IoGetCurrentIrpStackLocation(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
     // SAFETY: the caller guarantees `irp` is live; the field is plain data the owner may read.
     unsafe { (*irp).CurrentStackLocation }
+}
+
+/// `IoGetNextIrpStackLocation`: the location the driver below will own.
+///
+/// # Safety
+///
+/// `irp` points to a live IRP the caller owns, with a location below the current one.
+#[inline]
+pub unsafe fn IoGetNextIrpStackLocation(irp: *mut IRP) -> *mut IO_STACK_LOCATION {
+    // SAFETY: as for IoGetCurrentIrpStackLocation; the next location is one below, inside the
+    // IRP (the caller's promise).
+    unsafe { (*irp).CurrentStackLocation.wrapping_sub(1) }
+}
+
+/// `IoSetCompletionRoutine(irp, routine, context, TRUE, TRUE, TRUE)`: `routine` is called on
+/// success, error and cancellation when the driver below completes the IRP.
+///
+/// # Safety
+///
+/// As for [`IoGetNextIrpStackLocation`]; `context` stays valid until the routine has run.
+#[inline]
+pub unsafe fn IoSetCompletionRoutine(
+    irp: *mut IRP,
+    routine: IO_COMPLETION_ROUTINE,
+    context: PVOID,
+) {
+    // SAFETY: the caller's promise: a live, owned IRP with a next location.
+    let next = unsafe { IoGetNextIrpStackLocation(irp) };
+    // SAFETY: that location is inside the IRP and the caller's to fill.
+    let next = unsafe { &mut *next };
+    next.CompletionRoutine = routine as PVOID;
+    next.Context = context;
+    next.Control = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL;
 }
 
 /// `IoSetCancelRoutine`: an interlocked exchange returning the previous routine.

@@ -3,7 +3,10 @@
 //! <https://learn.microsoft.com/windows-hardware/drivers/ddi/wdm/>
 #![allow(non_snake_case)]
 
-use storport_abi::{IRP, KIRQL, KLOCK_QUEUE_HANDLE, KSPIN_LOCK, NTSTATUS, PVOID};
+use storport_abi::{
+    BOOLEAN, DEVICE_OBJECT, FILE_OBJECT, IO_WORKITEM, IO_WORKITEM_ROUTINE_EX, IRP, KEVENT, KIRQL,
+    KLOCK_QUEUE_HANDLE, KSPIN_LOCK, NTSTATUS, PVOID, UNICODE_STRING,
+};
 
 use crate::csq::{
     IO_CSQ, IO_CSQ_ACQUIRE_LOCK, IO_CSQ_COMPLETE_CANCELED_IRP, IO_CSQ_INSERT_IRP,
@@ -49,6 +52,52 @@ unsafe extern "system" {
     pub fn IoCsqInsertIrp(Csq: *mut IO_CSQ, Irp: *mut IRP, Context: PVOID);
     /// Dequeues the first IRP not being cancelled (`PeekContext` null: any), or null.
     pub fn IoCsqRemoveNextIrp(Csq: *mut IO_CSQ, PeekContext: PVOID) -> *mut IRP;
+
+    // A kernel-mode caller's side of an IRP (revcall-kclient, the client fixtures).
+    /// The top device of `ObjectName`'s stack and a referenced FILE_OBJECT for it; the caller
+    /// releases the reference with ObfDereferenceObject(file). PASSIVE_LEVEL.
+    pub fn IoGetDeviceObjectPointer(
+        ObjectName: *const UNICODE_STRING,
+        DesiredAccess: u32,
+        FileObject: *mut *mut FILE_OBJECT,
+        DeviceObject: *mut *mut DEVICE_OBJECT,
+    ) -> NTSTATUS;
+    /// `ObDereferenceObject`.
+    pub fn ObfDereferenceObject(Object: PVOID) -> isize;
+    /// An IRP with `StackSize` locations, or NULL; IRQL ≤ DISPATCH_LEVEL.
+    pub fn IoAllocateIrp(StackSize: i8, ChargeQuota: BOOLEAN) -> *mut IRP;
+    /// Frees an IRP from IoAllocateIrp that no driver below holds.
+    pub fn IoFreeIrp(Irp: *mut IRP);
+    /// Makes a completed IRP from IoAllocateIrp new again, IoStatus.Status = `Status`.
+    pub fn IoReuseIrp(Irp: *mut IRP, Status: NTSTATUS);
+    /// `IoCallDriver`: the IRP's next location becomes current and belongs to `DeviceObject`.
+    pub fn IofCallDriver(DeviceObject: *mut DEVICE_OBJECT, Irp: *mut IRP) -> NTSTATUS;
+    /// Sets the IRP's Cancel flag and calls its cancel routine if one is set.
+    pub fn IoCancelIrp(Irp: *mut IRP) -> BOOLEAN;
+    pub fn KeInitializeEvent(Event: *mut KEVENT, Type: u32, State: BOOLEAN);
+    /// IRQL ≤ DISPATCH_LEVEL; returns the previous state.
+    pub fn KeSetEvent(Event: *mut KEVENT, Increment: i32, Wait: BOOLEAN) -> i32;
+    /// PASSIVE_LEVEL unless `Timeout` is zero.
+    pub fn KeWaitForSingleObject(
+        Object: PVOID,
+        WaitReason: u32,
+        WaitMode: i8,
+        Alertable: BOOLEAN,
+        Timeout: *const i64,
+    ) -> NTSTATUS;
+    /// The bytes an IO_WORKITEM takes, for IoInitializeWorkItem.
+    pub fn IoSizeofWorkItem() -> u32;
+    /// `IoObject`: the caller's driver object or one of its device objects, referenced while
+    /// the item is queued so the driver cannot unload under its routine.
+    pub fn IoInitializeWorkItem(IoObject: PVOID, IoWorkItem: *mut IO_WORKITEM);
+    pub fn IoUninitializeWorkItem(IoWorkItem: *mut IO_WORKITEM);
+    /// Runs `WorkerRoutine` at PASSIVE_LEVEL in a system worker thread; IRQL ≤ DISPATCH_LEVEL.
+    pub fn IoQueueWorkItemEx(
+        IoWorkItem: *mut IO_WORKITEM,
+        WorkerRoutine: IO_WORKITEM_ROUTINE_EX,
+        QueueType: u32,
+        Context: PVOID,
+    );
 }
 
 // LLVM emits calls to these for block copies, zeroing, comparisons and frames over 4 KiB;
