@@ -28,6 +28,8 @@ macro_rules! statuses {
 
 statuses! {
     STATUS_SUCCESS = 0x0000_0000;
+    /// A wait's timeout expired.
+    STATUS_TIMEOUT = 0x0000_0102;
     /// The request goes on asynchronously (Storport's answer to every service IRP).
     STATUS_PENDING = 0x0000_0103;
     STATUS_INVALID_HANDLE = 0xC000_0008;
@@ -46,6 +48,8 @@ statuses! {
     STATUS_QUOTA_EXCEEDED = 0xC000_0044;
     /// A new LUN's serial number or unique id is another LUN's.
     STATUS_OBJECT_NAME_COLLISION = 0xC000_0035;
+    /// No object has that name (IoGetDeviceObjectPointer of a device that does not exist).
+    STATUS_OBJECT_NAME_NOT_FOUND = 0xC000_0034;
     /// The device is being removed (Storport's rundown is closed).
     STATUS_DELETE_PENDING = 0xC000_0056;
     /// The request's revision (protocol or structure version) is not the receiver's.

@@ -46,6 +46,10 @@ enum Command {
         /// One JSON object instead of the timeline.
         #[arg(long)]
         json: bool,
+        /// The kernel-mode client driver the kernel-client scenario loads above the driver
+        /// (default: revcall-client.sys beside it).
+        #[arg(long)]
+        client: Option<PathBuf>,
     },
     /// N emulated CPUs hammer one adapter with every kind of request, cancellation, handle
     /// close, process exit and malformed input, through R removal / surprise-removal cycles;
@@ -342,8 +346,10 @@ pub fn run(cli: Cli) -> i32 {
             params,
             rundown_limit_ms,
             json,
+            client,
         } => {
             report_panics();
+            let client = client.unwrap_or_else(|| driver.with_file_name("revcall-client.sys"));
             let config = Config {
                 seed,
                 delay_probability: delay,
@@ -359,6 +365,7 @@ pub fn run(cli: Cli) -> i32 {
                 cpus: cpus.into(),
                 config,
                 json,
+                client,
             });
             if json {
                 println!("{}", summary.json());

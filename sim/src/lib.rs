@@ -11,6 +11,7 @@ mod disk;
 pub mod disk_torture;
 pub mod faults;
 mod fixture;
+mod kernel_client;
 mod progress;
 mod shrink;
 pub mod torture;
@@ -37,6 +38,10 @@ pub enum Scenario {
     /// The fixture drivers' protocol (PARK / FLUSH / ECHO) through every path, for proving
     /// the verifier's checks with deliberately broken drivers.
     Fixture,
+    /// A kernel-mode client driver (revcall-client.sys, or `--client`) loaded above revcall:
+    /// every event in order with an exact lost count, an unload with its WAIT parked, a
+    /// removal delivering FINAL, nothing leaked.
+    KernelClient,
 }
 
 impl Scenario {
@@ -46,6 +51,7 @@ impl Scenario {
             Scenario::SurpriseRemoval => "surprise-removal",
             Scenario::Disk => "disk",
             Scenario::Fixture => "fixture",
+            Scenario::KernelClient => "kernel-client",
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct Options {
     pub cpus: usize,
     pub config: Config,
     pub json: bool,
+    /// The kernel-mode client driver of the kernel-client scenario.
+    pub client: PathBuf,
 }
 
 /// What a script found wrong that is not a verifier rule (an expected outcome not seen).
@@ -98,6 +106,7 @@ pub fn run(options: &Options) -> Summary {
                 Scenario::SurpriseRemoval => demo::surprise_removal(&kernel, &failures),
                 Scenario::Disk => disk::run(&kernel, options.cpus, &failures),
                 Scenario::Fixture => fixture::run(&kernel, &failures),
+                Scenario::KernelClient => kernel_client::run(&kernel, &options.client, &failures),
             };
             kernel.unload();
             result.err().map(|e| e.to_string())

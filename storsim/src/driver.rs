@@ -1,17 +1,19 @@
 //! Loading a driver into the running kernel: map it (loader), bind it to the emulated exports,
 //! run DriverEntry; and the fault path that turns a crash in driver code into a bug check.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use storport_abi::status::Named;
 
 use crate::cpu::{self, Fault, PASSIVE_LEVEL};
 use crate::exports;
+use crate::io::objects::DriverObject;
 use crate::kernel::Kernel;
 use crate::loader::{Image, LoadError};
-use crate::pool::FaultClass;
-use crate::verifier::{self, BugCheck, Code};
+use crate::machine::Running;
+use crate::pool::{FaultClass, Owner};
+use crate::verifier::{self, BugCheck, Code, rules};
 
 /// Why a driver did not get as far as a started adapter.
 #[derive(Debug, thiserror::Error)]
@@ -42,73 +44,201 @@ impl Driver {
     }
 }
 
-// Where the driver lives, for the fault path (which cannot take locks).
-static IMAGE_BASE: AtomicUsize = AtomicUsize::new(0);
-static IMAGE_SIZE: AtomicUsize = AtomicUsize::new(0);
-static IMAGE_NAME: Mutex<String> = Mutex::new(String::new());
+// Where the loaded drivers live, for the fault path (which cannot wait for locks): base,
+// size and name of each image, in load order.
+static IMAGES: Mutex<Vec<(usize, usize, String)>> = Mutex::new(Vec::new());
 
-/// Loads the `.sys` at `path` into `kernel` and runs its DriverEntry at PASSIVE_LEVEL.
+/// Reads and maps the `.sys` at `path`, binds it to the emulated exports, and records it for
+/// the fault path.
+fn map(kernel: &Kernel, path: &std::path::Path) -> Result<(Image, String), RunError> {
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let bytes = std::fs::read(path).map_err(|reason| RunError::Read {
+        path: path.display().to_string(),
+        reason,
+    })?;
+    let image = Image::load(&bytes, &name, &exports::resolve).map_err(|reason| RunError::Load {
+        name: name.clone(),
+        reason,
+    })?;
+    IMAGES.lock().unwrap_or_else(|p| p.into_inner()).push((
+        image.base(),
+        image.size(),
+        name.clone(),
+    ));
+    cpu::set_fatal_hook(on_fault);
+    kernel.note(format!(
+        "loaded {name} at {:#x} ({} bytes, {} imports bound, relocated from its ImageBase)",
+        image.base(),
+        image.size(),
+        image.imports().len()
+    ));
+    Ok((image, name))
+}
+
+/// Runs the image's DriverEntry at PASSIVE_LEVEL with `driver_object` and `registry`.
+fn driver_entry(
+    kernel: &Kernel,
+    image: &Image,
+    name: &str,
+    driver_object: *mut storport_abi::DRIVER_OBJECT,
+    registry: *mut storport_abi::UNICODE_STRING,
+) -> Result<(), RunError> {
+    let entry = image.entry();
+    // SAFETY: the loader mapped, relocated and bound the image; its entry point is
+    // DriverEntry(PDRIVER_OBJECT, PUNICODE_STRING) -> NTSTATUS in the win64 convention.
+    let driver_entry: unsafe extern "win64" fn(
+        *mut std::ffi::c_void,
+        *mut std::ffi::c_void,
+    ) -> i32 = unsafe { std::mem::transmute(entry) };
+    let status = kernel
+        .machine()
+        .call_driver("DriverEntry", PASSIVE_LEVEL, || {
+            // SAFETY: DriverEntry's contract: the driver object and registry path, PASSIVE_LEVEL.
+            unsafe { driver_entry(driver_object.cast(), registry.cast()) }
+        }) as u32;
+    kernel.note(format!("DriverEntry of {name} → {}", Named(status)));
+    if status != 0 {
+        return Err(RunError::DriverEntry {
+            name: name.to_owned(),
+            status,
+        });
+    }
+    Ok(())
+}
+
+/// Loads the miniport `.sys` at `path` into `kernel` and runs its DriverEntry at PASSIVE_LEVEL.
 pub fn load(kernel: &Arc<Kernel>, path: &std::path::Path) -> Result<Driver, RunError> {
-    {
-        let name = path.file_name().map_or_else(
-            || path.display().to_string(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let bytes = std::fs::read(path).map_err(|reason| RunError::Read {
-            path: path.display().to_string(),
-            reason,
-        })?;
-        let image =
-            Image::load(&bytes, &name, &exports::resolve).map_err(|reason| RunError::Load {
-                name: name.clone(),
-                reason,
-            })?;
-        IMAGE_BASE.store(image.base(), Ordering::Release);
-        IMAGE_SIZE.store(image.size(), Ordering::Release);
-        *IMAGE_NAME.lock().unwrap_or_else(|p| p.into_inner()) = name.clone();
-        cpu::set_fatal_hook(on_fault);
-        kernel.note(format!(
-            "loaded {name} at {:#x} ({} bytes, {} imports bound, relocated from its ImageBase)",
-            image.base(),
-            image.size(),
-            image.imports().len()
-        ));
-        let entry = image.entry();
-        // SAFETY: the loader mapped, relocated and bound the image; its entry point is
-        // DriverEntry(PDRIVER_OBJECT, PUNICODE_STRING) -> NTSTATUS in the win64 convention.
-        let driver_entry: unsafe extern "win64" fn(
-            *mut std::ffi::c_void,
-            *mut std::ffi::c_void,
-        ) -> i32 = unsafe { std::mem::transmute(entry) };
-        let objects = kernel.io().objects();
-        let driver_object = objects.driver();
-        let registry = objects.registry_path();
-        let status = kernel
-            .machine()
-            .call_driver("DriverEntry", PASSIVE_LEVEL, || {
-                // SAFETY: DriverEntry's contract: the driver object and registry path, PASSIVE_LEVEL.
-                unsafe { driver_entry(driver_object.cast(), registry.cast()) }
-            }) as u32;
-        kernel.note(format!("DriverEntry → {}", Named(status)));
-        if status != 0 {
-            return Err(RunError::DriverEntry { name, status });
+    let (image, name) = map(kernel, path)?;
+    let objects = kernel.io().objects();
+    driver_entry(
+        kernel,
+        &image,
+        &name,
+        objects.driver(),
+        objects.registry_path(),
+    )?;
+    Ok(Driver { image })
+}
+
+/// A driver loaded above the adapter (a kernel-mode caller of its service IOCTL), with its
+/// own driver object. [`UpperDriver::unload`] runs its DriverUnload and Driver Verifier's
+/// checks.
+pub struct UpperDriver {
+    image: Image,
+    name: String,
+    object: DriverObject,
+}
+
+/// Loads the `.sys` at `path` as the driver of service `service` above the adapter and runs
+/// its DriverEntry, as its code.
+pub fn load_upper(
+    kernel: &Arc<Kernel>,
+    path: &std::path::Path,
+    service: &str,
+) -> Result<UpperDriver, RunError> {
+    let (image, name) = map(kernel, path)?;
+    let object = DriverObject::new(service);
+    Running::Upper.enter(|| {
+        driver_entry(
+            kernel,
+            &image,
+            &name,
+            object.as_ptr(),
+            object.registry_path(),
+        )
+    })?;
+    Ok(UpperDriver {
+        image,
+        name,
+        object,
+    })
+}
+
+impl UpperDriver {
+    pub fn image(&self) -> &Image {
+        &self.image
+    }
+
+    /// The address of the image's export `name` (data a test reads, like a debugger would).
+    pub fn export(&self, name: &str) -> Option<usize> {
+        self.image.export(name)
+    }
+
+    /// Runs DriverUnload at PASSIVE_LEVEL, then reports what Driver Verifier finds left: its
+    /// IRPs still with the adapter or work items still queued (0xCE), IRPs never freed and
+    /// pool outstanding (0xC4/0x62), references never dropped.
+    pub fn unload(&self, kernel: &Kernel) {
+        let Some(unload) = self.object.unload_routine() else {
+            kernel.note(format!(
+                "{} has no DriverUnload: Windows keeps it loaded",
+                self.name
+            ));
+            return;
+        };
+        Running::Upper.enter(|| {
+            kernel
+                .machine()
+                .call_driver("DriverUnload", PASSIVE_LEVEL, || {
+                    // SAFETY: DRIVER_UNLOAD's contract: the driver's own object, PASSIVE_LEVEL.
+                    unsafe { unload(self.object.as_ptr()) }
+                })
+        });
+        kernel.note(format!("DriverUnload of {} returned", self.name));
+        let machine = kernel.machine();
+        // A work item's routine may still be returning (its queued reference keeps the image).
+        kernel.io().work().settle(Duration::from_secs(1));
+        let left = kernel.io().leftovers();
+        let queued = kernel.io().work().queued(Running::Upper);
+        if left.pending + queued > 0 {
+            machine.report(BugCheck::new(
+                Code::DriverUnloadedWithoutCancellingPendingOperations,
+                [left.pending as u64, queued as u64, 0, 0],
+                format!(
+                    "{} unloaded with {} IRP(s) still at the adapter and {queued} work item(s) queued: their completion would run in unloaded code",
+                    self.name, left.pending
+                ),
+            ));
         }
-        Ok(Driver { image })
+        let blocks = machine.pool().outstanding(Owner::UpperDriver);
+        if left.unfreed + blocks.len() > 0 {
+            let bytes: usize = blocks.iter().map(|b| b.size).sum();
+            machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [0x62, 0, bytes as u64, (blocks.len() + left.unfreed) as u64],
+                format!(
+                    "{} unloaded with {} IRP(s) from IoAllocateIrp not freed and {} pool allocation(s) outstanding",
+                    self.name,
+                    left.unfreed,
+                    blocks.len()
+                ),
+            ));
+        }
+        if left.references > 0 {
+            machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [rules::REFERENCE_LEAKED, left.references as u64, 0, 0],
+                format!(
+                    "{} unloaded holding {} FILE_OBJECT reference(s) from IoGetDeviceObjectPointer (ObDereferenceObject never called)",
+                    self.name, left.references
+                ),
+            ));
+        }
     }
 }
 
-/// `revcall.sys+0x1234` for an address inside the driver.
+/// `revcall.sys+0x1234` for an address inside a loaded driver.
 fn describe(address: usize) -> String {
-    let base = IMAGE_BASE.load(Ordering::Acquire);
-    let size = IMAGE_SIZE.load(Ordering::Acquire);
-    if (base..base + size).contains(&address) {
-        let name = IMAGE_NAME
-            .try_lock()
-            .map_or_else(|_| "driver".to_owned(), |n| n.clone());
-        format!("{name}+{:#x}", address - base)
-    } else {
-        format!("{address:#x} (outside the driver)")
-    }
+    let inside = IMAGES.try_lock().ok().and_then(|images| {
+        images
+            .iter()
+            .rev()
+            .find(|(base, size, _)| (*base..base + size).contains(&address))
+            .map(|(base, _, name)| format!("{name}+{:#x}", address - base))
+    });
+    inside.unwrap_or_else(|| format!("{address:#x} (outside the drivers)"))
 }
 
 /// The fatal hook: a fault in driver code is a bug check. Explains the address with the pool

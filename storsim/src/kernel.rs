@@ -29,6 +29,7 @@ pub struct Kernel {
     io: Arc<Io>,
     port: Arc<Port>,
     events: EventCounters,
+    figures: Mutex<std::collections::BTreeMap<String, u64>>,
 }
 
 static CURRENT: RwLock<Option<Arc<Kernel>>> = RwLock::new(None);
@@ -65,6 +66,7 @@ impl Session {
 impl Drop for Session {
     fn drop(&mut self) {
         self.kernel.port.dispatcher().stop();
+        self.kernel.io.work().stop();
         *CURRENT.write().unwrap_or_else(|p| p.into_inner()) = None;
         *SESSION.lock().unwrap_or_else(|p| p.into_inner()) = false;
         SESSION_ENDED.notify_one();
@@ -97,6 +99,7 @@ impl Kernel {
             io,
             port,
             events: EventCounters::default(),
+            figures: Mutex::default(),
         });
         let weak = Arc::downgrade(&kernel);
         kernel.machine.set_ending(Box::new(move |_bug| {
@@ -150,6 +153,14 @@ impl Kernel {
     /// Names the run for its report.
     pub fn name_run(&self, label: Label) {
         self.machine.name_run(label);
+    }
+
+    /// Records a figure the scenario measured, for the report.
+    pub fn figure(&self, name: impl Into<String>, value: u64) {
+        self.figures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.into(), value);
     }
 
     /// Adds a line to the timeline.
@@ -275,11 +286,17 @@ impl Kernel {
                 bytes_read: load(&port.bytes_read),
                 bytes_verified: load(&port.bytes_verified),
             },
-            pool_outstanding: self.machine.pool().outstanding(Owner::Driver).len(),
+            pool_outstanding: self.machine.pool().outstanding(Owner::Driver).len()
+                + self.machine.pool().outstanding(Owner::UpperDriver).len(),
             delays_injected: self.machine.delays_injected(),
             faults_injected: self.machine.faults().injected(),
             timeline: self.machine.timeline(),
             loaded: self.io.objects().loaded(),
+            figures: self
+                .figures
+                .try_lock()
+                .map(|figures| figures.clone())
+                .unwrap_or_default(),
         }
     }
 

@@ -17,11 +17,12 @@
 //! | the miniport's code, typed | `miniport` (storsim → driver) |
 //! | the I/O manager | `io` |
 //! | the machine | `machine`, `report` |
-//! | the ground | `verifier`, `faults`, `pool`, `cpu`, `loader` |
+//! | the ground | `verifier`, `faults`, `pool`, `cpu`, `loader`, `events` |
 
 pub mod class;
 pub mod cpu;
 pub mod driver;
+pub mod events;
 pub mod exports;
 pub mod faults;
 pub mod harness;

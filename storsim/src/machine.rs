@@ -12,8 +12,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::cpu::{self, DISPATCH_LEVEL};
+use crate::events::Events;
 use crate::faults::{FaultPlan, Faults};
-use crate::pool::Pool;
+use crate::pool::{Owner, Pool};
 use crate::verifier::locks::{self, CANCEL_SPIN_LOCK, LockApi, LockId, LockOrder, STARTIO_LOCK};
 use crate::verifier::{self, BugCheck, Code, Verifier};
 
@@ -87,6 +88,42 @@ impl Moment {
     }
 }
 
+/// Which loaded driver the code running on this thread belongs to: the miniport (revcall.sys,
+/// a fixture) or a driver loaded above it (a kernel-mode caller). Pool the code allocates is
+/// accounted to it, and checked at its unload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Running {
+    Miniport,
+    Upper,
+}
+
+thread_local! {
+    static RUNNING: std::cell::Cell<Running> = const { std::cell::Cell::new(Running::Miniport) };
+}
+
+impl Running {
+    /// The driver on this thread now.
+    pub fn now() -> Self {
+        RUNNING.get()
+    }
+
+    /// Runs `f` as code of `self` (storsim calling into that driver), then restores.
+    pub fn enter<R>(self, f: impl FnOnce() -> R) -> R {
+        let before = RUNNING.replace(self);
+        let result = f();
+        RUNNING.set(before);
+        result
+    }
+
+    /// Who owns the pool this driver allocates.
+    pub fn pool_owner(self) -> Owner {
+        match self {
+            Running::Miniport => Owner::Driver,
+            Running::Upper => Owner::UpperDriver,
+        }
+    }
+}
+
 /// What a bug check prints before the process ends (installed by the kernel, which knows the
 /// layers above this one).
 pub type Ending = Box<dyn Fn(&BugCheck) + Send + Sync>;
@@ -96,6 +133,7 @@ pub struct Machine {
     config: Config,
     verifier: Verifier,
     pool: Pool,
+    events: Events,
     locks: LockOrder,
     faults: Faults,
     /// The words of the kernel's own spin locks, indexed by their [`LockId`].
@@ -116,6 +154,7 @@ impl Machine {
             config,
             verifier: Verifier::default(),
             pool: Pool::new(),
+            events: Events::default(),
             locks: LockOrder::default(),
             kernel_locks: Default::default(),
             label: Mutex::new(Label::default()),
@@ -137,6 +176,11 @@ impl Machine {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// The KEVENTs drivers set and wait on.
+    pub fn events(&self) -> &Events {
+        &self.events
     }
 
     pub fn locks(&self) -> &LockOrder {

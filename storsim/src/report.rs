@@ -61,6 +61,8 @@ pub struct Summary {
     pub timeline: Vec<Moment>,
     /// Whether the driver loaded at all: without it there are no counters to speak of.
     pub loaded: bool,
+    /// What the scenario measured, by name (e.g. a kernel-mode client's counts).
+    pub figures: std::collections::BTreeMap<String, u64>,
 }
 
 impl Summary {
@@ -115,6 +117,14 @@ impl Summary {
                     self.port.srbs_outstanding
                 );
             }
+        }
+        if !self.figures.is_empty() {
+            let figures: Vec<String> = self
+                .figures
+                .iter()
+                .map(|(name, value)| format!("{name} {value}"))
+                .collect();
+            out += &format!("figures: {}\n", figures.join(", "));
         }
         for failure in &self.failures {
             out += &format!("scenario: expected {failure}\n");

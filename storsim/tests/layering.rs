@@ -7,7 +7,7 @@ use std::path::Path;
 /// Top-level modules, lowest layer first. Modules of one layer may not use each other.
 const LAYERS: &[&[&str]] = &[
     // the ground: no storsim dependencies
-    &["loader", "pool", "cpu", "faults", "verifier"],
+    &["loader", "pool", "cpu", "faults", "verifier", "events"],
     // the machine every layer above shares
     &["machine"],
     // the I/O manager; the run's summary (plain data)

@@ -14,6 +14,7 @@
 //! each routine trusts exactly what its DDI page promises of a correct caller (pointer
 //! arguments valid for the documented access) and checks what Driver Verifier checks.
 
+mod caller;
 mod csq;
 mod dbgprint;
 mod ntoskrnl;
@@ -31,7 +32,7 @@ pub type Export = (&'static str, usize);
 /// naming it, as Windows refuses a driver with an unresolved import).
 pub fn resolve(dll: &str, name: &str) -> Option<usize> {
     let table = match dll.to_ascii_lowercase().as_str() {
-        "ntoskrnl.exe" => ntoskrnl::exports(),
+        "ntoskrnl.exe" => [ntoskrnl::exports(), caller::exports()].concat(),
         "storport.sys" => storport::exports(),
         _ => return None,
     };
@@ -43,7 +44,8 @@ pub fn resolve(dll: &str, name: &str) -> Option<usize> {
 
 /// Every routine storsim provides, as `dll!name`.
 pub fn provided() -> Vec<String> {
-    let ntoskrnl = ntoskrnl::exports()
+    let ntoskrnl = [ntoskrnl::exports(), caller::exports()]
+        .concat()
         .into_iter()
         .map(|(n, _)| format!("ntoskrnl.exe!{n}"));
     let storport = storport::exports()

@@ -19,16 +19,17 @@ use super::{Export, enter};
 use crate::cpu::{self, APC_LEVEL, DISPATCH_LEVEL};
 use crate::io::{IrpPtr, Via};
 use crate::kernel::Kernel;
+use crate::machine::Running;
 use crate::pool::{Owner, PoolError};
 use crate::verifier::locks::LockApi;
 use crate::verifier::{BugCheck, Code};
 
 /// DDI compliance rule ids (docs/VERIFIER-NOTES.md §2.7).
-const RULE_IRQL_KE_DISPATCH_LTE: u64 = 0x0002_0011;
+pub(super) const RULE_IRQL_KE_DISPATCH_LTE: u64 = 0x0002_0011;
 const RULE_IRQL_EX_ALLOCATE_POOL: u64 = 0x0002_0004;
 const RULE_IRQL_KE_RELEASE_SPIN_LOCK: u64 = 0x0002_0015;
 
-fn require_irql_at_most(routine: &'static str, max: u8, rule: u64) {
+pub(super) fn require_irql_at_most(routine: &'static str, max: u8, rule: u64) {
     let irql = cpu::irql();
     if irql > max {
         crate::kernel::kernel().machine().report(BugCheck::new(
@@ -384,13 +385,11 @@ unsafe extern "win64" fn ex_allocate_pool2(flags: u64, size: usize, tag: u32) ->
     {
         return std::ptr::null_mut();
     }
+    let owner = Running::now().pool_owner();
     let block = if flags & POOL_FLAG_UNINITIALIZED != 0 {
-        kernel.machine().pool().allocate(size, tag, Owner::Driver)
+        kernel.machine().pool().allocate(size, tag, owner)
     } else {
-        kernel
-            .machine()
-            .pool()
-            .allocate_zeroed(size, tag, Owner::Driver)
+        kernel.machine().pool().allocate_zeroed(size, tag, owner)
     };
     block.map_or(std::ptr::null_mut(), |p| p.cast())
 }

@@ -9,6 +9,7 @@ use super::irp::{
 };
 use super::{Io, IrpRecord, IrpState, Origin, Outcome};
 use crate::cpu::{self, DISPATCH_LEVEL};
+use crate::machine::Running;
 use crate::pool::PoolError;
 use crate::verifier::{BugCheck, Code, locks, rules};
 use storport_abi::status::Named;
@@ -93,7 +94,8 @@ impl Io {
         if status == STATUS_CANCELLED {
             self.counters.cancelled.fetch_add(1, Ordering::Relaxed);
         }
-        if self.walk_completion_routines(&irp) {
+        let upper = matches!(record.origin, Origin::Driver { .. });
+        if self.walk_completion_routines(&irp, upper) {
             self.finish_irp(irp, &record);
         }
         record.referenced
@@ -154,7 +156,9 @@ impl Io {
                 ),
             );
         }
-        if record.system_buffer != 0 {
+        // A driver's own buffer is its business: no I/O manager copy, nothing disclosed.
+        let io_managers = !matches!(record.origin, Origin::Driver { .. });
+        if record.system_buffer != 0 && io_managers {
             match self.machine.pool().check(record.system_buffer as *mut u8) {
                 Ok(()) => {}
                 Err(PoolError::Underrun { block, offset }) => self.machine.report(BugCheck::new(
@@ -221,7 +225,12 @@ impl Io {
 
     /// Walks from the current location to the top, calling completion routines. `false` if a
     /// routine returned STATUS_MORE_PROCESSING_REQUIRED (its owner has the IRP back).
-    fn walk_completion_routines(&self, irp: &IrpPtr) -> bool {
+    ///
+    /// Routines run at DISPATCH_LEVEL whatever the completer's IRQL: "IRQL ≤ DISPATCH_LEVEL in
+    /// an arbitrary thread" read at its strictest, so a routine that blocks or calls a
+    /// PASSIVE_LEVEL-only routine is caught even when the adapter completes at PASSIVE_LEVEL.
+    /// `upper`: the routine is code of a driver loaded above the adapter.
+    fn walk_completion_routines(&self, irp: &IrpPtr, upper: bool) -> bool {
         let stack_count = irp.get(header::STACK_COUNT);
         loop {
             let at = irp.get(header::CURRENT_LOCATION);
@@ -254,9 +263,20 @@ impl Io {
                 } else {
                     std::ptr::null_mut()
                 };
-                // SAFETY: the routine's contract: the device above, the IRP (live until it
-                // returns: only its owner frees it), its context, at IRQL ≤ DISPATCH_LEVEL.
-                let result = unsafe { routine(device, irp.as_ptr(), context) } as u32;
+                let running = if upper {
+                    Running::Upper
+                } else {
+                    Running::Miniport
+                };
+                let result = running.enter(|| {
+                    self.machine
+                        .call_driver("completion routine", DISPATCH_LEVEL, || {
+                            // SAFETY: the routine's contract: the device above, the IRP (live
+                            // until it returns: only its owner frees it), its context, at IRQL
+                            // ≤ DISPATCH_LEVEL.
+                            unsafe { routine(device, irp.as_ptr(), context) }
+                        })
+                }) as u32;
                 if result == STATUS_MORE_PROCESSING_REQUIRED {
                     return false;
                 }
@@ -286,6 +306,19 @@ impl Io {
             information,
             output,
         };
+        if matches!(record.origin, Origin::Driver { .. }) {
+            // Windows would now finish it as if a thread had sent it, and a driver's own IRP
+            // has none: the DDI rule IoFreeIrp wants a completion routine that keeps it.
+            self.machine.report(BugCheck::new(
+                Code::DriverVerifierDetectedViolation,
+                [rules::COMPLETED_PAST_TOP, irp.addr() as u64, u64::from(status), 0],
+                format!(
+                    "IRP {:#x} from IoAllocateIrp completed past its top location: no completion routine returned STATUS_MORE_PROCESSING_REQUIRED",
+                    irp.addr()
+                ),
+            ));
+            return;
+        }
         if matches!(record.origin, Origin::User { .. }) {
             let pool = self.machine.pool();
             if record.system_buffer != 0 {
@@ -303,6 +336,8 @@ impl Io {
                 Named(status)
             ));
         }
-        record.origin.request().finish(outcome);
+        if let Some(request) = record.origin.request() {
+            request.finish(outcome);
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! SystemBuffers, overlapped requests, IoCompleteRequest, IoCancelIrp, CancelIoEx, handle close
 //! and process exit.
 
+mod caller;
 mod cancel;
 mod complete;
 pub mod irp;
@@ -10,12 +11,14 @@ pub mod objects;
 mod request;
 #[cfg(test)]
 mod tests;
+pub mod work;
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+pub use caller::{CALL_DEPTH_LIMIT, Leftovers};
 pub use complete::Via;
 pub use irp::IrpPtr;
 pub use kernel_caller::KernelCaller;
@@ -79,12 +82,21 @@ enum Origin {
     Kernel {
         request: Arc<Request>,
     },
+    /// A driver loaded above the adapter, with an IRP of its own (IoAllocateIrp): the outcome
+    /// goes to its completion routine only.
+    Driver {
+        /// The adapter instance of the FILE_OBJECT the IRP names, if it is one the driver
+        /// holds a reference on (IoGetDeviceObjectPointer).
+        instance: Option<u64>,
+    },
 }
 
 impl Origin {
-    fn request(&self) -> &Arc<Request> {
+    /// Where the I/O manager reports the outcome (none for a driver's own IRP).
+    fn request(&self) -> Option<&Arc<Request>> {
         match self {
-            Origin::User { request, .. } | Origin::Kernel { request } => request,
+            Origin::User { request, .. } | Origin::Kernel { request } => Some(request),
+            Origin::Driver { .. } => None,
         }
     }
 }
@@ -160,6 +172,9 @@ pub struct Io {
         reason = "each FILE_OBJECT keeps its address: IRPs point at it"
     )]
     closed_files: Mutex<Vec<Box<[u64; 0x1B]>>>,
+    /// Drivers above the adapter: their IRPs and references.
+    callers: caller::Callers,
+    work: Arc<work::WorkQueue>,
     next_id: AtomicU64,
     counters: Counters,
     /// Fill for output bytes the driver has not written (disclosure check).
@@ -180,6 +195,8 @@ impl Io {
             recent: Mutex::new((VecDeque::new(), HashSet::new())),
             handles: Mutex::new(HashMap::new()),
             closed_files: Mutex::new(Vec::new()),
+            callers: caller::Callers::default(),
+            work: Arc::default(),
             next_id: AtomicU64::new(1),
             counters: Counters::default(),
             pattern: pattern | 0x0101_0101_0101_0101,
@@ -188,6 +205,11 @@ impl Io {
 
     pub fn objects(&self) -> &DriverObjects {
         &self.objects
+    }
+
+    /// Work items and the system worker thread.
+    pub fn work(&self) -> &Arc<work::WorkQueue> {
+        &self.work
     }
 
     pub fn counters(&self) -> &Counters {
@@ -306,6 +328,7 @@ impl Io {
     pub fn sender_instance(&self, irp: &IrpPtr) -> Option<u64> {
         match self.irps().get(&irp.addr())?.origin {
             Origin::User { instance, .. } => Some(instance),
+            Origin::Driver { instance } => instance,
             Origin::Kernel { .. } => None,
         }
     }
@@ -530,7 +553,7 @@ impl Io {
             header::REQUESTOR_MODE,
             match origin {
                 Origin::User { .. } => irp::USER_MODE,
-                Origin::Kernel { .. } => irp::KERNEL_MODE,
+                Origin::Kernel { .. } | Origin::Driver { .. } => irp::KERNEL_MODE,
             },
         );
         irp.set(header::ORIGINAL_FILE_OBJECT, file_object as *mut _);
@@ -544,6 +567,18 @@ impl Io {
         irp.set_at(top, location::IO_CONTROL_CODE, code);
         irp.set_at(top, location::DEVICE_OBJECT, self.objects.fdo().cast());
         irp.set_at(top, location::FILE_OBJECT, file_object as *mut _);
+        self.register(irp, origin, system_buffer, input.len() as u32, out_len);
+    }
+
+    /// Lists `irp` as sent down (its current location the FDO's) and counts it.
+    fn register(
+        &self,
+        irp: &IrpPtr,
+        origin: Origin,
+        system_buffer: usize,
+        in_len: u32,
+        out_len: u32,
+    ) {
         let id = self.next_id();
         self.forget_completed(irp.addr());
         self.irps().insert(
@@ -554,7 +589,7 @@ impl Io {
                 state: IrpState::WithDriver,
                 stack_count: irp.get(header::STACK_COUNT) as u8,
                 system_buffer,
-                in_len: input.len() as u32,
+                in_len,
                 out_len,
                 referenced: false,
                 dispatching: false,

@@ -63,6 +63,9 @@ const CLASSIFY_ATTEMPTS: u32 = 1000;
 pub enum Owner {
     /// `ExAllocatePool*` / `StorPortAllocatePool` on behalf of the driver.
     Driver,
+    /// `ExAllocatePool*` on behalf of a driver loaded above the miniport (a kernel-mode
+    /// caller of its service IOCTL), accounted at that driver's unload.
+    UpperDriver,
     /// An IRP allocated by the emulated I/O manager.
     Irp,
     /// A METHOD_BUFFERED SystemBuffer.
@@ -168,7 +171,11 @@ impl Pool {
     ///
     /// [`PoolError::ZeroSize`] for `size == 0`, [`PoolError::Exhausted`] if the host refuses.
     pub fn allocate(&self, size: usize, tag: u32, owner: Owner) -> Result<*mut u8, PoolError> {
-        let contents = if owner == Owner::Driver { FILL_BYTE } else { 0 };
+        let contents = if matches!(owner, Owner::Driver | Owner::UpperDriver) {
+            FILL_BYTE
+        } else {
+            0
+        };
         self.place(size, tag, owner, Some(contents))
     }
 

@@ -9,6 +9,8 @@
 pub enum Code {
     /// 0x1E: an exception in kernel mode (here: an illegal instruction).
     KmodeExceptionNotHandled,
+    /// 0x35: IoCallDriver with no stack location left.
+    NoMoreIrpStackLocations,
     /// 0x44: an IRP completed twice.
     MultipleIrpCompleteRequests,
     /// 0x50: a fault on an address no allocation covers.
@@ -27,6 +29,8 @@ pub enum Code {
     PageFaultInFreedSpecialPool,
     /// 0xCD: an access past the end of a special-pool block.
     PageFaultBeyondEndOfAllocation,
+    /// 0xCE: a driver unloaded with operations still pending (its IRP at a lower driver).
+    DriverUnloadedWithoutCancellingPendingOperations,
     /// 0xD1: an invalid address touched at DISPATCH_LEVEL or above (a NULL spin lock).
     DriverIrqlNotLessOrEqual,
     /// 0xF1: Storport's own verifier (SCSI verification); P1 says which rule.
@@ -35,8 +39,9 @@ pub enum Code {
 
 impl Code {
     /// Every code, for tables and lookups.
-    pub const ALL: [Code; 12] = [
+    pub const ALL: [Code; 14] = [
         Code::KmodeExceptionNotHandled,
+        Code::NoMoreIrpStackLocations,
         Code::MultipleIrpCompleteRequests,
         Code::PageFaultInNonpagedArea,
         Code::SpecialPoolDetectedMemoryCorruption,
@@ -46,6 +51,7 @@ impl Code {
         Code::DriverVerifierIomanagerViolation,
         Code::PageFaultInFreedSpecialPool,
         Code::PageFaultBeyondEndOfAllocation,
+        Code::DriverUnloadedWithoutCancellingPendingOperations,
         Code::DriverIrqlNotLessOrEqual,
         Code::ScsiVerifierDetectedViolation,
     ];
@@ -54,6 +60,7 @@ impl Code {
     pub const fn value(self) -> u32 {
         match self {
             Code::KmodeExceptionNotHandled => 0x1E,
+            Code::NoMoreIrpStackLocations => 0x35,
             Code::MultipleIrpCompleteRequests => 0x44,
             Code::PageFaultInNonpagedArea => 0x50,
             Code::SpecialPoolDetectedMemoryCorruption => 0xC1,
@@ -63,6 +70,7 @@ impl Code {
             Code::DriverVerifierIomanagerViolation => 0xC9,
             Code::PageFaultInFreedSpecialPool => 0xCC,
             Code::PageFaultBeyondEndOfAllocation => 0xCD,
+            Code::DriverUnloadedWithoutCancellingPendingOperations => 0xCE,
             Code::DriverIrqlNotLessOrEqual => 0xD1,
             Code::ScsiVerifierDetectedViolation => 0xF1,
         }
@@ -72,6 +80,7 @@ impl Code {
     pub const fn name(self) -> &'static str {
         match self {
             Code::KmodeExceptionNotHandled => "KMODE_EXCEPTION_NOT_HANDLED",
+            Code::NoMoreIrpStackLocations => "NO_MORE_IRP_STACK_LOCATIONS",
             Code::MultipleIrpCompleteRequests => "MULTIPLE_IRP_COMPLETE_REQUESTS",
             Code::PageFaultInNonpagedArea => "PAGE_FAULT_IN_NONPAGED_AREA",
             Code::SpecialPoolDetectedMemoryCorruption => "SPECIAL_POOL_DETECTED_MEMORY_CORRUPTION",
@@ -81,6 +90,9 @@ impl Code {
             Code::DriverVerifierIomanagerViolation => "DRIVER_VERIFIER_IOMANAGER_VIOLATION",
             Code::PageFaultInFreedSpecialPool => "PAGE_FAULT_IN_FREED_SPECIAL_POOL",
             Code::PageFaultBeyondEndOfAllocation => "PAGE_FAULT_BEYOND_END_OF_ALLOCATION",
+            Code::DriverUnloadedWithoutCancellingPendingOperations => {
+                "DRIVER_UNLOADED_WITHOUT_CANCELLING_PENDING_OPERATIONS"
+            }
             Code::DriverIrqlNotLessOrEqual => "DRIVER_IRQL_NOT_LESS_OR_EQUAL",
             Code::ScsiVerifierDetectedViolation => "SCSI_VERIFIER_DETECTED_VIOLATION",
         }
@@ -131,8 +143,25 @@ pub const TIMER_NOT_FREED: u64 = 0x5700_0011;
 /// A LUN answering INQUIRY as connected that REPORT LUNS does not list.
 pub const LUN_NOT_REPORTED: u64 = 0x5700_0012;
 
+/// IoFreeIrp of an IRP a driver below still owns.
+pub const IRP_FREED_IN_USE: u64 = 0x5700_0013;
+/// A wait that can block, at DISPATCH_LEVEL (a completion routine's IRQL).
+pub const BLOCKING_AT_DISPATCH: u64 = 0x5700_0014;
+/// A PASSIVE_LEVEL-only call above PASSIVE_LEVEL.
+pub const PASSIVE_ONLY: u64 = 0x5700_0015;
+/// An object reference still held when its driver unloads.
+pub const REFERENCE_LEAKED: u64 = 0x5700_0016;
+/// IoCallDriver nested past the depth bound.
+pub const CALL_DRIVER_RECURSION: u64 = 0x5700_0017;
+/// A driver's own IRP completed with no completion routine taking it back.
+pub const COMPLETED_PAST_TOP: u64 = 0x5700_0018;
+/// An object a kernel routine cannot take.
+pub const OBJECT_MISUSE: u64 = 0x5700_0019;
+/// A wait without a timeout that nothing satisfies.
+pub const WAIT_NEVER_SATISFIED: u64 = 0x5700_001A;
+
 /// Every storsim-defined P1, with the sentence the README's table gives it.
-pub const STORSIM_RULES: [Rule; 17] = [
+pub const STORSIM_RULES: [Rule; 25] = [
     Rule {
         p1: SPIN_LOCK_SAFE,
         what: "an IRP completed while a spin lock is held (SDV SpinLockSafe)",
@@ -196,6 +225,38 @@ pub const STORSIM_RULES: [Rule; 17] = [
     Rule {
         p1: TIMER_NOT_FREED,
         what: "a timer from StorPortInitializeTimer still allocated after HwFreeAdapterResources (StorPortFreeTimer frees it)",
+    },
+    Rule {
+        p1: IRP_FREED_IN_USE,
+        what: "IoFreeIrp of an IRP a driver below still owns (not completed back to its caller)",
+    },
+    Rule {
+        p1: BLOCKING_AT_DISPATCH,
+        what: "a wait that can block (KeWaitForSingleObject with a non-zero timeout) at DISPATCH_LEVEL, where completion routines run",
+    },
+    Rule {
+        p1: PASSIVE_ONLY,
+        what: "a PASSIVE_LEVEL-only call above PASSIVE_LEVEL (IoGetDeviceObjectPointer; IoCallDriver of a service IRP, which Storport dispatches to HwProcessServiceRequest at PASSIVE_LEVEL)",
+    },
+    Rule {
+        p1: REFERENCE_LEAKED,
+        what: "a driver unloaded still holding an object reference (the FILE_OBJECT from IoGetDeviceObjectPointer never dereferenced)",
+    },
+    Rule {
+        p1: CALL_DRIVER_RECURSION,
+        what: "IoCallDriver nested past 8 calls on one thread: a completion routine sending its IRP again from inside the completion (stack exhaustion on Windows)",
+    },
+    Rule {
+        p1: COMPLETED_PAST_TOP,
+        what: "a driver's own IRP (IoAllocateIrp) completed with no completion routine returning STATUS_MORE_PROCESSING_REQUIRED",
+    },
+    Rule {
+        p1: OBJECT_MISUSE,
+        what: "an object a kernel routine cannot take: a KEVENT never initialised, an IRP not from IoAllocateIrp, a work item queued twice or uninitialised while queued, a dereference without a reference",
+    },
+    Rule {
+        p1: WAIT_NEVER_SATISFIED,
+        what: "a wait without a timeout that nothing satisfies within 30 s (the driver's thread would hang: an unload waiting for an IRP that never comes back)",
     },
     Rule {
         p1: LUN_NOT_REPORTED,

@@ -1,0 +1,159 @@
+//! The kernel-client scenario: revcall-client.sys (or a client fixture) loaded above
+//! revcall.sys in the same emulated kernel, its IRPs routed to revcall's Storport device.
+//!
+//! Two lives of the client, each checked against what revcall published:
+//! 1. events fired before it loads (more than the ring holds, so its first WAIT from cursor 0
+//!    learns an exact `lost`), then fired one by one while it is subscribed; then it unloads
+//!    with its WAIT parked: cancelled, awaited, freed (ends Stopped);
+//! 2. loaded again, more events, then the adapter is removed with its WAIT parked: the reply
+//!    carries FINAL (ends Final); then it unloads.
+//!
+//! Each time: every event delivered in order (`gaps` 0), `delivered + lost` = the last
+//! sequence number, `lost` = what the ring no longer held; and at each unload storsim's
+//! verifier checks the IRP came back, was freed and the reference dropped.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use revcall_kclient::{End, Stats};
+use storsim::driver::{RunError, UpperDriver};
+
+use crate::client::Channel;
+use crate::{Failures, KernelRef};
+
+/// The service the client driver is registered as.
+const SERVICE: &str = "revcallclient";
+
+/// Events fired before the client loads: more than revcall's ring keeps (256).
+const BEFORE: u64 = 300;
+/// Events fired one by one while it is subscribed.
+const WHILE: u64 = 200;
+
+/// How long the client may take to catch up with what was fired.
+const PATIENCE: Duration = Duration::from_secs(10);
+
+/// The client driver's counters, read out of its image (the export `RevcallClientStats`).
+fn stats(client: &UpperDriver) -> Option<&Stats> {
+    let addr = client.export("RevcallClientStats")?;
+    // SAFETY: revcall-client.sys exports its `revcall_kclient::Stats` (repr(C), atomics)
+    // under this name; the image stays mapped while `client` lives, which bounds the borrow.
+    Some(unsafe { &*(addr as *const Stats) })
+}
+
+/// Polls `done` until it holds or [`PATIENCE`] runs out.
+fn eventually(mut done: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + PATIENCE;
+    while !done() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    true
+}
+
+pub fn run(kernel: &KernelRef, client: &Path, failures: &Failures) -> Result<(), RunError> {
+    kernel.start_adapter()?;
+    let user = Channel::open(kernel, 300);
+    for value in 0..BEFORE {
+        let _ = user.fire(0x100, value);
+    }
+    life(kernel, client, &user, "1", failures, |_| {})?;
+    life(kernel, client, &user, "2", failures, |stats| {
+        kernel.remove_adapter(|| {});
+        failures.expect(eventually(|| stats.ended().is_some()), || {
+            "the client to end after the adapter's removal".into()
+        });
+    })?;
+    user.close();
+    Ok(())
+}
+
+/// One life of the client: load, what is fired while it runs, `ending` (a removal, or
+/// nothing), unload; checked against revcall's STATS.
+fn life(
+    kernel: &KernelRef,
+    path: &Path,
+    user: &Channel,
+    name: &str,
+    failures: &Failures,
+    ending: impl FnOnce(&Stats),
+) -> Result<(), RunError> {
+    let before = user.stats().ok();
+    let client = storsim::driver::load_upper(kernel, path, SERVICE)?;
+    let Some(stats) = stats(&client) else {
+        failures.expect(false, || {
+            format!("{} to export RevcallClientStats", path.display())
+        });
+        client.unload(kernel);
+        return Ok(());
+    };
+    let mut head = before.map_or(0, |s| s.head_seq);
+    for value in 0..WHILE {
+        if let Ok(seq) = user.fire(0x200, value) {
+            head = seq;
+        }
+    }
+    // Caught up, and the next WAIT parked at revcall (nothing else parks on this adapter).
+    let parked = eventually(|| {
+        stats.cursor.load(std::sync::atomic::Ordering::Relaxed) == head
+            && user.stats().is_ok_and(|now| now.parked_now == 1)
+    });
+    failures.expect(parked, || {
+        format!(
+            "client life {name}: caught up to event {head} with its WAIT parked, at {}",
+            stats.cursor.load(std::sync::atomic::Ordering::Relaxed)
+        )
+    });
+    let after_fire = user.stats().ok();
+    ending(stats);
+    client.unload(kernel);
+    let load =
+        |counter: &std::sync::atomic::AtomicU64| counter.load(std::sync::atomic::Ordering::Relaxed);
+    let (delivered, lost, cursor, gaps) = (
+        load(&stats.delivered),
+        load(&stats.lost),
+        load(&stats.cursor),
+        load(&stats.gaps),
+    );
+    let end = stats.ended();
+    for (figure, value) in [
+        ("delivered", delivered),
+        ("lost", lost),
+        ("cursor", cursor),
+        ("gaps", gaps),
+        ("waits", load(&stats.sent)),
+        ("end", end.map_or(0, End::code).into()),
+    ] {
+        kernel.figure(format!("client{name}.{figure}"), value);
+    }
+    kernel.note(format!(
+        "client life {name}: {delivered} events delivered, {lost} lost, cursor {cursor}, ended {end:?}"
+    ));
+    failures.expect(gaps == 0, || {
+        format!("client life {name}: events in order with every gap counted as lost, {gaps} gaps")
+    });
+    failures.expect(delivered + lost == cursor, || {
+        format!("client life {name}: delivered {delivered} + lost {lost} = cursor {cursor}")
+    });
+    if let Some(before) = before {
+        // Its first WAIT asked from 0: everything older than the ring's oldest is lost.
+        let expected = before.oldest_seq.saturating_sub(1);
+        failures.expect(lost == expected, || {
+            format!("client life {name}: exactly {expected} events lost, counted {lost}")
+        });
+    }
+    let (want_end, want_cursor) = if name == "1" {
+        (End::Stopped, after_fire.map_or(head, |s| s.head_seq))
+    } else {
+        // The adapter's removal event follows the last fired one.
+        (End::Final, head + 1)
+    };
+    failures.expect(end == Some(want_end), || {
+        format!("client life {name}: to end {want_end:?}, ended {end:?}")
+    });
+    failures.expect(cursor == want_cursor, || {
+        format!("client life {name}: cursor {want_cursor}, got {cursor}")
+    });
+    Ok(())
+}
