@@ -1,8 +1,8 @@
-//! Opens the built revcall.sys and proves it is a real kernel driver image, as the Windows
-//! loader and Driver Verifier would see it.
+//! Opens the built revcall.sys and revcall-client.sys and proves each is a real kernel driver
+//! image, as the Windows loader and Driver Verifier would see it.
 //!
-//! The image comes from `REVCALL_SYS` (set by `cargo xtask test`) or the default output path
-//! of `cargo xtask build`.
+//! revcall.sys comes from `REVCALL_SYS` (set by `cargo xtask test`) or the default output path
+//! of `cargo xtask build`; revcall-client.sys lies beside it.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -15,14 +15,17 @@ use object::pe::{
 };
 use object::read::pe::{ImageNtHeaders, ImageOptionalHeader, PeFile64};
 
-fn image() -> Vec<u8> {
-    let path = std::env::var_os("REVCALL_SYS")
+fn revcall_sys() -> PathBuf {
+    std::env::var_os("REVCALL_SYS")
         .map(PathBuf::from)
         .unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR"))
                 .join("target/x86_64-pc-windows-msvc/release/revcall.sys")
-        });
-    std::fs::read(&path).unwrap_or_else(|e| {
+        })
+}
+
+fn read(path: &std::path::Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| {
         panic!(
             "cannot read {} ({e}): build it with `cargo xtask build`",
             path.display()
@@ -31,12 +34,14 @@ fn image() -> Vec<u8> {
 }
 
 struct Driver {
+    name: &'static str,
     bytes: Vec<u8>,
 }
 
 impl Driver {
     fn pe(&self) -> PeFile64<'_> {
-        PeFile64::parse(&*self.bytes).expect("revcall.sys is not a PE32+ image")
+        PeFile64::parse(&*self.bytes)
+            .unwrap_or_else(|e| panic!("{} is not a PE32+ image: {e}", self.name))
     }
 
     /// Imported functions by DLL name (lower case).
@@ -68,12 +73,32 @@ impl Driver {
 }
 
 fn driver() -> Driver {
-    Driver { bytes: image() }
+    Driver {
+        name: "revcall.sys",
+        bytes: read(&revcall_sys()),
+    }
+}
+
+fn client() -> Driver {
+    Driver {
+        name: "revcall-client.sys",
+        bytes: read(&revcall_sys().with_file_name("revcall-client.sys")),
+    }
+}
+
+/// Both images, for the checks every driver must pass.
+fn drivers() -> [Driver; 2] {
+    [driver(), client()]
 }
 
 #[test]
 fn is_a_pe32_plus_native_wdm_driver_for_amd64() {
-    let driver = driver();
+    for driver in drivers() {
+        is_a_native_wdm_driver(&driver);
+    }
+}
+
+fn is_a_native_wdm_driver(driver: &Driver) {
     let pe = driver.pe();
     let nt = pe.nt_headers();
     let optional = nt.optional_header();
@@ -116,7 +141,12 @@ fn pe_checksum(bytes: &[u8], checksum_offset: usize) -> u32 {
 
 #[test]
 fn the_checksum_is_set_and_right() {
-    let driver = driver();
+    for driver in drivers() {
+        checksum_is_right(&driver);
+    }
+}
+
+fn checksum_is_right(driver: &Driver) {
     let pe_offset = u32::from_le_bytes(driver.bytes[0x3C..0x40].try_into().unwrap()) as usize;
     // Signature (4) + IMAGE_FILE_HEADER (20) + the CheckSum's offset in the optional header.
     let checksum_offset = pe_offset + 4 + 20 + 64;
@@ -132,7 +162,8 @@ fn the_checksum_is_set_and_right() {
     );
     assert_ne!(
         stored, 0,
-        "a zero checksum: link with /RELEASE (Windows 7 refuses the driver)"
+        "{}: a zero checksum: link with /RELEASE (Windows 7 refuses the driver)",
+        driver.name
     );
     assert_eq!(stored, pe_checksum(&driver.bytes, checksum_offset));
 }
@@ -149,9 +180,31 @@ fn the_checksum_reader_counts_what_imagehlp_counts() {
 
 #[test]
 fn entry_point_is_driver_entry_and_the_only_export() {
-    let driver = driver();
+    assert_eq!(exports(&driver()), ["DriverEntry"]);
+}
+
+#[test]
+fn the_client_exports_its_entry_and_its_counters() {
+    assert_eq!(
+        exports(&client()),
+        ["DriverEntry", "RevcallClientStats"],
+        "storsim reads RevcallClientStats by name"
+    );
+}
+
+/// The image's exports, by name; AddressOfEntryPoint must be DriverEntry's.
+fn exports(driver: &Driver) -> Vec<String> {
     let pe = driver.pe();
-    let exports = pe.export_table().unwrap().expect("an export table");
+    let directory = pe
+        .data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_EXPORT)
+        .expect("an export table");
+    let bytes = directory.data(pe.data(), &pe.section_table()).unwrap();
+    // The merged .edata may start at any byte; object reads its u32 tables aligned.
+    let mut aligned = vec![0u32; bytes.len().div_ceil(4)];
+    let copy = &mut zerocopy::IntoBytes::as_mut_bytes(aligned.as_mut_slice())[..bytes.len()];
+    copy.copy_from_slice(bytes);
+    let exports =
+        object::read::pe::ExportTable::parse(copy, directory.virtual_address.get(LE)).unwrap();
     let exported: Vec<(String, u32)> = exports
         .exports()
         .unwrap()
@@ -166,11 +219,12 @@ fn entry_point_is_driver_entry_and_the_only_export() {
         })
         .collect();
     let entry = pe.nt_headers().optional_header().address_of_entry_point();
-    assert_eq!(
-        exported,
-        [("DriverEntry".to_string(), entry)],
-        "AddressOfEntryPoint is DriverEntry"
+    assert!(
+        exported.contains(&("DriverEntry".to_string(), entry)),
+        "{}: AddressOfEntryPoint is DriverEntry: {exported:?}",
+        driver.name
     );
+    exported.into_iter().map(|(name, _)| name).collect()
 }
 
 #[test]
@@ -201,8 +255,39 @@ fn imports_only_from_storport_and_the_kernel() {
 }
 
 #[test]
+fn the_client_imports_only_the_kernel_a_caller_needs() {
+    let imports = client().imports();
+    assert_eq!(
+        imports.keys().collect::<Vec<_>>(),
+        ["ntoskrnl.exe"],
+        "{imports:?}"
+    );
+    for needed in [
+        "IoGetDeviceObjectPointer",
+        "ObfDereferenceObject",
+        "IoAllocateIrp",
+        "IoReuseIrp",
+        "IofCallDriver",
+        "IoCancelIrp",
+        "IoFreeIrp",
+        "IoQueueWorkItemEx",
+        "KeWaitForSingleObject",
+    ] {
+        assert!(
+            imports["ntoskrnl.exe"].iter().any(|f| f == needed),
+            "{needed} not imported: {imports:?}"
+        );
+    }
+}
+
+#[test]
 fn no_section_is_writable_and_executable_and_code_is_not_paged() {
-    let driver = driver();
+    for driver in drivers() {
+        sections_are_safe(&driver);
+    }
+}
+
+fn sections_are_safe(driver: &Driver) {
     let pe = driver.pe();
     let mut names = Vec::new();
     for section in pe.section_table().iter() {
@@ -212,14 +297,16 @@ fn no_section_is_writable_and_executable_and_code_is_not_paged() {
         let flags = section.characteristics.get(LE);
         assert!(
             flags & IMAGE_SCN_MEM_WRITE == 0 || flags & IMAGE_SCN_MEM_EXECUTE == 0,
-            "section {name} is writable and executable ({flags:#x})"
+            "{}: section {name} is writable and executable ({flags:#x})",
+            driver.name
         );
         // Callbacks run at DISPATCH_LEVEL, where a page fault is a bug check.
         if flags & IMAGE_SCN_MEM_DISCARDABLE == 0 {
             assert_ne!(
                 flags & IMAGE_SCN_MEM_NOT_PAGED,
                 0,
-                "section {name} is pageable ({flags:#x})"
+                "{}: section {name} is pageable ({flags:#x})",
+                driver.name
             );
         }
         names.push(name);

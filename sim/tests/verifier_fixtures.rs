@@ -43,16 +43,34 @@ fn fixtures() -> PathBuf {
 
 /// Runs `storsim run <fixture>.sys --scenario fixture --json`; returns (exit code, report).
 fn run(fixture: &str) -> (i32, Value) {
-    let child = Command::new(env!("CARGO_BIN_EXE_storsim"))
-        .arg("run")
-        .arg(fixtures().join(format!("{fixture}.sys")))
-        .args([
-            "--scenario",
-            "fixture",
-            "--json",
-            "--rundown-limit-ms",
-            "300",
-        ])
+    let image = fixtures().join(format!("{fixture}.sys"));
+    storsim_json(
+        fixture,
+        Command::new(env!("CARGO_BIN_EXE_storsim"))
+            .arg("run")
+            .arg(image)
+            .args(["--scenario", "fixture"]),
+    )
+}
+
+/// Runs `storsim run revcall.sys --scenario kernel-client --client <fixture>.sys --json`: the
+/// client fixture loaded above the real revcall.sys.
+fn run_client(fixture: &str) -> (i32, Value) {
+    let client = fixtures().join(format!("{fixture}.sys"));
+    storsim_json(
+        fixture,
+        Command::new(env!("CARGO_BIN_EXE_storsim"))
+            .arg("run")
+            .arg(revcall_sim::built_driver())
+            .args(["--scenario", "kernel-client", "--client"])
+            .arg(client),
+    )
+}
+
+/// Finishes `command` with `--json` and a short rundown limit; returns (exit code, report).
+fn storsim_json(fixture: &str, command: &mut Command) -> (i32, Value) {
+    let child = command
+        .args(["--json", "--rundown-limit-ms", "300"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -79,7 +97,15 @@ fn trips(fixture: &str, code: u64, p1: Option<u64>) {
 /// Asserts the run failed with, for each `(code, P1, P2)` (P1 and P2 checked when given), a
 /// violation that matches it; returns the report.
 fn trips_all(fixture: &str, expected: &[(u64, Option<u64>, Option<u64>)]) -> Value {
-    let (exit, report) = run(fixture);
+    found_all(fixture, run(fixture), expected)
+}
+
+/// [`trips_all`] for the outcome of a run already made.
+fn found_all(
+    fixture: &str,
+    (exit, report): (i32, Value),
+    expected: &[(u64, Option<u64>, Option<u64>)],
+) -> Value {
     assert_ne!(exit, 0, "{fixture}: a violation must fail the run");
     let violations = report["violations"].as_array().expect("violations array");
     let param = |v: &Value, i: usize, want: Option<u64>| {
@@ -479,4 +505,62 @@ fn missing_import_refuses_the_load_naming_it() {
     assert_ne!(exit, 0);
     let error = report["error"].as_str().unwrap_or_default();
     assert!(error.contains("ntoskrnl.exe!ZwCreateFile"), "{report:#}");
+}
+
+// ---- Kernel-mode clients: each client fixture loaded above the real revcall.sys.
+
+/// Asserts the client fixture's run failed with a violation `code` / P1 `p1`; with `fatal`,
+/// that it ended in that bug check.
+fn client_trips(fixture: &str, code: u64, p1: u64, fatal: bool) {
+    let report = found_all(fixture, run_client(fixture), &[(code, Some(p1), None)]);
+    if fatal {
+        assert_eq!(
+            report["error"], "the run ended with a bug check",
+            "{report:#}"
+        );
+    }
+}
+
+#[test]
+fn a_correct_client_passes_every_check() {
+    let (exit, report) = run_client("client_clean");
+    assert_eq!(report["violations"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["failures"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["pool_outstanding"], 0, "{report:#}");
+    assert_eq!(exit, 0);
+}
+
+#[test]
+fn a_client_freeing_its_irp_at_the_adapter() {
+    client_trips("client_frees_pending", 0xC4, 0x5700_0013, false);
+}
+
+#[test]
+fn a_client_reusing_its_irp_at_the_adapter_is_0xc9_311() {
+    client_trips("client_reuses_pending", 0xC9, 0x311, false);
+}
+
+#[test]
+fn a_client_unloading_with_its_wait_parked_is_0xce() {
+    client_trips("client_unloads_pending", 0xCE, 1, true);
+}
+
+#[test]
+fn a_client_keeping_the_adapter_reference_leaks_it_at_unload() {
+    client_trips("client_keeps_reference", 0xC4, 0x5700_0016, false);
+}
+
+#[test]
+fn a_client_blocking_in_its_completion_routine() {
+    client_trips("client_blocks_in_completion", 0xC4, 0x5700_0014, true);
+}
+
+#[test]
+fn a_client_calling_passive_only_routines_in_its_completion_routine() {
+    client_trips("client_opens_in_completion", 0xC4, 0x5700_0015, false);
+}
+
+#[test]
+fn a_client_re_arming_inside_its_completion_recurses_past_the_bound() {
+    client_trips("client_sends_in_completion", 0xC4, 0x5700_0017, true);
 }

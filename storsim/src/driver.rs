@@ -192,16 +192,6 @@ impl UpperDriver {
         kernel.io().work().settle(Duration::from_secs(1));
         let left = kernel.io().leftovers();
         let queued = kernel.io().work().queued(Running::Upper);
-        if left.pending + queued > 0 {
-            machine.report(BugCheck::new(
-                Code::DriverUnloadedWithoutCancellingPendingOperations,
-                [left.pending as u64, queued as u64, 0, 0],
-                format!(
-                    "{} unloaded with {} IRP(s) still at the adapter and {queued} work item(s) queued: their completion would run in unloaded code",
-                    self.name, left.pending
-                ),
-            ));
-        }
         let blocks = machine.pool().outstanding(Owner::UpperDriver);
         if left.unfreed + blocks.len() > 0 {
             let bytes: usize = blocks.iter().map(|b| b.size).sum();
@@ -223,6 +213,17 @@ impl UpperDriver {
                 format!(
                     "{} unloaded holding {} FILE_OBJECT reference(s) from IoGetDeviceObjectPointer (ObDereferenceObject never called)",
                     self.name, left.references
+                ),
+            ));
+        }
+        if left.pending + queued > 0 {
+            // Windows bug-checks here: what is pending would call into the unloaded image.
+            machine.stop(BugCheck::new(
+                Code::DriverUnloadedWithoutCancellingPendingOperations,
+                [left.pending as u64, queued as u64, 0, 0],
+                format!(
+                    "{} unloaded with {} IRP(s) still at the adapter and {queued} work item(s) queued: their completion would run in unloaded code",
+                    self.name, left.pending
                 ),
             ));
         }

@@ -22,13 +22,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Task {
-    /// Build target/x86_64-pc-windows-msvc/release/revcall.sys.
+    /// Build target/x86_64-pc-windows-msvc/release/revcall.sys and revcall-client.sys.
     Build,
     /// Link revcall-tester.exe for Windows (x86_64-pc-windows-gnu, Debian's mingw-w64 linker).
     TesterExe,
     /// The main job: build revcall.sys and run it in storsim (`storsim run … --scenario demo`,
-    /// then `--scenario disk`); arguments after `--` go to storsim (e.g. `-- --json`,
-    /// `-- --cpus 4`).
+    /// then `--scenario disk`, then `--scenario kernel-client` with revcall-client.sys loaded
+    /// above it); arguments after `--` go to storsim (e.g. `-- --json`, `-- --cpus 4`).
     Run {
         #[arg(last = true)]
         storsim_args: Vec<String>,
@@ -72,6 +72,10 @@ fn main() -> Result<()> {
         Task::Build => {
             let sys = build_driver()?;
             println!("revcall.sys: {}", sys.display());
+            println!(
+                "revcall-client.sys: {}",
+                sys.with_file_name("revcall-client.sys").display()
+            );
         }
         Task::Run { storsim_args } => {
             let sys = build_driver()?;
@@ -85,6 +89,12 @@ fn main() -> Result<()> {
                 "storsim: revcall.sys, disk scenario (a LUN served from user mode)",
                 storsim_run(&sys)
                     .args(["--scenario", "disk"])
+                    .args(&storsim_args),
+            )?;
+            run(
+                "storsim: revcall.sys with revcall-client.sys above it, kernel-client scenario",
+                storsim_run(&sys)
+                    .args(["--scenario", "kernel-client"])
                     .args(storsim_args),
             )?;
         }
@@ -174,9 +184,16 @@ fn run(step: &str, command: &mut Command) -> Result<()> {
     Ok(())
 }
 
-/// Builds the driver and gives it its Windows name; returns the path of revcall.sys.
+/// Builds the driver and the kernel-mode client driver beside it (revcall-client.sys) and
+/// gives them their Windows names; returns the path of revcall.sys.
 fn build_driver() -> Result<PathBuf> {
-    build_sys("build revcall.sys", "revcall", "revcall")
+    build_sys(
+        "build revcall-client.sys",
+        "revcall-client-driver",
+        "revcall_client",
+        "revcall-client",
+    )?;
+    build_sys("build revcall.sys", "revcall", "revcall", "revcall")
 }
 
 /// Builds the stand-in storport.sys for Wine (crate `storport-standin`); returns its path.
@@ -185,12 +202,13 @@ fn build_standin() -> Result<PathBuf> {
         "build the stand-in storport.sys (Wine)",
         "storport-standin",
         "storport",
+        "storport",
     )
 }
 
-/// Builds `package` for the driver target and gives its `<image>.dll` the driver's name
-/// (like windows-drivers-rs: the linker writes a .dll, the driver is the same file as .sys).
-fn build_sys(step: &str, package: &str, image: &str) -> Result<PathBuf> {
+/// Builds `package` for the driver target and copies its `<image>.dll` to `<sys>.sys` (like
+/// windows-drivers-rs: the linker writes a .dll, the driver is the same file as .sys).
+fn build_sys(step: &str, package: &str, image: &str, sys: &str) -> Result<PathBuf> {
     run(
         step,
         cargo().args([
@@ -206,7 +224,7 @@ fn build_sys(step: &str, package: &str, image: &str) -> Result<PathBuf> {
         .join("target")
         .join(DRIVER_TARGET)
         .join("release");
-    let sys = out.join(format!("{image}.sys"));
+    let sys = out.join(format!("{sys}.sys"));
     std::fs::copy(out.join(format!("{image}.dll")), &sys)
         .with_context(|| format!("copying {image}.dll to {}", sys.display()))?;
     Ok(sys)
@@ -286,6 +304,22 @@ fn test() -> Result<()> {
             "clippy",
             "--package",
             "revcall",
+            "--release",
+            "--target",
+            DRIVER_TARGET,
+            "--",
+            "-D",
+            "warnings",
+        ]),
+    )?;
+    run(
+        "clippy: revcall-kclient and revcall-client.sys for the driver target",
+        cargo().args([
+            "clippy",
+            "--package",
+            "revcall-kclient",
+            "--package",
+            "revcall-client-driver",
             "--release",
             "--target",
             DRIVER_TARGET,
@@ -375,6 +409,7 @@ fn test() -> Result<()> {
     scenario_is_clean(&sys, "demo")?;
     scenario_is_clean(&sys, "surprise-removal")?;
     scenario_is_clean(&sys, "disk")?;
+    scenario_is_clean(&sys, "kernel-client")?;
     torture_is_clean(&sys)?;
     faults_are_handled(&sys)?;
     selftest_passes(&sys)?;
@@ -733,6 +768,10 @@ fn scenario_is_clean(sys: &Path, scenario: &str) -> Result<()> {
             "    disk: {} bytes written, {verified} verified, SRBs outstanding {srbs:?}",
             report["port"]["bytes_written"]
         );
+    }
+    if let Some(figures) = report["figures"].as_object().filter(|f| !f.is_empty()) {
+        let figures: Vec<String> = figures.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        eprintln!("    figures: {}", figures.join(", "));
     }
     let disk_ok = scenario != "disk" || verified > 0;
     if !output.status.success()
