@@ -63,8 +63,13 @@ struct RawLine {
 
 impl Inf {
     fn load() -> Self {
-        let path = root().join("inf/revcall.inf");
-        let bytes = std::fs::read(&path).expect("inf/revcall.inf");
+        Self::load_file("revcall.inf")
+    }
+
+    /// `inf/<name>`.
+    fn load_file(name: &str) -> Self {
+        let path = root().join("inf").join(name);
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         // Windows reads an INF without a BOM as ANSI: keep it plain ASCII so no code page matters.
         assert!(
             bytes.is_ascii(),
@@ -676,4 +681,46 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
         }
     }
     files
+}
+
+/// revcall-client.inf: a primitive driver package whose DefaultInstall creates a demand-start
+/// kernel service for revcall-client.sys, copied where the service runs it from.
+#[test]
+fn the_client_inf_installs_a_demand_start_kernel_service() {
+    let inf = Inf::load_file("revcall-client.inf");
+    assert_eq!(inf.value("Version", "Signature"), "$WINDOWS NT$");
+    assert_eq!(inf.value("Version", "CatalogFile"), "revcall-client.cat");
+    assert_eq!(number(inf.value("Version", "PnpLockdown")), 1);
+    let copies = inf.value("DefaultInstall.NTamd64", "CopyFiles");
+    assert!(
+        inf.section(copies)
+            .iter()
+            .any(|line| line.key_is("revcall-client.sys") || line.field(0) == "revcall-client.sys"),
+        "[{copies}] copies revcall-client.sys"
+    );
+    let add = inf.entries("DefaultInstall.NTamd64.Services", "AddService");
+    assert_eq!(add.len(), 1, "one AddService");
+    assert_eq!(
+        add[0].field(0),
+        "revcallclient",
+        "the service `sc start` names"
+    );
+    let install = add[0].field(2).to_string();
+    assert_eq!(
+        number(inf.value(&install, "ServiceType")),
+        1,
+        "SERVICE_KERNEL_DRIVER"
+    );
+    assert_eq!(
+        number(inf.value(&install, "StartType")),
+        3,
+        "SERVICE_DEMAND_START"
+    );
+    let (dirid, file) = dirid_path(inf.value(&install, "ServiceBinary"));
+    assert!(file.eq_ignore_ascii_case("revcall-client.sys"));
+    assert_eq!(
+        number(inf.value("DestinationDirs", "DefaultDestDir")),
+        dirid,
+        "the image is copied where the service runs it from"
+    );
 }

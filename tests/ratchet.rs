@@ -11,7 +11,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     ("abi", 12, 0, 0, 0),
     ("client", 0, 0, 0, 0),
     ("client-driver", 11, 0, 2, 0),
-    ("fixtures", 150, 0, 2, 0),
+    ("fixtures", 192, 0, 3, 0),
     ("fuzz", 0, 0, 2, 0),
     ("imports", 36, 1, 0, 0),
     ("kclient", 69, 0, 0, 0),

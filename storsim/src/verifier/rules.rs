@@ -227,6 +227,10 @@ pub const STORSIM_RULES: [Rule; 25] = [
         what: "a timer from StorPortInitializeTimer still allocated after HwFreeAdapterResources (StorPortFreeTimer frees it)",
     },
     Rule {
+        p1: LUN_NOT_REPORTED,
+        what: "a LUN answers INQUIRY as a connected device but REPORT LUNS does not list it (a removed LUN still answering)",
+    },
+    Rule {
         p1: IRP_FREED_IN_USE,
         what: "IoFreeIrp of an IRP a driver below still owns (not completed back to its caller)",
     },
@@ -257,10 +261,6 @@ pub const STORSIM_RULES: [Rule; 25] = [
     Rule {
         p1: WAIT_NEVER_SATISFIED,
         what: "a wait without a timeout that nothing satisfies within 30 s (the driver's thread would hang: an unload waiting for an IRP that never comes back)",
-    },
-    Rule {
-        p1: LUN_NOT_REPORTED,
-        what: "a LUN answers INQUIRY as a connected device but REPORT LUNS does not list it (a removed LUN still answering)",
     },
 ];
 
