@@ -68,6 +68,7 @@ fn random_failures_during_a_torture_run_lose_nothing() {
         rundown_limit: std::time::Duration::from_secs(2),
         progress: false,
         json: false,
+        client: Some(revcall_sys().with_file_name("revcall-client.sys")),
     });
     assert!(report.passed, "{}", report.text());
     assert!(report.faults_injected > 0, "{}", report.text());

@@ -20,9 +20,17 @@ fn four_cpus_through_removal_cycles_keep_every_invariant() {
         rundown_limit: std::time::Duration::from_secs(2),
         progress: false,
         json: false,
+        client: Some(revcall_sys().with_file_name("revcall-client.sys")),
     };
     let report = torture::run(&options);
     assert!(report.passed, "{}", report.text());
+    // The kernel client lived through every adapter instance and ended with each.
+    let client = report
+        .kernel_client
+        .as_ref()
+        .expect("a kernel client was loaded");
+    assert_eq!(client.lives, 7, "{}", report.text());
+    assert!(client.delivered > 0, "{}", report.text());
     assert_eq!(report.ops_total, 20_000);
     assert!(report.violations.is_empty() && report.failures_total == 0);
     assert_eq!(report.irps.outstanding, Some(0));

@@ -82,6 +82,10 @@ enum Command {
         /// One JSON object instead of the table.
         #[arg(long)]
         json: bool,
+        /// A kernel-mode client driver (revcall-client.sys) to load above every adapter
+        /// instance: it must end cleanly at each removal with its counts exact.
+        #[arg(long)]
+        client: Option<PathBuf>,
     },
     /// The data path under fire: N emulated CPUs issue random READ / WRITE / SYNCHRONIZE
     /// CACHE / UNMAP to several LUNs served by misbehaving user-mode servers (batching, out of
@@ -264,6 +268,7 @@ pub fn run(cli: Cli) -> i32 {
             rundown_limit_ms,
             no_shrink,
             json,
+            client,
         } => {
             report_panics();
             let options = TortureOptions {
@@ -277,6 +282,7 @@ pub fn run(cli: Cli) -> i32 {
                 rundown_limit: Duration::from_millis(rundown_limit_ms),
                 progress: true,
                 json,
+                client,
             };
             let mut report = torture::run(&options);
             if !report.passed && report.error.is_none() && !no_shrink {

@@ -22,7 +22,7 @@ use crate::client::Channel;
 use crate::{Failures, KernelRef};
 
 /// The service the client driver is registered as.
-const SERVICE: &str = "revcallclient";
+pub(crate) const SERVICE: &str = "revcallclient";
 
 /// Events fired before the client loads: more than revcall's ring keeps (256).
 const BEFORE: u64 = 300;
@@ -33,7 +33,7 @@ const WHILE: u64 = 200;
 const PATIENCE: Duration = Duration::from_secs(10);
 
 /// The client driver's counters, read out of its image (the export `RevcallClientStats`).
-fn stats(client: &UpperDriver) -> Option<&Stats> {
+pub(crate) fn stats(client: &UpperDriver) -> Option<&Stats> {
     let addr = client.export("RevcallClientStats")?;
     // SAFETY: revcall-client.sys exports its `revcall_kclient::Stats` (repr(C), atomics)
     // under this name; the image stays mapped while `client` lives, which bounds the borrow.
@@ -41,7 +41,7 @@ fn stats(client: &UpperDriver) -> Option<&Stats> {
 }
 
 /// Polls `done` until it holds or [`PATIENCE`] runs out.
-fn eventually(mut done: impl FnMut() -> bool) -> bool {
+pub(crate) fn eventually(mut done: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + PATIENCE;
     while !done() {
         if Instant::now() > deadline {

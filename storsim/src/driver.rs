@@ -141,7 +141,7 @@ pub fn load_upper(
 ) -> Result<UpperDriver, RunError> {
     let (image, name) = map(kernel, path)?;
     let object = DriverObject::new(service);
-    Running::Upper.enter(|| {
+    let entered = Running::Upper.enter(|| {
         driver_entry(
             kernel,
             &image,
@@ -149,7 +149,13 @@ pub fn load_upper(
             object.as_ptr(),
             object.registry_path(),
         )
-    })?;
+    });
+    if let Err(error) = entered {
+        // Windows unmaps a driver whose DriverEntry failed without calling DriverUnload: what
+        // it allocated or sent must be gone already.
+        check_gone(kernel, &name);
+        return Err(error);
+    }
     Ok(UpperDriver {
         image,
         name,
@@ -187,46 +193,52 @@ impl UpperDriver {
                 })
         });
         kernel.note(format!("DriverUnload of {} returned", self.name));
-        let machine = kernel.machine();
-        // A work item's routine may still be returning (its queued reference keeps the image).
-        kernel.io().work().settle(Duration::from_secs(1));
-        let left = kernel.io().leftovers();
-        let queued = kernel.io().work().queued(Running::Upper);
-        let blocks = machine.pool().outstanding(Owner::UpperDriver);
-        if left.unfreed + blocks.len() > 0 {
-            let bytes: usize = blocks.iter().map(|b| b.size).sum();
-            machine.report(BugCheck::new(
-                Code::DriverVerifierDetectedViolation,
-                [0x62, 0, bytes as u64, (blocks.len() + left.unfreed) as u64],
-                format!(
-                    "{} unloaded with {} IRP(s) from IoAllocateIrp not freed and {} pool allocation(s) outstanding",
-                    self.name,
-                    left.unfreed,
-                    blocks.len()
-                ),
-            ));
-        }
-        if left.references > 0 {
-            machine.report(BugCheck::new(
-                Code::DriverVerifierDetectedViolation,
-                [rules::REFERENCE_LEAKED, left.references as u64, 0, 0],
-                format!(
-                    "{} unloaded holding {} FILE_OBJECT reference(s) from IoGetDeviceObjectPointer (ObDereferenceObject never called)",
-                    self.name, left.references
-                ),
-            ));
-        }
-        if left.pending + queued > 0 {
-            // Windows bug-checks here: what is pending would call into the unloaded image.
-            machine.stop(BugCheck::new(
-                Code::DriverUnloadedWithoutCancellingPendingOperations,
-                [left.pending as u64, queued as u64, 0, 0],
-                format!(
-                    "{} unloaded with {} IRP(s) still at the adapter and {queued} work item(s) queued: their completion would run in unloaded code",
-                    self.name, left.pending
-                ),
-            ));
-        }
+        check_gone(kernel, &self.name);
+    }
+}
+
+/// What Driver Verifier checks when an upper driver's image goes away: IRPs never freed and
+/// pool outstanding (0xC4/0x62), references never dropped, and — a bug check — its IRPs still
+/// with the adapter or work items still queued (0xCE).
+fn check_gone(kernel: &Kernel, name: &str) {
+    let machine = kernel.machine();
+    // A work item's routine may still be returning (its queued reference keeps the image).
+    kernel.io().work().settle(Duration::from_secs(1));
+    let left = kernel.io().leftovers();
+    let queued = kernel.io().work().queued(Running::Upper);
+    let blocks = machine.pool().outstanding(Owner::UpperDriver);
+    if left.unfreed + blocks.len() > 0 {
+        let bytes: usize = blocks.iter().map(|b| b.size).sum();
+        machine.report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
+            [0x62, 0, bytes as u64, (blocks.len() + left.unfreed) as u64],
+            format!(
+                "{name} unloaded with {} IRP(s) from IoAllocateIrp not freed and {} pool allocation(s) outstanding",
+                left.unfreed,
+                blocks.len()
+            ),
+        ));
+    }
+    if left.references > 0 {
+        machine.report(BugCheck::new(
+            Code::DriverVerifierDetectedViolation,
+            [rules::REFERENCE_LEAKED, left.references as u64, 0, 0],
+            format!(
+                "{name} unloaded holding {} FILE_OBJECT reference(s) from IoGetDeviceObjectPointer (ObDereferenceObject never called)",
+                left.references
+            ),
+        ));
+    }
+    if left.pending + queued > 0 {
+        // Windows bug-checks here: what is pending would call into the unloaded image.
+        machine.stop(BugCheck::new(
+            Code::DriverUnloadedWithoutCancellingPendingOperations,
+            [left.pending as u64, queued as u64, 0, 0],
+            format!(
+                "{name} unloaded with {} IRP(s) still at the adapter and {queued} work item(s) queued: their completion would run in unloaded code",
+                left.pending
+            ),
+        ));
     }
 }
 

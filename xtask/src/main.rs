@@ -34,8 +34,9 @@ enum Task {
         storsim_args: Vec<String>,
     },
     /// The full torture run of docs/RELIABILITY.md: revcall.sys in storsim, 4 emulated CPUs,
-    /// 1,000,000 operations, 100 removal / surprise-removal cycles; arguments after `--`
-    /// replace those (e.g. `-- --ops 50000 --seed 7`).
+    /// 1,000,000 operations, 100 removal / surprise-removal cycles, revcall-client.sys loaded
+    /// above every adapter instance; arguments after `--` replace the numbers (e.g.
+    /// `-- --ops 50000 --seed 7`).
     Torture {
         #[arg(last = true)]
         storsim_args: Vec<String>,
@@ -106,8 +107,12 @@ fn main() -> Result<()> {
                 storsim_args
             };
             run(
-                "storsim torture: revcall.sys",
-                storsim(&["torture"]).arg(&sys).args(args),
+                "storsim torture: revcall.sys, revcall-client.sys above it",
+                storsim(&["torture"])
+                    .arg(&sys)
+                    .arg("--client")
+                    .arg(sys.with_file_name("revcall-client.sys"))
+                    .args(args),
             )?;
         }
         Task::DiskTorture { storsim_args } => {
@@ -683,12 +688,17 @@ const FULL_TORTURE: [&str; 6] = ["--cpus", "4", "--ops", "1000000", "--removals"
 /// The full disk torture docs/RELIABILITY.md reports (`cargo xtask disk-torture`).
 const FULL_DISK_TORTURE: [&str; 6] = ["--cpus", "4", "--ios", "1000000", "--removals", "100"];
 
-/// A short torture run in the test command: 4 CPUs, 20,000 operations, 5 removal cycles; it
-/// must pass with no violation, no broken invariant and nothing outstanding.
+/// A short torture run in the test command: 4 CPUs, 20,000 operations, 5 removal cycles, the
+/// kernel client loaded above each adapter instance; it must pass with no violation, no broken
+/// invariant and nothing outstanding.
 fn torture_is_clean(sys: &Path) -> Result<()> {
-    eprintln!("==> storsim torture: revcall.sys, 4 CPUs, 20000 ops, 5 removals, --json");
+    eprintln!(
+        "==> storsim torture: revcall.sys and revcall-client.sys, 4 CPUs, 20000 ops, 5 removals, --json"
+    );
     let output = storsim(&["torture"])
         .arg(sys)
+        .arg("--client")
+        .arg(sys.with_file_name("revcall-client.sys"))
         .args([
             "--cpus",
             "4",
@@ -713,6 +723,11 @@ fn torture_is_clean(sys: &Path) -> Result<()> {
         report["events"]["fired"],
         report["events"]["delivered"],
         report["events"]["lost"]
+    );
+    let client = &report["kernel_client"];
+    eprintln!(
+        "    kernel client: {} lives, {} events delivered, {} lost, ends {}",
+        client["lives"], client["delivered"], client["lost"], client["ends"]
     );
     if !output.status.success()
         || report["passed"] != serde_json::Value::Bool(true)

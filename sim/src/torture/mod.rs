@@ -12,6 +12,7 @@ mod checkpoint;
 mod chronicle;
 mod ledger;
 mod report;
+mod subscriber;
 mod worker;
 
 use std::collections::{BTreeMap, HashSet};
@@ -49,6 +50,8 @@ pub struct TortureOptions {
     pub progress: bool,
     /// The report is JSON (so is the one a bug check prints).
     pub json: bool,
+    /// A kernel-mode client driver (revcall-client.sys) loaded above every adapter instance.
+    pub client: Option<PathBuf>,
 }
 
 impl TortureOptions {
@@ -65,6 +68,9 @@ impl TortureOptions {
         );
         if self.fail_rate > 0.0 {
             line += &format!(" --fail-rate {}", self.fail_rate);
+        }
+        if let Some(client) = &self.client {
+            line += &format!(" --client {}", client.display());
         }
         if self.rundown_limit != Duration::from_millis(2000) {
             line += &format!(" --rundown-limit-ms {}", self.rundown_limit.as_millis());
@@ -181,11 +187,16 @@ pub fn run(options: &TortureOptions) -> TortureReport {
     let started = Instant::now();
     let loaded = storsim::driver::load(&kernel, &options.driver)
         .and_then(|driver| Ok((driver, kernel.start_adapter()?)));
+    let mut client = options.client.as_deref().map(subscriber::Subscriber::new);
     let (tallies, removals, reconciled, error) = match loaded {
         Err(error) => (Vec::new(), Removals::default(), 0, Some(error.to_string())),
         Ok((_driver, ())) => {
             kernel.machine().faults().set_rate(options.fail_rate);
-            let (tallies, removals, reconciled) = hammer(&kernel, &shared, options);
+            if let Some(client) = &mut client {
+                client.attach(&kernel, &shared);
+            }
+            let (tallies, removals, reconciled) =
+                hammer(&kernel, &shared, options, client.as_mut());
             kernel.unload();
             (tallies, removals, reconciled, None)
         }
@@ -202,14 +213,16 @@ pub fn run(options: &TortureOptions) -> TortureReport {
     };
     let summary = kernel.summary(error, Vec::new());
     drop(session);
-    conclude(
+    let mut report = conclude(
         options,
         &shared,
         tallies,
         (removals, races),
         summary,
         started.elapsed(),
-    )
+    );
+    report.kernel_client = client.map(|client| client.tally);
+    report
 }
 
 /// The workers and the removal cycles (each after a checkpoint), then a last checkpoint and the
@@ -219,6 +232,7 @@ fn hammer(
     kernel: &std::sync::Arc<Kernel>,
     shared: &Shared,
     options: &TortureOptions,
+    mut client: Option<&mut subscriber::Subscriber<'_>>,
 ) -> (Vec<Tally>, Removals, u64) {
     let cpus = options.cpus.max(1);
     let progress = Progress::new(options.progress, options.ops, "torture", "ops");
@@ -241,12 +255,22 @@ fn hammer(
                 })
             })
             .collect();
-        let mut removals = cycles(kernel, shared, options, &progress, cpus, &mut reconciler);
+        let mut removals = cycles(
+            kernel,
+            shared,
+            options,
+            (&progress, cpus),
+            &mut reconciler,
+            client.as_deref_mut(),
+        );
         // The checks at the end must not fail for want of memory.
         kernel.machine().faults().set_rate(0.0);
         if kernel.adapter_state() != PnpState::Removed {
-            reconciler.checkpoint(kernel, shared);
+            reconciler.checkpoint(kernel, shared, client.as_deref());
             remove(kernel, shared, &mut removals, false, || {});
+            if let Some(client) = client {
+                client.detach(kernel, shared);
+            }
         }
         shared.checkpoints.end();
         let tallies = workers
@@ -277,17 +301,33 @@ impl Reconciler {
     /// Stops every CPU, lets the adapter's timer and DPCs finish (they could still complete
     /// parked WAITs), and compares STATS of the current adapter instance with what every
     /// client saw of the requests it sent that instance.
-    fn checkpoint(&mut self, kernel: &std::sync::Arc<Kernel>, shared: &Shared) {
+    fn checkpoint(
+        &mut self,
+        kernel: &std::sync::Arc<Kernel>,
+        shared: &Shared,
+        client: Option<&subscriber::Subscriber<'_>>,
+    ) {
         shared.checkpoints.take(
             || drain_adapter(kernel, shared),
-            || self.compare(kernel, shared),
+            || self.compare(kernel, shared, client),
         );
     }
 
-    fn compare(&mut self, kernel: &std::sync::Arc<Kernel>, shared: &Shared) {
+    fn compare(
+        &mut self,
+        kernel: &std::sync::Arc<Kernel>,
+        shared: &Shared,
+        client: Option<&subscriber::Subscriber<'_>>,
+    ) {
         let instance = kernel.io().device_instance();
+        // The kernel client's requests count too; when they cannot be known, nothing is
+        // compared this time.
+        let Some(theirs) = client.map_or(Some(DriverView::default()), |c| c.view()) else {
+            return;
+        };
         let own = self.own.entry(instance).or_default();
         let mut view = *own;
+        view.merge(&theirs);
         for cpu in shared
             .views
             .lock()
@@ -332,8 +372,12 @@ impl Reconciler {
     }
 }
 
-/// Waits until the adapter has no timer armed and no DPC queued or running.
+/// Waits until the adapter has no timer armed and no DPC queued or running, and no work item
+/// is re-arming a kernel client's WAIT (with the CPUs stopped, it parks).
 fn drain_adapter(kernel: &Kernel, shared: &Shared) {
+    if !kernel.io().work().settle(crate::client::PROMPT) {
+        shared.fail("the work items never went idle".into());
+    }
     let dispatcher = kernel.port().dispatcher();
     let deadline = Instant::now() + crate::client::PROMPT;
     while dispatcher.pending() || !dispatcher.drain(Duration::from_millis(10)) {
@@ -362,9 +406,9 @@ fn cycles(
     kernel: &std::sync::Arc<Kernel>,
     shared: &Shared,
     options: &TortureOptions,
-    progress: &Progress,
-    cpus: usize,
+    (progress, cpus): (&Progress, usize),
     reconciler: &mut Reconciler,
+    mut client: Option<&mut subscriber::Subscriber<'_>>,
 ) -> Removals {
     let mut rng = fastrand::Rng::with_seed(options.seed ^ 0xC0FF_EE00);
     let mut removals = Removals {
@@ -388,7 +432,7 @@ fn cycles(
         let due = (u64::from(next) + 1) * options.ops / (u64::from(options.removals) + 1);
         if next < options.removals && (done >= due || finished) {
             // The counters of this instance, exactly, while its CPUs are stopped.
-            reconciler.checkpoint(kernel, shared);
+            reconciler.checkpoint(kernel, shared, client.as_deref());
             // Half the cycles first take the adapter down without removing it: parked
             // requests must survive, a pending discovery must be re-armed.
             match rng.u8(0..4) {
@@ -410,7 +454,13 @@ fn cycles(
                 late_requests(&late, shared, surprise);
             });
             late.close();
+            if let Some(client) = client.as_deref_mut() {
+                client.detach(kernel, shared);
+            }
             restart(kernel, shared, true);
+            if let Some(client) = client.as_deref_mut() {
+                client.attach(kernel, shared);
+            }
             next += 1;
             continue;
         }
@@ -617,6 +667,7 @@ fn conclude(
         failures_total,
         elapsed_s: elapsed.as_secs_f64(),
         reproduce: None,
+        kernel_client: None,
     }
 }
 

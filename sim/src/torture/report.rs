@@ -119,6 +119,8 @@ pub struct TortureReport {
     pub elapsed_s: f64,
     /// On failure: the smallest command found that still fails.
     pub reproduce: Option<String>,
+    /// The kernel-mode client's lives, when one was loaded (`--client`).
+    pub kernel_client: Option<super::subscriber::ClientTally>,
 }
 
 impl TortureReport {
@@ -193,6 +195,21 @@ impl TortureReport {
                     self.removals.stops
                 ),
             ),
+        ];
+        if let Some(client) = &self.kernel_client {
+            rows.push((
+                "kernel client",
+                format!(
+                    "{} lives ({} loads refused), {} events delivered, {} lost and accounted; ended: {}",
+                    client.lives,
+                    client.not_loaded,
+                    client.delivered,
+                    client.lost,
+                    join(&client.ends)
+                ),
+            ));
+        }
+        rows.extend([
             (
                 "races",
                 format!(
@@ -233,13 +250,13 @@ impl TortureReport {
                     n => format!("{n} failure(s)"),
                 },
             ),
-        ];
+        ]);
         if let Some(error) = &self.error {
             rows.push(("error", error.clone()));
         }
         let mut out = String::from("storsim torture\n");
         for (name, value) in rows {
-            out += &format!("  {name:<12} {value}\n");
+            out += &format!("  {name:<13} {value}\n");
         }
         for bug in &self.violations {
             out += &format!("{bug}\n");
