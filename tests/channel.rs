@@ -303,40 +303,6 @@ fn a_handle_without_write_access_is_refused_before_the_driver() {
     finish(harness);
 }
 
-#[test]
-fn a_kernel_mode_caller_reuses_its_irp() {
-    let harness = start();
-    let kernel = harness.kernel.clone();
-    let user = Channel::open(&kernel, 1);
-    let caller = storsim::io::KernelCaller::new(kernel.io(), 1024).expect("IRP");
-    let mut wait = [0u8; 64];
-    let len = revcall_protocol::encode_request(
-        &revcall_protocol::Request::Wait {
-            cursor: CURSOR_NOW,
-            max_events: 4,
-        },
-        &mut wait,
-    )
-    .expect("fits");
-    for round in 0..5 {
-        let request = caller
-            .send(
-                kernel.io(),
-                revcall_protocol::IOCTL_MINIPORT_PROCESS_SERVICE_IRP,
-                &wait[..len],
-                256,
-            )
-            .expect("the IRP is back with its owner");
-        settle();
-        let seq = user.fire(2, round).expect("FIRE");
-        let outcome = request.wait(PROMPT).expect("completed");
-        let got = user.delivery(&outcome).expect("a WAIT reply");
-        assert_eq!(got.events.last().map(|e| e.seq), Some(seq));
-    }
-    caller.free(kernel.io());
-    finish(harness);
-}
-
 /// Follows one waiter (re-arming with its cursor) until `done` holds for an event it received.
 fn follow(
     channel: &Channel,

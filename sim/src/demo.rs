@@ -11,7 +11,7 @@ use revcall_client::server::{MemoryDisk, answer};
 use revcall_protocol::status::STATUS_CANCELLED;
 use storsim::cpu;
 use storsim::driver::RunError;
-use storsim::io::{KernelCaller, Outcome};
+use storsim::io::Outcome;
 
 use revcall_protocol::status::{STATUS_DELETE_PENDING, STATUS_DEVICE_REMOVED};
 
@@ -195,9 +195,6 @@ pub fn run(kernel: &KernelRef, cpus: usize, failures: &Failures) -> Result<(), R
         );
     }
 
-    kernel.note("-- a kernel-mode caller reuses one IRP with its own completion routine");
-    kernel_caller(kernel, &a1, failures);
-
     kernel.note("-- a virtual disk: LUN_CREATE, Storport rescans, the class driver identifies it");
     virtual_disk(kernel, &b, failures);
 
@@ -338,41 +335,6 @@ fn virtual_disk(kernel: &KernelRef, channel: &Channel, failures: &Failures) {
     failures.expect(class.enumerate().is_empty(), || {
         "the removed LUN to be gone".into()
     });
-}
-
-/// An upper driver sends WAITs with its own IRP, takes it back in its completion routine
-/// (STATUS_MORE_PROCESSING_REQUIRED) and reuses it.
-fn kernel_caller(kernel: &KernelRef, user: &Channel, failures: &Failures) {
-    let Some(caller) = KernelCaller::new(kernel.io(), 4096) else {
-        return failures.expect(false, || "an IRP for the kernel-mode caller".into());
-    };
-    let mut wait = [0u8; 64];
-    let len = revcall_protocol::encode_request(
-        &revcall_protocol::Request::Wait {
-            cursor: CURSOR_NOW,
-            max_events: 4,
-        },
-        &mut wait,
-    )
-    .expect("fits");
-    for round in 0..3 {
-        let Some(request) = caller.send(kernel.io(), storsim::port::IOCTL, &wait[..len], 256)
-        else {
-            return failures.expect(false, || {
-                format!("round {round}: the reused IRP to be free")
-            });
-        };
-        std::thread::sleep(Duration::from_millis(2));
-        let _ = user.fire(0x200, round);
-        let outcome = request.wait(PROMPT);
-        failures.expect(
-            outcome
-                .as_ref()
-                .is_some_and(|o| o.status == 0 && o.information > 0),
-            || format!("round {round}: the kernel caller's WAIT to complete, got {outcome:?}"),
-        );
-    }
-    caller.free(kernel.io());
 }
 
 pub fn surprise_removal(kernel: &KernelRef, failures: &Failures) -> Result<(), RunError> {

@@ -83,7 +83,8 @@ fn life(
 ) -> Result<(), RunError> {
     let before = user.stats().ok();
     let client = storsim::driver::load_upper(kernel, path, SERVICE)?;
-    let mut head = before.map_or(0, |s| s.head_seq);
+    let backlog = before.map_or(0, |s| s.head_seq);
+    let mut head = backlog;
     let mut fire = || {
         for value in 0..WHILE {
             if let Ok(seq) = user.fire(0x200, value) {
@@ -103,6 +104,12 @@ fn life(
         client.unload(kernel);
         return Ok(());
     };
+    // The backlog first: events fired while it still reads the ring would push out ones it
+    // has not read yet, and its lost count, though still exact, would not be the ring's.
+    failures.expect(
+        eventually(|| stats.cursor.load(std::sync::atomic::Ordering::Relaxed) == backlog),
+        || format!("client life {name}: to read the backlog up to {backlog}"),
+    );
     fire();
     // Caught up, and the next WAIT parked at revcall (nothing else parks on this adapter).
     let parked = eventually(|| {

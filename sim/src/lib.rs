@@ -27,8 +27,8 @@ use storsim::report::Summary;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Scenario {
     /// revcall's channel end to end: waiters park, FIRE from several CPUs, batching, a
-    /// DISCOVER through the timer, a cancel, a process exit, a kernel-mode caller, removal
-    /// completing the rest and a request in the removal window.
+    /// DISCOVER through the timer, a cancel, a process exit, removal completing the rest and a
+    /// request in the removal window (the kernel-mode caller has its own scenario).
     Demo,
     /// revcall with parked waiters and a surprise removal, then the removal.
     SurpriseRemoval,

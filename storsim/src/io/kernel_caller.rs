@@ -1,6 +1,11 @@
-//! A kernel-mode caller: an emulated upper driver that sends the service IOCTL with its own
-//! IRP and completion routine, takes the IRP back with STATUS_MORE_PROCESSING_REQUIRED and
-//! reuses it (IoReuseIrp) for the next request — the path Enhanced I/O Verification exercises.
+//! A kernel-mode caller written in host code: sends the service IOCTL with any bytes, from
+//! its own IRP and completion routine, takes the IRP back with STATUS_MORE_PROCESSING_REQUIRED
+//! and reuses it.
+//!
+//! The real kernel-mode caller is revcall-client.sys, loaded as a driver above the adapter
+//! (`crate::driver::load_upper`, the kernel-client scenario); this stays for tests of the
+//! driver's answers to kernel-mode requests no real client sends (an ATTACH without a
+//! FILE_OBJECT), which would otherwise each need a driver image of their own.
 
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
