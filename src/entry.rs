@@ -17,7 +17,7 @@ use nt_imports::inline::{
     StorPortBusChangeDetected, StorPortFreeTimer, StorPortInitializeDpc, StorPortInitializeTimer,
     StorPortIssueDpc, StorPortRequestTimer, StorPortRequestTimerCall,
 };
-use nt_imports::ntoskrnl::{IoReleaseCancelSpinLock, KeBugCheckEx};
+use nt_imports::ntoskrnl::IoReleaseCancelSpinLock;
 use nt_imports::storport::{
     StorPortAllocateRegistryBuffer, StorPortFreeRegistryBuffer, StorPortInitialize,
     StorPortRegistryRead, StorPortSetDeviceQueueDepth,
@@ -509,9 +509,7 @@ pub unsafe extern "win64" fn hw_cancel_service_irp(_device: *mut DEVICE_OBJECT, 
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let (file, line, column) = info
-        .location()
-        .map_or(("", 0, 0), |l| (l.file(), l.line(), l.column()));
+    let (file, line) = info.location().map_or(("", 0), |l| (l.file(), l.line()));
     log!(
         ERROR,
         "panic at %.*s:%u",
@@ -519,17 +517,7 @@ fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
         file.as_ptr(),
         line
     );
-    // SAFETY: KeBugCheckEx takes plain values and does not return. P1/P2 locate the file name
-    // in the driver image for the debugger; P3/P4 are line and column.
-    unsafe {
-        KeBugCheckEx(
-            REVCALL_BUGCHECK,
-            file.as_ptr() as usize,
-            file.len(),
-            line as usize,
-            column as usize,
-        )
-    }
+    nt_imports::bug_check_on_panic(REVCALL_BUGCHECK, info)
 }
 
 // The precompiled core for this target references `_fltused` and `__CxxFrameHandler3`.

@@ -23,15 +23,5 @@ const PANIC_BUG_CHECK_CODE: u32 = 0x5243_0001;
 #[cfg(target_os = "windows")]
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
-    let (file, line) = info.location().map_or(("", 0), |l| (l.file(), l.line()));
-    // SAFETY: KeBugCheckEx takes plain values and does not return; P1/P2 locate the file name.
-    unsafe {
-        nt_imports::ntoskrnl::KeBugCheckEx(
-            PANIC_BUG_CHECK_CODE,
-            file.as_ptr() as usize,
-            file.len(),
-            line as usize,
-            0,
-        )
-    }
+    nt_imports::bug_check_on_panic(PANIC_BUG_CHECK_CODE, info)
 }

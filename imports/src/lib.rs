@@ -21,3 +21,23 @@ pub mod inline;
 pub mod ntoskrnl;
 #[cfg(target_os = "windows")]
 pub mod storport;
+
+/// What a driver's `#[panic_handler]` ends with: KeBugCheckEx(`code`, file name address, its
+/// length, line, column), so `!analyze -v` and `da <P1> L<P2>` name the place. revcall.sys, the
+/// stand-in storport.sys, revcall-client.sys and the fixtures each have their own code.
+#[cfg(target_os = "windows")]
+pub fn bug_check_on_panic(code: u32, info: &core::panic::PanicInfo<'_>) -> ! {
+    let (file, line, column) = info
+        .location()
+        .map_or(("", 0, 0), |l| (l.file(), l.line(), l.column()));
+    // SAFETY: KeBugCheckEx takes plain values and does not return.
+    unsafe {
+        ntoskrnl::KeBugCheckEx(
+            code,
+            file.as_ptr() as usize,
+            file.len(),
+            line as usize,
+            column as usize,
+        )
+    }
+}

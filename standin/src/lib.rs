@@ -67,14 +67,5 @@ const PANIC_BUG_CHECK_CODE: u32 = 0x5350_0001;
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     let (file, line) = info.location().map_or(("", 0), |l| (l.file(), l.line()));
     log!("panic at %.*s:%u", file.len() as u32, file.as_ptr(), line);
-    // SAFETY: KeBugCheckEx takes plain values and does not return.
-    unsafe {
-        nt_imports::ntoskrnl::KeBugCheckEx(
-            PANIC_BUG_CHECK_CODE,
-            file.as_ptr() as usize,
-            file.len(),
-            line as usize,
-            0,
-        )
-    }
+    nt_imports::bug_check_on_panic(PANIC_BUG_CHECK_CODE, info)
 }

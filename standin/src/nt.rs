@@ -15,6 +15,12 @@ use storport_abi::{
     BOOLEAN, DEVICE_OBJECT, DRIVER_OBJECT, IO_STACK_LOCATION, IRP, NTSTATUS, PVOID,
 };
 
+// The layouts and routines nt-imports already has, under the names this module's users know.
+pub use nt_imports::ntoskrnl::{
+    IofCallDriver, KeInitializeEvent, KeSetEvent, KeWaitForSingleObject,
+};
+pub use storport_abi::{EXECUTIVE, KERNEL_MODE, KEVENT, SYNCHRONIZATION_EVENT, UNICODE_STRING};
+
 pub const STATUS_SUCCESS: NTSTATUS = 0;
 pub const STATUS_PENDING: NTSTATUS = 0x103;
 pub const STATUS_NOT_SUPPORTED: NTSTATUS = 0xC000_00BB_u32 as i32;
@@ -56,23 +62,12 @@ pub const OBJ_CASE_INSENSITIVE: u32 = 0x40;
 pub const OBJ_KERNEL_HANDLE: u32 = 0x200;
 pub const KEY_VALUE_PARTIAL_INFORMATION: u32 = 2;
 pub const REG_DWORD: u32 = 4;
-pub const SYNCHRONIZATION_EVENT: u32 = 1;
-pub const KERNEL_MODE: i8 = 0;
-pub const EXECUTIVE: u32 = 0;
 
 pub type DRIVER_DISPATCH = unsafe extern "system" fn(*mut DEVICE_OBJECT, *mut IRP) -> NTSTATUS;
 pub type DRIVER_ADD_DEVICE =
     unsafe extern "system" fn(*mut DRIVER_OBJECT, *mut DEVICE_OBJECT) -> NTSTATUS;
 pub type DRIVER_UNLOAD = unsafe extern "system" fn(*mut DRIVER_OBJECT);
 pub type KSTART_ROUTINE = unsafe extern "system" fn(PVOID);
-
-#[repr(C)]
-pub struct UNICODE_STRING {
-    /// In bytes, without a terminating NUL.
-    pub Length: u16,
-    pub MaximumLength: u16,
-    pub Buffer: *mut u16,
-}
 
 /// The head of `DRIVER_OBJECT`, up to and including `MajorFunction`.
 #[repr(C)]
@@ -151,18 +146,6 @@ pub const GUID_DEVINTERFACE_STORAGEPORT: GUID = GUID {
     Data4: [0xB0, 0x82, 0x00, 0xA0, 0xC9, 0x1E, 0xFB, 0x8B],
 };
 
-/// `KEVENT` (a DISPATCHER_HEADER and a list head): storage only.
-#[repr(C, align(8))]
-pub struct KEVENT {
-    _opaque: [u8; 0x18],
-}
-
-impl KEVENT {
-    pub const fn new() -> Self {
-        Self { _opaque: [0; 0x18] }
-    }
-}
-
 #[link(name = "ntoskrnl.exe", kind = "raw-dylib", modifiers = "+verbatim")]
 unsafe extern "system" {
     pub fn IoCreateDevice(
@@ -185,7 +168,6 @@ unsafe extern "system" {
         TargetDevice: *mut DEVICE_OBJECT,
     ) -> *mut DEVICE_OBJECT;
     pub fn IoDetachDevice(TargetDevice: *mut DEVICE_OBJECT);
-    pub fn IofCallDriver(DeviceObject: *mut DEVICE_OBJECT, Irp: *mut IRP) -> NTSTATUS;
     pub fn IoRegisterDeviceInterface(
         PhysicalDeviceObject: *mut DEVICE_OBJECT,
         InterfaceClassGuid: *const GUID,
@@ -208,15 +190,6 @@ unsafe extern "system" {
         StartContext: PVOID,
     ) -> NTSTATUS;
     pub fn PsTerminateSystemThread(ExitStatus: NTSTATUS) -> NTSTATUS;
-    pub fn KeInitializeEvent(Event: *mut KEVENT, Type: u32, State: BOOLEAN);
-    pub fn KeSetEvent(Event: *mut KEVENT, Increment: i32, Wait: BOOLEAN) -> i32;
-    pub fn KeWaitForSingleObject(
-        Object: PVOID,
-        WaitReason: u32,
-        WaitMode: i8,
-        Alertable: BOOLEAN,
-        Timeout: *const i64,
-    ) -> NTSTATUS;
     pub fn KeDelayExecutionThread(
         WaitMode: i8,
         Alertable: BOOLEAN,

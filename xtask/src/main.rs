@@ -304,23 +304,11 @@ fn test() -> Result<()> {
     let sys = build_driver()?;
     let fixtures = build_fixtures()?;
     run(
-        "clippy: the driver for its target",
+        "clippy: the driver, revcall-kclient and revcall-client.sys for their target",
         cargo().args([
             "clippy",
             "--package",
             "revcall",
-            "--release",
-            "--target",
-            DRIVER_TARGET,
-            "--",
-            "-D",
-            "warnings",
-        ]),
-    )?;
-    run(
-        "clippy: revcall-kclient and revcall-client.sys for the driver target",
-        cargo().args([
-            "clippy",
             "--package",
             "revcall-kclient",
             "--package",

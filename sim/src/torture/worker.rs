@@ -604,9 +604,11 @@ impl<'a> Worker<'a> {
                 let mut serial = [b' '; 32];
                 let name = format!("T{:02}-{:08}", self.index, self.luns_created);
                 serial[..name.len()].copy_from_slice(name.as_bytes());
+                // Not in byte 0: the NAA designator replaces its high nibble (VPD 0x83), and
+                // ids that differ only there are one id to Windows, and to revcall.
                 let mut unique_id = [0u8; 16];
-                unique_id[..8].copy_from_slice(&self.luns_created.to_le_bytes());
-                unique_id[8] = self.index as u8 + 1;
+                unique_id[1..9].copy_from_slice(&self.luns_created.to_le_bytes());
+                unique_id[9] = self.index as u8 + 1;
                 let spec = revcall_protocol::LunSpec {
                     block_count: self.rng.u64(1..1 << 24),
                     block_size: 512,
