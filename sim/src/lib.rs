@@ -39,8 +39,8 @@ pub enum Scenario {
     /// the verifier's checks with deliberately broken drivers.
     Fixture,
     /// A kernel-mode client driver (revcall-client.sys, or `--client`) loaded above revcall:
-    /// every event in order with an exact lost count, an unload with its WAIT parked, a
-    /// removal delivering FINAL, nothing leaked.
+    /// every event in order with an exact lost count, an unload with its WAIT parked, one
+    /// during a burst, a removal delivering FINAL, nothing leaked.
     KernelClient,
 }
 
