@@ -7,17 +7,17 @@ use std::path::{Path, PathBuf};
 
 /// (crate folder, unsafe sites, transmutes, statics, `static mut`s)
 const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
-    (".", 91, 0, 2, 0),
+    (".", 90, 0, 2, 0),
     ("abi", 12, 0, 0, 0),
     ("client", 0, 0, 0, 0),
-    ("client-driver", 11, 0, 2, 0),
-    ("fixtures", 192, 0, 3, 0),
+    ("client-driver", 10, 0, 2, 0),
+    ("fixtures", 191, 0, 3, 0),
     ("fuzz", 0, 0, 2, 0),
-    ("imports", 36, 1, 0, 0),
-    ("kclient", 69, 0, 0, 0),
+    ("imports", 39, 1, 0, 0),
+    ("kclient", 67, 0, 0, 0),
     ("protocol", 0, 0, 0, 0),
     ("scsi", 0, 0, 0, 0),
-    ("standin", 181, 4, 1, 0),
+    ("standin", 178, 4, 1, 0),
     ("sim", 2, 0, 1, 0),
     ("storsim", 301, 6, 32, 0),
     ("tester", 44, 0, 0, 0),

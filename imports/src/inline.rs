@@ -4,14 +4,15 @@
 use core::sync::atomic::{AtomicPtr, AtomicU8, Ordering};
 
 use storport_abi::{
-    BOOLEAN, BUS_CHANGE_DETECTED, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP,
+    BOOLEAN, BUS_CHANGE_DETECTED, DEVICE_OBJECT, DRIVER_CANCEL, EXT_FUNCTION_COMPLETE_SERVICE_IRP,
     EXT_FUNCTION_FREE_TIMER, EXT_FUNCTION_INITIALIZE_TIMER, EXT_FUNCTION_REQUEST_TIMER,
     HW_DPC_ROUTINE, HW_TIMER, HW_TIMER_EX, INITIALIZE_DPC, IO_COMPLETION_ROUTINE,
-    IO_STACK_LOCATION, IRP, ISSUE_DPC, PVOID, REQUEST_COMPLETE, REQUEST_TIMER_CALL,
+    IO_STACK_LOCATION, IRP, ISSUE_DPC, NTSTATUS, PVOID, REQUEST_COMPLETE, REQUEST_TIMER_CALL,
     SCSI_REQUEST_BLOCK, SL_INVOKE_ON_CANCEL, SL_INVOKE_ON_ERROR, SL_INVOKE_ON_SUCCESS, STOR_DPC,
 };
 
 use crate::storport::{StorPortExtendedFunction, StorPortNotification};
+use storport_abi::status::STATUS_MORE_PROCESSING_REQUIRED;
 
 /// `IoGetCurrentIrpStackLocation`.
 ///
@@ -55,6 +56,23 @@ pub unsafe fn IoSetCompletionRoutine(
     next.CompletionRoutine = routine as PVOID;
     next.Context = context;
     next.Control = SL_INVOKE_ON_SUCCESS | SL_INVOKE_ON_ERROR | SL_INVOKE_ON_CANCEL;
+}
+
+/// An IO_COMPLETION_ROUTINE for a request its sender waits for: sets the KEVENT its context
+/// points to and keeps the IRP (STATUS_MORE_PROCESSING_REQUIRED), as the routine of
+/// `IoForwardIrpSynchronously` does. The waiter then owns the IRP again.
+///
+/// # Safety
+///
+/// `event` is an initialised KEVENT that lives until the waiter has woken.
+pub unsafe extern "win64" fn set_event_keep_irp(
+    _device: *mut DEVICE_OBJECT,
+    _irp: *mut IRP,
+    event: PVOID,
+) -> NTSTATUS {
+    // SAFETY: the waiter's event (the caller's promise).
+    unsafe { crate::ntoskrnl::KeSetEvent(event.cast(), 0, 0) };
+    STATUS_MORE_PROCESSING_REQUIRED
 }
 
 /// `IoSetCancelRoutine`: an interlocked exchange returning the previous routine.

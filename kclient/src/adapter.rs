@@ -1,15 +1,15 @@
 //! The adapter as a kernel-mode caller holds it: the top device of its stack and a referenced
 //! FILE_OBJECT, from IoGetDeviceObjectPointer, released once when the holder drops it.
 
-use core::ffi::c_void;
 use core::ptr::null_mut;
 
+use nt_imports::inline::set_event_keep_irp;
 use nt_imports::ntoskrnl::{
     IoAllocateIrp, IoFreeIrp, IoGetDeviceObjectPointer, IofCallDriver, KeInitializeEvent,
-    KeSetEvent, KeWaitForSingleObject, ObfDereferenceObject,
+    KeWaitForSingleObject, ObfDereferenceObject,
 };
 use revcall_protocol::{Reply, Request, decode_reply, encode_request};
-use storport_abi::status::{STATUS_INSUFFICIENT_RESOURCES, STATUS_MORE_PROCESSING_REQUIRED};
+use storport_abi::status::STATUS_INSUFFICIENT_RESOURCES;
 use storport_abi::{
     DEVICE_OBJECT, DEVICE_OBJECT_STACK_SIZE, EXECUTIVE, FILE_OBJECT, FILE_READ_WRITE_DATA, IRP,
     KERNEL_MODE, KEVENT, NOTIFICATION_EVENT, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS,
@@ -119,13 +119,14 @@ impl Adapter {
                 buffer,
                 input as u32,
                 capacity as u32,
-                came_back,
+                set_event_keep_irp,
                 (&raw mut back).cast(),
             )
         };
-        // SAFETY: the IRP goes to the adapter and returns through `came_back`.
+        // SAFETY: the IRP goes to the adapter and returns through the completion routine.
         if unsafe { IofCallDriver(self.device, irp) } == STATUS_PENDING {
-            // SAFETY: the local event, set by `came_back`; PASSIVE_LEVEL (this routine's rule).
+            // SAFETY: the local event, set by the completion routine; PASSIVE_LEVEL (this
+            // routine's rule).
             unsafe {
                 KeWaitForSingleObject(
                     (&raw mut back).cast(),
@@ -136,7 +137,7 @@ impl Adapter {
                 )
             };
         }
-        // SAFETY: the IRP is ours again (`came_back` kept it).
+        // SAFETY: the IRP is ours again (the completion routine kept it).
         let (status, information) = unsafe { request::outcome(irp) };
         if status != STATUS_SUCCESS {
             return status;
@@ -156,15 +157,4 @@ impl Drop for Adapter {
         // object itself was not referenced for us).
         unsafe { ObfDereferenceObject(self.file.cast()) };
     }
-}
-
-/// The synchronous request's completion routine: wakes the waiter and keeps the IRP.
-unsafe extern "win64" fn came_back(
-    _device: *mut DEVICE_OBJECT,
-    _irp: *mut IRP,
-    event: *mut c_void,
-) -> NTSTATUS {
-    // SAFETY: the waiter's event, alive until the waiter returns.
-    unsafe { KeSetEvent(event.cast(), 0, 0) };
-    STATUS_MORE_PROCESSING_REQUIRED
 }

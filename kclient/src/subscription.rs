@@ -113,6 +113,12 @@ impl<S: Sink> Subscription<S> {
         stats: &'static Stats,
         sink: S,
     ) -> Result<Self, NTSTATUS> {
+        const {
+            assert!(
+                align_of::<Shared<S>>() <= 16,
+                "nonpaged pool blocks are 16-aligned"
+            )
+        };
         let max_events = options.max_events.max(1);
         let capacity = wait_reply_len(max_events as usize).max(revcall_protocol::MAX_REQUEST_SIZE);
         // SAFETY: plain arguments.

@@ -30,7 +30,6 @@ pub const STATUS_INSUFFICIENT_RESOURCES: NTSTATUS = 0xC000_009A_u32 as i32;
 pub const STATUS_OBJECT_NAME_COLLISION: NTSTATUS = 0xC000_0035_u32 as i32;
 pub const STATUS_UNSUCCESSFUL: NTSTATUS = 0xC000_0001_u32 as i32;
 pub const STATUS_INVALID_PARAMETER: NTSTATUS = 0xC000_000D_u32 as i32;
-pub const STATUS_MORE_PROCESSING_REQUIRED: NTSTATUS = 0xC000_0016_u32 as i32;
 pub const STATUS_REVISION_MISMATCH: NTSTATUS = 0xC000_0059_u32 as i32;
 
 pub const IRP_MJ_CREATE: usize = 0x00;
@@ -290,15 +289,15 @@ pub unsafe fn forward_and_wait(lower: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTST
     }
     // SAFETY: as above.
     unsafe {
-        (*next).CompletionRoutine = forwarded as *mut c_void;
+        (*next).CompletionRoutine = nt_imports::inline::set_event_keep_irp as *mut c_void;
     }
     // SAFETY: as above; the event outlives the IRP's trip (the wait below).
     unsafe {
         (*next).Context = (&raw mut done).cast();
     }
-    // SAFETY: the IRP goes to the lower device and comes back through `forwarded`.
+    // SAFETY: the IRP goes to the lower device and comes back through the completion routine.
     if unsafe { IofCallDriver(lower, irp) } == STATUS_PENDING {
-        // SAFETY: the local event, set by `forwarded`.
+        // SAFETY: the local event, set by the completion routine.
         unsafe {
             KeWaitForSingleObject(
                 (&raw mut done).cast(),
@@ -309,19 +308,8 @@ pub unsafe fn forward_and_wait(lower: *mut DEVICE_OBJECT, irp: *mut IRP) -> NTST
             )
         };
     }
-    // SAFETY: the IRP is back with the caller (`forwarded` stopped its completion).
+    // SAFETY: the IRP is back with the caller (the completion routine stopped its completion).
     unsafe { (*irp).IoStatus.Status }
-}
-
-/// The completion routine of [`forward_and_wait`]: wakes the waiter and keeps the IRP.
-unsafe extern "system" fn forwarded(
-    _device: *mut DEVICE_OBJECT,
-    _irp: *mut IRP,
-    event: *mut c_void,
-) -> NTSTATUS {
-    // SAFETY: the waiter's event, alive until the waiter returns.
-    unsafe { KeSetEvent(event.cast(), 0, 0) };
-    STATUS_MORE_PROCESSING_REQUIRED
 }
 
 /// A system thread running `routine(context)`: its handle, or the failing status.
