@@ -19,6 +19,12 @@
 //! * [`Progress`] and [`Stats`] (any target): the cursor, the exact `lost` accounting and the
 //!   verdict on each completion, pure and unit-tested on the host; storsim reads a client
 //!   driver's `Stats` through the same type.
+//!
+//! Not (yet) here: target-device notification (IoRegisterPlugPlayNotification), so a caller
+//! cannot let go of the adapter on GUID_TARGET_DEVICE_QUERY_REMOVE and an orderly removal may
+//! wait for it to stop; and retries: the adapter's refusals under load (STATUS_QUOTA_EXCEEDED
+//! at its parked-request cap, STATUS_INSUFFICIENT_RESOURCES) end the subscription
+//! ([`End::Failed`]) rather than re-arming later.
 #![cfg_attr(target_os = "windows", no_std)]
 
 mod progress;
