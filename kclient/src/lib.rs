@@ -5,17 +5,17 @@
 //! the adapter, and learns the outcome in its IoCompletion routine, at IRQL ≤ DISPATCH_LEVEL in
 //! whatever thread completed it. This crate is that caller, written once:
 //!
-//! * [`Adapter`] (driver target): the adapter's device object from its name
+//! * `Adapter` (driver target): the adapter's device object from its name
 //!   (IoGetDeviceObjectPointer), the FILE_OBJECT reference held while the caller uses it and
-//!   dropped once; [`Adapter::is_revcall`] asks it for STATS, so a driver can tell revcall's
+//!   dropped once; `Adapter::is_revcall` asks it for STATS, so a driver can tell revcall's
 //!   adapter from the other Storport adapters of the machine.
-//! * [`Subscription`] (driver target): one IRP allocated once with the adapter's StackSize and
+//! * `Subscription` (driver target): one IRP allocated once with the adapter's StackSize and
 //!   one nonpaged buffer; each WAIT is IoReuseIrp + a METHOD_BUFFERED device control +
 //!   IoCallDriver. The completion routine decodes the reply ([`Progress`]), hands the events to
 //!   the caller's [`Sink`], returns STATUS_MORE_PROCESSING_REQUIRED and re-arms from a work
 //!   item at PASSIVE_LEVEL (Storport dispatches service IRPs at PASSIVE_LEVEL, and re-arming
 //!   inside the completion routine would recurse once per synchronous completion).
-//!   [`Subscription::stop`] cancels the IRP and waits for it to come back before freeing it.
+//!   `Subscription::stop` cancels the IRP and waits for it to come back before freeing it.
 //! * [`Progress`] and [`Stats`] (any target): the cursor, the exact `lost` accounting and the
 //!   verdict on each completion, pure and unit-tested on the host; storsim reads a client
 //!   driver's `Stats` through the same type.
