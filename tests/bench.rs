@@ -82,6 +82,14 @@ fn the_throughput_script_delivers_every_event_on_both_drivers() {
         let floor = throughput::run(&floor_sys(), Driver::Floor, case, 20)
             .expect("the floor runs the script clean");
         assert_eq!(floor.irps, revcall.irps);
+        // The driving thread's CPU time is measured, and is within the run's wall time.
+        for run in [revcall, floor] {
+            assert!(run.cpu > std::time::Duration::ZERO, "{run:?}");
+            assert!(
+                run.cpu <= run.elapsed + std::time::Duration::from_millis(5),
+                "{run:?}"
+            );
+        }
     }
 }
 

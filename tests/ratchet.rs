@@ -18,7 +18,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     ("protocol", 0, 0, 0, 0),
     ("scsi", 0, 0, 0, 0),
     ("standin", 178, 4, 1, 0),
-    ("sim", 2, 0, 1, 0),
+    ("sim", 3, 0, 1, 0),
     ("storsim", 301, 6, 32, 0),
     ("tester", 44, 0, 0, 0),
     ("xtask", 0, 0, 1, 0),

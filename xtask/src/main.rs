@@ -599,8 +599,14 @@ fn bench_runs(sys: &Path, floor: &Path, nulldisk: &Path) -> Result<()> {
     let rows = report["throughput"].as_array().map_or(0, Vec::len);
     let rates_ok = report["throughput"].as_array().is_some_and(|rows| {
         rows.iter().all(|r| {
-            r["revcall_events_per_s"].as_f64().is_some_and(|v| v > 0.0)
-                && r["floor_events_per_s"].as_f64().is_some_and(|v| v > 0.0)
+            [
+                "revcall_events_per_s",
+                "floor_events_per_s",
+                "revcall_events_per_cpu_s",
+                "floor_events_per_cpu_s",
+            ]
+            .iter()
+            .all(|key| r[key].as_f64().is_some_and(|v| v > 0.0 && v.is_finite()))
         })
     });
     let disk_rows = report["disk"].as_array().map_or(0, Vec::len);

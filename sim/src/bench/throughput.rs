@@ -63,11 +63,19 @@ pub struct Run {
     pub events: u64,
     pub irps: u64,
     pub elapsed: Duration,
+    /// The CPU time of the one thread that drives the script (and so every driver call), over
+    /// the same span: what the run cost, without the time it waited for a core.
+    pub cpu: Duration,
 }
 
 impl Run {
     pub fn events_per_second(&self) -> f64 {
         self.events as f64 / self.elapsed.as_secs_f64()
+    }
+
+    /// Events per second of the driving thread's CPU time.
+    pub fn events_per_cpu_second(&self) -> f64 {
+        self.events as f64 / self.cpu.as_secs_f64()
     }
 }
 
@@ -102,6 +110,7 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
     let fire_reply = Opcode::Fire.min_reply_size();
     let mut delivered = 0;
     let start = Instant::now();
+    let cpu_start = super::thread_cpu_time();
     for _ in 0..rounds {
         for _ in 0..case.batch {
             let fired = finish(&send(
@@ -129,6 +138,7 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
         }
     }
     let elapsed = start.elapsed();
+    let cpu = super::thread_cpu_time().saturating_sub(cpu_start);
     let expected = rounds * case.events_per_round();
     if driver == Driver::Revcall && delivered != expected {
         return Err(BenchError::Unexpected(format!(
@@ -144,6 +154,7 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
         events: expected,
         irps: rounds * case.irps_per_round(),
         elapsed,
+        cpu,
     })
 }
 
