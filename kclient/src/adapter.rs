@@ -5,11 +5,11 @@ use core::ptr::null_mut;
 
 use nt_imports::inline::set_event_keep_irp;
 use nt_imports::ntoskrnl::{
-    IoAllocateIrp, IoFreeIrp, IoGetDeviceObjectPointer, IofCallDriver, KeInitializeEvent,
-    KeWaitForSingleObject, ObfDereferenceObject,
+    IoAllocateIrp, IoCancelIrp, IoFreeIrp, IoGetDeviceObjectPointer, IofCallDriver,
+    KeInitializeEvent, KeWaitForSingleObject, ObfDereferenceObject,
 };
 use revcall_protocol::{Reply, Request, decode_reply, encode_request};
-use storport_abi::status::STATUS_INSUFFICIENT_RESOURCES;
+use storport_abi::status::{STATUS_INSUFFICIENT_RESOURCES, STATUS_TIMEOUT};
 use storport_abi::{
     DEVICE_OBJECT, DEVICE_OBJECT_STACK_SIZE, EXECUTIVE, FILE_OBJECT, FILE_READ_WRITE_DATA, IRP,
     KERNEL_MODE, KEVENT, NOTIFICATION_EVENT, NTSTATUS, STATUS_PENDING, STATUS_SUCCESS,
@@ -17,6 +17,9 @@ use storport_abi::{
 };
 
 use crate::request;
+
+/// How long STATS may take before it is cancelled: one second, relative (100 ns units).
+const STATS_PATIENCE: i64 = -10_000_000;
 
 /// An open adapter. Not `Send`/`Sync` by itself: its owner decides who uses it.
 pub struct Adapter {
@@ -125,17 +128,26 @@ impl Adapter {
         };
         // SAFETY: the IRP goes to the adapter and returns through the completion routine.
         if unsafe { IofCallDriver(self.device, irp) } == STATUS_PENDING {
-            // SAFETY: the local event, set by the completion routine; PASSIVE_LEVEL (this
-            // routine's rule).
-            unsafe {
-                KeWaitForSingleObject(
-                    (&raw mut back).cast(),
-                    EXECUTIVE,
-                    KERNEL_MODE,
-                    0,
-                    null_mut(),
-                )
+            let mut wait = |timeout: *const i64| {
+                // SAFETY: the local event, set by the completion routine; PASSIVE_LEVEL (this
+                // routine's rule).
+                unsafe {
+                    KeWaitForSingleObject(
+                        (&raw mut back).cast(),
+                        EXECUTIVE,
+                        KERNEL_MODE,
+                        0,
+                        timeout,
+                    )
+                }
             };
+            // Another miniport may park a service IRP it does not know: give it a second,
+            // then cancel and wait for the IRP to come back.
+            if wait(&STATS_PATIENCE) == STATUS_TIMEOUT {
+                // SAFETY: our IRP, allocated until the caller frees it after this returns.
+                unsafe { IoCancelIrp(irp) };
+                wait(null_mut());
+            }
         }
         // SAFETY: the IRP is ours again (the completion routine kept it).
         let (status, information) = unsafe { request::outcome(irp) };

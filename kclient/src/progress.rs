@@ -64,8 +64,9 @@ pub struct Stats {
     pub lost: AtomicU64,
     /// The cursor: the sequence number of the last event delivered.
     pub cursor: AtomicU64,
-    /// Replies whose events did not follow the cursor exactly (`first == cursor + lost + 1`,
-    /// then one by one): 0 unless the adapter broke its contract.
+    /// Breaks of the sequence: each event that does not follow the one before it (the first
+    /// of a reply: cursor + lost + 1), and each reply whose cursor is not its last event or
+    /// goes backwards. 0 unless the adapter broke its contract.
     pub gaps: AtomicU64,
     /// An [`End`] code; 0 while the subscription runs.
     pub end: AtomicU32,
@@ -150,6 +151,12 @@ impl Progress {
             }
             expected = Some(event.seq.wrapping_add(1));
         }
+        let last = expected.map(|next| next.wrapping_sub(1));
+        let backwards = self.cursor != revcall_protocol::CURSOR_NOW && reply.cursor < self.cursor;
+        let misplaced = reply.count != 0 && last != Some(reply.cursor);
+        if backwards || misplaced {
+            stats.gaps.fetch_add(1, Ordering::Relaxed);
+        }
         let count = events.len() as u64;
         sink.events(events, reply.lost);
         stats.delivered.fetch_add(count, Ordering::Relaxed);
@@ -185,7 +192,7 @@ mod tests {
     }
 
     fn reply(seqs: &[u64], cursor: u64, lost: u64, flags: u32) -> Vec<u8> {
-        let mut out = std::vec![0u8; wait_reply_len(seqs.len())];
+        let mut out = std::vec![0u8; wait_reply_len(seqs.len().max(1))];
         let mut writer = WaitReplyWriter::new(&mut out, seqs.len().max(1) as u32).unwrap();
         for &seq in seqs {
             assert!(writer.push(&EventRecord {
@@ -237,6 +244,22 @@ mod tests {
             Step::Rearm
         );
         assert_eq!(stats.gaps.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn a_reply_cursor_that_is_not_its_last_event_or_goes_back_is_a_gap() {
+        let (stats, sink) = (Stats::new(), Seen::default());
+        let mut progress = Progress::new(10);
+        let bytes = reply(&[11, 12], 13, 0, 0);
+        progress.on_completion(STATUS_SUCCESS, &bytes, &stats, &sink);
+        assert_eq!(
+            stats.gaps.load(Ordering::Relaxed),
+            1,
+            "cursor past the last event"
+        );
+        let bytes = reply(&[], 5, 0, WaitFlags::FINAL);
+        progress.on_completion(STATUS_SUCCESS, &bytes, &stats, &sink);
+        assert_eq!(stats.gaps.load(Ordering::Relaxed), 2, "cursor going back");
     }
 
     #[test]

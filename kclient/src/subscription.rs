@@ -5,7 +5,10 @@
 //! * `Owned`: the subscription (before the first send, in the completion routine, in the
 //!   work item until it sends again). Only the owner touches the IRP and [`Progress`].
 //! * `Armed`: the adapter. [`Subscription::stop`] may only cancel it then.
-//! * `Done`: home for good; `returned` is signalled and nothing touches the shared block
+//! * `Done`: home for good. The end is signalled by the work item, never by the completion
+//!   routine: a queued work item keeps the driver loaded until its routine returns, while
+//!   nothing keeps it loaded under a completion routine's last instructions. The work item
+//!   drops the adapter's reference, then signals `returned`; nothing touches the shared block
 //!   after that except `stop`, which frees it.
 //!
 //! `stop` sets `stopping` under the lock and cancels only an armed IRP; the work item checks
@@ -26,8 +29,9 @@ use nt_imports::ntoskrnl::{
 use revcall_protocol::{Request, encode_request, wait_reply_len};
 use storport_abi::status::{STATUS_INSUFFICIENT_RESOURCES, STATUS_MORE_PROCESSING_REQUIRED};
 use storport_abi::{
-    DELAYED_WORK_QUEUE, DEVICE_OBJECT, DRIVER_OBJECT, EXECUTIVE, IO_WORKITEM, IRP, KERNEL_MODE,
-    KEVENT, KSPIN_LOCK, NOTIFICATION_EVENT, NTSTATUS, STATUS_SUCCESS,
+    DELAYED_WORK_QUEUE, DEVICE_OBJECT, DRIVER_OBJECT, EXECUTIVE, IO_WORKITEM,
+    IO_WORKITEM_ROUTINE_EX, IRP, KERNEL_MODE, KEVENT, KSPIN_LOCK, NOTIFICATION_EVENT, NTSTATUS,
+    STATUS_SUCCESS,
 };
 
 use crate::adapter::Adapter;
@@ -73,7 +77,9 @@ struct Shared<S> {
     /// The IRP's owner's alone (see the module comment).
     progress: UnsafeCell<Progress>,
     returned: UnsafeCell<KEVENT>,
-    adapter: Adapter,
+    /// The IRP's owner's; released by the end's work item, so a subscription that ended
+    /// (FINAL, the adapter gone) no longer holds the adapter's FILE_OBJECT.
+    adapter: UnsafeCell<Option<Adapter>>,
     irp: *mut IRP,
     buffer: *mut u8,
     capacity: usize,
@@ -156,7 +162,7 @@ impl<S: Sink> Subscription<S> {
                 }),
                 progress: UnsafeCell::new(Progress::new(options.cursor)),
                 returned: UnsafeCell::new(KEVENT::new()),
-                adapter,
+                adapter: UnsafeCell::new(Some(adapter)),
                 irp,
                 buffer,
                 capacity,
@@ -222,8 +228,8 @@ impl<S: Sink> Drop for Subscription<S> {
         unsafe { request::free(block.work_item.cast()) };
         // SAFETY: as above.
         unsafe { request::free(block.buffer) };
-        // SAFETY: drops the adapter (its reference) and the sink, then frees the block; the
-        // `block` borrow is not used after this.
+        // SAFETY: drops the sink (the adapter's reference went with the end), then frees the
+        // block; the `block` borrow is not used after this.
         unsafe { shared.drop_in_place() };
         // SAFETY: as above.
         unsafe { request::free(shared.cast()) };
@@ -231,6 +237,19 @@ impl<S: Sink> Drop for Subscription<S> {
 }
 
 impl<S> Shared<S> {
+    /// The adapter, while the subscription runs.
+    ///
+    /// # Safety
+    ///
+    /// The caller owns the IRP (state Owned) and the subscription has not ended.
+    unsafe fn adapter(&self) -> &Adapter {
+        // SAFETY: the caller's promise: only the end's work item takes it, after the end.
+        let adapter = unsafe { &*self.adapter.get() };
+        adapter
+            .as_ref()
+            .expect("the adapter is released only after the subscription ended")
+    }
+
     /// Runs `f` under the spin lock (IRQL raised to DISPATCH_LEVEL for its duration).
     fn with_lock<R>(&self, f: impl FnOnce(&mut Guarded) -> R) -> R {
         // SAFETY: the block's lock word, initialised to 0 (released).
@@ -275,11 +294,13 @@ unsafe fn send<S: Sink>(shared: *mut Shared<S>) {
     };
     // SAFETY: the IRP came back to us; reuse makes it new (and clears a stale Cancel).
     unsafe { IoReuseIrp(block.irp, STATUS_SUCCESS) };
+    // SAFETY: we own the IRP and the subscription runs.
+    let adapter = unsafe { block.adapter() };
     // SAFETY: a reused IRP with the adapter's StackSize; buffer and block live until `stop`.
     unsafe {
         request::prepare(
             block.irp,
-            &block.adapter,
+            adapter,
             block.buffer,
             input as u32,
             block.capacity as u32,
@@ -297,11 +318,11 @@ unsafe fn send<S: Sink>(shared: *mut Shared<S>) {
         }
     });
     if !go {
-        return signal_end(block, End::Stopped, 0);
+        return end(shared, End::Stopped, 0);
     }
     block.stats.sent.fetch_add(1, Ordering::Relaxed);
     // SAFETY: the IRP now belongs to the adapter until `completed` runs.
-    unsafe { IofCallDriver(block.adapter.device(), block.irp) };
+    unsafe { IofCallDriver(adapter.device(), block.irp) };
 }
 
 /// The IO_COMPLETION_ROUTINE: takes the IRP back, hands over what came, and re-arms through
@@ -333,38 +354,59 @@ unsafe extern "win64" fn completed<S: Sink>(
 fn finish<S: Sink>(shared: *mut Shared<S>, step: Step, status: u32) {
     // SAFETY: the caller holds the IRP, so the block is alive.
     let block = unsafe { &*shared };
-    let rearm = block.with_lock(|guarded| {
-        let rearm = step == Step::Rearm && !guarded.stopping;
-        guarded.state = if rearm { State::Owned } else { State::Done };
-        rearm
+    let next = block.with_lock(|guarded| {
+        let next = match step {
+            Step::Rearm if !guarded.stopping => None,
+            Step::Rearm => Some(End::Stopped),
+            // Only `stop` cancels the IRP; a cancel from anyone else is a failure.
+            Step::End(End::Stopped) if !guarded.stopping => Some(End::Failed),
+            Step::End(end) => Some(end),
+        };
+        guarded.state = if next.is_none() {
+            State::Owned
+        } else {
+            State::Done
+        };
+        next
     });
-    if rearm {
-        // SAFETY: the block's work item, initialised in `start` and not queued (we own the
-        // IRP, and only the owner queues it); the block outlives the routine.
-        unsafe {
-            IoQueueWorkItemEx(
-                block.work_item,
-                rearm_routine::<S>,
-                DELAYED_WORK_QUEUE,
-                shared.cast(),
-            )
-        };
-    } else {
-        let end = match step {
-            Step::End(end) => end,
-            Step::Rearm => End::Stopped,
-        };
-        signal_end(block, end, status);
+    match next {
+        None => queue(shared, rearm_routine::<S>),
+        Some(ended) => end(shared, ended, status),
     }
 }
 
-/// Records the end, tells the sink, and signals `returned` — the last touch of the block.
-fn signal_end<S: Sink>(block: &Shared<S>, end: End, status: u32) {
+/// Queues the block's work item with `routine`.
+fn queue<S: Sink>(shared: *mut Shared<S>, routine: IO_WORKITEM_ROUTINE_EX) {
+    // SAFETY: the caller holds the block alive.
+    let block = unsafe { &*shared };
+    // SAFETY: the block's work item, initialised in `start` and not queued (the IRP's owner
+    // alone queues it, once per turn); the block outlives the routine.
+    unsafe { IoQueueWorkItemEx(block.work_item, routine, DELAYED_WORK_QUEUE, shared.cast()) };
+}
+
+/// The subscription ended (state Done): records it, tells the sink, and leaves the release
+/// and the signal to the work item.
+fn end<S: Sink>(shared: *mut Shared<S>, end: End, status: u32) {
+    // SAFETY: the caller holds the block alive (it owns the IRP).
+    let block = unsafe { &*shared };
     block.stats.end_status.store(status, Ordering::Relaxed);
     block.stats.end.store(end.code(), Ordering::Release);
     block.sink.ended(end);
-    // SAFETY: the block's event; `stop` frees the block only after this wakes it, and
-    // nothing here touches the block afterwards.
+    queue(shared, ended_routine::<S>);
+}
+
+/// The end's work item (PASSIVE_LEVEL, the driver kept loaded until it returns): drops the
+/// adapter's reference, then signals `returned` — the last touch of the block.
+unsafe extern "win64" fn ended_routine<S: Sink>(
+    _io_object: *mut c_void,
+    context: *mut c_void,
+    _item: *mut IO_WORKITEM,
+) {
+    // SAFETY: queued by `end` with the block, which `stop` frees only after `returned`.
+    let block = unsafe { &*context.cast::<Shared<S>>() };
+    // SAFETY: the subscription ended: nothing sends again, so the adapter is ours to drop.
+    drop(unsafe { (*block.adapter.get()).take() });
+    // SAFETY: the block's event; nothing here touches the block afterwards.
     unsafe { KeSetEvent(block.returned.get(), 0, 0) };
 }
 

@@ -151,6 +151,11 @@ fn life(
             failures.expect(eventually(|| stats.ended().is_some()), || {
                 "the client to end after the adapter's removal".into()
             });
+            // Ended, it lets go of the adapter before anyone unloads it.
+            failures.expect(
+                eventually(|| kernel.io().leftovers().references == 0),
+                || "the ended client to drop its FILE_OBJECT reference".into(),
+            );
         }
         client.unload(kernel);
     }

@@ -146,8 +146,30 @@ unsafe extern "win64" fn obf_dereference_object(object: *mut c_void) -> isize {
     0
 }
 
+/// `KEVENT.Header.SignalState` (a LONG at 4), which storsim keeps up to date in the driver's
+/// memory as Windows does: an event in freed pool then faults when it is used (0xCC).
+const SIGNAL_STATE: usize = 4;
+
+/// Writes the event's SignalState into its KEVENT.
+///
+/// # Safety
+///
+/// `event` is the driver's KEVENT (0x18 bytes, 8-aligned), as the DDI requires.
+unsafe fn store_signal_state(event: *mut c_void, signalled: bool) {
+    // SAFETY: the caller's promise; a plain aligned 4-byte store into it.
+    unsafe {
+        event
+            .cast::<u8>()
+            .wrapping_add(SIGNAL_STATE)
+            .cast::<i32>()
+            .write_volatile(i32::from(signalled))
+    };
+}
+
 unsafe extern "win64" fn ke_initialize_event(event: *mut c_void, kind: u32, signalled: u8) {
     let (kernel, _call) = enter("KeInitializeEvent");
+    // SAFETY: KeInitializeEvent's contract: the driver's KEVENT.
+    unsafe { store_signal_state(event, signalled != 0) };
     let kind = if kind == storport_abi::SYNCHRONIZATION_EVENT {
         Kind::Synchronization
     } else {
@@ -170,6 +192,8 @@ fn uninitialized_event(kernel: &Kernel, routine: &str, event: *mut c_void) {
 unsafe extern "win64" fn ke_set_event(event: *mut c_void, _increment: i32, _wait: u8) -> i32 {
     let (kernel, _call) = enter("KeSetEvent");
     require_irql_at_most("KeSetEvent", DISPATCH_LEVEL, RULE_IRQL_KE_DISPATCH_LTE);
+    // SAFETY: KeSetEvent's contract: the driver's KEVENT (a freed one faults here, 0xCC).
+    unsafe { store_signal_state(event, true) };
     match kernel.machine().events().set(event as usize) {
         Some(previous) => i32::from(previous),
         None => {
@@ -237,10 +261,12 @@ unsafe extern "win64" fn io_sizeof_work_item() -> u32 {
 
 unsafe extern "win64" fn io_initialize_work_item(io_object: *mut c_void, item: *mut c_void) {
     let (kernel, _call) = enter("IoInitializeWorkItem");
-    kernel
-        .io()
-        .work()
-        .initialize(item as usize, io_object as usize, Running::now());
+    kernel.io().work().initialize(
+        kernel.machine(),
+        item as usize,
+        io_object as usize,
+        Running::now(),
+    );
 }
 
 unsafe extern "win64" fn io_uninitialize_work_item(item: *mut c_void) {

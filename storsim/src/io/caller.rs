@@ -135,6 +135,26 @@ impl Io {
         Some(unsafe { IrpPtr::new(addr as *mut _, stack_count) })
     }
 
+    /// IoCancelIrp's mark on an IRP from IoAllocateIrp that no driver below holds: `Cancel`
+    /// set, nothing called (the caller holds the registry lock).
+    pub(super) fn flag_owned_irp(&self, addr: usize) {
+        let stack_count = self
+            .callers()
+            .allocated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&addr)
+            .copied();
+        if let Some(stack_count) = stack_count {
+            // SAFETY: allocated by `allocate_irp` with this stack count and not freed: the
+            // record is there, and `free_irp` takes the registry lock our caller holds after
+            // removing the record and before freeing the memory.
+            let irp = unsafe { IrpPtr::new(addr as *mut _, stack_count) };
+            irp.cancel_flag()
+                .store(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
     /// IoReuseIrp: the IRP laid out new, `IoStatus.Status = status`.
     pub fn reuse_irp(&self, addr: usize, status: i32) {
         if let Some(irp) = self.owned_irp(

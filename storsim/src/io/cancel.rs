@@ -58,7 +58,12 @@ impl Io {
                         .unwrap_or(std::ptr::null_mut());
                     Some((irp.take_cancel_routine(), device, irp))
                 }
-                _ => None,
+                _ => {
+                    // An IRP its driver owns (allocated, not sent, or back from a trip): Windows
+                    // still sets Cancel, which the next driver to get the IRP must honour.
+                    self.flag_owned_irp(addr);
+                    None
+                }
             }
         };
         self.counters

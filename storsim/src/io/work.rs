@@ -53,8 +53,16 @@ impl WorkQueue {
     }
 
     /// IoInitializeWorkItem, by code of `running`.
-    pub fn initialize(&self, item: usize, io_object: usize, running: Running) {
-        self.lock().items.insert(
+    pub fn initialize(&self, machine: &Machine, item: usize, io_object: usize, running: Running) {
+        let mut state = self.lock();
+        if state.items.get(&item).is_some_and(|found| found.queued) {
+            drop(state);
+            return machine.report(misuse(
+                item,
+                "IoInitializeWorkItem of a work item still queued",
+            ));
+        }
+        state.items.insert(
             item,
             Item {
                 io_object,
@@ -138,10 +146,10 @@ impl WorkQueue {
                         return;
                     }
                     if let Some(next) = state.queue.pop_front() {
-                        let item = state
-                            .items
-                            .get_mut(&next.item)
-                            .expect("a queued item is initialised (uninitialize refuses it)");
+                        // Initialise and uninitialise refuse a queued item, so it is there.
+                        let Some(item) = state.items.get_mut(&next.item) else {
+                            continue;
+                        };
                         item.queued = false;
                         let found = (item.io_object, item.running);
                         state.running += 1;
