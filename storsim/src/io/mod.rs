@@ -614,18 +614,30 @@ impl Io {
             return STATUS_INVALID_DEVICE_REQUEST;
         };
         let addr = irp.addr();
-        self.set_dispatching(addr, true);
+        let send = self.begin_dispatch(addr);
         // SAFETY: the slot holds a DRIVER_DISPATCH (`DriverObjects::dispatch`); its contract:
         // the FDO and an IRP whose current location is the FDO's, owned by the callee now.
         let status = unsafe { dispatch(self.objects.fdo().cast(), irp.as_ptr()) } as u32;
-        // By address only: the IRP may be completed and gone by now.
-        self.set_dispatching(addr, false);
+        // By address and send: the IRP may be completed and gone by now, or sent again.
+        self.end_dispatch(addr, send);
         status
     }
 
-    fn set_dispatching(&self, irp: usize, dispatching: bool) {
-        if let Some(record) = self.irps().get_mut(&irp) {
-            record.dispatching = dispatching;
+    /// Marks `irp` as inside its dispatch routine; returns the id of that send.
+    fn begin_dispatch(&self, irp: usize) -> Option<u64> {
+        let mut irps = self.irps();
+        let record = irps.get_mut(&irp)?;
+        record.dispatching = true;
+        Some(record.id)
+    }
+
+    /// Clears the mark of send `id`; a record of a later send (a driver's IRP completed and
+    /// sent again before this dispatch returned) keeps its own.
+    fn end_dispatch(&self, irp: usize, id: Option<u64>) {
+        if let Some(record) = self.irps().get_mut(&irp)
+            && Some(record.id) == id
+        {
+            record.dispatching = false;
         }
     }
 
