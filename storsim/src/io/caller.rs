@@ -97,16 +97,20 @@ impl Io {
         Some(addr)
     }
 
-    /// The allocated IRP at `addr` if the caller may touch it (not with the adapter); reports
-    /// why not otherwise. `routine` names the DDI for the report.
-    fn owned_irp(&self, routine: &str, addr: usize, in_use: (Code, u64)) -> Option<IrpPtr> {
-        let stack_count = self
-            .callers()
+    /// The stack count of the IRP from IoAllocateIrp at `addr`, if it is one not yet freed.
+    fn allocated_stack_count(&self, addr: usize) -> Option<u8> {
+        self.callers()
             .allocated
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&addr)
-            .copied();
+            .copied()
+    }
+
+    /// The allocated IRP at `addr` if the caller may touch it (not with the adapter); reports
+    /// why not otherwise. `routine` names the DDI for the report.
+    fn owned_irp(&self, routine: &str, addr: usize, in_use: (Code, u64)) -> Option<IrpPtr> {
+        let stack_count = self.allocated_stack_count(addr);
         let Some(stack_count) = stack_count else {
             self.machine.report(BugCheck::new(
                 Code::DriverVerifierDetectedViolation,
@@ -138,13 +142,7 @@ impl Io {
     /// IoCancelIrp's mark on an IRP from IoAllocateIrp that no driver below holds: `Cancel`
     /// set, nothing called (the caller holds the registry lock).
     pub(super) fn flag_owned_irp(&self, addr: usize) {
-        let stack_count = self
-            .callers()
-            .allocated
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&addr)
-            .copied();
+        let stack_count = self.allocated_stack_count(addr);
         if let Some(stack_count) = stack_count {
             // SAFETY: allocated by `allocate_irp` with this stack count and not freed: the
             // record is there, and `free_irp` takes the registry lock our caller holds after
