@@ -29,7 +29,7 @@
 
 mod progress;
 
-pub use progress::{End, Progress, Stats, Step};
+pub use progress::{End, Progress, Snapshot, Stats, Step};
 
 #[cfg(target_os = "windows")]
 mod adapter;

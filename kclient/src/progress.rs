@@ -92,6 +92,42 @@ impl Stats {
     pub fn ended(&self) -> Option<End> {
         End::from_code(self.end.load(Ordering::Acquire))
     }
+
+    /// Every counter, read once.
+    pub fn snapshot(&self) -> Snapshot {
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        Snapshot {
+            sent: load(&self.sent),
+            replies: load(&self.replies),
+            delivered: load(&self.delivered),
+            lost: load(&self.lost),
+            cursor: load(&self.cursor),
+            gaps: load(&self.gaps),
+            end: self.ended(),
+            end_status: self.end_status.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// [`Stats`] as plain values, for whoever judges a subscription.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub sent: u64,
+    pub replies: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub cursor: u64,
+    pub gaps: u64,
+    pub end: Option<End>,
+    pub end_status: u32,
+}
+
+impl Snapshot {
+    /// Whether the accounting is exact for a subscription that started from cursor 0: every
+    /// sequence number up to the cursor delivered or counted lost, and no gap.
+    pub fn exact(&self) -> bool {
+        self.gaps == 0 && self.delivered + self.lost == self.cursor
+    }
 }
 
 /// After a completion: send the next WAIT, or stop with this end.
@@ -231,6 +267,11 @@ mod tests {
         assert_eq!(stats.lost.load(Ordering::Relaxed), 3);
         assert_eq!(stats.gaps.load(Ordering::Relaxed), 0);
         assert_eq!(*sink.0.lock().unwrap(), [(4, 3), (5, 3), (6, 0), (7, 0)]);
+        let now = stats.snapshot();
+        assert_eq!((now.replies, now.end), (3, None));
+        assert!(now.exact(), "{now:?}");
+        stats.lost.fetch_add(1, Ordering::Relaxed);
+        assert!(!stats.snapshot().exact(), "one lost too many");
     }
 
     #[test]

@@ -164,10 +164,6 @@ pub fn load_upper(
 }
 
 impl UpperDriver {
-    pub fn image(&self) -> &Image {
-        &self.image
-    }
-
     /// The address of the image's export `name` (data a test reads, like a debugger would).
     pub fn export(&self, name: &str) -> Option<usize> {
         self.image.export(name)

@@ -85,13 +85,13 @@ impl<'a> Subscriber<'a> {
         let Some(stats) = self.live.as_ref().and_then(stats) else {
             return Some(view);
         };
+        let now = stats.snapshot();
         view.saw(ledger::Path::Stats, 0);
-        for _ in 0..stats.replies.load(Ordering::Relaxed) {
+        for _ in 0..now.replies {
             view.saw(ledger::Path::Wait, 0);
         }
-        let status = stats.end_status.load(Ordering::Relaxed);
-        if stats.ended().is_some() && revcall_protocol::status::is_error(status) {
-            view.saw(ledger::Path::Wait, status);
+        if now.end.is_some() && revcall_protocol::status::is_error(now.end_status) {
+            view.saw(ledger::Path::Wait, now.end_status);
         }
         Some(view)
     }
@@ -113,27 +113,21 @@ impl<'a> Subscriber<'a> {
     }
 
     fn judge(&mut self, stats: &Stats, shared: &Shared) {
-        let load = |counter: &std::sync::atomic::AtomicU64| counter.load(Ordering::Relaxed);
-        let (delivered, lost, cursor, gaps) = (
-            load(&stats.delivered),
-            load(&stats.lost),
-            load(&stats.cursor),
-            load(&stats.gaps),
-        );
+        let now = stats.snapshot();
+        let (end, status) = (now.end, now.end_status);
         self.tally.lives += 1;
-        self.tally.delivered += delivered;
-        self.tally.lost += lost;
-        let end = stats.ended();
-        let status = stats.end_status.load(Ordering::Relaxed);
+        self.tally.delivered += now.delivered;
+        self.tally.lost += now.lost;
         let name = match end {
             Some(End::Failed) => format!("failed {}", ledger::status_name(status)),
             Some(end) => format!("{end:?}").to_lowercase(),
             None => "never".to_owned(),
         };
         *self.tally.ends.entry(name).or_insert(0) += 1;
-        if gaps != 0 || delivered + lost != cursor {
+        if !now.exact() {
             shared.fail(format!(
-                "kernel client: {delivered} delivered + {lost} lost != cursor {cursor}, {gaps} gaps"
+                "kernel client: {} delivered + {} lost != cursor {}, {} gaps",
+                now.delivered, now.lost, now.cursor, now.gaps
             ));
         }
         // The adapter's refusals under load (its parked-request cap, low resources) end a
