@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-pub use caller::{CALL_DEPTH_LIMIT, Leftovers};
+pub use caller::Leftovers;
 pub use complete::Via;
 pub use irp::IrpPtr;
 pub use kernel_caller::KernelCaller;
