@@ -591,20 +591,6 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
         }
     }
 
-    /// HwStartIo's view of LUN `lun`: its identity, and with `all` every LUN (for REPORT
-    /// LUNS).
-    pub fn units(&self, lun: u8, all: bool) -> crate::disk::Units {
-        self.state.with(|s| crate::disk::Units {
-            unit: s.luns.get(lun).copied(),
-            incarnation: s.luns.incarnation(lun).unwrap_or(0),
-            luns: if all {
-                s.luns.luns().collect()
-            } else {
-                ArrayVec::new()
-            },
-        })
-    }
-
     fn list_luns(&self, irp: I) {
         let entries = self.state.with(|s| {
             s.count(Status::SUCCESS);

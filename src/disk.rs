@@ -40,14 +40,14 @@ pub trait PendingSrb: ScsiRequest + Send + Sized {
     fn complete(self);
 }
 
-/// A logical unit's identity and the adapter's LUNs, copied out of the adapter lock.
-pub struct Units {
-    pub unit: Option<LunSpec>,
-    /// Which LUN of its number `unit` is ([`LunTable::incarnation`](crate::lun_table::LunTable::incarnation); 0 with no unit): the SRB
-    /// is queued only if that LUN is still there.
-    pub incarnation: u32,
-    /// Every LUN, if they were asked for; else empty.
-    pub luns: ArrayVec<u8, MAX_LUNS>,
+/// Where HwStartIo finds the LUNs: the adapter's table, read under the adapter lock, so an
+/// SRB routed to a server is queued in the same lock hold as the LUN it was checked against
+/// (no copy of the LUN's identity on the data path, no window for the LUN to change).
+pub trait Units {
+    /// LUN `lun`'s identity, if it exists.
+    fn unit(&self, lun: u8) -> Option<&LunSpec>;
+    /// Every LUN, in ascending order (REPORT LUNS).
+    fn luns(&self) -> ArrayVec<u8, MAX_LUNS>;
 }
 
 /// What [`start_io`] made of an SRB.
@@ -78,10 +78,9 @@ const CHECK_CONDITION: u8 = 0x02;
 const SRB_STATUS_ERROR: u8 = 0x04;
 const SRB_STATUS_AUTOSENSE_VALID: u8 = 0x80;
 
-/// Answers `srb` or routes it to a server; `units` looks up the addressed LUN (only for a
-/// SCSI command to target 0), and lists every LUN only when asked (REPORT LUNS): the data path
-/// does not pay for the scan.
-pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8, bool) -> Units) -> Route {
+/// Answers `srb` or routes it to a server; `units` is asked only for what the SRB addresses
+/// (the list of every LUN only for REPORT LUNS): the data path does not pay for the scan.
+pub fn start_io(srb: &mut impl ScsiRequest, units: &impl Units) -> Route {
     let (path, target, lun) = srb.address();
     let function = srb.function();
     let addressed = path < port::NUMBER_OF_BUSES
@@ -95,9 +94,9 @@ pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8, bool) -> Unit
     // REPORT LUNS answers for the whole target, whichever LUN it is sent to (LUN 0 usually,
     // which may not exist); anything else to a LUN that does not exist, however malformed,
     // finds no device there (DISK.md §1.3).
+    let unit = units.unit(lun);
     let report_luns = srb.cdb().first() == Some(&revcall_scsi::op::REPORT_LUNS);
-    let units = units(lun, report_luns);
-    if units.unit.is_none() && !report_luns {
+    if unit.is_none() && !report_luns {
         srb.finish(srb_status::NO_DEVICE, GOOD, 0);
         return Route::Done;
     }
@@ -105,17 +104,24 @@ pub fn start_io(srb: &mut impl ScsiRequest, units: impl FnOnce(u8, bool) -> Unit
         Ok(command) => command,
         Err(sense) => return check_condition(srb, sense),
     };
-    let Some(spec) = units.unit else {
-        return answer(srb, &command, None, &units.luns);
+    let luns = || {
+        if report_luns {
+            units.luns()
+        } else {
+            ArrayVec::new()
+        }
     };
-    match route(srb, lun, &command, &spec) {
+    let Some(spec) = unit else {
+        return answer(srb, &command, None, &luns());
+    };
+    match route(srb, lun, &command, spec) {
         Ok(Step::Server(io)) => Route::Server(io),
         Ok(Step::Nothing) => {
             srb.finish(srb_status::SUCCESS, GOOD, 0);
             Route::Done
         }
         // The identity (its serial trimmed) only for what is answered here, not for every I/O.
-        Ok(Step::Answer) => match answer(srb, &command, Some(&identity(&spec)), &units.luns) {
+        Ok(Step::Answer) => match answer(srb, &command, Some(&identity(spec)), &luns()) {
             Route::Done if matches!(command, Command::Inquiry { evpd: false, .. }) => {
                 Route::Inquired {
                     depth: spec.depth(),
@@ -301,12 +307,21 @@ mod tests {
         }
     }
 
+    /// One LUN (number 2 in the list REPORT LUNS sees), or none.
+    struct OneLun(Option<LunSpec>);
+
+    impl Units for OneLun {
+        fn unit(&self, _lun: u8) -> Option<&LunSpec> {
+            self.0.as_ref()
+        }
+
+        fn luns(&self) -> ArrayVec<u8, MAX_LUNS> {
+            [2u8].into_iter().collect()
+        }
+    }
+
     fn route(srb: &mut FakeSrb, unit: Option<LunSpec>) -> Route {
-        start_io(srb, |_, all| Units {
-            unit,
-            incarnation: 1,
-            luns: [2u8].into_iter().filter(|_| all).collect(),
-        })
+        start_io(srb, &OneLun(unit))
     }
 
     fn run(srb: &mut FakeSrb, unit: Option<LunSpec>) -> (u8, u8, u32) {

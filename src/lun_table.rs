@@ -33,6 +33,16 @@ pub struct LunTable {
     slots: [Slot; MAX_LUNS],
 }
 
+impl crate::disk::Units for LunTable {
+    fn unit(&self, lun: u8) -> Option<&LunSpec> {
+        self.get(lun)
+    }
+
+    fn luns(&self) -> ArrayVec<u8, MAX_LUNS> {
+        LunTable::luns(self).collect()
+    }
+}
+
 impl LunTable {
     pub const fn new() -> Self {
         const EMPTY: Slot = Slot {

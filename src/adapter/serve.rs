@@ -73,6 +73,17 @@ enum Owed {
     Stale,
 }
 
+/// What HwStartIo's lock hold made of an SRB.
+enum Started<I, R> {
+    /// Answered or refused, its status set: complete it (an INQUIRY: then tell Storport the
+    /// LUN's queue depth).
+    Answered(R, Route),
+    /// Queued for the LUN's servers; the parked FETCH it met, to complete.
+    Queued(Option<(I, Status, usize)>),
+    /// Queued; something else is left to settle.
+    Unsettled,
+}
+
 /// SRBs completed per lock hold.
 const SRB_BATCH: usize = 16;
 
@@ -328,56 +339,48 @@ where
             });
             Self::complete_srbs(aborted.map(|(srb, status)| (srb, Ending::Status(status))));
         }
-        let mut incarnation = 0;
-        let units = |lun, all| {
-            let units = self.units(lun, all);
-            incarnation = units.incarnation;
-            units
-        };
-        let io = match disk::start_io(&mut srb, units) {
-            Route::Server(io) => io,
-            Route::Done => return srb.complete(),
-            Route::Inquired { depth } => {
-                let (_, _, lun) = srb.address();
-                srb.complete();
-                return bus.set_queue_depth(lun, depth);
-            }
-        };
-        let refused = self.state.with(|s| {
-            // The LUN may have been removed (and another created under its number) since it was
-            // looked up: the SRB was checked against a LUN that is gone.
-            if s.is_closed() || !s.luns.is_current(io.lun, incarnation) {
-                return Err((srb, Ending::Status(srb_status::NO_DEVICE)));
+        let started = self.state.with(|s| {
+            let io = match disk::start_io(&mut srb, &s.luns) {
+                Route::Server(io) => io,
+                route => return Started::Answered(srb, route),
+            };
+            let refuse = |mut srb, ending| {
+                disk::end(&mut srb, ending);
+                Started::Answered(srb, Route::Done)
+            };
+            if s.is_closed() {
+                return refuse(srb, Ending::Status(srb_status::NO_DEVICE));
             }
             // Its last server is gone and its grace period over. A LUN not served yet, or in
             // its grace period, queues for the next server.
             if s.luns.fails_without_server(io.lun) && !s.sessions.serves(io.lun) {
-                return Err((srb, Ending::Check(Sense::NOT_READY_MANUAL_INTERVENTION)));
+                return refuse(srb, Ending::Check(Sense::NOT_READY_MANUAL_INTERVENTION));
             }
+            // start_io found the LUN present in this lock hold.
+            let incarnation = s.luns.incarnation(io.lun).unwrap_or(0);
             // Every tag taken: Storport retries a BUSY SRB later.
-            s.tags
-                .admit(srb, io, incarnation)
-                .map_err(|srb| (srb, Ending::Status(srb_status::BUSY)))?;
+            if let Err(srb) = s.tags.admit(srb, io, incarnation) {
+                return refuse(srb, Ending::Status(srb_status::BUSY));
+            }
             // The SRB meets a parked FETCH in this lock hold: after the last settle no FETCH
             // of the LUN waited beside ready work, so one FETCH is all it can need (it takes
             // at least this SRB). Anything else left to settle, settle does.
-            Ok(if s.unsettled {
-                None
+            if s.unsettled {
+                Started::Unsettled
             } else {
-                Some(s.feed(io.lun))
-            })
+                Started::Queued(s.feed(io.lun))
+            }
         });
-        match refused {
-            Ok(Some(fed)) => {
-                if let Some((irp, status, size)) = fed {
-                    irp.complete(status, size);
-                }
-            }
-            Ok(None) => self.settle(),
-            Err((mut srb, ending)) => {
-                disk::end(&mut srb, ending);
+        match started {
+            Started::Queued(Some((irp, status, size))) => irp.complete(status, size),
+            Started::Queued(None) => {}
+            Started::Unsettled => self.settle(),
+            Started::Answered(srb, Route::Inquired { depth }) => {
+                let (_, _, lun) = srb.address();
                 srb.complete();
+                bus.set_queue_depth(lun, depth);
             }
+            Started::Answered(srb, _) => srb.complete(),
         }
     }
 

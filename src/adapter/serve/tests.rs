@@ -545,21 +545,27 @@ fn take<T>(cell: &Left<T>) -> T {
 }
 
 #[test]
-fn an_srb_routed_to_a_lun_removed_before_it_was_queued_ends_no_device() {
+fn an_srb_is_checked_against_the_lun_it_is_queued_for() {
     let b = Arc::new(Bench::new(0));
     let (mine, theirs) = left();
     let other = b.clone();
-    // Between HwStartIo's lookup of LUN 0 and the queueing: LUN 0 is removed and another
-    // created under its number, whose server waits for work.
-    before_lock(1, move || {
+    // Just before HwStartIo's one lock hold: LUN 0 is removed and a read-only one created
+    // under its number, whose server waits for work. The WRITE meets that LUN, and only it:
+    // checked against it (refused), never queued for it unchecked.
+    before_lock(0, move || {
         assert_eq!(other.remove(0), Status::SUCCESS);
-        assert_eq!(other.create(0, 2), Ok(0));
+        assert_eq!(other.create(LunFlags::READ_ONLY, 2), Ok(0));
         *theirs.lock().unwrap() = Some((other.attach(SERVER), other.fetch(SERVER)));
     });
-    let read = b.io(Command::Read(rw(0, 1)), std::vec![0; 512]);
+    let write = b.io(Command::Write(rw(0, 1)), std::vec![0; 512]);
     let (_attach, fetch) = take(&mine);
-    assert_eq!(ended(&read).srb_status, srb_status::NO_DEVICE);
-    assert!(fetch.completion().is_none(), "the new LUN never sees it");
+    let end = ended(&write);
+    assert_eq!(end.scsi_status, ScsiStatus::CHECK_CONDITION);
+    assert_eq!(Sense::parse(&end.sense), Some(Sense::WRITE_PROTECTED));
+    assert!(
+        fetch.completion().is_none(),
+        "the new LUN's server never sees it"
+    );
 }
 
 #[test]
@@ -598,7 +604,7 @@ fn a_sessions_fetches_take_work_in_the_order_they_came() {
     let other = b.clone();
     // Just before the WRITE is queued (and, in the same lock hold, handed to a parked
     // FETCH), the same server's COMMIT_AND_FETCH arrives and parks behind its older FETCH.
-    before_lock(1, move || {
+    before_lock(0, move || {
         *theirs.lock().unwrap() = Some(other.commit(SERVER, &[], &[], 4));
     });
     let _write = b.io(Command::Write(rw(3, 1)), std::vec![0x11; 512]);
