@@ -234,6 +234,39 @@ impl<R> TagTable<R> {
         }
     }
 
+    /// `lun`'s queued slots, oldest first: which LUN of its number each SRB was sent to, and
+    /// what it asks for.
+    pub fn queued(&self, lun: u8) -> impl Iterator<Item = (u32, Io)> + '_ {
+        let mut node = self.fifos.get(usize::from(lun)).map_or(0, |fifo| fifo.head);
+        core::iter::from_fn(move || {
+            let slot = node.checked_sub(1)?;
+            let entry = &self.entries[usize::from(slot)];
+            node = entry.next;
+            Some((entry.incarnation, self.io(slot)))
+        })
+    }
+
+    /// Hands the slot at the head of `lun`'s FIFO to `session`: its tag, what it asks for and
+    /// its SRB (to copy a WRITE's data while the lock is held). The FETCH path's pop: the head
+    /// has no predecessor to relink.
+    pub fn hand_out_first(&mut self, lun: u8, session: u8) -> Option<(u64, Io, &mut R)> {
+        let fifo = self.fifos.get_mut(usize::from(lun))?;
+        let slot = usize::from(fifo.head.checked_sub(1)?);
+        let next = self.entries[slot].next;
+        fifo.head = next;
+        match next.checked_sub(1) {
+            Some(next) => self.entries[usize::from(next)].prev = 0,
+            None => {
+                fifo.tail = 0;
+                self.queued_luns &= !(1 << lun);
+            }
+        }
+        let entry = &mut self.entries[slot];
+        (entry.state, entry.session, entry.next) = (TagState::AtServer, session, 0);
+        let (tag, io) = (self.tag(slot as u16), self.io(slot as u16));
+        Some((tag, io, self.srbs[slot].as_mut()?))
+    }
+
     /// The LUN incarnation `slot`'s SRB was sent to.
     pub fn incarnation(&self, slot: u16) -> u32 {
         self.entries[usize::from(slot)].incarnation
@@ -255,11 +288,6 @@ impl<R> TagTable<R> {
             blocks: entry.blocks,
             bytes: entry.bytes,
         }
-    }
-
-    /// The SRB in `slot`, to read its data while the lock is held.
-    pub fn srb_mut(&mut self, slot: u16) -> Option<&mut R> {
-        self.srbs.get_mut(usize::from(slot))?.as_mut()
     }
 
     /// What `tag` names for `session`.
@@ -288,9 +316,17 @@ impl<R> TagTable<R> {
 
     /// Frees `slot` for its COMMIT and hands its SRB back.
     pub fn commit(&mut self, slot: u16) -> Option<R> {
+        let slot = usize::from(slot);
+        let srb = self.srbs.get_mut(slot)?.take()?;
+        let entry = &mut self.entries[slot];
+        // Only a slot at the server is committed ([`Lookup::Owed`]): on no FIFO.
+        debug_assert_eq!(entry.state, TagState::AtServer);
         // A requeued SRB committed by its second server: this generation was committed.
-        self.entries[usize::from(slot)].taken &= !1;
-        self.free_slot(usize::from(slot), false)
+        entry.taken &= !1;
+        entry.state = TagState::Free;
+        self.outstanding[usize::from(entry.lun)] -= 1;
+        self.push_free(slot);
+        Some(srb)
     }
 
     /// Frees the first slot `matches` selects, retiring its generation, and hands its SRB
@@ -462,7 +498,7 @@ impl<R> TagTable<R> {
 
     /// The queued slots of `lun`, head first; for tests.
     #[cfg(test)]
-    fn queued(&self, lun: u8) -> std::vec::Vec<u16> {
+    fn fifo(&self, lun: u8) -> std::vec::Vec<u16> {
         let mut out = std::vec::Vec::new();
         let mut at = self.fifos[usize::from(lun)].head;
         while let Some(slot) = at.checked_sub(1) {
@@ -508,12 +544,12 @@ mod tests {
         for n in 0..4 {
             t.admit(n, io((n % 2) as u8), 1).unwrap();
         }
-        assert_eq!(t.queued(0), [0, 2]);
-        assert_eq!(t.queued(1), [1, 3]);
+        assert_eq!(t.fifo(0), [0, 2]);
+        assert_eq!(t.fifo(1), [1, 3]);
         assert_eq!(t.queued_luns(), 0b11);
         assert_eq!((t.outstanding(0), t.outstanding(1)), (2, 2));
         t.hand_out(0, 5);
-        assert_eq!(t.queued(0), [2]);
+        assert_eq!(t.fifo(0), [2]);
         let tag = t.tag(0);
         assert_eq!(t.lookup(tag, 6), Lookup::Foreign);
         assert_eq!(t.lookup(tag, 5), Lookup::Owed { slot: 0, io: io(0) });
@@ -528,7 +564,7 @@ mod tests {
         // The slot's next use has another tag; the old one stays unknown.
         t.admit(9, io(0), 1).unwrap();
         assert_ne!(t.tag(0), tag);
-        assert_eq!(t.queued(0), [2, 0]);
+        assert_eq!(t.fifo(0), [2, 0]);
     }
 
     #[test]
@@ -546,7 +582,7 @@ mod tests {
         t.hand_out(3, 7);
         t.hand_out(0, 8);
         assert_eq!(t.requeue(0, 7), 2);
-        assert_eq!(t.queued(0), [1, 3, 2]);
+        assert_eq!(t.fifo(0), [1, 3, 2]);
         assert_eq!(t.lookup(t.tag(1), 7), Lookup::Stale, "requeued");
         let tag = t.tag(0);
         let (srb, held) = t
@@ -569,7 +605,7 @@ mod tests {
             left.push(srb);
         }
         assert_eq!(left, [1, 2, 3]);
-        assert!(t.queued(0).is_empty());
+        assert!(t.fifo(0).is_empty());
         assert_eq!(t.queued_luns(), 0);
         assert_eq!(t.outstanding(0), 0);
     }

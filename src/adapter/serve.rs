@@ -18,8 +18,7 @@
 use arrayvec::ArrayVec;
 use revcall_protocol::{
     AttachReply, Commit, CommitResult, DataOp, Descriptor, DescriptorFlags, EventKind, FetchFlags,
-    FetchReplyWriter, MAX_DESCRIPTORS, MAX_RESULTS, Opcode, ScsiStatus, encode_attach_reply,
-    fetch_reply_size,
+    FetchReplyWriter, MAX_RESULTS, Opcode, ScsiStatus, encode_attach_reply, fetch_reply_size,
 };
 use revcall_scsi::{Sense, SenseKey};
 use storport_abi::{srb_function, srb_status};
@@ -63,10 +62,15 @@ impl Server {
 }
 
 /// What a COMMIT's result names, once checked.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 enum Owed {
-    /// The SRB in this slot: completed with the result.
-    Srb(u16),
+    /// The SRB in this slot: completed with the result, and its READ data (where it lies in
+    /// the COMMIT).
+    Srb {
+        slot: u16,
+        ending: Ending,
+        data: Placed,
+    },
     /// A fenced slot: dropped as stale, and the fence lifts.
     Fence(u16),
     /// Dropped.
@@ -89,8 +93,16 @@ const SRB_BATCH: usize = 16;
 
 type SrbBatch<R> = ArrayVec<(R, Ending), SRB_BATCH>;
 
-/// A COMMIT's SRBs, taken from the table, with their result's position in the COMMIT.
-type Committed<R> = ArrayVec<(R, usize), { MAX_RESULTS as usize }>;
+/// Where a result's READ data lies in its COMMIT (kept small: a COMMIT's 64 results are
+/// checked into an array on the stack, then their SRBs taken into another).
+#[derive(Clone, Copy)]
+struct Placed {
+    start: u32,
+    len: u32,
+}
+
+/// A COMMIT's SRBs, taken from the table, with how each ends and its READ data.
+type Committed<R> = ArrayVec<(R, Ending, Placed), { MAX_RESULTS as usize }>;
 
 impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     /// Fills a FETCH reply for `session` from `lun`'s queue: as many queued SRBs as
@@ -106,28 +118,37 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         let Some(out) = irp.output() else {
             return (self.count(Status::BUFFER_TOO_SMALL), 0);
         };
-        let mut chosen = ArrayVec::<u16, { MAX_DESCRIPTORS as usize }>::new();
-        let mut payload = 0usize;
-        while chosen.len() < usize::from(server.max_descriptors) && flags & FetchFlags::FINAL == 0 {
-            let Some(slot) = self.ready(server.lun) else {
-                break;
-            };
-            let len = payload_len(&self.tags.io(slot));
-            if fetch_reply_size(chosen.len() + 1, payload + len) > out.len() {
-                break;
+        // How many of the LUN's queued SRBs fit, oldest first: the reply's size must be known
+        // before its first payload is placed (payloads follow every descriptor).
+        let (mut count, mut payload) = (0usize, 0usize);
+        if let (0, Some(current)) = (
+            flags & FetchFlags::FINAL,
+            self.ready_incarnation(server.lun),
+        ) {
+            for (incarnation, io) in self.tags.queued(server.lun) {
+                let len = payload_len(&io);
+                // SRBs sent to a removed LUN of this number wait at the head for settle.
+                if count == usize::from(server.max_descriptors)
+                    || incarnation != current
+                    || fetch_reply_size(count + 1, payload + len) > out.len()
+                {
+                    break;
+                }
+                count += 1;
+                payload += len;
             }
-            self.tags.hand_out(slot, server.session.index);
-            chosen.push(slot);
-            payload += len;
         }
         let opcode = Opcode::try_from(server.opcode).unwrap_or(Opcode::Fetch);
-        let Some(mut writer) = FetchReplyWriter::new(out, opcode, chosen.len(), payload) else {
+        let Some(mut writer) = FetchReplyWriter::new(out, opcode, count, payload) else {
             return (self.count(Status::BUFFER_TOO_SMALL), 0);
         };
-        for slot in chosen {
-            let io = self.tags.io(slot);
+        for _ in 0..count {
+            let Some((tag, io, srb)) = self.tags.hand_out_first(server.lun, server.session.index)
+            else {
+                break;
+            };
             let descriptor = Descriptor {
-                tag: self.tags.tag(slot),
+                tag,
                 lba: io.lba,
                 blocks: io.blocks,
                 lun: io.lun,
@@ -135,10 +156,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
                 flags: if io.fua { DescriptorFlags::FUA } else { 0 },
                 ..Descriptor::default()
             };
-            let (Some(room), Some(srb)) = (
-                writer.push(descriptor, payload_len(&io)),
-                self.tags.srb_mut(slot),
-            ) else {
+            let Some(room) = writer.push(descriptor, payload_len(&io)) else {
                 continue;
             };
             match io.op {
@@ -166,18 +184,21 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         }
     }
 
-    /// The first SRB queued for `lun` that a server may take. None while SRBs sent to a removed
-    /// LUN of that number wait at its head for [`Adapter::settle`] to end them: a LUN created
-    /// again under the number must never serve them.
-    /// None too while the LUN is fenced ([`TagTable::fenced`](crate::tag_table::TagTable::fenced)).
-    fn ready(&self, lun: u8) -> Option<u16> {
+    /// The incarnation of `lun` whose queued SRBs a server may take: none while the LUN is
+    /// fenced ([`TagTable::fenced`](crate::tag_table::TagTable::fenced)) or gone. SRBs sent to
+    /// a removed LUN of that number wait at its FIFO's head for [`Adapter::settle`] to end
+    /// them: a LUN created again under the number must never serve them.
+    fn ready_incarnation(&self, lun: u8) -> Option<u32> {
         if self.tags.fenced(lun) {
             return None;
         }
-        let slot = self.tags.first_queued(lun)?;
-        self.luns
-            .is_current(lun, self.tags.incarnation(slot))
-            .then_some(slot)
+        self.luns.incarnation(lun)
+    }
+
+    /// Whether `lun`'s first queued SRB may be taken by a server.
+    fn ready(&self, lun: u8) -> bool {
+        let first = self.tags.queued(lun).next();
+        first.is_some_and(|(incarnation, _)| self.ready_incarnation(lun) == Some(incarnation))
     }
 
     /// One batch of the work [`Adapter::settle`] does; whether there may be more (a batch
@@ -231,7 +252,9 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     /// Hands `lun`'s queued work to its oldest parked FETCH of a live session: the FETCH
     /// to complete, if there were both.
     fn feed(&mut self, lun: u8) -> Option<(I, Status, usize)> {
-        self.ready(lun)?;
+        if !self.ready(lun) {
+            return None;
+        }
         let sessions = &self.sessions;
         let (mut irp, server) = self
             .servers
@@ -283,8 +306,8 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     }
 }
 
-/// How a committed SRB ends; a GOOD READ's data is copied into it first.
-fn ending(result: &CommitResult, data: &[u8], srb: &mut impl PendingSrb) -> Ending {
+/// How a committed SRB ends (a GOOD READ's data is copied into it first).
+fn ending(result: &CommitResult) -> Ending {
     if result.scsi_status != ScsiStatus::GOOD {
         let key = SenseKey::try_from(result.sense_key).unwrap_or(SenseKey::HardwareError);
         return Ending::Check(Sense {
@@ -292,10 +315,6 @@ fn ending(result: &CommitResult, data: &[u8], srb: &mut impl PendingSrb) -> Endi
             asc: result.asc,
             ascq: result.ascq,
         });
-    }
-    if let (Some(buffer), false) = (srb.data(), data.is_empty()) {
-        // The COMMIT's check made `data` exactly the SRB's transfer length.
-        buffer[..data.len()].copy_from_slice(data);
     }
     Ending::Good {
         transferred: u32::MAX,
@@ -529,7 +548,7 @@ where
                 max_descriptors: max_descriptors as u8,
                 session: session.id,
             };
-            let ready = s.ready(session.lun).is_some();
+            let ready = s.ready(session.lun);
             if max_descriptors == 0 || stale != 0 || (ready && !ahead) {
                 if ahead {
                     server.max_descriptors = 0;
@@ -569,7 +588,7 @@ where
                 .and_then(Commit::of)
                 .ok_or_else(|| s.count(Status::INVALID_PARAMETER))?;
             let mut owed = ArrayVec::<Owed, { MAX_RESULTS as usize }>::new();
-            for (result, data) in commit.results() {
+            for (result, data) in commit.placed() {
                 let slot = match s.tags.lookup(result.tag, session.id.index) {
                     Lookup::Owed { slot, io } => {
                         let expected = match (io.op, result.scsi_status) {
@@ -579,7 +598,16 @@ where
                         if data.len() != expected {
                             return Err(s.count(Status::INVALID_BUFFER_SIZE));
                         }
-                        Owed::Srb(slot)
+                        // A COMMIT's record is far below 4 GiB (the request decoder).
+                        let data = Placed {
+                            start: data.start as u32,
+                            len: data.len() as u32,
+                        };
+                        Owed::Srb {
+                            slot,
+                            ending: ending(&result),
+                            data,
+                        }
                     }
                     Lookup::Fenced { slot } => Owed::Fence(slot),
                     Lookup::Stale => Owed::Stale,
@@ -593,9 +621,11 @@ where
             }
             // Checked whole: now take the SRBs.
             let mut taken = Committed::new();
-            for (at, owed) in owed.into_iter().enumerate() {
+            for owed in owed {
                 match owed {
-                    Owed::Srb(slot) => taken.extend(s.tags.commit(slot).map(|srb| (srb, at))),
+                    Owed::Srb { slot, ending, data } => {
+                        taken.extend(s.tags.commit(slot).map(|srb| (srb, ending, data)));
+                    }
                     Owed::Fence(slot) => {
                         stale += 1;
                         unfenced |= s.tags.unfence(slot);
@@ -611,17 +641,15 @@ where
         };
         // The SRBs are ours alone now; the READ data is copied before the reply overwrites
         // the buffer it sits in.
-        let mut taken = taken.into_iter().peekable();
-        let results = irp
-            .input()
-            .and_then(Commit::of)
-            .into_iter()
-            .flat_map(Commit::results);
-        for (at, (result, data)) in results.enumerate() {
-            let Some((mut srb, _)) = taken.next_if(|&(_, mine)| mine == at) else {
-                continue;
-            };
-            let ending = ending(&result, data, &mut srb);
+        let input = irp.input().unwrap_or_default();
+        for (mut srb, ending, data) in taken {
+            if data.len != 0 {
+                let range = data.start as usize..(data.start + data.len) as usize;
+                if let (Some(buffer), Some(data)) = (srb.data(), input.get(range)) {
+                    // The COMMIT's check made `data` exactly the SRB's transfer length.
+                    buffer[..data.len()].copy_from_slice(data);
+                }
+            }
             disk::end(&mut srb, ending);
             srb.complete();
         }
