@@ -40,6 +40,21 @@ pub struct Io {
     pub bytes: u32,
 }
 
+impl Io {
+    /// The bytes its descriptor carries: a WRITE's data, an UNMAP's ranges.
+    pub fn payload_len(&self) -> usize {
+        payload_len(self.op as u8, self.bytes)
+    }
+}
+
+fn payload_len(op: u8, bytes: u32) -> usize {
+    if op == DataOp::Write as u8 || op == DataOp::Unmap as u8 {
+        bytes as usize
+    } else {
+        0
+    }
+}
+
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum TagState {
@@ -235,14 +250,13 @@ impl<R> TagTable<R> {
     }
 
     /// `lun`'s queued slots, oldest first: which LUN of its number each SRB was sent to, and
-    /// what it asks for.
-    pub fn queued(&self, lun: u8) -> impl Iterator<Item = (u32, Io)> + '_ {
+    /// its descriptor's payload ([`Io::payload_len`]).
+    pub fn queued(&self, lun: u8) -> impl Iterator<Item = (u32, usize)> + '_ {
         let mut node = self.fifos.get(usize::from(lun)).map_or(0, |fifo| fifo.head);
         core::iter::from_fn(move || {
-            let slot = node.checked_sub(1)?;
-            let entry = &self.entries[usize::from(slot)];
+            let entry = self.entries.get(usize::from(node.checked_sub(1)?))?;
             node = entry.next;
-            Some((entry.incarnation, self.io(slot)))
+            Some((entry.incarnation, payload_len(entry.op, entry.bytes)))
         })
     }
 

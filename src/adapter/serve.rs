@@ -28,7 +28,7 @@ use crate::disk::{self, Ending, PendingSrb, Route};
 use crate::error::Status;
 use crate::service_queue::{PARK_CAP, Parked, ServiceQueue};
 use crate::session::SessionId;
-use crate::tag_table::{Held, Io, Lookup};
+use crate::tag_table::{Held, Lookup};
 
 /// Parked ATTACHes and FETCHes per adapter.
 pub const SERVER_PARK_CAP: usize = 256;
@@ -125,8 +125,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
             flags & FetchFlags::FINAL,
             self.ready_incarnation(server.lun),
         ) {
-            for (incarnation, io) in self.tags.queued(server.lun) {
-                let len = payload_len(&io);
+            for (incarnation, len) in self.tags.queued(server.lun) {
                 // SRBs sent to a removed LUN of this number wait at the head for settle.
                 if count == usize::from(server.max_descriptors)
                     || incarnation != current
@@ -156,7 +155,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
                 flags: if io.fua { DescriptorFlags::FUA } else { 0 },
                 ..Descriptor::default()
             };
-            let Some(room) = writer.push(descriptor, payload_len(&io)) else {
+            let Some(room) = writer.push(descriptor, io.payload_len()) else {
                 continue;
             };
             match io.op {
@@ -318,13 +317,6 @@ fn ending(result: &CommitResult) -> Ending {
     }
     Ending::Good {
         transferred: u32::MAX,
-    }
-}
-
-fn payload_len(io: &Io) -> usize {
-    match io.op {
-        DataOp::Write | DataOp::Unmap => io.bytes as usize,
-        DataOp::Read | DataOp::Flush => 0,
     }
 }
 
