@@ -3,6 +3,8 @@
 //! parked FETCHes cannot tell it (with every tag at the server none is parked), its ATTACH
 //! always can. docs/DATAPATH.md §3.
 
+use revcall_protocol::MAX_LUNS;
+
 /// Sessions per adapter: several servers for each of the eight LUNs.
 pub const MAX_SESSIONS: usize = 32;
 
@@ -35,9 +37,12 @@ pub struct Session {
 
 /// # Invariants
 ///
-/// A FILE_OBJECT is in at most one slot. All-zero bytes are the empty table.
+/// A FILE_OBJECT is in at most one slot. `fetches_of_lun[lun]` is the sum of the live sessions'
+/// `fetches` for `lun`. All-zero bytes are the empty table.
 pub struct Sessions {
     slots: [Slot; MAX_SESSIONS],
+    /// What HwStartIo asks before it looks for a parked FETCH to hand its SRB to.
+    fetches_of_lun: [u32; MAX_LUNS],
 }
 
 impl Sessions {
@@ -50,6 +55,7 @@ impl Sessions {
         };
         Self {
             slots: [FREE; MAX_SESSIONS],
+            fetches_of_lun: [0; MAX_LUNS],
         }
     }
 
@@ -122,12 +128,23 @@ impl Sessions {
             .get_mut(usize::from(id.index))
             .filter(|slot| slot.file != 0 && slot.epoch == id.epoch)
         {
+            let before = slot.fetches;
             slot.fetches = if parked {
-                slot.fetches.saturating_add(1)
+                before.saturating_add(1)
             } else {
-                slot.fetches.saturating_sub(1)
+                before.saturating_sub(1)
             };
+            if let Some(of_lun) = self.fetches_of_lun.get_mut(usize::from(slot.lun)) {
+                *of_lun = *of_lun - u32::from(before) + u32::from(slot.fetches);
+            }
         }
+    }
+
+    /// Whether a live session of `lun` has a FETCH parked.
+    pub fn fetch_parked(&self, lun: u8) -> bool {
+        self.fetches_of_lun
+            .get(usize::from(lun))
+            .is_some_and(|&n| n != 0)
     }
 
     /// Whether a FETCH of `id` is parked, which a newer one must not overtake.
@@ -141,7 +158,11 @@ impl Sessions {
         if session.id != id {
             return None;
         }
-        self.slots[usize::from(id.index)].file = 0;
+        let slot = &mut self.slots[usize::from(id.index)];
+        slot.file = 0;
+        if let Some(of_lun) = self.fetches_of_lun.get_mut(usize::from(slot.lun)) {
+            *of_lun -= u32::from(slot.fetches);
+        }
         Some(session)
     }
 
@@ -192,8 +213,23 @@ mod tests {
             !sessions.has_fetch_parked(first),
             "an ended session counts nothing"
         );
+        assert!(sessions.fetch_parked(3) && !sessions.fetch_parked(2));
         sessions.count_fetch(second, false);
         assert!(!sessions.has_fetch_parked(second));
+        assert!(!sessions.fetch_parked(3));
+        // A session that ends with FETCHes parked takes them out of its LUN's count.
+        sessions.count_fetch(second, true);
+        sessions.count_fetch(second, true);
+        let third = sessions.next().expect("room");
+        sessions.open(third, 0x3000, 3);
+        sessions.count_fetch(third, true);
+        sessions.close(second);
+        assert!(sessions.fetch_parked(3), "the third's");
+        sessions.count_fetch(third, false);
+        assert!(!sessions.fetch_parked(3));
+        sessions.close(third);
+        let second = sessions.next().expect("room");
+        sessions.open(second, 0x2000, 3);
         assert_eq!(sessions.of_lun(Some(3)).count(), 1);
         assert_eq!(sessions.of_lun(Some(4)).count(), 0);
     }

@@ -251,7 +251,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     /// Hands `lun`'s queued work to its oldest parked FETCH of a live session: the FETCH
     /// to complete, if there were both.
     fn feed(&mut self, lun: u8) -> Option<(I, Status, usize)> {
-        if !self.ready(lun) {
+        if !self.sessions.fetch_parked(lun) || !self.ready(lun) {
             return None;
         }
         let sessions = &self.sessions;
