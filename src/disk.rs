@@ -17,8 +17,8 @@ pub trait ScsiRequest {
     fn function(&self) -> u8;
     /// (PathId, TargetId, Lun).
     fn address(&self) -> (u8, u8, u8);
-    /// The CDB, `CdbLength` bytes.
-    fn cdb(&self) -> &[u8];
+    /// The CDB block and `CdbLength` (the CDB is that many bytes at its start).
+    fn cdb(&self) -> (&revcall_scsi::CdbBlock, usize);
     /// The data buffer as a system address, `DataTransferLength` bytes; `None` if it has none.
     fn data(&mut self) -> Option<&mut [u8]>;
     /// The sense buffer, unless the SRB disables autosense.
@@ -95,12 +95,13 @@ pub fn start_io(srb: &mut impl ScsiRequest, units: &impl Units) -> Route {
     // which may not exist); anything else to a LUN that does not exist, however malformed,
     // finds no device there (DISK.md §1.3).
     let unit = units.unit(lun);
-    let report_luns = srb.cdb().first() == Some(&revcall_scsi::op::REPORT_LUNS);
+    let (cdb, cdb_len) = srb.cdb();
+    let report_luns = cdb_len != 0 && cdb[0] == revcall_scsi::op::REPORT_LUNS;
     if unit.is_none() && !report_luns {
         srb.finish(srb_status::NO_DEVICE, GOOD, 0);
         return Route::Done;
     }
-    let command = match revcall_scsi::decode(srb.cdb()) {
+    let command = match revcall_scsi::decode_block(cdb, cdb_len) {
         Ok(command) => command,
         Err(sense) => return check_condition(srb, sense),
     };
@@ -461,10 +462,10 @@ mod tests {
         assert_eq!(report.data[9], 2);
         // An unknown command to an absent LUN finds no device, not an unknown opcode.
         let mut absent = srb(5, Command::TestUnitReady);
-        absent.cdb = std::vec![0xC1; 16];
+        absent.cdb = ([0xC1; 16], 16);
         assert_eq!(run(&mut absent, None), (srb_status::NO_DEVICE, GOOD, 0));
         let mut bad = srb(2, Command::TestUnitReady);
-        bad.cdb = std::vec![0xC1; 16];
+        bad.cdb = ([0xC1; 16], 16);
         run(&mut bad, Some(spec(0)));
         assert_eq!(
             revcall_scsi::Sense::parse(&bad.sense),

@@ -60,10 +60,9 @@ impl ScsiRequest for Srb {
         (srb.PathId, srb.TargetId, srb.Lun)
     }
 
-    fn cdb(&self) -> &[u8] {
+    fn cdb(&self) -> (&revcall_scsi::CdbBlock, usize) {
         let srb = self.get();
-        let len = usize::from(srb.CdbLength).min(srb.Cdb.len());
-        &srb.Cdb[..len]
+        (&srb.Cdb, usize::from(srb.CdbLength))
     }
 
     fn data(&mut self) -> Option<&mut [u8]> {

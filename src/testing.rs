@@ -311,7 +311,8 @@ impl SrbCell {
 pub struct FakeSrb {
     pub function: u8,
     pub address: (u8, u8, u8),
-    pub cdb: Vec<u8>,
+    /// The CDB block and its length, as [`revcall_scsi::encode`] gives them.
+    pub cdb: (revcall_scsi::CdbBlock, usize),
     pub data: Vec<u8>,
     pub sense: Vec<u8>,
     /// `SenseInfoBufferLength` as the miniport left it.
@@ -324,11 +325,10 @@ pub struct FakeSrb {
 impl FakeSrb {
     /// `command` to `lun` of target 0 with a `data_len`-byte buffer and 18 bytes of sense.
     pub fn scsi(lun: u8, command: &revcall_scsi::Command, data_len: usize) -> Self {
-        let (cdb, len) = revcall_scsi::encode(command);
         Self {
             function: storport_abi::srb_function::EXECUTE_SCSI,
             address: (0, 0, lun),
-            cdb: cdb[..len].to_vec(),
+            cdb: revcall_scsi::encode(command),
             data: std::vec![0; data_len],
             sense: std::vec![0; 18],
             sense_len: 18,
@@ -346,8 +346,8 @@ impl ScsiRequest for FakeSrb {
     fn address(&self) -> (u8, u8, u8) {
         self.address
     }
-    fn cdb(&self) -> &[u8] {
-        &self.cdb
+    fn cdb(&self) -> (&revcall_scsi::CdbBlock, usize) {
+        (&self.cdb.0, self.cdb.1)
     }
     fn data(&mut self) -> Option<&mut [u8]> {
         (!self.data.is_empty()).then_some(&mut self.data[..])

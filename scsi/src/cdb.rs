@@ -70,21 +70,25 @@ pub enum Command {
     },
 }
 
-fn be16(b: &[u8], at: usize) -> u16 {
+/// An SRB's CDB bytes (`SCSI_REQUEST_BLOCK.Cdb`): [`decode_block`] reads the fields of every
+/// command from fixed offsets in it, with no bounds to check.
+pub type CdbBlock = [u8; 16];
+
+fn be16(b: &CdbBlock, at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-fn be32(b: &[u8], at: usize) -> u32 {
+fn be32(b: &CdbBlock, at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-fn be64(b: &[u8], at: usize) -> u64 {
+fn be64(b: &CdbBlock, at: usize) -> u64 {
     (u64::from(be32(b, at)) << 32) | u64::from(be32(b, at + 4))
 }
 
 /// The (LBA, block count) of a 10-byte CDB (group 1 or 2) or a 16-byte one (group 4): the
 /// layouts `put_range` writes.
-fn range(cdb: &[u8]) -> (u64, u32) {
+fn range(cdb: &CdbBlock) -> (u64, u32) {
     if group_len(cdb[0]) == 10 {
         (be32(cdb, 2).into(), be16(cdb, 7).into())
     } else {
@@ -112,8 +116,23 @@ fn group_len(opcode: u8) -> usize {
 /// with a page code, changeable MODE SENSE values, a READ CAPACITY(16) service action other
 /// than 0x10).
 pub fn decode(cdb: &[u8]) -> Result<Command, Sense> {
-    let opcode = *cdb.first().ok_or(Sense::INVALID_OPCODE)?;
-    if cdb.len() < group_len(opcode) {
+    let mut block = CdbBlock::default();
+    let len = cdb.len().min(block.len());
+    block[..len].copy_from_slice(&cdb[..len]);
+    decode_block(&block, cdb.len())
+}
+
+/// [`decode`] for a CDB of `len` bytes at the start of `cdb`, as an SRB carries it.
+///
+/// # Errors
+///
+/// As for [`decode`].
+pub fn decode_block(cdb: &CdbBlock, len: usize) -> Result<Command, Sense> {
+    if len == 0 {
+        return Err(Sense::INVALID_OPCODE);
+    }
+    let opcode = cdb[0];
+    if len < group_len(opcode) {
         return Err(Sense::INVALID_FIELD_IN_CDB);
     }
     let fua = |byte: u8| byte & 0x08 != 0;

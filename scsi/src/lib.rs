@@ -25,7 +25,7 @@ mod unmap;
 pub use answer::{
     Identity, MAX_UNMAP_DESCRIPTORS, PRODUCT, REVISION, VENDOR, answer, check_range, naa,
 };
-pub use cdb::{Command, PageControl, Transfer, decode, encode};
+pub use cdb::{CdbBlock, Command, PageControl, Transfer, decode, decode_block, encode};
 pub use parse::{
     Capacity, Inquiry, ModeInfo, parse_inquiry, parse_mode_sense, parse_read_capacity10,
     parse_read_capacity16, parse_report_luns, parse_vpd_pages,

@@ -209,6 +209,14 @@ fn disk_phases(
         let mut flights = Vec::with_capacity(depth);
         let mut next = first;
         while next < first + count || !flights.is_empty() {
+            // Each I/O one at a time, and each burst's first, meets a parked FETCH (the
+            // ATTACH and it are parked): otherwise whether the server's COMMIT_AND_FETCH parks
+            // before the next SRB comes is up to the scheduler, and the figure moves with it.
+            if flights.is_empty() && next < first + count && !parked(kernel, 2) {
+                eprintln!("cost-phases: the server's FETCH never parked");
+                failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
             while next < first + count && flights.len() < depth {
                 let transfer = revcall_scsi::Transfer {
                     lba: (next as u64 % 4096) * u64::from(DISK_IO_BLOCKS),
@@ -270,6 +278,19 @@ fn disk_phases(
         0 => Ok(()),
         n => Err(BenchError::Unexpected(format!("{n} disk I/Os failed"))),
     }
+}
+
+/// Waits until `count` IRPs are parked with the driver; false if that takes longer than
+/// [`PROMPT`].
+fn parked(kernel: &storsim::kernel::Kernel, count: usize) -> bool {
+    let start = std::time::Instant::now();
+    while kernel.io().parked() < count {
+        if start.elapsed() > PROMPT {
+            return false;
+        }
+        std::thread::yield_now();
+    }
+    true
 }
 
 fn park(waiter: &Channel, count: usize) -> Vec<Arc<Request>> {

@@ -265,6 +265,15 @@ impl Io {
         count_outstanding(&self.irps())
     }
 
+    /// IRPs parked with the driver: sent, not completed, and no longer inside the dispatch
+    /// routine that received them.
+    pub fn parked(&self) -> usize {
+        self.irps()
+            .values()
+            .filter(|r| r.state == IrpState::WithDriver && !r.dispatching)
+            .count()
+    }
+
     /// [`Io::outstanding`] without blocking (a bug check may have stopped the thread that
     /// holds the registry): `None` if the registry stays busy.
     pub fn try_outstanding(&self) -> Option<usize> {
