@@ -222,7 +222,9 @@ pub fn unmap_payload(srb: &mut impl ScsiRequest, out: &mut [u8]) {
     }
 }
 
-/// Sets the status an SRB ends with.
+/// Sets the status an SRB ends with. Inline: every committed SRB passes here, and what it
+/// does for a GOOD one is three stores.
+#[inline]
 pub fn end(srb: &mut impl ScsiRequest, ending: Ending) {
     match ending {
         Ending::Good { transferred } => srb.finish(srb_status::SUCCESS, GOOD, transferred),
@@ -270,6 +272,7 @@ fn answer(
 
 /// CHECK CONDITION with autosense when the SRB has room for it (WinSpd's recipe, DISK.md
 /// §5.9); without a sense buffer, SRB_STATUS_ERROR alone.
+#[cold]
 fn check_condition(srb: &mut impl ScsiRequest, sense: Sense) -> Route {
     let status = match srb.sense() {
         Some(buffer) if buffer.len() >= revcall_scsi::FIXED_SENSE_LEN => {

@@ -81,6 +81,11 @@ pub struct CommitResult {
 impl CommitResult {
     /// The first field out of its documented range, if any.
     pub fn invalid_field(&self) -> Option<&'static str> {
+        // The common case first, in one comparison: GOOD (0) with no sense.
+        const _: () = assert!(ScsiStatus::GOOD == 0);
+        if u32::from_le_bytes([self.scsi_status, self.sense_key, self.asc, self.ascq]) == 0 {
+            return None;
+        }
         match self.scsi_status {
             ScsiStatus::GOOD if (self.sense_key, self.asc, self.ascq) != (0, 0, 0) => {
                 Some("sense_key")
