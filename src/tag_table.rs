@@ -13,7 +13,7 @@
 //! so a late COMMIT for it is "stale" while a second COMMIT of a committed tag is "unknown",
 //! however many times the slot was reset meanwhile.
 
-use revcall_protocol::{DataOp, MAX_LUNS};
+use revcall_protocol::{DataOp, Descriptor, DescriptorFlags, MAX_LUNS};
 
 /// Tags per adapter: above Storport's default of 1,000 outstanding SRBs per adapter
 /// (DISK.md §3.4), so the table is never what throttles a LUN.
@@ -115,8 +115,9 @@ struct Fifo {
 /// What a COMMIT's tag names, for the session that sent it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Lookup {
-    /// The SRB at the server, fetched by this session: its slot and what it asked for.
-    Owed { slot: u16, io: Io },
+    /// The SRB at the server, fetched by this session: its slot, and the bytes a GOOD result
+    /// must carry (a READ's transfer; 0 for anything else).
+    Owed { slot: u16, read_len: u32 },
     /// Taken from the server (reset, removal, abort, requeued after its session ended), or
     /// more than [`HISTORY`] uses of the slot ago: the result is dropped.
     Stale,
@@ -234,11 +235,6 @@ impl<R> TagTable<R> {
         self.fences.get(usize::from(lun)).is_some_and(|&n| n != 0)
     }
 
-    /// The slot at the head of `lun`'s FIFO, without taking it.
-    pub fn first_queued(&self, lun: u8) -> Option<u16> {
-        self.fifos.get(usize::from(lun))?.head.checked_sub(1)
-    }
-
     /// Hands the queued `slot` to `session`: it leaves its FIFO.
     pub fn hand_out(&mut self, slot: u16, session: u8) {
         let slot = usize::from(slot);
@@ -260,10 +256,11 @@ impl<R> TagTable<R> {
         })
     }
 
-    /// Hands the slot at the head of `lun`'s FIFO to `session`: its tag, what it asks for and
-    /// its SRB (to copy a WRITE's data while the lock is held). The FETCH path's pop: the head
-    /// has no predecessor to relink.
-    pub fn hand_out_first(&mut self, lun: u8, session: u8) -> Option<(u64, Io, &mut R)> {
+    /// Hands the slot at the head of `lun`'s FIFO to `session`: the descriptor the server
+    /// gets for it (its payload's length set, its offset not) and its SRB (to copy a WRITE's
+    /// data while the lock is held). The FETCH path's pop: the head has no predecessor to
+    /// relink.
+    pub fn hand_out_first(&mut self, lun: u8, session: u8) -> Option<(Descriptor, &mut R)> {
         let fifo = self.fifos.get_mut(usize::from(lun))?;
         let slot = usize::from(fifo.head.checked_sub(1)?);
         let next = self.entries[slot].next;
@@ -275,33 +272,26 @@ impl<R> TagTable<R> {
                 self.queued_luns &= !(1 << lun);
             }
         }
+        let tag = self.tag(slot as u16);
         let entry = &mut self.entries[slot];
         (entry.state, entry.session, entry.next) = (TagState::AtServer, session, 0);
-        let (tag, io) = (self.tag(slot as u16), self.io(slot as u16));
-        Some((tag, io, self.srbs[slot].as_mut()?))
-    }
-
-    /// The LUN incarnation `slot`'s SRB was sent to.
-    pub fn incarnation(&self, slot: u16) -> u32 {
-        self.entries[usize::from(slot)].incarnation
+        let descriptor = Descriptor {
+            tag,
+            lba: entry.lba,
+            blocks: entry.blocks,
+            payload_offset: 0,
+            payload_len: payload_len(entry.op, entry.bytes) as u32,
+            lun: entry.lun,
+            op: entry.op,
+            flags: if entry.fua { DescriptorFlags::FUA } else { 0 },
+            reserved: 0,
+        };
+        Some((descriptor, self.srbs[slot].as_mut()?))
     }
 
     /// The tag a server sees for `slot`.
     pub fn tag(&self, slot: u16) -> u64 {
         self.entries[usize::from(slot)].generation << 16 | u64::from(slot)
-    }
-
-    /// What `slot` asks for.
-    pub fn io(&self, slot: u16) -> Io {
-        let entry = &self.entries[usize::from(slot)];
-        Io {
-            lun: entry.lun,
-            op: DataOp::try_from(entry.op).unwrap_or(DataOp::Flush),
-            fua: entry.fua,
-            lba: entry.lba,
-            blocks: entry.blocks,
-            bytes: entry.bytes,
-        }
     }
 
     /// What `tag` names for `session`.
@@ -318,7 +308,11 @@ impl<R> TagTable<R> {
             TagState::AtServer if age == 0 && entry.session != session => Lookup::Foreign,
             TagState::AtServer if age == 0 => Lookup::Owed {
                 slot: slot as u16,
-                io: self.io(slot as u16),
+                read_len: if entry.op == DataOp::Read as u8 {
+                    entry.bytes
+                } else {
+                    0
+                },
             },
             TagState::Fenced if age == 0 && entry.session == session => {
                 Lookup::Fenced { slot: slot as u16 }
@@ -566,7 +560,13 @@ mod tests {
         assert_eq!(t.fifo(0), [2]);
         let tag = t.tag(0);
         assert_eq!(t.lookup(tag, 6), Lookup::Foreign);
-        assert_eq!(t.lookup(tag, 5), Lookup::Owed { slot: 0, io: io(0) });
+        assert_eq!(
+            t.lookup(tag, 5),
+            Lookup::Owed {
+                slot: 0,
+                read_len: io(0).bytes
+            }
+        );
         assert_eq!(t.commit(0), Some(0));
         assert_eq!(t.lookup(tag, 5), Lookup::Unknown, "already committed");
         assert_eq!(
@@ -632,7 +632,7 @@ mod tests {
         }
         assert_eq!(t.admit(7777, io(3), 1), Err(7777));
         assert_eq!(t.admit(1, io(MAX_LUNS as u8), 1), Err(1));
-        assert_eq!(t.first_queued(3), Some(0));
+        assert_eq!(t.fifo(3).first(), Some(&0));
     }
 
     #[test]
@@ -672,7 +672,7 @@ mod tests {
             t.commit(0);
         }
         assert_eq!(t.lookup(committed, 5), Lookup::Stale);
-        assert_eq!(t.incarnation(0), 1);
+        assert_eq!(t.entries[0].incarnation, 1);
     }
 
     #[test]

@@ -17,8 +17,8 @@
 
 use arrayvec::ArrayVec;
 use revcall_protocol::{
-    AttachReply, Commit, CommitResult, DataOp, Descriptor, DescriptorFlags, EventKind, FetchFlags,
-    FetchReplyWriter, MAX_RESULTS, Opcode, ScsiStatus, encode_attach_reply, fetch_reply_size,
+    AttachReply, Commit, CommitResult, DataOp, EventKind, FetchFlags, FetchReplyWriter,
+    MAX_RESULTS, Opcode, ScsiStatus, encode_attach_reply, fetch_reply_size,
 };
 use revcall_scsi::{Sense, SenseKey};
 use storport_abi::{srb_function, srb_status};
@@ -142,30 +142,20 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
             return (self.count(Status::BUFFER_TOO_SMALL), 0);
         };
         for _ in 0..count {
-            let Some((tag, io, srb)) = self.tags.hand_out_first(server.lun, server.session.index)
+            let Some((descriptor, srb)) =
+                self.tags.hand_out_first(server.lun, server.session.index)
             else {
                 break;
             };
-            let descriptor = Descriptor {
-                tag,
-                lba: io.lba,
-                blocks: io.blocks,
-                lun: io.lun,
-                op: io.op as u8,
-                flags: if io.fua { DescriptorFlags::FUA } else { 0 },
-                ..Descriptor::default()
-            };
-            let Some(room) = writer.push(descriptor, io.payload_len()) else {
+            let Some(room) = writer.push(descriptor, descriptor.payload_len as usize) else {
                 continue;
             };
-            match io.op {
-                DataOp::Write => {
-                    if let Some(data) = srb.data() {
-                        room.copy_from_slice(&data[..room.len()]);
-                    }
+            if descriptor.op == DataOp::Write as u8 {
+                if let Some(data) = srb.data() {
+                    room.copy_from_slice(&data[..room.len()]);
                 }
-                DataOp::Unmap => disk::unmap_payload(srb, room),
-                DataOp::Read | DataOp::Flush => {}
+            } else if descriptor.op == DataOp::Unmap as u8 {
+                disk::unmap_payload(srb, room);
             }
         }
         let size = writer.finish(flags, stale);
@@ -582,9 +572,9 @@ where
             let mut owed = ArrayVec::<Owed, { MAX_RESULTS as usize }>::new();
             for (result, data) in commit.placed() {
                 let slot = match s.tags.lookup(result.tag, session.id.index) {
-                    Lookup::Owed { slot, io } => {
-                        let expected = match (io.op, result.scsi_status) {
-                            (DataOp::Read, ScsiStatus::GOOD) => io.bytes as usize,
+                    Lookup::Owed { slot, read_len } => {
+                        let expected = match result.scsi_status {
+                            ScsiStatus::GOOD => read_len as usize,
                             _ => 0,
                         };
                         if data.len() != expected {
