@@ -203,27 +203,25 @@ pub const fn fetch_reply_size(count: usize, payload: usize) -> usize {
 /// Writes a FETCH (or COMMIT_AND_FETCH) reply whose descriptor count is known up front:
 /// descriptors first, each payload after all of them, in order.
 pub struct FetchReplyWriter<'a> {
-    out: &'a mut [u8],
+    /// The header, the body and room for `count` descriptors.
+    head: &'a mut [u8],
+    /// Room for the payloads promised to `new`.
+    payloads: &'a mut [u8],
     opcode: Opcode,
-    count: usize,
     written: usize,
-    payload_end: usize,
-    limit: usize,
+    payload_used: usize,
 }
 
 impl<'a> FetchReplyWriter<'a> {
     /// `None` if `out` cannot hold `count` descriptors and `payload` bytes.
     pub fn new(out: &'a mut [u8], opcode: Opcode, count: usize, payload: usize) -> Option<Self> {
-        if out.len() < fetch_reply_size(count, payload) {
-            return None;
-        }
+        let (head, rest) = out.split_at_mut_checked(fetch_reply_size(count, 0))?;
         Some(Self {
-            out,
+            head,
+            payloads: rest.get_mut(..payload)?,
             opcode,
-            count,
             written: 0,
-            payload_end: fetch_reply_size(count, 0),
-            limit: fetch_reply_size(count, payload),
+            payload_used: 0,
         })
     }
 
@@ -231,31 +229,32 @@ impl<'a> FetchReplyWriter<'a> {
     /// returns the payload's bytes to fill. `None` once `count` descriptors are written or the
     /// payload would pass what `new` was promised.
     pub fn push(&mut self, mut descriptor: Descriptor, payload_len: usize) -> Option<&mut [u8]> {
-        if self.written == self.count {
-            return None;
-        }
-        let start = self.payload_end;
-        let end = start
-            .checked_add(payload_len)
-            .filter(|&end| end <= self.limit)?;
+        let at = FETCH_PREFIX + self.written * size_of::<Descriptor>();
+        let payloads_at = self.head.len();
+        // Past the last descriptor's room there is none: `head` ends there.
+        let slot = self.head.get_mut(at..at + size_of::<Descriptor>())?;
+        let start = self.payload_used;
+        let room = self
+            .payloads
+            .get_mut(start..start.checked_add(payload_len)?)?;
         (descriptor.payload_offset, descriptor.payload_len) = if payload_len == 0 {
             (0, 0)
         } else {
-            (start as u32, payload_len as u32)
+            // Below the reply's size, which a u32 holds (`finish`).
+            ((payloads_at + start) as u32, payload_len as u32)
         };
-        let at = FETCH_PREFIX + self.written * size_of::<Descriptor>();
-        self.out[at..at + size_of::<Descriptor>()].copy_from_slice(descriptor.as_bytes());
+        slot.copy_from_slice(descriptor.as_bytes());
         self.written += 1;
-        self.payload_end = end;
-        Some(&mut self.out[start..end])
+        self.payload_used = start + payload_len;
+        Some(room)
     }
 
     /// Writes the header and body; returns the reply's size. Room promised for descriptors
     /// that were not pushed is zeroed and stays between the descriptors and the payloads.
     pub fn finish(self, flags: u32, stale: u32) -> usize {
         let pushed = FETCH_PREFIX + self.written * size_of::<Descriptor>();
-        self.out[pushed..fetch_reply_size(self.count, 0)].fill(0);
-        let size = self.payload_end;
+        self.head[pushed..].fill(0);
+        let size = self.head.len() + self.payload_used;
         let header = Header {
             size: size as u32,
             version: VERSION,
@@ -267,8 +266,8 @@ impl<'a> FetchReplyWriter<'a> {
             stale,
             reserved: 0,
         };
-        self.out[..size_of::<Header>()].copy_from_slice(header.as_bytes());
-        self.out[size_of::<Header>()..FETCH_PREFIX].copy_from_slice(body.as_bytes());
+        self.head[..size_of::<Header>()].copy_from_slice(header.as_bytes());
+        self.head[size_of::<Header>()..FETCH_PREFIX].copy_from_slice(body.as_bytes());
         size
     }
 }
