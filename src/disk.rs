@@ -44,8 +44,9 @@ pub trait PendingSrb: ScsiRequest + Send + Sized {
 /// SRB routed to a server is queued in the same lock hold as the LUN it was checked against
 /// (no copy of the LUN's identity on the data path, no window for the LUN to change).
 pub trait Units {
-    /// LUN `lun`'s identity, if it exists.
-    fn unit(&self, lun: u8) -> Option<&LunSpec>;
+    /// LUN `lun`'s identity and which LUN of its number it is
+    /// ([`LunTable::incarnation`](crate::lun_table::LunTable::incarnation)), if it exists.
+    fn unit(&self, lun: u8) -> Option<(&LunSpec, u32)>;
     /// Every LUN, in ascending order (REPORT LUNS).
     fn luns(&self) -> ArrayVec<u8, MAX_LUNS>;
 }
@@ -58,8 +59,9 @@ pub enum Route {
     /// A successful INQUIRY of an existing LUN, answered: complete it, then tell Storport
     /// the LUN's queue depth (the DDI allows it from the first INQUIRY on).
     Inquired { depth: u32 },
-    /// A data command for the LUN's server, checked against the LUN.
-    Server(Io),
+    /// A data command for the LUN's server, checked against the LUN: the `incarnation` of
+    /// its number the SRB is queued for.
+    Server { io: Io, incarnation: u32 },
 }
 
 /// How an SRB the adapter held ends.
@@ -112,11 +114,11 @@ pub fn start_io(srb: &mut impl ScsiRequest, units: &impl Units) -> Route {
             ArrayVec::new()
         }
     };
-    let Some(spec) = unit else {
+    let Some((spec, incarnation)) = unit else {
         return answer(srb, &command, None, &luns());
     };
     match route(srb, lun, &command, spec) {
-        Ok(Step::Server(io)) => Route::Server(io),
+        Ok(Step::Server(io)) => Route::Server { io, incarnation },
         Ok(Step::Nothing) => {
             srb.finish(srb_status::SUCCESS, GOOD, 0);
             Route::Done
@@ -315,8 +317,8 @@ mod tests {
     struct OneLun(Option<LunSpec>);
 
     impl Units for OneLun {
-        fn unit(&self, _lun: u8) -> Option<&LunSpec> {
-            self.0.as_ref()
+        fn unit(&self, _lun: u8) -> Option<(&LunSpec, u32)> {
+            self.0.as_ref().map(|spec| (spec, 1))
         }
 
         fn luns(&self) -> ArrayVec<u8, MAX_LUNS> {
@@ -367,14 +369,17 @@ mod tests {
         let mut read = FakeSrb::scsi(2, &Command::Read(transfer(0, 8)), 4096);
         assert_eq!(
             route(&mut read, Some(spec(0))),
-            Route::Server(Io {
-                lun: 2,
-                op: DataOp::Read,
-                fua: true,
-                lba: 0,
-                blocks: 8,
-                bytes: 4096
-            })
+            Route::Server {
+                io: Io {
+                    lun: 2,
+                    op: DataOp::Read,
+                    fua: true,
+                    lba: 0,
+                    blocks: 8,
+                    bytes: 4096
+                },
+                incarnation: 1
+            }
         );
         assert!(read.finished.is_none(), "the server finishes it");
         let check = |command: Command, len, flags| {
@@ -415,10 +420,13 @@ mod tests {
         let routed = route(&mut s, Some(spec(LunFlags::WRITE_CACHE)));
         assert!(matches!(
             routed,
-            Route::Server(Io {
-                op: DataOp::Flush,
+            Route::Server {
+                io: Io {
+                    op: DataOp::Flush,
+                    ..
+                },
                 ..
-            })
+            }
         ));
     }
 
@@ -434,7 +442,7 @@ mod tests {
             0,
         );
         s.data = list[..n].to_vec();
-        let Route::Server(io) = route(&mut s, Some(spec(LunFlags::UNMAP))) else {
+        let Route::Server { io, .. } = route(&mut s, Some(spec(LunFlags::UNMAP))) else {
             panic!("UNMAP goes to the server");
         };
         assert_eq!((io.op, io.blocks, io.bytes), (DataOp::Unmap, 2, 32));

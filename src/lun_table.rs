@@ -34,8 +34,9 @@ pub struct LunTable {
 }
 
 impl crate::disk::Units for LunTable {
-    fn unit(&self, lun: u8) -> Option<&LunSpec> {
-        self.get(lun)
+    fn unit(&self, lun: u8) -> Option<(&LunSpec, u32)> {
+        let slot = self.slots.get(usize::from(lun)).filter(|slot| slot.present)?;
+        Some((&slot.spec, slot.incarnation))
     }
 
     fn luns(&self) -> ArrayVec<u8, MAX_LUNS> {

@@ -341,8 +341,8 @@ where
             Self::complete_srbs(aborted.map(|(srb, status)| (srb, Ending::Status(status))));
         }
         let started = self.state.with(|s| {
-            let io = match disk::start_io(&mut srb, &s.luns) {
-                Route::Server(io) => io,
+            let (io, incarnation) = match disk::start_io(&mut srb, &s.luns) {
+                Route::Server { io, incarnation } => (io, incarnation),
                 route => return Started::Answered(srb, route),
             };
             let refuse = |mut srb, ending| {
@@ -357,8 +357,6 @@ where
             if s.luns.fails_without_server(io.lun) && !s.sessions.serves(io.lun) {
                 return refuse(srb, Ending::Check(Sense::NOT_READY_MANUAL_INTERVENTION));
             }
-            // start_io found the LUN present in this lock hold.
-            let incarnation = s.luns.incarnation(io.lun).unwrap_or(0);
             // Every tag taken: Storport retries a BUSY SRB later.
             if let Err(srb) = s.tags.admit(srb, io, incarnation) {
                 return refuse(srb, Ending::Status(srb_status::BUSY));
