@@ -255,6 +255,10 @@ fn identity(spec: &LunSpec) -> Identity<'_> {
     }
 }
 
+/// Out of line: identification is rare, and its scratch reply must not enlarge the data
+/// path's frame.
+#[cold]
+#[inline(never)]
 fn answer(
     srb: &mut impl ScsiRequest,
     command: &Command,

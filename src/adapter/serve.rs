@@ -319,26 +319,8 @@ where
     /// HwStartIo: answers the SRB, or queues it for the LUN's servers.
     pub fn start_io(&self, mut srb: R, bus: &impl super::Bus) {
         let function = srb.function();
-        if matches!(
-            function,
-            srb_function::RESET_LOGICAL_UNIT | srb_function::RESET_DEVICE
-        ) {
-            // A LUN reset (one target: RESET_DEVICE resets all of its LUNs): what the
-            // servers hold is aborted; a late COMMIT for it is stale.
-            let (_, _, lun) = srb.address();
-            let scope = (function == srb_function::RESET_LOGICAL_UNIT).then_some(lun);
-            self.reset(scope, srb_status::ABORTED);
-            self.deliver();
-        }
-        if function == srb_function::ABORT_COMMAND {
-            // The SRB it names ends ABORTED if it is still ours; the abort itself succeeds
-            // either way (one completed meanwhile needs no abort).
-            let target = srb.next_srb();
-            let aborted = self.state.with(|s| {
-                let (srb, held) = s.tags.retire_srb(|held| held.id() == target)?;
-                Some((srb, s.retired_status(held, srb_status::ABORTED)))
-            });
-            Self::complete_srbs(aborted.map(|(srb, status)| (srb, Ending::Status(status))));
+        if function != srb_function::EXECUTE_SCSI {
+            self.manage(&srb, function);
         }
         let started = self.state.with(|s| {
             let (io, incarnation) = match disk::start_io(&mut srb, &s.luns) {
@@ -380,6 +362,34 @@ where
                 bus.set_queue_depth(lun, depth);
             }
             Started::Answered(srb, _) => srb.complete(),
+        }
+    }
+
+    /// What a task-management SRB does before it is answered: a LUN or target reset, an
+    /// abort. Out of line: the data path's HwStartIo does not carry its frame.
+    #[cold]
+    #[inline(never)]
+    fn manage(&self, srb: &R, function: u8) {
+        if matches!(
+            function,
+            srb_function::RESET_LOGICAL_UNIT | srb_function::RESET_DEVICE
+        ) {
+            // A LUN reset (one target: RESET_DEVICE resets all of its LUNs): what the
+            // servers hold is aborted; a late COMMIT for it is stale.
+            let (_, _, lun) = srb.address();
+            let scope = (function == srb_function::RESET_LOGICAL_UNIT).then_some(lun);
+            self.reset(scope, srb_status::ABORTED);
+            self.deliver();
+        }
+        if function == srb_function::ABORT_COMMAND {
+            // The SRB it names ends ABORTED if it is still ours; the abort itself succeeds
+            // either way (one completed meanwhile needs no abort).
+            let target = srb.next_srb();
+            let aborted = self.state.with(|s| {
+                let (srb, held) = s.tags.retire_srb(|held| held.id() == target)?;
+                Some((srb, s.retired_status(held, srb_status::ABORTED)))
+            });
+            Self::complete_srbs(aborted.map(|(srb, status)| (srb, Ending::Status(status))));
         }
     }
 
