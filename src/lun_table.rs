@@ -35,7 +35,10 @@ pub struct LunTable {
 
 impl crate::disk::Units for LunTable {
     fn unit(&self, lun: u8) -> Option<(&LunSpec, u32)> {
-        let slot = self.slots.get(usize::from(lun)).filter(|slot| slot.present)?;
+        let slot = self
+            .slots
+            .get(usize::from(lun))
+            .filter(|slot| slot.present)?;
         Some((&slot.spec, slot.incarnation))
     }
 

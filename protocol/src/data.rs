@@ -301,17 +301,14 @@ impl<'a> Commit<'a> {
     /// a reader that lets go of the record meanwhile keeps.
     pub fn placed(self) -> impl Iterator<Item = (CommitResult, Range<usize>)> + 'a {
         let (mut at, end) = (self.data_start, self.record.len());
-        crate::Records::<CommitResult>::exactly(
-            self.results,
-            (self.results.len() / size_of::<CommitResult>()) as u32,
-        )
-        .into_iter()
-        .flatten()
-        .map(move |result| {
-            let len = (result.data_len as usize).min(end - at);
-            at += len;
-            (result, at - len..at)
-        })
+        self.results
+            .chunks_exact(size_of::<CommitResult>())
+            .filter_map(|chunk| CommitResult::read_from_bytes(chunk).ok())
+            .map(move |result| {
+                let len = (result.data_len as usize).min(end - at);
+                at += len;
+                (result, at - len..at)
+            })
     }
 
     /// Each result with its data (empty unless it is a READ's).
