@@ -339,20 +339,26 @@ pub(crate) fn check_commit(body: &[u8]) -> Result<CommitRequest, Option<&'static
     // A tag given twice is found by sorting (a repeat sits next to itself), but only when two
     // tags share their low 10 bits: the SRBs of one COMMIT sit in different slots (the tag's
     // low bits, DATAPATH.md §1), so a valid COMMIT almost never pays for the sort.
-    let mut tags = [0u64; MAX_RESULTS as usize];
     let (mut seen, mut shared) = ([0u64; 16], false);
-    for (i, chunk) in results.chunks_exact(size_of::<CommitResult>()).enumerate() {
-        let result = CommitResult::read_from_bytes(chunk).map_err(|_| None)?;
+    let records = || {
+        results
+            .chunks_exact(size_of::<CommitResult>())
+            .filter_map(|chunk| CommitResult::read_from_bytes(chunk).ok())
+    };
+    for result in records() {
         if let Some(field) = result.invalid_field() {
             return Err(Some(field));
         }
-        tags[i] = result.tag;
         let (word, bit) = ((result.tag >> 6 & 0xF) as usize, result.tag & 0x3F);
         shared |= seen[word] >> bit & 1 != 0;
         seen[word] |= 1 << bit;
         total = total.checked_add(result.data_len as usize).ok_or(None)?;
     }
     if shared {
+        let mut tags = [0u64; MAX_RESULTS as usize];
+        for (tag, result) in tags.iter_mut().zip(records()) {
+            *tag = result.tag;
+        }
         let tags = &mut tags[..commit.count as usize];
         tags.sort_unstable();
         if tags.windows(2).any(|pair| pair[0] == pair[1]) {
