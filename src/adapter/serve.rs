@@ -17,7 +17,7 @@
 
 use arrayvec::ArrayVec;
 use revcall_protocol::{
-    AttachReply, Commit, CommitResult, DataOp, EventKind, FetchFlags, FetchReplyWriter,
+    AttachReply, Commit, CommitResult, DataOp, Descriptor, EventKind, FetchFlags, FetchReplyWriter,
     MAX_RESULTS, Opcode, ScsiStatus, encode_attach_reply, fetch_reply_size,
 };
 use revcall_scsi::{Sense, SenseKey};
@@ -125,11 +125,14 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
             flags & FetchFlags::FINAL,
             self.ready_incarnation(server.lun),
         ) {
+            // What the reply needs beyond its empty size, against what the buffer has.
+            let (mut used, room) = (0usize, out.len().saturating_sub(fetch_reply_size(0, 0)));
             for (incarnation, len) in self.tags.queued(server.lun) {
+                used += size_of::<Descriptor>() + len;
                 // SRBs sent to a removed LUN of this number wait at the head for settle.
                 if count == usize::from(server.max_descriptors)
                     || incarnation != current
-                    || fetch_reply_size(count + 1, payload + len) > out.len()
+                    || used > room
                 {
                     break;
                 }
