@@ -197,6 +197,16 @@ impl<R> TagTable<R> {
         let Some(slot) = self.allocate() else {
             return Err(srb);
         };
+        // At the tail of its LUN's FIFO.
+        let lun = usize::from(io.lun);
+        let (node, fifo) = (slot as u16 + 1, &mut self.fifos[lun]);
+        let tail = core::mem::replace(&mut fifo.tail, node);
+        if tail == 0 {
+            fifo.head = node;
+        } else {
+            self.entries[usize::from(tail - 1)].next = node;
+        }
+        self.queued_luns |= 1 << lun;
         let entry = &mut self.entries[slot];
         *entry = Entry {
             state: TagState::Queued,
@@ -212,12 +222,11 @@ impl<R> TagTable<R> {
             // generation 0).
             generation: ((entry.generation + 1) & 0xFFFF_FFFF_FFFF).max(1),
             taken: entry.taken << 1,
-            prev: 0,
+            prev: tail,
             next: 0,
         };
         self.srbs[slot] = Some(srb);
-        self.outstanding[usize::from(io.lun)] += 1;
-        self.link_tail(slot);
+        self.outstanding[lun] += 1;
         Ok(())
     }
 
@@ -450,22 +459,6 @@ impl<R> TagTable<R> {
             return Some(usize::from(self.high_water) - 1);
         }
         None
-    }
-
-    fn link_tail(&mut self, slot: usize) {
-        let node = slot as u16 + 1;
-        let lun = self.entries[slot].lun;
-        self.queued_luns |= 1 << lun;
-        let fifo = &mut self.fifos[usize::from(lun)];
-        let tail = fifo.tail;
-        fifo.tail = node;
-        if tail == 0 {
-            fifo.head = node;
-        }
-        (self.entries[slot].prev, self.entries[slot].next) = (tail, 0);
-        if let Some(tail) = tail.checked_sub(1) {
-            self.entries[usize::from(tail)].next = node;
-        }
     }
 
     fn link_head(&mut self, slot: usize) {
