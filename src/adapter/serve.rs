@@ -617,7 +617,10 @@ where
             for owed in owed {
                 match owed {
                     Owed::Srb { slot, ending, data } => {
-                        taken.extend(s.tags.commit(slot).map(|srb| (srb, ending, data)));
+                        if let Some(srb) = s.tags.commit(slot) {
+                            // No more than `owed` held, which has the same capacity.
+                            taken.push((srb, ending, data));
+                        }
                     }
                     Owed::Fence(slot) => {
                         stale += 1;
