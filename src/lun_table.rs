@@ -23,6 +23,9 @@ struct Slot {
     served: bool,
     /// Grace ticks left since its last server died (0: none running).
     grace: u8,
+    /// Its last server died and the grace period ended with no other attached: its I/O
+    /// fails until one does (docs/DATAPATH.md §3).
+    orphaned: bool,
     /// Bumped by each LUN_CREATE in this slot (never 0 for a present LUN): SRBs sent to a
     /// removed LUN are never served by the next one created under its number.
     incarnation: u32,
@@ -53,6 +56,7 @@ impl LunTable {
             present: false,
             served: false,
             grace: 0,
+            orphaned: false,
             incarnation: 0,
             spec: LunSpec {
                 block_count: 0,
@@ -97,6 +101,7 @@ impl LunTable {
             present: true,
             served: false,
             grace: 0,
+            orphaned: false,
             incarnation: slot.incarnation.wrapping_add(1).max(1),
             spec,
         };
@@ -144,6 +149,7 @@ impl LunTable {
         if let Some(slot) = self.slots.get_mut(usize::from(lun)) {
             slot.served = slot.present;
             slot.grace = 0;
+            slot.orphaned = false;
         }
     }
 
@@ -154,6 +160,7 @@ impl LunTable {
             && slot.served
         {
             slot.grace = GRACE_TICKS;
+            slot.orphaned = false;
         }
     }
 
@@ -180,6 +187,7 @@ impl LunTable {
             if slot.present && slot.grace != 0 {
                 slot.grace = next(slot.grace);
                 if slot.grace == 0 {
+                    slot.orphaned = true;
                     ended.push(lun as u8);
                 }
             }
@@ -187,13 +195,14 @@ impl LunTable {
         ended
     }
 
-    /// Whether `lun`'s I/O fails while it has no server: it had one, and the grace period
-    /// after the last one died is over. A LUN not served yet waits for the server its creator
-    /// is about to start; one in its grace period for a restarted server (docs/DATAPATH.md §3).
-    pub fn fails_without_server(&self, lun: u8) -> bool {
+    /// Whether `lun`'s I/O fails: it had a server, the last one died, and the grace period
+    /// after it ended with none attached again. A LUN not served yet waits for the server its
+    /// creator is about to start; one in its grace period for a restarted server
+    /// (docs/DATAPATH.md §3). One flag: HwStartIo asks for every SRB.
+    pub fn orphaned(&self, lun: u8) -> bool {
         self.slots
             .get(usize::from(lun))
-            .is_some_and(|slot| slot.present && slot.served && slot.grace == 0)
+            .is_some_and(|slot| slot.present && slot.orphaned)
     }
 
     /// The LUNs in ascending order (REPORT LUNS, LUN_LIST).
@@ -260,10 +269,7 @@ mod tests {
             "another LUN under the same number"
         );
         assert!(table.is_current(3, table.incarnation(3).unwrap()));
-        assert!(
-            !table.fails_without_server(3),
-            "a new LUN waits for its first server"
-        );
+        assert!(!table.orphaned(3), "a new LUN waits for its first server");
         assert_eq!(table.get(3).map(|s| s.block_count), Some(1021));
         assert_eq!(table.entries().len(), MAX_LUNS);
     }
@@ -275,19 +281,22 @@ mod tests {
         table.start_grace(lun);
         assert!(!table.in_grace(), "never served: no grace to run");
         table.mark_served(lun);
-        assert!(table.fails_without_server(lun));
+        assert!(!table.orphaned(lun), "served");
         table.start_grace(lun);
-        assert!(table.in_grace() && !table.fails_without_server(lun));
+        assert!(table.in_grace() && !table.orphaned(lun));
         for _ in 1..GRACE_TICKS {
             assert!(table.tick().is_empty());
         }
         assert_eq!(table.tick().as_slice(), [lun]);
-        assert!(!table.in_grace() && table.fails_without_server(lun));
-        table.start_grace(lun);
+        assert!(!table.in_grace() && table.orphaned(lun));
         table.mark_served(lun);
-        assert!(!table.in_grace(), "a server came back");
+        assert!(
+            !table.in_grace() && !table.orphaned(lun),
+            "a server came back"
+        );
         table.start_grace(lun);
         assert_eq!(table.expire().as_slice(), [lun]);
+        assert!(table.orphaned(lun));
     }
 
     #[test]

@@ -199,12 +199,12 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         if self.unsettled {
             while !srbs.is_full() {
                 let closed = self.is_closed();
-                let (luns, sessions) = (&self.luns, &self.sessions);
+                let luns = &self.luns;
                 let gone = |held: Held| closed || !luns.is_current(held.lun, held.incarnation);
-                let Some((srb, held)) = self.tags.retire_first(|held| {
-                    gone(held)
-                        || (luns.fails_without_server(held.lun) && !sessions.serves(held.lun))
-                }) else {
+                let Some((srb, held)) = self
+                    .tags
+                    .retire_first(|held| gone(held) || luns.orphaned(held.lun))
+                else {
                     break;
                 };
                 let ending = if gone(held) {
@@ -339,7 +339,7 @@ where
             }
             // Its last server is gone and its grace period over. A LUN not served yet, or in
             // its grace period, queues for the next server.
-            if s.luns.fails_without_server(io.lun) && !s.sessions.serves(io.lun) {
+            if s.luns.orphaned(io.lun) {
                 return refuse(srb, Ending::Check(Sense::NOT_READY_MANUAL_INTERVENTION));
             }
             // Every tag taken: Storport retries a BUSY SRB later.
