@@ -309,20 +309,23 @@ impl<R> TagTable<R> {
         let Some(entry) = self.entries.get(slot) else {
             return Lookup::Unknown;
         };
+        // The common case first: the SRB this session holds (a live generation is never 0).
+        if entry.generation == generation
+            && entry.state == TagState::AtServer
+            && entry.session == session
+        {
+            let read = entry.op == DataOp::Read as u8;
+            return Lookup::Owed {
+                slot: slot as u16,
+                read_len: if read { entry.bytes } else { 0 },
+            };
+        }
         if generation == 0 || generation > entry.generation {
             return Lookup::Unknown;
         }
         let age = entry.generation - generation;
         match entry.state {
-            TagState::AtServer if age == 0 && entry.session != session => Lookup::Foreign,
-            TagState::AtServer if age == 0 => Lookup::Owed {
-                slot: slot as u16,
-                read_len: if entry.op == DataOp::Read as u8 {
-                    entry.bytes
-                } else {
-                    0
-                },
-            },
+            TagState::AtServer if age == 0 => Lookup::Foreign,
             TagState::Fenced if age == 0 && entry.session == session => {
                 Lookup::Fenced { slot: slot as u16 }
             }
