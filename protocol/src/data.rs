@@ -200,11 +200,16 @@ pub const fn fetch_reply_size(count: usize, payload: usize) -> usize {
     FETCH_PREFIX + count * size_of::<Descriptor>() + payload
 }
 
+/// A descriptor's bytes in a FETCH reply.
+type DescriptorRoom = [u8; size_of::<Descriptor>()];
+
 /// Writes a FETCH (or COMMIT_AND_FETCH) reply whose descriptor count is known up front:
 /// descriptors first, each payload after all of them, in order.
 pub struct FetchReplyWriter<'a> {
-    /// The header, the body and room for `count` descriptors.
-    head: &'a mut [u8],
+    /// The header and the body.
+    prefix: &'a mut [u8],
+    /// Room for `count` descriptors.
+    descriptors: &'a mut [DescriptorRoom],
     /// Room for the payloads promised to `new`.
     payloads: &'a mut [u8],
     opcode: Opcode,
@@ -216,8 +221,10 @@ impl<'a> FetchReplyWriter<'a> {
     /// `None` if `out` cannot hold `count` descriptors and `payload` bytes.
     pub fn new(out: &'a mut [u8], opcode: Opcode, count: usize, payload: usize) -> Option<Self> {
         let (head, rest) = out.split_at_mut_checked(fetch_reply_size(count, 0))?;
+        let (prefix, descriptors) = head.split_at_mut(FETCH_PREFIX);
         Some(Self {
-            head,
+            prefix,
+            descriptors: descriptors.as_chunks_mut().0,
             payloads: rest.get_mut(..payload)?,
             opcode,
             written: 0,
@@ -229,12 +236,10 @@ impl<'a> FetchReplyWriter<'a> {
     /// returns the payload's bytes to fill. `None` once `count` descriptors are written or the
     /// payload would pass what `new` was promised.
     pub fn push(&mut self, mut descriptor: Descriptor, payload_len: usize) -> Option<&mut [u8]> {
-        let at = FETCH_PREFIX + self.written * size_of::<Descriptor>();
-        let payloads_at = self.head.len();
-        // Past the last descriptor's room there is none: `head` ends there.
-        let slot = self.head.get_mut(at..at + size_of::<Descriptor>())?;
+        let payloads_at = fetch_reply_size(self.descriptors.len(), 0);
+        let room = self.descriptors.get_mut(self.written)?;
         let start = self.payload_used;
-        let room = self
+        let payload = self
             .payloads
             .get_mut(start..start.checked_add(payload_len)?)?;
         (descriptor.payload_offset, descriptor.payload_len) = if payload_len == 0 {
@@ -243,18 +248,18 @@ impl<'a> FetchReplyWriter<'a> {
             // Below the reply's size, which a u32 holds (`finish`).
             ((payloads_at + start) as u32, payload_len as u32)
         };
-        slot.copy_from_slice(descriptor.as_bytes());
+        *room = zerocopy::transmute!(descriptor);
         self.written += 1;
         self.payload_used = start + payload_len;
-        Some(room)
+        Some(payload)
     }
 
     /// Writes the header and body; returns the reply's size. Room promised for descriptors
     /// that were not pushed is zeroed and stays between the descriptors and the payloads.
     pub fn finish(self, flags: u32, stale: u32) -> usize {
-        let pushed = FETCH_PREFIX + self.written * size_of::<Descriptor>();
-        self.head[pushed..].fill(0);
-        let size = self.head.len() + self.payload_used;
+        let count = self.descriptors.len();
+        self.descriptors[self.written..].fill([0; size_of::<Descriptor>()]);
+        let size = fetch_reply_size(count, self.payload_used);
         let header = Header {
             size: size as u32,
             version: VERSION,
@@ -266,8 +271,8 @@ impl<'a> FetchReplyWriter<'a> {
             stale,
             reserved: 0,
         };
-        self.head[..size_of::<Header>()].copy_from_slice(header.as_bytes());
-        self.head[size_of::<Header>()..FETCH_PREFIX].copy_from_slice(body.as_bytes());
+        self.prefix[..size_of::<Header>()].copy_from_slice(header.as_bytes());
+        self.prefix[size_of::<Header>()..].copy_from_slice(body.as_bytes());
         size
     }
 }
