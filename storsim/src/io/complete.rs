@@ -31,6 +31,13 @@ pub enum Via {
 
 /// Consecutive never-written output bytes that make a disclosure (chance: 2^-32 per place).
 const UNWRITTEN_RUN: usize = 4;
+/// The same in an output longer than [`BULK_OUTPUT`]: a whole period of the marker (chance:
+/// 2^-64 per place). Bulk output carries arbitrary data — a FETCH reply's WRITE payload —
+/// where four bytes matching the marker by chance come once in 4 GiB: the disk torture's
+/// hundreds of megabytes met one (a 127-block WRITE's bytes 35,426..35,429, all written).
+const UNWRITTEN_RUN_BULK: usize = 8;
+/// Outputs up to this long (replies, records, small payloads) keep the 4-byte run.
+const BULK_OUTPUT: usize = 4096;
 
 impl Io {
     /// IofCompleteRequest as the driver (or Storport) calls it. Returns whether the IRP held
@@ -187,14 +194,20 @@ impl Io {
     ///
     /// Every output byte past the input started as the I/O manager's marker (byte `i` holds
     /// byte `i % 8` of the pattern). A run of [`UNWRITTEN_RUN`] or more marker bytes inside
-    /// Information was never written — struct padding included. Shorter runs are not reported:
-    /// a written byte matches the marker by chance one time in 256.
+    /// Information was never written — struct padding included ([`UNWRITTEN_RUN_BULK`] in
+    /// an output past [`BULK_OUTPUT`] bytes). Shorter runs are not reported: a written byte
+    /// matches the marker by chance one time in 256.
     fn check_disclosure(&self, record: &IrpRecord, information: usize) {
         let start = record.in_len as usize;
         let end = information.min(record.out_len as usize);
         if end <= start {
             return;
         }
+        let unwritten_run = if end > BULK_OUTPUT {
+            UNWRITTEN_RUN_BULK
+        } else {
+            UNWRITTEN_RUN
+        };
         let pattern = self.pattern.to_le_bytes();
         let bytes = self
             .machine
@@ -205,8 +218,8 @@ impl Io {
         for (offset, &byte) in bytes.iter().enumerate() {
             let at = start + offset;
             run = if byte == pattern[at % 8] { run + 1 } else { 0 };
-            if run == UNWRITTEN_RUN {
-                let first = at + 1 - UNWRITTEN_RUN;
+            if run == unwritten_run {
+                let first = at + 1 - unwritten_run;
                 let last = (first..end)
                     .take_while(|&i| bytes[i - start] == pattern[i % 8])
                     .last()

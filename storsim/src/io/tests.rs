@@ -120,6 +120,35 @@ fn output_never_written_is_a_disclosure() {
     assert!(violations(&io).contains(&(0xC4, 0x5700_0004)));
 }
 
+/// Completes an IRP whose output was written whole but for `gap` marker bytes left at 40
+/// (the driver "wrote" the marker elsewhere: what arbitrary data may hold by chance).
+fn disclosed(out_len: usize, gap: usize) -> bool {
+    let io = io();
+    let (_request, irp) = send(&io, &[1, 2], out_len as u32);
+    // SAFETY: the fake driver owns the IRP.
+    let buffer = unsafe { io.irp_in_flight(irp) }
+        .unwrap()
+        .get(header::SYSTEM_BUFFER) as usize;
+    let mut bytes = vec![0u8; out_len];
+    let marker = io.machine.pool().read_bytes(buffer + 40, gap).unwrap();
+    bytes[40..40 + gap].copy_from_slice(&marker);
+    io.machine.pool().write_bytes(buffer, &bytes).unwrap();
+    complete(&io, irp, STATUS_SUCCESS, out_len, Via::IofCompleteRequest);
+    violations(&io).contains(&(0xC4, 0x5700_0004))
+}
+
+#[test]
+fn four_unwritten_bytes_are_a_disclosure_in_a_reply_eight_in_bulk_output() {
+    assert!(!disclosed(64, 3));
+    assert!(disclosed(64, 4));
+    assert!(disclosed(4096, 4), "4 KiB is still a reply");
+    assert!(
+        !disclosed(4097, 7),
+        "bulk: chance matches of arbitrary data"
+    );
+    assert!(disclosed(4097, 8));
+}
+
 #[test]
 fn a_handle_without_write_access_is_refused_before_any_irp() {
     let io = io();

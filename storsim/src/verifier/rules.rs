@@ -176,7 +176,7 @@ pub const STORSIM_RULES: [Rule; 25] = [
     },
     Rule {
         p1: UNWRITTEN_OUTPUT,
-        what: "output bytes reported in Information that the driver never wrote (kernel memory disclosure; runs of 4+ bytes)",
+        what: "output bytes reported in Information that the driver never wrote (kernel memory disclosure; runs of 4+ bytes, 8+ in outputs past 4 KiB)",
     },
     Rule {
         p1: SRB_STATUS_PENDING,
