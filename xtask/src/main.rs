@@ -640,31 +640,30 @@ fn bench_runs(sys: &Path, floor: &Path, nulldisk: &Path) -> Result<()> {
             headline["cancel_growth"]
         );
     }
-    // The data path is above its target (600); until it is met, it must not get worse.
+    // The data path's target (600 with 32 in flight, one copy), and one at a time no worse.
     let disk_within =
         |key: &str, ceiling: f64| headline[key].as_f64().is_some_and(|v| v <= ceiling);
     if cost
-        && !(disk_within("instr_per_disk_io", DISK_IO_CEILING.0)
-            && disk_within("instr_per_disk_io_queued", DISK_IO_CEILING.1)
-            && headline["copies_per_disk_io"].as_f64() == Some(1.0))
+        && !(headline["disk_cost_targets_met"] == serde_json::Value::Bool(true)
+            && disk_within("instr_per_disk_io", DISK_IO_ONE_AT_A_TIME_CEILING))
     {
         bail!(
-            "the data path's cost regressed: {} instructions per 4 KiB I/O one at a time (ceiling \
-             {}), {} with 32 in flight (ceiling {}), {} payload copies (exactly 1)",
-            headline["instr_per_disk_io"],
-            DISK_IO_CEILING.0,
+            "the data path's cost exceeds its target or regressed: {} instructions per 4 KiB I/O \
+             with 32 in flight (target ≤ 600), {} payload copies (exactly 1), {} one at a time \
+             (ceiling {})",
             headline["instr_per_disk_io_queued"],
-            DISK_IO_CEILING.1,
-            headline["copies_per_disk_io"]
+            headline["copies_per_disk_io"],
+            headline["instr_per_disk_io"],
+            DISK_IO_ONE_AT_A_TIME_CEILING
         );
     }
     Ok(())
 }
 
-/// Instructions in revcall.sys per 4 KiB I/O the test command allows (one at a time, 32 in
-/// flight): today's figures (1,539–1,553 and 861–915 across builds) with room for code layout
-/// and valgrind's thread scheduling, not the 600 target docs/PERFORMANCE.md measures against.
-const DISK_IO_CEILING: (f64, f64) = (1_600.0, 1_000.0);
+/// Instructions in revcall.sys per 4 KiB I/O one at a time the test command allows (no target:
+/// each I/O carries a FETCH and a COMMIT of its own): today's 1,292–1,297 with room for code
+/// layout, so that it does not creep back up unnoticed.
+const DISK_IO_ONE_AT_A_TIME_CEILING: f64 = 1_400.0;
 
 /// The one JSON object `tool` printed on stdout.
 fn json_report(output: &std::process::Output, tool: &str) -> Result<serde_json::Value> {
