@@ -248,7 +248,7 @@ impl<'a> FetchReplyWriter<'a> {
             // Below the reply's size, which a u32 holds (`finish`).
             ((payloads_at + start) as u32, payload_len as u32)
         };
-        *room = zerocopy::transmute!(descriptor);
+        room.copy_from_slice(descriptor.as_bytes());
         self.written += 1;
         self.payload_used = start + payload_len;
         Some(payload)
