@@ -14,18 +14,62 @@ use revcall_protocol::Request;
 use crate::channel::{Adapter, PROMPT, RequestError, encode};
 use crate::transport::Transport;
 
-/// WRITE payloads one FETCH reply makes room for, in transfers of the largest size: the
-/// driver hands out descriptors while their payloads fit, and always one (it checked the
-/// buffer against the largest payload on arrival). Room for all 32 at 64 KiB would be a 2 MiB
-/// METHOD_BUFFERED SystemBuffer per FETCH, allocated by the I/O manager each time, for
-/// payloads that are mostly 4 KiB.
+/// The most WRITE payloads one FETCH reply makes room for, in transfers of the largest size.
+/// Room for all 32 at 64 KiB would be a 2 MiB METHOD_BUFFERED SystemBuffer per FETCH,
+/// allocated by the I/O manager each time, for payloads that are mostly 4 KiB.
 pub const FETCH_PAYLOAD_TRANSFERS: usize = 4;
 
-/// Room for a FETCH reply with up to `max_descriptors` descriptors and
-/// [`FETCH_PAYLOAD_TRANSFERS`] largest payloads (fewer if fewer descriptors).
-pub fn fetch_room(max_descriptors: u32) -> u32 {
-    let n = max_descriptors.max(1) as usize;
-    fetch_reply_size(n, n.min(FETCH_PAYLOAD_TRANSFERS) * MAX_TRANSFER as usize) as u32
+/// The output buffer a server's FETCHes ask for: descriptors, and payload room that follows
+/// what the replies carried. The driver hands out descriptors while their payloads fit (and
+/// always one: it checked the buffer against the largest payload on arrival), so room is
+/// batching for WRITEs and nothing else — but every byte of it is a SystemBuffer the I/O
+/// manager allocates for each FETCH. One largest payload to start; twice the room (up to
+/// [`FETCH_PAYLOAD_TRANSFERS`]) after a reply whose payloads took more than half of it, half
+/// after [`FETCH_ROOM_PATIENCE`] replies in a row that took less than a quarter (a READ's
+/// reply takes none): a burst of WRITEs finds the room the last one grew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FetchRoom {
+    transfers: usize,
+    /// Replies in a row whose payloads took less than a quarter of the room.
+    underused: u32,
+}
+
+/// Replies in a row that leave most of the payload room unused before it halves.
+pub const FETCH_ROOM_PATIENCE: u32 = 8;
+
+impl Default for FetchRoom {
+    fn default() -> Self {
+        Self {
+            transfers: 1,
+            underused: 0,
+        }
+    }
+}
+
+impl FetchRoom {
+    /// The most room: [`FETCH_PAYLOAD_TRANSFERS`] largest payloads.
+    pub const MOST: Self = Self {
+        transfers: FETCH_PAYLOAD_TRANSFERS,
+        underused: 0,
+    };
+
+    /// The output length of a FETCH of up to `max_descriptors`.
+    pub fn size(&self, max_descriptors: u32) -> u32 {
+        let n = max_descriptors.max(1) as usize;
+        fetch_reply_size(n, n.min(self.transfers) * MAX_TRANSFER as usize) as u32
+    }
+
+    /// Follows a reply of `work` to a FETCH of `max_descriptors` sized by [`size`](Self::size).
+    pub fn follow(&mut self, work: &Work, max_descriptors: u32) {
+        let room = (max_descriptors.max(1) as usize).min(self.transfers) * MAX_TRANSFER as usize;
+        let used: usize = work.items.iter().map(|(_, payload)| payload.len()).sum();
+        self.underused = if used * 4 < room { self.underused + 1 } else { 0 };
+        if used * 2 > room {
+            self.transfers = (self.transfers * 2).min(FETCH_PAYLOAD_TRANSFERS);
+        } else if self.underused == FETCH_ROOM_PATIENCE {
+            (self.transfers, self.underused) = ((self.transfers / 2).max(1), 0);
+        }
+    }
 }
 
 /// The work of one FETCH (or COMMIT_AND_FETCH) reply.
@@ -253,6 +297,7 @@ pub struct Session<'a, 't, T: Transport> {
     /// Outstanding, in the order the driver completes them (it fills the longest parked first).
     fetches: std::collections::VecDeque<T::Pending>,
     max_descriptors: u32,
+    room: FetchRoom,
 }
 
 impl<'a, 't, T: Transport> Session<'a, 't, T> {
@@ -281,11 +326,12 @@ impl<'a, 't, T: Transport> Session<'a, 't, T> {
             attach,
             fetches: std::collections::VecDeque::new(),
             max_descriptors,
+            room: FetchRoom::default(),
         };
         let fetch = encode(&Request::Fetch { max_descriptors });
         for _ in 0..depth.max(1) {
             let pending = transport
-                .submit(adapter.handle, &fetch, fetch_room(max_descriptors))
+                .submit(adapter.handle, &fetch, session.room.size(max_descriptors))
                 .map_err(RequestError::Status)?;
             session.fetches.push_back(pending);
         }
@@ -319,11 +365,12 @@ impl<'a, 't, T: Transport> Session<'a, 't, T> {
             Err(other) => return Err(other),
         };
         let answer = answer(&work, block_size, backend);
+        self.room.follow(&work, self.max_descriptors);
         let next = transport
             .submit(
                 self.adapter.handle,
                 &answer.encode(self.max_descriptors),
-                fetch_room(self.max_descriptors),
+                self.room.size(self.max_descriptors),
             )
             .map_err(RequestError::Status)?;
         self.fetches.push_back(next);
@@ -447,6 +494,44 @@ mod tests {
             blocks,
             ..Descriptor::default()
         }
+    }
+
+    #[test]
+    fn fetch_room_grows_with_write_payloads_and_shrinks_after_reads() {
+        let max = MAX_TRANSFER as usize;
+        let writes = |bytes: usize| Work {
+            items: vec![(descriptor(1, DataOp::Write, 0, 8), vec![0; bytes])],
+            ..Work::default()
+        };
+        let reads = Work {
+            items: vec![(descriptor(1, DataOp::Read, 0, 8), Vec::new())],
+            ..Work::default()
+        };
+        let mut room = FetchRoom::default();
+        assert_eq!(room.size(32), fetch_reply_size(32, max) as u32);
+        assert_eq!(room.size(0), fetch_reply_size(1, max) as u32, "one descriptor at least");
+        room.follow(&writes(max / 2 + 1), 32);
+        assert_eq!(room.size(32), fetch_reply_size(32, 2 * max) as u32);
+        for _ in 0..4 {
+            room.follow(&writes(2 * max), 32);
+        }
+        assert_eq!(room, FetchRoom::MOST, "no more than the most");
+        // A quarter or more keeps the room; less, FETCH_ROOM_PATIENCE times in a row, halves it.
+        for _ in 1..FETCH_ROOM_PATIENCE {
+            room.follow(&reads, 32);
+        }
+        room.follow(&writes(max), 32);
+        for _ in 1..FETCH_ROOM_PATIENCE {
+            room.follow(&reads, 32);
+        }
+        assert_eq!(room.size(32), FetchRoom::MOST.size(32));
+        room.follow(&reads, 32);
+        assert_eq!(room.size(32), fetch_reply_size(32, 2 * max) as u32);
+        for _ in 0..4 * FETCH_ROOM_PATIENCE {
+            room.follow(&reads, 32);
+        }
+        let least = FetchRoom::default().size(32);
+        assert_eq!(room.size(32), least, "one largest payload at least");
     }
 
     #[test]

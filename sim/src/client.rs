@@ -15,7 +15,7 @@ use storsim::io::{Access, Handle, Outcome, ProcessId, Request};
 use storsim::kernel::Kernel;
 
 pub use revcall_client::channel::{Delivery, PROMPT};
-use revcall_client::server::{self, Answer, Work};
+use revcall_client::server::{self, Answer, FetchRoom, Work};
 
 /// A client error as the scripts compare it: the completion status, or `u32::MAX` when there
 /// was no decodable reply (a timeout or a malformed answer).
@@ -105,21 +105,31 @@ impl Channel {
         self.send(&Wire::Attach { lun }, 16)
     }
 
-    /// Posts a FETCH for up to `max_descriptors`.
+    /// Posts a FETCH for up to `max_descriptors`, with the most payload room.
     pub fn fetch(&self, max_descriptors: u32) -> Arc<Request> {
-        self.send(
-            &Wire::Fetch { max_descriptors },
-            server::fetch_room(max_descriptors),
-        )
+        self.fetch_into(max_descriptors, FetchRoom::MOST)
     }
 
-    /// Posts a COMMIT_AND_FETCH with `answer`, fetching up to `max_descriptors` more.
+    /// Posts a FETCH for up to `max_descriptors`, with `room`'s output buffer.
+    pub fn fetch_into(&self, max_descriptors: u32, room: FetchRoom) -> Arc<Request> {
+        self.send(&Wire::Fetch { max_descriptors }, room.size(max_descriptors))
+    }
+
+    /// Posts a COMMIT_AND_FETCH with `answer`, fetching up to `max_descriptors` more, with
+    /// the most payload room.
     pub fn commit(&self, answer: &Answer, max_descriptors: u32) -> Arc<Request> {
-        self.send_raw(
-            &answer.encode(max_descriptors),
-            server::fetch_room(max_descriptors),
-        )
-        .expect("a read/write handle to the adapter accepts the service IOCTL")
+        self.commit_into(answer, max_descriptors, FetchRoom::MOST)
+    }
+
+    /// [`commit`](Self::commit) into `room`'s output buffer.
+    pub fn commit_into(
+        &self,
+        answer: &Answer,
+        max_descriptors: u32,
+        room: FetchRoom,
+    ) -> Arc<Request> {
+        self.send_raw(&answer.encode(max_descriptors), room.size(max_descriptors))
+            .expect("a read/write handle to the adapter accepts the service IOCTL")
     }
 
     /// A server's loop: serves the session `attach` made this handle a server of, answering
@@ -134,7 +144,8 @@ impl Channel {
         patience: std::time::Duration,
         mut answer: impl FnMut(&Work) -> Answer,
     ) -> Option<usize> {
-        let mut pending = self.fetch(max_descriptors);
+        let mut room = FetchRoom::default();
+        let mut pending = self.fetch_into(max_descriptors, room);
         let mut served = 0;
         loop {
             let work = match self.work(&pending.wait(patience)?) {
@@ -145,7 +156,8 @@ impl Channel {
             };
             let answer = answer(&work);
             served += answer.results.len();
-            pending = self.commit(&answer, max_descriptors);
+            room.follow(&work, max_descriptors);
+            pending = self.commit_into(&answer, max_descriptors, room);
         }
         attach.wait(patience)?;
         Some(served)

@@ -4,7 +4,7 @@
 
 use std::time::{Duration, Instant};
 
-use revcall_client::server::{Answer, MemoryDisk, Session, Step, fetch_room};
+use revcall_client::server::{Answer, FetchRoom, MemoryDisk, Session, Step};
 use revcall_protocol::status::*;
 use revcall_protocol::{
     CURSOR_NOW, CommitResult, EventKind, LunSpec, Opcode, Request, VERSION, WaitFlags,
@@ -454,7 +454,7 @@ fn disk_served_from_user_mode<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
     };
     let fetch = crate::client::encode(&Request::Fetch { max_descriptors: 1 });
     check!(
-        status(&server, &fetch, fetch_room(1))? == STATUS_INVALID_DEVICE_STATE,
+        status(&server, &fetch, FetchRoom::MOST.size(1))? == STATUS_INVALID_DEVICE_STATE,
         "a FETCH before any ATTACH was not refused INVALID_DEVICE_STATE"
     );
     let mut session = Session::attach(&server, lun, 8, 2).map_err(|e| e.to_string())?;
@@ -471,7 +471,7 @@ fn disk_served_from_user_mode<T: Transport>(ctx: &Ctx<'_, T>) -> Outcome {
         data: Vec::new(),
     };
     check!(
-        status(&server, &unknown.encode(0), fetch_room(0))? == STATUS_NOT_FOUND,
+        status(&server, &unknown.encode(0), FetchRoom::MOST.size(0))? == STATUS_NOT_FOUND,
         "a COMMIT of a tag never handed out was not refused NOT_FOUND"
     );
     let luns = a.list_luns().map_err(|e| e.to_string())?;
