@@ -40,13 +40,7 @@ pub struct Io {
     pub bytes: u32,
 }
 
-impl Io {
-    /// The bytes its descriptor carries: a WRITE's data, an UNMAP's ranges.
-    pub fn payload_len(&self) -> usize {
-        payload_len(self.op as u8, self.bytes)
-    }
-}
-
+/// The bytes a descriptor carries: a WRITE's data, an UNMAP's ranges.
 fn payload_len(op: u8, bytes: u32) -> usize {
     if op == DataOp::Write as u8 || op == DataOp::Unmap as u8 {
         bytes as usize
@@ -244,7 +238,9 @@ impl<R> TagTable<R> {
         self.fences.get(usize::from(lun)).is_some_and(|&n| n != 0)
     }
 
-    /// Hands the queued `slot` to `session`: it leaves its FIFO.
+    /// Hands the queued `slot` to `session`: it leaves its FIFO. The tests' way to hand out
+    /// slots in any order; a FETCH takes the head ([`hand_out_first`](Self::hand_out_first)).
+    #[cfg(test)]
     pub fn hand_out(&mut self, slot: u16, session: u8) {
         let slot = usize::from(slot);
         if self.entries[slot].state == TagState::Queued {
@@ -255,7 +251,7 @@ impl<R> TagTable<R> {
     }
 
     /// `lun`'s queued slots, oldest first: which LUN of its number each SRB was sent to, and
-    /// its descriptor's payload ([`Io::payload_len`]).
+    /// its descriptor's payload.
     pub fn queued(&self, lun: u8) -> impl Iterator<Item = (u32, usize)> + '_ {
         let mut node = self.fifos.get(usize::from(lun)).map_or(0, |fifo| fifo.head);
         core::iter::from_fn(move || {

@@ -62,7 +62,7 @@ impl Server {
 }
 
 /// What a COMMIT's result names, once checked.
-#[derive(Clone)]
+#[derive(Clone, Copy)]
 enum Owed {
     /// The SRB in this slot: completed with the result, and its READ data (where it lies in
     /// the COMMIT).
@@ -298,7 +298,8 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
     }
 }
 
-/// How a committed SRB ends (a GOOD READ's data is copied into it first).
+/// How a committed SRB ends, as its result says (a GOOD READ's data is copied into it before
+/// it is completed).
 fn ending(result: &CommitResult) -> Ending {
     if result.scsi_status != ScsiStatus::GOOD {
         let key = SenseKey::try_from(result.sense_key).unwrap_or(SenseKey::HardwareError);
