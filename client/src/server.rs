@@ -63,7 +63,11 @@ impl FetchRoom {
     pub fn follow(&mut self, work: &Work, max_descriptors: u32) {
         let room = (max_descriptors.max(1) as usize).min(self.transfers) * MAX_TRANSFER as usize;
         let used: usize = work.items.iter().map(|(_, payload)| payload.len()).sum();
-        self.underused = if used * 4 < room { self.underused + 1 } else { 0 };
+        self.underused = if used * 4 < room {
+            self.underused + 1
+        } else {
+            0
+        };
         if used * 2 > room {
             self.transfers = (self.transfers * 2).min(FETCH_PAYLOAD_TRANSFERS);
         } else if self.underused == FETCH_ROOM_PATIENCE {
@@ -509,7 +513,11 @@ mod tests {
         };
         let mut room = FetchRoom::default();
         assert_eq!(room.size(32), fetch_reply_size(32, max) as u32);
-        assert_eq!(room.size(0), fetch_reply_size(1, max) as u32, "one descriptor at least");
+        assert_eq!(
+            room.size(0),
+            fetch_reply_size(1, max) as u32,
+            "one descriptor at least"
+        );
         room.follow(&writes(max / 2 + 1), 32);
         assert_eq!(room.size(32), fetch_reply_size(32, 2 * max) as u32);
         for _ in 0..4 {
