@@ -17,8 +17,9 @@ use std::time::{Duration, Instant};
 use storport_abi::status::Named;
 
 use revcall_client::channel::{encode, wait_reply_size};
-use revcall_protocol::{CURSOR_NOW, Opcode, Request as Wire, wait_reply_len};
+use revcall_protocol::{CURSOR_NOW, Header, Opcode, Request as Wire, WaitReply, wait_reply_len};
 use serde::Serialize;
+use zerocopy::FromBytes;
 
 use super::{BenchError, quiet_config};
 use crate::client::{Channel, PROMPT};
@@ -108,7 +109,20 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
     };
     let mut parked: Vec<Arc<Request>> = waiters.iter().map(|w| wait(w, CURSOR_NOW, 1)).collect();
     let fire_reply = Opcode::Fire.min_reply_size();
-    let mut delivered = 0;
+    // Every WAIT's completion, checked after the timed loop: checking revcall's replies is the
+    // script's work, not the driver's, and the floor's are not checked at all.
+    let per_round = case.waiters * if case.batch > 1 { 2 } else { 1 };
+    let mut collected = Vec::with_capacity(per_round * rounds as usize);
+    let mut collect = |waiter: usize, request: &Request, events: u32| {
+        let outcome = finish(request)?;
+        let cursor = reply_cursor(&outcome);
+        collected.push(Collected {
+            waiter,
+            events,
+            outcome,
+        });
+        Ok::<_, BenchError>(cursor)
+    };
     let start = Instant::now();
     let cpu_start = super::thread_cpu_time();
     for _ in 0..rounds {
@@ -129,10 +143,10 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
         }
         for (i, waiter) in waiters.iter().enumerate() {
             // The parked WAIT took the burst's first event.
-            delivered += take(driver, waiter, &parked[i], &mut cursors[i], 1)?;
+            cursors[i] = collect(i, &parked[i], 1)?;
             if case.batch > 1 {
                 let catch_up = wait(waiter, cursors[i], case.batch - 1);
-                delivered += take(driver, waiter, &catch_up, &mut cursors[i], case.batch - 1)?;
+                cursors[i] = collect(i, &catch_up, case.batch - 1)?;
             }
             parked[i] = wait(waiter, cursors[i], 1);
         }
@@ -140,7 +154,11 @@ pub fn run(path: &Path, driver: Driver, case: Case, rounds: u64) -> Result<Run, 
     let elapsed = start.elapsed();
     let cpu = super::thread_cpu_time().saturating_sub(cpu_start);
     let expected = rounds * case.events_per_round();
-    if driver == Driver::Revcall && delivered != expected {
+    let delivered = match driver {
+        Driver::Revcall => check(&waiters, &collected)?,
+        Driver::Floor => expected,
+    };
+    if delivered != expected {
         return Err(BenchError::Unexpected(format!(
             "{case:?}: {delivered} events delivered, {expected} fired to the waiters"
         )));
@@ -190,41 +208,61 @@ fn send(
         .expect("a read/write handle to the adapter accepts the service IOCTL")
 }
 
-/// Collects a completed WAIT that should carry `events` events: revcall's must continue the
-/// waiter's sequence exactly, in a reply of the size the floor is told to write.
-fn take(
-    driver: Driver,
-    waiter: &Channel,
-    request: &Request,
-    cursor: &mut u64,
+/// A completed WAIT, as the timed loop left it for [`check`].
+struct Collected {
+    waiter: usize,
+    /// The events the script expects it to carry.
     events: u32,
-) -> Result<u64, BenchError> {
-    let outcome = finish(request)?;
-    if driver == Driver::Floor {
-        return Ok(0);
-    }
-    if outcome.information != wait_reply_len(events as usize) {
-        return Err(BenchError::Unexpected(format!(
-            "a WAIT reply of {} bytes, not the {} the floor writes for {events} event(s)",
-            outcome.information,
-            wait_reply_len(events as usize)
-        )));
-    }
-    let delivery = waiter
-        .delivery(&outcome)
-        .map_err(|status| BenchError::Unexpected(format!("a WAIT reply: {}", Named(status))))?;
-    let mut expected = (*cursor != CURSOR_NOW).then(|| *cursor + 1);
-    for event in &delivery.events {
-        if expected.is_some_and(|e| e != event.seq) || delivery.reply.lost != 0 {
+    outcome: storsim::io::Outcome,
+}
+
+/// The cursor a WAIT's reply gives for the next one: one field read, the same cost for either
+/// driver (the floor's zero bytes give 0, which it ignores).
+fn reply_cursor(outcome: &storsim::io::Outcome) -> u64 {
+    outcome
+        .output
+        .get(size_of::<Header>()..)
+        .and_then(|body| WaitReply::read_from_prefix(body).ok())
+        .map_or(0, |(reply, _)| reply.cursor)
+}
+
+/// Checks revcall's WAIT replies in the order they completed: each of the size the floor is
+/// told to write, each continuing its waiter's sequence exactly with nothing lost. The events
+/// delivered.
+fn check(waiters: &[Channel], collected: &[Collected]) -> Result<u64, BenchError> {
+    let mut cursors = vec![CURSOR_NOW; waiters.len()];
+    let mut delivered = 0;
+    for Collected {
+        waiter,
+        events,
+        outcome,
+    } in collected
+    {
+        if outcome.information != wait_reply_len(*events as usize) {
             return Err(BenchError::Unexpected(format!(
-                "event {} after cursor {cursor} (lost {})",
-                event.seq, delivery.reply.lost
+                "a WAIT reply of {} bytes, not the {} the floor writes for {events} event(s)",
+                outcome.information,
+                wait_reply_len(*events as usize)
             )));
         }
-        expected = Some(event.seq + 1);
+        let delivery = waiters[*waiter]
+            .delivery(outcome)
+            .map_err(|status| BenchError::Unexpected(format!("a WAIT reply: {}", Named(status))))?;
+        let cursor = &mut cursors[*waiter];
+        let mut expected = (*cursor != CURSOR_NOW).then(|| *cursor + 1);
+        for event in &delivery.events {
+            if expected.is_some_and(|e| e != event.seq) || delivery.reply.lost != 0 {
+                return Err(BenchError::Unexpected(format!(
+                    "event {} after cursor {cursor} (lost {})",
+                    event.seq, delivery.reply.lost
+                )));
+            }
+            expected = Some(event.seq + 1);
+        }
+        *cursor = delivery.reply.cursor;
+        delivered += delivery.events.len() as u64;
     }
-    *cursor = delivery.reply.cursor;
-    Ok(delivery.events.len() as u64)
+    Ok(delivered)
 }
 
 #[cfg(test)]
