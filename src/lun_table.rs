@@ -38,10 +38,7 @@ pub struct LunTable {
 
 impl crate::disk::Units for LunTable {
     fn unit(&self, lun: u8) -> Option<(&LunSpec, u32)> {
-        let slot = self
-            .slots
-            .get(usize::from(lun))
-            .filter(|slot| slot.present)?;
+        let slot = self.present(lun)?;
         Some((&slot.spec, slot.incarnation))
     }
 
@@ -123,20 +120,19 @@ impl LunTable {
         Ok(())
     }
 
+    /// LUN `lun`'s slot, if the LUN exists.
+    fn present(&self, lun: u8) -> Option<&Slot> {
+        self.slots.get(usize::from(lun)).filter(|slot| slot.present)
+    }
+
     /// LUN `lun`'s identity, if it exists.
     pub fn get(&self, lun: u8) -> Option<&LunSpec> {
-        self.slots
-            .get(usize::from(lun))
-            .filter(|slot| slot.present)
-            .map(|slot| &slot.spec)
+        self.present(lun).map(|slot| &slot.spec)
     }
 
     /// Which LUN of its number `lun` is now: `None` if there is none.
     pub fn incarnation(&self, lun: u8) -> Option<u32> {
-        self.slots
-            .get(usize::from(lun))
-            .filter(|slot| slot.present)
-            .map(|slot| slot.incarnation)
+        self.present(lun).map(|slot| slot.incarnation)
     }
 
     /// Whether `incarnation` of `lun` is the one present now.
@@ -200,9 +196,7 @@ impl LunTable {
     /// creator is about to start; one in its grace period for a restarted server
     /// (docs/DATAPATH.md §3). One flag: HwStartIo asks for every SRB.
     pub fn orphaned(&self, lun: u8) -> bool {
-        self.slots
-            .get(usize::from(lun))
-            .is_some_and(|slot| slot.present && slot.orphaned)
+        self.present(lun).is_some_and(|slot| slot.orphaned)
     }
 
     /// The LUNs in ascending order (REPORT LUNS, LUN_LIST).

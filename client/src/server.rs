@@ -56,12 +56,18 @@ impl FetchRoom {
     /// The output length of a FETCH of up to `max_descriptors`.
     pub fn size(&self, max_descriptors: u32) -> u32 {
         let n = max_descriptors.max(1) as usize;
-        fetch_reply_size(n, n.min(self.transfers) * MAX_TRANSFER as usize) as u32
+        fetch_reply_size(n, self.payload_room(max_descriptors)) as u32
+    }
+
+    /// The payload bytes that output length leaves room for (no more transfers than
+    /// descriptors).
+    fn payload_room(&self, max_descriptors: u32) -> usize {
+        (max_descriptors.max(1) as usize).min(self.transfers) * MAX_TRANSFER as usize
     }
 
     /// Follows a reply of `work` to a FETCH of `max_descriptors` sized by [`size`](Self::size).
     pub fn follow(&mut self, work: &Work, max_descriptors: u32) {
-        let room = (max_descriptors.max(1) as usize).min(self.transfers) * MAX_TRANSFER as usize;
+        let room = self.payload_room(max_descriptors);
         let used: usize = work.items.iter().map(|(_, payload)| payload.len()).sum();
         self.underused = if used * 4 < room {
             self.underused + 1
