@@ -22,16 +22,17 @@
 //! # Mapping budget
 //!
 //! Linux caps a process at `vm.max_map_count` VMAs (65530 by default). A live block costs two
-//! (read-write data, no-access guard), a quarantined or spare one at most two (neighbouring
-//! no-access mappings usually merge into one), and the quarantine and spare list are bounded,
+//! (read-write data, no-access guard), a quarantined or spare one two as well (its guard page
+//! never merges with a data VMA: `region.rs`), and the quarantine and spare list are bounded,
 //! so the pool holds at most `2 × (live + quarantine_blocks + SPARE_BLOCKS)` VMAs: 10240 plus two
 //! per live block with the default limits, however many millions of IRPs a run allocates.
 //!
 //! # Cost
 //!
 //! Steady-state churn of same-sized blocks (IRPs) costs two `mprotect` calls per
-//! allocate/free pair (the oldest quarantined mapping is recycled) and no page faults; a new
-//! size costs an `mmap` plus an `mprotect`. The table lock is never held across a syscall or a
+//! allocate/free pair (the oldest quarantined mapping is recycled), each flipping one whole VMA
+//! in place (no split, no merge, so no VMA-tree rebalancing whose cost would depend on the other
+//! live blocks), and no page faults; a new size costs an `mmap`, an `mprotect` and a `madvise`. The table lock is never held across a syscall or a
 //! pattern scan.
 
 mod pattern;

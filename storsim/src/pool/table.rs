@@ -32,14 +32,14 @@ pub(super) const SPARE_BYTES: usize = 64 * 1024 * 1024;
 /// How much freed memory the quarantine holds before the oldest blocks are released.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
-    /// Freed blocks kept no-access, at most. Each costs one or two VMAs.
+    /// Freed blocks kept no-access, at most. Each costs two VMAs.
     pub quarantine_blocks: usize,
     /// Bytes of data pages kept no-access, at most (the physical pages stay allocated).
     pub quarantine_bytes: usize,
 }
 
 impl Default for Limits {
-    /// 4096 blocks (≤ 8192 VMAs, an eighth of the default `vm.max_map_count` of 65530) and
+    /// 4096 blocks (8192 VMAs, an eighth of the default `vm.max_map_count` of 65530) and
     /// 64 MiB: a use after free is caught if the block was among the last 4096 freed.
     fn default() -> Limits {
         Limits {

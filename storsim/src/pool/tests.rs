@@ -425,6 +425,44 @@ fn pool_is_send_and_sync() {
     assert_send_sync::<Pool>();
 }
 
+/// The `/proc/self/maps` entries that overlap `range`.
+fn maps_within(range: std::ops::Range<usize>) -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|line| {
+            let (start, end) = line.split_once(' ').unwrap().0.split_once('-').unwrap();
+            let start = usize::from_str_radix(start, 16).unwrap();
+            let end = usize::from_str_radix(end, 16).unwrap();
+            start < range.end && range.start < end
+        })
+        .count()
+}
+
+#[test]
+fn a_block_is_two_mappings_whether_live_or_quarantined() {
+    // A block's data and guard pages never merge, with each other or with a neighbour's: each
+    // allocate and free then flips one whole VMA, at a cost no other block's layout changes.
+    let pool = Pool::new();
+    let page = page_size();
+    let blocks: Vec<*mut u8> = (0..8)
+        .map(|_| pool.allocate(100, TAG, Owner::Irp).unwrap())
+        .collect();
+    let span = |block: *mut u8| {
+        let base = block as usize & !(page - 1);
+        base..base + 2 * page
+    };
+    for &block in &blocks {
+        assert_eq!(maps_within(span(block)), 2, "a live block");
+    }
+    for &block in &blocks {
+        pool.free(block, None).unwrap();
+    }
+    for &block in &blocks {
+        assert_eq!(maps_within(span(block)), 2, "a quarantined block");
+    }
+}
+
 fn maps_lines() -> usize {
     std::fs::read_to_string("/proc/self/maps")
         .unwrap()

@@ -6,10 +6,11 @@
 //! cycles before they deadlock (0xC4/0x1001), as Driver Verifier's deadlock detection does.
 
 use std::cell::RefCell;
-use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use super::{BugCheck, Code};
 
@@ -65,11 +66,19 @@ pub fn held_except(except: LockId) -> Option<(LockId, &'static str)> {
 /// How long a CPU spins on a lock before storsim calls it a deadlock.
 pub const SPIN_LIMIT: Duration = Duration::from_secs(10);
 
-/// The process-wide lock-order graph and the lock words of kernel-owned locks.
+/// The process-wide lock-order graph and each lock's API family, behind one mutex: every
+/// acquisition on every emulated CPU goes through it, so it is kept cheap (one lock, FxHash:
+/// the keys are addresses storsim itself produced, not attacker-chosen).
 #[derive(Default)]
 pub struct LockOrder {
-    after: Mutex<HashMap<LockId, HashSet<LockId>>>,
-    apis: Mutex<HashMap<LockId, LockApi>>,
+    graph: Mutex<Graph>,
+}
+
+#[derive(Default)]
+struct Graph {
+    apis: FxHashMap<LockId, LockApi>,
+    /// `after[a]` holds every lock taken while `a` was held.
+    after: FxHashMap<LockId, FxHashSet<LockId>>,
 }
 
 /// Why an acquisition was refused: the caller reports it and must not take the lock.
@@ -88,75 +97,77 @@ impl LockOrder {
         api: LockApi,
         name: &'static str,
     ) -> Result<Option<BugCheck>, Refused> {
-        let held: Vec<Held> = HELD.with(|held| held.borrow().clone());
-        if held.iter().any(|h| h.lock == lock) {
-            return Err(Refused::Recursive(BugCheck::new(
-                Code::DriverVerifierDetectedViolation,
-                [0x1000, lock as u64, 0, 0],
-                format!(
-                    "{name} {lock:#x} acquired recursively by the thread that holds it (self-deadlock)"
-                ),
-            )));
-        }
-        let mut report = None;
-        {
-            let mut apis = self.apis.lock().unwrap_or_else(|p| p.into_inner());
-            let known = *apis.entry(lock).or_insert(api);
-            if known != api {
-                report = Some(BugCheck::new(
+        HELD.with(|held| {
+            let held = held.borrow();
+            if held.iter().any(|h| h.lock == lock) {
+                return Err(Refused::Recursive(BugCheck::new(
+                    Code::DriverVerifierDetectedViolation,
+                    [0x1000, lock as u64, 0, 0],
+                    format!(
+                        "{name} {lock:#x} acquired recursively by the thread that holds it (self-deadlock)"
+                    ),
+                )));
+            }
+            let mut graph = self.graph.lock().unwrap_or_else(|p| p.into_inner());
+            let known = *graph.apis.entry(lock).or_insert(api);
+            let mut report = (known != api).then(|| {
+                BugCheck::new(
                     Code::DriverVerifierDetectedViolation,
                     [0x1008, lock as u64, 0, 0],
                     format!("spin lock {lock:#x} used through {known:?} and {api:?} APIs"),
-                ));
+                )
+            });
+            for outer in held.iter() {
+                // An edge already in the graph was checked when it went in, and any cycle
+                // through it was reported by the edge that closed it: only new edges are
+                // searched (the search is what made every nested acquisition slow).
+                if !graph.after.entry(outer.lock).or_default().insert(lock) {
+                    continue;
+                }
+                if report.is_none() && graph.reachable(lock, outer.lock) {
+                    report = Some(BugCheck::new(
+                        Code::DriverVerifierDetectedViolation,
+                        [0x1001, lock as u64, outer.lock as u64, 0],
+                        format!(
+                            "lock hierarchy violation: {name} {lock:#x} taken while holding {} {:#x}, \
+                             but elsewhere {:#x} was held while taking {:#x} (a deadlock waiting to happen)",
+                            outer.name, outer.lock, lock, outer.lock
+                        ),
+                    ));
+                }
             }
-        }
-        let mut after = self.after.lock().unwrap_or_else(|p| p.into_inner());
-        for outer in &held {
-            if reachable(&after, lock, outer.lock) && report.is_none() {
-                report = Some(BugCheck::new(
-                    Code::DriverVerifierDetectedViolation,
-                    [0x1001, lock as u64, outer.lock as u64, 0],
-                    format!(
-                        "lock hierarchy violation: {name} {lock:#x} taken while holding {} {:#x}, \
-                         but elsewhere {:#x} was held while taking {:#x} (a deadlock waiting to happen)",
-                        outer.name, outer.lock, lock, outer.lock
-                    ),
-                ));
-            }
-            after.entry(outer.lock).or_default().insert(lock);
-        }
-        Ok(report)
+            Ok(report)
+        })
     }
 
     /// Forgets the locks that lived in freed memory, so a reused address starts clean.
     pub fn forget_range(&self, start: usize, len: usize) {
         let gone = |lock: &LockId| (start..start + len).contains(lock);
-        self.apis
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|lock, _| !gone(lock));
-        let mut after = self.after.lock().unwrap_or_else(|p| p.into_inner());
-        after.retain(|lock, _| !gone(lock));
-        for set in after.values_mut() {
+        let mut graph = self.graph.lock().unwrap_or_else(|p| p.into_inner());
+        graph.apis.retain(|lock, _| !gone(lock));
+        graph.after.retain(|lock, _| !gone(lock));
+        for set in graph.after.values_mut() {
             set.retain(|lock| !gone(lock));
         }
     }
 }
 
-fn reachable(graph: &HashMap<LockId, HashSet<LockId>>, from: LockId, to: LockId) -> bool {
-    let mut seen = HashSet::new();
-    let mut stack = vec![from];
-    while let Some(node) = stack.pop() {
-        if node == to {
-            return true;
+impl Graph {
+    fn reachable(&self, from: LockId, to: LockId) -> bool {
+        let mut seen = FxHashSet::default();
+        let mut stack = vec![from];
+        while let Some(node) = stack.pop() {
+            if node == to {
+                return true;
+            }
+            if seen.insert(node)
+                && let Some(next) = self.after.get(&node)
+            {
+                stack.extend(next.iter().copied());
+            }
         }
-        if seen.insert(node)
-            && let Some(next) = graph.get(&node)
-        {
-            stack.extend(next.iter().copied());
-        }
+        false
     }
-    false
 }
 
 /// Records that this thread now holds `lock`.

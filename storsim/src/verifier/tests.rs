@@ -65,6 +65,49 @@ fn two_locks_taken_in_both_orders_are_a_hierarchy_violation() {
     });
 }
 
+/// On a fresh thread, takes `outer` then `inner` (the order check runs for each) and releases
+/// both; returns what taking `inner` reported.
+fn nest(order: &std::sync::Arc<LockOrder>, outer: usize, inner: usize) -> Option<(u32, u64)> {
+    let order = order.clone();
+    std::thread::spawn(move || {
+        assert!(
+            order
+                .before_acquire(outer, LockApi::Classic, "outer")
+                .unwrap()
+                .is_none()
+        );
+        locks::push_held(outer, "outer");
+        let report = order
+            .before_acquire(inner, LockApi::Classic, "inner")
+            .unwrap();
+        locks::push_held(inner, "inner");
+        assert_eq!(locks::pop_held(inner), Ok(()));
+        assert_eq!(locks::pop_held(outer), Ok(()));
+        report.map(|bug| (bug.code, bug.params[0]))
+    })
+    .join()
+    .expect("the checks hold")
+}
+
+#[test]
+fn a_cycle_through_three_locks_is_found_by_the_edge_that_closes_it() {
+    // Each nesting is taken twice: an edge already known is not searched again, which must not
+    // hide the cycle the last new edge closes.
+    let order = std::sync::Arc::new(LockOrder::default());
+    for (outer, inner) in [(0xA, 0xB), (0xA, 0xB), (0xB, 0xC), (0xB, 0xC)] {
+        assert_eq!(
+            nest(&order, outer, inner),
+            None,
+            "{outer:#x} then {inner:#x}"
+        );
+    }
+    assert_eq!(
+        nest(&order, 0xC, 0xA),
+        Some((0xC4, 0x1001)),
+        "C then A closes A→B→C"
+    );
+}
+
 #[test]
 fn releasing_out_of_order_and_releasing_a_lock_not_held_are_told_apart() {
     on_a_thread(|| {
