@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use crate::cpu::{self, DISPATCH_LEVEL};
 use crate::events::Events;
 use crate::faults::{FaultPlan, Faults};
-use crate::pool::{Owner, Pool};
+use crate::pool::{Limits, Owner, Pool, SpecialPool};
 use crate::verifier::locks::{self, CANCEL_SPIN_LOCK, LockApi, LockId, LockOrder, STARTIO_LOCK};
 use crate::verifier::{self, BugCheck, Code, Verifier};
 
@@ -40,6 +40,8 @@ pub struct Config {
     pub live: bool,
     /// Low-resources simulation: which fallible calls fail.
     pub faults: FaultPlan,
+    /// Which freed pool blocks stay no-access in the quarantine.
+    pub special_pool: SpecialPool,
 }
 
 impl Default for Config {
@@ -54,6 +56,7 @@ impl Default for Config {
             timeline: true,
             live: false,
             faults: FaultPlan::default(),
+            special_pool: SpecialPool::Everything,
         }
     }
 }
@@ -149,11 +152,12 @@ pub struct Machine {
 
 impl Machine {
     pub fn new(config: Config, session: u64) -> Self {
+        let special_pool = config.special_pool;
         Self {
             faults: Faults::new(config.faults, config.seed),
             config,
             verifier: Verifier::default(),
-            pool: Pool::new(),
+            pool: Pool::with_limits(Limits::default(), special_pool),
             events: Events::default(),
             locks: LockOrder::default(),
             kernel_locks: Default::default(),

@@ -170,7 +170,7 @@ pub fn run(path: &Path, driver: Driver, case: DiskCase, ios: u64) -> Result<Disk
                 .collect()
         })
         .unwrap_or_default();
-    let failed = AtomicU64::new(0);
+    let failed = Failures::default();
     let (elapsed, latencies) = std::thread::scope(|scope| {
         let serving: Vec<_> = servers
             .iter()
@@ -201,13 +201,13 @@ pub fn run(path: &Path, driver: Driver, case: DiskCase, ios: u64) -> Result<Disk
             .collect();
         let elapsed = start.elapsed();
         if let Some(lun) = lun
-            && admin.remove_lun(lun).is_err()
+            && let Err(status) = admin.remove_lun(lun)
         {
-            failed.fetch_add(1, Ordering::Relaxed);
+            failed.note(|| format!("LUN_REMOVE: {}", Named(status)));
         }
-        for server in serving {
+        for (n, server) in serving.into_iter().enumerate() {
             if !matches!(server.join(), Ok(Some(_))) {
-                failed.fetch_add(1, Ordering::Relaxed);
+                failed.note(|| format!("server {n} did not end with its LUN"));
             }
         }
         (elapsed, latencies)
@@ -217,15 +217,33 @@ pub fn run(path: &Path, driver: Driver, case: DiskCase, ios: u64) -> Result<Disk
     }
     admin.close();
     super::clean(harness.finish())?;
-    match failed.load(Ordering::Relaxed) {
-        0 => Ok(DiskRun {
+    match failed.first.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        None => Ok(DiskRun {
             ios,
             elapsed,
             latencies,
         }),
-        n => Err(BenchError::Unexpected(format!(
-            "{case:?}: {n} SRBs failed or a server did not end with its LUN"
+        Some(first) => Err(BenchError::Unexpected(format!(
+            "{case:?}: {} failures, the first: {first}",
+            failed.count.load(Ordering::Relaxed)
         ))),
+    }
+}
+
+/// What went wrong in a run: how often, and the first time in words.
+#[derive(Default)]
+struct Failures {
+    count: AtomicU64,
+    first: std::sync::Mutex<Option<String>>,
+}
+
+impl Failures {
+    fn note(&self, what: impl FnOnce() -> String) {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.first
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(what);
     }
 }
 
@@ -249,7 +267,7 @@ fn submit(
     case: DiskCase,
     cpu: usize,
     share: u64,
-    failed: &AtomicU64,
+    failed: &Failures,
 ) -> Vec<Duration> {
     let mut rng = fastrand::Rng::with_seed(cpu as u64 + 1);
     let len = case.pattern.bytes();
@@ -263,7 +281,7 @@ fn submit(
             let command = case.pattern.command(cpu, sent, &mut rng);
             let data = matches!(command, Command::Write(_)).then_some(&payload[..]);
             let Some(flight) = class.submit(0, &command, len, data) else {
-                failed.fetch_add(1, Ordering::Relaxed);
+                failed.note(|| format!("CPU {cpu}: SRB {sent} could not be submitted"));
                 return latencies;
             };
             flights.push(flight);
@@ -271,17 +289,27 @@ fn submit(
             sent += 1;
         }
         let Some(done) = class.first_done(&flights, PROMPT) else {
-            failed.fetch_add(1, Ordering::Relaxed);
+            failed.note(|| {
+                format!(
+                    "CPU {cpu}: no SRB of {} completed within {PROMPT:?}",
+                    flights.len()
+                )
+            });
             return latencies;
         };
         // In submission order, oldest first: a completed SRB is collected before those after it.
         let flight = flights.remove(done);
-        latencies.push(issued.remove(done).elapsed());
-        if class
-            .finish(flight)
-            .is_none_or(|c| c.srb_status != SRB_STATUS_SUCCESS)
-        {
-            failed.fetch_add(1, Ordering::Relaxed);
+        let latency = issued.remove(done).elapsed();
+        latencies.push(latency);
+        match class.finish(flight) {
+            Some(c) if c.srb_status == SRB_STATUS_SUCCESS => {}
+            Some(c) => failed.note(|| {
+                format!(
+                    "CPU {cpu}: an SRB ended with SRB status {:#04x}, SCSI status {:#04x}, sense {:?} after {latency:?}",
+                    c.srb_status, c.scsi_status, c.sense
+                )
+            }),
+            None => failed.note(|| format!("CPU {cpu}: an SRB was never completed")),
         }
     }
     latencies

@@ -15,7 +15,8 @@
 //!   bytes and the underrun area are checked by [`Pool::check`] and [`Pool::free`] (0xC1).
 //! * Freed blocks become `PROT_NONE` and stay in a quarantine, so a use after free faults and
 //!   classifies as [`FaultClass::AfterFree`] (0xCC/0xD5) — for as long as the block is among
-//!   the last [`Limits::quarantine_blocks`] freed (default 4096) within 64 MiB.
+//!   the last [`Limits::quarantine_blocks`] freed (default 4096) within 64 MiB. With
+//!   [`SpecialPool::DriverOnly`] (benchmarks) only the driver's blocks do.
 //! * Driver blocks start filled with [`FILL_BYTE`] (a non-canonical pointer, a negative
 //!   integer), like Driver Verifier's random fill: reliance on zeroed pool shows.
 //!
@@ -48,7 +49,7 @@ use serde::Serialize;
 
 use pattern::verify;
 use region::Region;
-use table::{Slot, State, Table};
+use table::{Slot, Spare, State, Table};
 
 pub use pattern::{FILL_BYTE, GUARD_BYTE};
 pub use table::{Limits, SPARE_BLOCKS};
@@ -135,6 +136,33 @@ pub enum FaultClass {
     AfterFree { block: BlockInfo, offset: usize },
 }
 
+/// Which freed blocks the pool keeps no-access in its quarantine (Special Pool's trap for a
+/// use after free); every block keeps its guard page and pattern checks either way.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SpecialPool {
+    /// Every block: the driver's, and the IRPs, SystemBuffers and Storport memory storsim
+    /// allocates for it, so a driver touching an IRP it completed faults (Driver Verifier
+    /// with I/O verification). What tests and tortures run.
+    #[default]
+    Everything,
+    /// The driver's blocks only ([`Owner::Driver`], [`Owner::UpperDriver`]); storsim's own
+    /// are recycled at once, read-write, as the I/O manager's lookaside lists recycle IRPs.
+    /// For benchmarks: the quarantine costs two `mprotect`s per block, and once a second
+    /// thread runs (a user-mode server), a TLB shootdown each and a fight for the process's
+    /// mapping lock: most of an IRP's cost, charged to whichever driver has that thread.
+    DriverOnly,
+}
+
+impl SpecialPool {
+    fn traps(self, owner: Owner) -> bool {
+        match self {
+            Self::Everything => true,
+            Self::DriverOnly => matches!(owner, Owner::Driver | Owner::UpperDriver),
+        }
+    }
+}
+
 /// The emulated kernel pool. `Send + Sync`: emulated CPUs allocate and free concurrently.
 ///
 /// Dropping the pool unmaps every block, live ones included.
@@ -142,6 +170,7 @@ pub enum FaultClass {
 pub struct Pool {
     table: Mutex<Table>,
     page: usize,
+    special: SpecialPool,
 }
 
 impl Default for Pool {
@@ -151,16 +180,17 @@ impl Default for Pool {
 }
 
 impl Pool {
-    /// A pool with the default quarantine [`Limits`].
+    /// A pool with the default quarantine [`Limits`] that traps every freed block.
     pub fn new() -> Pool {
-        Pool::with_limits(Limits::default())
+        Pool::with_limits(Limits::default(), SpecialPool::Everything)
     }
 
-    /// A pool whose quarantine holds at most `limits`.
-    pub fn with_limits(limits: Limits) -> Pool {
+    /// A pool whose quarantine holds at most `limits`, of the blocks `special` says.
+    pub fn with_limits(limits: Limits, special: SpecialPool) -> Pool {
         Pool {
             table: Mutex::new(Table::new(limits)),
             page: page_size(),
+            special,
         }
     }
 
@@ -228,11 +258,12 @@ impl Pool {
             .ok_or(PoolError::Exhausted)?;
         let spare = self.table().take_spare(data_len);
         let (region, fresh) = match spare {
+            Some(spare) if spare.writable => (spare.region, false),
             // SAFETY: `take_spare` removed the mapping from the table, so this thread owns it;
             // it is no-access and nothing refers into it.
-            Some(region) if unsafe { region.protect(true) } => (region, false),
+            Some(spare) if unsafe { spare.region.protect(true) } => (spare.region, false),
             spare => {
-                if let Some(region) = spare {
+                if let Some(Spare { region, .. }) = spare {
                     // SAFETY: `take_spare` handed this thread the mapping (the table no longer
                     // has it); forgotten right after, so unmapped once.
                     unsafe { region.unmap() };
@@ -314,9 +345,10 @@ impl Pool {
             }
             return Err(error);
         }
+        let trapped = self.special.traps(info.owner);
         // SAFETY: still `Freeing`, so this thread alone manages the mapping; `verify`'s slices
         // are gone. Only emulated driver code may still point into the block: that is the trap.
-        if !unsafe { region.protect(false) } {
+        if trapped && !unsafe { region.protect(false) } {
             // The kernel would not split the VMA: release the block without a quarantine.
             self.table().remove(region.base());
             // SAFETY: just removed from the table by this thread, so unmapped once.
@@ -325,8 +357,12 @@ impl Pool {
         }
         let mut victim = {
             let mut table = self.table();
-            table.quarantine(region.base());
-            table.evict()
+            if trapped {
+                table.quarantine(region.base());
+                table.evict()
+            } else {
+                table.recycle(region.base()).or_else(|| table.evict())
+            }
         };
         while let Some(region) = victim {
             // SAFETY: `evict` removed the mapping from the table and handed it to this thread.

@@ -14,7 +14,8 @@ use std::collections::{BTreeMap, VecDeque};
 use super::BlockInfo;
 use super::region::Region;
 
-/// Spare mappings (evicted from the quarantine, all `PROT_NONE`) kept for reuse, at most.
+/// Spare mappings (evicted from the quarantine, `PROT_NONE`, or recycled at once, read-write)
+/// kept for reuse, at most.
 /// Enough for a burst of 512 completed WAITs (an IRP and a SystemBuffer each) to be
 /// allocated again without an `mmap` each: with 64 spares, 64 waiters re-arming
 /// at once cost storsim an `munmap` + `mmap` per block beyond the 64th, which made revcall look
@@ -70,6 +71,14 @@ pub(super) struct Slot {
     pub(super) pins: u32,
 }
 
+/// A mapping kept for reuse.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Spare {
+    pub(super) region: Region,
+    /// Its data pages are read-write (recycled at once), not no-access (out of the quarantine).
+    pub(super) writable: bool,
+}
+
 /// Every mapping the pool owns.
 #[derive(Debug)]
 pub(super) struct Table {
@@ -79,8 +88,8 @@ pub(super) struct Table {
     quarantine: VecDeque<usize>,
     /// Sum of the quarantined blocks' data bytes.
     quarantine_bytes: usize,
-    /// Evicted mappings, all no-access, oldest first.
-    spares: VecDeque<Region>,
+    /// Evicted or recycled mappings, oldest first.
+    spares: VecDeque<Spare>,
     /// Sum of the spares' data bytes.
     spare_bytes: usize,
     limits: Limits,
@@ -147,6 +156,27 @@ impl Table {
         self.quarantine.push_back(base);
     }
 
+    /// Makes the `Freeing` block at `base` a read-write spare at once (no quarantine); a
+    /// mapping too big to keep comes back for the caller to unmap.
+    pub(super) fn recycle(&mut self, base: usize) -> Option<Region> {
+        let Some(slot) = self.blocks.remove(&base) else {
+            debug_assert!(false, "recycling an unknown block");
+            return None;
+        };
+        debug_assert_eq!(slot.state, State::Freeing);
+        self.keep(slot.region, true)
+    }
+
+    /// Keeps `region` as a spare, or hands it back if it is too big to keep.
+    fn keep(&mut self, region: Region, writable: bool) -> Option<Region> {
+        if region.data_len() > SPARE_MAX_DATA {
+            return Some(region);
+        }
+        self.spare_bytes += region.data_len();
+        self.spares.push_back(Spare { region, writable });
+        None
+    }
+
     /// Number of quarantined blocks.
     #[cfg(test)]
     pub(super) fn quarantined(&self) -> usize {
@@ -166,9 +196,9 @@ impl Table {
     pub(super) fn evict(&mut self) -> Option<Region> {
         loop {
             if self.spares.len() > SPARE_BLOCKS || self.spare_bytes > SPARE_BYTES {
-                let region = self.spares.pop_front()?;
-                self.spare_bytes -= region.data_len();
-                return Some(region);
+                let spare = self.spares.pop_front()?;
+                self.spare_bytes -= spare.region.data_len();
+                return Some(spare.region);
             }
             if self.quarantine.len() <= self.limits.quarantine_blocks
                 && self.quarantine_bytes <= self.limits.quarantine_bytes
@@ -181,23 +211,21 @@ impl Table {
                 continue;
             };
             self.quarantine_bytes -= slot.region.data_len();
-            if slot.region.data_len() > SPARE_MAX_DATA {
-                return Some(slot.region);
+            if let Some(region) = self.keep(slot.region, false) {
+                return Some(region);
             }
-            self.spare_bytes += slot.region.data_len();
-            self.spares.push_back(slot.region);
         }
     }
 
     /// A spare mapping with exactly `data_len` bytes of data pages, newest first.
-    pub(super) fn take_spare(&mut self, data_len: usize) -> Option<Region> {
+    pub(super) fn take_spare(&mut self, data_len: usize) -> Option<Spare> {
         let index = self
             .spares
             .iter()
-            .rposition(|region| region.data_len() == data_len)?;
-        let region = self.spares.remove(index)?;
-        self.spare_bytes -= region.data_len();
-        Some(region)
+            .rposition(|spare| spare.region.data_len() == data_len)?;
+        let spare = self.spares.remove(index)?;
+        self.spare_bytes -= spare.region.data_len();
+        Some(spare)
     }
 
     /// Empties the table, handing back every mapping it owned.
@@ -208,7 +236,9 @@ impl Table {
         let blocks = std::mem::take(&mut self.blocks)
             .into_values()
             .map(|slot| slot.region);
-        let spares = std::mem::take(&mut self.spares);
+        let spares = std::mem::take(&mut self.spares)
+            .into_iter()
+            .map(|spare| spare.region);
         blocks.chain(spares)
     }
 }

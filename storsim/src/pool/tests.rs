@@ -120,10 +120,13 @@ fn driver_blocks_are_filled_others_zeroed() {
 #[test]
 fn recycled_mappings_are_refilled() {
     // No quarantine: each freed mapping becomes a spare and the next allocation reuses it.
-    let pool = Pool::with_limits(Limits {
-        quarantine_blocks: 0,
-        quarantine_bytes: 0,
-    });
+    let pool = Pool::with_limits(
+        Limits {
+            quarantine_blocks: 0,
+            quarantine_bytes: 0,
+        },
+        SpecialPool::Everything,
+    );
     let first = pool.allocate(200, TAG, Owner::Irp).unwrap();
     for offset in 0..200 {
         poke(first as usize + offset, 0xEE);
@@ -140,6 +143,47 @@ fn recycled_mappings_are_refilled() {
     assert!(bytes(driver, 180).iter().all(|&b| b == FILL_BYTE));
     pool.check(driver).unwrap();
     pool.free(driver, None).unwrap();
+}
+
+#[test]
+fn driver_only_special_pool_recycles_storsims_blocks_at_once_and_traps_the_drivers() {
+    let pool = Pool::with_limits(Limits::default(), SpecialPool::DriverOnly);
+    let first = pool.allocate(200, TAG, Owner::Irp).unwrap();
+    poke(first as usize + 199, 0xEE);
+    pool.free(first, None).unwrap();
+    let kept = {
+        let table = pool.table();
+        (table.quarantined(), table.spares())
+    };
+    assert_eq!(kept, (0, 1), "an IRP is recycled, not quarantined");
+    assert_eq!(pool.classify(first as usize), None, "and stays read-write");
+    let again = pool.allocate(200, TAG, Owner::SystemBuffer).unwrap();
+    assert_eq!(
+        again, first,
+        "the next block of its size reuses the mapping"
+    );
+    assert!(bytes(again, 200).iter().all(|&b| b == 0), "zeroed again");
+    poke(again as usize + 200, 0xEE);
+    assert!(
+        matches!(
+            pool.free(again, None),
+            Err(PoolError::Overrun { offset: 200, .. })
+        ),
+        "the pattern checks stay"
+    );
+    poke(again as usize + 200, GUARD_BYTE);
+    pool.free(again, None).unwrap();
+    let driver = pool.allocate(200, TAG, Owner::Driver).unwrap();
+    pool.free(driver, None).unwrap();
+    assert_eq!(
+        pool.table().quarantined(),
+        1,
+        "the driver's block is quarantined"
+    );
+    assert!(matches!(
+        pool.classify(driver as usize),
+        Some(FaultClass::AfterFree { offset: 0, .. })
+    ));
 }
 
 #[test]
@@ -367,7 +411,7 @@ fn quarantine_is_bounded() {
         quarantine_blocks: 100,
         quarantine_bytes: 64 << 20,
     };
-    let pool = Pool::with_limits(limits);
+    let pool = Pool::with_limits(limits, SpecialPool::Everything);
     // Enough that the quarantine evicts more than the spare list keeps.
     let count = limits.quarantine_blocks + SPARE_BLOCKS + 100;
     let blocks: Vec<_> = (0..count)
@@ -387,10 +431,13 @@ fn quarantine_is_bounded() {
         Some(FaultClass::AfterFree { .. })
     ));
     // A byte budget bounds big blocks as well: 3 × 4 MiB exceed 10 MiB.
-    let pool = Pool::with_limits(Limits {
-        quarantine_blocks: 100,
-        quarantine_bytes: 10 << 20,
-    });
+    let pool = Pool::with_limits(
+        Limits {
+            quarantine_blocks: 100,
+            quarantine_bytes: 10 << 20,
+        },
+        SpecialPool::Everything,
+    );
     for _ in 0..3 {
         let big = pool.allocate(4 << 20, TAG, Owner::SystemBuffer).unwrap();
         pool.free(big, None).unwrap();
