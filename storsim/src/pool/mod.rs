@@ -57,6 +57,10 @@ pub use table::{Limits, SPARE_BLOCKS};
 /// Alignment of every block, as the x64 pool guarantees.
 pub const ALIGN: usize = 16;
 
+/// Accesses of up to this many bytes run under the table lock; longer ones pin their block
+/// and run unlocked (two short lock holds instead of one long one).
+const LOCKED_ACCESS_MAX: usize = 256;
+
 /// `try_lock` attempts [`Pool::classify`] makes (yielding in between) before giving up.
 const CLASSIFY_ATTEMPTS: u32 = 1000;
 
@@ -457,7 +461,7 @@ impl Pool {
     ) -> Result<(), PoolError> {
         self.with_live_bytes(addr, len, |place| {
             // SAFETY: `with_live_bytes` hands out `len` bytes of a live, read-write block, kept
-            // live (the table lock is held) for the call; storsim's callers fill blocks no
+            // live (the table lock or a pin) for the call; storsim's callers fill blocks no
             // driver holds yet, so nothing else reads or writes them meanwhile.
             write(unsafe { std::slice::from_raw_parts_mut(place, len) })
         })
@@ -477,8 +481,10 @@ impl Pool {
         Ok(out)
     }
 
-    /// Runs `access` on `addr` if `addr..addr + len` is inside one live block, holding the
-    /// table lock so the block cannot be freed (and made no-access) meanwhile.
+    /// Runs `access` on `addr` if `addr..addr + len` is inside one live block, which cannot be
+    /// freed (and made no-access) meanwhile: a short access holds the table lock, a longer one
+    /// pins the block and runs unlocked, so copying a payload never stalls every other CPU's
+    /// allocations and accesses behind it.
     fn with_live_bytes(
         &self,
         addr: usize,
@@ -492,17 +498,25 @@ impl Pool {
         if len == 0 {
             return Ok(());
         }
-        let table = self.table();
+        let mut table = self.table();
         let slot = table
-            .containing(addr)
+            .containing_mut(addr)
             .filter(|slot| slot.state == State::Live)
             .ok_or_else(out_of_block)?;
         let block = slot.info.addr..slot.info.addr + slot.info.size;
         if !block.contains(&addr) || addr.checked_add(len).is_none_or(|end| end > block.end) {
             return Err(out_of_block());
         }
-        access(addr as *mut u8);
+        if len <= LOCKED_ACCESS_MAX {
+            access(addr as *mut u8);
+            return Ok(());
+        }
+        slot.pins += 1;
         drop(table);
+        access(addr as *mut u8);
+        if let Some(slot) = self.table().starting_at(block.start) {
+            slot.pins -= 1;
+        }
         Ok(())
     }
 

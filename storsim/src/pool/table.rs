@@ -115,6 +115,12 @@ impl Table {
         slot.region.span().contains(&addr).then_some(slot)
     }
 
+    /// As [`Table::containing`], to update.
+    pub(super) fn containing_mut(&mut self, addr: usize) -> Option<&mut Slot> {
+        let (_, slot) = self.blocks.range_mut(..=addr).next_back()?;
+        slot.region.span().contains(&addr).then_some(slot)
+    }
+
     /// The block whose mapping starts right above `addr`, within `distance` bytes.
     pub(super) fn above(&self, addr: usize, distance: usize) -> Option<&Slot> {
         let (&base, slot) = self.blocks.range(addr.checked_add(1)?..).next()?;

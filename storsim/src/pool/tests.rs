@@ -187,6 +187,25 @@ fn driver_only_special_pool_recycles_storsims_blocks_at_once_and_traps_the_drive
 }
 
 #[test]
+fn a_long_access_runs_pinned_and_leaves_no_pin_behind() {
+    let pool = Pool::new();
+    let block = pool.allocate(4096, TAG, Owner::SystemBuffer).unwrap() as usize;
+    let payload: Vec<u8> = (0..4096u32).map(|i| i as u8).collect();
+    pool.write_bytes(block, &payload).unwrap();
+    assert_eq!(pool.read_bytes(block, 4096).unwrap(), payload);
+    assert_eq!(
+        pool.read_bytes(block + 1, 4096),
+        Err(PoolError::OutOfBlock {
+            start: block + 1,
+            end: block + 4097
+        }),
+        "checked before it is pinned"
+    );
+    // A pin left behind would make this free wait for ever.
+    pool.free(block as *mut u8, None).unwrap();
+}
+
+#[test]
 fn overrun_into_slack_is_reported() {
     let pool = Pool::new();
     let block = pool.allocate(17, TAG, Owner::Driver).unwrap();
