@@ -31,7 +31,10 @@ impl Rundown {
     pub fn release(&self) {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.count = state.count.saturating_sub(1);
-        if state.count == 0 {
+        // Only a closed rundown has a waiter (it closes before it waits, under this lock): a
+        // notify costs a syscall even with nobody waiting, once per IRP for a driver that
+        // completes each at once.
+        if state.count == 0 && state.closed {
             self.drained.notify_all();
         }
     }
