@@ -51,8 +51,10 @@ pub enum BenchError {
     Io(std::io::Error),
 }
 
-/// Targets the channel is held to (issue 6).
-pub const TARGET_RATIO: f64 = 0.8;
+/// Targets the channel is held to (issue 6). The event ratio, the worse of the two 8-waiter
+/// rows by CPU time, was 0.8 against a floor that answered with empty replies; issue 14 gave
+/// the floor replies of revcall's sizes and raised it to 0.9.
+pub const TARGET_RATIO: f64 = 0.9;
 /// 4 KiB random READ at queue depth 32, batching on, as a share of the nulldisk floor
 /// (issue 14).
 pub const TARGET_DISK_RATIO: f64 = 0.5;
