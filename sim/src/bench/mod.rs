@@ -294,6 +294,8 @@ pub struct Report {
     pub cost: Vec<CostRow>,
     /// The data path's cost per I/O; none with `--no-cost`.
     pub disk_cost: Option<DiskCost>,
+    /// Which freed blocks every run trapped (`quiet_config`): the figures depend on it.
+    pub special_pool: SpecialPool,
     pub headline: Headline,
 }
 
@@ -360,6 +362,7 @@ pub fn run(options: &Options, progress: &mut dyn FnMut(&str)) -> Result<Report, 
         memory,
         cost: cost.rows,
         disk_cost: cost.disk,
+        special_pool: quiet_config().special_pool,
         headline,
     })
 }
@@ -702,6 +705,13 @@ impl Report {
                 k as f64 / 1024.0
             ))
         );
+        if self.special_pool == SpecialPool::DriverOnly {
+            let _ = writeln!(
+                out,
+                "Special pool: freed blocks trapped for the driver's pool only; storsim's IRPs, \
+                 SystemBuffers and SRBs recycled at once (no I/O verification)"
+            );
+        }
         let h = &self.headline;
         if let Some(ratio) = h.disk_ratio_to_floor {
             let _ = writeln!(
