@@ -33,8 +33,9 @@
 //! Steady-state churn of same-sized blocks (IRPs) costs two `mprotect` calls per
 //! allocate/free pair (the oldest quarantined mapping is recycled), each flipping one whole VMA
 //! in place (no split, no merge, so no VMA-tree rebalancing whose cost would depend on the other
-//! live blocks), and no page faults; a new size costs an `mmap`, an `mprotect` and a `madvise`. The table lock is never held across a syscall or a
-//! pattern scan.
+//! live blocks), and no page faults; a new size costs an `mmap`, an `mprotect` and a `madvise`.
+//! A block [`SpecialPool::DriverOnly`] does not trap costs no syscall at all. The table lock is
+//! never held across a syscall, a pattern scan or a copy of more than a few hundred bytes.
 
 mod pattern;
 mod region;

@@ -1,9 +1,10 @@
 //! One special-pool mapping: the data pages of a block followed by one `PROT_NONE` guard page.
 //!
-//! All of the pool's `unsafe` lives here: the syscalls (`mmap`, `mprotect`, `madvise`, `munmap`) and
-//! the raw byte access the pool needs to fill and verify the pattern areas. A block gets a
-//! single `mmap` covering data + guard; the guard is marked so it never merges with a data VMA
-//! ([`Region::mark_guard`]), so every block costs two VMAs, live or quarantined.
+//! All of the pool's `unsafe` lives here: the syscalls (`mmap`, `mprotect`, `madvise`,
+//! `munmap`) and the raw byte access the pool needs to fill and verify the pattern areas. A
+//! block gets a single `mmap` covering data + guard; the guard is marked so it never merges
+//! with a data VMA ([`Region::mark_guard`]), so every block costs two VMAs, live or
+//! quarantined.
 
 use std::ops::Range;
 use std::ptr;
