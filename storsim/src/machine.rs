@@ -259,6 +259,11 @@ impl Machine {
         self.delays.load(Ordering::Relaxed)
     }
 
+    /// Which session this machine is (never 0).
+    pub fn session(&self) -> u64 {
+        self.session
+    }
+
     /// Seeded delay injection: at emulated calls and driver-callback boundaries, sometimes
     /// give the CPU away so other emulated CPUs run inside the window (kernel synchronization
     /// delay fuzzing).

@@ -20,9 +20,10 @@ mod dbgprint;
 mod ntoskrnl;
 mod storport;
 
+use std::rc::Rc;
 use std::sync::Arc;
 
-use crate::kernel::{Kernel, kernel};
+use crate::kernel::{Kernel, entered};
 use crate::verifier::{self, CallGuard};
 
 /// One export: its name and the address the driver's IAT slot receives.
@@ -55,8 +56,12 @@ pub fn provided() -> Vec<String> {
 }
 
 /// What every emulated routine does first: find the kernel, say who is running, maybe delay.
-fn enter(routine: &'static str) -> (Arc<Kernel>, CallGuard) {
-    let kernel = kernel();
+#[expect(
+    clippy::redundant_allocation,
+    reason = "crate::kernel::entered's per-thread count"
+)]
+fn enter(routine: &'static str) -> (Rc<Arc<Kernel>>, CallGuard) {
+    let kernel = entered();
     let guard = verifier::enter(routine);
     kernel.machine().maybe_delay();
     (kernel, guard)

@@ -1,5 +1,7 @@
 //! The byte patterns around and inside a block, and the check that finds them damaged.
 
+use std::ops::Range;
+
 use super::region::Region;
 use super::{ALIGN, BlockInfo, PoolError};
 
@@ -10,13 +12,17 @@ pub const FILL_BYTE: u8 = 0xCD;
 /// Contents of the underrun area and the slack; any other value there is corruption.
 pub const GUARD_BYTE: u8 = 0xFD;
 
-/// Checks the slack (first) and the underrun area of the block `info` in `region`.
+/// Checks the slack (first) and the underrun area `under` of the block `info` in `region`.
 ///
 /// # Safety
 ///
 /// The block's data pages must stay mapped and readable during the call: the caller has pinned
-/// the block or moved it to `Freeing`.
-pub(super) unsafe fn verify(info: &BlockInfo, region: Region) -> Result<(), PoolError> {
+/// the block or moved it to `Freeing`; `under` lies in them.
+pub(super) unsafe fn verify(
+    info: &BlockInfo,
+    region: Region,
+    under: Range<usize>,
+) -> Result<(), PoolError> {
     let end = info.addr + info.size;
     let slack_end = info.addr + info.size.next_multiple_of(ALIGN);
     // SAFETY: the slack lies in the data pages, readable per this function's requirements.
@@ -30,7 +36,7 @@ pub(super) unsafe fn verify(info: &BlockInfo, region: Region) -> Result<(), Pool
     }
     // SAFETY: the underrun area lies in the data pages below the block, readable per this
     // function's requirements.
-    let under = unsafe { region.bytes(region.base()..info.addr) };
+    let under = unsafe { region.bytes(under) };
     if damaged(under)
         && let Some(index) = under.iter().rposition(|&byte| byte != GUARD_BYTE)
     {
@@ -45,8 +51,8 @@ pub(super) unsafe fn verify(info: &BlockInfo, region: Region) -> Result<(), Pool
 }
 
 /// Whether any byte differs from [`GUARD_BYTE`]. A branch-free reduction the compiler
-/// vectorizes: the underrun area is most of a page for small blocks and is scanned on every
-/// free, and damage is rare.
+/// vectorizes: a trapped block's underrun area is most of a page for small blocks and is
+/// scanned on every free, and damage is rare.
 fn damaged(bytes: &[u8]) -> bool {
     bytes
         .iter()

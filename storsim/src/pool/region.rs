@@ -85,6 +85,11 @@ impl Region {
         self.base..self.base + self.data_len + self.page
     }
 
+    /// Numbers (address / page size) of the mapping's pages, guard page included.
+    pub(super) fn pages(self) -> Range<usize> {
+        self.base / self.page..(self.base + self.data_len) / self.page + 1
+    }
+
     /// Makes the data pages read-write (`true`) or no-access (`false`); `false` if the kernel
     /// refuses (it can, when splitting a VMA would exceed `vm.max_map_count`).
     ///

@@ -187,6 +187,35 @@ fn driver_only_special_pool_recycles_storsims_blocks_at_once_and_traps_the_drive
 }
 
 #[test]
+fn a_block_recycled_at_once_checks_a_band_below_it_and_a_trapped_one_the_whole_page() {
+    let pool = Pool::with_limits(Limits::default(), SpecialPool::DriverOnly);
+    let irp = pool.allocate(64, TAG, Owner::Irp).unwrap();
+    let edge = irp as usize - UNDERRUN_BAND;
+    poke(edge, 0x11);
+    assert_eq!(
+        pool.check(irp),
+        Err(PoolError::Underrun {
+            block: info(irp, 64, Owner::Irp),
+            offset: -(UNDERRUN_BAND as isize)
+        }),
+        "the band's far end is checked"
+    );
+    poke(edge, GUARD_BYTE);
+    poke(edge - 1, 0x11);
+    assert_eq!(pool.check(irp), Ok(()), "below the band is not the pool's");
+    pool.free(irp, None).unwrap();
+    let driver = pool.allocate(64, TAG, Owner::Driver).unwrap();
+    let page_start = driver as usize & !(PAGE - 1);
+    poke(page_start, 0x11);
+    assert!(
+        matches!(pool.free(driver, None), Err(PoolError::Underrun { .. })),
+        "a trapped block's whole page is"
+    );
+    poke(page_start, GUARD_BYTE);
+    pool.free(driver, None).unwrap();
+}
+
+#[test]
 fn a_long_access_runs_pinned_and_leaves_no_pin_behind() {
     let pool = Pool::new();
     let block = pool.allocate(4096, TAG, Owner::SystemBuffer).unwrap() as usize;
