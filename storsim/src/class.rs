@@ -16,7 +16,7 @@ use revcall_scsi::{Command, PageControl, Sense};
 
 use crate::machine::Machine;
 use crate::miniport::Extension;
-use crate::port::{Direction, Port, Srb};
+use crate::port::{Direction, Outcome, Port, Srb};
 use crate::verifier::{BugCheck, Code, rules};
 
 /// One disk as the class driver sees it after enumeration.
@@ -141,8 +141,11 @@ impl DiskClass {
         if !self.port.finish_srb(self.extension, &srb) {
             return None;
         }
-        let status = srb.status(pool);
-        let transferred = srb.transferred(pool);
+        let Outcome {
+            status,
+            scsi_status,
+            transferred,
+        } = srb.outcome(pool);
         let mut data = srb.data(pool);
         data.truncate(transferred.min(srb.requested()) as usize);
         if status & 0x3F == SRB_STATUS_SUCCESS {
@@ -155,7 +158,7 @@ impl DiskClass {
         }
         let completion = Completion {
             srb_status: status & 0x3F,
-            scsi_status: srb.scsi_status(pool),
+            scsi_status,
             sense: (status & SRB_STATUS_AUTOSENSE_VALID != 0)
                 .then(|| Sense::parse(&srb.sense(pool)))
                 .flatten(),

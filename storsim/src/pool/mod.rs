@@ -355,6 +355,26 @@ impl Pool {
                     actual,
                 });
             }
+            if slot.pins == 0 && !self.special.traps(slot.info.owner) {
+                // Recycled at once: its patterns are a few hundred bytes, checked and the
+                // block recycled in this one hold of the lock (each hold costs a cache miss on
+                // the lock when another CPU took it last).
+                let (info, region) = (slot.info.clone(), slot.region);
+                // SAFETY: the table lock is held and the block is live and unpinned: no other
+                // thread frees, reprotects or unmaps it meanwhile.
+                unsafe {
+                    verify(
+                        &info,
+                        region,
+                        self.special.underrun_area(info.owner, region, info.addr),
+                    )
+                }?;
+                slot.state = State::Freeing;
+                let victim = table.recycle(region.base()).or_else(|| table.evict());
+                drop(table);
+                self.unmap_evicted(victim);
+                return Ok(info);
+            }
             if slot.pins == 0 {
                 slot.state = State::Freeing;
                 break (slot.info.clone(), slot.region);
@@ -377,31 +397,31 @@ impl Pool {
             }
             return Err(error);
         }
-        let trapped = self.special.traps(info.owner);
         // SAFETY: still `Freeing`, so this thread alone manages the mapping; `verify`'s slices
         // are gone. Only emulated driver code may still point into the block: that is the trap.
-        if trapped && !unsafe { region.protect(false) } {
+        if !unsafe { region.protect(false) } {
             // The kernel would not split the VMA: release the block without a quarantine.
             self.table().remove(region.base());
             // SAFETY: just removed from the table by this thread, so unmapped once.
             unsafe { region.unmap() };
             return Ok(info);
         }
-        let mut victim = {
+        let victim = {
             let mut table = self.table();
-            if trapped {
-                table.quarantine(region.base());
-                table.evict()
-            } else {
-                table.recycle(region.base()).or_else(|| table.evict())
-            }
+            table.quarantine(region.base());
+            table.evict()
         };
+        self.unmap_evicted(victim);
+        Ok(info)
+    }
+
+    /// Unmaps `victim` and whatever else the table evicts after it, outside the lock.
+    fn unmap_evicted(&self, mut victim: Option<Region>) {
         while let Some(region) = victim {
             // SAFETY: `evict` removed the mapping from the table and handed it to this thread.
             unsafe { region.unmap() };
             victim = self.table().evict();
         }
-        Ok(info)
     }
 
     /// Checks the underrun area and slack of the live block starting at `addr`.

@@ -21,7 +21,7 @@ pub use dispatcher::Dispatcher;
 pub use pnp::{DIRQL, PnpState, StartError};
 pub use rundown::Rundown;
 pub use service::IOCTL_MINIPORT_PROCESS_SERVICE_IRP as IOCTL;
-pub use srb::{Direction, Srb};
+pub use srb::{Direction, Outcome, Srb};
 
 use crate::io::Io;
 use crate::machine::Machine;

@@ -343,7 +343,7 @@ impl Port {
             self.counters.srbs_refused.fetch_add(1, Ordering::Relaxed);
             return;
         }
-        if srb.opcode(self.machine.pool()) == 0x12 {
+        if srb.opcode() == 0x12 {
             self.units
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
@@ -437,7 +437,7 @@ impl Port {
     /// A completed SRB's DataTransferLength is at most what it asked for; returns true (the
     /// SRB is Storport's again either way).
     fn check_transfer(&self, srb: &Srb) -> bool {
-        let transferred = srb.transferred(self.machine.pool());
+        let transferred = srb.outcome(self.machine.pool()).transferred;
         if transferred > srb.requested() {
             // The class driver would read (or believe written) bytes past its buffer.
             self.machine.report(BugCheck::new(

@@ -19,6 +19,18 @@ pub struct Srb {
     data_len: u32,
     /// (TargetId, Lun).
     address: (u8, u8),
+    /// The CDB's operation code (0 without a CDB).
+    opcode: u8,
+}
+
+/// What the miniport left in a completed SRB, read in one access.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// `SrbStatus`, flags included.
+    pub status: u8,
+    pub scsi_status: u8,
+    /// `DataTransferLength`: the bytes the miniport says it moved.
+    pub transferred: u32,
 }
 
 /// Which way an SRB's data moves.
@@ -111,11 +123,14 @@ impl Srb {
             sense: block(SENSE_LEN)?,
             data_len,
             address: (target, lun),
+            opcode: cdb.first().copied().unwrap_or(0),
         };
-        // The block is zeroed: fill the fields a SCSI command needs.
-        let put = |offset: usize, bytes: &[u8]| {
-            pool.write_bytes(srb.srb + offset, bytes)
-                .expect("inside the SRB block");
+        // The fields a SCSI command needs, written in one access: the pool's lock is shared
+        // with the CPUs serving the miniport, and a locked access per field made the
+        // submitting CPU queue behind them a dozen times per SRB.
+        let mut fields = [0u8; size_of::<SCSI_REQUEST_BLOCK>()];
+        let mut put = |offset: usize, bytes: &[u8]| {
+            fields[offset..offset + bytes.len()].copy_from_slice(bytes);
         };
         let length = size_of::<SCSI_REQUEST_BLOCK>() as u16;
         put(
@@ -164,6 +179,8 @@ impl Srb {
             offset_of!(SCSI_REQUEST_BLOCK, TimeOutValue),
             &10u32.to_le_bytes(),
         );
+        pool.write_bytes(srb.srb, &fields)
+            .expect("the SRB block is live");
         Some(srb)
     }
 
@@ -190,20 +207,18 @@ impl Srb {
             .expect("the sense buffer is a live block")
     }
 
-    fn field(&self, pool: &Pool, offset: usize, len: usize) -> Vec<u8> {
-        pool.read_bytes(self.srb + offset, len)
-            .expect("the SRB is a live block")
-    }
-
-    /// `ScsiStatus`, once completed.
-    pub fn scsi_status(&self, pool: &Pool) -> u8 {
-        self.field(pool, offset_of!(SCSI_REQUEST_BLOCK, ScsiStatus), 1)[0]
-    }
-
-    /// `DataTransferLength`, once completed: the bytes the miniport says it moved.
-    pub fn transferred(&self, pool: &Pool) -> u32 {
-        let bytes = self.field(pool, offset_of!(SCSI_REQUEST_BLOCK, DataTransferLength), 4);
-        u32::from_le_bytes(bytes.try_into().expect("4 bytes"))
+    /// Status, SCSI status and transfer length, once the miniport has completed it (Storport
+    /// owns it again).
+    pub fn outcome(&self, pool: &Pool) -> Outcome {
+        let fields = pool
+            .read_bytes(self.srb, size_of::<SCSI_REQUEST_BLOCK>())
+            .expect("the SRB is a live block");
+        let at = offset_of!(SCSI_REQUEST_BLOCK, DataTransferLength);
+        Outcome {
+            status: fields[offset_of!(SCSI_REQUEST_BLOCK, SrbStatus)],
+            scsi_status: fields[offset_of!(SCSI_REQUEST_BLOCK, ScsiStatus)],
+            transferred: u32::from_le_bytes(fields[at..at + 4].try_into().expect("4 bytes")),
+        }
     }
 
     /// The data length the SRB asked for.
@@ -211,9 +226,9 @@ impl Srb {
         self.data_len
     }
 
-    /// The CDB's operation code.
-    pub fn opcode(&self, pool: &Pool) -> u8 {
-        self.field(pool, offset_of!(SCSI_REQUEST_BLOCK, Cdb), 1)[0]
+    /// The CDB's operation code, as built (Storport reads its own copy, not the miniport's).
+    pub fn opcode(&self) -> u8 {
+        self.opcode
     }
 
     /// (TargetId, Lun).
@@ -231,8 +246,7 @@ impl Srb {
 
     /// `SrbStatus`, once the miniport has completed it (Storport owns it again).
     pub fn status(&self, pool: &Pool) -> u8 {
-        pool.read_bytes(self.srb + offset_of!(SCSI_REQUEST_BLOCK, SrbStatus), 1)
-            .expect("the SRB is a live block")[0]
+        self.outcome(pool).status
     }
 
     pub fn free(self, pool: &Pool) {
