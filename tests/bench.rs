@@ -132,3 +132,64 @@ fn the_disk_script_completes_every_srb_on_both_drivers() {
     };
     assert!(disk::run(&fixture("nulldisk"), disk::Driver::Revcall, case, 10).is_err());
 }
+
+#[test]
+fn a_class_driver_without_io_verification_reuses_its_srbs_zeroed_and_one_with_it_frees_them() {
+    use revcall_scsi::{Command, Transfer};
+    use storsim::machine::Config;
+    use storsim::pool::{Owner, SpecialPool};
+
+    let transfer = Transfer {
+        lba: 8,
+        blocks: 8,
+        fua: false,
+    };
+    for special_pool in [SpecialPool::DriverOnly, SpecialPool::Everything] {
+        let harness = storsim::harness::Harness::start(
+            &fixture("nulldisk"),
+            Config {
+                special_pool,
+                timeline: false,
+                ..Config::default()
+            },
+        )
+        .expect("nulldisk starts");
+        let class = harness.kernel.disk_class().expect("a started adapter");
+        let storports = || {
+            harness
+                .kernel
+                .machine()
+                .pool()
+                .outstanding(Owner::Port)
+                .len()
+        };
+        let before = storports();
+        let written = class
+            .command(0, &Command::Write(transfer), 4096, Some(&[0x5A; 4096]))
+            .expect("nulldisk completes the WRITE");
+        assert_eq!(written.srb_status, 0x01);
+        let kept = storports() - before;
+        // nulldisk succeeds a TEST UNIT READY without touching its data buffer: the WRITE's
+        // bytes would show in a reused one that was not zeroed.
+        let read = class
+            .command(0, &Command::TestUnitReady, 4096, None)
+            .expect("nulldisk completes the TEST UNIT READY");
+        assert_eq!(read.data.len(), 4096);
+        assert!(
+            read.data.iter().all(|&b| b == 0),
+            "{special_pool:?}: a dirty data buffer"
+        );
+        match special_pool {
+            // The SRB, its data buffer and sense buffer (nulldisk asks for no SRB extension).
+            SpecialPool::DriverOnly => assert_eq!((kept, storports() - before), (3, 3)),
+            SpecialPool::Everything => assert_eq!((kept, storports() - before), (0, 0)),
+        }
+        drop(class);
+        assert_eq!(
+            storports(),
+            before,
+            "the lookaside is freed with its class driver"
+        );
+        harness.finish();
+    }
+}

@@ -9,13 +9,14 @@
 //!
 //! `Port::execute` checks every completed SRB (`DataTransferLength` never above the request).
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use revcall_scsi::{Command, PageControl, Sense};
 
 use crate::machine::Machine;
 use crate::miniport::Extension;
+use crate::pool::SpecialPool;
 use crate::port::{Direction, Outcome, Port, Srb};
 use crate::verifier::{BugCheck, Code, rules};
 
@@ -68,6 +69,26 @@ pub struct DiskClass {
     machine: Arc<Machine>,
     port: Arc<Port>,
     extension: Extension,
+    /// Collected SRBs kept for the next commands, when storsim's own blocks are not trapped
+    /// ([`SpecialPool::DriverOnly`]): classpnp takes SRBs from a lookaside list and Storport
+    /// SRB extensions from a preallocated list, so a request costs Windows no pool
+    /// allocation. Four allocations and four frees per SRB were half of what the submitting
+    /// CPU did in `storsim bench` once a server ran beside it, each a hold of the pool's lock
+    /// the other CPU had just taken. With every block trapped (tests, tortures) each SRB is
+    /// freed, so a miniport touching one after completing it faults.
+    lookaside: Mutex<Vec<Srb>>,
+}
+
+/// SRBs the lookaside keeps, at most (the deepest queue `storsim bench` keeps is 128).
+const LOOKASIDE_SRBS: usize = 256;
+
+impl Drop for DiskClass {
+    fn drop(&mut self) {
+        let lookaside = self.lookaside.get_mut().unwrap_or_else(|p| p.into_inner());
+        for srb in lookaside.drain(..) {
+            srb.free(self.machine.pool());
+        }
+    }
 }
 
 impl DiskClass {
@@ -76,7 +97,52 @@ impl DiskClass {
             machine,
             port,
             extension,
+            lookaside: Mutex::new(Vec::new()),
         }
+    }
+
+    /// An SRB for an EXECUTE_SCSI command: one from the lookaside with the same data length,
+    /// or a new one.
+    fn srb(
+        &self,
+        address: (u8, u8),
+        cdb: &[u8],
+        data_len: u32,
+        direction: Direction,
+    ) -> Option<Srb> {
+        let pool = self.machine.pool();
+        let kept = {
+            let mut lookaside = self.lookaside.lock().unwrap_or_else(|p| p.into_inner());
+            let at = lookaside
+                .iter()
+                .rposition(|srb| srb.requested() == data_len);
+            at.map(|at| lookaside.swap_remove(at))
+        };
+        match kept {
+            Some(mut srb) => {
+                srb.reissue(pool, address, cdb, direction);
+                Some(srb)
+            }
+            None => Srb::scsi(
+                pool,
+                address,
+                cdb,
+                data_len,
+                direction,
+                self.port.srb_extension_size(),
+            ),
+        }
+    }
+
+    /// Done with `srb` (Storport's again): kept for the next command, or freed.
+    fn retire(&self, srb: Srb) {
+        if self.machine.config().special_pool == SpecialPool::DriverOnly {
+            let mut lookaside = self.lookaside.lock().unwrap_or_else(|p| p.into_inner());
+            if lookaside.len() < LOOKASIDE_SRBS {
+                return lookaside.push(srb);
+            }
+        }
+        srb.free(self.machine.pool());
     }
 
     /// Sends one command to `lun`: `data_len` bytes in (or, with `payload`, out). `None` if
@@ -109,19 +175,12 @@ impl DiskClass {
             (Some(_), _) => Direction::Out,
             (None, _) => Direction::In,
         };
-        let srb = Srb::scsi(
-            pool,
-            (0, lun),
-            &cdb[..len],
-            data_len,
-            direction,
-            self.port.srb_extension_size(),
-        )?;
+        let srb = self.srb((0, lun), &cdb[..len], data_len, direction)?;
         if let Some(payload) = payload {
             srb.set_data(pool, payload);
         }
         if !self.port.submit(self.extension, &srb) {
-            srb.free(pool);
+            self.retire(srb);
             return None;
         }
         Some(InFlight { srb, direction })
@@ -164,7 +223,7 @@ impl DiskClass {
                 .flatten(),
             data,
         };
-        srb.free(pool);
+        self.retire(srb);
         Some(completion)
     }
 

@@ -66,6 +66,11 @@ thread_local! {
 
 /// The running kernel, for one export call on this thread (see [`LOCAL`]).
 pub fn entered() -> Rc<Arc<Kernel>> {
+    running().expect("an emulated export ran outside a storsim session")
+}
+
+/// [`entered`], or `None` outside a session.
+pub fn running() -> Option<Rc<Arc<Kernel>>> {
     let session = CURRENT_SESSION.load(Ordering::Acquire);
     let stale = LOCAL.with(|local| {
         let mut local = local.borrow_mut();
@@ -73,11 +78,15 @@ pub fn entered() -> Rc<Arc<Kernel>> {
             Some(kernel) if kernel.machine.session() == session => return Ok(kernel.clone()),
             _ => {}
         }
-        let kernel = Rc::new(kernel());
-        Err((local.replace(kernel.clone()), kernel))
+        let kernel = CURRENT
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .map(Rc::new);
+        Err((std::mem::replace(&mut *local, kernel.clone()), kernel))
     });
     match stale {
-        Ok(kernel) => kernel,
+        Ok(kernel) => Some(kernel),
         // The finished session's kernel is dropped outside the borrow: its teardown must not
         // find `LOCAL` borrowed.
         Err((old, kernel)) => {

@@ -515,13 +515,14 @@ unsafe extern "win64" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut
     // SAFETY: the C contract; `copy` also tolerates the overlap real memcpy forbids.
     unsafe { std::ptr::copy(src, dest, n) };
     if n >= crate::port::BULK_COPY
-        && let Some(kernel) = crate::kernel::current()
+        && let Some(kernel) = crate::kernel::running()
     {
         // Between a service IRP's SystemBuffer and Storport's memory (an SRB's data buffer):
         // a payload copy. A copy within the driver's own stack or extension is not one.
-        let pool = kernel.machine().pool();
-        let owner = |at: usize| pool.block(at).map(|block| block.owner);
-        let ends = [owner(src as usize), owner(dest as usize)];
+        let ends = kernel
+            .machine()
+            .pool()
+            .owners([src as usize, dest as usize]);
         if ends.contains(&Some(Owner::SystemBuffer)) && ends.contains(&Some(Owner::Port)) {
             kernel
                 .port()

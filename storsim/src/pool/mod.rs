@@ -576,13 +576,14 @@ impl Pool {
 
     /// The live block whose bytes (`addr..addr + size`) contain `addr`.
     pub fn block(&self, addr: usize) -> Option<BlockInfo> {
+        live_block(&self.table(), addr).cloned()
+    }
+
+    /// The owners of the live blocks the `N` addresses fall in, looked up in one hold of the
+    /// lock (a payload copy's two ends).
+    pub fn owners<const N: usize>(&self, addrs: [usize; N]) -> [Option<Owner>; N] {
         let table = self.table();
-        let slot = table
-            .containing(addr)
-            .filter(|slot| slot.state == State::Live)?;
-        (slot.info.addr..slot.info.addr + slot.info.size)
-            .contains(&addr)
-            .then(|| slot.info.clone())
+        addrs.map(|addr| live_block(&table, addr).map(|block| block.owner))
     }
 
     fn table(&self) -> MutexGuard<'_, Table> {
@@ -612,6 +613,16 @@ impl Drop for Pool {
             unsafe { region.unmap() };
         }
     }
+}
+
+/// The live block `addr` falls in (its bytes, not its underrun area, slack or guard page).
+fn live_block(table: &Table, addr: usize) -> Option<&BlockInfo> {
+    let slot = table
+        .containing(addr)
+        .filter(|slot| slot.state == State::Live)?;
+    (slot.info.addr..slot.info.addr + slot.info.size)
+        .contains(&addr)
+        .then_some(&slot.info)
 }
 
 fn page_size() -> usize {

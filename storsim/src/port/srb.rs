@@ -103,7 +103,7 @@ impl Srb {
     fn build(
         pool: &Pool,
         function: u8,
-        (target, lun): (u8, u8),
+        address: (u8, u8),
         cdb: &[u8],
         data_len: u32,
         direction: Direction,
@@ -116,15 +116,53 @@ impl Srb {
                 .ok()
                 .map(|p| p as usize),
         };
-        let srb = Self {
+        let mut srb = Self {
             srb: block(size_of::<SCSI_REQUEST_BLOCK>())?,
             data: block(data_len as usize)?,
             extension: block(extension_size as usize)?,
             sense: block(SENSE_LEN)?,
             data_len,
-            address: (target, lun),
-            opcode: cdb.first().copied().unwrap_or(0),
+            address,
+            opcode: 0,
         };
+        srb.issue(pool, function, address, cdb, direction);
+        Some(srb)
+    }
+
+    /// The same blocks as a fresh EXECUTE_SCSI SRB to `address` with `cdb`: the SRB, its
+    /// data, extension and sense buffers zeroed and its fields written again, as classpnp
+    /// reuses an SRB from its lookaside list (and Storport its SRB extensions) instead of
+    /// allocating them per request.
+    pub fn reissue(&mut self, pool: &Pool, address: (u8, u8), cdb: &[u8], direction: Direction) {
+        for (block, len) in [(self.data, self.data_len as usize), (self.sense, SENSE_LEN)] {
+            if block != 0 {
+                pool.fill(block, len, |bytes| bytes.fill(0))
+                    .expect("the SRB's blocks are live");
+            }
+        }
+        if self.extension != 0 {
+            let len = pool
+                .block(self.extension)
+                .expect("the SRB extension is live")
+                .size;
+            pool.fill(self.extension, len, |bytes| bytes.fill(0))
+                .expect("the SRB extension is live");
+        }
+        let function = storport_abi::srb_function::EXECUTE_SCSI;
+        self.issue(pool, function, address, cdb, direction);
+    }
+
+    /// Writes the SRB's fields for `function` to `address` with `cdb`.
+    fn issue(
+        &mut self,
+        pool: &Pool,
+        function: u8,
+        (target, lun): (u8, u8),
+        cdb: &[u8],
+        direction: Direction,
+    ) {
+        self.address = (target, lun);
+        self.opcode = cdb.first().copied().unwrap_or(0);
         // The fields a SCSI command needs, written in one access: the pool's lock is shared
         // with the CPUs serving the miniport, and a locked access per field made the
         // submitting CPU queue behind them a dozen times per SRB.
@@ -147,19 +185,19 @@ impl Srb {
         put(offset_of!(SCSI_REQUEST_BLOCK, Cdb), cdb);
         put(
             offset_of!(SCSI_REQUEST_BLOCK, DataTransferLength),
-            &data_len.to_le_bytes(),
+            &self.data_len.to_le_bytes(),
         );
         put(
             offset_of!(SCSI_REQUEST_BLOCK, DataBuffer),
-            &(srb.data as u64).to_le_bytes(),
+            &(self.data as u64).to_le_bytes(),
         );
         put(
             offset_of!(SCSI_REQUEST_BLOCK, SrbExtension),
-            &(srb.extension as u64).to_le_bytes(),
+            &(self.extension as u64).to_le_bytes(),
         );
         put(
             offset_of!(SCSI_REQUEST_BLOCK, SenseInfoBuffer),
-            &(srb.sense as u64).to_le_bytes(),
+            &(self.sense as u64).to_le_bytes(),
         );
         put(
             offset_of!(SCSI_REQUEST_BLOCK, SenseInfoBufferLength),
@@ -179,9 +217,8 @@ impl Srb {
             offset_of!(SCSI_REQUEST_BLOCK, TimeOutValue),
             &10u32.to_le_bytes(),
         );
-        pool.write_bytes(srb.srb, &fields)
+        pool.write_bytes(self.srb, &fields)
             .expect("the SRB block is live");
-        Some(srb)
     }
 
     /// The data buffer's bytes (what a data-in command returned).
