@@ -120,7 +120,7 @@ impl DiskClass {
         };
         match kept {
             Some(mut srb) => {
-                srb.reissue(pool, address, cdb, direction);
+                srb.reissue(address, cdb, direction);
                 Some(srb)
             }
             None => Srb::scsi(
@@ -168,7 +168,6 @@ impl DiskClass {
         data_len: u32,
         payload: Option<&[u8]>,
     ) -> Option<InFlight> {
-        let pool = self.machine.pool();
         let (cdb, len) = revcall_scsi::encode(command);
         let direction = match (payload, data_len) {
             (_, 0) => Direction::None,
@@ -177,7 +176,7 @@ impl DiskClass {
         };
         let srb = self.srb((0, lun), &cdb[..len], data_len, direction)?;
         if let Some(payload) = payload {
-            srb.set_data(pool, payload);
+            srb.set_data(payload);
         }
         if !self.port.submit(self.extension, &srb) {
             self.retire(srb);
@@ -195,7 +194,6 @@ impl DiskClass {
     /// Waits for `flight` (through Storport's reset ladder if it times out) and collects how
     /// it ended. `None` if it was never completed (reported; the SRB stays the miniport's).
     pub fn finish(&self, flight: InFlight) -> Option<Completion> {
-        let pool = self.machine.pool();
         let InFlight { srb, direction } = flight;
         if !self.port.finish_srb(self.extension, &srb) {
             return None;
@@ -204,8 +202,8 @@ impl DiskClass {
             status,
             scsi_status,
             transferred,
-        } = srb.outcome(pool);
-        let mut data = srb.data(pool);
+        } = srb.outcome();
+        let mut data = srb.data();
         data.truncate(transferred.min(srb.requested()) as usize);
         if status & 0x3F == SRB_STATUS_SUCCESS {
             let (moved, counter) = match direction {
@@ -219,7 +217,7 @@ impl DiskClass {
             srb_status: status & 0x3F,
             scsi_status,
             sense: (status & SRB_STATUS_AUTOSENSE_VALID != 0)
-                .then(|| Sense::parse(&srb.sense(pool)))
+                .then(|| Sense::parse(&srb.sense()))
                 .flatten(),
             data,
         };

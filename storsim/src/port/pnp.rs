@@ -237,10 +237,7 @@ impl Port {
             if !self.execute(extension, &srb) {
                 return;
             }
-            answered.push(format!(
-                "target {target}: SRB_STATUS {:#04x}",
-                srb.status(pool)
-            ));
+            answered.push(format!("target {target}: SRB_STATUS {:#04x}", srb.status()));
             srb.free(pool);
         }
         self.machine.note(format!(
@@ -437,7 +434,7 @@ impl Port {
     /// A completed SRB's DataTransferLength is at most what it asked for; returns true (the
     /// SRB is Storport's again either way).
     fn check_transfer(&self, srb: &Srb) -> bool {
-        let transferred = srb.outcome(self.machine.pool()).transferred;
+        let transferred = srb.outcome().transferred;
         if transferred > srb.requested() {
             // The class driver would read (or believe written) bytes past its buffer.
             self.machine.report(BugCheck::new(

@@ -11,12 +11,17 @@ use crate::pool::{Owner, Pool};
 const TAG: u32 = u32::from_le_bytes(*b"Srb ");
 
 /// An SRB and the blocks it points at; the addresses are live pool blocks until `free`.
+///
+/// Storport reads and writes its SRBs directly, and so does this: through the pool each
+/// access took the pool's lock, a cache miss whenever a CPU serving the miniport had taken
+/// it last, several times per SRB.
 pub struct Srb {
     srb: usize,
     data: usize,
     extension: usize,
     sense: usize,
     data_len: u32,
+    extension_len: u32,
     /// (TargetId, Lun).
     address: (u8, u8),
     /// The CDB's operation code (0 without a CDB).
@@ -122,10 +127,11 @@ impl Srb {
             extension: block(extension_size as usize)?,
             sense: block(SENSE_LEN)?,
             data_len,
+            extension_len: extension_size,
             address,
             opcode: 0,
         };
-        srb.issue(pool, function, address, cdb, direction);
+        srb.issue(function, address, cdb, direction);
         Some(srb)
     }
 
@@ -133,34 +139,22 @@ impl Srb {
     /// data, extension and sense buffers zeroed and its fields written again, as classpnp
     /// reuses an SRB from its lookaside list (and Storport its SRB extensions) instead of
     /// allocating them per request.
-    pub fn reissue(&mut self, pool: &Pool, address: (u8, u8), cdb: &[u8], direction: Direction) {
-        for (block, len) in [(self.data, self.data_len as usize), (self.sense, SENSE_LEN)] {
+    pub fn reissue(&mut self, address: (u8, u8), cdb: &[u8], direction: Direction) {
+        for (block, len) in [
+            (self.data, self.data_len),
+            (self.sense, SENSE_LEN as u32),
+            (self.extension, self.extension_len),
+        ] {
             if block != 0 {
-                pool.fill(block, len, |bytes| bytes.fill(0))
-                    .expect("the SRB's blocks are live");
+                self.zero(block, len as usize);
             }
         }
-        if self.extension != 0 {
-            let len = pool
-                .block(self.extension)
-                .expect("the SRB extension is live")
-                .size;
-            pool.fill(self.extension, len, |bytes| bytes.fill(0))
-                .expect("the SRB extension is live");
-        }
         let function = storport_abi::srb_function::EXECUTE_SCSI;
-        self.issue(pool, function, address, cdb, direction);
+        self.issue(function, address, cdb, direction);
     }
 
     /// Writes the SRB's fields for `function` to `address` with `cdb`.
-    fn issue(
-        &mut self,
-        pool: &Pool,
-        function: u8,
-        (target, lun): (u8, u8),
-        cdb: &[u8],
-        direction: Direction,
-    ) {
+    fn issue(&mut self, function: u8, (target, lun): (u8, u8), cdb: &[u8], direction: Direction) {
         self.address = (target, lun);
         self.opcode = cdb.first().copied().unwrap_or(0);
         // The fields a SCSI command needs, written in one access: the pool's lock is shared
@@ -217,39 +211,33 @@ impl Srb {
             offset_of!(SCSI_REQUEST_BLOCK, TimeOutValue),
             &10u32.to_le_bytes(),
         );
-        pool.write_bytes(self.srb, &fields)
-            .expect("the SRB block is live");
+        self.write(self.srb, &fields);
     }
 
     /// The data buffer's bytes (what a data-in command returned).
-    pub fn data(&self, pool: &Pool) -> Vec<u8> {
+    pub fn data(&self) -> Vec<u8> {
         if self.data == 0 {
             return Vec::new();
         }
-        pool.read_bytes(self.data, self.data_len as usize)
-            .expect("the data buffer is a live block")
+        self.read(self.data, self.data_len as usize)
     }
 
     /// Fills the data buffer (a data-out command's payload).
-    pub fn set_data(&self, pool: &Pool, bytes: &[u8]) {
+    pub fn set_data(&self, bytes: &[u8]) {
         if self.data != 0 {
-            pool.write_bytes(self.data, &bytes[..bytes.len().min(self.data_len as usize)])
-                .expect("the data buffer is a live block");
+            self.write(self.data, &bytes[..bytes.len().min(self.data_len as usize)]);
         }
     }
 
     /// The sense buffer's bytes.
-    pub fn sense(&self, pool: &Pool) -> Vec<u8> {
-        pool.read_bytes(self.sense, SENSE_LEN)
-            .expect("the sense buffer is a live block")
+    pub fn sense(&self) -> Vec<u8> {
+        self.read(self.sense, SENSE_LEN)
     }
 
     /// Status, SCSI status and transfer length, once the miniport has completed it (Storport
     /// owns it again).
-    pub fn outcome(&self, pool: &Pool) -> Outcome {
-        let fields = pool
-            .read_bytes(self.srb, size_of::<SCSI_REQUEST_BLOCK>())
-            .expect("the SRB is a live block");
+    pub fn outcome(&self) -> Outcome {
+        let fields = self.read(self.srb, size_of::<SCSI_REQUEST_BLOCK>());
         let at = offset_of!(SCSI_REQUEST_BLOCK, DataTransferLength);
         Outcome {
             status: fields[offset_of!(SCSI_REQUEST_BLOCK, SrbStatus)],
@@ -282,8 +270,49 @@ impl Srb {
     }
 
     /// `SrbStatus`, once the miniport has completed it (Storport owns it again).
-    pub fn status(&self, pool: &Pool) -> u8 {
-        self.outcome(pool).status
+    pub fn status(&self) -> u8 {
+        self.outcome().status
+    }
+
+    /// Where `at..at + len` lies in one of this SRB's blocks, or a panic: a storsim bug.
+    fn inside(&self, at: usize, len: usize) -> *mut u8 {
+        let blocks = [
+            (self.srb, size_of::<SCSI_REQUEST_BLOCK>()),
+            (self.data, self.data_len as usize),
+            (self.sense, SENSE_LEN),
+            (self.extension, self.extension_len as usize),
+        ];
+        assert!(
+            blocks
+                .iter()
+                .any(|&(block, size)| block != 0 && at >= block && at + len <= block + size),
+            "bytes {at:#x}+{len} are not inside the SRB's blocks"
+        );
+        at as *mut u8
+    }
+
+    fn read(&self, at: usize, len: usize) -> Vec<u8> {
+        let from = self.inside(at, len);
+        let mut out = vec![0; len];
+        // SAFETY: `inside` checked the bytes lie in a block `build` allocated for this SRB,
+        // live (read-write, whatever the special pool traps) until `free` consumes it. The
+        // miniport may write them meanwhile only by a bug, which Storport's own reads do not
+        // stop either; the copy is of plain bytes.
+        unsafe { std::ptr::copy_nonoverlapping(from, out.as_mut_ptr(), len) };
+        out
+    }
+
+    fn write(&self, at: usize, bytes: &[u8]) {
+        let to = self.inside(at, bytes.len());
+        // SAFETY: as in `read`: this SRB's live block, written before the SRB goes to the
+        // miniport or after it gave it back.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), to, bytes.len()) };
+    }
+
+    fn zero(&self, at: usize, len: usize) {
+        let to = self.inside(at, len);
+        // SAFETY: as in `write`.
+        unsafe { std::ptr::write_bytes(to, 0, len) };
     }
 
     pub fn free(self, pool: &Pool) {

@@ -162,7 +162,7 @@ fn a_timed_out_srb_meets_the_lun_reset_then_the_bus_reset() {
     let pool = port.machine.pool();
     let srb = super::Srb::inquiry(pool, 0, 0).expect("pool");
     assert!(port.execute(extension, &srb), "HwResetBus completed it");
-    assert_eq!(srb.status(pool), 0x0E, "SRB_STATUS_BUS_RESET");
+    assert_eq!(srb.status(), 0x0E, "SRB_STATUS_BUS_RESET");
     srb.free(pool);
     assert_eq!(
         calls(),
