@@ -13,7 +13,9 @@ use core::ffi::c_void;
 use core::ptr::null_mut;
 use core::sync::atomic::{AtomicBool, AtomicPtr, Ordering};
 
-use revcall_scsi::{Command, Transfer, encode, parse_inquiry, parse_read_capacity10};
+use revcall_scsi::{
+    Command, Transfer, encode, parse_inquiry, parse_read_capacity10, parse_vpd_pages,
+};
 use storport_abi::{SCSI_REQUEST_BLOCK, srb_function, srb_status};
 
 use crate::adapter::{Adapter, POOL_TAG};
@@ -29,6 +31,15 @@ const SENSE_LEN: usize = 32;
 const SRB_FLAGS_DATA_IN: u32 = 0x40;
 /// Peripheral device type of a direct-access block device.
 const DISK: u8 = 0;
+/// VPD page Unit Serial Number.
+const VPD_SERIAL: u8 = 0x80;
+/// The longest serial number compared (revcall's are 32 bytes).
+const SERIAL_LEN: usize = 32;
+
+/// What the scan last saw at a LUN: nothing, or a disk with this serial number (VPD 0x80;
+/// zeros if the disk gave none). A LUN removed and re-created under its number between two
+/// INQUIRYs of it is a disk at both, but with another serial: a new disk all the same.
+type Seen = Option<[u8; SERIAL_LEN]>;
 
 pub struct Scanner {
     rescan: UnsafeCell<KEVENT>,
@@ -200,8 +211,9 @@ impl Scanner {
         Some(reply)
     }
 
-    /// INQUIRY on every LUN; a disk not seen before gets READ CAPACITY and a READ of block 0.
-    fn scan(&self, adapter: &Adapter, present: &mut [bool; LUNS as usize]) {
+    /// INQUIRY on every LUN; a disk not seen before (or seen with another serial number) gets
+    /// READ CAPACITY and a READ of block 0.
+    fn scan(&self, adapter: &Adapter, seen: &mut [Seen; LUNS as usize]) {
         for lun in 0..LUNS {
             if self.stopping.load(Ordering::Acquire) {
                 return;
@@ -216,14 +228,38 @@ impl Scanner {
                 .filter(|r| r.srb_status == srb_status::SUCCESS)
                 .and_then(|r| parse_inquiry(&r.data))
                 .is_some_and(|i| i.qualifier == 0 && i.device_type == DISK);
-            let slot = &mut present[usize::from(lun)];
-            if disk && !*slot {
-                self.first_read(adapter, lun);
-            } else if !disk && *slot {
-                log!("LUN %u: gone", u32::from(lun));
+            let now = disk.then(|| self.serial(adapter, lun));
+            let slot = &mut seen[usize::from(lun)];
+            match (*slot, now) {
+                (None, Some(_)) => self.first_read(adapter, lun),
+                (Some(before), Some(serial)) if before != serial => {
+                    log!("LUN %u: replaced by another disk", u32::from(lun));
+                    self.first_read(adapter, lun);
+                }
+                (Some(_), None) => log!("LUN %u: gone", u32::from(lun)),
+                _ => {}
             }
-            *slot = disk;
+            *slot = now;
         }
+    }
+
+    /// The serial number of the disk at `lun` (VPD 0x80), zero-padded; zeros if it has none.
+    fn serial(&self, adapter: &Adapter, lun: u8) -> [u8; SERIAL_LEN] {
+        let page = Command::Inquiry {
+            evpd: true,
+            page: VPD_SERIAL,
+            alloc: 64,
+        };
+        let mut serial = [0; SERIAL_LEN];
+        if let Some(reply) = self
+            .execute(adapter, lun, &page, 64)
+            .filter(|r| r.srb_status == srb_status::SUCCESS)
+            && let Some(body) = parse_vpd_pages(&reply.data, VPD_SERIAL)
+        {
+            let len = body.len().min(SERIAL_LEN);
+            serial[..len].copy_from_slice(&body[..len]);
+        }
+        serial
     }
 
     fn first_read(&self, adapter: &Adapter, lun: u8) {
@@ -267,7 +303,7 @@ unsafe extern "system" fn run(context: *mut c_void) {
     // SAFETY: `start` passed its adapter, which outlives the thread (`stop` joins it first).
     let adapter = unsafe { &*context.cast::<Adapter>() };
     let scanner = &adapter.scanner;
-    let mut present = [false; LUNS as usize];
+    let mut seen: [Seen; LUNS as usize] = [None; LUNS as usize];
     loop {
         // SAFETY: the scanner's event, set by `rescan` (and initially).
         unsafe {
@@ -282,7 +318,7 @@ unsafe extern "system" fn run(context: *mut c_void) {
         if scanner.stopping.load(Ordering::Acquire) {
             break;
         }
-        scanner.scan(adapter, &mut present);
+        scanner.scan(adapter, &mut seen);
     }
     // SAFETY: ends this system thread.
     unsafe { nt::PsTerminateSystemThread(nt::STATUS_SUCCESS) };
