@@ -92,9 +92,10 @@ pub struct Port {
     adapter: Mutex<Adapter>,
     rundown: Rundown,
     dispatcher: Dispatcher,
-    srbs: Mutex<std::collections::HashSet<usize>>,
-    /// Signalled each time an SRB leaves `srbs`: whoever waits for one wakes at once.
-    srb_done: std::sync::Condvar,
+    /// SRBs handed to the miniport and not completed, each with the thread waiting for it (if
+    /// one is): completing an SRB wakes that thread alone. (A condition variable woke every
+    /// waiting CPU for every SRB, and `storsim bench`'s CPUs each wait for their own.)
+    srbs: Mutex<std::collections::HashMap<usize, Option<std::thread::Thread>>>,
     /// Held (read) by each SRB handed to HwStartIo for the length of the call; a removal takes
     /// it (write) once the adapter's state says no more SRBs go to the miniport, so none is
     /// still on its way in when the extension goes.
@@ -114,8 +115,7 @@ impl Port {
             adapter: Mutex::new(Adapter::default()),
             rundown: Rundown::default(),
             dispatcher: Dispatcher::default(),
-            srbs: Mutex::new(std::collections::HashSet::new()),
-            srb_done: std::sync::Condvar::new(),
+            srbs: Mutex::new(std::collections::HashMap::new()),
             start_io_gate: std::sync::RwLock::new(()),
             units: Mutex::new(std::collections::HashMap::new()),
             counters: PortCounters::default(),
@@ -155,7 +155,9 @@ impl Port {
         self.adapter().extension
     }
 
-    fn srbs_outstanding(&self) -> MutexGuard<'_, std::collections::HashSet<usize>> {
+    fn srbs_outstanding(
+        &self,
+    ) -> MutexGuard<'_, std::collections::HashMap<usize, Option<std::thread::Thread>>> {
         self.srbs.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -279,21 +279,29 @@ impl Port {
 
     /// Waits until one of `srbs` is completed (at most `limit`): its index.
     pub fn first_done(&self, srbs: &[&Srb], limit: std::time::Duration) -> Option<usize> {
-        let deadline = std::time::Instant::now() + limit;
-        let mut outstanding = self.srbs_outstanding();
+        let mut deadline = None;
         loop {
-            if let Some(done) = srbs
-                .iter()
-                .position(|srb| !outstanding.contains(&srb.addr()))
             {
-                return Some(done);
+                let mut outstanding = self.srbs_outstanding();
+                if let Some(done) = srbs
+                    .iter()
+                    .position(|srb| !outstanding.contains_key(&srb.addr()))
+                {
+                    return Some(done);
+                }
+                let me = std::thread::current();
+                for srb in srbs {
+                    match outstanding.get_mut(&srb.addr()) {
+                        Some(Some(waiter)) if waiter.id() == me.id() => {}
+                        Some(waiter) => *waiter = Some(me.clone()),
+                        None => {}
+                    }
+                }
             }
-            let left = deadline.checked_duration_since(std::time::Instant::now())?;
-            outstanding = self
-                .srb_done
-                .wait_timeout(outstanding, left)
-                .unwrap_or_else(|p| p.into_inner())
-                .0;
+            // Registered under the lock: a completion after it unparks this thread, and an
+            // unpark before the park makes the park return at once.
+            let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + limit);
+            std::thread::park_timeout(deadline.checked_duration_since(std::time::Instant::now())?);
         }
     }
 
@@ -347,7 +355,7 @@ impl Port {
                 .entry(srb.address())
                 .or_insert(0);
         }
-        self.srbs_outstanding().insert(srb.addr());
+        self.srbs_outstanding().insert(srb.addr(), None);
         self.counters.srbs.fetch_add(1, Ordering::Relaxed);
         self.machine.call_driver("HwStartIo", DISPATCH_LEVEL, || {
             // SAFETY: the SRB and its buffers are live pool blocks Storport owns (`Srb`),
@@ -467,20 +475,21 @@ impl Port {
                 format!("SRB {srb:#x} completed while holding {name} {lock:#x}"),
             ));
         }
-        let status = {
+        let (status, waiter) = {
             let mut outstanding = self.srbs_outstanding();
             // Read before it leaves the set: its issuer frees the SRB as soon as it has.
-            let status = outstanding.contains(&srb).then(|| {
+            let status = outstanding.contains_key(&srb).then(|| {
                 self.machine
                     .pool()
                     .read_bytes(srb + std::mem::offset_of!(SCSI_REQUEST_BLOCK, SrbStatus), 1)
                     .map_or(0, |status| status[0])
                     & 0x3F
             });
-            outstanding.remove(&srb);
-            status
+            (status, outstanding.remove(&srb).flatten())
         };
-        self.srb_done.notify_all();
+        if let Some(waiter) = waiter {
+            waiter.unpark();
+        }
         let Some(status) = status else {
             return self.machine.report(BugCheck::new(
                 Code::ScsiVerifierDetectedViolation,
@@ -632,7 +641,7 @@ impl Port {
         }
         // The class driver's SRBs outlive the adapter only as dangling pointers: Storport
         // would complete them into freed memory, or never.
-        let srbs: Vec<usize> = self.srbs_outstanding().iter().copied().collect();
+        let srbs: Vec<usize> = self.srbs_outstanding().keys().copied().collect();
         for srb in srbs {
             self.machine.report(BugCheck::new(
                 Code::DriverVerifierDetectedViolation,
