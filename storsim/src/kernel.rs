@@ -406,7 +406,13 @@ mod tests {
             gone.upgrade().is_none(),
             "a thread's next call let the finished session's kernel go"
         );
+        // The other thread holds the last reference to the third kernel when it exits: the
+        // kernel is torn down in its thread-local destructors, which must not need any other.
+        let gone = Arc::downgrade(third.kernel());
+        drop(third);
+        assert!(gone.upgrade().is_some(), "the other thread's copy");
         drop(call);
         other.join().expect("the thread ends");
+        assert!(gone.upgrade().is_none(), "let go at the thread's exit");
     }
 }

@@ -18,6 +18,29 @@ use crate::pool::{Limits, Owner, Pool, SpecialPool};
 use crate::verifier::locks::{self, CANCEL_SPIN_LOCK, LockApi, LockId, LockOrder, STARTIO_LOCK};
 use crate::verifier::{self, BugCheck, Code, Verifier};
 
+/// How long a thread that waits for another CPU's completion spins before it sleeps.
+pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(5);
+
+/// Spins until `done` holds, for at most [`SPIN_BEFORE_SLEEP`]; whether it does. A completion
+/// from another CPU usually comes within microseconds, and a futex sleep and wake cost both
+/// threads more than that (a context switch each side, and a syscall for the waker); a thread
+/// that spins instead is still running when the completion comes, so the waker's unpark or
+/// notify finds nobody asleep.
+pub fn spin_until(mut done: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    loop {
+        for _ in 0..64 {
+            if done() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        if start.elapsed() > SPIN_BEFORE_SLEEP {
+            return done();
+        }
+    }
+}
+
 /// What a run is allowed and how hard it is pushed.
 #[derive(Clone, Debug)]
 pub struct Config {

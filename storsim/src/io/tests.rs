@@ -282,3 +282,42 @@ fn a_new_device_instance_tells_old_handles_apart() {
     );
     complete(&io, irp, STATUS_SUCCESS, 0, Via::IofCompleteRequest);
 }
+
+#[test]
+fn a_waiter_gets_its_outcome_whether_it_was_spinning_or_asleep_when_it_came() {
+    use super::request::{Outcome, Request};
+    use std::time::Duration;
+
+    let outcome = Outcome {
+        status: 0,
+        information: 0,
+        output: Vec::new(),
+    };
+    // Finished at once (the waiter is still spinning), after the spin (asleep: the finish must
+    // notify), and before the wait begins.
+    for delay in [Duration::ZERO, Duration::from_millis(20)] {
+        let request = Request::new(1);
+        let finisher = {
+            let (request, outcome) = (request.clone(), outcome.clone());
+            std::thread::spawn(move || {
+                std::thread::sleep(delay);
+                request.finish(outcome);
+            })
+        };
+        let waited = std::time::Instant::now();
+        assert_eq!(
+            request.wait(Duration::from_secs(10)),
+            Some(outcome.clone()),
+            "{delay:?}"
+        );
+        // Woken by the finish, not found at the end of the limit.
+        assert!(
+            waited.elapsed() < Duration::from_secs(5),
+            "{delay:?}: not woken"
+        );
+        finisher.join().expect("the finisher ends");
+    }
+    let request = Request::new(2);
+    request.finish(outcome.clone());
+    assert_eq!(request.wait(Duration::ZERO), Some(outcome));
+}

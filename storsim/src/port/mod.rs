@@ -96,6 +96,8 @@ pub struct Port {
     /// one is): completing an SRB wakes that thread alone. (A condition variable woke every
     /// waiting CPU for every SRB, and `storsim bench`'s CPUs each wait for their own.)
     srbs: Mutex<std::collections::HashMap<usize, Option<std::thread::Thread>>>,
+    /// SRBs completed so far, bumped under `srbs`' lock: a waiter spins on it before it parks.
+    srbs_completed: AtomicU64,
     /// Held (read) by each SRB handed to HwStartIo for the length of the call; a removal takes
     /// it (write) once the adapter's state says no more SRBs go to the miniport, so none is
     /// still on its way in when the extension goes.
@@ -116,6 +118,7 @@ impl Port {
             rundown: Rundown::default(),
             dispatcher: Dispatcher::default(),
             srbs: Mutex::new(std::collections::HashMap::new()),
+            srbs_completed: AtomicU64::new(0),
             start_io_gate: std::sync::RwLock::new(()),
             units: Mutex::new(std::collections::HashMap::new()),
             counters: PortCounters::default(),

@@ -13,6 +13,7 @@ use super::{
     SCSI_STOP_ADAPTER,
 };
 use crate::cpu::{DISPATCH_LEVEL, PASSIVE_LEVEL};
+use crate::machine::spin_until;
 use crate::miniport::{Extension, Miniport};
 use crate::pool::Owner;
 use crate::verifier::locks::{LockApi, STARTIO_LOCK};
@@ -281,7 +282,7 @@ impl Port {
     pub fn first_done(&self, srbs: &[&Srb], limit: std::time::Duration) -> Option<usize> {
         let mut deadline = None;
         loop {
-            {
+            let seen = {
                 let mut outstanding = self.srbs_outstanding();
                 if let Some(done) = srbs
                     .iter()
@@ -297,11 +298,16 @@ impl Port {
                         None => {}
                     }
                 }
-            }
+                self.srbs_completed.load(Ordering::Relaxed)
+            };
             // Registered under the lock: a completion after it unparks this thread, and an
             // unpark before the park makes the park return at once.
             let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + limit);
-            std::thread::park_timeout(deadline.checked_duration_since(std::time::Instant::now())?);
+            if !spin_until(|| self.srbs_completed.load(Ordering::Relaxed) != seen) {
+                std::thread::park_timeout(
+                    deadline.checked_duration_since(std::time::Instant::now())?,
+                );
+            }
         }
     }
 
@@ -485,7 +491,9 @@ impl Port {
                     .map_or(0, |status| status[0])
                     & 0x3F
             });
-            (status, outstanding.remove(&srb).flatten())
+            let waiter = outstanding.remove(&srb).flatten();
+            self.srbs_completed.fetch_add(1, Ordering::Relaxed);
+            (status, waiter)
         };
         if let Some(waiter) = waiter {
             waiter.unpark();
