@@ -2,9 +2,10 @@
 //! façade that scenarios, tests, the tester and the fuzz target drive it through.
 //!
 //! Exports are called by the driver with no context argument, so the running [`Kernel`] is
-//! process-global: [`kernel`] is how `exports/` (and only the driver boundary) finds it. Only
-//! one exists at a time ([`Kernel::boot`] serialises sessions), which is also what the driver
-//! expects: its `.data` and its Storport callbacks assume one instance.
+//! process-global: [`entered`] (each thread's copy of it) is how `exports/` (and only the
+//! driver boundary) finds it. Only one exists at a time ([`Kernel::boot`] serialises sessions),
+//! which is also what the driver expects: its `.data` and its Storport callbacks assume one
+//! instance.
 
 use std::cell::RefCell;
 use std::rc::Rc;
