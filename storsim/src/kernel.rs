@@ -65,7 +65,7 @@ thread_local! {
     static LOCAL: RefCell<Option<Rc<Arc<Kernel>>>> = const { RefCell::new(None) };
 }
 
-/// The running kernel, for one export call on this thread (see [`LOCAL`]).
+/// The running kernel, for one export call on this thread (each thread keeps a copy: `LOCAL`).
 pub fn entered() -> Rc<Arc<Kernel>> {
     running().expect("an emulated export ran outside a storsim session")
 }

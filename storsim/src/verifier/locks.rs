@@ -79,7 +79,7 @@ pub fn held_except(except: LockId) -> Option<(LockId, &'static str)> {
 pub const SPIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// The process-wide lock-order graph and each lock's API family, behind one mutex: every
-/// acquisition on every emulated CPU goes through it but the repeats [`SOLO`] vouches for, so
+/// acquisition on every emulated CPU goes through it but the repeats `SOLO` vouches for, so
 /// it is kept cheap (one lock, FxHash: the keys are addresses storsim itself produced, not
 /// attacker-chosen).
 pub struct LockOrder {
