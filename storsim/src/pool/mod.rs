@@ -362,13 +362,7 @@ impl Pool {
                 let (info, region) = (slot.info.clone(), slot.region);
                 // SAFETY: the table lock is held and the block is live and unpinned: no other
                 // thread frees, reprotects or unmaps it meanwhile.
-                unsafe {
-                    verify(
-                        &info,
-                        region,
-                        self.special.underrun_area(info.owner, region, info.addr),
-                    )
-                }?;
+                unsafe { verify(&info, region, self.special) }?;
                 slot.state = State::Freeing;
                 let victim = table.recycle(region.base()).or_else(|| table.evict());
                 drop(table);
@@ -385,13 +379,7 @@ impl Pool {
         };
         // SAFETY: the slot is `Freeing`, so no other thread removes, unmaps or reprotects it
         // until this thread moves it on (table.rs, "Ownership of mappings").
-        if let Err(error) = unsafe {
-            verify(
-                &info,
-                region,
-                self.special.underrun_area(info.owner, region, info.addr),
-            )
-        } {
+        if let Err(error) = unsafe { verify(&info, region, self.special) } {
             if let Some(slot) = self.table().starting_at(addr) {
                 slot.state = State::Live;
             }
@@ -443,13 +431,7 @@ impl Pool {
         };
         // SAFETY: the pin keeps `free` from revoking access or unmapping until it is dropped
         // below (table.rs, "Ownership of mappings").
-        let result = unsafe {
-            verify(
-                &info,
-                region,
-                self.special.underrun_area(info.owner, region, info.addr),
-            )
-        };
+        let result = unsafe { verify(&info, region, self.special) };
         if let Some(slot) = self.table().starting_at(addr) {
             slot.pins -= 1;
         }

@@ -1,9 +1,7 @@
 //! The byte patterns around and inside a block, and the check that finds them damaged.
 
-use std::ops::Range;
-
 use super::region::Region;
-use super::{ALIGN, BlockInfo, PoolError};
+use super::{ALIGN, BlockInfo, PoolError, SpecialPool};
 
 /// Initial contents of driver blocks from [`Pool::allocate`](super::Pool::allocate): as a
 /// pointer it is non-canonical, as an integer negative, so reliance on zeroed pool shows.
@@ -12,17 +10,19 @@ pub const FILL_BYTE: u8 = 0xCD;
 /// Contents of the underrun area and the slack; any other value there is corruption.
 pub const GUARD_BYTE: u8 = 0xFD;
 
-/// Checks the slack (first) and the underrun area `under` of the block `info` in `region`.
+/// Checks the slack (first) and the underrun area of the block `info` in `region`, as `special`
+/// laid them out ([`SpecialPool::underrun_area`]).
 ///
 /// # Safety
 ///
-/// The block's data pages must stay mapped and readable during the call: the caller has pinned
-/// the block or moved it to `Freeing`; `under` lies in them.
+/// The block's data pages must stay mapped and readable during the call: the caller holds the
+/// table lock, has pinned the block or has moved it to `Freeing`.
 pub(super) unsafe fn verify(
     info: &BlockInfo,
     region: Region,
-    under: Range<usize>,
+    special: SpecialPool,
 ) -> Result<(), PoolError> {
+    let under = special.underrun_area(info.owner, region, info.addr);
     let end = info.addr + info.size;
     let slack_end = info.addr + info.size.next_multiple_of(ALIGN);
     // SAFETY: the slack lies in the data pages, readable per this function's requirements.
