@@ -65,6 +65,11 @@ pub struct Config {
     pub faults: FaultPlan,
     /// Which freed pool blocks stay no-access in the quarantine.
     pub special_pool: SpecialPool,
+    /// Count the driver's payload copies ([`crate::port::PortCounters::payload_copies`]).
+    /// Telling a payload copy from another takes the pool's lock at each bulk `memcpy`, a
+    /// cost real Windows does not have: a throughput run that does not read the count turns
+    /// it off.
+    pub count_copies: bool,
 }
 
 impl Default for Config {
@@ -80,6 +85,7 @@ impl Default for Config {
             live: false,
             faults: FaultPlan::default(),
             special_pool: SpecialPool::Everything,
+            count_copies: true,
         }
     }
 }

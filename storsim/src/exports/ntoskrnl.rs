@@ -516,6 +516,7 @@ unsafe extern "win64" fn memcpy(dest: *mut u8, src: *const u8, n: usize) -> *mut
     unsafe { std::ptr::copy(src, dest, n) };
     if n >= crate::port::BULK_COPY
         && let Some(kernel) = crate::kernel::running()
+        && kernel.machine().config().count_copies
     {
         // Between a service IRP's SystemBuffer and Storport's memory (an SRB's data buffer):
         // a payload copy. A copy within the driver's own stack or extension is not one.

@@ -17,6 +17,9 @@ mod tests;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use crossbeam_utils::CachePadded;
+use rustc_hash::FxHashMap;
+
 pub use dispatcher::Dispatcher;
 pub use pnp::{DIRQL, PnpState, StartError};
 pub use rundown::Rundown;
@@ -84,6 +87,14 @@ pub struct PortCounters {
     pub bytes_verified: AtomicU64,
 }
 
+/// An SRB the miniport has not completed yet, as Storport keeps it.
+struct Outstanding {
+    /// The `Srb`'s own flag ([`Srb::is_completed`]), set under `srbs`' lock.
+    completed: Arc<std::sync::atomic::AtomicBool>,
+    /// The thread asleep until it completes, if one is.
+    waiter: Option<std::thread::Thread>,
+}
+
 /// Storport's state for the one adapter storsim runs.
 pub struct Port {
     machine: Arc<Machine>,
@@ -92,12 +103,15 @@ pub struct Port {
     adapter: Mutex<Adapter>,
     rundown: Rundown,
     dispatcher: Dispatcher,
-    /// SRBs handed to the miniport and not completed, each with the thread waiting for it (if
-    /// one is): completing an SRB wakes that thread alone. (A condition variable woke every
-    /// waiting CPU for every SRB, and `storsim bench`'s CPUs each wait for their own.)
-    srbs: Mutex<std::collections::HashMap<usize, Option<std::thread::Thread>>>,
+    /// SRBs handed to the miniport and not completed, by address: completing one sets its
+    /// flag and wakes the thread asleep on it alone. (A condition variable woke every waiting
+    /// CPU for every SRB, and `storsim bench`'s CPUs each wait for their own.)
+    ///
+    /// On a line of its own, as is the count: the submitting CPU spins reading the count
+    /// while the completing CPU takes the lock, and on one line each look stole it.
+    srbs: CachePadded<Mutex<FxHashMap<usize, Outstanding>>>,
     /// SRBs completed so far, bumped under `srbs`' lock: a waiter spins on it before it parks.
-    srbs_completed: AtomicU64,
+    srbs_completed: CachePadded<AtomicU64>,
     /// Held (read) by each SRB handed to HwStartIo for the length of the call; a removal takes
     /// it (write) once the adapter's state says no more SRBs go to the miniport, so none is
     /// still on its way in when the extension goes.
@@ -117,8 +131,8 @@ impl Port {
             adapter: Mutex::new(Adapter::default()),
             rundown: Rundown::default(),
             dispatcher: Dispatcher::default(),
-            srbs: Mutex::new(std::collections::HashMap::new()),
-            srbs_completed: AtomicU64::new(0),
+            srbs: CachePadded::new(Mutex::new(FxHashMap::default())),
+            srbs_completed: CachePadded::new(AtomicU64::new(0)),
             start_io_gate: std::sync::RwLock::new(()),
             units: Mutex::new(std::collections::HashMap::new()),
             counters: PortCounters::default(),
@@ -158,9 +172,7 @@ impl Port {
         self.adapter().extension
     }
 
-    fn srbs_outstanding(
-        &self,
-    ) -> MutexGuard<'_, std::collections::HashMap<usize, Option<std::thread::Thread>>> {
+    fn srbs_outstanding(&self) -> MutexGuard<'_, FxHashMap<usize, Outstanding>> {
         self.srbs.lock().unwrap_or_else(|p| p.into_inner())
     }
 

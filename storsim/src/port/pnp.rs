@@ -9,8 +9,8 @@ use storport_abi::{PORT_CONFIGURATION_INFORMATION, SCSI_REQUEST_BLOCK, SP_UNINIT
 
 use super::srb::Srb;
 use super::{
-    Adapter, Port, SCSI_ADAPTER_CONTROL_MAX, SCSI_ADAPTER_SURPRISE_REMOVAL, SCSI_RESTART_ADAPTER,
-    SCSI_STOP_ADAPTER,
+    Adapter, Outstanding, Port, SCSI_ADAPTER_CONTROL_MAX, SCSI_ADAPTER_SURPRISE_REMOVAL,
+    SCSI_RESTART_ADAPTER, SCSI_STOP_ADAPTER,
 };
 use crate::cpu::{DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::machine::spin_until;
@@ -279,35 +279,42 @@ impl Port {
     }
 
     /// Waits until one of `srbs` is completed (at most `limit`): its index.
+    ///
+    /// Each SRB's own flag says whether it is, so a look takes no lock: the outstanding set's
+    /// lock is the completing CPU's, and taking it to look cost that CPU a cache miss each
+    /// time. Only a thread about to sleep takes it, to register itself.
     pub fn first_done(&self, srbs: &[&Srb], limit: std::time::Duration) -> Option<usize> {
+        let done = || srbs.iter().position(|srb| srb.is_completed());
         let mut deadline = None;
         loop {
-            let seen = {
+            // Bumped after a flag is set: a count seen before the look tells whether one was
+            // set since.
+            let seen = self.srbs_completed.load(Ordering::Acquire);
+            if let Some(done) = done() {
+                return Some(done);
+            }
+            if spin_until(|| self.srbs_completed.load(Ordering::Acquire) != seen) {
+                continue;
+            }
+            {
                 let mut outstanding = self.srbs_outstanding();
-                if let Some(done) = srbs
-                    .iter()
-                    .position(|srb| !outstanding.contains_key(&srb.addr()))
-                {
+                // Flags are set under this lock: none is set between this look and the
+                // registration without waking this thread after it.
+                if let Some(done) = done() {
                     return Some(done);
                 }
                 let me = std::thread::current();
                 for srb in srbs {
-                    match outstanding.get_mut(&srb.addr()) {
-                        Some(Some(waiter)) if waiter.id() == me.id() => {}
-                        Some(waiter) => *waiter = Some(me.clone()),
-                        None => {}
+                    if let Some(entry) = outstanding.get_mut(&srb.addr())
+                        && entry.waiter.as_ref().is_none_or(|w| w.id() != me.id())
+                    {
+                        entry.waiter = Some(me.clone());
                     }
                 }
-                self.srbs_completed.load(Ordering::Relaxed)
-            };
-            // Registered under the lock: a completion after it unparks this thread, and an
-            // unpark before the park makes the park return at once.
-            let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + limit);
-            if !spin_until(|| self.srbs_completed.load(Ordering::Relaxed) != seen) {
-                std::thread::park_timeout(
-                    deadline.checked_duration_since(std::time::Instant::now())?,
-                );
             }
+            // An unpark before the park makes the park return at once.
+            let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + limit);
+            std::thread::park_timeout(deadline.checked_duration_since(std::time::Instant::now())?);
         }
     }
 
@@ -352,6 +359,7 @@ impl Port {
                 .pool()
                 .write_bytes(srb.addr() + status, &[storport_abi::srb_status::NO_DEVICE]);
             self.counters.srbs_refused.fetch_add(1, Ordering::Relaxed);
+            srb.completion().store(true, Ordering::Release);
             return;
         }
         if srb.opcode() == 0x12 {
@@ -361,7 +369,15 @@ impl Port {
                 .entry(srb.address())
                 .or_insert(0);
         }
-        self.srbs_outstanding().insert(srb.addr(), None);
+        let completed = srb.completion();
+        completed.store(false, Ordering::Relaxed);
+        self.srbs_outstanding().insert(
+            srb.addr(),
+            Outstanding {
+                completed: completed.clone(),
+                waiter: None,
+            },
+        );
         self.counters.srbs.fetch_add(1, Ordering::Relaxed);
         self.machine.call_driver("HwStartIo", DISPATCH_LEVEL, || {
             // SAFETY: the SRB and its buffers are live pool blocks Storport owns (`Srb`),
@@ -483,17 +499,19 @@ impl Port {
         }
         let (status, waiter) = {
             let mut outstanding = self.srbs_outstanding();
-            // Read before it leaves the set: its issuer frees the SRB as soon as it has.
-            let status = outstanding.contains_key(&srb).then(|| {
-                self.machine
-                    .pool()
-                    .read_bytes(srb + std::mem::offset_of!(SCSI_REQUEST_BLOCK, SrbStatus), 1)
-                    .map_or(0, |status| status[0])
-                    & 0x3F
-            });
-            let waiter = outstanding.remove(&srb).flatten();
-            self.srbs_completed.fetch_add(1, Ordering::Relaxed);
-            (status, waiter)
+            match outstanding.remove(&srb) {
+                Some(entry) => {
+                    let at = srb + std::mem::offset_of!(SCSI_REQUEST_BLOCK, SrbStatus);
+                    // SAFETY: an outstanding SRB is one `Srb` built in Storport's pool and
+                    // handed to HwStartIo; its issuer frees it only once its flag is set,
+                    // below. Storport reads its own SRB directly.
+                    let status = unsafe { std::ptr::read_volatile(at as *const u8) } & 0x3F;
+                    entry.completed.store(true, Ordering::Release);
+                    self.srbs_completed.fetch_add(1, Ordering::Release);
+                    (Some(status), entry.waiter)
+                }
+                None => (None, None),
+            }
         };
         if let Some(waiter) = waiter {
             waiter.unpark();
@@ -692,7 +710,10 @@ impl Port {
                 .pool()
                 .free((old.addr() - EXTENSION_HEADER) as *mut u8, None);
         }
-        self.srbs_outstanding().clear();
+        // Those the removal reported: their issuers stop waiting.
+        for (_, entry) in self.srbs_outstanding().drain() {
+            entry.completed.store(true, Ordering::Release);
+        }
         self.dispatcher.release();
         self.machine.note("PnP: a new adapter instance is added");
         Ok(())

@@ -3,6 +3,8 @@
 //! sense buffer and the miniport's SrbExtension.
 
 use std::mem::offset_of;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use storport_abi::SCSI_REQUEST_BLOCK;
 
@@ -26,6 +28,10 @@ pub struct Srb {
     address: (u8, u8),
     /// The CDB's operation code (0 without a CDB).
     opcode: u8,
+    /// Set by Storport when the miniport completes the SRB (or when Storport fails it
+    /// itself), cleared when it is handed to the miniport: its issuer sees the completion
+    /// without taking the lock of Storport's outstanding set, which the completing CPU needs.
+    completed: Arc<AtomicBool>,
 }
 
 /// What the miniport left in a completed SRB, read in one access.
@@ -130,6 +136,7 @@ impl Srb {
             extension_len: extension_size,
             address,
             opcode: 0,
+            completed: Arc::default(),
         };
         srb.issue(function, address, cdb, direction);
         Some(srb)
@@ -263,6 +270,16 @@ impl Srb {
 
     pub fn addr(&self) -> usize {
         self.srb
+    }
+
+    /// Whether Storport has had it back since it last handed it to the miniport.
+    pub fn is_completed(&self) -> bool {
+        self.completed.load(Ordering::Acquire)
+    }
+
+    /// The flag Storport's outstanding set keeps for it (see `completed`).
+    pub(super) fn completion(&self) -> &Arc<AtomicBool> {
+        &self.completed
     }
 
     pub fn as_ptr(&self) -> *mut SCSI_REQUEST_BLOCK {
