@@ -55,8 +55,14 @@ pub trait ServiceIrp: Parkable + Sized {
     fn file(&self) -> usize;
     /// The request bytes; `None` if the buffer is missing.
     fn input(&self) -> Option<&[u8]>;
-    /// The reply buffer, `OutputBufferLength` bytes; `None` if missing.
-    fn output(&mut self) -> Option<&mut [u8]>;
+    /// `OutputBufferLength`: the most a reply may take.
+    fn output_len(&self) -> usize;
+    /// The reply buffer's first `len` bytes (at most [`output_len`](Self::output_len)), each
+    /// initialized: what the input did not fill is zeroed at this call, so nothing stale can
+    /// leave the kernel. Zeroing only what the reply takes, not the whole buffer: a FETCH
+    /// brings room for a 64 KiB payload that a READ's reply never uses. Take it once per
+    /// reply (each call zeroes again); `None` if the buffer is missing.
+    fn output(&mut self, len: usize) -> Option<&mut [u8]>;
     /// Sets `IoStatus` and hands the IRP back to Storport (`StorPortCompleteServiceIrp`).
     fn complete(self, status: Status, information: usize);
 }
@@ -209,7 +215,8 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
 
     /// Writes the WAIT reply for `waiter` into the IRP's buffer; returns its size.
     fn fill(&self, irp: &mut I, waiter: &Waiter) -> Option<usize> {
-        let mut writer = WaitReplyWriter::new(irp.output()?, waiter.max_events)?;
+        let room = irp.output_len();
+        let mut writer = WaitReplyWriter::new(irp.output(room)?, waiter.max_events)?;
         let delivery = self.ring.read_into(waiter.cursor, &mut writer);
         let mut flags = if delivery.more { WaitFlags::MORE } else { 0 };
         if self.is_closed() {
@@ -435,7 +442,7 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
             return Err(Status::INVALID_DEVICE_REQUEST);
         }
         let request = decode_request(irp.input().unwrap_or(&[]))?;
-        let room = irp.output().map_or(0, |out| out.len());
+        let room = irp.output_len();
         if room < request.min_reply_size() {
             return Err(Status::BUFFER_TOO_SMALL);
         }
@@ -615,7 +622,8 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
     /// Completes a fixed-size reply. The output was checked against the reply's size on
     /// arrival, so `encode` cannot run out of room.
     fn succeed(mut irp: I, encode: impl FnOnce(&mut [u8]) -> Option<usize>) {
-        let size = irp.output().and_then(encode);
+        let room = irp.output_len();
+        let size = irp.output(room).and_then(encode);
         irp.complete(Status::SUCCESS, size.unwrap_or(0));
     }
 

@@ -38,26 +38,7 @@ impl Irp {
         let irp = Self(NonNull::new(irp)?);
         // SAFETY: a live IRP we now own; its DriverContext belongs to its current owner.
         unsafe { (*irp.0.as_ptr()).DriverContext[CONTEXT_EXTENSION] = ext };
-        irp.zero_output_tail();
         Some(irp)
-    }
-
-    /// Zeroes the part of SystemBuffer the I/O manager did not fill with input, so the output
-    /// slice covers initialized bytes only and nothing stale could ever leave the kernel.
-    fn zero_output_tail(&self) {
-        let stack = self.stack();
-        let (input, output) = (
-            stack.InputBufferLength as usize,
-            stack.OutputBufferLength as usize,
-        );
-        let buffer = self.system_buffer();
-        if output > input && !buffer.is_null() {
-            // SAFETY: METHOD_BUFFERED: SystemBuffer holds max(input, output) bytes owned by
-            // the IRP, which we own, so `input` is within it.
-            let tail = unsafe { buffer.cast::<u8>().add(input) };
-            // SAFETY: as above: bytes input..output of that buffer.
-            unsafe { core::ptr::write_bytes(tail, 0, output - input) };
-        }
     }
 
     fn stack(&self) -> &IO_STACK_LOCATION {
@@ -139,8 +120,12 @@ impl ServiceIrp for Irp {
         Some(unsafe { core::slice::from_raw_parts(buffer.cast::<u8>(), len) })
     }
 
-    fn output(&mut self) -> Option<&mut [u8]> {
-        let len = self.stack().OutputBufferLength as usize;
+    fn output_len(&self) -> usize {
+        self.stack().OutputBufferLength as usize
+    }
+
+    fn output(&mut self, len: usize) -> Option<&mut [u8]> {
+        let len = len.min(self.output_len());
         let buffer = self.system_buffer();
         if len == 0 {
             return Some(&mut []);
@@ -148,8 +133,18 @@ impl ServiceIrp for Irp {
         if buffer.is_null() {
             return None;
         }
-        // SAFETY: as in `input` (and every byte is initialized: input, or zeroed on arrival);
-        // the exclusive borrow of `self` makes this the only view.
+        let input = self.stack().InputBufferLength as usize;
+        if len > input {
+            // SAFETY: METHOD_BUFFERED: SystemBuffer holds max(InputBufferLength,
+            // OutputBufferLength) bytes owned by the IRP, which we own, and `input < len ≤
+            // OutputBufferLength`.
+            let tail = unsafe { buffer.cast::<u8>().add(input) };
+            // SAFETY: as above: bytes input..len of that buffer, which the I/O manager left
+            // as it found them.
+            unsafe { core::ptr::write_bytes(tail, 0, len - input) };
+        }
+        // SAFETY: as in `input`, and every byte is initialized (input, or zeroed above); the
+        // exclusive borrow of `self` makes this the only view.
         Some(unsafe { core::slice::from_raw_parts_mut(buffer.cast::<u8>(), len) })
     }
 

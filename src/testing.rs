@@ -252,8 +252,14 @@ impl ServiceIrp for FakeIrp {
         self.input.as_deref()
     }
 
-    fn output(&mut self) -> Option<&mut [u8]> {
-        self.output.as_deref_mut()
+    fn output_len(&self) -> usize {
+        self.output.as_ref().map_or(0, Vec::len)
+    }
+
+    fn output(&mut self, len: usize) -> Option<&mut [u8]> {
+        let out = self.output.as_deref_mut()?;
+        let len = len.min(out.len());
+        Some(&mut out[..len])
     }
 
     fn complete(self, status: Status, information: usize) {

@@ -115,9 +115,6 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
         stale: u32,
         flags: u32,
     ) -> (Status, usize) {
-        let Some(out) = irp.output() else {
-            return (self.count(Status::BUFFER_TOO_SMALL), 0);
-        };
         // How many of the LUN's queued SRBs fit, oldest first: the reply's size must be known
         // before its first payload is placed (payloads follow every descriptor).
         let (mut count, mut payload) = (0usize, 0usize);
@@ -126,7 +123,10 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
             self.ready_incarnation(server.lun),
         ) {
             // What the reply needs beyond its empty size, against what the buffer has.
-            let (mut used, room) = (0usize, out.len().saturating_sub(fetch_reply_size(0, 0)));
+            let (mut used, room) = (
+                0usize,
+                irp.output_len().saturating_sub(fetch_reply_size(0, 0)),
+            );
             for (incarnation, len) in self.tags.queued(server.lun) {
                 used += size_of::<Descriptor>() + len;
                 // SRBs sent to a removed LUN of this number wait at the head for settle.
@@ -141,7 +141,10 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
             }
         }
         let opcode = Opcode::try_from(server.opcode).unwrap_or(Opcode::Fetch);
-        let Some(mut writer) = FetchReplyWriter::new(out, opcode, count, payload) else {
+        let out = irp.output(fetch_reply_size(count, payload));
+        let Some(mut writer) =
+            out.and_then(|out| FetchReplyWriter::new(out, opcode, count, payload))
+        else {
             return (self.count(Status::BUFFER_TOO_SMALL), 0);
         };
         for _ in 0..count {
@@ -266,8 +269,9 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
                 lun: server.lun.into(),
                 reserved: 0,
             };
+            let room = irp.output_len();
             let size = irp
-                .output()
+                .output(room)
                 .and_then(|out| encode_attach_reply(out, &reply));
             return (self.count(Status::SUCCESS), size.unwrap_or(0));
         }

@@ -86,7 +86,7 @@ impl Drop for DiskClass {
     fn drop(&mut self) {
         let lookaside = self.lookaside.get_mut().unwrap_or_else(|p| p.into_inner());
         for srb in lookaside.drain(..) {
-            srb.free(self.machine.pool());
+            self.port.free_srb(srb);
         }
     }
 }
@@ -142,7 +142,7 @@ impl DiskClass {
                 return lookaside.push(srb);
             }
         }
-        srb.free(self.machine.pool());
+        self.port.free_srb(srb);
     }
 
     /// Sends one command to `lun`: `data_len` bytes in (or, with `payload`, out). `None` if

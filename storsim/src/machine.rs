@@ -35,6 +35,7 @@ pub fn spin_until(mut done: impl FnMut() -> bool) -> bool {
             }
             std::hint::spin_loop();
         }
+        std::thread::yield_now();
         if start.elapsed() > SPIN_BEFORE_SLEEP {
             return done();
         }

@@ -24,6 +24,7 @@ pub use dispatcher::Dispatcher;
 pub use pnp::{DIRQL, PnpState, StartError};
 pub use rundown::Rundown;
 pub use service::IOCTL_MINIPORT_PROCESS_SERVICE_IRP as IOCTL;
+use srb::Standing;
 pub use srb::{Direction, Outcome, Srb};
 
 use crate::io::Io;
@@ -87,14 +88,6 @@ pub struct PortCounters {
     pub bytes_verified: AtomicU64,
 }
 
-/// An SRB the miniport has not completed yet, as Storport keeps it.
-struct Outstanding {
-    /// The `Srb`'s own flag ([`Srb::is_completed`]), set under `srbs`' lock.
-    completed: Arc<std::sync::atomic::AtomicBool>,
-    /// The thread asleep until it completes, if one is.
-    waiter: Option<std::thread::Thread>,
-}
-
 /// Storport's state for the one adapter storsim runs.
 pub struct Port {
     machine: Arc<Machine>,
@@ -103,14 +96,15 @@ pub struct Port {
     adapter: Mutex<Adapter>,
     rundown: Rundown,
     dispatcher: Dispatcher,
-    /// SRBs handed to the miniport and not completed, by address: completing one sets its
-    /// flag and wakes the thread asleep on it alone. (A condition variable woke every waiting
-    /// CPU for every SRB, and `storsim bench`'s CPUs each wait for their own.)
-    ///
-    /// On a line of its own, as is the count: the submitting CPU spins reading the count
-    /// while the completing CPU takes the lock, and on one line each look stole it.
-    srbs: CachePadded<Mutex<FxHashMap<usize, Outstanding>>>,
-    /// SRBs completed so far, bumped under `srbs`' lock: a waiter spins on it before it parks.
+    /// The SRBs Storport has handed to the miniport and not freed, by address: what tells a
+    /// completion of one of them (outstanding or not) from one of anything else. It changes
+    /// when an SRB is first handed over or freed, so the completing CPU has its lock to
+    /// itself while the class model reuses its SRBs; whether one is outstanding is its own
+    /// [`Standing`].
+    srbs: CachePadded<Mutex<FxHashMap<usize, Arc<Standing>>>>,
+    /// On a line of its own: the submitting CPU spins reading it while the completing CPU
+    /// bumps it, and on a shared line each look stole the line from the other's writes.
+    /// SRBs completed so far: a waiter spins on it before it parks.
     srbs_completed: CachePadded<AtomicU64>,
     /// Held (read) by each SRB handed to HwStartIo for the length of the call; a removal takes
     /// it (write) once the adapter's state says no more SRBs go to the miniport, so none is
@@ -172,8 +166,32 @@ impl Port {
         self.adapter().extension
     }
 
-    fn srbs_outstanding(&self) -> MutexGuard<'_, FxHashMap<usize, Outstanding>> {
+    fn srbs_known(&self) -> MutexGuard<'_, FxHashMap<usize, Arc<Standing>>> {
         self.srbs.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The SRBs handed to the miniport and not completed yet, by address.
+    fn srbs_outstanding(&self) -> Vec<(usize, Arc<Standing>)> {
+        self.srbs_known()
+            .iter()
+            .filter(|(_, standing)| standing.is_outstanding())
+            .map(|(&srb, standing)| (srb, standing.clone()))
+            .collect()
+    }
+
+    /// Done with `srb` (Storport's again): its blocks go back to the pool.
+    pub fn free_srb(&self, srb: Srb) {
+        let standing = srb.standing();
+        if standing.known.load(Ordering::Relaxed) {
+            let mut known = self.srbs_known();
+            if known
+                .get(&srb.addr())
+                .is_some_and(|entry| Arc::ptr_eq(entry, standing))
+            {
+                known.remove(&srb.addr());
+            }
+        }
+        srb.free(self.machine.pool());
     }
 
     /// StorPortNotification(BusChangeDetected, PathId): Storport queues a rescan of the bus
@@ -270,7 +288,10 @@ impl Port {
 
     /// SRBs handed to the miniport and not completed yet.
     pub fn srbs_in_flight(&self) -> usize {
-        self.srbs_outstanding().len()
+        self.srbs_known()
+            .values()
+            .filter(|standing| standing.is_outstanding())
+            .count()
     }
 
     /// The queue depth the miniport set for (`target`, `lun`), if it did.

@@ -9,8 +9,8 @@ use storport_abi::{PORT_CONFIGURATION_INFORMATION, SCSI_REQUEST_BLOCK, SP_UNINIT
 
 use super::srb::Srb;
 use super::{
-    Adapter, Outstanding, Port, SCSI_ADAPTER_CONTROL_MAX, SCSI_ADAPTER_SURPRISE_REMOVAL,
-    SCSI_RESTART_ADAPTER, SCSI_STOP_ADAPTER,
+    Adapter, Port, SCSI_ADAPTER_CONTROL_MAX, SCSI_ADAPTER_SURPRISE_REMOVAL, SCSI_RESTART_ADAPTER,
+    SCSI_STOP_ADAPTER,
 };
 use crate::cpu::{DISPATCH_LEVEL, PASSIVE_LEVEL};
 use crate::machine::spin_until;
@@ -239,7 +239,7 @@ impl Port {
                 return;
             }
             answered.push(format!("target {target}: SRB_STATUS {:#04x}", srb.status()));
-            srb.free(pool);
+            self.free_srb(srb);
         }
         self.machine.note(format!(
             "bus scan: INQUIRY via HwStartIo → {}",
@@ -280,15 +280,14 @@ impl Port {
 
     /// Waits until one of `srbs` is completed (at most `limit`): its index.
     ///
-    /// Each SRB's own flag says whether it is, so a look takes no lock: the outstanding set's
-    /// lock is the completing CPU's, and taking it to look cost that CPU a cache miss each
-    /// time. Only a thread about to sleep takes it, to register itself.
+    /// Each SRB's own [`Standing`](super::srb::Standing) says whether it is, and only a
+    /// thread about to sleep takes its locks, to register itself.
     pub fn first_done(&self, srbs: &[&Srb], limit: std::time::Duration) -> Option<usize> {
         let done = || srbs.iter().position(|srb| srb.is_completed());
         let mut deadline = None;
         loop {
-            // Bumped after a flag is set: a count seen before the look tells whether one was
-            // set since.
+            // Bumped after an SRB completes: a count seen before the look tells whether one
+            // completed since.
             let seen = self.srbs_completed.load(Ordering::Acquire);
             if let Some(done) = done() {
                 return Some(done);
@@ -296,23 +295,12 @@ impl Port {
             if spin_until(|| self.srbs_completed.load(Ordering::Acquire) != seen) {
                 continue;
             }
-            {
-                let mut outstanding = self.srbs_outstanding();
-                // Flags are set under this lock: none is set between this look and the
-                // registration without waking this thread after it.
-                if let Some(done) = done() {
-                    return Some(done);
-                }
-                let me = std::thread::current();
-                for srb in srbs {
-                    if let Some(entry) = outstanding.get_mut(&srb.addr())
-                        && entry.waiter.as_ref().is_none_or(|w| w.id() != me.id())
-                    {
-                        entry.waiter = Some(me.clone());
-                    }
-                }
+            let me = std::thread::current();
+            // Registered under each SRB's lock, which its completion takes: a completion after
+            // it wakes this thread, and an unpark before the park makes the park return.
+            if let Some(done) = srbs.iter().position(|srb| !srb.standing().sleep_on(&me)) {
+                return Some(done);
             }
-            // An unpark before the park makes the park return at once.
             let deadline = *deadline.get_or_insert_with(|| std::time::Instant::now() + limit);
             std::thread::park_timeout(deadline.checked_duration_since(std::time::Instant::now())?);
         }
@@ -359,7 +347,6 @@ impl Port {
                 .pool()
                 .write_bytes(srb.addr() + status, &[storport_abi::srb_status::NO_DEVICE]);
             self.counters.srbs_refused.fetch_add(1, Ordering::Relaxed);
-            srb.completion().store(true, Ordering::Release);
             return;
         }
         if srb.opcode() == 0x12 {
@@ -369,15 +356,11 @@ impl Port {
                 .entry(srb.address())
                 .or_insert(0);
         }
-        let completed = srb.completion();
-        completed.store(false, Ordering::Relaxed);
-        self.srbs_outstanding().insert(
-            srb.addr(),
-            Outstanding {
-                completed: completed.clone(),
-                waiter: None,
-            },
-        );
+        let standing = srb.standing();
+        if !standing.known.swap(true, Ordering::Relaxed) {
+            self.srbs_known().insert(srb.addr(), standing.clone());
+        }
+        standing.hand_over();
         self.counters.srbs.fetch_add(1, Ordering::Relaxed);
         self.machine.call_driver("HwStartIo", DISPATCH_LEVEL, || {
             // SAFETY: the SRB and its buffers are live pool blocks Storport owns (`Srb`),
@@ -432,7 +415,7 @@ impl Port {
         };
         self.start_io(miniport, extension, &reset);
         if self.completes_within(&reset, self.machine.config().rundown_limit) {
-            reset.free(pool);
+            self.free_srb(reset);
         } else {
             // Still the miniport's: its blocks stay allocated.
             self.machine.report(BugCheck::new(
@@ -497,24 +480,18 @@ impl Port {
                 format!("SRB {srb:#x} completed while holding {name} {lock:#x}"),
             ));
         }
-        let (status, waiter) = {
-            let mut outstanding = self.srbs_outstanding();
-            match outstanding.remove(&srb) {
-                Some(entry) => {
-                    let at = srb + std::mem::offset_of!(SCSI_REQUEST_BLOCK, SrbStatus);
-                    // SAFETY: an outstanding SRB is one `Srb` built in Storport's pool and
-                    // handed to HwStartIo; its issuer frees it only once its flag is set,
-                    // below. Storport reads its own SRB directly.
-                    let status = unsafe { std::ptr::read_volatile(at as *const u8) } & 0x3F;
-                    entry.completed.store(true, Ordering::Release);
-                    self.srbs_completed.fetch_add(1, Ordering::Release);
-                    (Some(status), entry.waiter)
-                }
-                None => (None, None),
-            }
-        };
-        if let Some(waiter) = waiter {
-            waiter.unpark();
+        let standing = self.srbs_known().get(&srb).cloned();
+        let status = standing.and_then(|standing| {
+            standing.complete(|| {
+                let at = srb + std::mem::offset_of!(SCSI_REQUEST_BLOCK, SrbStatus);
+                // SAFETY: an SRB Storport knows is one `Srb` it built in its pool and has not
+                // freed, and while it is outstanding its issuer does not free it. Storport
+                // reads its own SRB directly.
+                unsafe { std::ptr::read_volatile(at as *const u8) & 0x3F }
+            })
+        });
+        if status.is_some() {
+            self.srbs_completed.fetch_add(1, Ordering::Release);
         }
         let Some(status) = status else {
             return self.machine.report(BugCheck::new(
@@ -667,8 +644,7 @@ impl Port {
         }
         // The class driver's SRBs outlive the adapter only as dangling pointers: Storport
         // would complete them into freed memory, or never.
-        let srbs: Vec<usize> = self.srbs_outstanding().keys().copied().collect();
-        for srb in srbs {
+        for (srb, _) in self.srbs_outstanding() {
             self.machine.report(BugCheck::new(
                 Code::DriverVerifierDetectedViolation,
                 [rules::SRB_PENDING_AT_REMOVAL, srb as u64, 0, 0],
@@ -711,8 +687,8 @@ impl Port {
                 .free((old.addr() - EXTENSION_HEADER) as *mut u8, None);
         }
         // Those the removal reported: their issuers stop waiting.
-        for (_, entry) in self.srbs_outstanding().drain() {
-            entry.completed.store(true, Ordering::Release);
+        for (_, standing) in self.srbs_outstanding() {
+            standing.complete(|| 0);
         }
         self.dispatcher.release();
         self.machine.note("PnP: a new adapter instance is added");

@@ -3,8 +3,9 @@
 //! sense buffer and the miniport's SrbExtension.
 
 use std::mem::offset_of;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
 
 use storport_abi::SCSI_REQUEST_BLOCK;
 
@@ -28,10 +29,69 @@ pub struct Srb {
     address: (u8, u8),
     /// The CDB's operation code (0 without a CDB).
     opcode: u8,
-    /// Set by Storport when the miniport completes the SRB (or when Storport fails it
-    /// itself), cleared when it is handed to the miniport: its issuer sees the completion
-    /// without taking the lock of Storport's outstanding set, which the completing CPU needs.
-    completed: Arc<AtomicBool>,
+    /// Whether the miniport has it; shared with the port's table of the SRBs it knows.
+    standing: Arc<Standing>,
+}
+
+/// Whether one SRB is with the miniport, and who waits for it. Handing an SRB over,
+/// completing it and looking at it touch this alone (its own cache line, as Windows touches
+/// the SRB's own request block), not a table the submitting and the completing CPU both
+/// write: with one such table each of them found its lock in the other's cache, a miss per
+/// SRB each side.
+#[derive(Default)]
+pub(super) struct Standing {
+    /// Set when Storport hands the SRB to HwStartIo, cleared when the miniport completes
+    /// it. Written under `waiter`'s lock; read without it.
+    outstanding: AtomicBool,
+    /// The thread asleep until the SRB completes, if one is.
+    waiter: Mutex<Option<Thread>>,
+    /// In the port's table: an SRB joins at its first hand-over and leaves when freed.
+    pub(super) known: AtomicBool,
+}
+
+impl Standing {
+    fn waiter(&self) -> std::sync::MutexGuard<'_, Option<Thread>> {
+        self.waiter.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn is_outstanding(&self) -> bool {
+        self.outstanding.load(Ordering::Acquire)
+    }
+
+    /// Storport hands it to the miniport.
+    pub(super) fn hand_over(&self) {
+        let mut waiter = self.waiter();
+        *waiter = None;
+        self.outstanding.store(true, Ordering::Release);
+    }
+
+    /// The miniport completes it: what `status` reads, taken while it is still outstanding
+    /// (its issuer frees it once it is not), or `None` if it was not outstanding. Wakes the
+    /// thread asleep on it.
+    pub(super) fn complete(&self, status: impl FnOnce() -> u8) -> Option<u8> {
+        let mut waiter = self.waiter();
+        if !self.is_outstanding() {
+            return None;
+        }
+        let status = status();
+        self.outstanding.store(false, Ordering::Release);
+        if let Some(waiter) = waiter.take() {
+            waiter.unpark();
+        }
+        Some(status)
+    }
+
+    /// Registers `me` to be woken when it completes; `false` if it already has.
+    pub(super) fn sleep_on(&self, me: &Thread) -> bool {
+        let mut waiter = self.waiter();
+        if !self.is_outstanding() {
+            return false;
+        }
+        if waiter.as_ref().is_none_or(|w| w.id() != me.id()) {
+            *waiter = Some(me.clone());
+        }
+        true
+    }
 }
 
 /// What the miniport left in a completed SRB, read in one access.
@@ -136,7 +196,7 @@ impl Srb {
             extension_len: extension_size,
             address,
             opcode: 0,
-            completed: Arc::default(),
+            standing: Arc::default(),
         };
         srb.issue(function, address, cdb, direction);
         Some(srb)
@@ -274,12 +334,11 @@ impl Srb {
 
     /// Whether Storport has had it back since it last handed it to the miniport.
     pub fn is_completed(&self) -> bool {
-        self.completed.load(Ordering::Acquire)
+        !self.standing.is_outstanding()
     }
 
-    /// The flag Storport's outstanding set keeps for it (see `completed`).
-    pub(super) fn completion(&self) -> &Arc<AtomicBool> {
-        &self.completed
+    pub(super) fn standing(&self) -> &Arc<Standing> {
+        &self.standing
     }
 
     pub fn as_ptr(&self) -> *mut SCSI_REQUEST_BLOCK {
@@ -332,7 +391,8 @@ impl Srb {
         unsafe { std::ptr::write_bytes(to, 0, len) };
     }
 
-    pub fn free(self, pool: &Pool) {
+    /// Frees its blocks (Storport's table forgets it first: [`super::Port::free_srb`]).
+    pub(super) fn free(self, pool: &Pool) {
         for block in [self.srb, self.data, self.extension, self.sense] {
             if block != 0 {
                 let _ = pool.free(block as *mut u8, None);

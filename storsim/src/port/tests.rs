@@ -243,6 +243,46 @@ fn an_srb_completed_twice_is_0xf1_2004() {
     assert_eq!(violations(&port), [(0xF1, 0x2004)]);
 }
 
+/// An issuer asleep on its SRB (long past its spin) is woken by the completion from another
+/// CPU; completing the SRB again, and once it is freed, is 0xF1/0x2004 each time.
+#[test]
+fn a_completion_from_another_cpu_wakes_the_issuer_and_another_is_0xf1_2004() {
+    let port = port();
+    port.start_adapter().expect("starts");
+    HOLD_SCSI.with(|hold| hold.set(true));
+    let extension = port.extension().expect("started");
+    let srb = super::Srb::inquiry(port.machine.pool(), 0, 0).expect("pool");
+    assert!(port.submit(extension, &srb));
+    let held = HELD.with(|held| held.borrow_mut().pop());
+    let held = held.expect("HwStartIo kept it");
+    assert_eq!(held, srb.addr());
+    assert!(!srb.is_completed());
+    let completer = {
+        let port = port.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            // SAFETY: the SRB is outstanding, so live, until completed just below.
+            unsafe { (*(held as *mut SCSI_REQUEST_BLOCK)).SrbStatus = 0x01 };
+            port.srb_complete(held);
+        })
+    };
+    let started = std::time::Instant::now();
+    assert_eq!(port.first_done(&[&srb], Duration::from_secs(20)), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "woken by the completion, not by the limit"
+    );
+    completer.join().expect("the completing CPU");
+    assert_eq!(srb.status(), 0x01);
+    assert_eq!(violations(&port), []);
+    port.srb_complete(srb.addr());
+    assert_eq!(violations(&port), [(0xF1, 0x2004)]);
+    let addr = srb.addr();
+    port.free_srb(srb);
+    port.srb_complete(addr);
+    assert_eq!(violations(&port), [(0xF1, 0x2004), (0xF1, 0x2004)]);
+}
+
 #[test]
 fn a_removal_with_a_reference_never_released_is_a_hang() {
     let port = port();
