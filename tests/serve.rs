@@ -56,8 +56,8 @@ fn spec(flags: u32) -> LunSpec {
 /// of, until the session ends; returns how many SRBs it answered and how the ATTACH completed.
 fn serve(channel: &Channel, attach: Arc<Request>, disk: &Mutex<MemoryDisk>) -> (usize, u32) {
     let served = channel
-        .serve(&attach, 8, PATIENCE, |work| {
-            answer(work, BLOCK, &mut *disk.lock().unwrap())
+        .serve(&attach, 8, PATIENCE, |work, commit| {
+            commit.answer(work, BLOCK, &mut *disk.lock().unwrap());
         })
         .expect("every FETCH and the ATTACH complete");
     let ended = attach.wait(PATIENCE).expect("the ATTACH completed");

@@ -3,7 +3,7 @@
 
 use revcall_protocol::{
     CommitResult, DataOp, Descriptor, FetchFlags, MAX_TRANSFER, Reply, ScsiStatus, UnmapRange,
-    decode_reply, encode_commit, fetch_reply_size,
+    commit_head_size, decode_reply, encode_commit, encode_commit_head, fetch_reply_size,
 };
 use zerocopy::FromBytes;
 
@@ -228,50 +228,121 @@ impl Answer {
 
 /// Serves every descriptor of `work` from `backend`.
 pub fn answer(work: &Work, block_size: u32, backend: &mut impl Backend) -> Answer {
-    let mut answer = Answer::default();
+    let mut answer = Answer {
+        results: Vec::with_capacity(work.items.len()),
+        data: Vec::with_capacity(read_bytes(work, block_size)),
+    };
     for (descriptor, payload) in &work.items {
-        let bytes = descriptor.blocks as usize * block_size as usize;
-        let outcome = match DataOp::try_from(descriptor.op) {
-            Ok(DataOp::Read) => {
-                let start = answer.data.len();
-                answer.data.resize(start + bytes, 0);
-                let done = backend.read(descriptor.lba, &mut answer.data[start..]);
-                if done.is_err() {
-                    answer.data.truncate(start);
-                }
-                done.map(|()| bytes as u32)
-            }
-            Ok(DataOp::Write) => backend.write(descriptor.lba, payload).map(|()| 0),
-            Ok(DataOp::Flush) => backend.flush().map(|()| 0),
-            Ok(DataOp::Unmap) => payload
-                .chunks_exact(size_of::<UnmapRange>())
-                .filter_map(|chunk| UnmapRange::read_from_bytes(chunk).ok())
-                .try_for_each(|range| backend.unmap(range.lba, range.blocks))
-                .map(|()| 0),
-            // An op this server does not know: refuse it as the device would.
-            Err(_) => Err(Failure {
-                key: 5,
-                asc: 0x20,
-                ascq: 0,
-            }),
-        };
-        answer.results.push(match outcome {
-            Ok(data_len) => CommitResult {
-                tag: descriptor.tag,
-                data_len,
-                ..CommitResult::default()
-            },
-            Err(failure) => CommitResult {
-                tag: descriptor.tag,
-                scsi_status: ScsiStatus::CHECK_CONDITION,
-                sense_key: failure.key,
-                asc: failure.asc,
-                ascq: failure.ascq,
-                data_len: 0,
-            },
-        });
+        let result = serve(descriptor, payload, block_size, backend, &mut answer.data);
+        answer.results.push(result);
     }
     answer
+}
+
+/// A COMMIT_AND_FETCH record built in the buffer it is sent from, kept batch after batch:
+/// the results in the slots reserved for them, a backend's READ data read straight into
+/// place. Through an [`Answer`] each READ's data was copied twice more (into the answer as it
+/// grew, then into the record) by the CPU that serves the LUN.
+#[derive(Clone, Debug, Default)]
+pub struct Commit {
+    record: Vec<u8>,
+    results: Vec<CommitResult>,
+}
+
+impl Commit {
+    /// Serves every descriptor of `work` from `backend` into the record.
+    pub fn answer(&mut self, work: &Work, block_size: u32, backend: &mut impl Backend) {
+        let head = commit_head_size(work.items.len());
+        self.record.clear();
+        self.record.reserve(head + read_bytes(work, block_size));
+        self.record.resize(head, 0);
+        self.results.clear();
+        for (descriptor, payload) in &work.items {
+            let result = serve(descriptor, payload, block_size, backend, &mut self.record);
+            self.results.push(result);
+        }
+    }
+
+    /// An answer made elsewhere (a test's, a torture's) as this record.
+    pub fn put(&mut self, answer: &Answer) {
+        self.record.clear();
+        self.record
+            .resize(commit_head_size(answer.results.len()), 0);
+        self.record.extend_from_slice(&answer.data);
+        self.results.clone_from(&answer.results);
+    }
+
+    /// How many SRBs the record answers.
+    pub fn answered(&self) -> usize {
+        self.results.len()
+    }
+
+    /// The record, asking for up to `max_descriptors` more (0: commit only).
+    pub fn record(&mut self, max_descriptors: u32) -> &[u8] {
+        let data = self.record.len() - commit_head_size(self.results.len());
+        encode_commit_head(&mut self.record, max_descriptors, &self.results, data)
+            .expect("the record holds its head");
+        &self.record
+    }
+}
+
+/// The READ data `work` asks for, in bytes.
+fn read_bytes(work: &Work, block_size: u32) -> usize {
+    work.items
+        .iter()
+        .filter(|(descriptor, _)| descriptor.op == DataOp::Read as u8)
+        .map(|(descriptor, _)| descriptor.blocks as usize * block_size as usize)
+        .sum()
+}
+
+/// Serves one descriptor from `backend`: a READ's data is appended to `data`.
+fn serve(
+    descriptor: &Descriptor,
+    payload: &[u8],
+    block_size: u32,
+    backend: &mut impl Backend,
+    data: &mut Vec<u8>,
+) -> CommitResult {
+    let bytes = descriptor.blocks as usize * block_size as usize;
+    let outcome = match DataOp::try_from(descriptor.op) {
+        Ok(DataOp::Read) => {
+            let start = data.len();
+            data.resize(start + bytes, 0);
+            let done = backend.read(descriptor.lba, &mut data[start..]);
+            if done.is_err() {
+                data.truncate(start);
+            }
+            done.map(|()| bytes as u32)
+        }
+        Ok(DataOp::Write) => backend.write(descriptor.lba, payload).map(|()| 0),
+        Ok(DataOp::Flush) => backend.flush().map(|()| 0),
+        Ok(DataOp::Unmap) => payload
+            .chunks_exact(size_of::<UnmapRange>())
+            .filter_map(|chunk| UnmapRange::read_from_bytes(chunk).ok())
+            .try_for_each(|range| backend.unmap(range.lba, range.blocks))
+            .map(|()| 0),
+        // An op this server does not know: refuse it as the device would.
+        Err(_) => Err(Failure {
+            key: 5,
+            asc: 0x20,
+            ascq: 0,
+        }),
+    };
+    match outcome {
+        Ok(data_len) => CommitResult {
+            tag: descriptor.tag,
+            data_len,
+            ..CommitResult::default()
+        },
+        Err(failure) => CommitResult {
+            tag: descriptor.tag,
+            scsi_status: ScsiStatus::CHECK_CONDITION,
+            sense_key: failure.key,
+            asc: failure.asc,
+            ascq: failure.ascq,
+            data_len: 0,
+        },
+    }
 }
 
 /// What one [`Session::step`] did.
@@ -308,6 +379,7 @@ pub struct Session<'a, 't, T: Transport> {
     fetches: std::collections::VecDeque<T::Pending>,
     max_descriptors: u32,
     room: FetchRoom,
+    commit: Commit,
 }
 
 impl<'a, 't, T: Transport> Session<'a, 't, T> {
@@ -337,6 +409,7 @@ impl<'a, 't, T: Transport> Session<'a, 't, T> {
             fetches: std::collections::VecDeque::new(),
             max_descriptors,
             room: FetchRoom::default(),
+            commit: Commit::default(),
         };
         let fetch = encode(&Request::Fetch { max_descriptors });
         for _ in 0..depth.max(1) {
@@ -374,17 +447,17 @@ impl<'a, 't, T: Transport> Session<'a, 't, T> {
             Err(RequestError::Status(status)) if session_over(status) => return Ok(Step::Ended),
             Err(other) => return Err(other),
         };
-        let answer = answer(&work, block_size, backend);
+        self.commit.answer(&work, block_size, backend);
         self.room.follow(&work, self.max_descriptors);
         let next = transport
             .submit(
                 self.adapter.handle,
-                &answer.encode(self.max_descriptors),
+                self.commit.record(self.max_descriptors),
                 self.room.size(self.max_descriptors),
             )
             .map_err(RequestError::Status)?;
         self.fetches.push_back(next);
-        Ok(Step::Served(answer.results.len()))
+        Ok(Step::Served(self.commit.answered()))
     }
 
     /// Ends the session: cancels the ATTACH and the outstanding FETCHes (the driver gives what
@@ -576,6 +649,15 @@ mod tests {
         assert_eq!(answer.results[3].sense_key, Failure::LBA_OUT_OF_RANGE.key);
         let record = answer.encode(4);
         assert!(revcall_protocol::decode_request(&record).is_ok());
+        let mut again = MemoryDisk::new(512, 16);
+        again.write(0, &[7; 1024]).expect("written");
+        let mut commit = Commit::default();
+        commit.answer(&work, 512, &mut again);
+        assert_eq!(commit.answered(), 4);
+        assert_eq!(commit.record(4), record, "built in place, the same record");
+        let mut put = Commit::default();
+        put.put(&answer);
+        assert_eq!(put.record(4), record);
     }
 
     #[test]

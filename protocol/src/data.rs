@@ -394,8 +394,29 @@ pub fn encode_commit(
     results: &[CommitResult],
     data: &[u8],
 ) -> Option<usize> {
+    let head = commit_head_size(results.len());
+    let size = encode_commit_head(out, max_descriptors, results, data.len())?;
+    out[head..size].copy_from_slice(data);
+    Some(size)
+}
+
+/// The bytes of a COMMIT_AND_FETCH before its READ data, with `results` results.
+pub const fn commit_head_size(results: usize) -> usize {
+    size_of::<Header>() + size_of::<CommitRequest>() + results * size_of::<CommitResult>()
+}
+
+/// Encodes all of a COMMIT_AND_FETCH but its READ data: the `data_len` bytes after the first
+/// [`commit_head_size`] of `out`, which a server fills in place (a backend reading straight
+/// into the record). The record's size; `None` if `out` is too small.
+pub fn encode_commit_head(
+    out: &mut [u8],
+    max_descriptors: u32,
+    results: &[CommitResult],
+    data_len: usize,
+) -> Option<usize> {
     let fixed = size_of::<Header>() + size_of::<CommitRequest>();
-    let size = fixed + size_of_val(results) + data.len();
+    let head = commit_head_size(results.len());
+    let size = head + data_len;
     let out = out.get_mut(..size)?;
     let header = Header {
         size: u32::try_from(size).ok()?,
@@ -408,8 +429,7 @@ pub fn encode_commit(
     };
     out[..size_of::<Header>()].copy_from_slice(header.as_bytes());
     out[size_of::<Header>()..fixed].copy_from_slice(body.as_bytes());
-    out[fixed..fixed + size_of_val(results)].copy_from_slice(results.as_bytes());
-    out[fixed + size_of_val(results)..].copy_from_slice(data);
+    out[fixed..head].copy_from_slice(results.as_bytes());
     Some(size)
 }
 

@@ -29,8 +29,8 @@ pub use status::refusal;
 pub use data::{
     AttachReply, AttachRequest, Commit, CommitRequest, CommitResult, DataOp, Descriptor,
     DescriptorFlags, FETCH_PREFIX, FetchFlags, FetchReply, FetchReplyWriter, FetchRequest, Fetched,
-    MAX_DESCRIPTORS, MAX_RESULTS, MAX_TRANSFER, ScsiStatus, UnmapRange, encode_commit,
-    fetch_reply_size,
+    MAX_DESCRIPTORS, MAX_RESULTS, MAX_TRANSFER, ScsiStatus, UnmapRange, commit_head_size,
+    encode_commit, encode_commit_head, fetch_reply_size,
 };
 pub use event::{EventKind, EventRecord};
 pub use ioctl::{IOCTL_MINIPORT_PROCESS_SERVICE_IRP, ctl_code};

@@ -15,7 +15,7 @@ use storsim::io::{Access, Handle, Outcome, ProcessId, Request};
 use storsim::kernel::Kernel;
 
 pub use revcall_client::channel::{Delivery, PROMPT};
-use revcall_client::server::{self, Answer, FetchRoom, Work};
+use revcall_client::server::{self, Answer, Commit, FetchRoom, Work};
 
 /// A client error as the scripts compare it: the completion status, or `u32::MAX` when there
 /// was no decodable reply (a timeout or a malformed answer).
@@ -133,7 +133,8 @@ impl Channel {
     }
 
     /// A server's loop: serves the session `attach` made this handle a server of, answering
-    /// each FETCH's work with `answer` in a COMMIT_AND_FETCH (up to `max_descriptors`), until
+    /// each FETCH's work with what `answer` puts in a COMMIT_AND_FETCH (fetching up to
+    /// `max_descriptors` more), until
     /// the session ends (FINAL, or a FETCH failing: the adapter went away); then waits for the
     /// ATTACH. How many SRBs it answered, or `None` if a request did not complete within
     /// `patience` or a reply did not decode.
@@ -142,11 +143,11 @@ impl Channel {
         attach: &Request,
         max_descriptors: u32,
         patience: std::time::Duration,
-        mut answer: impl FnMut(&Work) -> Answer,
+        mut answer: impl FnMut(&Work, &mut Commit),
     ) -> Option<usize> {
         let mut room = FetchRoom::default();
         let mut pending = self.fetch_into(max_descriptors, room);
-        let mut served = 0;
+        let (mut served, mut commit) = (0, Commit::default());
         loop {
             let work = match self.work(&pending.wait(patience)?) {
                 Ok(work) if !work.last => work,
@@ -154,10 +155,12 @@ impl Channel {
                 Err(u32::MAX) => return None,
                 Err(_) => break,
             };
-            let answer = answer(&work);
-            served += answer.results.len();
+            answer(&work, &mut commit);
+            served += commit.answered();
             room.follow(&work, max_descriptors);
-            pending = self.commit_into(&answer, max_descriptors, room);
+            pending = self
+                .send_raw(commit.record(max_descriptors), room.size(max_descriptors))
+                .expect("a read/write handle to the adapter accepts the service IOCTL");
         }
         attach.wait(patience)?;
         Some(served)

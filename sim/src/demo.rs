@@ -7,7 +7,7 @@ use revcall_protocol::{CURSOR_NOW, EventKind, LunFlags, LunSpec, WaitFlags};
 
 use super::client::{Channel, Delivery, PROMPT};
 use super::{Failures, KernelRef};
-use revcall_client::server::{MemoryDisk, answer};
+use revcall_client::server::MemoryDisk;
 use revcall_protocol::status::STATUS_CANCELLED;
 use storsim::cpu;
 use storsim::driver::RunError;
@@ -289,7 +289,9 @@ fn virtual_disk(kernel: &KernelRef, channel: &Channel, failures: &Failures) {
     std::thread::scope(|scope| {
         let serving = scope.spawn(|| {
             let mut disk = MemoryDisk::new(4096, spec.block_count);
-            server.serve(&attach, 4, PROMPT, |work| answer(work, 4096, &mut disk))
+            server.serve(&attach, 4, PROMPT, |work, commit| {
+                commit.answer(work, 4096, &mut disk);
+            })
         });
         let transfer = revcall_scsi::Transfer {
             lba: 7,

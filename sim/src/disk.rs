@@ -6,7 +6,7 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use revcall_client::server::{Answer, MemoryDisk, Work, answer};
+use revcall_client::server::{Commit, MemoryDisk, Work};
 use revcall_protocol::{CURSOR_NOW, LunFlags, LunSpec};
 use revcall_scsi::{Command, Transfer};
 use storsim::class::DiskClass;
@@ -38,13 +38,13 @@ fn spec(tag: &[u8], unique: u8) -> LunSpec {
 }
 
 /// A RAM server's answers: `disk`, shared by every server of the LUN.
-fn from_ram(disk: &Mutex<MemoryDisk>) -> impl FnMut(&Work) -> Answer + '_ {
-    |work| {
-        answer(
+fn from_ram(disk: &Mutex<MemoryDisk>) -> impl FnMut(&Work, &mut Commit) + '_ {
+    |work, commit| {
+        commit.answer(
             work,
             BLOCK,
             &mut *disk.lock().unwrap_or_else(|p| p.into_inner()),
-        )
+        );
     }
 }
 

@@ -7,7 +7,6 @@
 //! emulated Storport and ntoskrnl, whose cost is the emulator's, not Windows') is not counted;
 //! inline WDK helpers compiled into the driver are.
 
-use revcall_client::server::answer;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
@@ -243,8 +242,8 @@ fn disk_phases(
     };
     std::thread::scope(|scope| {
         let serving = scope.spawn(|| {
-            server.serve(&attach, 32, PROMPT, |work| {
-                answer(work, DISK_BLOCK, &mut NullDisk)
+            server.serve(&attach, 32, PROMPT, |work, commit| {
+                commit.answer(work, DISK_BLOCK, &mut NullDisk);
             })
         });
         // Warm: the first I/Os of a LUN are not what every later one costs.

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use revcall_client::server::{Backend, Failure, answer};
+use revcall_client::server::{Backend, Failure};
 use revcall_protocol::LunSpec;
 use revcall_scsi::{Command, Transfer};
 use serde::Serialize;
@@ -183,8 +183,8 @@ pub fn run(path: &Path, driver: Driver, case: DiskCase, ios: u64) -> Result<Disk
             .map(|server| {
                 let attach = server.attach(lun.unwrap_or(0));
                 scope.spawn(move || {
-                    server.serve(&attach, case.max_descriptors(), PROMPT, |work| {
-                        answer(work, BLOCK, &mut NullDisk)
+                    server.serve(&attach, case.max_descriptors(), PROMPT, |work, commit| {
+                        commit.answer(work, BLOCK, &mut NullDisk);
                     })
                 })
             })
