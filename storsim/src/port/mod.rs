@@ -100,10 +100,10 @@ pub struct Port {
     /// completion of one of them (outstanding or not) from one of anything else. It changes
     /// when an SRB is first handed over or freed, so the completing CPU has its lock to
     /// itself while the class model reuses its SRBs; whether one is outstanding is its own
-    /// [`Standing`].
+    /// [`Standing`]. On a line of its own, as is the count: the submitting CPU spins reading
+    /// the count while the completing CPU takes the lock and bumps the count, and on one line
+    /// each look stole it from the other's writes.
     srbs: CachePadded<Mutex<FxHashMap<usize, Arc<Standing>>>>,
-    /// On a line of its own: the submitting CPU spins reading it while the completing CPU
-    /// bumps it, and on a shared line each look stole the line from the other's writes.
     /// SRBs completed so far: a waiter spins on it before it parks.
     srbs_completed: CachePadded<AtomicU64>,
     /// Held (read) by each SRB handed to HwStartIo for the length of the call; a removal takes
