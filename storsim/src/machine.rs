@@ -71,6 +71,11 @@ pub struct Config {
     /// cost real Windows does not have: a throughput run that does not read the count turns
     /// it off.
     pub count_copies: bool,
+    /// Mark every output byte of a METHOD_BUFFERED SystemBuffer past the input, and report
+    /// the marked bytes a completion hands back as kernel memory disclosed. The marking writes
+    /// the whole output of every IRP (up to 64 KiB for a FETCH's payload room), a cost Windows
+    /// does not have: a throughput run whose floor sends no IRP turns it off.
+    pub disclosure_check: bool,
 }
 
 impl Default for Config {
@@ -87,6 +92,7 @@ impl Default for Config {
             faults: FaultPlan::default(),
             special_pool: SpecialPool::Everything,
             count_copies: true,
+            disclosure_check: true,
         }
     }
 }

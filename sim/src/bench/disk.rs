@@ -150,10 +150,12 @@ impl Backend for NullDisk {
 /// The driver does not start, an SRB does not complete SUCCESS promptly, the null server does
 /// not end with its LUN, or the verifier objects.
 pub fn run(path: &Path, driver: Driver, case: DiskCase, ios: u64) -> Result<DiskRun, BenchError> {
-    // The copies are counted in the cost phase; here the count's lookups would be storsim's
-    // cost charged to revcall alone (the floor makes no bulk copy).
+    // nulldisk sends no IRP and makes no bulk copy: storsim's checks of those (the copy
+    // count's lookups, the SystemBuffer's unwritten-output marker) would be costs charged to
+    // revcall alone. The copies are counted in the cost phase; the marker is every test's.
     let config = storsim::machine::Config {
         count_copies: false,
+        disclosure_check: false,
         ..quiet_config()
     };
     let harness = Harness::start(path, config)?;

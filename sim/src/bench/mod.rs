@@ -713,6 +713,12 @@ impl Report {
             );
         }
         let h = &self.headline;
+        if h.disk_ratio_to_floor.is_some() {
+            let _ = writeln!(
+                out,
+                "Data path runs: no payload-copy count, no unwritten-output marker in                  SystemBuffers (nulldisk sends no IRP; the cost phase counts the copies)"
+            );
+        }
         if let Some(ratio) = h.disk_ratio_to_floor {
             let _ = writeln!(
                 out,

@@ -184,7 +184,7 @@ impl Io {
                     format!("SystemBuffer damaged: {other}"),
                 )),
             }
-            if !crate::io::is_error(status) {
+            if !crate::io::is_error(status) && self.machine.config().disclosure_check {
                 self.check_disclosure(record, information);
             }
         }

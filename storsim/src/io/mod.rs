@@ -522,7 +522,14 @@ impl Io {
             system_buffer,
         } = parameters;
         irp.initialize();
-        if system_buffer != 0 {
+        if system_buffer != 0 && !self.machine.config().disclosure_check {
+            // The output past the input keeps what the block held before: stale memory, as
+            // on Windows.
+            self.machine
+                .pool()
+                .write_bytes(system_buffer, input)
+                .expect("the SystemBuffer holds max(input, output) bytes");
+        } else if system_buffer != 0 {
             // Output bytes past the input hold a marker the driver must overwrite before it
             // reports them in Information (the real buffer holds stale kernel memory).
             let pattern = self.pattern.to_le_bytes();

@@ -34,11 +34,15 @@ unsafe extern "win64" fn keep(_device: *mut c_void, irp: *mut IRP) -> i32 {
 }
 
 fn io() -> Arc<Io> {
+    io_with(Config::default())
+}
+
+fn io_with(config: Config) -> Arc<Io> {
     let machine = Arc::new(Machine::new(
         Config {
             timeline: false,
             delay_probability: 0.0,
-            ..Config::default()
+            ..config
         },
         0,
     ));
@@ -118,6 +122,30 @@ fn output_never_written_is_a_disclosure() {
     let (_request, irp) = send(&io, &[1, 2], 64);
     complete(&io, irp, STATUS_SUCCESS, 64, Via::IofCompleteRequest);
     assert!(violations(&io).contains(&(0xC4, 0x5700_0004)));
+}
+
+/// Without the check (a benchmark's run) the output past the input is the block's old bytes,
+/// unmarked, and nothing is reported.
+#[test]
+fn without_the_disclosure_check_output_is_neither_marked_nor_checked() {
+    let io = io_with(Config {
+        disclosure_check: false,
+        ..Config::default()
+    });
+    let (_request, irp) = send(&io, &[1, 2], 64);
+    // SAFETY: the fake driver owns the IRP.
+    let buffer = unsafe { io.irp_in_flight(irp) }
+        .unwrap()
+        .get(header::SYSTEM_BUFFER) as usize;
+    let bytes = io.machine.pool().read_bytes(buffer, 64).unwrap();
+    assert_eq!(bytes[..2], [1, 2], "the input is copied in");
+    let pattern = io.pattern.to_le_bytes();
+    assert!(
+        (2..64).any(|at| bytes[at] != pattern[at % 8]),
+        "no marker past the input"
+    );
+    complete(&io, irp, STATUS_SUCCESS, 64, Via::IofCompleteRequest);
+    assert_eq!(violations(&io), []);
 }
 
 /// Completes an IRP whose output was written whole but for `gap` marker bytes left at 40
