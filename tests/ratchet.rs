@@ -19,7 +19,7 @@ const LIMITS: &[(&str, usize, usize, usize, usize)] = &[
     ("scsi", 0, 0, 0, 0),
     ("standin", 178, 4, 1, 0),
     ("sim", 3, 0, 1, 0),
-    ("storsim", 314, 6, 36, 0),
+    ("storsim", 315, 6, 36, 0),
     ("tester", 44, 0, 0, 0),
     ("xtask", 0, 0, 1, 0),
 ];
