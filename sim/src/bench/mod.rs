@@ -716,7 +716,8 @@ impl Report {
         if h.disk_ratio_to_floor.is_some() {
             let _ = writeln!(
                 out,
-                "Data path runs: no payload-copy count, no unwritten-output marker in                  SystemBuffers (nulldisk sends no IRP; the cost phase counts the copies)"
+                "Data path runs: no payload-copy count, no unwritten-output marker in SystemBuffers \
+                 (nulldisk sends no IRP; the cost phase counts the copies)"
             );
         }
         if let Some(ratio) = h.disk_ratio_to_floor {
