@@ -263,15 +263,6 @@ impl Commit {
         }
     }
 
-    /// An answer made elsewhere (a test's, a torture's) as this record.
-    pub fn put(&mut self, answer: &Answer) {
-        self.record.clear();
-        self.record
-            .resize(commit_head_size(answer.results.len()), 0);
-        self.record.extend_from_slice(&answer.data);
-        self.results.clone_from(&answer.results);
-    }
-
     /// How many SRBs the record answers.
     pub fn answered(&self) -> usize {
         self.results.len()
@@ -655,9 +646,6 @@ mod tests {
         commit.answer(&work, 512, &mut again);
         assert_eq!(commit.answered(), 4);
         assert_eq!(commit.record(4), record, "built in place, the same record");
-        let mut put = Commit::default();
-        put.put(&answer);
-        assert_eq!(put.record(4), record);
     }
 
     #[test]

@@ -134,10 +134,9 @@ impl Channel {
 
     /// A server's loop: serves the session `attach` made this handle a server of, answering
     /// each FETCH's work with what `answer` puts in a COMMIT_AND_FETCH (fetching up to
-    /// `max_descriptors` more), until
-    /// the session ends (FINAL, or a FETCH failing: the adapter went away); then waits for the
-    /// ATTACH. How many SRBs it answered, or `None` if a request did not complete within
-    /// `patience` or a reply did not decode.
+    /// `max_descriptors` more), until the session ends (FINAL, or a FETCH failing: the adapter
+    /// went away); then waits for the ATTACH. How many SRBs it answered, or `None` if a
+    /// request did not complete within `patience` or a reply did not decode.
     pub fn serve(
         &self,
         attach: &Request,

@@ -479,7 +479,8 @@ impl Io {
         let system_buffer = if buffer_len == 0 {
             0
         } else {
-            // prepare_irp writes every byte of it.
+            // prepare_irp writes every byte of it (without the disclosure check, the input
+            // only: the rest keeps the block's old bytes, stale memory as on Windows).
             let Ok(buffer) = self.machine.pool().allocate_to_fill(
                 buffer_len,
                 u32::from_le_bytes(*b"SysB"),
