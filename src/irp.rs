@@ -121,11 +121,6 @@ impl ServiceIrp for Irp {
     }
 
     fn output_len(&self) -> usize {
-        // A reply needs the buffer: without one there is no room (the request is refused as
-        // too small, as when the length says 0).
-        if self.system_buffer().is_null() {
-            return 0;
-        }
         self.stack().OutputBufferLength as usize
     }
 
@@ -135,18 +130,21 @@ impl ServiceIrp for Irp {
         if len == 0 {
             return Some(&mut []);
         }
+        if buffer.is_null() {
+            return None;
+        }
         let input = self.stack().InputBufferLength as usize;
         if len > input {
-            // SAFETY: METHOD_BUFFERED: SystemBuffer (not NULL: `len` > 0, and `output_len` is 0
-            // without one) holds max(InputBufferLength, OutputBufferLength) bytes owned by the
-            // IRP, which we own, and `input < len ≤ OutputBufferLength`.
+            // SAFETY: METHOD_BUFFERED: SystemBuffer holds max(InputBufferLength,
+            // OutputBufferLength) bytes owned by the IRP, which we own, and `input < len ≤
+            // OutputBufferLength`.
             let tail = unsafe { buffer.cast::<u8>().add(input) };
             // SAFETY: as above: bytes input..len of that buffer, which the I/O manager left
             // as it found them.
             unsafe { core::ptr::write_bytes(tail, 0, len - input) };
         }
-        // SAFETY: as in `input` (not NULL, as above), and every byte is initialized (input, or
-        // zeroed above); the exclusive borrow of `self` makes this the only view.
+        // SAFETY: as in `input`, and every byte is initialized (input, or zeroed above); the
+        // exclusive borrow of `self` makes this the only view.
         Some(unsafe { core::slice::from_raw_parts_mut(buffer.cast::<u8>(), len) })
     }
 
