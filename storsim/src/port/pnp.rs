@@ -280,8 +280,8 @@ impl Port {
 
     /// Waits until one of `srbs` is completed (at most `limit`): its index.
     ///
-    /// Each SRB's own `Standing` says whether it is, and only a
-    /// thread about to sleep takes its locks, to register itself.
+    /// Each SRB's own `Standing` says whether it is, and only a thread about to sleep takes
+    /// its locks, to register itself.
     pub fn first_done(&self, srbs: &[&Srb], limit: std::time::Duration) -> Option<usize> {
         let done = || srbs.iter().position(|srb| srb.is_completed());
         let mut deadline = None;
