@@ -63,6 +63,11 @@ pub trait ServiceIrp: Parkable + Sized {
     /// brings room for a 64 KiB payload that a READ's reply never uses. Take it once per
     /// reply (each call zeroes again); `None` if the buffer is missing.
     fn output(&mut self, len: usize) -> Option<&mut [u8]>;
+    /// [`output`](Self::output) of the whole buffer: for replies that may fill it.
+    fn whole_output(&mut self) -> Option<&mut [u8]> {
+        let room = self.output_len();
+        self.output(room)
+    }
     /// Sets `IoStatus` and hands the IRP back to Storport (`StorPortCompleteServiceIrp`).
     fn complete(self, status: Status, information: usize);
 }
@@ -215,8 +220,7 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
 
     /// Writes the WAIT reply for `waiter` into the IRP's buffer; returns its size.
     fn fill(&self, irp: &mut I, waiter: &Waiter) -> Option<usize> {
-        let room = irp.output_len();
-        let mut writer = WaitReplyWriter::new(irp.output(room)?, waiter.max_events)?;
+        let mut writer = WaitReplyWriter::new(irp.whole_output()?, waiter.max_events)?;
         let delivery = self.ring.read_into(waiter.cursor, &mut writer);
         let mut flags = if delivery.more { WaitFlags::MORE } else { 0 };
         if self.is_closed() {
@@ -622,8 +626,7 @@ impl<I: ServiceIrp, R: PendingSrb, L: Lock<State<I, R>>> Adapter<I, R, L> {
     /// Completes a fixed-size reply. The output was checked against the reply's size on
     /// arrival, so `encode` cannot run out of room.
     fn succeed(mut irp: I, encode: impl FnOnce(&mut [u8]) -> Option<usize>) {
-        let room = irp.output_len();
-        let size = irp.output(room).and_then(encode);
+        let size = irp.whole_output().and_then(encode);
         irp.complete(Status::SUCCESS, size.unwrap_or(0));
     }
 

@@ -53,7 +53,12 @@ impl Channel {
     }
 
     pub fn send(&self, request: &Wire, out_len: u32) -> Arc<Request> {
-        self.send_raw(&protocol::encode(request), out_len)
+        self.send_record(&protocol::encode(request), out_len)
+    }
+
+    /// Sends an encoded request on this read/write handle, which always takes the IOCTL.
+    fn send_record(&self, record: &[u8], out_len: u32) -> Arc<Request> {
+        self.send_raw(record, out_len)
             .expect("a read/write handle to the adapter accepts the service IOCTL")
     }
 
@@ -128,8 +133,7 @@ impl Channel {
         max_descriptors: u32,
         room: FetchRoom,
     ) -> Arc<Request> {
-        self.send_raw(&answer.encode(max_descriptors), room.size(max_descriptors))
-            .expect("a read/write handle to the adapter accepts the service IOCTL")
+        self.send_record(&answer.encode(max_descriptors), room.size(max_descriptors))
     }
 
     /// A server's loop: serves the session `attach` made this handle a server of, answering
@@ -157,9 +161,7 @@ impl Channel {
             answer(&work, &mut commit);
             served += commit.answered();
             room.follow(&work, max_descriptors);
-            pending = self
-                .send_raw(commit.record(max_descriptors), room.size(max_descriptors))
-                .expect("a read/write handle to the adapter accepts the service IOCTL");
+            pending = self.send_record(commit.record(max_descriptors), room.size(max_descriptors));
         }
         attach.wait(patience)?;
         Some(served)

@@ -269,9 +269,8 @@ impl<I: ServiceIrp, R: PendingSrb> State<I, R> {
                 lun: server.lun.into(),
                 reserved: 0,
             };
-            let room = irp.output_len();
             let size = irp
-                .output(room)
+                .whole_output()
                 .and_then(|out| encode_attach_reply(out, &reply));
             return (self.count(Status::SUCCESS), size.unwrap_or(0));
         }

@@ -21,7 +21,9 @@ use crate::verifier::{self, BugCheck, Code, Verifier};
 /// How long a thread that waits for another CPU's completion spins before it sleeps.
 pub const SPIN_BEFORE_SLEEP: Duration = Duration::from_micros(5);
 
-/// Spins until `done` holds, for at most [`SPIN_BEFORE_SLEEP`]; whether it does. A completion
+/// Spins until `done` holds, for at most [`SPIN_BEFORE_SLEEP`], yielding the core between
+/// rounds (with more emulated CPUs than cores, the thread it waits for may need this one);
+/// whether it does. A completion
 /// from another CPU usually comes within microseconds, and a futex sleep and wake cost both
 /// threads more than that (a context switch each side, and a syscall for the waker); a thread
 /// that spins instead is still running when the completion comes, so the waker's unpark or

@@ -288,10 +288,7 @@ impl Port {
 
     /// SRBs handed to the miniport and not completed yet.
     pub fn srbs_in_flight(&self) -> usize {
-        self.srbs_known()
-            .values()
-            .filter(|standing| standing.is_outstanding())
-            .count()
+        self.srbs_outstanding().len()
     }
 
     /// The queue depth the miniport set for (`target`, `lun`), if it did.
